@@ -1,0 +1,34 @@
+"""Shared fixtures: real processes, started once per session, on free loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from worker.devenv import Proc, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """A real redis-server (AOF on) for the whole session."""
+    proc = start_redis(Path(tmp_path_factory.mktemp("redis")))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_proc: Proc) -> str:
+    return str(redis_proc.extra["url"])
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on a clean database 15 (other databases belong to integration fixtures)."""
+    client = redis.Redis.from_url(redis_url + "/15", decode_responses=False)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

@@ -1,0 +1,139 @@
+"""Configuration from the environment (``DELIVERY_*``), validated once at start."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import field_validator
+
+from worker.models import CHANNEL_PROVIDERS
+from worker.redaction import register_secret
+
+__all__ = ["PROVIDERS", "Settings", "get_settings"]
+
+PROVIDERS: tuple[str, ...] = ("postal", "emailmassivo", "mailpartner", "smspartner", "voicepartner")
+
+DEFAULT_BASE_URLS: dict[str, str | None] = {
+    "postal": None,  # the operator's own server
+    "emailmassivo": "https://api.emailmassivo.com",
+    "mailpartner": "https://api.mailpartner.fr/v1",
+    "smspartner": "https://api.smspartner.fr/v1",
+    "voicepartner": "https://api.voicepartner.fr/v1",
+}
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the worker. Environment names are ``DELIVERY_`` + the upper-case field."""
+
+    model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore", frozen=True)
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    result_expires_s: int = Field(default=7 * 24 * 3600, ge=60)
+    redis_url: str | None = None
+    """Shared state (limiter, provider health, ledger); defaults to the broker's Redis."""
+
+    postal_api_key: SecretStr | None = None
+    postal_base_url: str | None = None
+    emailmassivo_api_key: SecretStr | None = None
+    emailmassivo_base_url: str | None = None
+    mailpartner_api_key: SecretStr | None = None
+    mailpartner_base_url: str | None = None
+    smspartner_api_key: SecretStr | None = None
+    smspartner_base_url: str | None = None
+    voicepartner_api_key: SecretStr | None = None
+    voicepartner_base_url: str | None = None
+    voicepartner_notification_email: str | None = None
+    """Default ``emailForNotification`` for voicemail drops without ``notification_email``."""
+
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Providers this worker must be able to use; each needs an API key. Empty: those with a key."""
+
+    egress_identity: str = "default"
+    """Names this host's source IP for provider rate limits; hosts with other IPs use others."""
+    local_address: str | None = None
+    """Bind outgoing connections to this source address (optional)."""
+
+    http_connect_timeout_s: float = Field(default=5.0, gt=0)
+    http_read_timeout_s: float = Field(default=30.0, gt=0)
+
+    max_retries: int = Field(default=8, ge=0, le=100)
+    retry_backoff_base_s: float = Field(default=2.0, gt=0)
+    retry_backoff_max_s: float = Field(default=600.0, gt=0)
+    default_ttl_s: int = Field(default=24 * 3600, gt=0)
+    """A message without ``deadline`` expires this long after it was enqueued."""
+
+    visibility_timeout_s: int = Field(default=3600, ge=60)
+    worker_prefetch_multiplier: int = Field(default=1, ge=1)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _csv(cls, v: object) -> object:
+        return _split_list(v)
+
+    @field_validator("providers")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [p for p in v if p not in PROVIDERS]
+        if unknown:
+            raise ValueError(f"unknown provider(s) {unknown}; known: {', '.join(PROVIDERS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        for name in PROVIDERS:
+            key = self.api_key(name)
+            if key:
+                register_secret(key)
+        missing = [p for p in self.providers if not self.api_key(p)]
+        if missing:
+            names = ", ".join(f"DELIVERY_{p.upper()}_API_KEY" for p in missing)
+            raise ValueError(f"providers {missing} are enabled but have no API key: set {names}")
+        if "postal" in self.enabled_providers() and not self.postal_base_url:
+            raise ValueError("postal is enabled but DELIVERY_POSTAL_BASE_URL is not set")
+        if self.retry_backoff_max_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"retry_backoff_max_s ({self.retry_backoff_max_s:g}) must stay below "
+                f"visibility_timeout_s ({self.visibility_timeout_s}): with the Redis broker a "
+                "countdown longer than the visibility timeout runs the task twice"
+            )
+        return self
+
+    def api_key(self, provider: str) -> str | None:
+        secret: SecretStr | None = getattr(self, f"{provider}_api_key")
+        return secret.get_secret_value() if secret is not None else None
+
+    def base_url(self, provider: str) -> str | None:
+        value: str | None = getattr(self, f"{provider}_base_url")
+        return value or DEFAULT_BASE_URLS[provider]
+
+    def enabled_providers(self) -> list[str]:
+        """The providers this worker can send through, in reference order."""
+        if self.providers:
+            return list(self.providers)
+        return [p for p in PROVIDERS if self.api_key(p)]
+
+    def channel_providers(self, channel: str) -> list[str]:
+        enabled = set(self.enabled_providers())
+        return [p for p in CHANNEL_PROVIDERS[channel] if p in enabled]
+
+    @property
+    def shared_redis_url(self) -> str:
+        return self.redis_url or self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

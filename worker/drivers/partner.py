@@ -1,0 +1,164 @@
+"""The envelope shared by SMS Partner and Mail Partner (same company, same platform).
+
+Every answer is JSON with ``success`` (bool) and ``code`` (int, 200 = OK), whatever the HTTP
+status (providers.md §1.1: the validation fixture is served with HTTP 400). The ``apiKey`` goes
+in the JSON body for POST and in the query string for GET. Validation details come as a list
+under ``error`` (Go client, Ruby gem, FR docs) or ``errors`` (EN draft): both are accepted
+(§1.2.2, [INFERRED]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+import httpx
+
+from worker.drivers.base import Balance, Driver, M
+from worker.errors import (
+    AccountBlockedError,
+    ConfigurationError,
+    DeliveryError,
+    PermanentError,
+    RecipientRejectedError,
+    ThrottledError,
+    TransientError,
+)
+
+__all__ = ["PartnerDriver"]
+
+T = TypeVar("T", bound=DeliveryError)
+
+# Codes with the same meaning on both platforms (providers.md §1.3 and §2.3).
+COMMON_CODES: dict[int, type[DeliveryError]] = {
+    1: ConfigurationError,  # API key required
+    3: ConfigurationError,  # API key required (mail)
+    10: ConfigurationError,  # incorrect API key
+    11: AccountBlockedError,  # insufficient credit
+    14: RecipientRejectedError,  # STOP list / unsubscribe list
+    20: ConfigurationError,  # account deactivated
+    30: ConfigurationError,  # account blocked
+    40: ConfigurationError,  # API access denied
+    96: ConfigurationError,  # IP not authorised
+    500: TransientError,  # problem adding the message to the queue
+}
+
+
+class PartnerDriver(Driver[M]):
+    """Envelope parsing for the Partner platform; subclasses add their own code table."""
+
+    codes: ClassVar[Mapping[int, type[DeliveryError]]] = COMMON_CODES
+    balance_field: ClassVar[str] = "creditSms"
+
+    def auth_body(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"apiKey": self._api_key, **payload}
+
+    def get_request(self, path: str, **params: str) -> httpx.Request:
+        return self.client.build_request(
+            "GET", self.url(path), params={"apiKey": self._api_key, **params}
+        )
+
+    def envelope(self, response: httpx.Response) -> dict[str, Any]:
+        """The body when ``success`` is true and ``code`` is 200; otherwise a classified error."""
+        data = self.json_object(response)
+        success = data.get("success")
+        code = _as_int(data.get("code"))
+        if success is True and code in (200, None) and response.status_code < 300:
+            return data
+        if code is None:
+            if response.status_code >= 300:
+                raise self.http_status_error(response, f"{self.name} answered HTTP {response.status_code}")
+            raise TransientError(
+                f"{self.name} answer has no success/code envelope",
+                provider=self.name,
+                status_code=response.status_code,
+            )
+        raise self.classify(code, _error_text(data), response)
+
+    def classify(self, code: int, text: str, response: httpx.Response) -> DeliveryError:
+        message = f"{self.name} code {code}: {text}" if text else f"{self.name} code {code}"
+        kind = self.codes.get(code)
+        if kind is ThrottledError:
+            return ThrottledError(
+                message,
+                provider=self.name,
+                status_code=response.status_code,
+                provider_code=code,
+                retry_after_s=_retry_after(response) or 60.0,
+            )
+        if kind is None:
+            # Unknown codes are treated as permanent: resending an unexplained refusal in a loop
+            # costs money and hides the problem; operators see the code in the result.
+            if response.status_code >= 500:
+                kind = TransientError
+            else:
+                kind = PermanentError
+        return kind(message, provider=self.name, status_code=response.status_code, provider_code=code)
+
+    def check_balance(self) -> Balance | None:
+        """``GET /me?apiKey=…`` (providers.md §1.2.1, §2.2)."""
+        response = self.transmit(self.get_request("me"))
+        data = self.envelope(response)
+        credits = data.get("credits")
+        if not isinstance(credits, dict):
+            raise TransientError(f"{self.name} /me answer has no credits", provider=self.name)
+        count = _as_float(credits.get(self.balance_field))
+        currency = credits.get("currency") if isinstance(credits.get("currency"), str) else None
+        if count is None:
+            count = _as_float(credits.get("balance"))  # a string in the doc example
+        return Balance(
+            provider=self.name,
+            has_credit=count is not None and count > 0,
+            credits=count,
+            currency=currency,
+        )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    from worker.http import parse_retry_after
+
+    return parse_retry_after(response.headers.get("Retry-After"))
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _error_text(data: Mapping[str, Any]) -> str:
+    """A readable summary of ``error``/``errors`` lists or a plain ``message``."""
+    items = data.get("error", data.get("errors"))
+    parts: list[str] = []
+    if isinstance(items, list):
+        for item in items[:10]:
+            if isinstance(item, dict):
+                field = item.get("elementId")
+                text = item.get("message")
+                if isinstance(text, str):
+                    parts.append(f"{field}: {text}" if isinstance(field, str) else text)
+            elif isinstance(item, str):
+                parts.append(item)
+    elif isinstance(items, str):
+        parts.append(items)
+    message = data.get("message")
+    if isinstance(message, str) and not parts:
+        parts.append(message)
+    return "; ".join(p[:200] for p in parts)

@@ -1,0 +1,132 @@
+"""The delivery error taxonomy: the exception type says what the worker does next.
+
+::
+
+    DeliveryError                       base; carries provider=, status_code=, provider_code=
+    ├── TransientError                  retry with exponential backoff (5xx, 503, code 500, resets)
+    │   ├── UnknownOutcomeError         the request may have reached the provider (read timeout,
+    │   │                               connection dropped after sending): reconcile before resending
+    │   └── ThrottledError              the provider asked us to slow down (429, Retry-After);
+    │                                   waits on its own budget, never consumes error retries
+    ├── AccountBlockedError             out of credit (402, code 11, NOT_CREDIT): pause the provider,
+    │                                   park the message
+    ├── PermanentError                  never retried (validation, unroutable destination)
+    │   └── RecipientRejectedError      the recipient opted out / is suppressed (STOP, unsubscribed)
+    └── ConfigurationError              bad key, missing base URL, disabled account: fail loudly
+
+Errors print their context (``provider=postal status_code=200 provider_code=NoRecipients``) and
+never a secret: drivers build messages from provider answers, which never echo API keys back,
+and :func:`worker.redaction.scrub` is applied to the text as a last line of defence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from worker.redaction import scrub
+
+__all__ = [
+    "AccountBlockedError",
+    "ConfigurationError",
+    "DeliveryError",
+    "PermanentError",
+    "RecipientRejectedError",
+    "ThrottledError",
+    "TransientError",
+    "UnknownOutcomeError",
+]
+
+_MAX_MESSAGE_CHARS = 500
+
+
+class DeliveryError(Exception):
+    """Base of every classified delivery failure."""
+
+    kind: ClassVar[str] = "error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        provider_code: str | int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        # Provider answers can be huge or hostile; keep a bounded, scrubbed excerpt.
+        self.message = scrub(str(message))[:_MAX_MESSAGE_CHARS]
+        self.provider = provider
+        self.status_code = status_code
+        self.provider_code = None if provider_code is None else str(provider_code)[:100]
+        self.retry_after_s = retry_after_s
+        super().__init__(self.message)
+
+    def context(self) -> dict[str, Any]:
+        ctx: dict[str, Any] = {}
+        if self.provider is not None:
+            ctx["provider"] = self.provider
+        if self.status_code is not None:
+            ctx["status_code"] = self.status_code
+        if self.provider_code is not None:
+            ctx["provider_code"] = self.provider_code
+        if self.retry_after_s is not None:
+            ctx["retry_after_s"] = self.retry_after_s
+        return ctx
+
+    def __str__(self) -> str:
+        ctx = " ".join(f"{k}={v}" for k, v in self.context().items())
+        return f"{self.message} ({ctx})" if ctx else self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, {self.context()!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``error`` object of a result: ``{kind, code, message}``."""
+        code: str | None = self.provider_code
+        if code is None and self.status_code is not None:
+            code = str(self.status_code)
+        return {"kind": self.kind, "code": code, "message": self.message}
+
+
+class TransientError(DeliveryError):
+    """Worth retrying later: the provider or the network failed, not the message."""
+
+    kind = "transient"
+    retryable = True
+
+
+class UnknownOutcomeError(TransientError):
+    """The request may have been accepted; a blind resend could duplicate the message."""
+
+    kind = "unknown_outcome"
+
+
+class ThrottledError(TransientError):
+    """The provider refused for rate reasons; retry after ``retry_after_s`` (default 1 s)."""
+
+    kind = "throttled"
+
+
+class AccountBlockedError(DeliveryError):
+    """The account cannot pay for sends; every message to this provider would fail the same way."""
+
+    kind = "account_blocked"
+
+
+class PermanentError(DeliveryError):
+    """The provider will never accept this message as it is."""
+
+    kind = "permanent"
+
+
+class RecipientRejectedError(PermanentError):
+    """The recipient is on an opt-out or suppression list."""
+
+    kind = "recipient_rejected"
+
+
+class ConfigurationError(DeliveryError):
+    """The worker is misconfigured (API key, base URL, account disabled): an operator must act."""
+
+    kind = "configuration"
