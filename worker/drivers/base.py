@@ -32,6 +32,7 @@ from worker.errors import (
 )
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
 from worker.models import Channel, EmailMessage, Message, SmsMessage, VoiceMessage
+from worker.redaction import register_secret
 
 __all__ = ["Balance", "Driver", "SendContext", "SendOutcome"]
 
@@ -98,6 +99,18 @@ class Driver(ABC, Generic[M]):
             raise ConfigurationError(
                 f"DELIVERY_{self.name.upper()}_API_KEY is not set", provider=self.name
             )
+        try:
+            parsed = httpx.URL(base)
+        except httpx.InvalidURL:
+            parsed = None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+            # A bad base URL would otherwise surface as httpx.InvalidURL (not an httpx.HTTPError)
+            # from build_request, outside the error taxonomy.
+            raise ConfigurationError(
+                f"DELIVERY_{self.name.upper()}_BASE_URL is not an http(s) URL", provider=self.name
+            )
+        # Errors scrub registered secrets; a driver built outside Settings registers its own key.
+        register_secret(api_key)
         self.client = client
         self.base_url = base
         self._api_key = api_key

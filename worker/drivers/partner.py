@@ -23,6 +23,7 @@ from worker.errors import (
     RecipientRejectedError,
     ThrottledError,
     TransientError,
+    UnknownOutcomeError,
 )
 
 __all__ = ["PartnerDriver"]
@@ -68,7 +69,8 @@ class PartnerDriver(Driver[M]):
         if code is None:
             if response.status_code >= 300:
                 raise self.http_status_error(response, f"{self.name} answered HTTP {response.status_code}")
-            raise TransientError(
+            # A 2xx without the envelope: the provider may have accepted the send.
+            raise UnknownOutcomeError(
                 f"{self.name} answer has no success/code envelope",
                 provider=self.name,
                 status_code=response.status_code,
@@ -89,10 +91,7 @@ class PartnerDriver(Driver[M]):
         if kind is None:
             # Unknown codes are treated as permanent: resending an unexplained refusal in a loop
             # costs money and hides the problem; operators see the code in the result.
-            if response.status_code >= 500:
-                kind = TransientError
-            else:
-                kind = PermanentError
+            kind = TransientError if response.status_code >= 500 else PermanentError
         return kind(message, provider=self.name, status_code=response.status_code, provider_code=code)
 
     def check_balance(self) -> Balance | None:

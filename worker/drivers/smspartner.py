@@ -8,7 +8,7 @@ import httpx
 
 from worker.drivers.base import SendContext, SendOutcome
 from worker.drivers.partner import COMMON_CODES, PartnerDriver, _as_float
-from worker.errors import DeliveryError, PermanentError, ThrottledError, TransientError
+from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
 from worker.models import SmsMessage
 
 __all__ = ["SmsPartnerDriver"]
@@ -79,7 +79,9 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         data = self.envelope(response)
         message_id = data.get("message_id")
         if not isinstance(message_id, (int, str)) or isinstance(message_id, bool) or message_id == "":
-            raise TransientError(
+            # Accepted (success/code 200) but unreadable: a blind resend could duplicate the
+            # send, so let the service reconcile by tag first (providers.md §1.5).
+            raise UnknownOutcomeError(
                 "smspartner success answer has no message_id",
                 provider=self.name,
                 status_code=response.status_code,
@@ -106,7 +108,9 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         ids: dict[str, str] = {}
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("phoneNumber"), str):
-                ids[item["phoneNumber"]] = str(item.get("messageId", message_id))
+                item_id = item.get("messageId", message_id)
+                if item_id is not None:
+                    ids[item["phoneNumber"]] = str(item_id)
         if not ids and message_id is not None:
             ids = {number: str(message_id) for number in message.to}
         return SendOutcome(provider=self.name, provider_message_ids=ids)

@@ -1,0 +1,82 @@
+"""The Celery application: JSON only, late acks, events on, results in Redis with an expiry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, signals
+
+from worker.config import get_settings
+from worker.logs import configure_logging
+
+__all__ = ["app", "celery_config"]
+
+
+def celery_config() -> dict[str, Any]:
+    settings = get_settings()
+    transport = {
+        # With the Redis broker an unacknowledged task is redelivered after this long; every
+        # countdown we schedule stays below it (checked in Settings) so no task runs twice.
+        "visibility_timeout": settings.visibility_timeout_s,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "result_expires": settings.result_expires_s,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Never store task arguments (message bodies, addresses) with the result.
+        "result_extended": False,
+        # Acknowledge after the task finished, and requeue when its process dies (SIGKILL, OOM):
+        # acks_late alone still loses those (design.md, traps).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "broker_connection_retry_on_startup": True,
+        # Flower sees every task.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "task_default_queue": "delivery",
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+app = Celery("delivery-worker", include=["tasks"])
+app.conf.update(celery_config())
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_kwargs: Any) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@signals.before_task_publish.connect
+def _redact_published(
+    sender: str | None = None,
+    body: Any = None,
+    headers: dict[str, Any] | None = None,
+    **_kwargs: Any,
+) -> None:
+    """Flower shows ``argsrepr``: make it redacted for every publish of our tasks.
+
+    This covers producers, ``app.send_task`` by name through this app, and Celery's own
+    re-publish on ``task.retry`` (which would otherwise repr the full message).
+    """
+    from worker.producer import TASK_NAMES, redacted_repr
+
+    channel = {name: ch for ch, name in TASK_NAMES.items()}.get(sender or "")
+    if channel is None or headers is None:
+        return
+    args = body[0] if isinstance(body, (tuple, list)) and body else ()
+    message = args[0] if isinstance(args, (tuple, list)) and args else {}
+    headers["argsrepr"] = redacted_repr(channel, message if isinstance(message, dict) else {})
+    headers["kwargsrepr"] = "{}"

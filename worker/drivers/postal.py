@@ -1,0 +1,201 @@
+"""Postal (self-hosted): the legacy v1 HTTP API; providers.md §4.
+
+Postal answers HTTP 200 for every outcome and puts it in the JSON ``status`` field
+(``success`` | ``error`` | ``parameter-error``), so the body decides, never the status code
+(§4.1). Postal has no idempotency and no search endpoint (§4.7): an unknown outcome cannot be
+reconciled, only traced through the ``X-Delivery-Id`` header this driver adds.
+"""
+
+from __future__ import annotations
+
+from email.utils import formataddr
+from typing import Any
+
+import httpx
+
+from worker.drivers.base import Driver, SendContext, SendOutcome
+from worker.errors import (
+    ConfigurationError,
+    DeliveryError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+    UnknownOutcomeError,
+)
+from worker.http import parse_retry_after
+from worker.models import Address, EmailMessage
+
+__all__ = ["PostalDriver"]
+
+DELIVERY_ID_HEADER = "X-Delivery-Id"
+
+# providers.md §4.1 (authentication errors) and §4.7 (classification, [INFERRED]).
+CONFIG_CODES = frozenset({"InvalidServerAPIKey", "AccessDenied", "ServerSuspended"})
+# providers.md §4.2 validation codes and §4.4 MessageNotFound; §4.7 classes them permanent.
+# Codes not listed here are permanent too (see _error).
+PERMANENT_CODES = frozenset(
+    {
+        "NoRecipients",
+        "TooManyToAddresses",
+        "TooManyCCAddresses",
+        "TooManyBCCAddresses",
+        "NoContent",
+        "FromAddressMissing",
+        "UnauthenticatedFromAddress",
+        "AttachmentMissingName",
+        "AttachmentMissingData",
+        "MessageNotFound",
+    }
+)
+
+
+def _mailbox(address: Address) -> str:
+    """``"Name" <addr>`` or the bare address (§4.2: entries may be ``Name <addr>``).
+
+    ``formataddr`` quotes names with commas or specials and RFC 2047-encodes non-ASCII names,
+    so one entry can never be read as two addresses when Postal joins them into a header.
+    """
+    if address.name:
+        return formataddr((address.name, address.email), charset="utf-8")
+    return address.email
+
+
+class PostalDriver(Driver[EmailMessage]):
+    name = "postal"
+    channel = "email"
+    default_base_url = None  # the operator's own server (design.md, "public contract")
+
+    def build_request(self, message: EmailMessage, ctx: SendContext) -> httpx.Request:
+        headers = {"X-Server-API-Key": self._api_key}
+        if message.raw is not None:
+            return self.post_json("api/v1/send/raw", self._raw_payload(message), headers)
+        if message.template is not None:
+            # The model refuses this for postal; a failed-over message must not lose its body.
+            raise PermanentError("postal has no stored templates", provider=self.name)
+        payload: dict[str, Any] = {
+            "to": [_mailbox(a) for a in message.to],
+            "subject": message.subject,
+        }
+        if message.cc:
+            payload["cc"] = [_mailbox(a) for a in message.cc]
+        if message.bcc:
+            payload["bcc"] = [_mailbox(a) for a in message.bcc]
+        if message.from_ is not None:
+            payload["from"] = _mailbox(message.from_)
+        if message.reply_to is not None:
+            payload["reply_to"] = _mailbox(message.reply_to)
+        if message.text is not None:
+            payload["plain_body"] = message.text
+        if message.html is not None:
+            payload["html_body"] = message.html
+        # preview_text is dropped: Postal has no preheader field (§4.2 parameter table).
+        if message.tag is not None:
+            payload["tag"] = message.tag
+        # Postal stores custom headers (§4.2 "headers"); §4.7 suggests X-Delivery-Id so a send
+        # whose answer was lost can be traced by hand. Ours replaces any caller-supplied copy.
+        custom = {
+            k: v for k, v in message.headers.items() if k.lower() != DELIVERY_ID_HEADER.lower()
+        }
+        custom[DELIVERY_ID_HEADER] = ctx.delivery_id
+        payload["headers"] = custom
+        if message.attachments:
+            payload["attachments"] = [
+                {"name": a.filename, "content_type": a.content_type, "data": a.content}
+                for a in message.attachments
+            ]
+        return self.post_json("api/v1/send/message", payload, headers)
+
+    def _raw_payload(self, message: EmailMessage) -> dict[str, Any]:
+        """``/send/raw`` (§4.3): envelope sender, every recipient, and the base64 message.
+
+        The raw message carries its own headers, so no X-Delivery-Id can be added here.
+        """
+        if message.from_ is None:
+            raise PermanentError("postal /send/raw needs a from address", provider=self.name)
+        rcpt_to: list[str] = []
+        for address in [*message.to, *message.cc, *message.bcc]:
+            if address.email not in rcpt_to:
+                rcpt_to.append(address.email)
+        return {"mail_from": message.from_.email, "rcpt_to": rcpt_to, "data": message.raw}
+
+    def parse_response(
+        self, response: httpx.Response, message: EmailMessage, ctx: SendContext
+    ) -> SendOutcome:
+        status_code = response.status_code
+        if status_code != 200:
+            # Postal itself always answers 200; anything else comes from a proxy or a crash
+            # and is transient (§4.1, §4.7 [INFERRED]).
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            error_type = ThrottledError if status_code == 429 else TransientError
+            if status_code == 429 and retry_after is None:
+                retry_after = 1.0
+            raise error_type(
+                f"postal answered HTTP {status_code}",
+                provider=self.name,
+                status_code=status_code,
+                retry_after_s=retry_after,
+            )
+        body = self.json_object(response)
+        status = body.get("status")
+        data = body.get("data")
+        if not isinstance(data, dict):
+            data = {}
+        if status == "success":
+            return self._success(data, status_code)
+        if status == "error":
+            raise self._error(data, status_code)
+        if status == "parameter-error":
+            raise PermanentError(
+                f"postal parameter error: {_text(data.get('message'))}",
+                provider=self.name,
+                status_code=status_code,
+                provider_code="parameter-error",
+            )
+        # HTTP 200 without a recognisable status: Postal may have accepted the message.
+        raise UnknownOutcomeError(
+            "postal answer has no recognisable status", provider=self.name, status_code=status_code
+        )
+
+    def _success(self, data: dict[str, Any], status_code: int) -> SendOutcome:
+        messages = data.get("messages")
+        ids: dict[str, str] = {}
+        if isinstance(messages, dict):
+            for address, item in messages.items():
+                if not isinstance(item, dict):
+                    continue
+                message_id = item.get("id")
+                if isinstance(message_id, bool) or not isinstance(message_id, (int, str)):
+                    continue
+                if message_id != "":
+                    ids[str(address)] = str(message_id)
+        if not ids:
+            # "success" without per-recipient ids (§4.2): accepted, but nothing to record.
+            raise UnknownOutcomeError(
+                "postal success answer has no message ids",
+                provider=self.name,
+                status_code=status_code,
+            )
+        return SendOutcome(provider=self.name, provider_message_ids=ids)
+
+    def _error(self, data: dict[str, Any], status_code: int) -> DeliveryError:
+        code = data.get("code")
+        code_text = code if isinstance(code, str) and code else "unknown"
+        # ServerSuspended has no message (§4.1); the code alone is enough then.
+        text = _text(data.get("message")) or code_text
+        error_type: type[DeliveryError]
+        if code_text in CONFIG_CODES:
+            error_type = ConfigurationError
+        else:
+            # PERMANENT_CODES and any unknown code: resending an unexplained refusal would only
+            # repeat it (§4.7).
+            error_type = PermanentError
+        return error_type(
+            f"postal error {code_text}: {text}",
+            provider=self.name,
+            status_code=status_code,
+            provider_code=code_text,
+        )
+
+
+def _text(value: Any) -> str:
+    return value[:300] if isinstance(value, str) else ""

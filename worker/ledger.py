@@ -1,0 +1,199 @@
+"""The delivery ledger: one Redis hash per delivery, with forward-only state transitions.
+
+States and their rank (a transition never lowers the rank, and a final state never changes)::
+
+    queued (0) → sending / waiting / parked (1) → sent / failed / expired / dead (2, final)
+
+``waiting`` is a retry scheduled after an error or a throttle; ``parked`` is a message held
+while its provider is paused. The ledger also holds the idempotency index (key → delivery id)
+and the counters that keep retry budgets apart (error attempts vs throttled waits).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+__all__ = ["FINAL_STATES", "STATE_RANK", "DeliveryRecord", "Ledger"]
+
+STATE_RANK: dict[str, int] = {
+    "queued": 0,
+    "sending": 1,
+    "waiting": 1,
+    "parked": 1,
+    "sent": 2,
+    "failed": 2,
+    "expired": 2,
+    "dead": 2,
+}
+FINAL_STATES = frozenset(s for s, rank in STATE_RANK.items() if rank == 2)
+
+_PREFIX = "dw:delivery:"
+_IDEM_PREFIX = "dw:idem:"
+_RECORD_TTL_S = 14 * 24 * 3600
+
+# KEYS[1] record, KEYS[2] idempotency index (or "")
+# ARGV: delivery_id, now, ttl_s, then field/value pairs for a new record
+_CREATE = """
+if KEYS[2] ~= "" then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then return {0, existing} end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ARGV[1]} end
+local args = {'state', 'queued', 'created_at', ARGV[2], 'updated_at', ARGV[2]}
+for i = 4, #ARGV, 2 do
+  table.insert(args, ARGV[i]); table.insert(args, ARGV[i + 1])
+end
+redis.call('HSET', KEYS[1], unpack(args))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+if KEYS[2] ~= "" then redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[3])) end
+return {1, ARGV[1]}
+"""
+
+# KEYS[1] record; ARGV: new_state, new_rank, now, then field/value pairs; ranks as a JSON map
+_TRANSITION = """
+local ranks = cjson.decode(ARGV[4])
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+local cur_rank = ranks[current] or 0
+local new_rank = tonumber(ARGV[2])
+if cur_rank == 2 and current ~= ARGV[1] then return {0, current} end
+if new_rank < cur_rank then return {0, current} end
+local args = {'state', ARGV[1], 'updated_at', ARGV[3]}
+for i = 5, #ARGV, 2 do
+  table.insert(args, ARGV[i]); table.insert(args, ARGV[i + 1])
+end
+redis.call('HSET', KEYS[1], unpack(args))
+return {1, current}
+"""
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    delivery_id: str
+    state: str
+    channel: str
+    provider: str
+    created_at: float
+    updated_at: float
+    attempts: int
+    """Send attempts that ended in an error (the error-retry budget)."""
+    throttled: int
+    """Times the delivery waited for a limiter, a breaker or a provider's Retry-After."""
+    fields: dict[str, str]
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        raw = self.fields.get("result")
+        if not raw:
+            return None
+        value: dict[str, Any] = json.loads(raw)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "delivery_id": self.delivery_id,
+            "state": self.state,
+            "channel": self.channel,
+            "provider": self.provider,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attempts": self.attempts,
+            "throttled": self.throttled,
+        }
+        for name in ("deadline", "sent_at", "parked_reason", "error_kind", "task_name"):
+            if name in self.fields:
+                out[name] = self.fields[name]
+        if self.result is not None:
+            out["result"] = self.result
+        return out
+
+
+class Ledger:
+    """Delivery records in Redis, shared by producers and every worker."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: int = _RECORD_TTL_S) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._create = client.register_script(_CREATE)
+        self._transition = client.register_script(_TRANSITION)
+
+    @staticmethod
+    def key(delivery_id: str) -> str:
+        return _PREFIX + delivery_id
+
+    @staticmethod
+    def idem_key(channel: str, idempotency_key: str) -> str:
+        return f"{_IDEM_PREFIX}{channel}:{idempotency_key}"
+
+    def create(
+        self,
+        delivery_id: str,
+        *,
+        channel: str,
+        provider: str,
+        idempotency_key: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[str, bool]:
+        """Record a new delivery; ``(existing_id, False)`` when the idempotency key is known."""
+        fields = {"channel": channel, "provider": provider, "attempts": "0", "throttled": "0"}
+        if idempotency_key:
+            fields["idempotency_key"] = idempotency_key
+        fields.update(extra or {})
+        argv: list[str] = [delivery_id, repr(time.time()), str(self.ttl_s)]
+        for k, v in fields.items():
+            argv += [k, v]
+        idem = self.idem_key(channel, idempotency_key) if idempotency_key else ""
+        created, existing = self._create(keys=[self.key(delivery_id), idem], args=argv)
+        return _text(existing), bool(created)
+
+    def get(self, delivery_id: str) -> DeliveryRecord | None:
+        raw = self.redis.hgetall(self.key(delivery_id))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return DeliveryRecord(
+            delivery_id=delivery_id,
+            state=fields.get("state", "queued"),
+            channel=fields.get("channel", ""),
+            provider=fields.get("provider", ""),
+            created_at=float(fields.get("created_at", "0")),
+            updated_at=float(fields.get("updated_at", "0")),
+            attempts=int(fields.get("attempts", "0")),
+            throttled=int(fields.get("throttled", "0")),
+            fields=fields,
+        )
+
+    def transition(self, delivery_id: str, state: str, **fields: str) -> bool:
+        """Move to ``state`` if that is forward; returns whether the record changed."""
+        argv: list[str] = [state, str(STATE_RANK[state]), repr(time.time()), json.dumps(STATE_RANK)]
+        for k, v in fields.items():
+            argv += [k, v]
+        changed, _previous = self._transition(keys=[self.key(delivery_id)], args=argv)
+        return int(changed) == 1
+
+    def forget(self, delivery_id: str, *, channel: str, idempotency_key: str | None) -> None:
+        """Drop a record that was never published (the enqueue failed)."""
+        keys = [self.key(delivery_id)]
+        if idempotency_key:
+            keys.append(self.idem_key(channel, idempotency_key))
+        self.redis.delete(*keys)
+
+    def incr(self, delivery_id: str, counter: str) -> int:
+        return int(self.redis.hincrby(self.key(delivery_id), counter, 1))
+
+    def set_fields(self, delivery_id: str, **fields: str) -> None:
+        if fields:
+            self.redis.hset(self.key(delivery_id), mapping=fields)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
