@@ -80,3 +80,12 @@ def _redact_published(
     message = args[0] if isinstance(args, (tuple, list)) and args else {}
     headers["argsrepr"] = redacted_repr(channel, message if isinstance(message, dict) else {})
     headers["kwargsrepr"] = "{}"
+
+
+def client_app(broker_url: str, result_backend: str, *, name: str = "delivery-client") -> Celery:
+    """A producer-side Celery app for explicit URLs (tests, benchmarks, the demo)."""
+    client = Celery(name)
+    config = celery_config()
+    config.update(broker_url=broker_url, result_backend=result_backend)
+    client.conf.update(config)
+    return client

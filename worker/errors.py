@@ -5,10 +5,10 @@
     DeliveryError                       base; carries provider=, status_code=, provider_code=
     ├── TransientError                  retry with exponential backoff (5xx, 503, code 500, resets)
     │   ├── UnknownOutcomeError         the request may have reached the provider (read timeout,
-    │   │                               connection dropped after sending): reconcile before resending
+    │   │                               connection dropped after sending): reconcile, then resend
     │   └── ThrottledError              the provider asked us to slow down (429, Retry-After);
     │                                   waits on its own budget, never consumes error retries
-    ├── AccountBlockedError             out of credit (402, code 11, NOT_CREDIT): pause the provider,
+    ├── AccountBlockedError             no credit (402, code 11, NOT_CREDIT): pause the provider,
     │                                   park the message
     ├── PermanentError                  never retried (validation, unroutable destination)
     │   └── RecipientRejectedError      the recipient opted out / is suppressed (STOP, unsubscribed)

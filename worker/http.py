@@ -58,7 +58,7 @@ def build_client(
 
 
 def join_url(base_url: str, path: str) -> str:
-    """Append ``path`` to ``base_url``, keeping any prefix the base carries (a proxy, the sandbox)."""
+    """Append ``path`` to ``base_url``, keeping any prefix the base has (a proxy, the sandbox)."""
     return base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
@@ -111,7 +111,9 @@ def read_bounded(
         response.close()
     return httpx.Response(
         status_code=response.status_code,
-        headers=[(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"],
+        headers=[
+            (k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"
+        ],
         content=body,
         request=request,
     )

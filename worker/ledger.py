@@ -192,7 +192,7 @@ class Ledger:
 
     def set_fields(self, delivery_id: str, **fields: str) -> None:
         if fields:
-            self.redis.hset(self.key(delivery_id), mapping=fields)
+            self.redis.hset(self.key(delivery_id), mapping=dict(fields.items()))
 
 
 def _text(value: Any) -> str:

@@ -58,12 +58,11 @@ CHANNEL_PROVIDERS: dict[str, tuple[str, ...]] = {
 
 MAX_BODY_CHARS = 2_000_000
 MAX_ATTACHMENT_BYTES_TOTAL = 10 * 1024 * 1024
+EMAILMASSIVO_MAX_REQUEST_BYTES = 5 * 1024 * 1024
 
 # providers.md §5.2 (RuSender limits, applied to EmailMassivo).
 EMAILMASSIVO_FORBIDDEN_EXTENSIONS = frozenset(
-    "ade adp apk appx appxbundle bat cab chm cmd com cpl diagcab diagcfg diagpack dll dmg ex ex_ "
-    "exe hta img ins iso isp jar jnlp js jse lib lnk mde msc msi msix msixbundle msp mst nsh pif "
-    "ps1 scr sct shb sys vb vbe vbs vhd vxd wsc wsf wsh xll".split()
+    ["ade", "adp", "apk", "appx", "appxbundle", "bat", "cab", "chm", "cmd", "com", "cpl", "diagcab", "diagcfg", "diagpack", "dll", "dmg", "ex", "ex_", "exe", "hta", "img", "ins", "iso", "isp", "jar", "jnlp", "js", "jse", "lib", "lnk", "mde", "msc", "msi", "msix", "msixbundle", "msp", "mst", "nsh", "pif", "ps1", "scr", "sct", "shb", "sys", "vb", "vbe", "vbs", "vhd", "vxd", "wsc", "wsf", "wsh", "xll"]
 )
 
 
@@ -75,17 +74,55 @@ class InvalidMessage(ValueError):
         lines = [f"{e['field']}: {e['message']}" for e in errors]
         super().__init__("invalid message: " + "; ".join(lines))
 
+    def __reduce__(self) -> tuple[type[InvalidMessage], tuple[list[dict[str, str]]]]:
+        # ``args`` holds the rendered text, not ``errors``: rebuild from ``errors`` so the
+        # exception survives pickling (Celery result backends, multiprocessing).
+        return (type(self), (self.errors,))
+
     @classmethod
     def from_validation_error(cls, exc: ValidationError) -> InvalidMessage:
         errors = []
         for err in exc.errors(include_url=False, include_input=False):
             loc = ".".join(str(p) for p in err["loc"]) or "message"
             msg = str(err["msg"]).removeprefix("Value error, ")
+            if loc == "message":
+                # A model-level rule reports "field: message" (see _field_error); name the field.
+                field, sep, text = msg.partition(": ")
+                if sep and _FIELD_PATH.fullmatch(field):
+                    loc, msg = field, text
             errors.append({"field": loc, "message": msg})
         return cls(errors)
 
 
 # -- shared field types -------------------------------------------------------------------------
+
+_FIELD_PATH = re.compile(r"[a-z_]+(\.[a-z0-9_]+)*")
+
+# Characters that end a line somewhere: CR and LF for SMTP, plus those that Python's
+# str.splitlines() and some mail libraries also break on. NUL truncates C strings.
+_LINE_BREAKS = frozenset("\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _has_line_break(value: str) -> bool:
+    return any(c in _LINE_BREAKS for c in value)
+
+
+def _one_line(value: str) -> str:
+    if _has_line_break(value):
+        raise ValueError("must not contain line breaks")
+    return value
+
+
+def _matching(pattern: str, description: str) -> AfterValidator:
+    """A pattern check whose error says what is expected, not which regex failed."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(description)
+        return value
+
+    return AfterValidator(check)
 
 
 def _check_email(value: str) -> str:
@@ -97,7 +134,8 @@ def _check_email(value: str) -> str:
 
 
 def _check_e164(value: str) -> str:
-    if not re.fullmatch(r"\+[1-9]\d{6,14}", value):
+    # [0-9], not \d: \d also matches other scripts' digits, which no provider accepts.
+    if not re.fullmatch(r"\+[1-9][0-9]{6,14}", value):
         raise ValueError("must be an E.164 number such as +33612345678")
     try:
         parsed = phonenumbers.parse(value, None)
@@ -112,7 +150,9 @@ EmailStr = Annotated[str, StringConstraints(max_length=255), AfterValidator(_che
 E164 = Annotated[str, StringConstraints(max_length=16), AfterValidator(_check_e164)]
 Name = Annotated[str, StringConstraints(max_length=255)]
 IdempotencyKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+    str,
+    StringConstraints(max_length=128),
+    _matching(r"[\x21-\x7e]+", "must be 1-128 printable ASCII characters without spaces"),
 ]
 
 
@@ -127,15 +167,15 @@ class Address(_Strict):
     @field_validator("name")
     @classmethod
     def _no_newlines(cls, v: str | None) -> str | None:
-        if v is not None and ("\r" in v or "\n" in v):
-            raise ValueError("must not contain line breaks")
-        return v
+        return _one_line(v) if v is not None else None
 
 
 class Attachment(_Strict):
     filename: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     content_type: Annotated[
-        str, StringConstraints(max_length=255, pattern=r"^[\w.+\-]+/[\w.+\-]+$")
+        str,
+        StringConstraints(max_length=255),
+        _matching(r"[A-Za-z0-9.+\-]+/[A-Za-z0-9.+\-]+", "must be a MIME type such as text/plain"),
     ] = "application/octet-stream"
     content: Annotated[str, StringConstraints(min_length=1)]
     """Base64 of the file's bytes."""
@@ -143,7 +183,7 @@ class Attachment(_Strict):
     @field_validator("filename")
     @classmethod
     def _safe_filename(cls, v: str) -> str:
-        if any(c in v for c in "/\\\r\n\x00"):
+        if any(c in v for c in "/\\") or _has_line_break(v) or v in (".", ".."):
             raise ValueError("must be a bare file name (no path separators or line breaks)")
         return v
 
@@ -162,7 +202,9 @@ class Attachment(_Strict):
 
     @property
     def extension(self) -> str:
-        return self.filename.rsplit(".", 1)[-1].lower() if "." in self.filename else ""
+        # Windows drops trailing dots and spaces: "run.exe." opens as "run.exe".
+        name = self.filename.rstrip(". ")
+        return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 class Template(_Strict):
@@ -180,14 +222,19 @@ class _Common(_Strict):
     @field_validator("deadline")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
+        if v is None:
+            return None
+        if v.tzinfo is None:
             raise ValueError("must include a timezone offset, e.g. 2026-01-31T12:00:00Z")
-        return v.astimezone(UTC) if v is not None else None
+        try:
+            return v.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValueError("is out of range once converted to UTC") from None
 
 
 # -- email ----------------------------------------------------------------------------------------
 
-_HEADER_NAME = re.compile(r"^[!-9;-~]{1,100}$")  # RFC 5322 field name: printable, no colon
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,100}")  # RFC 5322 field name: printable, no colon
 
 
 class EmailMessage(_Common):
@@ -216,17 +263,19 @@ class EmailMessage(_Common):
     @field_validator("subject")
     @classmethod
     def _subject_one_line(cls, v: str | None) -> str | None:
-        if v is not None and ("\r" in v or "\n" in v):
-            raise ValueError("must not contain line breaks")
-        return v
+        return _one_line(v) if v is not None else None
 
     @field_validator("headers")
     @classmethod
     def _header_injection(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"header name {name[:40]!r} is not a valid header field name")
-            if "\r" in value or "\n" in value:
+            # fullmatch: `$` in re.match would accept a name ending in "\n".
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"header name {name[:40]!r} is not a valid header field name "
+                    "(printable ASCII, no spaces or colons)"
+                )
+            if _has_line_break(value):
                 raise ValueError(f"header {name!r} must not contain line breaks")
         return v
 
@@ -250,10 +299,11 @@ class EmailMessage(_Common):
                 raise _field_error("from", "is required (used as the envelope sender)")
             extras = [
                 name
-                for name in ("html", "text", "template", "subject", "preview_text")
+                for name in ("html", "text", "template", "subject", "preview_text", "reply_to")
                 if getattr(self, name) is not None
             ]
-            if extras or self.attachments or self.headers:
+            extras += [name for name in ("attachments", "headers") if getattr(self, name)]
+            if extras:
                 raise _field_error(
                     "raw", "a raw message carries its own content; drop " + ", ".join(extras)
                 )
@@ -296,9 +346,11 @@ class EmailMessage(_Common):
                 raise _field_error(name, "emailmassivo accepts at most one address")
         if self.from_ is None:
             raise _field_error("from", "is required for emailmassivo")
-        if self.template is not None and not isinstance(self.template.id, int):
-            if not str(self.template.id).isdigit():
-                raise _field_error("template.id", "emailmassivo template ids are integers")
+        if self.template is not None:
+            # §5.3: idTemplateMailUser is an integer. [0-9], not str.isdigit(): "²" is a digit.
+            tid = self.template.id
+            if isinstance(tid, bool) or not re.fullmatch(r"[0-9]{1,18}", str(tid)) or not int(tid):
+                raise _field_error("template.id", "emailmassivo template ids are positive integers")
         # providers.md §5.2: <= 20 attachments, <= 5 MB in total, forbidden extensions.
         if len(self.attachments) > 20:
             raise _field_error("attachments", "emailmassivo accepts at most 20 attachments")
@@ -310,6 +362,19 @@ class EmailMessage(_Common):
                     f"attachments.{i}.filename",
                     f"extension .{att.extension} is forbidden by emailmassivo",
                 )
+        # providers.md §5.2: the whole request body is <= 5 MB, and attachments travel in it as
+        # base64 (4/3 of their size): 4.5 MB of files pass the 5 MB attachment rule but not this.
+        body_bytes = sum(len(a.content) + len(a.filename) for a in self.attachments) + sum(
+            len(v.encode("utf-8", "surrogatepass"))
+            for v in (self.html, self.text, self.subject, self.preview_text)
+            if v is not None
+        )
+        if body_bytes > EMAILMASSIVO_MAX_REQUEST_BYTES:
+            raise _field_error(
+                "attachments" if self.attachments else "html",
+                "emailmassivo requests are limited to 5 MB (body plus base64 attachments); "
+                f"this one needs about {body_bytes / 1024 / 1024:.1f} MB",
+            )
 
     def _check_mailpartner(self) -> None:
         # providers.md §2.2: params.to <= 500; no documented cc/bcc/headers/templates.
@@ -339,44 +404,86 @@ class EmailMessage(_Common):
 
 # -- SMS ------------------------------------------------------------------------------------------
 
-_GSM7 = set(
+_GSM7_BASIC = frozenset(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà^{}\\[~]|€"
+    "ÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
+# GSM 03.38 extension table: each of these is sent as ESC + char, two septets.
+_GSM7_EXTENSION = frozenset("^{}\\[~]|€")
+MAX_SMS_SEGMENTS = 10
+
+
+def sms_units(text: str) -> tuple[int, bool]:
+    """Length as the network counts it, and whether the text fits GSM-7.
+
+    GSM-7: extension characters count 2. Otherwise UCS-2: UTF-16 code units, so an emoji
+    counts 2. Either way a line break counts 2, since SMS Partner sends it as ``:br:``
+    (providers.md §1.2.2).
+    """
+    text = text.replace("\r\n", "\n")
+    breaks = text.count("\n")
+    if all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in text):
+        return len(text) + breaks + sum(c in _GSM7_EXTENSION for c in text), True
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2 + breaks, False
 
 
 def sms_segments(text: str) -> int:
-    """Billed SMS parts: 160/153 characters in GSM-7, 70/67 otherwise (providers.md §1.6)."""
-    if all(c in _GSM7 for c in text):
-        single, multi = 160, 153
-    else:
-        single, multi = 70, 67
-    return 1 if len(text) <= single else math.ceil(len(text) / multi)
+    """Billed SMS parts: 160/153 units in GSM-7, 70/67 otherwise (providers.md §1.2.2, §1.6)."""
+    units, gsm7 = sms_units(text)
+    single, multi = (160, 153) if gsm7 else (70, 67)
+    return 1 if units <= single else math.ceil(units / multi)
+
+
+def _check_unique_numbers(numbers: list[str]) -> None:
+    first: dict[str, int] = {}
+    for i, number in enumerate(numbers):
+        if number in first:
+            raise _field_error(f"to.{i}", f"duplicates to.{first[number]}")
+        first[number] = i
 
 
 class SmsMessage(_Common):
     channel: Literal["sms"] = Field(default="sms", exclude=True)
     provider: SmsProvider = "smspartner"
     to: list[E164] = Field(min_length=1, max_length=500)
-    text: Annotated[str, StringConstraints(min_length=1, max_length=1530)]
-    sender: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]{3,11}$")] | None = None
+    text: Annotated[str, StringConstraints(min_length=1)]
+    sender: (
+        Annotated[
+            str,
+            _matching(r"[A-Za-z0-9]{3,11}", "must be 3-11 letters or digits, no spaces or symbols"),
+        ]
+        | None
+    ) = None
     """Alphanumeric sender, 3-11 characters (providers.md §1.2.2); omitted: a short code is used."""
-    tag: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]{1,20}$")] | None = None
+    tag: (
+        Annotated[
+            str,
+            _matching(
+                r"[a-z0-9_\-]{1,20}", "must be 1-20 lowercase letters, digits, _ or -, no spaces"
+            ),
+        ]
+        | None
+    ) = None
+    """providers.md §1.2.2: <= 20 characters, lowercase, no spaces."""
 
     @field_validator("text")
     @classmethod
     def _segments(cls, v: str) -> str:
         # providers.md §1.3 code 52: at most 10 concatenated SMS.
-        if sms_segments(v) > 10:
-            raise ValueError("is longer than 10 SMS parts")
+        units, gsm7 = sms_units(v)
+        parts = sms_segments(v)
+        if parts > MAX_SMS_SEGMENTS:
+            limit = "1530 GSM-7 characters" if gsm7 else "670 characters once it needs Unicode"
+            raise ValueError(
+                f"needs {parts} SMS parts ({units} characters); at most {MAX_SMS_SEGMENTS} "
+                f"parts, i.e. {limit} (line breaks and ^{{}}[]~|\\€ count twice)"
+            )
         return v
 
-    @field_validator("to")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("contains duplicate numbers")
-        return v
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        _check_unique_numbers(self.to)
+        return self
 
 
 # -- voice ----------------------------------------------------------------------------------------
@@ -388,8 +495,19 @@ class VoiceMessage(_Common):
     mode: Literal["tts", "voicemail"]
     to: list[E164] = Field(min_length=1, max_length=500)
     text: Annotated[str, StringConstraints(min_length=1, max_length=5000)] | None = None
-    audio_token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_\-]{1,100}$")] | None = None
-    lang: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[A-Za-z]{2})?$")] = "fr"
+    audio_token: (
+        Annotated[
+            str,
+            _matching(
+                r"[A-Za-z0-9_\-]{1,100}",
+                "must be a Voice Partner audio file token (letters, digits, _ or -)",
+            ),
+        ]
+        | None
+    ) = None
+    lang: Annotated[
+        str, _matching(r"[a-z]{2}(-[A-Za-z]{2})?", "must be a language code such as fr or en-GB")
+    ] = "fr"
     sender: E164 | None = None
     """Voicemail callback number, validated beforehand on the provider's site (§3.2)."""
     notification_email: EmailStr | None = None
@@ -398,6 +516,7 @@ class VoiceMessage(_Common):
 
     @model_validator(mode="after")
     def _content(self) -> Self:
+        _check_unique_numbers(self.to)
         if self.mode == "tts" and not (self.text or self.audio_token):
             raise _field_error("text", "text or audio_token is required for tts")
         if self.mode == "voicemail":
@@ -423,9 +542,16 @@ def _field_error(field: str, message: str) -> ValueError:
 
 def parse_message(channel: str, data: Any) -> Message:
     """Validate ``data`` as a message of ``channel``; raise :class:`InvalidMessage` naming fields."""
-    model = _MODELS.get(channel)
+    model = _MODELS.get(channel) if isinstance(channel, str) else None
     if model is None:
-        raise InvalidMessage([{"field": "channel", "message": f"unknown channel {channel!r}"}])
+        raise InvalidMessage(
+            [
+                {
+                    "field": "channel",
+                    "message": f"unknown channel {str(channel)[:40]!r}; use email, sms or voice",
+                }
+            ]
+        )
     if not isinstance(data, dict):
         raise InvalidMessage(
             [{"field": "message", "message": f"must be an object, got {type(data).__name__}"}]
@@ -433,14 +559,7 @@ def parse_message(channel: str, data: Any) -> Message:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = InvalidMessage.from_validation_error(exc)
-        # Model-level errors come back at loc '' with "field: message"; lift the field out.
-        for item in err.errors:
-            if item["field"] == "message" and ": " in item["message"]:
-                field, _, text = item["message"].partition(": ")
-                if re.fullmatch(r"[\w.]+", field):
-                    item["field"], item["message"] = field, text
-        raise InvalidMessage(err.errors) from None
+        raise InvalidMessage.from_validation_error(exc) from None
 
 
 # -- results --------------------------------------------------------------------------------------

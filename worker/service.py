@@ -107,9 +107,13 @@ class _Attempt:
             return Done(self._result(record.state, record.attempts))
 
         if self._expired(record.created_at):
-            return self._finish("expired", record.attempts, error=ErrorInfo(
-                kind="expired", code=None, message="deadline passed before the message was sent"
-            ))
+            return self._finish(
+                "expired",
+                record.attempts,
+                error=ErrorInfo(
+                    kind="expired", code=None, message="deadline passed before the message was sent"
+                ),
+            )
 
         interrupted = record.state == "sending"
         attempt_no = record.attempts + 1
@@ -139,7 +143,9 @@ class _Attempt:
 
     # -- outcomes ------------------------------------------------------------------------------
 
-    def _on_error(self, exc: DeliveryError, attempts: int, driver: Any, ctx: SendContext) -> Done | Retry:
+    def _on_error(
+        self, exc: DeliveryError, attempts: int, driver: Any, ctx: SendContext
+    ) -> Done | Retry:
         fields = exc.context()
         if isinstance(exc, ThrottledError):
             self.rt.ledger.incr(self.delivery_id, "throttled")
@@ -158,10 +164,14 @@ class _Attempt:
                 if found is not None:
                     return self._sent(found, attempts - 1)
             if attempts > self.settings.max_retries:
-                log.error("delivery.retries_exhausted", error=exc.message, **_without_provider(fields))
+                log.error(
+                    "delivery.retries_exhausted", error=exc.message, **_without_provider(fields)
+                )
                 return self._finish("failed", attempts, error=_info(exc))
             delay = backoff_s(
-                attempts, base_s=self.settings.retry_backoff_base_s, cap_s=self.settings.retry_backoff_max_s
+                attempts,
+                base_s=self.settings.retry_backoff_base_s,
+                cap_s=self.settings.retry_backoff_max_s,
             )
             if exc.retry_after_s is not None:
                 delay = max(delay, exc.retry_after_s)
@@ -226,9 +236,13 @@ class _Attempt:
     def _wait(self, delay_s: float, reason: str, attempts: int) -> Done | Retry:
         remaining = self._deadline() - time.time()
         if remaining <= 0:
-            return self._finish("expired", attempts, error=ErrorInfo(
-                kind="expired", code=None, message=f"deadline passed while {reason}"
-            ))
+            return self._finish(
+                "expired",
+                attempts,
+                error=ErrorInfo(
+                    kind="expired", code=None, message=f"deadline passed while {reason}"
+                ),
+            )
         # Never schedule past the deadline, nor beyond the broker's visibility timeout.
         delay_s = min(delay_s, self.settings.retry_backoff_max_s, max(remaining, 0.0))
         self.rt.ledger.transition(self.delivery_id, "waiting", waiting_reason=reason)
@@ -253,9 +267,11 @@ class _Attempt:
             return "dw" + self.delivery_id.replace("-", "")[:18].lower()
         return None
 
-    def _result(self, state: str, attempts: int, *, error: ErrorInfo | None = None) -> DeliveryResult:
+    def _result(
+        self, state: str, attempts: int, *, error: ErrorInfo | None = None
+    ) -> DeliveryResult:
         return DeliveryResult(
-            status=state,  # type: ignore[arg-type]
+            status=state,
             delivery_id=self.delivery_id,
             channel=self.channel,
             provider=self.provider,
@@ -286,7 +302,7 @@ def _failed(
     return DeliveryResult(
         status="failed",
         delivery_id=delivery_id,
-        channel=channel,  # type: ignore[arg-type]
+        channel=channel,
         provider=provider,
         attempts=attempts,
         error=ErrorInfo(kind=kind, code=None, message=message[:500]),
@@ -295,4 +311,3 @@ def _failed(
 
 def _without_provider(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if k != "provider"}
-

@@ -9,7 +9,15 @@ import httpx
 
 from worker.drivers.base import Balance, Driver, SendContext, SendOutcome
 
-__all__ = ["DRIVER_PATHS", "Balance", "Driver", "SendContext", "SendOutcome", "driver_class", "make_driver"]
+__all__ = [
+    "DRIVER_PATHS",
+    "Balance",
+    "Driver",
+    "SendContext",
+    "SendOutcome",
+    "driver_class",
+    "make_driver",
+]
 
 DRIVER_PATHS: dict[str, str] = {
     "postal": "worker.drivers.postal:PostalDriver",

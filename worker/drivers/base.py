@@ -186,7 +186,9 @@ class Driver(ABC, Generic[M]):
     def url(self, path: str) -> str:
         return join_url(self.base_url, path)
 
-    def post_json(self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Request:
+    def post_json(
+        self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> httpx.Request:
         return self.client.build_request("POST", self.url(path), json=payload, headers=headers)
 
     def json_object(self, response: httpx.Response) -> dict[str, Any]:
@@ -196,7 +198,9 @@ class Driver(ABC, Generic[M]):
         except (ValueError, UnicodeDecodeError):
             raise self._unparseable(response, "answer is not JSON") from None
         if not isinstance(data, dict):
-            raise self._unparseable(response, f"answer is JSON {type(data).__name__}, not an object")
+            raise self._unparseable(
+                response, f"answer is JSON {type(data).__name__}, not an object"
+            )
         return data
 
     def _unparseable(self, response: httpx.Response, why: str) -> DeliveryError:
@@ -213,7 +217,9 @@ class Driver(ABC, Generic[M]):
             return UnknownOutcomeError(
                 f"{self.name} {why} (HTTP {status})", provider=self.name, status_code=status
             )
-        return TransientError(f"{self.name} {why} (HTTP {status})", provider=self.name, status_code=status)
+        return TransientError(
+            f"{self.name} {why} (HTTP {status})", provider=self.name, status_code=status
+        )
 
     def http_status_error(self, response: httpx.Response, message: str) -> DeliveryError:
         """Classify a non-success HTTP status that the provider module does not know better."""

@@ -66,12 +66,15 @@ class PartnerDriver(Driver[M]):
         code = _as_int(data.get("code"))
         if success is True and code in (200, None) and response.status_code < 300:
             return data
-        if code is None:
+        if code is None or code == 200:
+            # No code, or code 200 ("OK") without success=true: the envelope says nothing usable.
             if response.status_code >= 300:
-                raise self.http_status_error(response, f"{self.name} answered HTTP {response.status_code}")
-            # A 2xx without the envelope: the provider may have accepted the send.
+                raise self.http_status_error(
+                    response, f"{self.name} answered HTTP {response.status_code}"
+                )
+            # A 2xx without a readable envelope: the provider may have accepted the send.
             raise UnknownOutcomeError(
-                f"{self.name} answer has no success/code envelope",
+                f"{self.name} answer has no usable success/code envelope",
                 provider=self.name,
                 status_code=response.status_code,
             )
@@ -92,7 +95,9 @@ class PartnerDriver(Driver[M]):
             # Unknown codes are treated as permanent: resending an unexplained refusal in a loop
             # costs money and hides the problem; operators see the code in the result.
             kind = TransientError if response.status_code >= 500 else PermanentError
-        return kind(message, provider=self.name, status_code=response.status_code, provider_code=code)
+        return kind(
+            message, provider=self.name, status_code=response.status_code, provider_code=code
+        )
 
     def check_balance(self) -> Balance | None:
         """``GET /me?apiKey=…`` (providers.md §1.2.1, §2.2)."""

@@ -163,11 +163,9 @@ class PostalDriver(Driver[EmailMessage]):
             for address, item in messages.items():
                 if not isinstance(item, dict):
                     continue
-                message_id = item.get("id")
-                if isinstance(message_id, bool) or not isinstance(message_id, (int, str)):
-                    continue
-                if message_id != "":
-                    ids[str(address)] = str(message_id)
+                message_id = _provider_id(item.get("id"))
+                if message_id is not None:
+                    ids[str(address)] = message_id
         if not ids:
             # "success" without per-recipient ids (§4.2): accepted, but nothing to record.
             raise UnknownOutcomeError(
@@ -182,13 +180,11 @@ class PostalDriver(Driver[EmailMessage]):
         code_text = code if isinstance(code, str) and code else "unknown"
         # ServerSuspended has no message (§4.1); the code alone is enough then.
         text = _text(data.get("message")) or code_text
-        error_type: type[DeliveryError]
-        if code_text in CONFIG_CODES:
-            error_type = ConfigurationError
-        else:
-            # PERMANENT_CODES and any unknown code: resending an unexplained refusal would only
-            # repeat it (§4.7).
-            error_type = PermanentError
+        # PERMANENT_CODES and any unknown code are permanent: resending an unexplained refusal
+        # would only repeat it (§4.7).
+        error_type: type[DeliveryError] = (
+            ConfigurationError if code_text in CONFIG_CODES else PermanentError
+        )
         return error_type(
             f"postal error {code_text}: {text}",
             provider=self.name,
@@ -199,3 +195,11 @@ class PostalDriver(Driver[EmailMessage]):
 
 def _text(value: Any) -> str:
     return value[:300] if isinstance(value, str) else ""
+
+
+def _provider_id(value: Any) -> str | None:
+    """A provider id as text: a non-empty string or an integer (never a bool), bounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    text = str(value).strip()
+    return text[:200] or None

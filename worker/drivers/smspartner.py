@@ -71,14 +71,20 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         tag = ctx.tag or message.tag
         if tag:
             payload["tag"] = tag
-        return self.post_json("send", self.auth_body(payload), headers={"Cache-Control": "no-cache"})
+        return self.post_json(
+            "send", self.auth_body(payload), headers={"Cache-Control": "no-cache"}
+        )
 
     def parse_response(
         self, response: httpx.Response, message: SmsMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self.envelope(response)
         message_id = data.get("message_id")
-        if not isinstance(message_id, (int, str)) or isinstance(message_id, bool) or message_id == "":
+        if (
+            not isinstance(message_id, (int, str))
+            or isinstance(message_id, bool)
+            or message_id == ""
+        ):
             # Accepted (success/code 200) but unreadable: a blind resend could duplicate the
             # send, so let the service reconcile by tag first (providers.md §1.5).
             raise UnknownOutcomeError(

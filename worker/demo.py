@@ -1,0 +1,300 @@
+"""The one-command run: Redis, the sandbox, a worker and Flower, then a demo batch.
+
+Everything runs locally with no account: every provider is pointed at the sandbox. The batch
+goes through all five providers, includes one message refused at enqueue and one provider that
+runs out of credit, and ends with a table of outcomes. Ctrl-C stops every process it started.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from worker.devenv import (
+    Proc,
+    sandbox_env,
+    start_redis,
+    start_sandbox,
+    start_worker,
+    wait_for_port,
+)
+
+__all__ = ["DEMO_BATCH", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoItem:
+    label: str
+    channel: str
+    message: dict[str, Any]
+
+
+def _email(provider: str, n: int, **extra: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {
+        "provider": provider,
+        "to": [{"email": f"customer{n}@example.com", "name": f"Customer {n}"}],
+        "from": {"email": "shop@example.org", "name": "Demo Shop"},
+        "subject": f"Your order #{1000 + n}",
+        "html": f"<p>Thank you for order #{1000 + n}.</p>",
+        "text": f"Thank you for order #{1000 + n}.",
+    }
+    msg.update(extra)
+    return msg
+
+
+_INVOICE = base64.b64encode(b"%PDF-1.4 demo invoice\n").decode()
+
+DEMO_BATCH: list[DemoItem] = [
+    DemoItem("postal: order confirmation", "email", _email("postal", 1)),
+    DemoItem(
+        "postal: two recipients + attachment",
+        "email",
+        _email(
+            "postal",
+            2,
+            to=[{"email": "ana@example.com"}, {"email": "bo@example.com"}],
+            attachments=[
+                {"filename": "invoice.pdf", "content_type": "application/pdf", "content": _INVOICE}
+            ],
+        ),
+    ),
+    DemoItem("emailmassivo: receipt", "email", _email("emailmassivo", 3)),
+    DemoItem(
+        "emailmassivo: template",
+        "email",
+        {
+            **{k: v for k, v in _email("emailmassivo", 4).items() if k not in ("html", "text")},
+            "template": {"id": 42, "params": {"first_name": "Ada"}},
+        },
+    ),
+    DemoItem("mailpartner: newsletter", "email", _email("mailpartner", 5, tag="newsletter")),
+    DemoItem("mailpartner: text only", "email", {**_email("mailpartner", 6), "html": None}),
+    DemoItem(
+        "smspartner: one-time code",
+        "sms",
+        {
+            "provider": "smspartner",
+            "to": ["+33612345601"],
+            "text": "Your code is 4242",
+            "sender": "DemoShop",
+        },
+    ),
+    DemoItem(
+        "smspartner: two numbers",
+        "sms",
+        {
+            "provider": "smspartner",
+            "to": ["+33612345602", "+33612345603"],
+            "text": "Parcel shipped",
+        },
+    ),
+    DemoItem(
+        "voicepartner: tts call",
+        "voice",
+        {
+            "provider": "voicepartner",
+            "mode": "tts",
+            "to": ["+33612345604"],
+            "text": "Your code is 4 2 4 2",
+            "lang": "en",
+        },
+    ),
+    DemoItem(
+        "voicepartner: voicemail drop",
+        "voice",
+        {
+            "provider": "voicepartner",
+            "mode": "voicemail",
+            "to": ["+33612345605"],
+            "audio_token": "demo-audio-1",
+            "notification_email": "ops@example.org",
+        },
+    ),
+    # Mail Partner runs out of credit after the first two (see _OUT_OF_CREDIT below).
+    DemoItem("mailpartner: out of credit", "email", _email("mailpartner", 7)),
+]
+
+BAD_MESSAGE = DemoItem(
+    "sms: invalid number (refused at enqueue)",
+    "sms",
+    {"provider": "smspartner", "to": ["0612"], "text": "never queued"},
+)
+
+_OUT_OF_CREDIT = ("mailpartner", 2)
+"""The sandbox gives Mail Partner credit for two mails: the third meets code 11."""
+
+
+def _stderr(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def run_demo(
+    *,
+    workdir: str,
+    flower: bool = True,
+    flower_port: int = 5555,
+    stay: bool = True,
+    workers: int = 2,
+) -> int:
+    from worker.app import client_app
+    from worker.ledger import Ledger
+    from worker.models import InvalidMessage
+    from worker.producer import Producer
+
+    root = Path(workdir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    procs: list[Proc] = []
+
+    def stop_all(*_: Any) -> None:
+        for proc in reversed(procs):
+            proc.stop()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        print("starting redis-server, the provider sandbox and a worker …")
+        redis_proc = start_redis(root / "redis")
+        procs.append(redis_proc)
+        sandbox = start_sandbox(root, extra_args=["--quiet"])
+        procs.append(sandbox)
+        redis_url = str(redis_proc.extra["url"])
+        sandbox_url = str(sandbox.extra["url"])
+        env = {
+            "DELIVERY_BROKER_URL": f"{redis_url}/0",
+            "DELIVERY_RESULT_BACKEND": f"{redis_url}/1",
+            "DELIVERY_LOG_FORMAT": "json",
+            **sandbox_env(sandbox_url),
+        }
+        worker = start_worker(root, env, name="demo", concurrency=workers)
+        procs.append(worker)
+        flower_auth = ""
+        if flower:
+            flower_auth = f"demo:{secrets.token_urlsafe(9)}"
+            procs.append(_start_flower(root, env, flower_port, flower_auth))
+
+        provider, credits = _OUT_OF_CREDIT
+        httpx.post(
+            f"{sandbox_url}/_admin/balance", json={"provider": provider, "credits": credits}
+        ).raise_for_status()
+
+        app = client_app(env["DELIVERY_BROKER_URL"], env["DELIVERY_RESULT_BACKEND"], name="demo")
+        ledger = Ledger(redis.Redis.from_url(env["DELIVERY_BROKER_URL"]))
+        producer = Producer(app=app, ledger=ledger)
+        _wait_worker_ready(app, worker)
+
+        print(f"enqueueing {len(DEMO_BATCH) + 1} demo messages through 5 providers …")
+        sent: list[tuple[DemoItem, str]] = []
+        rows: list[list[str]] = []
+        for item in [*DEMO_BATCH[:3], BAD_MESSAGE, *DEMO_BATCH[3:]]:
+            try:
+                result = producer.enqueue(item.channel, item.message)
+            except InvalidMessage as exc:
+                rows.append(
+                    [item.label, "-", "refused", "0", str(exc).removeprefix("invalid message: ")]
+                )
+                continue
+            sent.append((item, str(result.id)))
+
+        _follow(ledger, [d for _, d in sent], timeout_s=60)
+        for item, delivery_id in sent:
+            record = ledger.get(delivery_id)
+            rows.append(_row(item, delivery_id, record))
+        _print_table(rows)
+        print(f"\nwall time: {time.monotonic() - started:.1f}s; logs in {root}")
+        counts = Counter(r[2] for r in rows)
+        print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        if flower:
+            user, password = flower_auth.split(":", 1)
+            print(f"\nFlower: http://127.0.0.1:{flower_port}  (user {user}, password {password})")
+        if stay:
+            print("everything keeps running; press Ctrl-C to stop all processes")
+            while all(p.alive() for p in procs):
+                time.sleep(0.5)
+            print("a process exited; stopping", file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping …")
+        return 0
+    finally:
+        stop_all()
+
+
+def _start_flower(root: Path, env: dict[str, str], port: int, auth: str) -> Proc:
+    from worker.devenv import _spawn
+
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker", "flower",
+        f"--port={port}", "--address=127.0.0.1", f"--basic-auth={auth}",
+    ]  # fmt: skip
+    proc = _spawn("flower", argv, root / "flower.log", {**os.environ, **env})
+    try:
+        wait_for_port(port, timeout_s=20)
+    except TimeoutError:
+        print(f"flower did not start (port {port} busy?); see {proc.log_path}", file=sys.stderr)
+    return proc
+
+
+def _wait_worker_ready(app: Any, worker: Proc, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            raise RuntimeError(f"the worker exited:\n{worker.log_tail()}")
+        replies = app.control.ping(timeout=0.5)
+        if replies:
+            return
+    raise RuntimeError(f"the worker did not answer a ping in {timeout_s:g}s:\n{worker.log_tail()}")
+
+
+def _follow(ledger: Any, ids: list[str], *, timeout_s: float) -> None:
+    """A live progress line until every delivery is final or parked."""
+    deadline = time.monotonic() + timeout_s
+    final = {"sent", "failed", "expired", "dead", "parked"}
+    while True:
+        states = Counter((r.state if (r := ledger.get(d)) else "queued") for d in ids)
+        done = sum(v for k, v in states.items() if k in final)
+        parts = " · ".join(f"{k} {v}" for k, v in sorted(states.items()))
+        _stderr(f"\r  {done}/{len(ids)} settled · {parts}".ljust(78))
+        if done == len(ids) or time.monotonic() > deadline:
+            _stderr("\n")
+            return
+        time.sleep(0.2)
+
+
+def _row(item: DemoItem, delivery_id: str, record: Any) -> list[str]:
+    if record is None:
+        return [item.label, delivery_id[:8], "unknown", "0", ""]
+    result = record.result or {}
+    detail = ""
+    if result.get("error"):
+        err = result["error"]
+        detail = f"{err.get('kind')}: {err.get('message', '')}"[:70]
+    elif result.get("provider_message_ids"):
+        ids = result["provider_message_ids"]
+        detail = ", ".join(f"{k} → {v}" for k, v in list(ids.items())[:2])[:70]
+    return [item.label, delivery_id[:8], record.state, str(record.attempts), detail]
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    header = ["message", "delivery", "status", "tries", "provider ids / error"]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print(line)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))

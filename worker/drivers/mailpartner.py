@@ -1,0 +1,150 @@
+"""Mail Partner: ``POST /send`` on the Partner platform; providers.md §2.
+
+Same envelope as SMS Partner (``success``/``code``, ``apiKey`` in the body), see
+:mod:`worker.drivers.partner`. Differences that matter here: the body is ``htmlContent`` only,
+recipients are nested under ``params.to``, attachment file names go without their extension,
+and the success id is ``messageId`` in camelCase (§2.2).
+"""
+
+from __future__ import annotations
+
+import html
+import posixpath
+import re
+from typing import Any, ClassVar
+
+import httpx
+
+from worker.drivers.base import SendContext, SendOutcome
+from worker.drivers.partner import COMMON_CODES, PartnerDriver, _as_float
+from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
+from worker.models import Address, EmailMessage
+
+__all__ = ["MailPartnerDriver", "text_to_html"]
+
+# providers.md §2.3 "Email sending" codes, on top of the shared ones (1/3/10/20/30/40/96
+# configuration, 11 account, 14 unsubscribed, 500 queue problem). Classification [INFERRED]:
+# 429/500 transient, 11 account, 14 a suppression, the rest permanent.
+MAIL_CODES: dict[int, type[DeliveryError]] = {
+    **COMMON_CODES,
+    2: PermanentError,  # mail content required
+    4: PermanentError,  # sender email required
+    5: PermanentError,  # sender name empty
+    8: PermanentError,  # attachment URL required
+    9: PermanentError,  # attachment extension not allowed
+    15: PermanentError,  # already in the sending list
+    16: PermanentError,  # attachment name empty
+    17: PermanentError,  # too many recipients
+    18: PermanentError,  # recipient email required
+    19: PermanentError,  # recipient email invalid
+    21: PermanentError,  # recipient name empty
+    22: PermanentError,  # recipient list required
+    23: PermanentError,  # reply-to email required
+    24: PermanentError,  # reply-to email invalid
+    25: PermanentError,  # reply-to name empty
+    45: PermanentError,  # date and time validation (45-49)
+    46: PermanentError,
+    47: PermanentError,
+    48: PermanentError,
+    49: PermanentError,
+    50: PermanentError,  # max 500 mails
+    55: PermanentError,  # no default price
+    90: PermanentError,  # malformed JSON
+    429: ThrottledError,  # 2000 requests/minute/IP; PartnerDriver.classify defaults to 60 s
+}
+
+_TAG = re.compile(r"[a-z0-9_\-]{3,20}")
+
+
+def text_to_html(text: str) -> str:
+    """A plain-text body as HTML: escaped, line breaks kept as ``<br>``.
+
+    ``htmlContent`` is the only documented body field and it is required (§2.2), so a text-only
+    message must become HTML; escaping keeps ``<``/``&`` in the text from being read as markup.
+    """
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    return html.escape(normalised).replace("\n", "<br>\n")
+
+
+def _recipient(address: Address) -> dict[str, str]:
+    out = {"email": address.email}
+    if address.name:
+        out["name"] = address.name
+    return out
+
+
+class MailPartnerDriver(PartnerDriver[EmailMessage]):
+    name = "mailpartner"
+    channel = "email"
+    default_base_url = "https://api.mailpartner.fr/v1"
+    codes: ClassVar = MAIL_CODES
+    balance_field = "creditMail"
+
+    def build_request(self, message: EmailMessage, ctx: SendContext) -> httpx.Request:
+        # The model refuses these for mailpartner; a failed-over message must not silently
+        # lose recipients or content.
+        if message.cc or message.bcc:
+            raise PermanentError("mailpartner has no cc/bcc (§2.2)", provider=self.name)
+        if message.template is not None:
+            raise PermanentError("mailpartner has no stored templates", provider=self.name)
+        if message.html:
+            body = message.html
+        elif message.text:
+            body = text_to_html(message.text)
+        else:
+            raise PermanentError("mailpartner needs html or text content", provider=self.name)
+        payload: dict[str, Any] = {
+            "subject": message.subject,
+            "htmlContent": body,
+            # §2.2: the field table says `to`, but every example nests it under `params`.
+            "params": {"to": [_recipient(a) for a in message.to]},
+        }
+        # The sender is not a documented request field (§2.2, [NOT FOUND]): it is most likely
+        # configured on the account, so message.from_ is not sent. preview_text and custom
+        # headers have no documented field either and are not sent.
+        if message.reply_to is not None:
+            payload["replyTo"] = _recipient(message.reply_to)
+        if message.attachments:
+            payload["attachments"] = [
+                {
+                    "base64Content": a.content,
+                    "contentType": a.content_type,
+                    # §2.2: "the filename is given without extension".
+                    "filename": posixpath.splitext(a.filename)[0],
+                }
+                for a in message.attachments
+            ]
+        # §2.2: tags are lowercase, no spaces, 3-20 characters; a tag outside that would get the
+        # whole message refused, so only a valid one is sent.
+        if message.tag is not None and _TAG.fullmatch(message.tag):
+            payload["tag"] = message.tag
+        return self.post_json("send", self.auth_body(payload))
+
+    def parse_response(
+        self, response: httpx.Response, message: EmailMessage, ctx: SendContext
+    ) -> SendOutcome:
+        data = self.envelope(response)
+        # §2.2: camelCase `messageId` (unlike SMS Partner's `message_id`); accept either.
+        message_id = _provider_id(data.get("messageId", data.get("message_id")))
+        if message_id is None:
+            # Accepted (success, code 200) but no id: a resend could duplicate the mail.
+            raise UnknownOutcomeError(
+                "mailpartner success answer has no messageId",
+                provider=self.name,
+                status_code=response.status_code,
+            )
+        currency = data.get("currency")
+        return SendOutcome(
+            provider=self.name,
+            provider_message_ids={a.email: message_id for a in message.to},
+            cost=_as_float(data.get("cost")),
+            currency=currency if isinstance(currency, str) else None,
+        )
+
+
+def _provider_id(value: Any) -> str | None:
+    """A provider id as text: a non-empty string or an integer (never a bool), bounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    text = str(value).strip()
+    return text[:200] or None

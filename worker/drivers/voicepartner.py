@@ -1,0 +1,245 @@
+"""Voice Partner: text-to-speech calls and voicemail drops; providers.md §3.
+
+``apiKey`` goes in the JSON body for POST and in the URL **path** for GET (§3.1). Success is
+``{"success": true, "campaignId": …}``. The error body shape is [NOT FOUND] (§3.3): the string
+codes are looked for under ``error`` (as the third-party Ruby gem reads them), ``code`` and
+``message``, whichever is present.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from worker.drivers.base import Balance, Driver, SendContext, SendOutcome
+from worker.drivers.partner import _as_float
+from worker.errors import (
+    AccountBlockedError,
+    ConfigurationError,
+    DeliveryError,
+    PermanentError,
+    ThrottledError,
+    TransientError,
+    UnknownOutcomeError,
+)
+from worker.http import parse_retry_after
+from worker.models import VoiceMessage
+
+__all__ = ["VoicePartnerDriver"]
+
+# providers.md §3.3 (VMS string codes) and §3.2 (code 10 on /me); classes [INFERRED].
+ERROR_CODES: dict[str, type[DeliveryError]] = {
+    "NOT_CREDIT": AccountBlockedError,
+    "PHONE_NUMBER_REQUIRED": PermanentError,
+    "PHONE_NUMBER_SIZE_ERROR": PermanentError,  # more than 500 numbers
+    "TOKEN_AUDIO_REQUIRED": PermanentError,
+    "NOTIFY_URL_INVALID": PermanentError,
+    "SENDER_NOT_AUTHORIZED": PermanentError,
+    "SENDER_INVALID": PermanentError,
+    "AUDIO_FILE_NOT_FOUND": PermanentError,
+    "DESTINATION_INVALID": PermanentError,
+    "10": ConfigurationError,  # invalid API key
+}
+
+# §3.2: 2000 requests/hour, and 5/minute for campaigns and /me. Whether a 429 carries
+# Retry-After is [NOT FOUND]; the x-ratelimit-reset header (§3.1, [INFERRED]) has undocumented
+# units. Without Retry-After, wait a minute: a 1 s retry would only burn the per-minute budget.
+DEFAULT_THROTTLE_S = 60.0
+
+
+class VoicePartnerDriver(Driver[VoiceMessage]):
+    name = "voicepartner"
+    channel = "voice"
+    default_base_url = "https://api.voicepartner.fr/v1"
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        notification_email: str | None = None,
+    ) -> None:
+        super().__init__(client, api_key=api_key, base_url=base_url)
+        self.notification_email = notification_email or None
+
+    def build_request(self, message: VoiceMessage, ctx: SendContext) -> httpx.Request:
+        numbers = ",".join(message.to)
+        if message.mode == "voicemail":
+            return self._voicemail(message, numbers)
+        payload: dict[str, Any] = {
+            "apiKey": self._api_key,
+            "phoneNumbers": numbers,
+            "lang": message.lang,
+        }
+        # §3.2: with tokenAudio, text is ignored; send only one of them.
+        if message.audio_token:
+            payload["tokenAudio"] = message.audio_token
+        elif message.text:
+            payload["text"] = message.text
+        else:
+            raise PermanentError("tts needs text or audio_token", provider=self.name)
+        if message.speech_rate is not None:
+            payload["speechRate"] = message.speech_rate
+        return self.post_json("tts/send", payload)
+
+    def _voicemail(self, message: VoiceMessage, numbers: str) -> httpx.Request:
+        if not message.audio_token:
+            raise PermanentError("voicemail drops need audio_token", provider=self.name)
+        email = message.notification_email or self.notification_email
+        if not email:
+            # §3.2: emailForNotification is required for /campaign/send.
+            raise ConfigurationError(
+                "voicemail drops need notification_email on the message or "
+                "DELIVERY_VOICEPARTNER_NOTIFICATION_EMAIL",
+                provider=self.name,
+            )
+        payload: dict[str, Any] = {
+            "apiKey": self._api_key,
+            "tokenAudio": message.audio_token,
+            "emailForNotification": email,
+            "phoneNumbers": numbers,
+        }
+        if message.sender:
+            payload["sender"] = message.sender
+        return self.post_json("campaign/send", payload)
+
+    def parse_response(
+        self, response: httpx.Response, message: VoiceMessage, ctx: SendContext
+    ) -> SendOutcome:
+        data = self._answer(response)
+        campaign_id = _provider_id(data.get("campaignId"))
+        if campaign_id is None:
+            # success:true without an id: the campaign may exist; a resend could call twice.
+            raise UnknownOutcomeError(
+                "voicepartner success answer has no campaignId",
+                provider=self.name,
+                status_code=response.status_code,
+            )
+        currency = data.get("currency")
+        return SendOutcome(
+            provider=self.name,
+            # One campaign covers every number of the request (§3.2).
+            provider_message_ids={number: campaign_id for number in message.to},
+            cost=_as_float(data.get("cost")),
+            currency=currency if isinstance(currency, str) else None,
+        )
+
+    def check_balance(self) -> Balance | None:
+        """``GET /me/{apiKey}`` (§3.2): the key is a path segment, quoted."""
+        request = self.client.build_request("GET", self.url("me/" + quote(self._api_key, safe="")))
+        data = self._answer(self.transmit(request))
+        credit = _as_float(data.get("credit"))  # a string in the doc example: "19"
+        if credit is None:
+            raise TransientError("voicepartner /me answer has no credit", provider=self.name)
+        currency = data.get("currency")
+        return Balance(
+            provider=self.name,
+            has_credit=credit > 0,
+            credits=credit,
+            currency=currency if isinstance(currency, str) else None,
+        )
+
+    # -- answer classification -----------------------------------------------------------------
+
+    def _answer(self, response: httpx.Response) -> dict[str, Any]:
+        """The body of a ``success: true`` 2xx answer; otherwise a classified error."""
+        status = response.status_code
+        try:
+            parsed: Any = json.loads(response.content)
+        except (ValueError, UnicodeDecodeError):
+            parsed = None
+        data: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+        if 200 <= status < 300 and data.get("success") is True:
+            return data
+        code, text = _error_code(data)
+        known = ERROR_CODES.get(code) if code is not None else None
+        detail = text if text and text != code else ""
+        message = f"voicepartner HTTP {status}" + (f": {detail}" if detail else "")
+        if known is not None:
+            raise known(message, provider=self.name, status_code=status, provider_code=code)
+        raise self._status_error(response, data, code, message)
+
+    def _status_error(
+        self, response: httpx.Response, data: dict[str, Any], code: str | None, message: str
+    ) -> DeliveryError:
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            return ThrottledError(
+                message,
+                provider=self.name,
+                status_code=status,
+                provider_code=code,
+                retry_after_s=retry_after if retry_after is not None else DEFAULT_THROTTLE_S,
+            )
+        if status >= 500 or status == 408:
+            return TransientError(
+                message,
+                provider=self.name,
+                status_code=status,
+                provider_code=code,
+                retry_after_s=retry_after,
+            )
+        if status in (401, 403) or 300 <= status < 400:
+            return ConfigurationError(
+                message, provider=self.name, status_code=status, provider_code=code
+            )
+        if status == 402:
+            # Not documented for Voice Partner; read as NOT_CREDIT, the safe side (§3.3).
+            return AccountBlockedError(
+                message, provider=self.name, status_code=status, provider_code=code
+            )
+        if 200 <= status < 300 and data.get("success") is not False:
+            # A 2xx that says neither success nor failure (not JSON, wrong types): the
+            # provider may have accepted the call.
+            return UnknownOutcomeError(
+                f"{message}: unrecognisable answer", provider=self.name, status_code=status
+            )
+        # An explicit refusal with an unknown code, or another 4xx: resending would repeat it.
+        return PermanentError(message, provider=self.name, status_code=status, provider_code=code)
+
+
+def _error_code(data: dict[str, Any]) -> tuple[str | None, str]:
+    """The string error code and a readable text from an error body of unknown shape (§3.3).
+
+    Accepts ``{"error": "NOT_CREDIT"}``, ``{"code": "NOT_CREDIT", "message": …}``,
+    ``{"message": "NOT_CREDIT"}``, ``{"error": {"code": …, "message": …}}`` and numeric codes.
+    """
+    candidates: list[Any] = []
+    texts: list[str] = []
+    error = data.get("error")
+    if isinstance(error, dict):
+        candidates += [error.get("code"), error.get("error")]
+        if isinstance(error.get("message"), str):
+            texts.append(error["message"])
+    else:
+        candidates.append(error)
+    candidates += [data.get("code"), data.get("message")]
+    if isinstance(data.get("message"), str):
+        texts.append(data["message"])
+    if isinstance(error, str):
+        texts.append(error)
+    code: str | None = None
+    for candidate in candidates:
+        if isinstance(candidate, bool) or not isinstance(candidate, (str, int)):
+            continue
+        value = str(candidate).strip()
+        if value.upper() in ERROR_CODES:
+            code = value.upper()
+            break
+        if code is None and value and len(value) <= 64 and " " not in value:
+            code = value  # an unknown code-like token, kept for operators
+    text = texts[0][:300] if texts else ""
+    return code, text
+
+
+def _provider_id(value: Any) -> str | None:
+    """A provider id as text: a non-empty string or an integer (never a bool), bounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    text = str(value).strip()
+    return text[:200] or None
