@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["AcceptedMessage", "Reply", "Request", "html_reply", "json_reply"]
+__all__ = ["AcceptedMessage", "Reply", "Request", "html_reply", "json_reply", "phrase"]
 
 OUTCOMES = ("accepted", "duplicate", "refused", "ok", "fault", "error")
 """``accepted``: a send created a message; ``duplicate``: a send answered with an earlier
@@ -88,3 +89,11 @@ def html_reply(status: int, html: str, outcome: str = "ok") -> Reply:
     return Reply(
         status=status, body=html.encode("utf-8"), content_type="text/html", outcome=outcome
     )
+
+
+def phrase(status: int) -> str:
+    """The standard reason phrase of an HTTP status ("Error" for unassigned codes)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -62,7 +62,61 @@ EMAILMASSIVO_MAX_REQUEST_BYTES = 5 * 1024 * 1024
 
 # providers.md §5.2 (RuSender limits, applied to EmailMassivo).
 EMAILMASSIVO_FORBIDDEN_EXTENSIONS = frozenset(
-    ["ade", "adp", "apk", "appx", "appxbundle", "bat", "cab", "chm", "cmd", "com", "cpl", "diagcab", "diagcfg", "diagpack", "dll", "dmg", "ex", "ex_", "exe", "hta", "img", "ins", "iso", "isp", "jar", "jnlp", "js", "jse", "lib", "lnk", "mde", "msc", "msi", "msix", "msixbundle", "msp", "mst", "nsh", "pif", "ps1", "scr", "sct", "shb", "sys", "vb", "vbe", "vbs", "vhd", "vxd", "wsc", "wsf", "wsh", "xll"]
+    [
+        "ade",
+        "adp",
+        "apk",
+        "appx",
+        "appxbundle",
+        "bat",
+        "cab",
+        "chm",
+        "cmd",
+        "com",
+        "cpl",
+        "diagcab",
+        "diagcfg",
+        "diagpack",
+        "dll",
+        "dmg",
+        "ex",
+        "ex_",
+        "exe",
+        "hta",
+        "img",
+        "ins",
+        "iso",
+        "isp",
+        "jar",
+        "jnlp",
+        "js",
+        "jse",
+        "lib",
+        "lnk",
+        "mde",
+        "msc",
+        "msi",
+        "msix",
+        "msixbundle",
+        "msp",
+        "mst",
+        "nsh",
+        "pif",
+        "ps1",
+        "scr",
+        "sct",
+        "shb",
+        "sys",
+        "vb",
+        "vbe",
+        "vbs",
+        "vhd",
+        "vxd",
+        "wsc",
+        "wsf",
+        "wsh",
+        "xll",
+    ]
 )
 
 
@@ -541,7 +595,7 @@ def _field_error(field: str, message: str) -> ValueError:
 
 
 def parse_message(channel: str, data: Any) -> Message:
-    """Validate ``data`` as a message of ``channel``; raise :class:`InvalidMessage` naming fields."""
+    """Validate ``data`` as a ``channel`` message; raise :class:`InvalidMessage` naming fields."""
     model = _MODELS.get(channel) if isinstance(channel, str) else None
     if model is None:
         raise InvalidMessage(
@@ -576,7 +630,7 @@ class DeliveryResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Literal["sent", "failed", "expired", "parked", "queued", "sending"]
+    status: Literal["sent", "failed", "expired", "dead", "parked", "queued", "sending", "waiting"]
     delivery_id: str
     channel: Channel
     provider: str | None = None

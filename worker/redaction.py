@@ -5,7 +5,9 @@ Three layers, applied everywhere text leaves the worker:
 * registered secrets (every configured API key) are replaced by ``[secret]`` wherever they occur;
 * email addresses are masked to ``j***@example.com`` (the domain helps operators, the local part
   is personal);
-* phone numbers (runs of 8+ digits, optionally with ``+``) keep their first 4 and last 2 digits.
+* phone numbers (runs of 8+ digits, optionally with ``+`` and spaces) keep their first 4 and
+  last 2 digits. Digit runs glued to letters, hyphens or a decimal point are left alone, so
+  UUIDs, ISO timestamps and decimals pass through unchanged.
 
 Field names that always hold a secret or a body (``api_key``, ``html``, ``text``, ...) are
 dropped entirely by :func:`redact_mapping`.
@@ -17,6 +19,7 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 __all__ = [
     "BODY_FIELDS",
@@ -58,8 +61,16 @@ BODY_FIELDS = frozenset(
     }
 )
 
-_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+\-]{1,64})@([A-Za-z0-9.\-]{1,255}\.[A-Za-z]{2,63})")
-_PHONE_RE = re.compile(r"(?<![\w.])\+?\d[\d ]{6,18}\d(?![\w.])")
+# The local part is taken whole (the lookbehind stops a match from starting mid-way, which also
+# keeps the scan linear); \w covers internationalised addresses.
+_EMAIL_RE = re.compile(r"(?<![\w.%+\-])[\w.%+\-]+@(?:[\w\-]+\.)+[^\W\d_]{2,63}")
+# Not glued to letters, digits, "-" or "." on the left, nor to letters, digits, "-" or a decimal
+# part on the right: "3fa85f64-5717-..." and "2026-11-23T04:08:27Z" are not phone numbers, but
+# "call +33612345678." is.
+_PHONE_RE = re.compile(r"(?<![\w.\-])\+?\d[\d ]{6,18}\d(?![\w\-]|[.,]\d)")
+_MAX_STRING = 2000
+_MAX_ITEMS = 50
+_MAX_DEPTH = 6
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -71,10 +82,13 @@ def register_secret(value: str | None) -> None:
     global _secret_re
     if not value or len(value) < 4:
         return
+    # Also the URL-encoded forms: Partner APIs take the key in GET query strings (providers.md
+    # §1.1), and a logged URL carries it percent-encoded.
+    forms = {value, quote(value, safe=""), quote_plus(value)}
     with _secrets_lock:
-        if value in _secrets:
+        if forms <= _secrets:
             return
-        _secrets.add(value)
+        _secrets.update(forms)
         alternatives = sorted(_secrets, key=len, reverse=True)
         _secret_re = re.compile("|".join(re.escape(s) for s in alternatives))
 
@@ -104,18 +118,39 @@ def scrub(text: str) -> str:
 
 
 def _redact_value(value: Any, depth: int) -> Any:
-    if depth > 6:
+    if depth > _MAX_DEPTH:
         return "[…]"
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", "replace")
     if isinstance(value, str):
-        return scrub(value[:2000])
+        # Scrub first, then cut: cutting first could split a secret or an address and leave
+        # its head unrecognised in the output.
+        return scrub(value)[:_MAX_STRING]
     if isinstance(value, Mapping):
         return redact_mapping(value, _depth=depth + 1)
-    if isinstance(value, (list, tuple)):
-        items = [_redact_value(v, depth + 1) for v in list(value)[:50]]
-        if len(value) > 50:
-            items.append(f"[… {len(value) - 50} more]")
+    if isinstance(value, (list, tuple, set, frozenset)):
+        head = value[:_MAX_ITEMS] if isinstance(value, (list, tuple)) else list(value)[:_MAX_ITEMS]
+        items = [_redact_value(v, depth + 1) for v in head]
+        if len(value) > _MAX_ITEMS:
+            items.append(f"[… {len(value) - _MAX_ITEMS} more]")
         return items
     return value
+
+
+def _is_secret_field(name: str) -> bool:
+    lowered = name.lower()
+    squashed = lowered.replace("-", "").replace("_", "")
+    return (
+        lowered in SECRET_FIELDS
+        or "apikey" in squashed
+        or "secret" in squashed
+        or "password" in squashed
+        or "authorization" in squashed
+    )
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, bytes, list, tuple, dict)) and not value)
 
 
 def redact_mapping(data: Mapping[Any, Any], *, _depth: int = 0) -> dict[str, Any]:
@@ -123,11 +158,10 @@ def redact_mapping(data: Mapping[Any, Any], *, _depth: int = 0) -> dict[str, Any
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key)
-        lowered = name.lower()
-        if lowered in SECRET_FIELDS or "api_key" in lowered or "apikey" in lowered:
+        if _is_secret_field(name):
             out[name] = "[secret]"
-        elif lowered in BODY_FIELDS:
-            out[name] = "[redacted]" if value not in (None, "", [], {}) else value
+        elif name.lower() in BODY_FIELDS:
+            out[name] = value if _is_empty(value) else "[redacted]"
         else:
             out[name] = _redact_value(value, _depth)
     return out

@@ -124,7 +124,10 @@ class _Attempt:
             attempt=attempt_no,
             tag=self._provider_tag(),
         )
-        driver = self.rt.driver(self.provider)
+        try:
+            driver = self.rt.driver(self.provider)
+        except DeliveryError as exc:
+            return self._on_error(exc, record.attempts, None, ctx)
         if interrupted:
             # A previous attempt died mid-send: its outcome is unknown. Ask the provider first
             # where it can tell (design semantics 6).
@@ -150,7 +153,7 @@ class _Attempt:
         if isinstance(exc, ThrottledError):
             self.rt.ledger.incr(self.delivery_id, "throttled")
             delay = exc.retry_after_s or 1.0
-            log.info("delivery.throttled", retry_after_s=delay, **_without_provider(fields))
+            log.info("delivery.throttled", **{**_without_provider(fields), "retry_after_s": delay})
             return self._wait(delay, "throttled", attempts)
         if isinstance(exc, AccountBlockedError):
             # Out of credit: the full pause/park semantics live in flow control; until the

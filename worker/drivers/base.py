@@ -19,7 +19,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from worker.errors import (
@@ -134,7 +135,9 @@ class Driver(ABC, Generic[M]):
         retrying = Retrying(
             retry=retry_if_exception_type(_ConnectFailed),
             stop=stop_after_attempt(self.connect_attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=0.5),
+            # Not wait_exponential_jitter(initial=...): deprecated in recent tenacity (and a
+            # DeprecationWarning is an error under the test settings).
+            wait=wait_exponential(multiplier=0.05, max=0.5) + wait_random(0, 0.05),
             reraise=True,
         )
         try:

@@ -8,7 +8,7 @@ single-process tools.
 
 Algorithm: a sliding log. Each granted request is recorded with its time; a request is admitted
 only if, for every :class:`Limit`, fewer than ``count`` grants lie in the last
-``window_s + safety_margin_s`` seconds. Unlike a fixed window (which admits ``2 × count`` across a
+``window_s + safety_margin_s`` seconds. Unlike a fixed window (which admits ``2 * count`` across a
 window boundary) or a token bucket (which refills continuously and admits bursts the provider may
 count in one window), a sliding log guarantees that *no* interval of that length ever holds more
 than ``count`` grants, while a steady sender still gets ``window_s / (window_s + safety_margin_s)``
@@ -214,7 +214,8 @@ if current > until_us then
   until_us = current
 end
 if until_us > now then
-  redis.call('SET', KEYS[1], string.format('%d', until_us), 'PX', math.ceil((until_us - now) / 1000))
+  local ttl_ms = math.ceil((until_us - now) / 1000)
+  redis.call('SET', KEYS[1], string.format('%d', until_us), 'PX', ttl_ms)
 end
 return until_us
 """

@@ -1,0 +1,75 @@
+"""What every simulated provider offers the server, and the services it may use."""
+
+from __future__ import annotations
+
+import abc
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from delivery_sandbox.accounts import Accounts
+from delivery_sandbox.config import SandboxConfig
+from delivery_sandbox.ratelimit import Window
+from delivery_sandbox.wire import Reply, Request
+
+__all__ = ["EMAIL_RE", "Env", "Provider", "local_part"]
+
+EMAIL_RE = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+def local_part(address: str) -> str:
+    return address.split("@", 1)[0].lower()
+
+
+@dataclass
+class Env:
+    """Services shared by the providers; every one of them is thread-safe."""
+
+    accounts: Accounts
+    config: SandboxConfig = field(default_factory=SandboxConfig)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class Provider(abc.ABC):
+    """One simulated provider under its own path prefix.
+
+    ``handle`` owns the whole answer: authentication, validation, billing and the wire format.
+    The server runs the fault plan and the rate limiter around it, using ``windows``,
+    ``throttled`` and ``fault_reply`` for the provider-specific parts.
+    """
+
+    name: str
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.lock = threading.RLock()
+
+    @abc.abstractmethod
+    def handle(self, request: Request) -> Reply: ...
+
+    def windows(self, request: Request) -> Sequence[Window]:
+        """Rate windows that apply to this request (none by default)."""
+        return ()
+
+    @abc.abstractmethod
+    def throttled(self, request: Request, retry_after: str) -> Reply:
+        """The provider's 429 answer."""
+
+    @abc.abstractmethod
+    def fault_reply(self, status: int) -> Reply:
+        """An injected HTTP error in the provider's error shape."""
+
+    def public_route(self, route: str) -> str:
+        """The route as it may be recorded (a provider that puts keys in paths hides them)."""
+        return route
+
+    def reset(self) -> None:
+        """Forget per-provider state (messages, suppression lists, dedupe caches)."""

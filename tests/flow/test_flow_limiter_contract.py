@@ -1,0 +1,225 @@
+"""The rate limiter contract, run against every implementation.
+
+The memory stub runs on a fake clock (``sleep`` advances it, waits are exact); Redis runs on the
+real redis-server and real time, with short windows and a tolerance for time that passes between
+calls. The same tests, the same numbers: the stub is only worth having if it behaves like Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from worker.flow.limiter import (
+    Limit,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    limiter_key,
+)
+
+from ._support import FakeClock, max_in_window
+
+MARGIN_S = 0.02
+KEY = limiter_key("emailmassivo", "203.0.113.7")
+OTHER_KEY = limiter_key("emailmassivo", "198.51.100.9")
+
+
+@dataclass
+class Harness:
+    limiter: RateLimiter
+    sleep: Callable[[float], None]
+    clock: Callable[[], float]
+    # Real time keeps running between a call and the next, so a wait seen on Redis may be up to
+    # ``slack_s`` shorter than the exact figure (never longer).
+    slack_s: float
+
+    def assert_wait(self, actual: float, expected: float) -> None:
+        assert expected - self.slack_s <= actual <= expected + 1e-6, (actual, expected)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    if request.param == "memory":
+        clock = FakeClock()
+        limiter: RateLimiter = MemoryRateLimiter(clock, safety_margin_s=MARGIN_S)
+        yield Harness(limiter, clock.advance, clock, slack_s=1e-9)
+    else:
+        client: redis.Redis = request.getfixturevalue("redis_client")
+        limiter = RedisRateLimiter(client, safety_margin_s=MARGIN_S)
+        yield Harness(limiter, time.sleep, time.monotonic, slack_s=0.06)
+
+
+def test_admits_up_to_count_then_refuses_with_the_time_left(h: Harness) -> None:
+    limits = [Limit(3, 0.3)]
+    assert [h.limiter.acquire(KEY, limits) for _ in range(3)] == [0.0, 0.0, 0.0]
+
+    wait = h.limiter.acquire(KEY, limits)
+    h.assert_wait(wait, 0.3 + MARGIN_S)
+    # Refusing records nothing: asking again does not push the wait further out.
+    again = h.limiter.acquire(KEY, limits)
+    assert 0 < again <= wait
+
+
+def test_sleeping_the_returned_wait_is_enough_and_not_much_more(h: Harness) -> None:
+    limits = [Limit(2, 0.3)]
+    h.limiter.acquire(KEY, limits)
+    h.limiter.acquire(KEY, limits)
+    wait = h.limiter.acquire(KEY, limits)
+    assert wait > 0.2
+
+    h.sleep(wait - 0.1)
+    early = h.limiter.acquire(KEY, limits)
+    assert 0 < early <= 0.1 + 1e-6
+
+    h.sleep(early)
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    # One slot came free, one was taken: full again.
+    assert h.limiter.acquire(KEY, limits) > 0
+
+
+def test_window_slides_instead_of_resetting(h: Harness) -> None:
+    """A fixed window would start afresh at 0.3 s; a token bucket would have refilled."""
+    limits = [Limit(3, 0.3)]
+    assert h.limiter.acquire(KEY, limits) == 0.0  # t = 0
+    h.sleep(0.2)
+    assert h.limiter.acquire(KEY, limits) == 0.0  # t = 0.2
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    h.assert_wait(h.limiter.acquire(KEY, limits), 0.32 - 0.2)
+
+    h.sleep(0.15)  # t = 0.35: only the grant of t = 0 has left the window
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    h.assert_wait(h.limiter.acquire(KEY, limits), 0.2 + 0.32 - 0.35)
+
+
+def test_steady_sender_gets_count_per_window_plus_margin(h: Harness) -> None:
+    """Safe (never ``count + 1`` grants in a window) and efficient (the next slot is used as
+    soon as it frees): grant ``i + count`` comes one window plus the margin after grant ``i``."""
+    count, window_s = 5, 0.25
+    limits = [Limit(count, window_s)]
+    grants: list[float] = []
+    while len(grants) < 3 * count:
+        wait = h.limiter.acquire(KEY, limits)
+        if wait == 0:
+            grants.append(h.clock())
+        else:
+            h.sleep(wait)
+    assert max_in_window(grants, window_s) == count
+    gaps = [grants[i + count] - grants[i] for i in range(len(grants) - count)]
+    assert min(gaps) >= window_s + MARGIN_S - 0.005
+    assert max(gaps) <= window_s + MARGIN_S + h.slack_s
+
+
+def test_every_limit_applies_at_once(h: Harness) -> None:
+    """Voice Partner campaigns: a short and a long limit on one key."""
+    limits = [Limit(2, 0.2), Limit(3, 0.6)]
+    assert h.limiter.acquire(KEY, limits) == 0.0  # t = 0
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    h.assert_wait(h.limiter.acquire(KEY, limits), 0.22)  # the short limit is full
+
+    h.sleep(0.25)
+    assert h.limiter.acquire(KEY, limits) == 0.0  # t = 0.25: third of the long limit
+    # The short limit has room now; the long one decides, until its t = 0 grant leaves.
+    h.assert_wait(h.limiter.acquire(KEY, limits), 0.62 - 0.25)
+
+
+def test_a_refused_request_spends_no_limit(h: Harness) -> None:
+    limits = [Limit(1, 0.2), Limit(3, 5.0)]
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    for _ in range(10):
+        assert h.limiter.acquire(KEY, limits) > 0  # refused by the short limit
+    h.sleep(0.25)
+    assert h.limiter.acquire(KEY, limits) == 0.0  # the long limit saw 1 request, not 11
+    h.sleep(0.25)
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    h.sleep(0.25)
+    h.assert_wait(h.limiter.acquire(KEY, limits), 5.02 - 0.75)
+
+
+def test_keys_have_independent_budgets(h: Harness) -> None:
+    limits = [Limit(1, 0.5)]
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.acquire(KEY, limits) > 0
+    assert h.limiter.acquire(OTHER_KEY, limits) == 0.0
+    assert h.limiter.acquire(limiter_key("emailmassivo", "203.0.113.7", "other"), limits) == 0.0
+
+
+def test_no_limits_means_unlimited(h: Harness) -> None:
+    assert all(h.limiter.acquire(KEY, ()) == 0.0 for _ in range(50))
+
+
+def test_hold_for_refuses_every_acquire_until_it_ends(h: Harness) -> None:
+    until = h.limiter.hold_for(KEY, 0.3)
+    assert until == pytest.approx(h.limiter.now() + 0.3, abs=h.slack_s + 0.01)
+
+    h.assert_wait(h.limiter.acquire(KEY, [Limit(100, 1.0)]), 0.3)
+    h.assert_wait(h.limiter.acquire(KEY, ()), 0.3)  # holds apply to unlimited keys too
+    assert h.limiter.acquire(OTHER_KEY, [Limit(100, 1.0)]) == 0.0
+
+    h.sleep(0.32)
+    assert h.limiter.acquire(KEY, [Limit(100, 1.0)]) == 0.0
+
+
+def test_hold_until_an_instant_on_the_limiter_clock(h: Harness) -> None:
+    end = h.limiter.now() + 0.25
+    assert h.limiter.hold(KEY, end) == pytest.approx(end, abs=1e-6)
+    h.assert_wait(h.limiter.acquire(KEY, ()), 0.25)
+    # An instant already past is no hold at all.
+    h.limiter.hold(OTHER_KEY, h.limiter.now() - 1.0)
+    assert h.limiter.acquire(OTHER_KEY, ()) == 0.0
+
+
+def test_holds_only_extend(h: Harness) -> None:
+    first = h.limiter.hold_for(KEY, 0.4)
+    assert h.limiter.hold_for(KEY, 0.1) == pytest.approx(first, abs=1e-6)
+    assert h.limiter.hold(KEY, h.limiter.now() + 0.05) == pytest.approx(first, abs=1e-6)
+    h.assert_wait(h.limiter.acquire(KEY, ()), 0.4)
+
+    longer = h.limiter.hold_for(KEY, 0.5)
+    assert longer > first
+    h.assert_wait(h.limiter.acquire(KEY, ()), 0.5)
+
+
+def test_wait_is_the_later_of_hold_and_limits(h: Harness) -> None:
+    limits = [Limit(1, 0.3)]
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    h.limiter.hold_for(KEY, 0.1)
+    h.assert_wait(h.limiter.acquire(KEY, limits), 0.32)
+    h.limiter.hold_for(KEY, 0.5)
+    h.assert_wait(h.limiter.acquire(KEY, limits), 0.5)
+
+
+def test_requests_refused_during_a_hold_spend_nothing(h: Harness) -> None:
+    limits = [Limit(2, 5.0)]
+    h.limiter.hold_for(KEY, 0.15)
+    for _ in range(5):
+        assert h.limiter.acquire(KEY, limits) > 0
+    h.sleep(0.17)
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.acquire(KEY, limits) > 0
+
+
+def test_concurrent_threads_never_exceed_the_limit(h: Harness) -> None:
+    limits = [Limit(7, 30.0), Limit(9, 0.5)]
+    threads_n, calls_n = 8, 25
+    granted: list[int] = []
+    barrier = threading.Barrier(threads_n)
+
+    def worker() -> None:
+        barrier.wait()
+        ok = sum(1 for _ in range(calls_n) if h.limiter.acquire(KEY, limits) == 0.0)
+        granted.append(ok)
+
+    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(granted) == threads_n
+    assert sum(granted) == 7

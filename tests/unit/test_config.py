@@ -1,0 +1,67 @@
+"""Settings: environment names, start-up checks with reasons, secrets kept secret."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from worker.cli import main
+from worker.config import Settings
+
+
+def test_defaults_point_at_local_redis_and_documented_base_urls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DELIVERY_SMSPARTNER_API_KEY", "k-sms")
+    settings = Settings()
+    assert settings.broker_url.startswith("redis://127.0.0.1:6379")
+    assert settings.base_url("smspartner") == "https://api.smspartner.fr/v1"
+    assert settings.base_url("emailmassivo") == "https://api.emailmassivo.com"
+    assert settings.base_url("postal") is None
+    assert settings.enabled_providers() == ["smspartner"]
+    assert settings.channel_providers("sms") == ["smspartner"]
+    assert "k-sms" not in repr(settings)
+
+
+def test_enabled_provider_without_key_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_PROVIDERS", "smspartner,emailmassivo")
+    monkeypatch.setenv("DELIVERY_SMSPARTNER_API_KEY", "k-sms")
+    with pytest.raises(ValidationError, match="DELIVERY_EMAILMASSIVO_API_KEY"):
+        Settings()
+
+
+def test_postal_needs_its_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_POSTAL_API_KEY", "k-postal")
+    with pytest.raises(ValidationError, match="DELIVERY_POSTAL_BASE_URL"):
+        Settings()
+
+
+def test_unknown_provider_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_PROVIDERS", "sendgrid")
+    with pytest.raises(ValidationError, match="sendgrid"):
+        Settings()
+
+
+def test_retry_delay_must_stay_below_visibility_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_RETRY_BACKOFF_MAX_S", "4000")
+    monkeypatch.setenv("DELIVERY_VISIBILITY_TIMEOUT_S", "3600")
+    with pytest.raises(ValidationError, match="visibility"):
+        Settings()
+
+
+def test_check_config_reports_the_bad_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DELIVERY_PROVIDERS", "voicepartner")
+    assert main(["check-config"]) == 1
+    assert "DELIVERY_VOICEPARTNER_API_KEY" in capsys.readouterr().err
+
+
+def test_check_config_lists_providers_without_keys(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DELIVERY_SMSPARTNER_API_KEY", "k-sms-123456")
+    assert main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "smspartner: https://api.smspartner.fr/v1" in out
+    assert "k-sms-123456" not in out

@@ -1,0 +1,257 @@
+"""The delivery service: one attempt and what comes next, over a real Redis ledger.
+
+The provider is an ``httpx.MockTransport`` speaking SMS Partner's documented envelope
+(providers.md §1.2.2); the ledger is a real redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from worker.config import Settings
+from worker.runtime import Runtime
+from worker.service import Done, Retry, backoff_s, mask_ids, process
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+SMS = {"provider": "smspartner", "to": ["+33612345678"], "text": "Hello"}
+OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038, "currency": "EUR"}
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.answers: list[httpx.Response] = []
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.answers:
+            return self.answers.pop(0)
+        return httpx.Response(200, json=OK)
+
+    def paths(self) -> list[str]:
+        return [r.url.path for r in self.requests]
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def make_runtime(redis_url: str, redis_client: redis.Redis) -> Iterator[Callable[..., Runtime]]:
+    made: list[Runtime] = []
+
+    def build(calls: Calls, **overrides: Any) -> Runtime:
+        settings = Settings(
+            redis_url=f"{redis_url}/15",
+            smspartner_api_key="sms-secret-key",
+            smspartner_base_url="http://provider.test/smspartner/v1",
+            retry_backoff_base_s=0.5,
+            retry_backoff_max_s=30,
+            **overrides,
+        )
+        client = httpx.Client(transport=httpx.MockTransport(calls.handler))
+        rt = Runtime(settings, client=client)
+        made.append(rt)
+        return rt
+
+    yield build
+    for rt in made:
+        rt.close()
+
+
+def run(rt: Runtime, message: dict[str, Any] = SMS, delivery_id: str = "d-1") -> Done | Retry:
+    return process("sms", message, delivery_id=delivery_id, task_name="tasks.send_sms", rt=rt)
+
+
+def test_sent_result_masks_recipients_and_records_ledger(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls)
+    outcome = run(rt)
+    assert isinstance(outcome, Done)
+    result = outcome.result
+    assert result.status == "sent"
+    assert result.provider_message_ids == {"+3361*****78": "307"}
+    assert result.attempts == 1
+    assert result.cost == pytest.approx(0.038)
+    record = rt.ledger.get("d-1")
+    assert record is not None and record.state == "sent"
+    assert calls.paths() == ["/smspartner/v1/send"]
+    body = json.loads(calls.requests[0].content)
+    # A tag unique to the delivery, for reconciliation by tag (providers.md §1.5).
+    assert body["tag"].startswith("dw") and len(body["tag"]) <= 20 and body["tag"].islower()
+
+
+def test_redelivery_of_a_sent_message_does_not_call_the_provider(
+    calls: Calls, make_runtime: Any
+) -> None:
+    rt = make_runtime(calls)
+    first = run(rt)
+    again = run(rt)
+    assert isinstance(first, Done) and isinstance(again, Done)
+    assert again.result == first.result
+    assert len(calls.requests) == 1
+
+
+def test_transient_error_schedules_a_retry_and_counts_an_attempt(
+    calls: Calls, make_runtime: Any
+) -> None:
+    rt = make_runtime(calls)
+    calls.answers.append(httpx.Response(503, text="<html>unavailable</html>"))
+    outcome = run(rt)
+    assert isinstance(outcome, Retry)
+    assert 0 <= outcome.delay_s <= 30
+    assert outcome.reason == "transient"
+    record = rt.ledger.get("d-1")
+    assert record is not None
+    assert (record.state, record.attempts, record.throttled) == ("waiting", 1, 0)
+    # The next attempt succeeds and reports two attempts.
+    done = run(rt)
+    assert isinstance(done, Done) and done.result.status == "sent" and done.result.attempts == 2
+
+
+def test_code_500_is_transient(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls)
+    calls.answers.append(httpx.Response(200, json={"success": False, "code": 500}))
+    assert isinstance(run(rt), Retry)
+
+
+def test_throttling_never_consumes_the_error_budget(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls, max_retries=1)
+    for _ in range(5):
+        calls.answers.append(
+            httpx.Response(429, json={"success": False, "code": 429}, headers={"Retry-After": "7"})
+        )
+    for _ in range(5):
+        outcome = run(rt)
+        assert isinstance(outcome, Retry)
+        assert outcome.reason == "throttled"
+        assert outcome.delay_s == pytest.approx(7)
+    record = rt.ledger.get("d-1")
+    assert record is not None
+    assert (record.attempts, record.throttled) == (0, 5)
+    done = run(rt)
+    assert isinstance(done, Done) and done.result.status == "sent"
+
+
+def test_retries_exhausted_fails_with_the_last_error(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls, max_retries=2)
+    for _ in range(3):
+        calls.answers.append(httpx.Response(200, json={"success": False, "code": 500}))
+    assert isinstance(run(rt), Retry)
+    assert isinstance(run(rt), Retry)
+    outcome = run(rt)
+    assert isinstance(outcome, Done)
+    assert outcome.result.status == "failed"
+    assert outcome.result.attempts == 3
+    assert outcome.result.error is not None
+    assert (outcome.result.error.kind, outcome.result.error.code) == ("transient", "500")
+
+
+def test_permanent_error_fails_at_once(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls)
+    calls.answers.append(httpx.Response(200, json={"success": False, "code": 14}))
+    outcome = run(rt)
+    assert isinstance(outcome, Done)
+    assert outcome.result.status == "failed"
+    assert outcome.result.error is not None
+    assert outcome.result.error.kind == "recipient_rejected"
+    assert len(calls.requests) == 1
+
+
+def test_passed_deadline_expires_without_calling_the_provider(
+    calls: Calls, make_runtime: Any
+) -> None:
+    rt = make_runtime(calls)
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    outcome = run(rt, {**SMS, "deadline": past})
+    assert isinstance(outcome, Done)
+    assert outcome.result.status == "expired"
+    assert calls.requests == []
+
+
+def test_retry_is_never_scheduled_past_the_deadline(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls)
+    soon = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    calls.answers.append(
+        httpx.Response(429, json={"success": False, "code": 429}, headers={"Retry-After": "600"})
+    )
+    outcome = run(rt, {**SMS, "deadline": soon})
+    assert isinstance(outcome, Retry)
+    assert outcome.delay_s <= 3
+
+
+def test_interrupted_attempt_is_reconciled_by_tag_before_resending(
+    calls: Calls, make_runtime: Any
+) -> None:
+    rt = make_runtime(calls)
+    rt.ledger.create("d-1", channel="sms", provider="smspartner")
+    rt.ledger.transition("d-1", "sending")  # a worker died mid-send
+    calls.answers.append(
+        httpx.Response(
+            200,
+            json={
+                "success": True,
+                "code": 200,
+                "message_id": "555",
+                "StatutResponse_List": [{"phoneNumber": "+33612345678", "status": "Delivered"}],
+            },
+        )
+    )
+    outcome = run(rt)
+    assert isinstance(outcome, Done) and outcome.result.status == "sent"
+    assert calls.paths() == ["/smspartner/v1/bulk-status-by-tag"]
+    assert calls.requests[0].url.params["tag"].startswith("dw")
+
+
+def test_interrupted_attempt_resends_when_the_provider_saw_nothing(
+    calls: Calls, make_runtime: Any
+) -> None:
+    rt = make_runtime(calls)
+    rt.ledger.create("d-1", channel="sms", provider="smspartner")
+    rt.ledger.transition("d-1", "sending")
+    calls.answers.append(
+        httpx.Response(200, json={"success": True, "code": 200, "StatutResponse_List": []})
+    )
+    outcome = run(rt)
+    assert isinstance(outcome, Done) and outcome.result.status == "sent"
+    assert calls.paths() == ["/smspartner/v1/bulk-status-by-tag", "/smspartner/v1/send"]
+
+
+def test_invalid_message_fails_naming_the_field(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls)
+    outcome = run(rt, {"provider": "smspartner", "to": ["0612"], "text": "x"})
+    assert isinstance(outcome, Done)
+    assert outcome.result.status == "failed"
+    assert outcome.result.error is not None
+    assert outcome.result.error.kind == "invalid_message"
+    assert "to.0" in outcome.result.error.message
+    assert calls.requests == []
+
+
+def test_unconfigured_provider_is_a_configuration_failure(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls)
+    message = {"provider": "voicepartner", "mode": "tts", "to": ["+33612345678"], "text": "hi"}
+    outcome = process("voice", message, delivery_id="v-1", task_name="tasks.send_voice", rt=rt)
+    assert isinstance(outcome, Done)
+    assert outcome.result.error is not None
+    assert outcome.result.error.kind == "configuration"
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    samples = [max(backoff_s(n, base_s=1, cap_s=50) for _ in range(200)) for n in (1, 3, 8)]
+    assert samples[0] <= 2.0
+    assert samples[1] > samples[0]
+    assert samples[2] <= 50
+
+
+def test_mask_ids_keeps_colliding_recipients_apart() -> None:
+    masked = mask_ids({"john@example.com": "1", "jane@example.com": "2"})
+    assert masked == {"j***@example.com": "1", "j***@example.com#2": "2"}
