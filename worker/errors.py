@@ -58,7 +58,7 @@ class DeliveryError(Exception):
         self.message = scrub(str(message))[:_MAX_MESSAGE_CHARS]
         self.provider = provider
         self.status_code = status_code
-        self.provider_code = None if provider_code is None else str(provider_code)[:100]
+        self.provider_code = None if provider_code is None else scrub(str(provider_code))[:100]
         self.retry_after_s = retry_after_s
         super().__init__(self.message)
 

@@ -110,7 +110,9 @@ def test_send_request_shape() -> None:
         "apiKey": API_KEY,
         "subject": "Newsletter",
         "htmlContent": "<h1>News</h1>",
-        "params": {"to": [{"email": "john@example.com", "name": "John"}, {"email": "mary@example.com"}]},
+        "params": {
+            "to": [{"email": "john@example.com", "name": "John"}, {"email": "mary@example.com"}]
+        },
         "replyTo": {"email": "help@example.com", "name": "Help"},
         "attachments": [
             # providers.md §2.2: the filename is given without extension.

@@ -64,7 +64,7 @@ ME_DOC = {
         "currency": "EUR",
     },
 }
-ME_GO = {
+ME_GO: dict[str, Any] = {
     "code": 200,
     "credits": {
         "balance": "0.900",
@@ -368,9 +368,7 @@ HUGE = b'{"success":true,"code":200,"message_id":"' + b"9" * (2 * 1024 * 1024) +
         ),
         pytest.param(httpx.Response(200, content=HUGE), UnknownOutcomeError, id="huge-body"),
         pytest.param(httpx.Response(401, text="Unauthorized"), TransientError, id="401-text"),
-        pytest.param(
-            httpx.Response(429, text="slow down"), ThrottledError, id="429-text"
-        ),
+        pytest.param(httpx.Response(429, text="slow down"), ThrottledError, id="429-text"),
     ],
 )
 def test_hostile_answers_are_classified(

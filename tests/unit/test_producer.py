@@ -54,7 +54,11 @@ def queued(broker: redis.Redis) -> list[dict[str, object]]:
         ("email", {**EMAIL, "html": None}, "html"),
         ("sms", {"provider": "smspartner", "to": ["+33612345678"], "text": ""}, "text"),
         ("sms", {"provider": "smspartner", "to": ["0612"], "text": "hi"}, "to.0"),
-        ("voice", {"provider": "voicepartner", "mode": "voicemail", "to": ["+33612345678"]}, "audio_token"),
+        (
+            "voice",
+            {"provider": "voicepartner", "mode": "voicemail", "to": ["+33612345678"]},
+            "audio_token",
+        ),
         ("email", "not a dict", "message"),
     ],
 )
@@ -106,13 +110,15 @@ def test_failed_publish_forgets_the_delivery(
     dead.conf.broker_connection_max_retries = 0
     dead.conf.broker_transport_options = {"max_retries": 0}
     producer = Producer(app=dead, ledger=Ledger(redis_client))
-    with pytest.raises(Exception):  # noqa: B017 - kombu's OperationalError
+    with pytest.raises(Exception):
         producer.enqueue("email", {**EMAIL, "idempotency_key": "k1"})
     assert redis_client.dbsize() == 0
 
 
 def test_redacted_repr_hides_bodies_and_addresses() -> None:
-    text = redacted_repr("sms", {"provider": "smspartner", "to": ["+33612345678"], "text": "code 1234"})
+    text = redacted_repr(
+        "sms", {"provider": "smspartner", "to": ["+33612345678"], "text": "code 1234"}
+    )
     assert "+33612345678" not in text
     assert "1234" not in text
     assert "smspartner" in text

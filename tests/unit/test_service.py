@@ -22,7 +22,14 @@ from worker.service import Done, Retry, backoff_s, mask_ids, process
 Handler = Callable[[httpx.Request], httpx.Response]
 
 SMS = {"provider": "smspartner", "to": ["+33612345678"], "text": "Hello"}
-OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038, "currency": "EUR"}
+OK = {
+    "success": True,
+    "code": 200,
+    "message_id": 307,
+    "nb_sms": 1,
+    "cost": 0.038,
+    "currency": "EUR",
+}
 
 
 class Calls:

@@ -24,6 +24,7 @@ from worker.errors import (
 )
 from worker.http import parse_retry_after
 from worker.models import Address, EmailMessage
+from worker.redaction import scrub
 
 __all__ = ["PostalDriver"]
 
@@ -177,7 +178,8 @@ class PostalDriver(Driver[EmailMessage]):
 
     def _error(self, data: dict[str, Any], status_code: int) -> DeliveryError:
         code = data.get("code")
-        code_text = code if isinstance(code, str) and code else "unknown"
+        # DeliveryError scrubs its message but not provider_code: scrub it here.
+        code_text = scrub(code[:100]) if isinstance(code, str) and code else "unknown"
         # ServerSuspended has no message (§4.1); the code alone is enough then.
         text = _text(data.get("message")) or code_text
         # PERMANENT_CODES and any unknown code are permanent: resending an unexplained refusal

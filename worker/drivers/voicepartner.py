@@ -9,6 +9,7 @@ codes are looked for under ``error`` (as the third-party Ruby gem reads them), `
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +28,7 @@ from worker.errors import (
 )
 from worker.http import parse_retry_after
 from worker.models import VoiceMessage
+from worker.redaction import scrub
 
 __all__ = ["VoicePartnerDriver"]
 
@@ -48,6 +50,8 @@ ERROR_CODES: dict[str, type[DeliveryError]] = {
 # Retry-After is [NOT FOUND]; the x-ratelimit-reset header (§3.1, [INFERRED]) has undocumented
 # units. Without Retry-After, wait a minute: a 1 s retry would only burn the per-minute budget.
 DEFAULT_THROTTLE_S = 60.0
+
+_CODE_LIKE = re.compile(r"[A-Z][A-Z0-9_]{1,63}|\d{1,6}")
 
 
 class VoicePartnerDriver(Driver[VoiceMessage]):
@@ -231,8 +235,10 @@ def _error_code(data: dict[str, Any]) -> tuple[str | None, str]:
         if value.upper() in ERROR_CODES:
             code = value.upper()
             break
-        if code is None and value and len(value) <= 64 and " " not in value:
-            code = value  # an unknown code-like token, kept for operators
+        if code is None and _CODE_LIKE.fullmatch(value):
+            # An unknown code, kept for operators. DeliveryError scrubs its message but not
+            # provider_code, so scrub here: a provider may echo the key back.
+            code = scrub(value)
     text = texts[0][:300] if texts else ""
     return code, text
 
