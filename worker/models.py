@@ -158,7 +158,7 @@ _LINE_BREAKS = frozenset("\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 def _has_line_break(value: str) -> bool:
-    return any(c in _LINE_BREAKS for c in value)
+    return not _LINE_BREAKS.isdisjoint(value)
 
 
 def _one_line(value: str) -> str:
@@ -201,7 +201,8 @@ def _check_e164(value: str) -> str:
 
 
 EmailStr = Annotated[str, StringConstraints(max_length=255), AfterValidator(_check_email)]
-E164 = Annotated[str, StringConstraints(max_length=16), AfterValidator(_check_e164)]
+# No max_length: the E.164 check bounds the length and says what is expected.
+E164 = Annotated[str, AfterValidator(_check_e164)]
 Name = Annotated[str, StringConstraints(max_length=255)]
 IdempotencyKey = Annotated[
     str,
@@ -266,6 +267,15 @@ class Template(_Strict):
     params: dict[Annotated[str, StringConstraints(max_length=100)], str] = Field(
         default_factory=dict, max_length=100
     )
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_type(cls, v: Any) -> Any:
+        # Checked before the union so that the error is reported at "template.id" (not once per
+        # union member) and so that a JSON true or 1.5 is not read as the integer 1.
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise ValueError("must be an integer or a string")
+        return v
 
 
 class _Common(_Strict):
@@ -464,6 +474,7 @@ _GSM7_BASIC = frozenset(
 )
 # GSM 03.38 extension table: each of these is sent as ESC + char, two septets.
 _GSM7_EXTENSION = frozenset("^{}\\[~]|€")
+_GSM7 = _GSM7_BASIC | _GSM7_EXTENSION
 MAX_SMS_SEGMENTS = 10
 
 
@@ -476,8 +487,8 @@ def sms_units(text: str) -> tuple[int, bool]:
     """
     text = text.replace("\r\n", "\n")
     breaks = text.count("\n")
-    if all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in text):
-        return len(text) + breaks + sum(c in _GSM7_EXTENSION for c in text), True
+    if _GSM7.issuperset(text):
+        return len(text) + breaks + sum(text.count(c) for c in _GSM7_EXTENSION), True
     return len(text.encode("utf-16-le", "surrogatepass")) // 2 + breaks, False
 
 
@@ -527,10 +538,14 @@ class SmsMessage(_Common):
         units, gsm7 = sms_units(v)
         parts = sms_segments(v)
         if parts > MAX_SMS_SEGMENTS:
-            limit = "1530 GSM-7 characters" if gsm7 else "670 characters once it needs Unicode"
+            limit = (
+                "1530 GSM-7 characters; line breaks and ^{}[]~|\\€ count twice"
+                if gsm7
+                else "670 characters once it needs Unicode; line breaks and emoji count twice"
+            )
             raise ValueError(
                 f"needs {parts} SMS parts ({units} characters); at most {MAX_SMS_SEGMENTS} "
-                f"parts, i.e. {limit} (line breaks and ^{{}}[]~|\\€ count twice)"
+                f"parts, i.e. {limit}"
             )
         return v
 
