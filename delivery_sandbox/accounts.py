@@ -81,6 +81,11 @@ class Accounts:
             self._balances[provider] -= units
             return True
 
+    def refund(self, provider: str, units: int) -> None:
+        _check_metered(provider)
+        with self._lock:
+            self._balances[provider] += units
+
     def restore(self) -> None:
         with self._lock:
             self._balances = dict(self._initial)

@@ -130,7 +130,9 @@ def max_in_window(times: Iterable[float], window_s: float) -> int:
     return best
 
 
-def _select(records: list[dict[str, Any]], provider: str | None, since: int) -> list[dict[str, Any]]:
+def _select(
+    records: list[dict[str, Any]], provider: str | None, since: int
+) -> list[dict[str, Any]]:
     return [
         dict(r)
         for r in records

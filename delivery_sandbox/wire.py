@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs
 
 __all__ = ["AcceptedMessage", "Reply", "Request", "html_reply", "json_reply", "phrase"]
 
@@ -28,10 +27,6 @@ class Request:
     body: bytes
     client_ip: str
     received_at: float  # epoch seconds
-
-    @classmethod
-    def parse_query(cls, raw: str) -> dict[str, list[str]]:
-        return parse_qs(raw, keep_blank_values=True)
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)

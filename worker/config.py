@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.flow.limiter import DEFAULT_LIMITS, Limit
 from worker.models import CHANNEL_PROVIDERS
 from worker.redaction import register_secret
 
@@ -22,6 +24,24 @@ DEFAULT_BASE_URLS: dict[str, str | None] = {
     "smspartner": "https://api.smspartner.fr/v1",
     "voicepartner": "https://api.voicepartner.fr/v1",
 }
+
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
+
+
+def parse_limits(spec: str) -> tuple[Limit, ...]:
+    """``"10/s"``, ``"2000/min"``, ``"5/60s"``, ``"5/min;2000/h"`` → limits; ``""`` → none."""
+    limits = []
+    for part in (p.strip() for p in spec.split(";")):
+        if not part:
+            continue
+        count_text, _, window_text = part.partition("/")
+        match = re.fullmatch(r"(\d*\.?\d*)\s*([a-z]+)", window_text.strip())
+        if not count_text.strip().isdigit() or not match or match.group(2) not in _UNITS:
+            raise ValueError(f"rate limit {part!r} is not like '10/s', '2000/min' or '5/60s'")
+        amount = float(match.group(1)) if match.group(1) else 1.0
+        limits.append(Limit(int(count_text), amount * _UNITS[match.group(2)]))
+    return tuple(limits)
 
 
 def _split_list(value: object) -> object:
@@ -71,6 +91,21 @@ class Settings(BaseSettings):
     default_ttl_s: int = Field(default=24 * 3600, gt=0)
     """A message without ``deadline`` expires this long after it was enqueued."""
 
+    rate_limits: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Overrides of the documented provider limits, JSON: ``{"emailmassivo": {"send": "10/s"}}``.
+    A value lists limits separated by ``;`` (``"5/min;2000/h"``); ``""`` removes the limit."""
+    limiter_safety_margin_s: float = Field(default=0.02, ge=0, le=1)
+    """Added to every limiter window to absorb jitter between our clock and the provider's."""
+    limiter_max_inline_wait_s: float = Field(default=2.0, ge=0, le=30)
+    """A task refused by the limiter sleeps up to this long; a longer wait reschedules it."""
+
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_window_s: float = Field(default=60.0, gt=0)
+    breaker_open_s: float = Field(default=30.0, gt=0)
+    breaker_max_open_s: float = Field(default=300.0, gt=0)
+    balance_check_interval_s: float = Field(default=60.0, ge=5)
+    """How often beat asks paused providers for their balance (``GET /me``)."""
+
     visibility_timeout_s: int = Field(default=3600, ge=60)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
 
@@ -88,6 +123,16 @@ class Settings(BaseSettings):
         unknown = [p for p in v if p not in PROVIDERS]
         if unknown:
             raise ValueError(f"unknown provider(s) {unknown}; known: {', '.join(PROVIDERS)}")
+        return v
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _limits_parse(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for provider, buckets in v.items():
+            if provider not in PROVIDERS:
+                raise ValueError(f"unknown provider {provider!r} in rate_limits")
+            for spec in buckets.values():
+                parse_limits(spec)
         return v
 
     @model_validator(mode="after")
@@ -127,6 +172,13 @@ class Settings(BaseSettings):
     def channel_providers(self, channel: str) -> list[str]:
         enabled = set(self.enabled_providers())
         return [p for p in CHANNEL_PROVIDERS[channel] if p in enabled]
+
+    def limits(self, provider: str, bucket: str) -> tuple[Limit, ...]:
+        """The rate limits for ``provider``'s ``bucket``: configured, else documented."""
+        configured = self.rate_limits.get(provider, {}).get(bucket)
+        if configured is not None:
+            return parse_limits(configured)
+        return DEFAULT_LIMITS.get(provider, {}).get(bucket, ())
 
     @property
     def shared_redis_url(self) -> str:

@@ -37,7 +37,7 @@ def redact_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is now (test capture, Celery's redirection)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

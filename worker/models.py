@@ -303,7 +303,10 @@ _HEADER_NAME = re.compile(r"[!-9;-~]{1,100}")  # RFC 5322 field name: printable,
 
 class EmailMessage(_Common):
     channel: Literal["email"] = Field(default="email", exclude=True)
-    provider: EmailProvider
+    provider: EmailProvider | None = None
+    """A named provider is used alone (no failover); omitted, the worker routes the message to
+    the first healthy configured email provider whose rules it meets, and fails over on
+    outages and payment failures."""
     to: list[Address] = Field(min_length=1, max_length=500)
     cc: list[Address] = Field(default_factory=list, max_length=500)
     bcc: list[Address] = Field(default_factory=list, max_length=500)
@@ -378,13 +381,42 @@ class EmailMessage(_Common):
             raise _field_error("html", "html or text is required (or a template)")
         if self.template is not None and (self.html or self.text):
             raise _field_error("template", "give either a template or html/text, not both")
-        if self.provider == "postal":
+        if self.provider is not None:
+            self._check_provider(self.provider)
+            return self
+        problems: dict[str, ValueError] = {}
+        for name in CHANNEL_PROVIDERS["email"]:
+            try:
+                self._check_provider(name)
+            except ValueError as exc:
+                problems[name] = exc
+        if len(problems) == len(CHANNEL_PROVIDERS["email"]):
+            first = str(problems["postal"])
+            field = first.partition(": ")[0] if ": " in first else "provider"
+            reasons = "; ".join(f"{name}: {exc}" for name, exc in problems.items())
+            raise _field_error(field, f"no email provider accepts this message ({reasons})")
+        return self
+
+    def eligible_providers(self) -> list[str]:
+        """The email providers whose rules this message meets (all checks of providers.md)."""
+        if self.provider is not None:
+            return [self.provider]
+        eligible = []
+        for name in CHANNEL_PROVIDERS["email"]:
+            try:
+                self._check_provider(name)
+            except ValueError:
+                continue
+            eligible.append(name)
+        return eligible
+
+    def _check_provider(self, name: str) -> None:
+        if name == "postal":
             self._check_postal()
-        elif self.provider == "emailmassivo":
+        elif name == "emailmassivo":
             self._check_emailmassivo()
         else:
             self._check_mailpartner()
-        return self
 
     def _check_postal(self) -> None:
         # providers.md §4.2: 50 each for To, CC and BCC; from is required; no templates.
@@ -510,6 +542,10 @@ def _check_unique_numbers(numbers: list[str]) -> None:
 class SmsMessage(_Common):
     channel: Literal["sms"] = Field(default="sms", exclude=True)
     provider: SmsProvider = "smspartner"
+
+    def eligible_providers(self) -> list[str]:
+        return [self.provider]
+
     to: list[E164] = Field(min_length=1, max_length=500)
     text: Annotated[str, StringConstraints(min_length=1)]
     sender: (
@@ -561,6 +597,10 @@ class SmsMessage(_Common):
 class VoiceMessage(_Common):
     channel: Literal["voice"] = Field(default="voice", exclude=True)
     provider: VoiceProvider = "voicepartner"
+
+    def eligible_providers(self) -> list[str]:
+        return [self.provider]
+
     mode: Literal["tts", "voicemail"]
     to: list[E164] = Field(min_length=1, max_length=500)
     text: Annotated[str, StringConstraints(min_length=1, max_length=5000)] | None = None

@@ -69,7 +69,7 @@ class Producer:
         existing, created = self.ledger.create(
             delivery_id,
             channel=channel,
-            provider=model.provider,
+            provider=model.provider or "auto",
             idempotency_key=model.idempotency_key,
             extra={"task_name": TASK_NAMES[channel], "message": json.dumps(body)},
         )

@@ -16,8 +16,10 @@ import redis
 from worker.config import Settings, get_settings
 from worker.drivers import Driver, make_driver
 from worker.errors import ConfigurationError
+from worker.flow import BreakerConfig, RedisHealthStore, RedisRateLimiter
 from worker.http import build_client
 from worker.ledger import Ledger
+from worker.parking import Parking
 
 __all__ = ["Runtime", "get_runtime", "reset_runtime"]
 
@@ -32,6 +34,19 @@ class Runtime:
         )
         self.redis = redis.Redis.from_url(settings.shared_redis_url, health_check_interval=30)
         self.ledger = Ledger(self.redis)
+        self.limiter = RedisRateLimiter(
+            self.redis, safety_margin_s=settings.limiter_safety_margin_s
+        )
+        self.health = RedisHealthStore(
+            self.redis,
+            config=BreakerConfig(
+                failure_threshold=settings.breaker_failure_threshold,
+                window_s=settings.breaker_window_s,
+                open_s=settings.breaker_open_s,
+                max_open_s=settings.breaker_max_open_s,
+            ),
+        )
+        self.parking = Parking(self.redis)
         self._drivers: dict[str, Driver[Any]] = {}
         self._lock = threading.Lock()
 
@@ -57,6 +72,10 @@ class Runtime:
                 )
                 self._drivers[provider] = found
             return found
+
+    def metric(self, provider: str, name: str, amount: int = 1) -> None:
+        """Per-provider counters shared by every worker (``delivery-worker providers``)."""
+        self.redis.hincrby(f"dw:metrics:{provider}", name, amount)
 
     def close(self) -> None:
         self.client.close()

@@ -3,13 +3,24 @@
 Tasks call :func:`process` and map its answer to Celery: :class:`Done` returns the result,
 :class:`Retry` reschedules the same task (same id, same message) after ``delay_s``.
 
-Budgets are kept apart (design semantics 3): waiting for a limiter, a breaker or a provider's
-``Retry-After`` increments ``throttled`` and never the error ``attempts``; only errors count
-against ``max_retries``. Every message has a deadline after which it ends as ``expired``.
+One attempt, in order (design semantics 2-6)::
+
+    ledger: already final? → answer from the ledger, never call the provider again
+    deadline passed?       → expired
+    choose a provider      → skip paused ones (park if none is left), skip open breakers
+    global rate limiter    → wait briefly in-process, or reschedule; never an error
+    interrupted attempt?   → reconcile with the provider before resending
+    send                   → sent | retry | park | fail, with feedback to limiter and breaker
+
+Budgets are kept apart: waiting for a limiter, a breaker or a provider's ``Retry-After``
+increments ``throttled`` and never the error ``attempts``; only errors count against
+``max_retries``. Every message has a deadline after which it ends as ``expired``.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +28,7 @@ from typing import Any
 import structlog
 from tenacity import RetryCallState, wait_random_exponential
 
-from worker.drivers import SendContext, SendOutcome
+from worker.drivers import Driver, SendContext, SendOutcome
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -26,13 +37,23 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
-from worker.models import DeliveryResult, ErrorInfo, InvalidMessage, Message, parse_message
+from worker.flow import limiter_key
+from worker.models import (
+    DeliveryResult,
+    ErrorInfo,
+    InvalidMessage,
+    Message,
+    VoiceMessage,
+    parse_message,
+)
 from worker.redaction import mask_email, mask_phone
 from worker.runtime import Runtime
 
-__all__ = ["Done", "Retry", "backoff_s", "process"]
+__all__ = ["Done", "Retry", "backoff_s", "limiter_bucket", "mask_ids", "process"]
 
 log = structlog.get_logger("worker.service")
+
+_WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -45,7 +66,7 @@ class Retry:
     delay_s: float
     reason: str
     result: DeliveryResult
-    """What the delivery looks like while it waits (state ``waiting`` or ``parked``)."""
+    """What the delivery looks like while it waits (state ``waiting``)."""
 
 
 def backoff_s(error_attempt: int, *, base_s: float, cap_s: float) -> float:
@@ -53,6 +74,13 @@ def backoff_s(error_attempt: int, *, base_s: float, cap_s: float) -> float:
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(1, error_attempt)
     return float(wait_random_exponential(multiplier=base_s, max=cap_s)(state))
+
+
+def limiter_bucket(message: Message) -> str:
+    """Which of a provider's limits a message draws on (Voice Partner has two, §3.2)."""
+    if isinstance(message, VoiceMessage):
+        return "tts" if message.mode == "tts" else "campaign"
+    return "send"
 
 
 def process(
@@ -69,21 +97,25 @@ def process(
     except InvalidMessage as exc:
         # Defence in depth: producers validate before enqueue, but a message sent by name
         # from elsewhere may not have been.
-        log.warning("delivery.invalid_message", errors=exc.errors)
-        return Done(_failed(delivery_id, channel, None, 0, "invalid_message", str(exc)))
-    return _Attempt(rt, message, delivery_id, task_name).run()
+        log.warning("delivery.invalid_message", fields=[e["field"] for e in exc.errors])
+        return Done(_failed(delivery_id, channel, "invalid_message", str(exc)))
+    return _Attempt(rt, message, raw, delivery_id, task_name).run()
 
 
 class _Attempt:
-    def __init__(self, rt: Runtime, message: Message, delivery_id: str, task_name: str) -> None:
+    def __init__(
+        self, rt: Runtime, message: Message, raw: Any, delivery_id: str, task_name: str
+    ) -> None:
         self.rt = rt
         self.settings = rt.settings
         self.message = message
+        self.raw = raw
         self.delivery_id = delivery_id
         self.task_name = task_name
-        self.provider = message.provider
         self.channel = message.channel
-        structlog.contextvars.bind_contextvars(provider=self.provider)
+        self.routed = message.provider is None
+        self.provider: str = message.provider or ""
+        self.created_at = time.time()
 
     # -- the algorithm -----------------------------------------------------------------------------
 
@@ -92,11 +124,13 @@ class _Attempt:
         ledger.create(
             self.delivery_id,
             channel=self.channel,
-            provider=self.provider,
+            provider=self.message.provider or "auto",
             extra={"task_name": self.task_name},
         )
         record = ledger.get(self.delivery_id)
         assert record is not None
+        self.created_at = record.created_at
+        self.provider = record.provider if record.provider != "auto" else self.provider
         if record.final:
             # Redelivered after it already finished (duplicate copy, requeue after a crash):
             # the ledger answers, the provider is not called again.
@@ -105,30 +139,29 @@ class _Attempt:
             if stored is not None:
                 return Done(DeliveryResult.model_validate(stored))
             return Done(self._result(record.state, record.attempts))
+        if time.time() >= self._deadline():
+            return self._expire(record.attempts, "before the message was sent")
 
-        if self._expired(record.created_at):
-            return self._finish(
-                "expired",
-                record.attempts,
-                error=ErrorInfo(
-                    kind="expired", code=None, message="deadline passed before the message was sent"
-                ),
-            )
+        structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
+        chosen = self._choose_provider(record.attempts)
+        if not isinstance(chosen, str):
+            return chosen
+        self.provider = chosen
+        structlog.contextvars.bind_contextvars(provider=chosen)
+        if self.routed:
+            ledger.set_fields(self.delivery_id, provider=chosen)
 
-        interrupted = record.state == "sending"
-        attempt_no = record.attempts + 1
-        structlog.contextvars.bind_contextvars(attempt=attempt_no)
+        try:
+            driver = self.rt.driver(chosen)
+        except DeliveryError as exc:
+            return self._on_error(exc, record.attempts, None, None)
         ctx = SendContext(
             delivery_id=self.delivery_id,
             idempotency_key=self.message.idempotency_key or self.delivery_id,
-            attempt=attempt_no,
-            tag=self._provider_tag(),
+            attempt=record.attempts + 1,
+            tag=self._provider_tag(chosen),
         )
-        try:
-            driver = self.rt.driver(self.provider)
-        except DeliveryError as exc:
-            return self._on_error(exc, record.attempts, None, ctx)
-        if interrupted:
+        if record.state == "sending":
             # A previous attempt died mid-send: its outcome is unknown. Ask the provider first
             # where it can tell (design semantics 6).
             log.warning("delivery.interrupted_attempt")
@@ -136,40 +169,129 @@ class _Attempt:
             if found is not None:
                 return self._sent(found, record.attempts)
 
+        limiter_key_ = limiter_key(
+            chosen, self.settings.egress_identity, limiter_bucket(self.message)
+        )
+        waited = self._acquire(limiter_key_, chosen)
+        if not isinstance(waited, float):
+            return waited
+
         ledger.transition(self.delivery_id, "sending", attempt_started_at=repr(time.time()))
         log.info("delivery.attempt")
         try:
             outcome: SendOutcome = driver.send(self.message, ctx)
         except DeliveryError as exc:
-            return self._on_error(exc, record.attempts, driver, ctx)
+            return self._on_error(exc, record.attempts, driver, ctx, limiter_key_)
+        self.rt.health.record_success(chosen)
         return self._sent(outcome, record.attempts)
+
+    # -- flow control --------------------------------------------------------------------------
+
+    def _candidates(self) -> list[str]:
+        if not self.routed:
+            return [self.provider]
+        enabled = set(self.settings.enabled_providers())
+        return [p for p in self.message.eligible_providers() if p in enabled]
+
+    def _choose_provider(self, attempts: int) -> str | Done | Retry:
+        """The first candidate that is neither paused nor behind an open breaker."""
+        candidates = self._candidates()
+        if not candidates:
+            return self._finish(
+                "failed",
+                attempts,
+                error=ErrorInfo(
+                    kind="configuration",
+                    message=f"no configured {self.channel} provider accepts this message",
+                ),
+            )
+        paused: list[str] = []
+        waits: list[float] = []
+        for provider in candidates:
+            if self.rt.health.paused(provider) is not None:
+                paused.append(provider)
+                continue
+            decision = self.rt.health.allow_request(provider)
+            if decision.allowed:
+                if decision.probe:
+                    log.info("breaker.probe", provider=provider)
+                return provider
+            waits.append(decision.wait_s)
+        if waits:
+            self.rt.ledger.incr(self.delivery_id, "throttled")
+            return self._wait(max(min(waits), 0.05), "breaker_open", attempts)
+        return self._park(paused[0], attempts, "provider paused")
+
+    def _acquire(self, key: str, provider: str) -> float | Done | Retry:
+        """Take a slot in the global limiter, sleeping briefly when it is nearly free."""
+        limits = self.settings.limits(provider, limiter_bucket(self.message))
+        waited = 0.0
+        wait = self.rt.limiter.acquire(key, limits)
+        while wait > 0:
+            if waited + wait > self.settings.limiter_max_inline_wait_s:
+                self.rt.ledger.incr(self.delivery_id, "throttled")
+                self.rt.metric(provider, "throttled_ms", int((waited + wait) * 1000))
+                log.info("delivery.rate_limited", wait_s=round(wait, 3))
+                record = self.rt.ledger.get(self.delivery_id)
+                attempts = record.attempts if record else 0
+                return self._wait(wait, "rate_limited", attempts)
+            time.sleep(wait)
+            waited += wait
+            wait = self.rt.limiter.acquire(key, limits)
+        if waited:
+            self.rt.metric(provider, "throttled_ms", int(waited * 1000))
+        return waited
 
     # -- outcomes ------------------------------------------------------------------------------
 
     def _on_error(
-        self, exc: DeliveryError, attempts: int, driver: Any, ctx: SendContext
+        self,
+        exc: DeliveryError,
+        attempts: int,
+        driver: Driver[Any] | None,
+        ctx: SendContext | None,
+        key: str | None = None,
     ) -> Done | Retry:
-        fields = exc.context()
+        fields = _without_provider(exc.context())
+        provider = self.provider
         if isinstance(exc, ThrottledError):
-            self.rt.ledger.incr(self.delivery_id, "throttled")
             delay = exc.retry_after_s or 1.0
-            log.info("delivery.throttled", **{**_without_provider(fields), "retry_after_s": delay})
+            if key is not None:
+                # Every worker sharing this budget holds back, not just this one.
+                self.rt.limiter.hold_for(key, delay)
+            self.rt.ledger.incr(self.delivery_id, "throttled")
+            self.rt.metric(provider, "throttled_by_provider")
+            log.info("delivery.throttled", **{**fields, "retry_after_s": delay})
             return self._wait(delay, "throttled", attempts)
         if isinstance(exc, AccountBlockedError):
-            # Out of credit: the full pause/park semantics live in flow control; until the
-            # provider is resumed, this message is parked rather than failed.
-            log.error("provider.out_of_credit", **_without_provider(fields))
-            return self._finish("failed", attempts + 1, error=_info(exc))
+            info = self.rt.health.pause(provider, exc.message, _WORKER_NAME)
+            log.error(
+                "provider.paused",
+                reason=info.reason,
+                paused_by=info.by,
+                action=f"top up, then run: delivery-worker resume {provider}",
+                **fields,
+            )
+            self.rt.metric(provider, "payment_failures")
+            if self.routed and len(self._candidates()) > 1:
+                log.warning("delivery.failover", away_from=provider)
+                return self._wait(0.0, "failover", attempts)
+            return self._park(provider, attempts, exc.message)
         if isinstance(exc, TransientError):
+            if not isinstance(exc, UnknownOutcomeError) or exc.status_code is None:
+                # Provider-health failures (5xx, 503, timeouts, resets) feed the breaker.
+                state = self.rt.health.record_failure(provider)
+                if state.state == "open":
+                    log.warning(
+                        "breaker.open", failures=state.failures, retry_in_s=state.retry_in_s
+                    )
             attempts = self.rt.ledger.incr(self.delivery_id, "attempts")
-            if isinstance(exc, UnknownOutcomeError):
+            if isinstance(exc, UnknownOutcomeError) and driver is not None and ctx is not None:
                 found = self._reconcile(driver, ctx)
                 if found is not None:
                     return self._sent(found, attempts - 1)
             if attempts > self.settings.max_retries:
-                log.error(
-                    "delivery.retries_exhausted", error=exc.message, **_without_provider(fields)
-                )
+                log.error("delivery.retries_exhausted", error=exc.message, **fields)
                 return self._finish("failed", attempts, error=_info(exc))
             delay = backoff_s(
                 attempts,
@@ -183,19 +305,22 @@ class _Attempt:
                 kind=exc.kind,
                 delay_s=round(delay, 3),
                 error=exc.message,
-                **_without_provider(fields),
+                **fields,
             )
             return self._wait(delay, exc.kind, attempts)
+        if not isinstance(exc, ConfigurationError):
+            # The provider answered; a refusal of this message says it is up.
+            self.rt.health.record_success(provider)
         level = log.error if isinstance(exc, ConfigurationError) else log.warning
-        level("delivery.failed", kind=exc.kind, error=exc.message, **_without_provider(fields))
+        level("delivery.failed", kind=exc.kind, error=exc.message, **fields)
         attempts = self.rt.ledger.incr(self.delivery_id, "attempts")
         return self._finish("failed", attempts, error=_info(exc))
 
-    def _reconcile(self, driver: Any, ctx: SendContext) -> SendOutcome | None:
+    def _reconcile(self, driver: Driver[Any], ctx: SendContext) -> SendOutcome | None:
         if not driver.supports_reconcile:
             return None
         try:
-            found: SendOutcome | None = driver.reconcile(self.message, ctx)
+            found = driver.reconcile(self.message, ctx)
         except DeliveryError as exc:
             log.warning("delivery.reconcile_failed", kind=exc.kind, error=exc.message)
             return None
@@ -220,6 +345,7 @@ class _Attempt:
             attempts=str(result.attempts),
             result=result.model_dump_json(),
         )
+        self.rt.metric(self.provider, "sent")
         log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
         return Done(result)
 
@@ -232,52 +358,63 @@ class _Attempt:
             error_kind=error.kind,
             result=result.model_dump_json(),
         )
-        if state == "expired":
-            log.warning("delivery.expired")
+        if self.provider:
+            self.rt.metric(self.provider, f"{state}:{error.kind}")
+        return Done(result)
+
+    def _expire(self, attempts: int, when: str) -> Done:
+        log.warning("delivery.expired", when=when)
+        return self._finish(
+            "expired", attempts, error=ErrorInfo(kind="expired", message=f"deadline passed {when}")
+        )
+
+    def _park(self, provider: str, attempts: int, reason: str) -> Done:
+        """Hold the message until the provider is resumed; neither failed nor retried."""
+        self.rt.parking.park(provider, self.delivery_id, self.task_name, self.raw)
+        result = self._result("parked", attempts, provider=provider)
+        self.rt.ledger.transition(
+            self.delivery_id, "parked", parked_reason=reason[:200], result=result.model_dump_json()
+        )
+        self.rt.metric(provider, "parked")
+        log.warning("delivery.parked", provider=provider)
         return Done(result)
 
     def _wait(self, delay_s: float, reason: str, attempts: int) -> Done | Retry:
         remaining = self._deadline() - time.time()
         if remaining <= 0:
-            return self._finish(
-                "expired",
-                attempts,
-                error=ErrorInfo(
-                    kind="expired", code=None, message=f"deadline passed while {reason}"
-                ),
-            )
-        # Never schedule past the deadline, nor beyond the broker's visibility timeout.
-        delay_s = min(delay_s, self.settings.retry_backoff_max_s, max(remaining, 0.0))
+            return self._expire(attempts, f"while {reason.replace('_', ' ')}")
+        # Never past the deadline, nor beyond the broker's visibility timeout.
+        delay_s = min(delay_s, self.settings.retry_backoff_max_s, remaining)
         self.rt.ledger.transition(self.delivery_id, "waiting", waiting_reason=reason)
-        return Retry(delay_s, reason, self._result("waiting", attempts))
+        return Retry(max(delay_s, 0.0), reason, self._result("waiting", attempts))
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _deadline(self) -> float:
         if self.message.deadline is not None:
             return self.message.deadline.timestamp()
-        record = self.rt.ledger.get(self.delivery_id)
-        created = record.created_at if record else time.time()
-        return created + self.settings.default_ttl_s
+        return self.created_at + self.settings.default_ttl_s
 
-    def _expired(self, _created_at: float) -> bool:
-        return time.time() >= self._deadline()
-
-    def _provider_tag(self) -> str | None:
+    def _provider_tag(self, provider: str) -> str | None:
         # SMS Partner tags: <= 20 chars, lowercase, no spaces (providers.md §1.2.2); unique per
         # delivery so an unknown outcome can be reconciled by tag (§1.5).
-        if self.provider == "smspartner":
+        if provider == "smspartner":
             return "dw" + self.delivery_id.replace("-", "")[:18].lower()
         return None
 
     def _result(
-        self, state: str, attempts: int, *, error: ErrorInfo | None = None
+        self,
+        state: str,
+        attempts: int,
+        *,
+        error: ErrorInfo | None = None,
+        provider: str | None = None,
     ) -> DeliveryResult:
         return DeliveryResult(
             status=state,
             delivery_id=self.delivery_id,
             channel=self.channel,
-            provider=self.provider,
+            provider=provider or self.provider or None,
             attempts=attempts,
             error=error,
         )
@@ -299,16 +436,12 @@ def _info(exc: DeliveryError) -> ErrorInfo:
     return ErrorInfo.model_validate(exc.to_dict())
 
 
-def _failed(
-    delivery_id: str, channel: str, provider: str | None, attempts: int, kind: str, message: str
-) -> DeliveryResult:
+def _failed(delivery_id: str, channel: str, kind: str, message: str) -> DeliveryResult:
     return DeliveryResult(
         status="failed",
         delivery_id=delivery_id,
         channel=channel,
-        provider=provider,
-        attempts=attempts,
-        error=ErrorInfo(kind=kind, code=None, message=message[:500]),
+        error=ErrorInfo(kind=kind, message=message[:500]),
     )
 
 

@@ -71,5 +71,6 @@ class Provider(abc.ABC):
         """The route as it may be recorded (a provider that puts keys in paths hides them)."""
         return route
 
+    @abc.abstractmethod
     def reset(self) -> None:
         """Forget per-provider state (messages, suppression lists, dedupe caches)."""

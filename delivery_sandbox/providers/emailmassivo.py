@@ -2,9 +2,9 @@
 
 Wire format (providers.md §5): ``X-Api-Key`` header; success is HTTP **201** ``{"uuid"}``;
 every error is ``{"message", "statusCode"}`` with the HTTP status (§5.4). Validation messages
-are joined with "," like the RS-DOC example. Checks run in this order: 401 key, 413 body over
-5 MB, 400 JSON and fields, 400 attachments, 403 unverified From domain, idempotent replay
-(201, same uuid), 422 suppressed recipient, 402 balance, then 201.
+are joined with "," like the RS-DOC example. Checks run in this order: 401 key, 400 JSON and
+fields, 400 attachments (parse, count, type, decoded size), 413 body over 5 MB, 403 unverified
+From domain, idempotent replay (201, same uuid), 422 suppressed recipient, 402 balance, 201.
 
 Sandbox rules ([INFERRED] where the docs are silent):
 - From domains ending in ``.unauthenticated.test`` are "not verified" → 403.
@@ -42,9 +42,11 @@ MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
 MAX_FIELD_CHARS = 255
 # RS-DOC's list of forbidden attachment extensions (§5.2).
 FORBIDDEN_EXTENSIONS = frozenset(
-    """ade adp apk appx appxbundle bat cab chm cmd com cpl diagcab diagcfg diagpack dll dmg ex
-    ex_ exe hta img ins iso isp jar jnlp js jse lib lnk mde msc msi msix msixbundle msp mst nsh
-    pif ps1 scr sct shb sys vb vbe vbs vhd vxd wsc wsf wsh xll""".split()
+    (  # noqa: SIM905 - RS-DOC's list, kept as it reads
+        "ade adp apk appx appxbundle bat cab chm cmd com cpl diagcab diagcfg diagpack dll dmg ex "
+        "ex_ exe hta img ins iso isp jar jnlp js jse lib lnk mde msc msi msix msixbundle msp mst "
+        "nsh pif ps1 scr sct shb sys vb vbe vbs vhd vxd wsc wsf wsh xll"
+    ).split()
 )
 # The four 422 cases of RS-DOC (§5.4), by the recipient's local-part prefix.
 SUPPRESSED = {
@@ -86,8 +88,6 @@ class EmailMassivoProvider(Provider):
             return _error(404, f"Cannot {request.method} {request.route}")
         if not self.env.accounts.key_is_valid(self.name, request.header("x-api-key")):
             return _error(401, "Неверный ключ API")  # RS-DOC's exact text (§5.4)
-        if len(request.body) > MAX_BODY_BYTES:
-            return _error(413, "request entity too large")
         try:
             body = request.json()
         except (ValueError, UnicodeDecodeError):
@@ -101,6 +101,9 @@ class EmailMassivoProvider(Provider):
         attachment_problem = _check_attachments(mail.get("attachments"))
         if attachment_problem:
             return _error(400, attachment_problem)
+        if len(request.body) > MAX_BODY_BYTES:
+            # After the attachment checks, so their specific message wins when both apply.
+            return _error(413, "request entity too large")
         if not is_authenticated_domain(mail["from"]["email"].rsplit("@", 1)[-1]):
             return _error(403, "User domain is not verified")
         return self._accept(body, mail, template)
@@ -258,5 +261,3 @@ def _error(status: int, message: str, *, headers: dict[str, str] | None = None) 
     return json_reply(
         status, {"message": message, "statusCode": status}, outcome="refused", headers=headers
     )
-
-

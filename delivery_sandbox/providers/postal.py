@@ -1,6 +1,6 @@
 """Postal's legacy v1 HTTP API (providers.md §4): always HTTP 200, the outcome in ``status``.
 
-Quirks reproduced from Postal's source (§4.1–§4.4):
+Quirks reproduced from Postal's source (§4.1 to §4.4):
 - every answer is ``{"status", "time", "flags", "data"}`` with HTTP 200, errors included;
 - the key is the ``X-Server-API-Key`` header: ``AccessDenied`` without it,
   ``InvalidServerAPIKey`` (echoing ``token``) when unknown;
@@ -53,7 +53,9 @@ ERROR_MESSAGES = {
     "TooManyBCCAddresses": "The maximum number of BCC addresses has been reached (maximum 50)",
     "NoContent": "There is no content defined for this e-mail",
     "FromAddressMissing": "The From address is missing and is required",
-    "UnauthenticatedFromAddress": "The From address is not authorised to send mail from this server",
+    "UnauthenticatedFromAddress": (
+        "The From address is not authorised to send mail from this server"
+    ),
     "AttachmentMissingName": "An attachment is missing a name",
     "AttachmentMissingData": "An attachment is missing data",
 }
@@ -159,7 +161,7 @@ class PostalProvider(Provider):
 
         message_id = f"{uuid.uuid4()}@{RETURN_PATH_DOMAIN}"
         recipients = list(dict.fromkeys(to + cc + bcc))  # duplicates collapse into one key
-        details = {
+        details: dict[str, Any] = {
             "mail_from": parseaddr(sender)[1] or sender,
             "subject": _str(params.get("subject")),
             "tag": params.get("tag") if isinstance(params.get("tag"), str) else None,
@@ -192,7 +194,7 @@ class PostalProvider(Provider):
         header_id = str(headers.get("Message-ID", "")).strip().strip("<>")
         message_id = header_id or f"{uuid.uuid4()}@{RETURN_PATH_DOMAIN}"
         recipients = list(dict.fromkeys(str(r) for r in rcpt_to))
-        details = {
+        details: dict[str, Any] = {
             "mail_from": mail_from,
             "subject": str(headers.get("Subject", "")),
             "tag": None,
@@ -218,7 +220,7 @@ class PostalProvider(Provider):
         created: dict[str, dict[str, Any]] = {}
         with self.lock:
             for rcpt in recipients:
-                entry = {"id": next(self._ids), "token": _token()}
+                entry: dict[str, Any] = {"id": next(self._ids), "token": _token()}
                 self._messages[entry["id"]] = {
                     **details,
                     **entry,
@@ -252,7 +254,10 @@ class PostalProvider(Provider):
             found = self._messages.get(message_id) if message_id is not None else None
         if found is None:
             return _error(
-                started, "MessageNotFound", message="No message found matching provided ID", id=raw_id
+                started,
+                "MessageNotFound",
+                message="No message found matching provided ID",
+                id=raw_id,
             )
         return found
 

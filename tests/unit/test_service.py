@@ -130,7 +130,15 @@ def test_code_500_is_transient(calls: Calls, make_runtime: Any) -> None:
     assert isinstance(run(rt), Retry)
 
 
-def test_throttling_never_consumes_the_error_budget(calls: Calls, make_runtime: Any) -> None:
+def clear_holds(client: redis.Redis) -> None:
+    """As if the provider's Retry-After had elapsed."""
+    for key in client.scan_iter("*dw:rl:*"):
+        client.delete(key)
+
+
+def test_throttling_never_consumes_the_error_budget(
+    calls: Calls, make_runtime: Any, redis_client: redis.Redis
+) -> None:
     rt = make_runtime(calls, max_retries=1)
     for _ in range(5):
         calls.answers.append(
@@ -141,11 +149,27 @@ def test_throttling_never_consumes_the_error_budget(calls: Calls, make_runtime: 
         assert isinstance(outcome, Retry)
         assert outcome.reason == "throttled"
         assert outcome.delay_s == pytest.approx(7)
+        clear_holds(redis_client)
     record = rt.ledger.get("d-1")
     assert record is not None
     assert (record.attempts, record.throttled) == (0, 5)
     done = run(rt)
     assert isinstance(done, Done) and done.result.status == "sent"
+
+
+def test_a_provider_429_holds_back_every_worker_sharing_the_budget(
+    calls: Calls, make_runtime: Any
+) -> None:
+    first, second = make_runtime(calls), make_runtime(calls)
+    calls.answers.append(
+        httpx.Response(429, json={"success": False, "code": 429}, headers={"Retry-After": "7"})
+    )
+    assert isinstance(run(first, delivery_id="a"), Retry)
+    held = run(second, delivery_id="b")
+    assert isinstance(held, Retry)
+    assert held.reason == "rate_limited"
+    assert 6 < held.delay_s <= 7
+    assert len(calls.requests) == 1  # the second worker never reached the provider
 
 
 def test_retries_exhausted_fails_with_the_last_error(calls: Calls, make_runtime: Any) -> None:

@@ -1,0 +1,135 @@
+"""``/_admin/*``: the sandbox's own loopback API for tests, benchmarks and operators (no auth).
+
+GET    /_admin/health                  {"status": "ok", "providers": {name: prefix}, ...}
+GET    /_admin/requests?provider=&since=  {"requests": [request records]}
+GET    /_admin/messages?provider=&since=  {"messages": [accepted-message records]}
+GET    /_admin/stats                   {"providers": {name: counts}, "balances": {...}}
+POST   /_admin/reset                   clears records, faults, rate windows, provider
+                                       state; restores the starting balances
+GET    /_admin/balance                 {"balances": {name: credits}}
+POST   /_admin/balance                 {"provider": name, "credits": N}
+GET    /_admin/faults                  {"rules": [rules with seen/applied counters]}
+POST   /_admin/faults                  {"rules": [...]} replaces the plan
+DELETE /_admin/faults                  removes every rule
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from delivery_sandbox.accounts import METERED, PREFIXES
+from delivery_sandbox.faults import FaultPlan, FaultPlanError
+from delivery_sandbox.wire import Reply, json_reply
+
+if TYPE_CHECKING:
+    from delivery_sandbox.server import Sandbox
+
+__all__ = ["ADMIN_PREFIX", "handle_admin"]
+
+ADMIN_PREFIX = "/_admin"
+
+Handler = Callable[["Sandbox", Mapping[str, list[str]], Any], Reply]
+
+
+class AdminError(ValueError):
+    pass
+
+
+def handle_admin(
+    sandbox: Sandbox, method: str, path: str, query: Mapping[str, list[str]], body: bytes
+) -> Reply:
+    route = path.removeprefix(ADMIN_PREFIX).rstrip("/") or "/"
+    handler = ROUTES.get((method, route))
+    if handler is None:
+        known = sorted({r for _, r in ROUTES})
+        return json_reply(404, {"error": f"no admin endpoint {method} {route}", "known": known})
+    try:
+        payload = json.loads(body.decode("utf-8")) if body.strip() else None
+        return handler(sandbox, query, payload)
+    except (ValueError, UnicodeDecodeError) as exc:  # FaultPlanError and AdminError too
+        return json_reply(400, {"error": str(exc)})
+
+
+def _health(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    return json_reply(
+        200,
+        {"status": "ok", "url": sandbox.url, "providers": PREFIXES, "uptime_s": sandbox.uptime_s},
+    )
+
+
+def _records(kind: str) -> Handler:
+    def handler(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+        provider = _arg(query, "provider")
+        if provider is not None and provider not in PREFIXES:
+            raise AdminError(f"unknown provider {provider!r}")
+        since = _arg(query, "since") or "0"
+        if not since.isdigit():
+            raise AdminError("since must be a sequence number")
+        select = sandbox.recorder.requests if kind == "requests" else sandbox.recorder.messages
+        return json_reply(200, {kind: select(provider, int(since))})
+
+    return handler
+
+
+def _stats(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    body = {"providers": sandbox.recorder.stats(), "balances": sandbox.accounts.balances()}
+    return json_reply(200, body)
+
+
+def _reset(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    sandbox.reset()
+    return json_reply(200, {"status": "reset", "balances": sandbox.accounts.balances()})
+
+
+def _get_balance(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    return json_reply(200, {"balances": sandbox.accounts.balances()})
+
+
+def _set_balance(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    if not isinstance(payload, dict):
+        raise AdminError('expected {"provider": name, "credits": N}')
+    provider = payload.get("provider")
+    credits = payload.get("credits")
+    if provider not in METERED:
+        raise AdminError(f"provider must be one of {', '.join(METERED)} (postal has no balance)")
+    if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
+        raise AdminError("credits must be a non-negative integer")
+    sandbox.accounts.set_balance(provider, credits)
+    return json_reply(200, {"provider": provider, "credits": credits})
+
+
+def _get_faults(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    return json_reply(200, {"rules": sandbox.faults.describe()})
+
+
+def _set_faults(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    if payload is None:
+        raise FaultPlanError('expected {"rules": [...]}')
+    sandbox.faults.replace(FaultPlan.parse(payload))
+    return json_reply(200, {"rules": sandbox.faults.describe()})
+
+
+def _clear_faults(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    sandbox.faults.clear()
+    return json_reply(200, {"rules": []})
+
+
+def _arg(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
+ROUTES: dict[tuple[str, str], Handler] = {
+    ("GET", "/health"): _health,
+    ("GET", "/requests"): _records("requests"),
+    ("GET", "/messages"): _records("messages"),
+    ("GET", "/stats"): _stats,
+    ("POST", "/reset"): _reset,
+    ("GET", "/balance"): _get_balance,
+    ("POST", "/balance"): _set_balance,
+    ("GET", "/faults"): _get_faults,
+    ("POST", "/faults"): _set_faults,
+    ("DELETE", "/faults"): _clear_faults,
+}
