@@ -606,9 +606,29 @@ def test_unknown_provider(channel: str, data: dict[str, Any]) -> None:
     assert_refused(channel, data, "provider", "input should be")
 
 
-def test_email_provider_is_required() -> None:
+def test_email_without_provider_is_routed_to_every_eligible_provider() -> None:
     data = {k: v for k, v in POSTAL.items() if k != "provider"}
-    assert_refused("email", data, "provider", "required")
+    message = parse_message("email", data)
+    assert isinstance(message, EmailMessage)
+    assert message.provider is None
+    assert message.eligible_providers() == ["postal", "emailmassivo", "mailpartner"]
+
+
+def test_routed_email_keeps_only_providers_whose_rules_it_meets() -> None:
+    data = {k: v for k, v in POSTAL.items() if k != "provider"}
+    data["to"] = [{"email": "a@example.com"}, {"email": "b@example.com"}]
+    data["cc"] = [{"email": "c@example.com"}]
+    message = parse_message("email", data)
+    assert isinstance(message, EmailMessage)
+    # EmailMassivo takes one `to`; Mail Partner has no cc.
+    assert message.eligible_providers() == ["postal"]
+
+
+def test_routed_email_no_provider_accepts_is_refused_naming_the_field() -> None:
+    data = {k: v for k, v in POSTAL.items() if k != "provider"}
+    data["to"] = [{"email": f"r{i}@example.com"} for i in range(51)]
+    data["cc"] = [{"email": "c@example.com"}]
+    assert_refused("email", data, "to", "no email provider accepts")
 
 
 @pytest.mark.parametrize("channel", ["fax", "EMAIL", "", None, 3])
