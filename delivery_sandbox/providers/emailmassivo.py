@@ -7,7 +7,7 @@ fields, 400 attachments (parse, count, type, decoded size), 413 body over 5 MB, 
 From domain, idempotent replay (201, same uuid), 422 suppressed recipient, 402 balance, 201.
 
 Sandbox rules ([INFERRED] where the docs are silent):
-- From domains ending in ``.unauthenticated.test`` are "not verified" → 403.
+- From domains whose first label is ``unverified`` are "not verified" → 403.
 - Recipients whose local part starts with ``unsubscribed``, ``complained``, ``missing`` or
   ``unavailable`` are the four 422 cases of RS-DOC (checked on ``mail.to`` only).
 - Idempotency (§5.5): the same ``idempotencyKey`` within the window answers the first uuid and

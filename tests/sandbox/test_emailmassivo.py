@@ -107,7 +107,7 @@ def test_suppressed_recipient_is_422(client, messages, prefix):
 
 
 def test_unverified_from_domain_is_403(client):
-    response = send(client, {"mail": mail(**{"from": {"email": "a@x.unauthenticated.test"}})})
+    response = send(client, {"mail": mail(**{"from": {"email": "a@unverified.x.example"}})})
     assert response.status_code == 403
 
 

@@ -79,7 +79,7 @@ FIFTY_ONE = [f"r{i}@example.com" for i in range(51)]
         ({"bcc": FIFTY_ONE}, "TooManyBCCAddresses"),
         ({"to": ["a@example.com"], "from": "x@y.test"}, "NoContent"),
         ({"to": ["a@example.com"], "html_body": "<p>x</p>"}, "FromAddressMissing"),
-        ({**GOOD, "from": "App <app@news.unauthenticated.test>"}, "UnauthenticatedFromAddress"),
+        ({**GOOD, "from": "App <app@unverified.news.example>"}, "UnauthenticatedFromAddress"),
         ({**GOOD, "attachments": [{"data": "aGk="}]}, "AttachmentMissingName"),
         ({**GOOD, "attachments": [{"name": "a.txt"}]}, "AttachmentMissingData"),
     ],
@@ -118,7 +118,7 @@ def test_send_raw_parameter_and_from_errors(client):
     assert body["status"] == "parameter-error"
     assert body["data"] == {"message": "`rcpt_to` parameter is required but is missing"}
 
-    raw = base64.b64encode(b"From: x@spam.unauthenticated.test\r\n\r\nhi").decode()
+    raw = base64.b64encode(b"From: x@unverified.spam.example\r\n\r\nhi").decode()
     body = post(client, RAW, {"rcpt_to": ["a@b.test"], "mail_from": "a@b.test", "data": raw})
     assert body["status"] == "error"
     assert body["data"] == {"code": "UnauthenticatedFromAddress"}  # no message here (§4.3)
