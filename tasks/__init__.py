@@ -9,12 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from worker.app import app
+from worker.operations import Operations
 from worker.runtime import get_runtime
 from worker.service import Retry, process
 
-__all__ = ["send_email", "send_sms", "send_voice"]
+__all__ = ["PARKED", "check_balances", "send_email", "send_sms", "send_voice"]
+
+PARKED = "PARKED"
+"""Celery state of a delivery parked while its provider is paused (out of credit)."""
 
 
 def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]:
@@ -28,7 +33,14 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
     if isinstance(outcome, Retry):
         # Same task id and message; budgets are counted in the ledger, not by Celery.
         raise task.retry(countdown=outcome.delay_s, max_retries=None)
-    return outcome.result.model_dump(mode="json", exclude_none=True)
+    result = outcome.result.model_dump(mode="json", exclude_none=True)
+    if outcome.result.status == "parked":
+        # Not a ready state: the result backend keeps SUCCESS final (Celery's dedup guard), and
+        # a parked delivery is not finished. ``AsyncResult.state`` reads PARKED with this dict
+        # as ``info``; ``get()`` waits until the re-run after a resume stores the real outcome.
+        task.update_state(state=PARKED, meta=result)
+        raise Ignore()
+    return result
 
 
 @app.task(bind=True, name="tasks.send_email", max_retries=None)
@@ -44,3 +56,11 @@ def send_sms(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, name="tasks.send_voice", max_retries=None)
 def send_voice(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "voice", message)
+
+
+@app.task(name="tasks.check_balances")
+def check_balances() -> dict[str, str]:
+    """Periodic (beat): resume paused providers whose balance shows credit again."""
+    rt = get_runtime()
+    ops = Operations(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app)
+    return ops.check_balances(rt.driver)

@@ -44,6 +44,12 @@ def celery_config() -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "task_default_queue": "delivery",
+        "beat_schedule": {
+            "check-balances": {
+                "task": "tasks.check_balances",
+                "schedule": settings.balance_check_interval_s,
+            },
+        },
         "timezone": "UTC",
         "enable_utc": True,
     }

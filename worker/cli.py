@@ -11,6 +11,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from worker.config import PROVIDERS
+
+if TYPE_CHECKING:
+    from worker.operations import Operations
+    from worker.runtime import Runtime
 
 __all__ = ["main"]
 
@@ -30,10 +37,62 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operations() -> tuple[Operations, Runtime]:
+    from worker.app import app
+    from worker.config import get_settings
+    from worker.operations import Operations
+    from worker.runtime import Runtime
+
+    rt = Runtime(get_settings())
+    return Operations(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app), rt
+
+
+def _cmd_providers(args: argparse.Namespace) -> int:
+    ops, _rt = _operations()
+    statuses = ops.status()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in statuses], indent=2))
+        return 0
+    print(f"{'provider':<14}{'configured':<12}{'state':<22}{'breaker':<12}{'parked':>7}  counters")
+    for s in statuses:
+        state = f"PAUSED ({s.paused.reason[:12]})" if s.paused else "active"
+        breaker = s.breaker.state + (
+            f" {s.breaker.retry_in_s:.0f}s" if s.breaker.retry_in_s else ""
+        )
+        counters = " ".join(f"{k}={v}" for k, v in sorted(s.metrics.items()))
+        configured = "yes" if s.configured else "no"
+        print(f"{s.provider:<14}{configured:<12}{state:<22}{breaker:<12}{s.parked:>7}  {counters}")
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    ops, _rt = _operations()
+    count = ops.resume(args.provider)
+    print(f"{args.provider} resumed; {count} parked message(s) re-enqueued")
+    return 0
+
+
+def _cmd_pause(args: argparse.Namespace) -> int:
+    ops, _rt = _operations()
+    info = ops.pause(args.provider, args.reason)
+    print(f"{args.provider} paused since {info.since:.0f} ({info.reason}); new messages are parked")
+    return 0
+
+
+def _cmd_check_balances(_args: argparse.Namespace) -> int:
+    ops, rt = _operations()
+    for provider, outcome in (
+        ops.check_balances(rt.driver).items() or {"-": "nothing paused"}.items()
+    ):
+        print(f"{provider}: {outcome}")
+    return 0
+
+
 def _cmd_check_config(_args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from worker.config import Settings
+    from worker.redaction import safe_url
 
     try:
         settings = Settings()
@@ -44,8 +103,8 @@ def _cmd_check_config(_args: argparse.Namespace) -> int:
             print(f"{where}: {str(err['msg']).removeprefix('Value error, ')}", file=sys.stderr)
         return 1
     enabled = settings.enabled_providers()
-    print(f"broker: {settings.broker_url}")
-    print(f"result backend: {settings.result_backend}")
+    print(f"broker: {safe_url(settings.broker_url)}")
+    print(f"result backend: {safe_url(settings.result_backend)}")
     print(f"providers: {', '.join(enabled) if enabled else 'none (set DELIVERY_<NAME>_API_KEY)'}")
     for provider in enabled:
         print(f"  {provider}: {settings.base_url(provider)}")
@@ -82,13 +141,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate DELIVERY_* settings")
     check.set_defaults(func=_cmd_check_config)
+
+    providers = sub.add_parser("providers", help="pause, breaker, parked and counters per provider")
+    providers.add_argument("--json", action="store_true")
+    providers.set_defaults(func=_cmd_providers)
+
+    resume = sub.add_parser("resume", help="lift a pause and re-enqueue parked messages")
+    resume.add_argument("provider", choices=PROVIDERS)
+    resume.set_defaults(func=_cmd_resume)
+
+    pause = sub.add_parser("pause", help="pause a provider for every worker; messages are parked")
+    pause.add_argument("provider", choices=PROVIDERS)
+    pause.add_argument("--reason", default="paused by operator")
+    pause.set_defaults(func=_cmd_pause)
+
+    balances = sub.add_parser("check-balances", help="resume paused providers that have credit")
+    balances.set_defaults(func=_cmd_check_balances)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    import redis
+
+    try:
+        code: int = args.func(args)
+    except redis.ConnectionError as exc:
+        from worker.config import get_settings
+        from worker.redaction import safe_url
+
+        print(
+            f"cannot reach Redis at {safe_url(get_settings().shared_redis_url)} ({exc}); "
+            "set DELIVERY_REDIS_URL or DELIVERY_BROKER_URL",
+            file=sys.stderr,
+        )
+        return 2
     return code
 
 

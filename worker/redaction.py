@@ -165,3 +165,8 @@ def redact_mapping(data: Mapping[Any, Any], *, _depth: int = 0) -> dict[str, Any
         else:
             out[name] = _redact_value(value, _depth)
     return out
+
+
+def safe_url(url: str) -> str:
+    """A URL fit to print: any password in its user-info is replaced (``redis://:***@host``)."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)

@@ -61,10 +61,21 @@ def sandbox_url(sandbox_proc: Proc) -> str:
     return str(sandbox_proc.extra["url"])
 
 
+FLOW_STATE_PATTERNS = ("*dw:rl:*", "dw:health:*", "dw:parked:*", "dw:metrics:*")
+
+
+def clear_flow_state(client: redis.Redis) -> None:
+    """Limiter logs and holds, pauses, breakers, parked messages: shared state between tests."""
+    for pattern in FLOW_STATE_PATTERNS:
+        for key in client.scan_iter(pattern):
+            client.delete(key)
+
+
 @pytest.fixture
-def sandbox(sandbox_url: str) -> Iterator[SandboxAdmin]:
+def sandbox(sandbox_url: str, ledger: Ledger) -> Iterator[SandboxAdmin]:
     admin = SandboxAdmin(sandbox_url)
     admin.reset()
+    clear_flow_state(ledger.redis)
     yield admin
     admin.http.close()
 
@@ -79,6 +90,10 @@ def stack_env(redis_url: str, sandbox_url: str) -> dict[str, str]:
         "DELIVERY_RETRY_BACKOFF_BASE_S": "0.2",
         "DELIVERY_RETRY_BACKOFF_MAX_S": "2",
         "DELIVERY_HTTP_READ_TIMEOUT_S": "3",
+        # A breaker that opens and probes within seconds.
+        "DELIVERY_BREAKER_FAILURE_THRESHOLD": "3",
+        "DELIVERY_BREAKER_OPEN_S": "1.5",
+        "DELIVERY_BREAKER_MAX_OPEN_S": "3",
         **sandbox_env(sandbox_url),
     }
 
