@@ -165,6 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import redis
 
+    from worker.logs import configure_logging
+
+    # Operator commands print their own lines; events below WARNING would only be noise
+    # (the demo keeps even those quiet: its table says what happened).
+    configure_logging("ERROR" if args.command == "demo" else "WARNING", "console")
+
     try:
         code: int = args.func(args)
     except redis.ConnectionError as exc:

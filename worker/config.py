@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -154,6 +155,16 @@ class Settings(BaseSettings):
                 "countdown longer than the visibility timeout runs the task twice"
             )
         return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Settings from an explicit ``DELIVERY_*`` mapping (a worker's environment elsewhere)."""
+        values: dict[str, Any] = {
+            k.removeprefix("DELIVERY_").lower(): v
+            for k, v in env.items()
+            if k.startswith("DELIVERY_")
+        }
+        return cls(**values)
 
     def api_key(self, provider: str) -> str | None:
         secret: SecretStr | None = getattr(self, f"{provider}_api_key")

@@ -149,15 +149,23 @@ def run_demo(
     workers: int = 2,
 ) -> int:
     from worker.app import client_app
+    from worker.config import Settings
+    from worker.flow import RedisHealthStore
     from worker.ledger import Ledger
     from worker.models import InvalidMessage
+    from worker.operations import Operations
     from worker.producer import Producer
 
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress reaches pipes as it happens
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
 
     def stop_all(*_: Any) -> None:
+        # A second Ctrl-C while stopping must not leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for proc in reversed(procs):
             proc.stop()
 
@@ -210,10 +218,35 @@ def run_demo(
                 continue
             sent.append((item, str(result.id)))
 
-        _follow(ledger, [d for _, d in sent], timeout_s=60)
+        ids = [d for _, d in sent]
+        _follow(ledger, ids, timeout_s=60)
+        parked = [d for d in ids if (r := ledger.get(d)) is not None and r.state == "parked"]
+        if parked:
+            print(
+                f"{provider} ran out of credit: it is paused for every worker and "
+                f"{len(parked)} message(s) are parked, not failed."
+            )
+            print(
+                f"topping up the sandbox account and resuming, as an operator would with "
+                f"`delivery-worker resume {provider}` …"
+            )
+            httpx.post(
+                f"{sandbox_url}/_admin/balance", json={"provider": provider, "credits": 1000}
+            ).raise_for_status()
+            ops = Operations(
+                redis_client=ledger.redis,
+                health=RedisHealthStore(ledger.redis),
+                settings=Settings.from_env(env),
+                app=app,
+            )
+            ops.resume(provider)
+            _follow(ledger, ids, timeout_s=60, final={"sent", "failed", "expired", "dead"})
         for item, delivery_id in sent:
             record = ledger.get(delivery_id)
-            rows.append(_row(item, delivery_id, record))
+            row = _row(item, delivery_id, record)
+            if delivery_id in parked and record is not None and record.state == "sent":
+                row[2] = "sent (parked, resumed)"
+            rows.append(row)
         _print_table(rows)
         print(f"\nwall time: {time.monotonic() - started:.1f}s; logs in {root}")
         counts = Counter(r[2] for r in rows)
@@ -225,7 +258,8 @@ def run_demo(
             print("everything keeps running; press Ctrl-C to stop all processes")
             while all(p.alive() for p in procs):
                 time.sleep(0.5)
-            print("a process exited; stopping", file=sys.stderr)
+            gone = ", ".join(p.name for p in procs if not p.alive())
+            print(f"{gone} exited; stopping everything (see {root})", file=sys.stderr)
         return 0
     except KeyboardInterrupt:
         print("\nstopping …")
@@ -260,10 +294,15 @@ def _wait_worker_ready(app: Any, worker: Proc, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"the worker did not answer a ping in {timeout_s:g}s:\n{worker.log_tail()}")
 
 
-def _follow(ledger: Any, ids: list[str], *, timeout_s: float) -> None:
-    """A live progress line until every delivery is final or parked."""
+def _follow(
+    ledger: Any,
+    ids: list[str],
+    *,
+    timeout_s: float,
+    final: frozenset[str] | set[str] = frozenset({"sent", "failed", "expired", "dead", "parked"}),
+) -> None:
+    """A live progress line until every delivery is final (or parked)."""
     deadline = time.monotonic() + timeout_s
-    final = {"sent", "failed", "expired", "dead", "parked"}
     while True:
         states = Counter((r.state if (r := ledger.get(d)) else "queued") for d in ids)
         done = sum(v for k, v in states.items() if k in final)

@@ -48,7 +48,7 @@ def health(ledger: Ledger) -> RedisHealthStore:
 def ops(
     ledger: Ledger, health: RedisHealthStore, client: Celery, stack_env: dict[str, str]
 ) -> Operations:
-    settings = Settings(**{k.removeprefix("DELIVERY_").lower(): v for k, v in stack_env.items()})
+    settings = Settings.from_env(stack_env)
     return Operations(redis_client=ledger.redis, health=health, settings=settings, app=client)
 
 
