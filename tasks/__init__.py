@@ -11,7 +11,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
-from worker.app import app
+from worker.app import RedactedRequest, app
 from worker.operations import Operations
 from worker.runtime import get_runtime
 from worker.service import Retry, process
@@ -43,17 +43,17 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
     return result
 
 
-@app.task(bind=True, name="tasks.send_email", max_retries=None)
+@app.task(bind=True, name="tasks.send_email", max_retries=None, Request=RedactedRequest)
 def send_email(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "email", message)
 
 
-@app.task(bind=True, name="tasks.send_sms", max_retries=None)
+@app.task(bind=True, name="tasks.send_sms", max_retries=None, Request=RedactedRequest)
 def send_sms(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "sms", message)
 
 
-@app.task(bind=True, name="tasks.send_voice", max_retries=None)
+@app.task(bind=True, name="tasks.send_voice", max_retries=None, Request=RedactedRequest)
 def send_voice(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "voice", message)
 

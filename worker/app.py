@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, signals
+from celery.worker.request import Request
 
 from worker.config import get_settings
 from worker.logs import configure_logging
@@ -49,6 +50,7 @@ def celery_config() -> dict[str, Any]:
                 "task": "tasks.check_balances",
                 "schedule": settings.balance_check_interval_s,
             },
+            "sweep": {"task": "tasks.sweep", "schedule": settings.sweep_interval_s},
         },
         "timezone": "UTC",
         "enable_utc": True,
@@ -86,6 +88,30 @@ def _redact_published(
     message = args[0] if isinstance(args, (tuple, list)) and args else {}
     headers["argsrepr"] = redacted_repr(channel, message if isinstance(message, dict) else {})
     headers["kwargsrepr"] = "{}"
+
+
+class RedactedRequest(Request):
+    """What the worker shows of our tasks: redacted args in events, inspect and Flower.
+
+    The publish hook above only runs in processes that import this package; a bare Celery
+    client sending by name publishes Celery's default ``argsrepr`` (the whole message). The
+    worker re-derives it here, and ``info()`` (Celery's inspect ``reserved``/``scheduled``,
+    Flower's worker page) always uses the safe form.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from worker.producer import TASK_NAMES, redacted_repr
+
+        channel = {name: ch for ch, name in TASK_NAMES.items()}.get(self.task_name)
+        if channel is not None:
+            task_args = self.args
+            message = task_args[0] if task_args and isinstance(task_args[0], dict) else {}
+            self._argsrepr = redacted_repr(channel, message)
+            self._kwargsrepr = "{}"
+
+    def info(self, safe: bool = False) -> Any:
+        return super().info(safe=True)
 
 
 def client_app(broker_url: str, result_backend: str, *, name: str = "delivery-client") -> Celery:

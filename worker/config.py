@@ -107,6 +107,16 @@ class Settings(BaseSettings):
     balance_check_interval_s: float = Field(default=60.0, ge=5)
     """How often beat asks paused providers for their balance (``GET /me``)."""
 
+    max_unfinished_runs: int = Field(default=3, ge=1, le=100)
+    """A delivery whose task started this many times without finishing (its worker died each
+    time) is a poison message: it goes to the dead letters instead of killing more workers."""
+    sweep_interval_s: float = Field(default=30.0, ge=1)
+    sweep_sending_after_s: float = Field(default=300.0, ge=1)
+    """A delivery left in ``sending`` this long (its worker died and nothing redelivered it)
+    is re-enqueued by the sweeper."""
+    sweep_queued_after_s: float = Field(default=3600.0, ge=1)
+    """A delivery still ``queued`` this long is re-enqueued (lost between broker and worker)."""
+
     visibility_timeout_s: int = Field(default=3600, ge=60)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
 
@@ -165,6 +175,16 @@ class Settings(BaseSettings):
             if k.startswith("DELIVERY_")
         }
         return cls(**values)
+
+    @property
+    def send_lock_ttl_s(self) -> float:
+        """How long one attempt may hold a delivery: limiter wait + connect tries + read + slack."""
+        return (
+            self.limiter_max_inline_wait_s
+            + 3 * self.http_connect_timeout_s
+            + self.http_read_timeout_s
+            + 10.0
+        )
 
     def api_key(self, provider: str) -> str | None:
         secret: SecretStr | None = getattr(self, f"{provider}_api_key")

@@ -19,9 +19,11 @@ increments ``throttled`` and never the error ``attempts``; only errors count aga
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +101,7 @@ def process(
         # from elsewhere may not have been.
         log.warning("delivery.invalid_message", fields=[e["field"] for e in exc.errors])
         return Done(_failed(delivery_id, channel, "invalid_message", str(exc)))
-    return _Attempt(rt, message, raw, delivery_id, task_name).run()
+    return _Attempt(rt, message, raw, delivery_id, task_name).guarded_run()
 
 
 class _Attempt:
@@ -117,16 +119,61 @@ class _Attempt:
         self.provider: str = message.provider or ""
         self.created_at = time.time()
 
-    # -- the algorithm -----------------------------------------------------------------------------
+    # -- crash safety --------------------------------------------------------------------------
 
-    def run(self) -> Done | Retry:
+    def guarded_run(self) -> Done | Retry:
+        """:meth:`run` under the delivery's lock, counting runs that never finished.
+
+        A run that is killed (SIGKILL, OOM, a hard time limit) leaves ``runs_unfinished`` raised;
+        Celery requeues the task (``task_reject_on_worker_lost``) or the sweeper does. After
+        ``max_unfinished_runs`` such runs the message is a poison message and is set aside as a
+        dead letter instead of killing more workers.
+        """
         ledger = self.rt.ledger
         ledger.create(
             self.delivery_id,
             channel=self.channel,
             provider=self.message.provider or "auto",
-            extra={"task_name": self.task_name},
+            extra={"task_name": self.task_name, "message": json.dumps(self.raw)},
         )
+        record = ledger.get(self.delivery_id)
+        assert record is not None
+        if record.final:
+            return self.run()
+        token = uuid.uuid4().hex
+        busy_s = ledger.lock(self.delivery_id, token, self.settings.send_lock_ttl_s)
+        if busy_s > 0:
+            # Another copy of this delivery is running, or died holding the lock: wait for it
+            # (the lock expires) rather than risk sending twice.
+            log.info("delivery.concurrent_copy", retry_in_s=round(busy_s, 3))
+            return Retry(
+                busy_s + 0.05, "concurrent_copy", self._result(record.state, record.attempts)
+            )
+        try:
+            runs = ledger.incr(self.delivery_id, "runs_unfinished")
+            if runs > self.settings.max_unfinished_runs:
+                return self._bury(runs - 1, record.attempts)
+            outcome = self.run()
+            ledger.set_fields(self.delivery_id, runs_unfinished="0")
+            return outcome
+        finally:
+            ledger.unlock(self.delivery_id, token)
+
+    def _bury(self, crashed_runs: int, attempts: int) -> Done:
+        reason = f"its worker died in {crashed_runs} runs in a row"
+        self.rt.ledger.bury(
+            self.delivery_id, reason=reason, task_name=self.task_name, message=self.raw
+        )
+        log.error("delivery.dead_letter", reason=reason, action="delivery-worker dead replay ID")
+        error = ErrorInfo(kind="dead_letter", message=reason)
+        result = self._result("dead", attempts, error=error)
+        self.rt.ledger.set_fields(self.delivery_id, result=result.model_dump_json())
+        return Done(result)
+
+    # -- the algorithm -----------------------------------------------------------------------------
+
+    def run(self) -> Done | Retry:
+        ledger = self.rt.ledger
         record = ledger.get(self.delivery_id)
         assert record is not None
         self.created_at = record.created_at
