@@ -16,7 +16,7 @@ from worker.operations import Operations
 from worker.runtime import get_runtime
 from worker.service import Retry, process
 
-__all__ = ["PARKED", "check_balances", "send_email", "send_sms", "send_voice"]
+__all__ = ["PARKED", "check_balances", "send_email", "send_sms", "send_voice", "sweep"]
 
 PARKED = "PARKED"
 """Celery state of a delivery parked while its provider is paused (out of credit)."""
@@ -64,3 +64,11 @@ def check_balances() -> dict[str, str]:
     rt = get_runtime()
     ops = Operations(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app)
     return ops.check_balances(rt.driver)
+
+
+@app.task(name="tasks.sweep")
+def sweep() -> dict[str, int]:
+    """Periodic (beat): re-enqueue deliveries stuck in queued/sending/waiting past a timeout."""
+    rt = get_runtime()
+    ops = Operations(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app)
+    return ops.sweep(rt.ledger)

@@ -79,6 +79,34 @@ def _cmd_pause(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dead(args: argparse.Namespace) -> int:
+    ops, rt = _operations()
+    if args.action == "replay":
+        ids = list(rt.ledger.dead_letters()) if args.all else args.ids
+        if not ids:
+            print("nothing to replay (give delivery ids or --all)", file=sys.stderr)
+            return 1
+        replayed = ops.replay_dead(rt.ledger, ids)
+        for delivery_id in ids:
+            print(
+                f"{delivery_id}: {'replayed' if delivery_id in replayed else 'not a dead letter'}"
+            )
+        return 0 if len(replayed) == len(ids) else 1
+    letters = rt.ledger.dead_letters()
+    if not letters:
+        print("no dead letters")
+    for delivery_id, entry in sorted(letters.items(), key=lambda kv: kv[1]["at"]):
+        print(f"{delivery_id}  {entry['task_name']}  {entry['reason']}")
+    return 0
+
+
+def _cmd_sweep(_args: argparse.Namespace) -> int:
+    ops, rt = _operations()
+    counts = ops.sweep(rt.ledger)
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
 def _cmd_check_balances(_args: argparse.Namespace) -> int:
     ops, rt = _operations()
     for provider, outcome in (
@@ -157,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     balances = sub.add_parser("check-balances", help="resume paused providers that have credit")
     balances.set_defaults(func=_cmd_check_balances)
+
+    dead = sub.add_parser("dead", help="list dead letters, or replay them")
+    dead.add_argument("action", nargs="?", choices=["list", "replay"], default="list")
+    dead.add_argument("ids", nargs="*", help="delivery ids to replay")
+    dead.add_argument("--all", action="store_true", help="replay every dead letter")
+    dead.set_defaults(func=_cmd_dead)
+
+    sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
+    sweep.set_defaults(func=_cmd_sweep)
     return parser
 
 

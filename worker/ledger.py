@@ -82,7 +82,8 @@ for i = 6, #ARGV, 2 do
   table.insert(args, ARGV[i]); table.insert(args, ARGV[i + 1])
 end
 redis.call('HSET', KEYS[1], unpack(args))
-if new_rank == 2 then
+if new_rank == 2 or ARGV[1] == 'parked' then
+  -- final, or parked (held in the parking store): nothing for the sweeper to look at
   redis.call('ZREM', KEYS[2], ARGV[5])
 else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])

@@ -6,6 +6,8 @@ top-up behave the same.
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from celery import Celery
 from worker.config import PROVIDERS, Settings
 from worker.errors import DeliveryError
 from worker.flow import BreakerState, HealthStore, PauseInfo
+from worker.ledger import ACTIVE_KEY, Ledger
 from worker.parking import Parking
 
 __all__ = ["Operations", "ProviderStatus"]
@@ -102,6 +105,60 @@ class Operations:
                 self.parking.put_back(provider, items[published:])
         log.warning("provider.resumed", provider=provider, requeued=published, resumed_by=by)
         return published
+
+    def sweep(self, ledger: Ledger) -> dict[str, int]:
+        """Re-enqueue deliveries stuck past their timeout (lost between broker and worker).
+
+        A copy that turns out to be still alive is harmless: the ledger answers for a finished
+        delivery and the send lock keeps two copies from sending at once.
+        """
+        settings = self.settings
+        limits = {
+            "queued": settings.sweep_queued_after_s,
+            "sending": settings.sweep_sending_after_s,
+            # A retry waits at most retry_backoff_max_s in the worker's timer.
+            "waiting": settings.retry_backoff_max_s + settings.sweep_sending_after_s,
+        }
+        counts = {"requeued": 0, "cleaned": 0, "unrecoverable": 0}
+        now = time.time()
+        for delivery_id in ledger.stale(min(limits.values())):
+            record = ledger.get(delivery_id)
+            if record is None or record.final or record.state not in limits:
+                self.redis.zrem(ACTIVE_KEY, delivery_id)
+                counts["cleaned"] += 1
+                continue
+            if now - record.updated_at < limits[record.state]:
+                continue
+            message, task_name = record.fields.get("message"), record.fields.get("task_name")
+            if not message or not task_name:
+                log.error("sweeper.no_message", delivery_id=delivery_id, state=record.state)
+                self.redis.zrem(ACTIVE_KEY, delivery_id)
+                counts["unrecoverable"] += 1
+                continue
+            self.app.send_task(task_name, args=[json.loads(message)], task_id=delivery_id)
+            ledger.touch(delivery_id)
+            counts["requeued"] += 1
+            log.warning(
+                "sweeper.requeued",
+                delivery_id=delivery_id,
+                state=record.state,
+                stuck_s=round(now - record.updated_at, 1),
+            )
+        return counts
+
+    def replay_dead(self, ledger: Ledger, delivery_ids: list[str]) -> list[str]:
+        """Send dead letters again under their own ids; returns the ids replayed."""
+        replayed = []
+        for delivery_id in delivery_ids:
+            entry = ledger.revive(delivery_id)
+            if entry is None:
+                continue
+            # The result backend keeps a SUCCESS final; forget the dead result first.
+            self.app.AsyncResult(delivery_id).forget()
+            self.app.send_task(entry["task_name"], args=[entry["message"]], task_id=delivery_id)
+            replayed.append(delivery_id)
+            log.warning("delivery.replayed", delivery_id=delivery_id)
+        return replayed
 
     def check_balances(self, drivers: Any) -> dict[str, str]:
         """Ask each paused provider for its balance; resume those that have credit again.

@@ -21,7 +21,15 @@ from worker.ledger import Ledger
 from worker.models import Message, parse_message
 from worker.redaction import mask_email, mask_phone
 
-__all__ = ["Producer", "enqueue", "redacted_repr", "send_email", "send_sms", "send_voice"]
+__all__ = [
+    "Producer",
+    "enqueue",
+    "lookup",
+    "redacted_repr",
+    "send_email",
+    "send_sms",
+    "send_voice",
+]
 
 TASK_NAMES = {"email": "tasks.send_email", "sms": "tasks.send_sms", "voice": "tasks.send_voice"}
 
@@ -90,6 +98,11 @@ class Producer:
             self.ledger.forget(delivery_id, channel=channel, idempotency_key=model.idempotency_key)
             raise
 
+    def lookup(self, delivery_id: str) -> dict[str, Any] | None:
+        """The delivery's ledger record (state, attempts, timestamps, result), or ``None``."""
+        record = self.ledger.get(delivery_id)
+        return None if record is None else record.to_dict()
+
 
 _default: Producer | None = None
 
@@ -103,6 +116,10 @@ def _producer() -> Producer:
 
 def enqueue(channel: str, message: Any, **options: Any) -> AsyncResult[Any]:
     return _producer().enqueue(channel, message, **options)
+
+
+def lookup(delivery_id: str) -> dict[str, Any] | None:
+    return _producer().lookup(delivery_id)
 
 
 def send_email(message: Any, **options: Any) -> AsyncResult[Any]:
