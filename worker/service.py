@@ -219,14 +219,20 @@ class _Attempt:
         limiter_key_ = limiter_key(
             chosen, self.settings.egress_identity, limiter_bucket(self.message)
         )
+        try:
+            request = driver.build_request(self.message, ctx)
+        except DeliveryError as exc:
+            return self._on_error(exc, record.attempts, driver, ctx)
+        ledger.transition(self.delivery_id, "sending", attempt_started_at=repr(time.time()))
+        log.info("delivery.attempt")
+        # The limiter slot is taken last, right before the bytes leave: the provider counts
+        # arrivals, so any work between grant and send would only add jitter to our spacing.
         waited = self._acquire(limiter_key_, chosen)
         if not isinstance(waited, float):
             return waited
-
-        ledger.transition(self.delivery_id, "sending", attempt_started_at=repr(time.time()))
-        log.info("delivery.attempt")
         try:
-            outcome: SendOutcome = driver.send(self.message, ctx)
+            response = driver.transmit(request)
+            outcome: SendOutcome = driver.parse_response(response, self.message, ctx)
         except DeliveryError as exc:
             return self._on_error(exc, record.attempts, driver, ctx, limiter_key_)
         self.rt.health.record_success(chosen)
