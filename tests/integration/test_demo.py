@@ -75,8 +75,13 @@ def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # Stop the demo the way a person would, so a failing test leaves nothing behind.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
         err.close()
