@@ -205,11 +205,26 @@ class Settings(BaseSettings):
         return [p for p in CHANNEL_PROVIDERS[channel] if p in enabled]
 
     def limits(self, provider: str, bucket: str) -> tuple[Limit, ...]:
-        """The rate limits for ``provider``'s ``bucket``: configured, else documented."""
+        """The rate limits for ``provider``'s ``bucket``: configured, else documented.
+
+        Each limit over a short window (<= 1 s) is also paced: at most one grant per
+        ``window / count``. The provider counts arrivals; ten grants released as one burst
+        queue up on the way and at the provider, and that spread is what can push the 11th
+        arrival of a sliding second under the limit. Evenly spaced grants keep the same rate
+        with far less jitter. The limiter adds its margin to every window, so the pacing
+        window is shortened by it to keep the spacing at exactly ``window / count``.
+        """
         configured = self.rate_limits.get(provider, {}).get(bucket)
         if configured is not None:
-            return parse_limits(configured)
-        return DEFAULT_LIMITS.get(provider, {}).get(bucket, ())
+            limits = parse_limits(configured)
+        else:
+            limits = DEFAULT_LIMITS.get(provider, {}).get(bucket, ())
+        paced = []
+        for limit in limits:
+            spacing = limit.window_s / limit.count - self.limiter_safety_margin_s
+            if limit.count > 1 and limit.window_s <= 1.0 and spacing > 0:
+                paced.append(Limit(1, spacing))
+        return (*limits, *paced)
 
     @property
     def shared_redis_url(self) -> str:

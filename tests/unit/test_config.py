@@ -65,3 +65,31 @@ def test_check_config_lists_providers_without_keys(
     out = capsys.readouterr().out
     assert "smspartner: https://api.smspartner.fr/v1" in out
     assert "k-sms-123456" not in out
+
+
+def test_documented_limits_and_pacing_of_short_windows() -> None:
+    from worker.flow import Limit
+
+    settings = Settings()
+    # EmailMassivo: 10 in any second, granted at most one per 100 ms (80 ms + 20 ms margin).
+    assert settings.limits("emailmassivo", "send") == (Limit(10, 1.0), Limit(1, 0.08))
+    # Per-minute and per-hour limits are not paced: bursts are allowed within them.
+    assert settings.limits("mailpartner", "send") == (Limit(2000, 60.0),)
+    assert settings.limits("voicepartner", "campaign") == (Limit(5, 60.0), Limit(2000, 3600.0))
+    assert settings.limits("postal", "send") == ()
+
+
+def test_rate_limits_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.flow import Limit
+
+    monkeypatch.setenv("DELIVERY_RATE_LIMITS", '{"emailmassivo": {"send": "20/s"}}')
+    settings = Settings()
+    (window, pace) = settings.limits("emailmassivo", "send")
+    assert window == Limit(20, 1.0)
+    assert pace.count == 1 and pace.window_s == pytest.approx(0.03)
+
+
+def test_bad_rate_limit_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIVERY_RATE_LIMITS", '{"emailmassivo": {"send": "ten per second"}}')
+    with pytest.raises(ValidationError, match="ten per second"):
+        Settings()
