@@ -4,13 +4,47 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Celery, signals
 from celery.worker.request import Request
+from kombu.transport import redis as kombu_redis
 
 from worker.config import get_settings
 from worker.logs import configure_logging
 
-__all__ = ["app", "celery_config"]
+__all__ = ["RedisTransport", "app", "celery_config"]
+
+
+class _RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, with a connection error where kombu raises AttributeError.
+
+    After a broker connection loss, Celery (5.7) first *collects* the broken connection, which
+    drops ``transport.client``, and then closes it. Closing the default channel restores its
+    unacknowledged messages, which needs a new Redis pool built from ``transport.client``:
+    kombu raises ``AttributeError`` there, Celery does not treat that as a connection error,
+    and the worker process exits ("Unrecoverable error") instead of reconnecting. Found by
+    the Redis restart fault test (tests/integration/test_faults.py); same family as
+    celery/kombu#582. As a connection error, the close is ignored and the consumer
+    reconnects; the messages stay in Redis's unacked set (the sweeper re-enqueues them from
+    the ledger, or Redis redelivers them after ``visibility_timeout``).
+    """
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.ConnectionError("broker connection already collected")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+
+class RedisTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`_RedisChannel` (``broker_transport``)."""
+
+    Channel = _RedisChannel
+
+
+def _broker_transport(broker_url: str) -> str | None:
+    """Our Redis transport for ``redis://``/``rediss://`` brokers; kombu's choice otherwise."""
+    scheme = broker_url.partition("://")[0].lower()
+    return f"{__name__}:RedisTransport" if scheme in ("redis", "rediss") else None
 
 
 def celery_config() -> dict[str, Any]:
@@ -22,6 +56,7 @@ def celery_config() -> dict[str, Any]:
     }
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": _broker_transport(settings.broker_url),
         "result_backend": settings.result_backend,
         "result_expires": settings.result_expires_s,
         "task_serializer": "json",
@@ -118,6 +153,10 @@ def client_app(broker_url: str, result_backend: str, *, name: str = "delivery-cl
     """A producer-side Celery app for explicit URLs (tests, benchmarks, the demo)."""
     client = Celery(name)
     config = celery_config()
-    config.update(broker_url=broker_url, result_backend=result_backend)
+    config.update(
+        broker_url=broker_url,
+        broker_transport=_broker_transport(broker_url),
+        result_backend=result_backend,
+    )
     client.conf.update(config)
     return client

@@ -108,7 +108,13 @@ def redis_server_binary() -> str:
 
 
 def start_redis(workdir: Path, port: int | None = None, *, appendonly: bool = True) -> Proc:
-    """A private redis-server on loopback, persisting to ``workdir`` (AOF on by default)."""
+    """A private redis-server on loopback, persisting to ``workdir`` (AOF on by default).
+
+    ``appendfsync always``: Redis writes and fsyncs the AOF before it answers. With
+    ``everysec`` it may postpone the write (up to 2 s while a background fsync is slow) yet
+    still answer, so a SIGKILL or a host crash can lose a message the producer was told was
+    queued (design semantics 6). The price is one fsync per event-loop turn.
+    """
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -118,7 +124,7 @@ def start_redis(workdir: Path, port: int | None = None, *, appendonly: bool = Tr
         "--dir", str(workdir),
         "--save", "",
         "--appendonly", "yes" if appendonly else "no",
-        "--appendfsync", "everysec",
+        "--appendfsync", "always",
         "--protected-mode", "yes",
         "--daemonize", "no",
     ]  # fmt: skip

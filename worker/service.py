@@ -56,6 +56,8 @@ __all__ = ["Done", "Retry", "backoff_s", "limiter_bucket", "mask_ids", "process"
 log = structlog.get_logger("worker.service")
 
 _WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+_OUTCOME_UNKNOWN = "outcome_unknown"
+"""Ledger field: "1" while an earlier send's outcome could not be reconciled (ask again first)."""
 
 
 @dataclass(frozen=True)
@@ -208,13 +210,20 @@ class _Attempt:
             attempt=record.attempts + 1,
             tag=self._provider_tag(chosen),
         )
-        if record.state == "sending":
-            # A previous attempt died mid-send: its outcome is unknown. Ask the provider first
-            # where it can tell (design semantics 6).
-            log.warning("delivery.interrupted_attempt")
-            found = self._reconcile(driver, ctx)
+        if record.state == "sending" or record.fields.get(_OUTCOME_UNKNOWN) == "1":
+            # A previous attempt died mid-send, or its outcome is still unknown because the
+            # status check failed too: ask the provider first where it can tell (design
+            # semantics 6). If it still cannot be asked, do not resend: wait and ask again.
+            log.warning("delivery.interrupted_attempt", state=record.state)
+            try:
+                found = self._reconcile(driver, ctx)
+            except DeliveryError as exc:
+                self.rt.ledger.set_fields(self.delivery_id, **{_OUTCOME_UNKNOWN: "1"})
+                return self._on_error(exc, record.attempts, None, None)
             if found is not None:
                 return self._sent(found, record.attempts)
+            if record.fields.get(_OUTCOME_UNKNOWN) == "1":
+                self.rt.ledger.set_fields(self.delivery_id, **{_OUTCOME_UNKNOWN: "0"})
 
         limiter_key_ = limiter_key(
             chosen, self.settings.egress_identity, limiter_bucket(self.message)
@@ -340,7 +349,13 @@ class _Attempt:
                     )
             attempts = self.rt.ledger.incr(self.delivery_id, "attempts")
             if isinstance(exc, UnknownOutcomeError) and driver is not None and ctx is not None:
-                found = self._reconcile(driver, ctx)
+                try:
+                    found = self._reconcile(driver, ctx)
+                except DeliveryError:
+                    # "Could not ask" is not "not sent": the next attempt asks again before
+                    # it may resend (a failed check used to count as "not found": duplicates).
+                    found = None
+                    self.rt.ledger.set_fields(self.delivery_id, **{_OUTCOME_UNKNOWN: "1"})
                 if found is not None:
                     return self._sent(found, attempts - 1)
             if attempts > self.settings.max_retries:
@@ -370,13 +385,22 @@ class _Attempt:
         return self._finish("failed", attempts, error=_info(exc))
 
     def _reconcile(self, driver: Driver[Any], ctx: SendContext) -> SendOutcome | None:
+        """The earlier send if the provider accepted it, ``None`` if it says it did not.
+
+        Raises the :class:`DeliveryError` when the provider could not be asked: the outcome is
+        still unknown, and a resend could duplicate the send.
+        """
         if not driver.supports_reconcile:
             return None
         try:
             found = driver.reconcile(self.message, ctx)
         except DeliveryError as exc:
             log.warning("delivery.reconcile_failed", kind=exc.kind, error=exc.message)
-            return None
+            raise
+        # The provider answered: it is up. This also reports the breaker's half-open probe
+        # when the attempt holding it ends here; unreported, its lease kept every other
+        # delivery to this provider waiting (probe_timeout_s).
+        self.rt.health.record_success(self.provider)
         log.info("delivery.reconciled", found=found is not None)
         return found
 
