@@ -112,7 +112,10 @@ def test_steady_sender_gets_count_per_window_plus_margin(h: Harness) -> None:
             h.sleep(wait)
     assert max_in_window(grants, window_s) == count
     gaps = [grants[i + count] - grants[i] for i in range(len(grants) - count)]
-    assert min(gaps) >= window_s + MARGIN_S - 0.005
+    # Grant times are read on the client after acquire() returns, so under CPU load a grant can
+    # be stamped late: on real time, allow a third of the slack below the exact gap (the
+    # window count above still proves no window held count + 1).
+    assert min(gaps) >= window_s + MARGIN_S - 0.005 - h.slack_s / 3
     assert max(gaps) <= window_s + MARGIN_S + h.slack_s
 
 
