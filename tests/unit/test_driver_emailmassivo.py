@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,27 +23,17 @@ from worker.errors import (
 )
 from worker.models import EmailMessage
 
+from .driver_support import Handler, mock_client, recorder
+
 API_KEY = "emailmassivo-test-key-41d2"
 BASE = "http://sandbox.test/prefix/emailmassivo"
 CTX = SendContext(delivery_id="dlv-0002", idempotency_key="idem-5b1e")
 UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"  # providers.md §5.4
 
-Handler = Callable[[httpx.Request], httpx.Response]
-
 
 def make_driver(handler: Handler, base_url: str | None = BASE) -> EmailMassivoDriver:
-    client = httpx.Client(transport=httpx.MockTransport(handler))
+    client = mock_client(handler)
     return EmailMassivoDriver(client, api_key=API_KEY, base_url=base_url)
-
-
-def recorder(response: httpx.Response) -> tuple[list[httpx.Request], Handler]:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return response
-
-    return seen, handler
 
 
 def message(**overrides: Any) -> EmailMessage:

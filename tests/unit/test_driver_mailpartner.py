@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,11 +23,11 @@ from worker.errors import (
 )
 from worker.models import EmailMessage
 
+from .driver_support import Handler, mock_client, recorder
+
 API_KEY = "mailpartner-test-key-9e0c"
 BASE = "http://sandbox.test/prefix/mailpartner/v1"
 CTX = SendContext(delivery_id="dlv-0003", idempotency_key="idem-0003")
-
-Handler = Callable[[httpx.Request], httpx.Response]
 
 # providers.md §2.2, send response.
 SUCCESS = {
@@ -50,18 +49,8 @@ ME = {
 
 
 def make_driver(handler: Handler, base_url: str | None = BASE) -> MailPartnerDriver:
-    client = httpx.Client(transport=httpx.MockTransport(handler))
+    client = mock_client(handler)
     return MailPartnerDriver(client, api_key=API_KEY, base_url=base_url)
-
-
-def recorder(response: httpx.Response) -> tuple[list[httpx.Request], Handler]:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return response
-
-    return seen, handler
 
 
 def message(**overrides: Any) -> EmailMessage:

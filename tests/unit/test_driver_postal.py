@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,11 +21,11 @@ from worker.errors import (
 )
 from worker.models import EmailMessage
 
+from .driver_support import Handler, mock_client, recorder
+
 API_KEY = "postal-test-key-7f3a9c"
 BASE = "http://sandbox.test/prefix/postal"
 CTX = SendContext(delivery_id="dlv-0001", idempotency_key="idem-0001")
-
-Handler = Callable[[httpx.Request], httpx.Response]
 
 # providers.md §4.2, success example.
 SUCCESS = {
@@ -44,18 +43,8 @@ SUCCESS = {
 
 
 def make_driver(handler: Handler, base_url: str = BASE) -> PostalDriver:
-    client = httpx.Client(transport=httpx.MockTransport(handler))
+    client = mock_client(handler)
     return PostalDriver(client, api_key=API_KEY, base_url=base_url)
-
-
-def recorder(response: httpx.Response) -> tuple[list[httpx.Request], Handler]:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return response
-
-    return seen, handler
 
 
 def message(**overrides: Any) -> EmailMessage:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,12 +22,12 @@ from worker.errors import (
 )
 from worker.models import SmsMessage
 
+from .driver_support import Handler, mock_client, recorder
+
 API_KEY = "smspartner-test-key-c81f"
 BASE = "http://sandbox.test/prefix/smspartner/v1"
 CTX = SendContext(delivery_id="dlv-0004", idempotency_key="idem-0004", tag="dwabc123")
 NUMBERS = ["+33612345678", "+33698765432"]
-
-Handler = Callable[[httpx.Request], httpx.Response]
 
 # providers.md §1.2.2, success and validation-error fixtures (the latter served with HTTP 400).
 SUCCESS = {
@@ -81,18 +80,8 @@ ME_GO: dict[str, Any] = {
 
 
 def make_driver(handler: Handler, base_url: str | None = BASE) -> SmsPartnerDriver:
-    client = httpx.Client(transport=httpx.MockTransport(handler))
+    client = mock_client(handler)
     return SmsPartnerDriver(client, api_key=API_KEY, base_url=base_url)
-
-
-def recorder(response: httpx.Response) -> tuple[list[httpx.Request], Handler]:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return response
-
-    return seen, handler
 
 
 def message(**overrides: Any) -> SmsMessage:

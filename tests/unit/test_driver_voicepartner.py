@@ -23,12 +23,12 @@ from worker.errors import (
 )
 from worker.models import VoiceMessage
 
+from .driver_support import Handler, mock_client, recorder
+
 API_KEY = "voicepartner-test/key+6a2"  # '/' and '+' prove the key is quoted in URL paths
 BASE = "http://sandbox.test/prefix/voicepartner/v1"
 CTX = SendContext(delivery_id="dlv-0005", idempotency_key="idem-0005")
 NUMBERS = ["+33612345678", "+33698765432"]
-
-Handler = Callable[[httpx.Request], httpx.Response]
 
 # providers.md §3.2 examples.
 TTS_SUCCESS = {
@@ -65,20 +65,10 @@ ME = {
 def make_driver(
     handler: Handler, base_url: str | None = BASE, notification_email: str | None = None
 ) -> VoicePartnerDriver:
-    client = httpx.Client(transport=httpx.MockTransport(handler))
+    client = mock_client(handler)
     return VoicePartnerDriver(
         client, api_key=API_KEY, base_url=base_url, notification_email=notification_email
     )
-
-
-def recorder(response: httpx.Response) -> tuple[list[httpx.Request], Handler]:
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return response
-
-    return seen, handler
 
 
 def tts(**overrides: Any) -> VoiceMessage:
@@ -167,7 +157,7 @@ def test_voicemail_without_any_notification_email_is_a_configuration_error() -> 
 
 def test_registry_passes_notification_email() -> None:
     seen, handler = recorder(httpx.Response(200, json=CAMPAIGN_SUCCESS))
-    client = httpx.Client(transport=httpx.MockTransport(handler))
+    client = mock_client(handler)
     driver = registry_make_driver(
         "voicepartner",
         client,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +21,7 @@ from worker.errors import (
 from worker.http import MAX_RESPONSE_BYTES, join_url, map_transport_error, parse_retry_after
 from worker.models import EmailMessage, SmsMessage, VoiceMessage
 
-Handler = Callable[[httpx.Request], httpx.Response]
+from .driver_support import Handler, mock_client
 
 
 def _subclasses(cls: type[BaseException]) -> Iterator[type[BaseException]]:
@@ -152,7 +152,7 @@ MESSAGES: dict[str, EmailMessage | SmsMessage | VoiceMessage] = {
 
 
 def driver_for(provider: str, handler: Handler, key: str = KEY) -> Driver[Any]:
-    client = httpx.Client(transport=httpx.MockTransport(handler))
+    client = mock_client(handler)
     return make_driver(
         provider, client, api_key=key, base_url=f"http://sandbox.test/prefix/{provider}"
     )
