@@ -62,13 +62,11 @@ def send_voice(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
 def check_balances() -> dict[str, str]:
     """Periodic (beat): resume paused providers whose balance shows credit again."""
     rt = get_runtime()
-    ops = Operations(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app)
-    return ops.check_balances(rt.driver)
+    return Operations.for_runtime(rt, app).check_balances(rt.driver)
 
 
 @app.task(name="tasks.sweep")
 def sweep() -> dict[str, int]:
     """Periodic (beat): re-enqueue deliveries stuck in queued/sending/waiting past a timeout."""
     rt = get_runtime()
-    ops = Operations(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app)
-    return ops.sweep(rt.ledger)
+    return Operations.for_runtime(rt, app).sweep(rt.ledger)

@@ -114,9 +114,9 @@ def _redact_published(
     This covers producers, ``app.send_task`` by name through this app, and Celery's own
     re-publish on ``task.retry`` (which would otherwise repr the full message).
     """
-    from worker.producer import TASK_NAMES, redacted_repr
+    from worker.producer import CHANNEL_OF_TASK, redacted_repr
 
-    channel = {name: ch for ch, name in TASK_NAMES.items()}.get(sender or "")
+    channel = CHANNEL_OF_TASK.get(sender or "")
     if channel is None or headers is None:
         return
     args = body[0] if isinstance(body, (tuple, list)) and body else ()
@@ -136,9 +136,9 @@ class RedactedRequest(Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from worker.producer import TASK_NAMES, redacted_repr
+        from worker.producer import CHANNEL_OF_TASK, redacted_repr
 
-        channel = {name: ch for ch, name in TASK_NAMES.items()}.get(self.task_name)
+        channel = CHANNEL_OF_TASK.get(self.task_name)
         if channel is not None:
             task_args = self.args
             message = task_args[0] if task_args and isinstance(task_args[0], dict) else {}

@@ -44,7 +44,7 @@ def _operations() -> tuple[Operations, Runtime]:
     from worker.runtime import Runtime
 
     rt = Runtime(get_settings())
-    return Operations(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app), rt
+    return Operations.for_runtime(rt, app), rt
 
 
 def _cmd_providers(args: argparse.Namespace) -> int:

@@ -8,7 +8,6 @@ runs out of credit, and ends with a table of outcomes. Ctrl-C stops every proces
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import signal
 import sys
@@ -24,6 +23,7 @@ import redis
 from worker.devenv import (
     Proc,
     sandbox_env,
+    start_flower,
     start_redis,
     start_sandbox,
     start_worker,
@@ -269,13 +269,7 @@ def run_demo(
 
 
 def _start_flower(root: Path, env: dict[str, str], port: int, auth: str) -> Proc:
-    from worker.devenv import _spawn
-
-    argv = [
-        sys.executable, "-m", "celery", "-A", "worker", "flower",
-        f"--port={port}", "--address=127.0.0.1", f"--basic-auth={auth}",
-    ]  # fmt: skip
-    proc = _spawn("flower", argv, root / "flower.log", {**os.environ, **env})
+    proc = start_flower(root, env, port=port, basic_auth=auth)
     try:
         wait_for_port(port, timeout_s=20)
     except TimeoutError:

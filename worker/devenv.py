@@ -196,6 +196,17 @@ def start_worker(
     return _spawn(f"worker-{name}", argv, workdir / f"worker-{name}.log", full_env)
 
 
+def start_flower(workdir: Path, env: Mapping[str, str], *, port: int, basic_auth: str) -> Proc:
+    """Flower on loopback behind basic auth (``user:password``); the caller waits for its port."""
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker", "flower",
+        f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}",
+    ]  # fmt: skip
+    proc = _spawn("flower", argv, workdir / "flower.log", {**os.environ, **env})
+    proc.extra["port"] = port
+    return proc
+
+
 @contextlib.contextmanager
 def running(*procs: Proc) -> Iterator[tuple[Proc, ...]]:
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from datetime import UTC, datetime
+from datetime import UTC
 
 import httpx
 
@@ -140,7 +140,3 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if seconds != seconds or seconds < 0:
         return 0.0 if seconds == seconds else None
     return min(seconds, 3600.0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -20,6 +20,7 @@ from worker.errors import DeliveryError
 from worker.flow import BreakerState, HealthStore, PauseInfo
 from worker.ledger import ACTIVE_KEY, Ledger
 from worker.parking import Parking
+from worker.runtime import Runtime
 
 __all__ = ["Operations", "ProviderStatus"]
 
@@ -66,6 +67,11 @@ class Operations:
         self.settings = settings
         self.app = app
         self.parking = Parking(redis_client)
+
+    @classmethod
+    def for_runtime(cls, rt: Runtime, app: Celery) -> Operations:
+        """Operations over a process's runtime (its Redis, health store and settings)."""
+        return cls(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app)
 
     def status(self) -> list[ProviderStatus]:
         enabled = set(self.settings.enabled_providers())

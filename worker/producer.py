@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 TASK_NAMES = {"email": "tasks.send_email", "sms": "tasks.send_sms", "voice": "tasks.send_voice"}
+CHANNEL_OF_TASK = {name: channel for channel, name in TASK_NAMES.items()}
 
 
 def redacted_repr(channel: str, message: dict[str, Any]) -> str:

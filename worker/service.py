@@ -236,7 +236,7 @@ class _Attempt:
         log.info("delivery.attempt")
         # The limiter slot is taken last, right before the bytes leave: the provider counts
         # arrivals, so any work between grant and send would only add jitter to our spacing.
-        waited = self._acquire(limiter_key_, chosen)
+        waited = self._acquire(limiter_key_, chosen, record.attempts)
         if not isinstance(waited, float):
             return waited
         try:
@@ -284,7 +284,7 @@ class _Attempt:
             return self._wait(max(min(waits), 0.05), "breaker_open", attempts)
         return self._park(paused[0], attempts, "provider paused")
 
-    def _acquire(self, key: str, provider: str) -> float | Done | Retry:
+    def _acquire(self, key: str, provider: str, attempts: int) -> float | Done | Retry:
         """Take a slot in the global limiter, sleeping briefly when it is nearly free."""
         limits = self.settings.limits(provider, limiter_bucket(self.message))
         waited = 0.0
@@ -294,8 +294,6 @@ class _Attempt:
                 self.rt.ledger.incr(self.delivery_id, "throttled")
                 self.rt.metric(provider, "throttled_ms", int((waited + wait) * 1000))
                 log.info("delivery.rate_limited", wait_s=round(wait, 3))
-                record = self.rt.ledger.get(self.delivery_id)
-                attempts = record.attempts if record else 0
                 return self._wait(wait, "rate_limited", attempts)
             time.sleep(wait)
             waited += wait

@@ -12,7 +12,6 @@ that sees nothing fails the test.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker.devenv import Proc, _spawn, free_port, wait_for_port
+from worker.devenv import Proc, free_port, start_flower, wait_for_port
 from worker.producer import Producer
 
 from .conftest import SandboxAdmin
@@ -218,13 +217,10 @@ def flower(
 ) -> Iterator[Flower]:
     """A real Flower (basic auth) on the session's broker, stopped after the module."""
     port = free_port()
-    argv = [
-        sys.executable, "-m", "celery", "-A", "worker", "flower",
-        f"--port={port}", "--address=127.0.0.1",
-        f"--basic-auth={FLOWER_AUTH[0]}:{FLOWER_AUTH[1]}",
-    ]  # fmt: skip
     workdir = Path(tmp_path_factory.mktemp("flower"))
-    proc = _spawn("flower", argv, workdir / "flower.log", {**os.environ, **stack_env})
+    proc = start_flower(
+        workdir, stack_env, port=port, basic_auth=f"{FLOWER_AUTH[0]}:{FLOWER_AUTH[1]}"
+    )
     prefix = worker_proc.name.removeprefix("worker-") + "@"
     names = [name for reply in client.control.ping(timeout=1) for name in reply]
     worker_name = next((name for name in names if name.startswith(prefix)), "")

@@ -32,7 +32,7 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
-from worker.models import Channel, EmailMessage, Message, SmsMessage, VoiceMessage
+from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
 from worker.redaction import register_secret
 
 __all__ = ["Balance", "Driver", "SendContext", "SendOutcome"]
@@ -239,9 +239,3 @@ class Driver(ABC, Generic[M]):
         if status in (401, 403):
             return ConfigurationError(message, provider=self.name, status_code=status)
         return PermanentError(message, provider=self.name, status_code=status)
-
-
-def message_type_error(driver: Driver[Any], message: Message) -> ConfigurationError:
-    return ConfigurationError(
-        f"{driver.name} cannot send a {message.channel} message", provider=driver.name
-    )

@@ -25,6 +25,7 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
+from worker.http import parse_retry_after
 
 __all__ = ["PartnerDriver"]
 
@@ -89,7 +90,7 @@ class PartnerDriver(Driver[M]):
                 provider=self.name,
                 status_code=response.status_code,
                 provider_code=code,
-                retry_after_s=_retry_after(response) or 60.0,
+                retry_after_s=parse_retry_after(response.headers.get("Retry-After")) or 60.0,
             )
         if kind is None:
             # Unknown codes are treated as permanent: resending an unexplained refusal in a loop
@@ -116,12 +117,6 @@ class PartnerDriver(Driver[M]):
             credits=count,
             currency=currency,
         )
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    from worker.http import parse_retry_after
-
-    return parse_retry_after(response.headers.get("Retry-After"))
 
 
 def _as_int(value: Any) -> int | None:
