@@ -7,6 +7,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 from celery.worker.request import Request
+from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from worker.config import get_settings
@@ -79,7 +80,10 @@ def celery_config() -> dict[str, Any]:
         "task_track_started": True,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
-        "task_default_queue": "delivery",
+        # Workers consume every configured queue (``DELIVERY_QUEUES``) unless started with
+        # ``-Q``; this project's producers publish to the first one.
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in settings.queues],
+        "task_default_queue": settings.queues[0],
         "beat_schedule": {
             "check-balances": {
                 "task": "tasks.check_balances",

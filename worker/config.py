@@ -16,6 +16,8 @@ from worker.redaction import register_secret
 
 __all__ = ["PROVIDERS", "Settings", "get_settings"]
 
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
 PROVIDERS: tuple[str, ...] = ("postal", "emailmassivo", "mailpartner", "smspartner", "voicepartner")
 
 DEFAULT_BASE_URLS: dict[str, str | None] = {
@@ -119,16 +121,34 @@ class Settings(BaseSettings):
     sweep_queued_after_s: float = Field(default=3600.0, ge=1)
     """A delivery still ``queued`` this long is re-enqueued (lost between broker and worker)."""
 
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["delivery", "celery"])
+    """Queues a worker consumes when started without ``-Q``; the first is where this project's
+    producers publish. ``celery`` is Celery's default queue: a bare client calling
+    ``send_task("tasks.send_email", args=[msg])`` with no ``queue`` publishes there, and the
+    contract says such a call is served. Leave it out (``DELIVERY_QUEUES=delivery``) when another
+    Celery application shares the broker database and uses its default queue: a worker would
+    take that application's tasks too, and reject them as unknown."""
+
     visibility_timeout_s: int = Field(default=3600, ge=60)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("providers", mode="before")
+    @field_validator("providers", "queues", mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
         return _split_list(v)
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one queue is needed")
+        bad = [q for q in v if not _QUEUE_NAME.fullmatch(q)]
+        if bad:
+            raise ValueError(f"queue names are letters, digits and . _ - only: {bad}")
+        return list(dict.fromkeys(v))
 
     @field_validator("providers")
     @classmethod

@@ -52,6 +52,27 @@ def test_task_called_by_name_delivers_and_writes_the_result(
     assert request["path"].endswith("/api/v1/external-mails/send")
 
 
+def test_bare_client_send_task_without_queue_is_served(
+    worker_proc: Proc, stack_env: dict[str, str], sandbox: SandboxAdmin
+) -> None:
+    """design.md's by-name call exactly as written: a plain ``Celery`` app, no ``queue``.
+
+    It publishes to Celery's default queue (``celery``), which a worker started without ``-Q``
+    consumes besides ``delivery``; before, the message waited there forever with no error.
+    """
+    bare = Celery(
+        broker=stack_env["DELIVERY_BROKER_URL"], backend=stack_env["DELIVERY_RESULT_BACKEND"]
+    )
+    try:
+        message = {"provider": "smspartner", "to": ["+33612345609"], "text": "by name"}
+        async_result = bare.send_task("tasks.send_sms", args=[message])
+        assert async_result.get(timeout=RESULT_TIMEOUT_S)["status"] == "sent"
+    finally:
+        bare.close()
+    (arrived,) = sandbox.messages("smspartner")
+    assert arrived["fields"]["phoneNumbers"] == "+33612345609"
+
+
 @pytest.mark.parametrize(
     ("channel", "provider", "message", "recipients"),
     [

@@ -97,3 +97,22 @@ def test_bad_rate_limit_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DELIVERY_RATE_LIMITS", '{"emailmassivo": {"send": "ten per second"}}')
     with pytest.raises(ValidationError, match="ten per second"):
         Settings()
+
+
+def test_workers_also_consume_celerys_default_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare ``send_task`` with no ``queue`` goes to ``celery``: a default worker serves it."""
+    from worker.app import celery_config
+
+    assert Settings().queues == ["delivery", "celery"]
+    config = celery_config()
+    assert [q.name for q in config["task_queues"]] == ["delivery", "celery"]
+    assert config["task_default_queue"] == "delivery"
+    monkeypatch.setenv("DELIVERY_QUEUES", "mail-high, delivery")
+    assert Settings().queues == ["mail-high", "delivery"]
+
+
+@pytest.mark.parametrize("value", ["", "bad queue", "-x"])
+def test_bad_queue_names_are_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("DELIVERY_QUEUES", value)
+    with pytest.raises(ValidationError, match="queue"):
+        Settings()
