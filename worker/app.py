@@ -94,6 +94,8 @@ def celery_config() -> dict[str, Any]:
 
 app = Celery("delivery-worker", include=["tasks"])
 app.conf.update(celery_config())
+# Every task message is checked before the pool (or Flower's argsrepr) touches it.
+app.conf.worker_consumer = "worker.guard:GuardedConsumer"
 
 
 @signals.setup_logging.connect
