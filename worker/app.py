@@ -150,6 +150,12 @@ class RedactedRequest(Request):
     def info(self, safe: bool = False) -> Any:
         return super().info(safe=True)
 
+    def on_accepted(self, pid: Any, time_accepted: Any) -> None:
+        super().on_accepted(pid, time_accepted)
+        from worker.guard import task_accepted
+
+        task_accepted(self.id)
+
 
 def client_app(broker_url: str, result_backend: str, *, name: str = "delivery-client") -> Celery:
     """A producer-side Celery app for explicit URLs (tests, benchmarks, the demo)."""

@@ -29,8 +29,12 @@ content), counted in the ``dw:rejected`` hash and acknowledged.
 
 Fleet containment: a message that passes the checks and still kills the main process (some
 other bug) must not take the fleet down one worker at a time. Before the strategy runs, the
-guard counts the task id in ``dw:main:<id>``; once the task is handed to the pool (or
-scheduled), the mark is cleared. A mark left behind means a main process died with that task
+guard counts the task id in ``dw:main:<id>``; the mark is cleared once a pool process has
+accepted the task (:func:`task_accepted`, from ``RedactedRequest.on_accepted``: the prefork pool
+pickles the job in the event loop *after* the strategy returns, which is where the deep message
+used to fail), right away for a task scheduled for later (ETA, countdown), and for every task
+still waiting for a pool process when the worker stops cleanly. A crash ("Unrecoverable error",
+a signal) leaves the marks. A mark left behind means a main process died with that task
 in hand: on the next delivery, after ``max_main_process_crashes`` such deaths, the message is
 set aside as a dead letter (state ``dead``, replayable with ``delivery-worker dead replay``)
 without going near the pool.
@@ -54,7 +58,14 @@ from worker.ledger import Ledger
 from worker.limits import MessageLimits, check_encoded_size, check_structure, shape
 from worker.models import DeliveryResult, ErrorInfo
 
-__all__ = ["MAIN_MARK_PREFIX", "REJECTED_KEY", "GuardedConsumer", "MessageGuard", "Refusal"]
+__all__ = [
+    "MAIN_MARK_PREFIX",
+    "REJECTED_KEY",
+    "GuardedConsumer",
+    "MessageGuard",
+    "Refusal",
+    "task_accepted",
+]
 
 log = structlog.get_logger("worker.guard")
 
@@ -93,6 +104,16 @@ class Accepted:
     task_name: str
 
 
+_current: MessageGuard | None = None
+"""The guard of this worker's consumer (main process only)."""
+
+
+def task_accepted(task_id: str) -> None:
+    """A pool process took the task: the main process is done with it (clears its mark)."""
+    if _current is not None:
+        _current.unmark(task_id)
+
+
 def _ident(value: Any) -> str | None:
     return value if isinstance(value, str) and _IDENT.fullmatch(value) else None
 
@@ -125,6 +146,7 @@ class MessageGuard:
         self.limits: MessageLimits = settings.message_limits()
         self.redis = client or redis.Redis.from_url(settings.shared_redis_url)
         self.ledger = Ledger(self.redis)
+        self.marked: set[str] = set()
 
     # -- the checks ----------------------------------------------------------------------------
 
@@ -194,10 +216,11 @@ class MessageGuard:
         pipe.incr(key)
         pipe.expire(key, _MARK_TTL_S)
         count = int(pipe.execute()[0])
+        self.marked.add(accepted.task_id)
         crashes = count - 1
         if crashes < self.settings.max_main_process_crashes:
             return None
-        self.redis.delete(key)
+        self.unmark(accepted.task_id)
         payload = message.decode()
         first = payload[0][0] if _is_body(payload) and payload[0] else None
         return Refusal(
@@ -210,7 +233,14 @@ class MessageGuard:
         )
 
     def unmark(self, task_id: str) -> None:
-        self.redis.delete(MAIN_MARK_PREFIX + task_id)
+        if task_id in self.marked:
+            self.marked.discard(task_id)
+            self.redis.delete(MAIN_MARK_PREFIX + task_id)
+
+    def unmark_all(self) -> None:
+        """A clean stop: the tasks not yet in a pool process go back to the broker unharmed."""
+        for task_id in list(self.marked):
+            self.unmark(task_id)
 
     # -- refusals ------------------------------------------------------------------------------
 
@@ -288,9 +318,12 @@ def _is_body(payload: Any) -> bool:
 class GuardedConsumer(Consumer):
     """Celery's consumer with :class:`MessageGuard` in front of every task strategy."""
 
+    _guard: MessageGuard | None = None
+
     def create_task_handler(self, promise: Any = promise) -> Any:
+        global _current
         handler = super().create_task_handler(promise)
-        guard = MessageGuard(self.app, get_settings())
+        guard = self._guard = _current = MessageGuard(self.app, get_settings())
         connection_errors = (*getattr(self, "connection_errors", ()), redis.ConnectionError)
 
         strategies = getattr(self, "strategies")  # noqa: B009 - set by Consumer.__init__
@@ -311,7 +344,18 @@ class GuardedConsumer(Consumer):
                 guard.unmark(verdict.task_id)
                 raise
             # Any other exception leaves the mark: the main process is going down with it.
-            guard.unmark(verdict.task_id)
+            if message.headers.get("eta") is not None:
+                guard.unmark(verdict.task_id)  # in the timer, not in the pool yet
             return outcome
 
         return on_task_received
+
+    def on_close(self) -> None:
+        controller = getattr(self, "controller", None)
+        clean = getattr(controller, "exitcode", None) in (None, 0)
+        if self._guard is not None and clean:
+            try:
+                self._guard.unmark_all()
+            except redis.RedisError:
+                log.warning("guard.unmark_failed", marks=len(self._guard.marked))
+        super().on_close()
