@@ -192,25 +192,32 @@ def generate(strategy: st.SearchStrategy[dict[str, Any]], count: int) -> list[di
 
 
 def fixed_cases() -> list[dict[str, Any]]:
-    """The issue's message, and what a generator cannot send by name."""
+    """The issue's message, and what a generator cannot send by name (order matters)."""
     issue = base_message("email")
     issue["tag"] = nested(500)
-    deep_body = {"kind": "raw", "deep_json": 100_000, "content_encoding": "utf-8"}
+    deep = {"kind": "raw", "deep_json": 100_000, "content_encoding": "utf-8"}
+    json_type = {"content_type": "application/json", "content_encoding": "utf-8"}
+    ids = [str(uuid.uuid4()) for _ in range(4)]
     return [
-        {"kind": "task", "id": str(uuid.uuid4()), "name": "tasks.send_email", "args": [issue], "kwargs": {}},
-        {**deep_body, "id": (i := str(uuid.uuid4())), "headers": headers(i), "content_type": "application/json"},
-        {**deep_body, "id": None, "headers": headers(None), "content_type": "application/json"},
+        {"kind": "task", "id": ids[0], "name": TASKS["email"], "args": [issue], "kwargs": {}},
+        {**deep, "id": ids[1], "headers": headers(ids[1]), **json_type},
+        {**deep, "id": None, "headers": headers(None), **json_type},
         {
-            "kind": "raw", "id": (j := str(uuid.uuid4())), "headers": headers(j),
+            "kind": "raw",
+            "id": ids[2],
+            "headers": headers(ids[2]),
             "body_b64": base64.b64encode(b"\x80\x04\x95" + CANARY.encode()).decode(),
-            "content_type": "application/x-python-serialize", "content_encoding": "binary",
+            "content_type": "application/x-python-serialize",
+            "content_encoding": "binary",
         },
         {
-            "kind": "raw", "id": (k := str(uuid.uuid4())), "headers": {**headers(k), "x": nested(200)},
+            "kind": "raw",
+            "id": ids[3],
+            "headers": {**headers(ids[3]), "x": nested(200)},
             "body_b64": base64.b64encode(b"[[], {}, {}]").decode(),
-            "content_type": "application/json", "content_encoding": "utf-8",
+            **json_type,
         },
-    ]  # fmt: skip
+    ]
 
 
 def send_bare(env: dict[str, str], cases: list[dict[str, Any]]) -> None:
@@ -319,12 +326,13 @@ def test_a_storm_of_hostile_messages_by_name_leaves_every_one_final_and_the_work
         assert reasons[deep_headers]["message"].startswith("headers: nesting depth")
         letters = ledger.dead_letters()
         assert letters[issue]["redacted"] is True and CANARY not in json.dumps(letters[issue])
-        assert letters[issue]["outline"]["tag"] == "list[1]"
+        assert letters[issue]["outline"]["tag"] == "dict[1]"
         refused = sum(
             1 for _s, r in outcomes.values() if r.get("error", {}).get("kind") == "invalid_message"
         )
         print(
-            f"[hostile] messages={len(cases)} final={len(outcomes)} rejected_without_id={without_id} invalid={refused}"
+            f"[hostile] messages={len(cases)} final={len(outcomes)} "
+            f"rejected_without_id={without_id} invalid={refused}"
         )
 
         valid = base_message("sms")
