@@ -33,6 +33,10 @@ the sandbox *accepted* per delivery:
 ``sms-reconcile``
     SMS Partner: a send whose answer is lost, then a status-by-tag check that fails too; the
     delivery must not be sent twice.
+``hostile``
+    A hostile producer: thousands of malformed messages by name (deep, huge, wrong types,
+    extra arguments, unknown tasks) and corrupt raw bodies, mixed with valid messages: no
+    worker exits, no valid message lost, every malformed one final.
 
 ``tests/integration/test_faults.py`` runs the same scenario functions at CI size. Here, larger::
 
@@ -83,6 +87,7 @@ __all__ = [
     "base_env",
     "main",
     "scenario_accept_then_drop",
+    "scenario_hostile",
     "scenario_poison",
     "scenario_redis_restart",
     "scenario_sigkill",
@@ -830,6 +835,141 @@ def scenario_sms_reconcile(stack: Stack, *, messages: int = 3, timeout_s: float 
         return run.figures(planned)
 
 
+def _hostile_message(rng: random.Random, n: int) -> tuple[str, list[Any], dict[str, Any]]:
+    """One malformed message by name: task name, args, kwargs (``scenario_hostile``)."""
+    channel = rng.choice(["email", "sms", "voice"])
+    task = {"email": "tasks.send_email", "sms": "tasks.send_sms", "voice": "tasks.send_voice"}[
+        channel
+    ]
+    message: dict[str, Any] = {"to": ["+33612345678"], "text": f"hostile {n}"}
+    deep: Any = "x"
+    for _ in range(rng.randint(33, 800)):
+        deep = {"k": deep}
+    field = rng.choice(["tag", "subject", "provider", "template", "headers", "to", "surprise"])
+    message[field] = rng.choice(
+        [
+            deep,
+            "x" * rng.randint(100_001, 200_000),
+            list(range(rng.randint(2_001, 3_000))),
+            "a@example.com\r\nBcc: evil@example.org",
+            "\ud800\x00\x1b",
+            rng.randint(-(2**70), 2**70),
+            None,
+            [[], {}],
+        ]
+    )
+    args: list[Any] = [message]
+    kwargs: dict[str, Any] = {}
+    shape = rng.randrange(10)
+    if shape == 0:
+        args = [rng.choice([[message], "text", 42, None])]
+    elif shape == 1:
+        args.append({"extra": n})
+    elif shape == 2:
+        kwargs = {"unexpected": n}
+    elif shape == 3:
+        task = f"tasks.no_such_task_{n % 7}"
+    return task, args, kwargs
+
+
+def scenario_hostile(
+    stack: Stack,
+    *,
+    messages: int = 200,
+    hostile: int = 2000,
+    raw: int = 50,
+    workers: int = 2,
+    concurrency: int = 2,
+    seed: int = 13,
+    timeout_s: float = 300.0,
+) -> Figures:
+    """A hostile producer: malformed messages by name mixed with valid ones.
+
+    ``hostile`` generated messages (deeply nested, huge, wrong types, header injections,
+    non-dict and extra arguments, unknown task names) are sent by name, and ``raw`` corrupt
+    bodies (bad JSON, pickle content type, a body nested 100,000 levels, some without a task
+    id) are published as bytes, interleaved with ``messages`` valid ones from the producer.
+    The promise: 0 worker exits, 0 valid messages lost, every malformed one final (ledger and
+    result backend) or, without a readable id, counted in ``dw:rejected``.
+    """
+    limits_env = {
+        "DELIVERY_MAX_MESSAGE_BYTES": str(1024 * 1024),
+        "DELIVERY_MAX_MESSAGE_ITEMS": "2000",
+        "DELIVERY_MAX_MESSAGE_STRING": "100000",
+    }
+    with Run(stack, "hostile", limits_env) as run:
+        procs = run.start_workers(workers, concurrency)
+        pids = {p.pid: sorted(pool_children(p)) for p in procs}
+        rng = random.Random(seed)
+        planned = build_workload(run.run, messages)
+        hostile_ids: list[str] = []
+        no_id = 0
+        batches = max(1, messages // 10)
+        per_batch_hostile = hostile // batches + 1
+        per_batch_raw = raw // batches + 1
+        sent_hostile = sent_raw = 0
+        with run.client.producer_or_acquire() as producer:
+            for b in range(batches):
+                run.enqueue(
+                    planned[b * len(planned) // batches : (b + 1) * len(planned) // batches]
+                )
+                for _ in range(min(per_batch_hostile, hostile - sent_hostile)):
+                    task, args, kwargs = _hostile_message(rng, sent_hostile)
+                    task_id = str(uuid.uuid4())
+                    run.client.send_task(
+                        task, args=args, kwargs=kwargs, task_id=task_id, queue="delivery"
+                    )
+                    hostile_ids.append(task_id)
+                    sent_hostile += 1
+                for _ in range(min(per_batch_raw, raw - sent_raw)):
+                    kind = sent_raw % 4
+                    task_id = str(uuid.uuid4()) if kind != 3 else None
+                    headers: dict[str, Any] = {"lang": "py", "task": "tasks.send_email"}
+                    if task_id is not None:
+                        headers["id"] = task_id
+                        hostile_ids.append(task_id)
+                    else:
+                        no_id += 1
+                    body = [
+                        b"{not json",
+                        b"[" * 100_000 + b"]" * 100_000,
+                        b"\x80\x04\x95 pickled",
+                        b"[[], {}, {}]",
+                    ][kind]
+                    content_type = (
+                        "application/x-python-serialize" if kind == 2 else "application/json"
+                    )
+                    producer.publish(
+                        body,
+                        routing_key="delivery",
+                        exchange="",
+                        headers=headers,
+                        content_type=content_type,
+                        content_encoding="utf-8",
+                    )
+                    sent_raw += 1
+        ids = _ids(planned)
+        run.wait_final(ids + hostile_ids, timeout_s)
+        hostile_states = run.states(hostile_ids)
+        backend = redis.Redis.from_url(run.env["DELIVERY_RESULT_BACKEND"])
+        pipe = backend.pipeline(transaction=False)
+        for task_id in hostile_ids:
+            pipe.exists(f"celery-task-meta-{task_id}")
+        in_backend = sum(int(x) for x in pipe.execute())
+        rejected = run.redis.hgetall("dw:rejected")
+        run.checks["hostile_sent"] = len(hostile_ids) + no_id
+        run.checks["hostile_final"] = sum(1 for s in hostile_states.values() if s in FINAL_STATES)
+        run.checks["hostile_in_backend"] = in_backend
+        run.checks["rejected_without_id"] = sum(int(v) for v in rejected.values())
+        run.checks["expected_without_id"] = no_id
+        run.checks["worker_exits"] = sum(1 for p in procs if not p.alive())
+        run.checks["same_processes"] = pids == {p.pid: sorted(pool_children(p)) for p in procs}
+        run.checks["unrecoverable_logged"] = sum(
+            p.log_path.read_text(errors="replace").count("Unrecoverable error") for p in procs
+        )
+        return run.figures(planned)
+
+
 SCENARIOS: dict[str, Callable[..., Figures]] = {
     "sigkill": scenario_sigkill,
     "redis-restart": scenario_redis_restart,
@@ -838,6 +978,7 @@ SCENARIOS: dict[str, Callable[..., Figures]] = {
     "poison": scenario_poison,
     "sweeper": scenario_sweeper,
     "sms-reconcile": scenario_sms_reconcile,
+    "hostile": scenario_hostile,
 }
 
 
@@ -924,6 +1065,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "poison": {"max_runs": 3},
         "sweeper": {"messages": max(10, n // 20)},
         "sms-reconcile": {"messages": max(3, n // 100)},
+        "hostile": {"messages": n, "hostile": 5 * n, "raw": max(20, n // 10), "seed": args.seed},
     }
     workdir = Path(tempfile.mkdtemp(prefix="fault-soak-"))
     redis_proc = start_redis(workdir / "redis")

@@ -58,14 +58,14 @@ def send_voice(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "voice", message)
 
 
-@app.task(name="tasks.check_balances")
+@app.task(name="tasks.check_balances", Request=RedactedRequest)
 def check_balances() -> dict[str, str]:
     """Periodic (beat): resume paused providers whose balance shows credit again."""
     rt = get_runtime()
     return Operations.for_runtime(rt, app).check_balances(rt.driver)
 
 
-@app.task(name="tasks.sweep")
+@app.task(name="tasks.sweep", Request=RedactedRequest)
 def sweep() -> dict[str, int]:
     """Periodic (beat): re-enqueue deliveries stuck in queued/sending/waiting past a timeout."""
     rt = get_runtime()

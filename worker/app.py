@@ -98,6 +98,8 @@ def celery_config() -> dict[str, Any]:
 
 app = Celery("delivery-worker", include=["tasks"])
 app.conf.update(celery_config())
+# Every task message is checked before the pool (or Flower's argsrepr) touches it.
+app.conf.worker_consumer = "worker.guard:GuardedConsumer"
 
 
 @signals.setup_logging.connect
@@ -151,6 +153,12 @@ class RedactedRequest(Request):
 
     def info(self, safe: bool = False) -> Any:
         return super().info(safe=True)
+
+    def on_accepted(self, pid: Any, time_accepted: Any) -> None:
+        super().on_accepted(pid, time_accepted)
+        from worker.guard import task_accepted
+
+        task_accepted(self.id)
 
 
 def client_app(broker_url: str, result_backend: str, *, name: str = "delivery-client") -> Celery:

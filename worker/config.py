@@ -11,6 +11,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.flow.limiter import DEFAULT_LIMITS, Limit
+from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
+from worker.limits import MessageLimits
 from worker.models import CHANNEL_PROVIDERS
 from worker.redaction import register_secret
 
@@ -128,6 +130,18 @@ class Settings(BaseSettings):
     contract says such a call is served. Leave it out (``DELIVERY_QUEUES=delivery``) when another
     Celery application shares the broker database and uses its default queue: a worker would
     take that application's tasks too, and reject them as unknown."""
+
+    max_message_bytes: int = Field(default=DEFAULT_MESSAGE_LIMITS.max_bytes, ge=64 * 1024)
+    """Largest task body (encoded JSON) a worker takes or a producer sends (``worker.limits``)."""
+    max_message_depth: int = Field(default=DEFAULT_MESSAGE_LIMITS.max_depth, ge=8, le=200)
+    """Deepest nesting of lists/objects in a task body (the body is depth 1, the message 3)."""
+    max_message_items: int = Field(default=DEFAULT_MESSAGE_LIMITS.max_items, ge=100)
+    """Most list items plus object keys in a task body."""
+    max_message_string: int = Field(default=DEFAULT_MESSAGE_LIMITS.max_string, ge=1024)
+    """Longest string (or object key) in a task body, in characters."""
+    max_main_process_crashes: int = Field(default=1, ge=1, le=100)
+    """A task whose worker *main* process died this many times while handing it to the pool
+    is set aside as a dead letter on its next delivery (``worker.guard``)."""
 
     visibility_timeout_s: int = Field(default=3600, ge=60)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
@@ -247,6 +261,14 @@ class Settings(BaseSettings):
             if limit.count > 1 and limit.window_s <= 1.0 and spacing > 0:
                 paced.append(Limit(1, spacing))
         return (*limits, *paced)
+
+    def message_limits(self) -> MessageLimits:
+        return MessageLimits(
+            max_bytes=self.max_message_bytes,
+            max_depth=self.max_message_depth,
+            max_items=self.max_message_items,
+            max_string=self.max_message_string,
+        )
 
     @property
     def shared_redis_url(self) -> str:

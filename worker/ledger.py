@@ -259,6 +259,19 @@ class Ledger:
             self.redis.hset(DEAD_KEY, delivery_id, json.dumps(entry))
         return changed
 
+    def set_aside(self, delivery_id: str, *, reason: str, task_name: str, outline: Any) -> None:
+        """Keep a refused message for inspection, redacted: its outline (keys and types), never
+        its content. Not replayable: the message broke the checks (``worker.guard``)."""
+        entry = {
+            "task_name": task_name,
+            "message": None,
+            "outline": outline,
+            "reason": reason,
+            "redacted": True,
+            "at": time.time(),
+        }
+        self.redis.hset(DEAD_KEY, delivery_id, json.dumps(entry))
+
     def dead_letters(self) -> dict[str, dict[str, Any]]:
         raw = self.redis.hgetall(DEAD_KEY)
         return {_text(k): json.loads(v) for k, v in raw.items()}
@@ -272,6 +285,8 @@ class Ledger:
         if raw is None:
             return None
         entry: dict[str, Any] = json.loads(raw)
+        if entry.get("redacted"):
+            return None  # refused by the checks and kept without its content: nothing to send
         now = repr(time.time())
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from worker.limits import MessageLimits, check_message
+
 __all__ = [
     "CHANNEL_PROVIDERS",
     "Address",
@@ -649,8 +651,12 @@ def _field_error(field: str, message: str) -> ValueError:
     return ValueError(f"{field}: {message}")
 
 
-def parse_message(channel: str, data: Any) -> Message:
-    """Validate ``data`` as a ``channel`` message; raise :class:`InvalidMessage` naming fields."""
+def parse_message(channel: str, data: Any, *, limits: MessageLimits | None = None) -> Message:
+    """Validate ``data`` as a ``channel`` message; raise :class:`InvalidMessage` naming fields.
+
+    With ``limits`` (the producer), the size and shape bounds of ``worker.limits`` are checked
+    first, without recursion, and a message over them is refused naming the limit.
+    """
     model = _MODELS.get(channel) if isinstance(channel, str) else None
     if model is None:
         raise InvalidMessage(
@@ -665,6 +671,10 @@ def parse_message(channel: str, data: Any) -> Message:
         raise InvalidMessage(
             [{"field": "message", "message": f"must be an object, got {type(data).__name__}"}]
         )
+    if limits is not None:
+        reason = check_message(data, limits)
+        if reason is not None:
+            raise InvalidMessage([{"field": "message", "message": reason}])
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -37,7 +37,10 @@ CHANNEL_OF_TASK = {name: channel for channel, name in TASK_NAMES.items()}
 
 def redacted_repr(channel: str, message: dict[str, Any]) -> str:
     """What Flower shows for a message: its shape, never bodies or full addresses."""
-    summary: dict[str, Any] = {"provider": message.get("provider")}
+    provider = message.get("provider")
+    if provider is not None and not (isinstance(provider, str) and len(provider) <= 40):
+        provider = "[invalid]"  # a by-name producer may put anything here
+    summary: dict[str, Any] = {"provider": provider}
     to = message.get("to")
     if isinstance(to, list):
         masked = []
@@ -48,7 +51,9 @@ def redacted_repr(channel: str, message: dict[str, Any]) -> str:
                 masked.append(mask_phone(item) if "@" not in item else mask_email(item))
         summary["to"] = masked + ([f"+{len(to) - 5} more"] if len(to) > 5 else [])
     if channel == "voice":
-        summary["mode"] = message.get("mode")
+        mode = message.get("mode")
+        valid = mode is None or (isinstance(mode, str) and len(mode) <= 20)
+        summary["mode"] = mode if valid else "[invalid]"
     for flag in ("html", "text", "template", "raw", "attachments"):
         if message.get(flag):
             summary[flag] = "[redacted]"
@@ -69,7 +74,8 @@ class Producer:
         self.ledger = ledger
 
     def validate(self, channel: str, message: Any) -> Message:
-        return parse_message(channel, message)
+        # The size and shape bounds the workers enforce (worker.limits), checked first.
+        return parse_message(channel, message, limits=get_settings().message_limits())
 
     def enqueue(self, channel: str, message: Any, **options: Any) -> AsyncResult[Any]:
         model = self.validate(channel, message)

@@ -102,7 +102,15 @@ def process(
         # Defence in depth: producers validate before enqueue, but a message sent by name
         # from elsewhere may not have been.
         log.warning("delivery.invalid_message", fields=[e["field"] for e in exc.errors])
-        return Done(_failed(delivery_id, channel, "invalid_message", str(exc)))
+        result = _failed(delivery_id, channel, "invalid_message", str(exc))
+        # Final in the ledger too (a by-name message has no record yet): no content kept.
+        rt.ledger.create(
+            delivery_id, channel=channel, provider="auto", extra={"task_name": task_name}
+        )
+        rt.ledger.transition(
+            delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
+        )
+        return Done(result)
     return _Attempt(rt, message, raw, delivery_id, task_name).guarded_run()
 
 

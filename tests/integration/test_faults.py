@@ -140,3 +140,18 @@ def test_sms_unknown_outcome_with_a_failed_status_check_is_not_resent(stack: Any
     assert f.states == {"sent": 3}, line
     assert (f.sent, f.lost, f.duplicated) == (3, 0, 0), line
     assert f.checks["status_checks"] >= 6, line  # one failed, one that found the send
+
+
+def test_hostile_producer_stops_no_worker_and_loses_no_valid_message(stack: Any) -> None:
+    f = soak.scenario_hostile(stack, messages=60, hostile=400, raw=20, timeout_s=120)
+    line = report(f)
+    assert f.checks["worker_exits"] == 0, line
+    assert f.checks["same_processes"], line
+    assert f.checks["unrecoverable_logged"] == 0, line
+    assert f.lost == 0, line
+    assert f.states == {"sent": 60}, line
+    sent = f.checks["hostile_sent"]
+    without_id = f.checks["expected_without_id"]
+    assert f.checks["hostile_final"] == sent - without_id, line
+    assert f.checks["hostile_in_backend"] == sent - without_id, line
+    assert f.checks["rejected_without_id"] == without_id, line

@@ -122,3 +122,20 @@ def test_redacted_repr_hides_bodies_and_addresses() -> None:
     assert "+33612345678" not in text
     assert "1234" not in text
     assert "smspartner" in text
+
+
+def nested(levels: int) -> object:
+    value: object = "x"
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def test_producer_refuses_over_the_limits_and_nothing_reaches_redis(
+    redis_client: redis.Redis, producer: Producer, broker: redis.Redis
+) -> None:
+    deep = {"provider": "smspartner", "to": ["+33612345678"], "text": "hi", "tag": nested(400)}
+    with pytest.raises(InvalidMessage, match="nesting depth 403 exceeds the limit of 32"):
+        producer.enqueue("sms", deep)
+    assert broker.dbsize() == 0
+    assert redis_client.dbsize() == 0
