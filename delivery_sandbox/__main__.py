@@ -12,8 +12,14 @@ from pathlib import Path
 from types import FrameType
 
 from delivery_sandbox.accounts import METERED
-from delivery_sandbox.config import Limits, SandboxConfig
+from delivery_sandbox.config import (
+    DEFAULT_POSTAL_DOMAINS,
+    DEFAULT_VOICEPARTNER_SENDERS,
+    Limits,
+    SandboxConfig,
+)
 from delivery_sandbox.faults import FaultPlan, FaultPlanError, FaultRule
+from delivery_sandbox.providers.postal import DEFAULT_SUPPRESSION_REASON
 from delivery_sandbox.server import Sandbox
 
 __all__ = ["build_parser", "main"]
@@ -75,8 +81,49 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time an accepted SMS stays 'Waiting' before 'Delivered'",
     )
+    parser.add_argument(
+        "--postal-domain",
+        action="append",
+        dest="postal_domains",
+        metavar="DOMAIN",
+        help="a From domain Postal has authenticated (repeatable; replaces the default "
+        f"{', '.join(DEFAULT_POSTAL_DOMAINS)})",
+    )
+    parser.add_argument(
+        "--postal-send-limit",
+        type=int,
+        metavar="N",
+        help="Postal send_limit: messages per 60 minutes before new ones are Held (default none)",
+    )
+    parser.add_argument(
+        "--postal-suppress",
+        action="append",
+        default=[],
+        metavar="ADDRESS[=REASON]",
+        help="an address on Postal's suppression list: its messages are Held (repeatable)",
+    )
+    parser.add_argument(
+        "--voicepartner-sender",
+        action="append",
+        dest="voicepartner_senders",
+        metavar="NUMBER",
+        help="a validated Voice Partner callback number (repeatable; replaces the default "
+        f"{', '.join(DEFAULT_VOICEPARTNER_SENDERS)})",
+    )
     parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
     return parser
+
+
+def _suppressed(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        address, sep, reason = value.partition("=")
+        if "@" not in address:
+            parser.error("--postal-suppress takes ADDRESS[=REASON]")
+        out[address.strip()] = (
+            reason.strip() if sep and reason.strip() else DEFAULT_SUPPRESSION_REASON
+        )
+    return out
 
 
 def _credits(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, int]:
@@ -107,7 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits=limits,
         idempotency_window_s=args.idempotency_window,
         sms_delivery_delay_s=args.sms_delivery_delay,
+        postal_domains=tuple(args.postal_domains or DEFAULT_POSTAL_DOMAINS),
+        postal_send_limit=args.postal_send_limit,
+        postal_suppressed=_suppressed(args.postal_suppress, parser),
+        voicepartner_senders=tuple(args.voicepartner_senders or DEFAULT_VOICEPARTNER_SENDERS),
     )
+    if args.postal_send_limit is not None and args.postal_send_limit < 0:
+        parser.error("--postal-send-limit must be >= 0")
     sandbox = Sandbox(
         args.host,
         args.port,

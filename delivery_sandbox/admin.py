@@ -11,6 +11,11 @@ POST   /_admin/balance                 {"provider": name, "credits": N}
 GET    /_admin/faults                  {"rules": [rules with seen/applied counters]}
 POST   /_admin/faults                  {"rules": [...]} replaces the plan
 DELETE /_admin/faults                  removes every rule
+GET    /_admin/settings                {"settings": {name: {...}}}: providers' account settings
+POST   /_admin/settings                {name: {...}} changes them (reset restores the
+                                       configured ones); postal: {"domains": [...],
+                                       "send_limit": N|null, "suppressed": {address: reason}};
+                                       voicepartner: {"senders": [...]}
 """
 
 from __future__ import annotations
@@ -116,6 +121,30 @@ def _clear_faults(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any
     return json_reply(200, {"rules": []})
 
 
+def _get_settings(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    return json_reply(200, {"settings": _all_settings(sandbox)})
+
+
+def _set_settings(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    if not isinstance(payload, dict) or not payload:
+        raise AdminError('expected {"postal": {...}} or {"voicepartner": {...}}')
+    for name, changes in payload.items():
+        provider = sandbox.providers.get(name)
+        if provider is None or provider.settings() is None:
+            known = ", ".join(sorted(_all_settings(sandbox)))
+            raise AdminError(f"no settings for {name!r}; providers with settings: {known}")
+        if not isinstance(changes, dict):
+            raise AdminError(f"settings for {name} must be an object")
+    for name, changes in payload.items():
+        sandbox.providers[name].configure(changes)
+    return json_reply(200, {"settings": _all_settings(sandbox)})
+
+
+def _all_settings(sandbox: Sandbox) -> dict[str, Any]:
+    found = {name: provider.settings() for name, provider in sandbox.providers.items()}
+    return {name: value for name, value in found.items() if value is not None}
+
+
 def _arg(query: Mapping[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[0] if values else None
@@ -132,4 +161,6 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("GET", "/faults"): _get_faults,
     ("POST", "/faults"): _set_faults,
     ("DELETE", "/faults"): _clear_faults,
+    ("GET", "/settings"): _get_settings,
+    ("POST", "/settings"): _set_settings,
 }

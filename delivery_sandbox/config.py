@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Limits", "SandboxConfig"]
+__all__ = [
+    "DEFAULT_POSTAL_DOMAINS",
+    "DEFAULT_VOICEPARTNER_SENDERS",
+    "Limits",
+    "SandboxConfig",
+]
+
+DEFAULT_POSTAL_DOMAINS: tuple[str, ...] = (
+    "example.com",
+    "example.net",
+    "example.org",
+    "example.test",
+)
+"""From domains the sandbox's Postal server has authenticated (§4.2): the RFC 2606/6761
+documentation names, so examples and tests send as-is, and any other domain is refused."""
+
+DEFAULT_VOICEPARTNER_SENDERS: tuple[str, ...] = ("+33123456789",)
+"""Callback numbers "validated beforehand on my.voicepartner.fr" (§3.2) for voicemail drops."""
 
 
 @dataclass(frozen=True)
@@ -26,3 +44,11 @@ class SandboxConfig:
     sms_delivery_delay_s: float = 1.0  # SMS Partner: "Waiting" until then, then "Delivered"
     max_body_bytes: int = 32 * 1024 * 1024
     idle_timeout_s: float = 120.0  # a keep-alive connection idle this long is closed
+    # Postal (§4.2, §4.5): authenticated From domains (exact names, case-insensitive), the
+    # server's send_limit (messages per 60 minutes; None = no limit, Postal's default) and the
+    # suppression list ({address: reason}). Changeable at run time through /_admin/settings.
+    postal_domains: tuple[str, ...] = DEFAULT_POSTAL_DOMAINS
+    postal_send_limit: int | None = None
+    postal_suppressed: Mapping[str, str] = field(default_factory=dict)
+    # Voice Partner (§3.2, §3.3): campaign `sender` numbers validated on the account.
+    voicepartner_senders: tuple[str, ...] = DEFAULT_VOICEPARTNER_SENDERS

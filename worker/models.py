@@ -705,3 +705,5 @@ class DeliveryResult(BaseModel):
     cost: float | None = None
     currency: str | None = None
     error: ErrorInfo | None = None
+    warnings: list[str] = Field(default_factory=list)
+    """Fields of the message the provider did not receive, each ``"<field>: why"``."""

@@ -420,7 +420,11 @@ class _Attempt:
             attempts=previous_attempts + 1,
             cost=outcome.cost,
             currency=outcome.currency,
+            warnings=list(outcome.warnings),
         )
+        if outcome.warnings:
+            unsent = [w.partition(":")[0] for w in outcome.warnings]
+            log.warning("delivery.fields_not_sent", fields=unsent)
         self.rt.ledger.transition(
             self.delivery_id,
             "sent",

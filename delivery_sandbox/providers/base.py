@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from delivery_sandbox.accounts import Accounts
 from delivery_sandbox.config import SandboxConfig
@@ -74,3 +75,11 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     def reset(self) -> None:
         """Forget per-provider state (messages, suppression lists, dedupe caches)."""
+
+    def settings(self) -> dict[str, Any] | None:
+        """Run-time settings shown by ``GET /_admin/settings`` (None: the provider has none)."""
+        return None
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        """Apply ``POST /_admin/settings`` changes; raise ``ValueError`` on a bad one."""
+        raise ValueError(f"{self.name} has no settings")

@@ -1,13 +1,32 @@
-"""Mail Partner: ``POST /send``, ``GET /me``, ``GET /bulk-status``, the unsubscribe list.
+"""Mail Partner: ``POST /send``, ``GET /me``, ``GET /bulk-status``, ``GET /message-cancel``,
+the unsubscribe list.
 
 Wire format in providers.md §2. Sandbox rules ([INFERRED] where the docs are silent):
-- recipients go in ``params.to`` (every example) or a top-level ``to`` (the field table);
-- field problems answer code 9 with an ``error`` list, like SMS Partner, including more than
-  500 recipients (the simulator contract of §1.6 prefers code 9 over the separate code 50);
+- recipients only as ``params.to[]`` (the seed's and every example's shape, §2.2); a top-level
+  ``to`` (the field table's wording, never shown in an example) is refused with code 22, so a
+  client that sends it cannot pass here and fail against the real API;
+- each field problem answers its documented code (§2.3) as ``{success, code, message}``,
+  the first failing check only, in this order: 2 content (``htmlContent``; a missing
+  ``subject`` too, as no code of its own exists), 22 recipient list, 50 more than 500
+  recipients (the platform's "max 500" code; 17 "too many recipients" is never produced,
+  its limit being undocumented), 18/19/21 recipient email required / invalid / name empty
+  (a ``name`` key present but empty), 23/24/25 reply-to email required / invalid / name empty,
+  16 attachment name empty, 8 attachment content missing (the closest documented code,
+  "attachment URL required"), 45-49 schedule (45 date required, 46 time, 47 minute missing or
+  not a number, 48 minute not 0-55 in steps of 5, 49 date invalid or past);
+- other constraints (more than 3 attachments, over 5 MB, bad base64, a content type whose
+  extension is not allowed - code 9 "attachment extension not allowed" -, tag, variables)
+  answer code 9 with the platform's ``error`` list of ``{elementId, message}`` (§1.2.2);
+- codes 4/5 (sender) are not produced: the sender is not a request field (§2.2 [NOT FOUND]),
+  it belongs to the account;
 - an address on the unsubscribe list - added with ``/unsubscribe/add``, or any address whose
   local part starts with ``unsubscribed`` - refuses the whole send with code 14;
 - one credit per recipient; ``cost`` is in credits, as in the doc example (``"cost":1`` for one
-  mail); ``sandbox: 1`` sends are recorded but not charged (§2.2).
+  mail); ``sandbox: 1`` sends are recorded but not charged (§2.2);
+- a scheduled mail can be cancelled until 5 minutes before its time (§2.2 ``message-cancel``);
+  its credits are refunded. ``bulk-status`` says ``Pending`` until the mail is due (plus the
+  delivery delay), then ``Delivered``; a cancelled mail says ``Cancelled`` (status values are
+  [NOT FOUND], §2.2).
 """
 
 from __future__ import annotations
@@ -31,6 +50,23 @@ MAX_RECIPIENTS = 500
 MAX_ATTACHMENTS = 3
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
 MAX_VARIABLES = 8
+CANCEL_MARGIN_S = 5 * 60  # §2.2: code 6, less than 5 minutes before the scheduled time
+# Content types whose file extension Mail Partner would refuse (code 9, §2.3). The list itself
+# is [NOT FOUND]; these are executables and scripts, which mail providers refuse alike.
+FORBIDDEN_CONTENT_TYPES = frozenset(
+    {
+        "application/x-msdownload",
+        "application/x-msdos-program",
+        "application/x-dosexec",
+        "application/x-executable",
+        "application/x-sh",
+        "application/x-bat",
+        "application/javascript",
+        "text/javascript",
+        "application/vnd.microsoft.portable-executable",
+        "application/java-archive",
+    }
+)
 
 
 class MailPartnerProvider(PartnerProvider):
@@ -57,30 +93,24 @@ class MailPartnerProvider(PartnerProvider):
             ("POST", "/send"): self._send,
             ("GET", "/me"): self._me,
             ("GET", "/bulk-status"): self._bulk_status,
+            ("GET", "/message-cancel"): self._cancel,
             ("POST", "/unsubscribe/add"): self._unsubscribe_add,
             ("GET", "/unsubscribe/list"): self._unsubscribe_list,
         }
 
     def _send(self, request: Request, fields: dict[str, Any]) -> Reply:
-        params = fields.get("params")
-        to = params.get("to") if isinstance(params, dict) else fields.get("to")
-        problems, recipients = _check_recipients(to)
-        for name, text in (
-            ("subject", "Le sujet est requis"),
-            ("htmlContent", "Le contenu est requis"),
-        ):
-            value = fields.get(name)
-            if not isinstance(value, str) or not value.strip():
-                problems.append(Invalid(name, text))
-        problems += _check_reply_to(fields.get("replyTo"))
+        failure = _first_failure(fields)
+        if failure is not None:
+            return self.fail(*failure)
+        problems = _check_attachments(fields.get("attachments"))
         problems += _check_variables(fields.get("variables"))
-        problems += _check_attachments(fields.get("attachments"))
         problems += check_tag(fields.get("tag"), min_chars=3)
-        schedule_problems, schedule = check_schedule(fields, datetime.now())
-        problems += schedule_problems
         if problems:
             return self.invalid(problems)
+        _, schedule = check_schedule(fields, datetime.now())  # checked by _first_failure
+        recipients = list(dict.fromkeys(e["email"] for e in fields["params"]["to"]))
         sandboxed = fields.get("sandbox") in (1, "1", True)
+        now = self.env.now()
         with self.lock:
             for address in recipients:
                 if address.lower() in self._unsubscribed or local_part(address).startswith(
@@ -90,7 +120,13 @@ class MailPartnerProvider(PartnerProvider):
             if not sandboxed and not self.env.accounts.try_charge(self.name, len(recipients)):
                 return self.fail(11, "Crédit insuffisant")
             message_id = secrets.token_hex(12)
-            self._messages[message_id] = {"recipients": recipients, "time": self.env.now()}
+            self._messages[message_id] = {
+                "recipients": recipients,
+                "time": now,
+                "due": schedule.when.timestamp() if schedule else now,
+                "units": 0 if sandboxed else len(recipients),
+                "cancelled": False,
+            }
         payload: dict[str, Any] = {
             "messageId": message_id,
             "nbMail": len(recipients),
@@ -112,6 +148,27 @@ class MailPartnerProvider(PartnerProvider):
         )
         return reply
 
+    def _cancel(self, request: Request, fields: dict[str, Any]) -> Reply:
+        """``GET /message-cancel?apiKey=&messageId=`` (§2.2): codes 3, 4, 5, 6, 7, 200."""
+        message_id = fields.get("messageId")
+        if not message_id:
+            return self.fail(3, "L'identifiant du message est requis")
+        with self.lock:
+            message = self._messages.get(str(message_id))
+            if message is None:
+                return self.fail(4, "Message introuvable")
+            if message["cancelled"]:
+                return self.fail(5, "L'envoi a déjà été annulé")
+            left_s = message["due"] - self.env.now()
+            if left_s <= 0:
+                return self.fail(7, "L'email a déjà été envoyé")
+            if left_s < CANCEL_MARGIN_S:
+                return self.fail(6, "Annulation impossible moins de 5 minutes avant l'envoi")
+            message["cancelled"] = True
+            if message["units"]:
+                self.env.accounts.refund(self.name, message["units"])
+        return self.ok({"message": "The email has been canceled."})
+
     def _me(self, request: Request, fields: dict[str, Any]) -> Reply:
         credits = {
             "creditMail": self.env.accounts.balance(self.name),
@@ -128,12 +185,18 @@ class MailPartnerProvider(PartnerProvider):
             found = self._messages.get(str(message_id))
         if found is None:
             return self.fail(4, "Message introuvable")
-        delivered = self.env.now() - found["time"] >= self.env.config.sms_delivery_delay_s
+        if found["cancelled"]:
+            status = "Cancelled"
+        elif self.env.now() - found["due"] >= self.env.config.sms_delivery_delay_s:
+            status = "Delivered"
+        else:
+            status = "Pending"
+        # §2.2 StatutResponseList items: email, token, status, cost, stopMail, date - no more.
         items = [
             {
                 "email": address,
                 "token": f"{message_id}-{index}",
-                "status": "Delivered" if delivered else "Pending",
+                "status": status,
                 "cost": self.price_eur,
                 "stopMail": False,
                 "date": str(int(found["time"])),
@@ -165,31 +228,95 @@ class MailPartnerProvider(PartnerProvider):
         return self.ok({"nbData": len(data), "data": data})
 
 
-def _check_recipients(to: Any) -> tuple[list[Invalid], list[str]]:
-    if to is None or to == []:
-        return [Invalid("to", "Le destinataire est requis")], []
-    if not isinstance(to, list):
-        return [Invalid("to", "Les destinataires doivent être une liste de {email, name}")], []
+Failure = tuple[int, str]
+
+
+def _first_failure(fields: dict[str, Any]) -> Failure | None:
+    """The first documented field code that applies (§2.3), in the order of the module doc."""
+    for check in (_check_content, _check_recipients, _check_reply_to, _check_attachment_fields):
+        failure = check(fields)
+        if failure is not None:
+            return failure
+    return _check_schedule_codes(fields)
+
+
+def _blank(value: Any) -> bool:
+    return not isinstance(value, str) or not value.strip()
+
+
+def _check_content(fields: dict[str, Any]) -> Failure | None:
+    if _blank(fields.get("htmlContent")):
+        return 2, "Le contenu du mail est requis"
+    if _blank(fields.get("subject")):
+        return 2, "Le sujet du mail est requis"
+    return None
+
+
+def _check_recipients(fields: dict[str, Any]) -> Failure | None:
+    if "to" in fields:
+        # §2.2 and the seed: recipients are nested as params.to, never top-level.
+        return 22, "La liste des destinataires est requise dans params.to (pas de champ to)"
+    params = fields.get("params")
+    to = params.get("to") if isinstance(params, dict) else None
+    if not isinstance(to, list) or not to:
+        return 22, "La liste des destinataires est requise"
     if len(to) > MAX_RECIPIENTS:
-        return [Invalid("to", f"{MAX_RECIPIENTS} destinataires maximum par envoi")], []
-    problems: list[Invalid] = []
-    recipients: list[str] = []
+        return 50, f"{MAX_RECIPIENTS} mails maximum par envoi"
     for entry in to:
-        email = entry.get("email") if isinstance(entry, dict) else None
-        if not isinstance(email, str) or not EMAIL_RE.match(email):
-            problems.append(Invalid("to", f"L'adresse email n'est pas valide ({email})"))
-        else:
-            recipients.append(email)
-    return problems, list(dict.fromkeys(recipients))
+        if not isinstance(entry, dict) or _blank(entry.get("email")):
+            return 18, "L'email du destinataire est requis"
+        if not EMAIL_RE.match(entry["email"]):
+            return 19, f"L'email du destinataire n'est pas valide ({entry['email']})"
+        if "name" in entry and _blank(entry["name"]):
+            return 21, "Le nom du destinataire ne peut pas être vide"
+    return None
 
 
-def _check_reply_to(value: Any) -> list[Invalid]:
-    if value is None:
-        return []
-    email = value.get("email") if isinstance(value, dict) else None
-    if not isinstance(email, str) or not EMAIL_RE.match(email):
-        return [Invalid("replyTo", "L'adresse de réponse n'est pas valide")]
-    return []
+def _check_reply_to(fields: dict[str, Any]) -> Failure | None:
+    if "replyTo" not in fields:
+        return None
+    value = fields["replyTo"]
+    if not isinstance(value, dict) or _blank(value.get("email")):
+        return 23, "L'email de réponse est requis"
+    if not EMAIL_RE.match(value["email"]):
+        return 24, "L'email de réponse n'est pas valide"
+    if "name" in value and _blank(value["name"]):
+        return 25, "Le nom de réponse ne peut pas être vide"
+    return None
+
+
+def _check_attachment_fields(fields: dict[str, Any]) -> Failure | None:
+    value = fields.get("attachments")
+    if not isinstance(value, list):
+        return None  # not a list: code 9 (_check_attachments)
+    for item in value:
+        if not isinstance(item, dict) or _blank(item.get("filename")):
+            return 16, "Le nom de la pièce jointe ne peut pas être vide"
+        if _blank(item.get("base64Content")):
+            return 8, "Le contenu de la pièce jointe est requis"
+    return None
+
+
+def _check_schedule_codes(fields: dict[str, Any]) -> Failure | None:
+    """Codes 45-49 (§2.2: the SMS schedule fields; §1.3 gives each code's meaning)."""
+    date_given = fields.get("scheduledDeliveryDate") not in (None, "")
+    if not date_given:
+        if fields.get("time") not in (None, "") or fields.get("minute") not in (None, ""):
+            return 45, "La date est requise"
+        return None
+    problems, _ = check_schedule(fields, datetime.now())
+    for problem in problems:
+        if problem.field == "time":
+            return 46, problem.message
+        if problem.field == "minute":
+            minute = fields.get("minute")
+            numeric = not isinstance(minute, bool) and (
+                isinstance(minute, int) or (isinstance(minute, str) and minute.isdigit())
+            )
+            return (48 if numeric else 47), problem.message
+    if problems:
+        return 49, problems[0].message
+    return None
 
 
 def _check_variables(value: Any) -> list[Invalid]:
@@ -211,8 +338,12 @@ def _check_attachments(value: Any) -> list[Invalid]:
         return [Invalid("attachments", f"{MAX_ATTACHMENTS} pièces jointes maximum")]
     problems: list[Invalid] = []
     for item in value:
-        if not isinstance(item, dict) or not item.get("filename"):
-            problems.append(Invalid("attachments", "Le nom de la pièce jointe est requis"))
+        content_type = item.get("contentType")
+        if not isinstance(content_type, str) or "/" not in content_type:
+            problems.append(Invalid("attachments", "Le type de la pièce jointe est requis"))
+            continue
+        if content_type.split(";")[0].strip().lower() in FORBIDDEN_CONTENT_TYPES:
+            problems.append(Invalid("attachments", "Extension de pièce jointe non autorisée"))
             continue
         try:
             data = base64.b64decode(str(item.get("base64Content", "")), validate=True)

@@ -9,9 +9,15 @@ Quirks reproduced from Postal's source (§4.1 to §4.4):
 - ``send/message`` validates in a fixed order and answers only the first error;
 - one message (``id`` + 16-character ``token``) per recipient, keyed by the bare address.
 
-Sandbox rule: every From domain is authenticated except those whose first label is
-``unverified`` (``shop@unverified.example.com`` → ``UnauthenticatedFromAddress``). A real domain
-shape is used so that producers' address validation lets the magic domain through.
+Server settings (``SandboxConfig``, ``--postal-*`` flags, ``/_admin/settings``):
+- authenticated domains: a From domain must be one of them, by exact name, case-insensitive
+  (§4.2 "its domain must be an authenticated domain of the server"); any other domain is
+  ``UnauthenticatedFromAddress``. Defaults: ``config.DEFAULT_POSTAL_DOMAINS``;
+- ``send_limit``: messages created in the last 60 minutes (held ones included) beyond which new
+  messages are accepted but **Held** (§4.5); ``None`` is no limit, Postal's default;
+- the suppression list: a message to a suppressed address is accepted but **Held** (§4.5).
+Held messages report ``status: Held`` through ``messages/message`` and ``messages/deliveries``
+(§4.4) and expire after 7 days (``default_maximum_hold_expiry_days``, §4.5).
 """
 
 from __future__ import annotations
@@ -72,11 +78,22 @@ ALL_EXPANSIONS = (
     "activity_entries",
 )
 METHODS = ("GET", "POST", "PATCH", "PUT")  # config/routes.rb: `match ... via: [...]`
+SEND_LIMIT_WINDOW_S = 3600.0  # §4.5: `live_stats.total(60)`, the last 60 minutes
+HOLD_EXPIRY_S = 7 * 86400.0  # §4.5: default_maximum_hold_expiry_days = 7
+DEFAULT_SUPPRESSION_REASON = "added by the sandbox operator"
 
 
 def is_authenticated_domain(domain: str) -> bool:
+    """EmailMassivo's sandbox sender rule (imported from here): any domain but ``unverified.*``.
+
+    Postal itself no longer uses it: its server has an explicit allow-list (module docstring).
+    """
     domain = domain.lower().rstrip(".")
     return bool(domain) and not domain.startswith("unverified.")
+
+
+def _normal_domain(domain: str) -> str:
+    return domain.strip().lower().rstrip(".")
 
 
 class PostalProvider(Provider):
@@ -86,10 +103,67 @@ class PostalProvider(Provider):
         super().__init__(env)
         self._messages: dict[int, dict[str, Any]] = {}
         self._ids = itertools.count(1)  # ids keep growing across resets, like a real database
+        self._created: list[float] = []  # creation times, for the send limit (§4.5)
+        self._domains: set[str] = set()
+        self._send_limit: int | None = None
+        self._suppressed: dict[str, str] = {}
+        self._load_settings()
+
+    def _load_settings(self) -> None:
+        config = self.env.config
+        self._domains = {_normal_domain(d) for d in config.postal_domains if d.strip()}
+        self._send_limit = config.postal_send_limit
+        self._suppressed = {a.strip().lower(): r for a, r in config.postal_suppressed.items()}
 
     def reset(self) -> None:
+        """Forget messages and restore the configured domains, send limit and suppressions."""
         with self.lock:
             self._messages.clear()
+            self._created.clear()
+            self._load_settings()
+
+    def settings(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "domains": sorted(self._domains),
+                "send_limit": self._send_limit,
+                "suppressed": dict(self._suppressed),
+            }
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        """``{"domains": [...], "send_limit": N | null, "suppressed": {address: reason}}``.
+
+        Each key given replaces that setting; ``suppressed`` may also be a list of addresses.
+        """
+        unknown = set(changes) - {"domains", "send_limit", "suppressed"}
+        if unknown:
+            raise ValueError(f"unknown postal settings: {', '.join(sorted(unknown))}")
+        domains = changes.get("domains", sorted(self._domains))
+        if not isinstance(domains, list) or not all(
+            isinstance(d, str) and d.strip() for d in domains
+        ):
+            raise ValueError("postal domains must be a list of domain names")
+        limit = changes.get("send_limit", self._send_limit)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ValueError("postal send_limit must be a non-negative integer or null")
+        if limit is not None and limit < 0:
+            raise ValueError("postal send_limit must be a non-negative integer or null")
+        suppressed = changes.get("suppressed", self._suppressed)
+        if isinstance(suppressed, list):
+            suppressed = {a: DEFAULT_SUPPRESSION_REASON for a in suppressed}
+        if not isinstance(suppressed, dict) or not all(
+            isinstance(a, str) and "@" in a and isinstance(r, str) for a, r in suppressed.items()
+        ):
+            raise ValueError("postal suppressed must map addresses to reasons (or list them)")
+        with self.lock:
+            self._domains = {_normal_domain(d) for d in domains}
+            self._send_limit = limit
+            self._suppressed = {a.strip().lower(): r for a, r in suppressed.items()}
+
+    def _domain_allowed(self, domain: str) -> bool:
+        domain = _normal_domain(domain)
+        with self.lock:
+            return bool(domain) and domain in self._domains
 
     def throttled(self, request: Request, retry_after: str) -> Reply:
         return self.fault_reply(429)  # Postal has no limit (§4.5); only reachable via a fault
@@ -145,7 +219,7 @@ class PostalProvider(Provider):
             error = "NoContent"
         elif not sender.strip():
             error = "FromAddressMissing"
-        elif not is_authenticated_domain(_domain(sender)):
+        elif not self._domain_allowed(_domain(sender)):
             error = "UnauthenticatedFromAddress"
         else:
             for attachment in attachments:
@@ -188,7 +262,7 @@ class PostalProvider(Provider):
             raw = b""
         headers = BytesHeaderParser().parsebytes(raw.split(b"\r\n\r\n", 1)[0])
         from_header = str(headers.get("From", ""))
-        if not from_header or not is_authenticated_domain(_domain(from_header)):
+        if not from_header or not self._domain_allowed(_domain(from_header)):
             return _error(started, "UnauthenticatedFromAddress")  # no message here (§4.3)
         header_id = str(headers.get("Message-ID", "")).strip().strip("<>")
         message_id = header_id or f"{uuid.uuid4()}@{RETURN_PATH_DOMAIN}"
@@ -217,17 +291,24 @@ class PostalProvider(Provider):
     ) -> Reply:
         now = self.env.now()
         created: dict[str, dict[str, Any]] = {}
+        held: dict[str, str] = {}
         with self.lock:
+            self._created = [t for t in self._created if t > now - SEND_LIMIT_WINDOW_S]
             for rcpt in recipients:
                 entry: dict[str, Any] = {"id": next(self._ids), "token": _token()}
+                hold = self._hold_reason(rcpt)
+                self._created.append(now)  # held messages count too (live stats, §4.5)
                 self._messages[entry["id"]] = {
                     **details,
                     **entry,
                     "rcpt_to": rcpt,
                     "message_id": message_id,
                     "timestamp": now,
+                    "held": hold,
                 }
                 created[rcpt] = entry
+                if hold is not None:
+                    held[rcpt] = hold
         reply = _success(started, {"message_id": message_id, "messages": created})
         reply.message_id = message_id
         if recipients:
@@ -238,9 +319,24 @@ class PostalProvider(Provider):
                 fields=params,
                 units=len(recipients),
                 tag=details["tag"],
-                extra={"recipient_ids": {r: e["id"] for r, e in created.items()}},
+                extra={"recipient_ids": {r: e["id"] for r, e in created.items()}, "held": held},
             )
         return reply
+
+    def _hold_reason(self, rcpt: str) -> str | None:
+        """Why a new message to ``rcpt`` is held (§4.5), or None; caller holds the lock.
+
+        The API accepts it either way. Which check Postal runs first is [INFERRED]: the
+        suppression list (about this recipient) before the server-wide send limit. The limit
+        counts the messages of the last 60 minutes before this one, so the first ``N`` go out
+        and the next ones are held ([INFERRED] from `send_volume >= send_limit`).
+        """
+        reason = self._suppressed.get(rcpt.strip().lower())
+        if reason is not None:
+            return f"Recipient ({rcpt}) is on the suppression list (reason: {reason})"
+        if self._send_limit is not None and len(self._created) >= self._send_limit:
+            return f"Message held because send limit ({self._send_limit}) has been reached."
+        return None
 
     # --- lookups ----------------------------------------------------------------------------
 
@@ -281,21 +377,42 @@ class PostalProvider(Provider):
         found = self._find(params, started)
         if isinstance(found, Reply):
             return found
-        delivery = {
-            "id": found["id"],
-            "status": "Sent",
-            "details": f"Message for {found['rcpt_to']} accepted by the sandbox",
-            "output": "250 2.0.0 OK (sandbox)",
-            "sent_with_ssl": True,
-            "log_id": f"S{found['id']:06d}",
-            "time": 0.01,
-            "timestamp": found["timestamp"],
-        }
+        # §4.4: [{id, status, details, output, sent_with_ssl, log_id, time, timestamp}]. A hold
+        # is a delivery record with no SMTP exchange behind it: no output, log id or time.
+        if found["held"] is not None:
+            delivery = {
+                "id": found["id"],
+                "status": "Held",
+                "details": found["held"],
+                "output": None,
+                "sent_with_ssl": False,
+                "log_id": None,
+                "time": None,
+                "timestamp": found["timestamp"],
+            }
+        else:
+            delivery = {
+                "id": found["id"],
+                "status": "Sent",
+                "details": f"Message for {found['rcpt_to']} accepted by the sandbox",
+                "output": "250 2.0.0 OK (sandbox)",
+                "sent_with_ssl": True,
+                "log_id": f"S{found['id']:06d}",
+                "time": 0.01,
+                "timestamp": found["timestamp"],
+            }
         return _success(started, [delivery])
 
 
 def _expansion(name: str, m: dict[str, Any]) -> Any:
-    if name == "status":
+    if name == "status":  # §4.4 {status, last_delivery_attempt, held, hold_expiry}
+        if m["held"] is not None:
+            return {
+                "status": "Held",
+                "last_delivery_attempt": m["timestamp"],
+                "held": True,
+                "hold_expiry": m["timestamp"] + HOLD_EXPIRY_S,
+            }
         return {
             "status": "Sent",
             "last_delivery_attempt": m["timestamp"],

@@ -14,7 +14,7 @@ from delivery_sandbox.providers.postal import ERROR_MESSAGES
 SEND = "/postal/api/v1/send/message"
 RAW = "/postal/api/v1/send/raw"
 LOOKUP = "/postal/api/v1/messages/message"
-GOOD = {"to": ["ann@example.com"], "from": "app@mail.example.test", "plain_body": "hi"}
+GOOD = {"to": ["ann@example.com"], "from": "app@example.test", "plain_body": "hi"}
 
 
 def post(client, path, params, key="sandbox-postal-key"):
@@ -101,10 +101,10 @@ def test_form_encoded_params_field_is_read(client):
 
 
 def test_send_raw_uses_the_message_id_header(client):
-    raw = b"From: app@mail.example.test\r\nMessage-ID: <abc@example.test>\r\n\r\nbody"
+    raw = b"From: app@example.test\r\nMessage-ID: <abc@example.test>\r\n\r\nbody"
     params = {
         "rcpt_to": ["x@example.com", "x@example.com"],
-        "mail_from": "app@mail.example.test",
+        "mail_from": "app@example.test",
         "data": base64.b64encode(raw).decode(),
     }
     body = post(client, RAW, params)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from worker.drivers.base import SendContext
-from worker.drivers.mailpartner import MAIL_CODES, MailPartnerDriver, text_to_html
+from worker.drivers.mailpartner import MAIL_CODES, MailPartnerDriver, text_to_html, unsent_fields
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -313,3 +313,15 @@ def test_hostile_answers_are_classified(
         make_driver(handler).send(message(), CTX)
     assert type(info.value) is expected
     assert len(str(info.value)) < 1000
+
+
+def test_unsent_fields_name_each_field_and_why() -> None:
+    # §2.2: no sender field [NOT FOUND], no preheader, one HTML body: each is reported.
+    full = message(text="plain", preview_text="teaser")
+    assert [w.partition(":")[0] for w in unsent_fields(full)] == ["from", "text", "preview_text"]
+    assert all("shop@example.com" not in w and "teaser" not in w for w in unsent_fields(full))
+    # A text-only body reaches Mail Partner as htmlContent (text_to_html): nothing to report.
+    text_only = message(html=None, text="plain", **{"from": None})
+    assert unsent_fields(text_only) == ()
+    _, handler = recorder(httpx.Response(200, json=SUCCESS))
+    assert make_driver(handler).send(full, CTX).warnings == unsent_fields(full)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from worker.config import Settings
 from worker.runtime import Runtime
@@ -286,3 +287,33 @@ def test_backoff_grows_and_is_capped() -> None:
 def test_mask_ids_keeps_colliding_recipients_apart() -> None:
     masked = mask_ids({"john@example.com": "1", "jane@example.com": "2"})
     assert masked == {"j***@example.com": "1", "j***@example.com#2": "2"}
+
+
+def test_fields_the_provider_does_not_receive_are_reported(calls: Calls, make_runtime: Any) -> None:
+    # The rule: a field reaches the provider, is reported in the result, or is refused.
+    # Mail Partner has no sender field (providers.md §2.2 [NOT FOUND]): reported, not dropped.
+    rt = make_runtime(
+        calls,
+        mailpartner_api_key="mail-secret-key",
+        mailpartner_base_url="http://provider.test/mailpartner/v1",
+    )
+    calls.answers.append(
+        httpx.Response(200, json={"success": True, "code": 200, "messageId": "m1", "cost": 1})
+    )
+    message = {
+        "provider": "mailpartner",
+        "to": [{"email": "ann@example.com"}],
+        "from": {"email": "shop@example.org"},
+        "subject": "Hi",
+        "html": "<p>hi</p>",
+    }
+    with capture_logs() as logs:
+        outcome = process("email", message, delivery_id="d-w", task_name="tasks.send_email", rt=rt)
+    assert isinstance(outcome, Done) and outcome.result.status == "sent"
+    [warning] = outcome.result.warnings
+    assert warning.startswith("from: not sent;") and "shop@example.org" not in warning
+    record = rt.ledger.get("d-w")
+    assert record is not None
+    assert json.loads(record.fields["result"])["warnings"] == [warning]
+    events = [e for e in logs if e["event"] == "delivery.fields_not_sent"]
+    assert [e["fields"] for e in events] == [["from"]]

@@ -63,6 +63,8 @@ class SendOutcome:
     """Provider id per recipient (raw address/number; masked before it leaves the worker)."""
     cost: float | None = None
     currency: str | None = None
+    warnings: tuple[str, ...] = ()
+    """Caller fields the provider did not receive, each ``"<field>: why"`` (never a value)."""
 
 
 @dataclass(frozen=True)

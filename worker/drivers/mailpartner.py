@@ -20,7 +20,7 @@ from worker.drivers.partner import COMMON_CODES, PartnerDriver, _as_float
 from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
 from worker.models import Address, EmailMessage
 
-__all__ = ["MailPartnerDriver", "text_to_html"]
+__all__ = ["MailPartnerDriver", "text_to_html", "unsent_fields"]
 
 # providers.md §2.3 "Email sending" codes, on top of the shared ones (1/3/10/20/30/40/96
 # configuration, 11 account, 14 unsubscribed, 500 queue problem). Classification [INFERRED]:
@@ -100,8 +100,10 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
             "params": {"to": [_recipient(a) for a in message.to]},
         }
         # The sender is not a documented request field (§2.2, [NOT FOUND]): it is most likely
-        # configured on the account, so message.from_ is not sent. preview_text and custom
-        # headers have no documented field either and are not sent.
+        # configured on the account, so message.from_ is not sent, and neither is preview_text
+        # (no field). Refusing them at enqueue would stop routing email to Mail Partner, so the
+        # result reports each as a warning instead (unsent_fields). Custom headers are refused
+        # at enqueue (EmailMessage._check_mailpartner).
         if message.reply_to is not None:
             payload["replyTo"] = _recipient(message.reply_to)
         if message.attachments:
@@ -139,7 +141,26 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
             provider_message_ids={a.email: message_id for a in message.to},
             cost=_as_float(data.get("cost")),
             currency=currency if isinstance(currency, str) else None,
+            warnings=unsent_fields(message),
         )
+
+
+def unsent_fields(message: EmailMessage) -> tuple[str, ...]:
+    """The caller's fields Mail Partner does not receive, and why (reported in the result)."""
+    warnings: list[str] = []
+    if message.from_ is not None:
+        warnings.append(
+            "from: not sent; Mail Partner has no documented sender field (providers.md §2.2), "
+            "the sender configured on the account is used"
+        )
+    if message.html and message.text:
+        warnings.append(
+            "text: not sent; Mail Partner takes one HTML body (htmlContent, §2.2) and html "
+            "was given"
+        )
+    if message.preview_text is not None:
+        warnings.append("preview_text: not sent; Mail Partner has no preheader field (§2.2)")
+    return tuple(warnings)
 
 
 def _provider_id(value: Any) -> str | None:

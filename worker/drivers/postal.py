@@ -29,6 +29,7 @@ from worker.redaction import scrub
 __all__ = ["PostalDriver"]
 
 DELIVERY_ID_HEADER = "X-Delivery-Id"
+PREVIEW_TEXT_WARNING = "preview_text: not sent; Postal has no preheader field (providers.md §4.2)"
 
 # providers.md §4.1 (authentication errors) and §4.7 (classification, [INFERRED]).
 CONFIG_CODES = frozenset({"InvalidServerAPIKey", "AccessDenied", "ServerSuspended"})
@@ -89,7 +90,9 @@ class PostalDriver(Driver[EmailMessage]):
             payload["plain_body"] = message.text
         if message.html is not None:
             payload["html_body"] = message.html
-        # preview_text is dropped: Postal has no preheader field (§4.2 parameter table).
+        # preview_text is not sent: Postal has no preheader field (§4.2 parameter table). The
+        # result reports it (PREVIEW_TEXT_WARNING) rather than refusing it, which would stop
+        # routing such messages to Postal.
         if message.tag is not None:
             payload["tag"] = message.tag
         # Postal stores custom headers (§4.2 "headers"); §4.7 suggests X-Delivery-Id so a send
@@ -142,7 +145,7 @@ class PostalDriver(Driver[EmailMessage]):
         if not isinstance(data, dict):
             data = {}
         if status == "success":
-            return self._success(data, status_code)
+            return self._success(data, status_code, message)
         if status == "error":
             raise self._error(data, status_code)
         if status == "parameter-error":
@@ -157,7 +160,9 @@ class PostalDriver(Driver[EmailMessage]):
             "postal answer has no recognisable status", provider=self.name, status_code=status_code
         )
 
-    def _success(self, data: dict[str, Any], status_code: int) -> SendOutcome:
+    def _success(
+        self, data: dict[str, Any], status_code: int, message: EmailMessage
+    ) -> SendOutcome:
         messages = data.get("messages")
         ids: dict[str, str] = {}
         if isinstance(messages, dict):
@@ -174,7 +179,8 @@ class PostalDriver(Driver[EmailMessage]):
                 provider=self.name,
                 status_code=status_code,
             )
-        return SendOutcome(provider=self.name, provider_message_ids=ids)
+        warnings = (PREVIEW_TEXT_WARNING,) if message.preview_text is not None else ()
+        return SendOutcome(provider=self.name, provider_message_ids=ids, warnings=warnings)
 
     def _error(self, data: dict[str, Any], status_code: int) -> DeliveryError:
         code = data.get("code")
