@@ -203,8 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.wfile.write(head + body)  # one write: no Nagle/delayed-ACK stall on keep-alive
+        # Logged before the write: a client that has its answer can rely on the line being there.
         self.log_request(reply.status, len(body))
+        self.wfile.write(head + body)  # one write: no Nagle/delayed-ACK stall on keep-alive
 
     def reset(self) -> None:
         """Abort with a TCP RST: SO_LINGER on with a zero timeout, then close the descriptor."""
