@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from delivery_sandbox.accounts import METERED
-from delivery_sandbox.config import Limits, SandboxConfig
+from delivery_sandbox.config import EMAILMASSIVO_SUCCESS_STATUSES, Limits, SandboxConfig
 from delivery_sandbox.faults import FaultPlan, FaultPlanError, FaultRule
 from delivery_sandbox.server import Sandbox
 
@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="time an accepted SMS stays 'Waiting' before 'Delivered'",
     )
+    parser.add_argument(
+        "--emailmassivo-success-status",
+        type=int,
+        choices=EMAILMASSIVO_SUCCESS_STATUSES,
+        default=SandboxConfig().emailmassivo_success_status,
+        help="EmailMassivo status for a new send: 200 (its page) or 201 (RuSender); "
+        "a repeat is always 200",
+    )
     parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
     return parser
 
@@ -107,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits=limits,
         idempotency_window_s=args.idempotency_window,
         sms_delivery_delay_s=args.sms_delivery_delay,
+        emailmassivo_success_status=args.emailmassivo_success_status,
     )
     sandbox = Sandbox(
         args.host,
