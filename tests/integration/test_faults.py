@@ -140,3 +140,17 @@ def test_sms_unknown_outcome_with_a_failed_status_check_is_not_resent(stack: Any
     assert f.states == {"sent": 3}, line
     assert (f.sent, f.lost, f.duplicated) == (3, 0, 0), line
     assert f.checks["status_checks"] >= 6, line  # one failed, one that found the send
+
+
+@pytest.mark.parametrize("success_status", [200, 201])
+def test_emailmassivo_lost_answer_is_sent_once(stack: Any, success_status: int) -> None:
+    """Accepted, answer lost, resent with the same key: 200 + the first uuid means sent."""
+    f = soak.scenario_emailmassivo_lost_answer(stack, messages=10, success_status=success_status)
+    line = report(f)
+    assert f.checks["dropped"] == 10, line
+    assert f.checks["lost_answers"] >= 5, line
+    assert f.checks["recovered_by_200_repeat"] == f.checks["lost_answers"], line
+    assert f.checks["results"] == "sent:10", line
+    assert f.checks["result_uuid_is_first"] == 10, line
+    assert f.states == {"sent": 10}, line
+    assert (f.sent, f.lost, f.duplicated) == (10, 0, 0), line
