@@ -37,6 +37,10 @@ the sandbox *accepted* per delivery:
     A hostile producer: thousands of malformed messages by name (deep, huge, wrong types,
     extra arguments, unknown tasks) and corrupt raw bodies, mixed with valid messages: no
     worker exits, no valid message lost, every malformed one final.
+``emailmassivo-lost-answer``
+    EmailMassivo accepts the first send of every message, then drops the connection; the
+    resend with the same idempotency key is answered 200 with the first uuid: every result
+    ``sent``, nothing lost, nothing sent twice.
 
 ``tests/integration/test_faults.py`` runs the same scenario functions at CI size. Here, larger::
 
@@ -87,6 +91,7 @@ __all__ = [
     "base_env",
     "main",
     "scenario_accept_then_drop",
+    "scenario_emailmassivo_lost_answer",
     "scenario_hostile",
     "scenario_poison",
     "scenario_redis_restart",
@@ -1066,6 +1071,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweeper": {"messages": max(10, n // 20)},
         "sms-reconcile": {"messages": max(3, n // 100)},
         "hostile": {"messages": n, "hostile": 5 * n, "raw": max(20, n // 10), "seed": args.seed},
+        "emailmassivo-lost-answer": {"messages": max(10, n // 20)},
     }
     workdir = Path(tempfile.mkdtemp(prefix="fault-soak-"))
     redis_proc = start_redis(workdir / "redis")
@@ -1099,6 +1105,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         print(f"\nFAILED: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+def scenario_emailmassivo_lost_answer(
+    stack: Stack,
+    *,
+    messages: int = 10,
+    success_status: int = 200,
+    timeout_s: float = 60.0,
+) -> Figures:
+    """EmailMassivo accepts each message's first send, then drops the connection unanswered.
+
+    The worker sees an unknown outcome and resends with the same idempotency key; the sandbox
+    answers the repeat 200 with the first uuid (seed 003, providers.md §5.5), which must count
+    as the same delivery. ``success_status`` is the status of a new send (200 as EmailMassivo
+    documents it, 201 as RuSender does).
+    """
+    # The drops are the fault under test, not an outage: keep the breaker from pacing the run.
+    with Run(
+        stack, "emailmassivo-lost-answer", {"DELIVERY_BREAKER_FAILURE_THRESHOLD": "1000"}
+    ) as run:
+        config = {"emailmassivo_success_status": success_status}
+        run.admin.http.post("/_admin/config", json=config).raise_for_status()
+        run.start_workers(1, 4)
+        # The first ``messages`` sends are accepted and their answers dropped: mostly each
+        # message's first attempt (a quick resend may take the place of a later first attempt).
+        rule = {
+            "provider": "emailmassivo",
+            "path": "/api/v1/external-mails/send",
+            "action": "accept_then_drop",
+            "first_n": messages,
+        }
+        run.admin.set_faults([rule])
+        planned = build_workload(run.run, messages, providers=["emailmassivo"])
+        run.enqueue(planned)
+        ids = _ids(planned)
+        run.wait_final(ids, timeout_s)
+        results = [run.client.AsyncResult(d).get(timeout=timeout_s) for d in ids]
+        requests = run.admin.requests("emailmassivo")
+        accepted = {m["idempotency_key"]: m["message_id"] for m in run.admin.messages()}
+        run.checks["dropped"] = sum(1 for r in requests if r["fault"] == "accept_then_drop")
+        # Sends accepted whose answer was lost, and those a resend got back as 200 + that uuid.
+        lost_answers = {
+            r["message_id"]
+            for r in requests
+            if r["fault"] == "accept_then_drop" and r["outcome"] == "accepted"
+        }
+        repeats_200 = {
+            r["message_id"] for r in requests if r["status"] == 200 and r["outcome"] == "duplicate"
+        }
+        run.checks["lost_answers"] = len(lost_answers)
+        run.checks["recovered_by_200_repeat"] = len(lost_answers & repeats_200)
+        run.checks["results"] = ",".join(
+            f"{s}:{n}" for s, n in sorted(Counter(r["status"] for r in results).items())
+        )
+        # The uuid in each result is the one the provider gave the first (dropped) send.
+        run.checks["result_uuid_is_first"] = sum(
+            1
+            for d, r in zip(ids, results, strict=True)
+            if list(r.get("provider_message_ids", {}).values()) == [accepted.get(d)]
+        )
+        return run.figures(planned)
+
+
+SCENARIOS["emailmassivo-lost-answer"] = scenario_emailmassivo_lost_answer
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from delivery_sandbox.accounts import METERED
 from delivery_sandbox.config import (
     DEFAULT_POSTAL_DOMAINS,
     DEFAULT_VOICEPARTNER_SENDERS,
+    EMAILMASSIVO_SUCCESS_STATUSES,
     Limits,
     SandboxConfig,
 )
@@ -110,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a validated Voice Partner callback number (repeatable; replaces the default "
         f"{', '.join(DEFAULT_VOICEPARTNER_SENDERS)})",
     )
+    parser.add_argument(
+        "--emailmassivo-success-status",
+        type=int,
+        choices=EMAILMASSIVO_SUCCESS_STATUSES,
+        default=SandboxConfig().emailmassivo_success_status,
+        help="EmailMassivo status for a new send: 200 (its page) or 201 (RuSender); "
+        "a repeat is always 200",
+    )
     parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
     return parser
 
@@ -158,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         postal_send_limit=args.postal_send_limit,
         postal_suppressed=_suppressed(args.postal_suppress, parser),
         voicepartner_senders=tuple(args.voicepartner_senders or DEFAULT_VOICEPARTNER_SENDERS),
+        emailmassivo_success_status=args.emailmassivo_success_status,
     )
     if args.postal_send_limit is not None and args.postal_send_limit < 0:
         parser.error("--postal-send-limit must be >= 0")

@@ -8,6 +8,9 @@ POST   /_admin/reset                   clears records, faults, rate windows, pro
                                        state; restores the starting balances
 GET    /_admin/balance                 {"balances": {name: credits}}
 POST   /_admin/balance                 {"provider": name, "credits": N}
+GET    /_admin/config                  {"config": {field: value}} (the runtime-settable fields)
+POST   /_admin/config                  {field: value, ...}: e.g. {"emailmassivo_success_status":
+                                       201}; reset restores the starting values
 GET    /_admin/faults                  {"rules": [rules with seen/applied counters]}
 POST   /_admin/faults                  {"rules": [...]} replaces the plan
 DELETE /_admin/faults                  removes every rule
@@ -25,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from delivery_sandbox.accounts import METERED, PREFIXES
+from delivery_sandbox.config import EMAILMASSIVO_SUCCESS_STATUSES, RUNTIME_FIELDS
 from delivery_sandbox.faults import FaultPlan, FaultPlanError
 from delivery_sandbox.wire import Reply, json_reply
 
@@ -105,6 +109,26 @@ def _set_balance(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any)
     return json_reply(200, {"provider": provider, "credits": credits})
 
 
+def _get_config(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    return json_reply(200, {"config": {f: getattr(sandbox.config, f) for f in RUNTIME_FIELDS}})
+
+
+def _set_config(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    if not isinstance(payload, dict) or not payload:
+        raise AdminError(f"expected {{field: value}} with fields from {', '.join(RUNTIME_FIELDS)}")
+    unknown = sorted(set(payload) - set(RUNTIME_FIELDS))
+    if unknown:
+        raise AdminError(f"unknown config field(s) {unknown}; known: {', '.join(RUNTIME_FIELDS)}")
+    for name, value in payload.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise AdminError(f"{name} must be a non-negative number")
+    status = payload.get("emailmassivo_success_status")
+    if status is not None and status not in EMAILMASSIVO_SUCCESS_STATUSES:
+        raise AdminError("emailmassivo_success_status must be 200 or 201")
+    sandbox.configure(**payload)
+    return _get_config(sandbox, query, None)
+
+
 def _get_faults(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
     return json_reply(200, {"rules": sandbox.faults.describe()})
 
@@ -158,6 +182,8 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/reset"): _reset,
     ("GET", "/balance"): _get_balance,
     ("POST", "/balance"): _set_balance,
+    ("GET", "/config"): _get_config,
+    ("POST", "/config"): _set_config,
     ("GET", "/faults"): _get_faults,
     ("POST", "/faults"): _set_faults,
     ("DELETE", "/faults"): _clear_faults,

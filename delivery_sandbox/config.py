@@ -1,4 +1,9 @@
-"""Tunable limits and timings, with the providers' documented values as defaults."""
+"""Tunable limits and timings, with the providers' documented values as defaults.
+
+Set at start with ``python -m delivery_sandbox`` flags; the fields in :data:`RUNTIME_FIELDS`
+can also be changed on a running sandbox with ``POST /_admin/config`` (``/_admin/reset``
+restores the starting values).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from dataclasses import dataclass, field
 __all__ = [
     "DEFAULT_POSTAL_DOMAINS",
     "DEFAULT_VOICEPARTNER_SENDERS",
+    "EMAILMASSIVO_SUCCESS_STATUSES",
+    "RUNTIME_FIELDS",
     "Limits",
     "SandboxConfig",
 ]
@@ -41,6 +48,9 @@ class Limits:
 class SandboxConfig:
     limits: Limits = field(default_factory=Limits)
     idempotency_window_s: float = 3600.0  # EmailMassivo dedupe window (§5.5)
+    # EmailMassivo's status for a new send: 200 as its own page documents (seed 003, §5.4), or
+    # 201 as RuSender's (RS-DOC). A repeat is answered 200 either way (§5.5).
+    emailmassivo_success_status: int = 200
     sms_delivery_delay_s: float = 1.0  # SMS Partner: "Waiting" until then, then "Delivered"
     max_body_bytes: int = 32 * 1024 * 1024
     idle_timeout_s: float = 120.0  # a keep-alive connection idle this long is closed
@@ -52,3 +62,8 @@ class SandboxConfig:
     postal_suppressed: Mapping[str, str] = field(default_factory=dict)
     # Voice Partner (§3.2, §3.3): campaign `sender` numbers validated on the account.
     voicepartner_senders: tuple[str, ...] = DEFAULT_VOICEPARTNER_SENDERS
+
+
+EMAILMASSIVO_SUCCESS_STATUSES = (200, 201)
+RUNTIME_FIELDS = ("emailmassivo_success_status", "idempotency_window_s", "sms_delivery_delay_s")
+"""Config fields ``POST /_admin/config`` may change while the sandbox runs."""

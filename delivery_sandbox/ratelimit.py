@@ -1,9 +1,11 @@
 """Sliding-window request limits keyed by (provider, bucket, client IP).
 
 Providers limit per source IP (providers.md §6: EmailMassivo 10 requests/s, Mail Partner
-2000/min, Voice Partner 2000/h and 5/min for campaigns). A window holds the times of *admitted*
-requests only: a request refused with 429 is not counted, so a client that keeps knocking while
-throttled is let in again as soon as the oldest admitted request leaves the window.
+2000/min, Voice Partner 2000/h and 5/min for campaigns). A window holds the times of **every
+attempt**, admitted or not: the throttler counts a request first and checks afterwards, as
+a provider's edge throttler does. A request refused with 429 therefore counts too, so a client
+that keeps knocking while throttled stays throttled until it slows below the limit; and the
+server counts requests answered by an injected fault (:meth:`SlidingWindowLimiter.count`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ class SlidingWindowLimiter:
         self._hits: dict[tuple[str, str, str], deque[float]] = {}
 
     def admit(self, provider: str, client_ip: str, windows: Sequence[Window]) -> float | None:
-        """Admit and count the request in every window, or return seconds until one frees up.
+        """Count the attempt in every window, then admit it (``None``) or return the seconds
+        until a new attempt would be admitted.
 
-        All windows are checked before any is charged, so a request refused by the hourly window
-        does not eat into the per-minute one.
+        An attempt is admitted when no window holds more than its limit counting this attempt.
+        A refused attempt stays counted in every window, the hourly as well as the per-minute.
         """
         now = self._clock()
         active = [w for w in windows if w.limit > 0]
@@ -43,13 +46,16 @@ class SlidingWindowLimiter:
             waits: list[float] = []
             for w in active:
                 hits = self._prune((provider, w.bucket, client_ip), now, w.window_s)
-                if len(hits) >= w.limit:
+                hits.append(now)
+                if len(hits) > w.limit:
+                    # A new attempt is admitted once at most limit - 1 of the counted ones are
+                    # still in the window: when the limit-th most recent one leaves it.
                     waits.append(hits[len(hits) - w.limit] + w.window_s - now)
-            if waits:
-                return max(0.0, max(waits))
-            for w in active:
-                self._hits[(provider, w.bucket, client_ip)].append(now)
-            return None
+            return max(0.0, max(waits)) if waits else None
+
+    def count(self, provider: str, client_ip: str, windows: Sequence[Window]) -> None:
+        """Count an attempt that is answered otherwise (an injected fault)."""
+        self.admit(provider, client_ip, windows)
 
     def reset(self) -> None:
         with self._lock:

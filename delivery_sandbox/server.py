@@ -1,6 +1,7 @@
 """``Sandbox``: all five simulated providers behind one HTTP server, each under its prefix.
 
-Per provider request: fault plan → rate limiter → provider → record → answer. ::
+Per provider request: fault plan → rate limiter → provider → record → answer. Every attempt
+counts in the provider's rate windows, including those the fault plan answers. ::
 
     with Sandbox(port=0, log_file="sandbox.jsonl") as sandbox:
         httpx.post(sandbox.url + "/emailmassivo/api/v1/external-mails/send", ...)
@@ -9,6 +10,7 @@ Per provider request: fault plan → rate limiter → provider → record → an
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -50,6 +52,7 @@ class Sandbox:
         quiet: bool = True,
     ) -> None:
         self.config = config or SandboxConfig()
+        self._starting_config = self.config
         self.quiet = quiet
         self.max_body_bytes = self.config.max_body_bytes
         self.idle_timeout_s = self.config.idle_timeout_s
@@ -117,8 +120,15 @@ class Sandbox:
     ) -> None:
         self.stop()
 
+    def configure(self, **changes: Any) -> SandboxConfig:
+        """Change :data:`~delivery_sandbox.config.RUNTIME_FIELDS` while running."""
+        self.config = self.env.config = dataclasses.replace(self.config, **changes)
+        return self.config
+
     def reset(self) -> None:
-        """Forget records, faults, rate windows and provider state; restore the balances."""
+        """Forget records, faults, rate windows and provider state; restore the balances and
+        the starting config."""
+        self.config = self.env.config = self._starting_config
         self.faults.clear()
         self.limiter.reset()
         self.accounts.restore()
@@ -172,6 +182,9 @@ class Sandbox:
         started = time.perf_counter()
         rule = self.faults.pick(provider.name, request.method, request.path)
         action = rule.action if rule is not None else None
+        if rule is not None and action in ("reset", "status"):
+            # The provider's throttler saw the attempt too (ratelimit: every attempt counts).
+            self.limiter.count(provider.name, request.client_ip, provider.windows(request))
         if rule is not None and action == "reset":
             conn.reset()
             self._record(provider, request, conn, None, "reset", started, answered=False)

@@ -6,6 +6,9 @@
     ├── TransientError                  retry with exponential backoff (5xx, 503, code 500, resets)
     │   ├── UnknownOutcomeError         the request may have reached the provider (read timeout,
     │   │                               connection dropped after sending): reconcile, then resend
+    │   ├── RecipientDeferredError      the provider is up but this recipient is temporarily
+    │   │                               unavailable: retried on the error budget, never feeds
+    │   │                               the circuit breaker (``provider_fault = False``)
     │   └── ThrottledError              the provider asked us to slow down (429, Retry-After);
     │                                   waits on its own budget, never consumes error retries
     ├── AccountBlockedError             no credit (402, code 11, NOT_CREDIT): pause the provider,
@@ -30,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "DeliveryError",
     "PermanentError",
+    "RecipientDeferredError",
     "RecipientRejectedError",
     "ThrottledError",
     "TransientError",
@@ -44,6 +48,8 @@ class DeliveryError(Exception):
 
     kind: ClassVar[str] = "error"
     retryable: ClassVar[bool] = False
+    provider_fault: ClassVar[bool] = False
+    """Whether a retryable failure says the provider itself is unhealthy (feeds the breaker)."""
 
     def __init__(
         self,
@@ -94,12 +100,23 @@ class TransientError(DeliveryError):
 
     kind = "transient"
     retryable = True
+    provider_fault = True
 
 
 class UnknownOutcomeError(TransientError):
     """The request may have been accepted; a blind resend could duplicate the message."""
 
     kind = "unknown_outcome"
+
+
+class RecipientDeferredError(TransientError):
+    """The provider answered, and says this recipient is temporarily unavailable: retry later.
+
+    The provider is healthy, so the failure does not count towards its circuit breaker.
+    """
+
+    kind = "recipient_deferred"
+    provider_fault = False
 
 
 class ThrottledError(TransientError):

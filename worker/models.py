@@ -701,6 +701,9 @@ class DeliveryResult(BaseModel):
     provider: str | None = None
     provider_message_ids: dict[str, str] = Field(default_factory=dict)
     """Provider id per recipient; keys are masked recipients (``j***@example.com``)."""
+    rejected_recipients: dict[str, str] = Field(default_factory=dict)
+    """Recipients of a sent message that the provider refused or did not confirm (e.g. an
+    EmailMassivo cc/bcc), masked recipient → reason. Empty when every recipient was accepted."""
     attempts: int = 0
     cost: float | None = None
     currency: str | None = None

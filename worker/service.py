@@ -48,7 +48,7 @@ from worker.models import (
     VoiceMessage,
     parse_message,
 )
-from worker.redaction import mask_email, mask_phone
+from worker.redaction import mask_email, mask_phone, scrub
 from worker.runtime import Runtime
 
 __all__ = ["Done", "Retry", "backoff_s", "limiter_bucket", "mask_ids", "process"]
@@ -346,7 +346,11 @@ class _Attempt:
                 return self._wait(0.0, "failover", attempts)
             return self._park(provider, attempts, exc.message)
         if isinstance(exc, TransientError):
-            if not isinstance(exc, UnknownOutcomeError) or exc.status_code is None:
+            if not exc.provider_fault:
+                # The provider answered and is up (e.g. a recipient deferred): not a health
+                # failure; a success also ends a half-open probe held by this attempt.
+                self.rt.health.record_success(provider)
+            elif not isinstance(exc, UnknownOutcomeError) or exc.status_code is None:
                 # Provider-health failures (5xx, 503, timeouts, resets) feed the breaker.
                 state = self.rt.health.record_failure(provider)
                 if state.state == "open":
@@ -417,6 +421,9 @@ class _Attempt:
             channel=self.channel,
             provider=self.provider,
             provider_message_ids=mask_ids(outcome.provider_message_ids),
+            rejected_recipients={
+                k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
+            },
             attempts=previous_attempts + 1,
             cost=outcome.cost,
             currency=outcome.currency,

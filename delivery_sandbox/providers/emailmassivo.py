@@ -1,20 +1,31 @@
 """EmailMassivo (a RuSender white label): ``/api/v1/external-mails/send[-by-template]``.
 
-Wire format (providers.md §5): ``X-Api-Key`` header; success is HTTP **201** ``{"uuid"}``;
-every error is ``{"message", "statusCode"}`` with the HTTP status (§5.4). Validation messages
-are joined with "," like the RS-DOC example. Checks run in this order: 401 key, 400 JSON and
-fields, 400 attachments (parse, count, type, decoded size), 413 body over 5 MB, 403 unverified
-From domain, idempotent replay (201, same uuid), 422 suppressed recipient, 402 balance, 201.
+Wire format (providers.md §5, seed 003): ``X-Api-Key`` header; a new send is HTTP **200**
+``{"uuid"}`` ("200 OK — Email accepted for processing", seed 003), or **201** with
+``--emailmassivo-success-status 201`` (RuSender, RS-DOC); plus ``warning`` when no
+``idempotencyKey`` was sent and ``additionalRecipients`` when there is a cc/bcc (seed 003). A
+repeat is answered **200 with the first uuid** (seed 003, §5.5). Every error is
+``{"message", "statusCode"}`` with the HTTP status (§5.4); validation messages are joined with
+"," like the RS-DOC example; 429 carries no ``Retry-After`` (none documented, §5.4). Checks run
+in this order: 401 key, 400 JSON and fields, 400 attachments (parse, count, type, decoded size),
+413 body over 5 MB, 403 unverified From domain, 404 unknown template, idempotent replay (200,
+same uuid), 422 receiver, 402 balance, 200/201.
 
 Sandbox rules ([INFERRED] where the docs are silent):
 - From domains whose first label is ``unverified`` are "not verified" → 403.
 - Recipients whose local part starts with ``unsubscribed``, ``complained``, ``missing`` or
-  ``unavailable`` are the four 422 cases of RS-DOC (checked on ``mail.to`` only).
-- Idempotency (§5.5): the same ``idempotencyKey`` within the window answers the first uuid and
-  creates nothing; without a key, an equal (from, to, subject, html, text, attachments) - or
-  (from, to, subject, template id, params, attachments) by template - within the window does
-  the same. Keyed requests never match keyless ones.
-- One unit per distinct address in to, cc and bcc.
+  ``unavailable`` get the four receiver 422s of seed 003 (checked on ``mail.to`` only);
+  "Email receiver unavailable" is the temporary one.
+- Template ids 1 to 999 exist; any other ``idTemplateMailUser`` is 404 "TemplateMailUser not
+  found by id" (seed 003).
+- Idempotency (§5.5): the same ``idempotencyKey`` within the window answers the first answer
+  (uuid and additionalRecipients) and creates nothing; without a key, an equal (from, to,
+  subject, html, text, attachments) - or (from, to, subject, template id, params, attachments)
+  by template - within the window does the same. Keyed requests never match keyless ones.
+- ``additionalRecipients``: one item per cc then bcc address (comma-separated lists are split),
+  in that order, each either ``{"uuid"}`` or ``{"error"}`` for an invalid address. The seed
+  gives no other field, so items carry no address: a client must match them by position.
+- One unit per distinct valid address in to, cc and bcc.
 """
 
 from __future__ import annotations
@@ -48,13 +59,20 @@ FORBIDDEN_EXTENSIONS = frozenset(
         "nsh pif ps1 scr sct shb sys vb vbe vbs vhd vxd wsc wsf wsh xll"
     ).split()
 )
-# The four 422 cases of RS-DOC (§5.4), by the recipient's local-part prefix.
+# The four receiver 422s of seed 003 (§5.4), by the recipient's local-part prefix.
 SUPPRESSED = {
-    "unsubscribed": "Receiver unsubscribed from mails of this key",
-    "complained": "Receiver complained about mails of this key",
-    "missing": "Receiver does not exist",
-    "unavailable": "Receiver is unavailable",
+    "unsubscribed": "Email receiver unsubscribed from this API key mails",
+    "complained": "Email receiver complained from this API key mails",
+    "missing": "Email receiver doesn't exist",
+    "unavailable": "Email receiver unavailable",  # "temporarily unavailable" (seed 003)
 }
+KNOWN_TEMPLATES = range(1, 1000)  # [INFERRED] sandbox rule
+# Seed 003: "warning — Returned if idempotencyKey was not provided"; the text is [INFERRED].
+NO_KEY_WARNING = (
+    "idempotencyKey was not provided: repeats are detected by content for one hour only, "
+    "which does not guarantee the absence of missed or extra sends"
+)
+INVALID_ADDRESS = "Invalid email address"  # [INFERRED] text; seed 003: "error for an invalid..."
 
 
 class EmailMassivoProvider(Provider):
@@ -62,8 +80,9 @@ class EmailMassivoProvider(Provider):
 
     def __init__(self, env: Env) -> None:
         super().__init__(env)
-        self._by_key: dict[str, tuple[str, float]] = {}
-        self._by_content: dict[str, tuple[str, float]] = {}
+        # lookup → (the first answer's payload, when), per idempotencyKey or content hash
+        self._by_key: dict[str, tuple[dict[str, Any], float]] = {}
+        self._by_content: dict[str, tuple[dict[str, Any], float]] = {}
 
     def reset(self) -> None:
         with self.lock:
@@ -75,7 +94,9 @@ class EmailMassivoProvider(Provider):
         return (Window("requests-1s", self.env.config.limits.emailmassivo_per_s, 1.0),)
 
     def throttled(self, request: Request, retry_after: str) -> Reply:
-        return _error(429, "Too Many Requests", headers={"Retry-After": retry_after})
+        # §5.4: "429 Too Many Requests — request limit exceeded"; a Retry-After header is not
+        # documented ([NOT FOUND]), so the strict sandbox sends none.
+        return _error(429, "Too Many Requests")
 
     def fault_reply(self, status: int) -> Reply:
         reply = _error(status, phrase(status))
@@ -106,12 +127,15 @@ class EmailMassivoProvider(Provider):
             return _error(413, "request entity too large")
         if not is_authenticated_domain(mail["from"]["email"].rsplit("@", 1)[-1]):
             return _error(403, "User domain is not verified")
+        if template and mail["idTemplateMailUser"] not in KNOWN_TEMPLATES:
+            return _error(404, "TemplateMailUser not found by id")  # seed 003
         return self._accept(body, mail, template)
 
     def _accept(self, body: dict[str, Any], mail: dict[str, Any], template: bool) -> Reply:
         key = body.get("idempotencyKey")
         content = None if key else _content_hash(mail, template)
-        recipients = _recipients(mail)
+        additional = _additional(mail)
+        recipients = _recipients(mail, additional)
         window_s = self.env.config.idempotency_window_s
         with self.lock:
             now = self.env.monotonic()
@@ -119,8 +143,10 @@ class EmailMassivoProvider(Provider):
             assert lookup is not None
             earlier = cache.get(lookup)
             if earlier is not None and now - earlier[1] < window_s:
-                reply = json_reply(201, {"uuid": earlier[0]}, outcome="duplicate")
-                reply.message_id = earlier[0]
+                # Seed 003 / §5.5: "API responds with code 200 and returns the same email uuid
+                # as in the first request, repeated sending does not create a new email".
+                reply = json_reply(200, _answer(earlier[0], key), outcome="duplicate")
+                reply.message_id = earlier[0]["uuid"]
                 return reply
             to = mail["to"]["email"]
             for prefix, message in SUPPRESSED.items():
@@ -129,8 +155,12 @@ class EmailMassivoProvider(Provider):
             if not self.env.accounts.try_charge(self.name, len(recipients)):
                 return _error(402, "Is not enough resource on user Balance")  # RS-DOC (§5.4)
             message_id = str(uuid.uuid4())
-            cache[lookup] = (message_id, now)
-        reply = json_reply(201, {"uuid": message_id}, outcome="accepted")
+            first: dict[str, Any] = {"uuid": message_id}
+            if additional:
+                first["additionalRecipients"] = [item for _address, item in additional]
+            cache[lookup] = (first, now)
+        status = self.env.config.emailmassivo_success_status
+        reply = json_reply(status, _answer(first, key), outcome="accepted")
         reply.message_id = message_id
         reply.message = AcceptedMessage(
             message_id=message_id,
@@ -138,8 +168,14 @@ class EmailMassivoProvider(Provider):
             fields=body,
             units=len(recipients),
             idempotency_key=key,
+            extra={"additional_recipients": first.get("additionalRecipients", [])},
         )
         return reply
+
+
+def _answer(first: dict[str, Any], key: object) -> dict[str, Any]:
+    """The 200/201 body: uuid, additionalRecipients, and warning without a key (seed 003)."""
+    return first if key else {**first, "warning": NO_KEY_WARNING}
 
 
 def _validate(body: Any, *, template: bool) -> list[str]:
@@ -239,12 +275,25 @@ def _check_attachments(value: Any) -> str | None:
     return None
 
 
-def _recipients(mail: dict[str, Any]) -> list[str]:
-    out = [mail["to"]["email"]]
+def _additional(mail: dict[str, Any]) -> list[tuple[str, dict[str, str]]]:
+    """(address, ``additionalRecipients`` item) per cc then bcc address, in that order."""
+    out: list[tuple[str, dict[str, str]]] = []
     for name in ("cc", "bcc"):
         value = mail.get(name)
-        if isinstance(value, str):
-            out += [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, str):
+            continue
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            if EMAIL_RE.match(part) and len(part) <= MAX_FIELD_CHARS:
+                out.append((part, {"uuid": str(uuid.uuid4())}))
+            else:
+                out.append((part, {"error": INVALID_ADDRESS}))
+    return out
+
+
+def _recipients(mail: dict[str, Any], additional: list[tuple[str, dict[str, str]]]) -> list[str]:
+    out = [mail["to"]["email"]] + [address for address, item in additional if "uuid" in item]
     return list(dict.fromkeys(out))
 
 

@@ -48,7 +48,7 @@ def test_task_called_by_name_delivers_and_writes_the_result(
     assert mail["to"] == {"email": "ada@example.com", "name": "Ada"}
     assert mail["subject"] == "Order 1042"
     (request,) = sandbox.requests("emailmassivo")
-    assert (request["method"], request["status"]) == ("POST", 201)
+    assert (request["method"], request["status"]) == ("POST", 200)  # seed 003: 200 OK
     assert request["path"].endswith("/api/v1/external-mails/send")
 
 
@@ -244,3 +244,29 @@ def test_idempotent_enqueue_sends_once(
     assert first.id == second.id
     assert first.get(timeout=RESULT_TIMEOUT_S)["status"] == "sent"
     assert len(sandbox.messages("postal")) == 1
+
+
+@pytest.mark.parametrize("success_status", [200, 201])
+def test_emailmassivo_both_success_modes_with_cc_and_a_lost_answer(
+    worker_proc: Proc, producer: Producer, sandbox: SandboxAdmin, success_status: int
+) -> None:
+    """EmailMassivo answers 200 (seed 003) or 201 (RuSender); a resend after a lost answer is
+    answered 200 with the first uuid: one send, result ``sent``, cc reported by uuid."""
+    sandbox.http.post(
+        "/_admin/config", json={"emailmassivo_success_status": success_status}
+    ).raise_for_status()
+    sandbox.set_faults([{"provider": "emailmassivo", "action": "accept_then_drop", "first_n": 1}])
+    message = email("emailmassivo", cc=[{"email": "cy@example.com"}])
+    result = producer.enqueue("email", message).get(timeout=RESULT_TIMEOUT_S)
+    assert result["status"] == "sent", result
+    assert result["attempts"] == 2
+    (arrived,) = sandbox.messages("emailmassivo")
+    assert arrived["recipients"] == ["ada@example.com", "cy@example.com"]
+    assert result["provider_message_ids"]["a***@example.com"] == arrived["message_id"]
+    assert set(result["provider_message_ids"]) == {"a***@example.com", "c***@example.com"}
+    assert result["rejected_recipients"] == {}
+    requests = sandbox.requests("emailmassivo")
+    assert [(r["status"], r["outcome"]) for r in requests] == [
+        (None, "accepted"),
+        (200, "duplicate"),
+    ]

@@ -155,3 +155,17 @@ def test_hostile_producer_stops_no_worker_and_loses_no_valid_message(stack: Any)
     assert f.checks["hostile_final"] == sent - without_id, line
     assert f.checks["hostile_in_backend"] == sent - without_id, line
     assert f.checks["rejected_without_id"] == without_id, line
+
+
+@pytest.mark.parametrize("success_status", [200, 201])
+def test_emailmassivo_lost_answer_is_sent_once(stack: Any, success_status: int) -> None:
+    """Accepted, answer lost, resent with the same key: 200 + the first uuid means sent."""
+    f = soak.scenario_emailmassivo_lost_answer(stack, messages=10, success_status=success_status)
+    line = report(f)
+    assert f.checks["dropped"] == 10, line
+    assert f.checks["lost_answers"] >= 5, line
+    assert f.checks["recovered_by_200_repeat"] == f.checks["lost_answers"], line
+    assert f.checks["results"] == "sent:10", line
+    assert f.checks["result_uuid_is_first"] == 10, line
+    assert f.states == {"sent": 10}, line
+    assert (f.sent, f.lost, f.duplicated) == (10, 0, 0), line

@@ -1,4 +1,4 @@
-"""EmailMassivo: 201 {uuid}, {message, statusCode} errors, idempotency, 10 requests/s/IP."""
+"""EmailMassivo: 200 {uuid} (seed 003), {message, statusCode} errors, idempotency, 10 req/s/IP."""
 
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def test_accepted_send_is_201_with_a_uuid(client, messages):
+def test_accepted_send_is_200_with_a_uuid(client, messages):
     response = send(client, {"idempotencyKey": "k-1", "mail": mail(cc="c@example.com")})
 
-    assert response.status_code == 201
-    assert set(response.json()) == {"uuid"}
+    assert response.status_code == 200  # seed 003: "200 OK — Email accepted for processing"
+    assert set(response.json()) == {"uuid", "additionalRecipients"}
     uuid.UUID(response.json()["uuid"])
     [recorded] = messages("emailmassivo")
     assert recorded["message_id"] == response.json()["uuid"]
@@ -116,7 +116,7 @@ def test_same_idempotency_key_returns_the_first_uuid_and_sends_once(client, mess
     again = send(client, {"idempotencyKey": "job-42", "mail": mail(subject="edited")})
     other = send(client, {"idempotencyKey": "job-43", "mail": mail()})
 
-    assert first.status_code == again.status_code == other.status_code == 201
+    assert first.status_code == again.status_code == other.status_code == 200
     assert again.json()["uuid"] == first.json()["uuid"]
     assert other.json()["uuid"] != first.json()["uuid"]
     assert [m["idempotency_key"] for m in messages("emailmassivo")] == ["job-42", "job-43"]
@@ -147,26 +147,45 @@ def test_idempotency_window_expires(make_sandbox):
 def test_eleventh_request_in_one_second_is_429(client):
     statuses = [send(client, {"mail": mail(subject=f"s{i}")}) for i in range(11)]
 
-    assert [r.status_code for r in statuses[:10]] == [201] * 10
+    assert [r.status_code for r in statuses[:10]] == [200] * 10
     throttled = statuses[10]
     assert throttled.status_code == 429
     assert throttled.json() == {"message": "Too Many Requests", "statusCode": 429}
-    assert throttled.headers["Retry-After"] == "1"
+    assert "Retry-After" not in throttled.headers  # none documented (§5.4)
     stats = client.get("/_admin/stats").json()["providers"]["emailmassivo"]
     assert (stats["accepted"], stats["throttled"]) == (10, 1)
 
 
-def test_refused_requests_do_not_count_in_the_window(make_sandbox):
+def test_refused_requests_count_in_the_window(make_sandbox):
+    # Every attempt counts (a throttler that increments before it checks): a client that keeps
+    # knocking while throttled stays throttled. (Until now a 429 was not counted.)
     sandbox = make_sandbox(limits={"emailmassivo_per_s": 2})
     with httpx.Client(base_url=sandbox.url) as client:
         t0 = time.monotonic()
-        assert send(client, {"mail": mail(subject="a")}).status_code == 201
+        assert send(client, {"mail": mail(subject="a")}).status_code == 200
         time.sleep(0.5)
-        assert send(client, {"mail": mail(subject="b")}).status_code == 201
+        assert send(client, {"mail": mail(subject="b")}).status_code == 200
         assert send(client, {"mail": mail(subject="c")}).status_code == 429
         time.sleep(max(0.0, 1.2 - (time.monotonic() - t0)))
-        # "a" left the window; only "b" is in it. Had the 429 counted, this would be refused.
-        assert send(client, {"mail": mail(subject="d")}).status_code == 201
+        # "a" left the window; "b" and the refused "c" are still in it.
+        assert send(client, {"mail": mail(subject="d")}).status_code == 429
+        time.sleep(max(0.0, 1.75 - (time.monotonic() - t0)))
+        # "b" and "c" left; "d" (refused) is in it: one more fits.
+        assert send(client, {"mail": mail(subject="e")}).status_code == 200
+
+
+def test_hammering_client_stays_throttled(make_sandbox):
+    sandbox = make_sandbox(limits={"emailmassivo_per_s": 3})
+    with httpx.Client(base_url=sandbox.url) as client:
+        statuses = []
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            statuses.append(send(client, {"mail": mail(subject=f"h{len(statuses)}")}).status_code)
+            time.sleep(0.02)
+    # Only the first 3 get through: every later attempt keeps the window full.
+    assert statuses[:3] == [200, 200, 200]
+    assert len(statuses) > 20
+    assert set(statuses[3:]) == {429}
 
 
 def test_each_client_ip_has_its_own_budget(make_sandbox):
@@ -176,16 +195,16 @@ def test_each_client_ip_has_its_own_budget(make_sandbox):
         httpx.Client(base_url=sandbox.url) as a,
         httpx.Client(base_url=sandbox.url, transport=other_ip) as b,
     ):
-        assert send(a, {"mail": mail(subject="1")}).status_code == 201
+        assert send(a, {"mail": mail(subject="1")}).status_code == 200
         assert send(a, {"mail": mail(subject="2")}).status_code == 429
-        assert send(b, {"mail": mail(subject="3")}).status_code == 201
+        assert send(b, {"mail": mail(subject="3")}).status_code == 200
         ips = {r["client_ip"] for r in a.get("/_admin/requests").json()["requests"]}
     assert ips == {"127.0.0.1", "127.0.0.2"}
 
 
 def test_empty_balance_is_402(client, set_balance, messages):
     set_balance("emailmassivo", 1)
-    assert send(client, {"mail": mail(subject="one")}).status_code == 201
+    assert send(client, {"mail": mail(subject="one")}).status_code == 200
     response = send(client, {"mail": mail(subject="two")})
 
     assert response.status_code == 402
@@ -205,7 +224,7 @@ def test_send_by_template(client, messages):
     )
     bad = send(client, {"mail": template}, path=BY_TEMPLATE)
 
-    assert ok.status_code == 201
+    assert ok.status_code == 200
     assert bad.status_code == 400
     assert "idTemplateMailUser" in bad.json()["message"]
     assert messages("emailmassivo")[0]["route"] == "/api/v1/external-mails/send-by-template"

@@ -84,7 +84,7 @@ def test_chunked_request_body_is_read(client):
 
     headers = {"X-Api-Key": "sandbox-emailmassivo-key", "Content-Type": "application/json"}
     response = client.post(EM_SEND, content=chunks(), headers=headers)
-    assert response.status_code == 201
+    assert response.status_code == 200
 
 
 def test_command_line_rejects_bad_credits():
@@ -113,7 +113,7 @@ def test_runs_as_its_own_process(tmp_path):
                 statuses.append(client.post(url, json=body, headers=headers).status_code)
     finally:
         code = proc.stop()
-    assert statuses == [503, 201, 402]  # the plan's fault, the one credit, then no credit
+    assert statuses == [503, 200, 402]  # the plan's fault, the one credit, then no credit
     assert code == 0
     assert "sandbox listening on http://127.0.0.1:" in (tmp_path / "sandbox.out").read_text()
     log = [json.loads(line) for line in (tmp_path / "sandbox-log.jsonl").read_text().splitlines()]

@@ -16,6 +16,7 @@ from worker.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentError,
+    RecipientDeferredError,
     RecipientRejectedError,
     ThrottledError,
     TransientError,
@@ -149,7 +150,6 @@ def test_201_uuid_is_success() -> None:
 @pytest.mark.parametrize(
     "response",
     [
-        pytest.param(httpx.Response(200, json={"uuid": UUID}), id="200-with-uuid"),
         pytest.param(httpx.Response(200, json={"ok": True}), id="200-without-uuid"),
         pytest.param(httpx.Response(202, json={}), id="202"),
         pytest.param(httpx.Response(201, json={}), id="201-without-uuid"),
@@ -158,8 +158,12 @@ def test_201_uuid_is_success() -> None:
         pytest.param(httpx.Response(201, text="Created"), id="201-not-json"),
     ],
 )
-def test_anything_but_201_with_uuid_is_an_unknown_outcome(response: httpx.Response) -> None:
-    # providers.md §5.4: success is 201, not 200; the idempotency key makes a resend safe.
+def test_anything_but_200_or_201_with_uuid_is_an_unknown_outcome(
+    response: httpx.Response,
+) -> None:
+    # providers.md §5.4 (corrected): success is 200 or 201 with a uuid; for anything else the
+    # idempotency key makes a resend safe. (A 200 with a uuid was here until seed 003 showed
+    # that EmailMassivo answers 200.)
     _, handler = recorder(response)
     with pytest.raises(UnknownOutcomeError):
         make_driver(handler).send(message(), CTX)
@@ -270,3 +274,157 @@ def test_hostile_answers_are_classified(
         make_driver(handler).send(message(), CTX)
     assert type(info.value) is expected
     assert len(str(info.value)) < 1000
+
+
+# -- 200 or 201 (seed 003, providers.md §5.4 corrected) -------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 201])
+def test_200_or_201_with_uuid_is_success(status: int) -> None:
+    # Seed 003: "200 OK — Email accepted for processing" (uuid, additionalRecipients, warning);
+    # RuSender (RS-DOC) answers 201.
+    body = {"uuid": UUID, "warning": "idempotencyKey was not provided"}
+    _, handler = recorder(httpx.Response(status, json=body))
+    outcome = make_driver(handler).send(message(), CTX)
+    assert outcome.provider_message_ids == {"user@example.com": UUID}
+    assert outcome.rejected_recipients == {}
+
+
+def test_repeat_answered_200_with_the_first_uuid_is_the_same_delivery() -> None:
+    # Seed 003 / §5.5: a repeat within 1 h is answered 200 with the same uuid, nothing new sent.
+    answers = [httpx.Response(201, json={"uuid": UUID}), httpx.Response(200, json={"uuid": UUID})]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers.pop(0)
+
+    driver = make_driver(handler)
+    first = driver.send(message(), SendContext(delivery_id="d", idempotency_key="k", attempt=1))
+    again = driver.send(message(), SendContext(delivery_id="d", idempotency_key="k", attempt=2))
+    assert first.provider_message_ids == again.provider_message_ids == {"user@example.com": UUID}
+    assert [json.loads(r.content)["idempotencyKey"] for r in seen] == ["k", "k"]
+
+
+# -- error kinds by message text (seed 003 "Possible messages"; providers.md §5.4) -------------
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "expected"),
+    [
+        # 404: a missing template is this message's fault; key/domain are configuration.
+        (404, "TemplateMailUser not found by id", PermanentError),
+        (404, "Шаблон не найден", PermanentError),
+        (404, "ExternalMailApiKey not found", ConfigurationError),
+        (404, "User Domain not found", ConfigurationError),
+        (404, "MailUuid not found", ConfigurationError),
+        (404, "", ConfigurationError),
+        # 422: the five seed messages, then RuSender-style Russian texts.
+        (422, "Email receiver unsubscribed from this API key mails", RecipientRejectedError),
+        (422, "Email receiver complained from this API key mails", RecipientRejectedError),
+        (422, "Email receiver doesn't exist", RecipientRejectedError),
+        (422, "Email receiver unavailable", RecipientDeferredError),
+        (422, "Template not found by templateId", PermanentError),
+        (422, "Получатель отписался от писем этого ключа", RecipientRejectedError),
+        (422, "Получатель пожаловался на письма этого ключа", RecipientRejectedError),
+        (422, "Получатель не существует", RecipientRejectedError),
+        (422, "Получатель недоступен", RecipientDeferredError),
+        # Unknown 422 text: permanent for this message, but not claimed as a suppression.
+        (422, "Something new went wrong", PermanentError),
+        (422, "", PermanentError),
+        # 400 attachment and template messages stay permanent.
+        (400, "Attachments parse failed", PermanentError),
+        (400, "Attachments size more than allowed", PermanentError),
+        (400, "HTML template is not valid", PermanentError),
+        (403, "API key is not active", ConfigurationError),
+    ],
+)
+def test_error_kind_by_message_text(status: int, text: str, expected: type[DeliveryError]) -> None:
+    _, handler = recorder(error(status, text))
+    with pytest.raises(DeliveryError) as info:
+        make_driver(handler).send(message(), CTX)
+    assert type(info.value) is expected, info.value
+    assert info.value.status_code == status
+
+
+def test_recipient_deferred_is_retryable_and_not_a_provider_fault() -> None:
+    _, handler = recorder(error(422, "Email receiver unavailable"))
+    with pytest.raises(RecipientDeferredError) as info:
+        make_driver(handler).send(message(), CTX)
+    assert info.value.retryable is True
+    assert info.value.provider_fault is False
+    assert info.value.kind == "recipient_deferred"
+    assert TransientError.provider_fault is True
+
+
+def test_429_without_retry_after_on_a_json_or_empty_body_waits_one_second() -> None:
+    # §5.4: EmailMassivo documents no Retry-After; the sandbox sends none.
+    for response in (error(429, "Too Many Requests"), httpx.Response(429)):
+        _, handler = recorder(response)
+        with pytest.raises(ThrottledError) as info:
+            make_driver(handler).send(message(), CTX)
+        assert info.value.retry_after_s == 1.0
+
+
+# -- additionalRecipients (seed 003; item shape [NOT FOUND] §5.2) ---------------------------------
+
+CC_UUID = "11111111-2222-3333-4444-555555555555"
+
+
+def cc_message() -> EmailMessage:
+    return message(cc=[{"email": "cc@example.com"}], bcc=[{"email": "bcc@example.com"}])
+
+
+def accepted_with(extra: Any) -> httpx.Response:
+    return httpx.Response(200, json={"uuid": UUID, "additionalRecipients": extra})
+
+
+def test_additional_recipients_by_position_cc_then_bcc() -> None:
+    items = [{"uuid": CC_UUID}, {"error": "Invalid email address"}]
+    _, handler = recorder(accepted_with(items))
+    outcome = make_driver(handler).send(cc_message(), CTX)
+    assert outcome.provider_message_ids == {"user@example.com": UUID, "cc@example.com": CC_UUID}
+    assert outcome.rejected_recipients == {
+        "bcc@example.com": "refused by emailmassivo: Invalid email address"
+    }
+
+
+def test_additional_recipients_by_email_field_in_any_order() -> None:
+    items = [
+        {"email": "BCC@example.com", "uuid": CC_UUID},
+        {"email": "cc@example.com", "error": "Invalid email address"},
+    ]
+    _, handler = recorder(accepted_with(items))
+    outcome = make_driver(handler).send(cc_message(), CTX)
+    assert outcome.provider_message_ids == {"user@example.com": UUID, "bcc@example.com": CC_UUID}
+    assert list(outcome.rejected_recipients) == ["cc@example.com"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(None, id="missing"),
+        pytest.param("yes", id="string"),
+        pytest.param({"uuid": CC_UUID}, id="object"),
+        pytest.param([{"uuid": CC_UUID}], id="fewer-items"),
+        pytest.param([{"uuid": CC_UUID}] * 3, id="more-items"),
+        pytest.param([7, None], id="junk-items"),
+        pytest.param([{"uuid": 5}, {"uuid": ""}], id="bad-uuids"),
+        pytest.param([{"uuid": "x" * 100_000}, {"error": {"deep": ["x"] * 10_000}}], id="huge"),
+    ],
+)
+def test_hostile_additional_recipients_never_crash_and_are_reported(extra: Any) -> None:
+    _, handler = recorder(accepted_with(extra))
+    outcome = make_driver(handler).send(cc_message(), CTX)
+    assert outcome.provider_message_ids["user@example.com"] == UUID
+    confirmed = set(outcome.provider_message_ids) - {"user@example.com"}
+    # Every cc/bcc is either confirmed with an id or reported, never dropped.
+    assert confirmed | set(outcome.rejected_recipients) == {"cc@example.com", "bcc@example.com"}
+    assert all(len(v) <= 250 for v in outcome.rejected_recipients.values())
+    assert all(len(v) <= 200 for v in outcome.provider_message_ids.values())
+
+
+def test_no_cc_ignores_additional_recipients() -> None:
+    _, handler = recorder(accepted_with([{"error": "x"}]))
+    outcome = make_driver(handler).send(message(), CTX)
+    assert outcome.rejected_recipients == {}

@@ -41,6 +41,7 @@ MESSAGES: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "provider": "emailmassivo",
             "to": [{"email": "ada@example.com"}],
+            "cc": [{"email": "cy@example.com"}],
             "from": {"email": "shop@example.org"},
             "subject": "s",
             "text": "t",
@@ -72,7 +73,7 @@ MESSAGES: dict[str, tuple[str, dict[str, Any]]] = {
 ENVELOPES: list[dict[str, Any]] = [
     {"status": "success", "time": 0.1, "flags": {}, "data": {"message_id": "m", "messages": {}}},
     {"status": "error", "time": 0.1, "flags": {}, "data": {"code": "NoRecipients"}},
-    {"uuid": "3fa85f64-5717-4562-b3fc-2c963f66afa6"},
+    {"uuid": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "additionalRecipients": [{"error": "x"}]},
     {"message": "mail.to.name must be shorter", "statusCode": 400},
     {"success": True, "code": 200, "messageId": "x", "nbMail": 1, "cost": 1, "currency": "EUR"},
     {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038},
@@ -95,7 +96,11 @@ SUCCESS: dict[str, tuple[int, dict[str, Any], frozenset[str]]] = {
         },
         frozenset({"status"}),
     ),
-    "emailmassivo": (201, {"uuid": "3fa85f64-5717-4562-b3fc-2c963f66afa6"}, frozenset()),
+    "emailmassivo": (
+        200,
+        {"uuid": "3fa85f64-5717-4562-b3fc-2c963f66afa6", "additionalRecipients": [{"uuid": "c"}]},
+        frozenset(),
+    ),
     "mailpartner": (
         200,
         {"success": True, "code": 200, "messageId": "x", "nbMail": 1, "cost": 1, "currency": "EUR"},
@@ -220,6 +225,7 @@ def test_send_answers_are_always_classified(
         assert isinstance(outcome, SendOutcome)
         assert outcome.provider == provider
         assert all(isinstance(v, str) for v in outcome.provider_message_ids.values())
+        assert all(isinstance(v, str) for v in outcome.rejected_recipients.values())
 
 
 @pytest.mark.parametrize("provider", sorted(MESSAGES))
@@ -239,6 +245,7 @@ def test_success_answers_with_wrong_types_are_classified(
         assert outcome.cost is None or isinstance(outcome.cost, float)
         assert outcome.currency is None or isinstance(outcome.currency, str)
         assert all(isinstance(v, str) for v in outcome.provider_message_ids.values())
+        assert all(isinstance(v, str) for v in outcome.rejected_recipients.values())
 
 
 @pytest.mark.parametrize("provider", ["mailpartner", "smspartner", "voicepartner"])

@@ -317,3 +317,94 @@ def test_fields_the_provider_does_not_receive_are_reported(calls: Calls, make_ru
     assert json.loads(record.fields["result"])["warnings"] == [warning]
     events = [e for e in logs if e["event"] == "delivery.fields_not_sent"]
     assert [e["fields"] for e in events] == [["from"]]
+
+
+# -- EmailMassivo: recipient deferred, cc/bcc results, a lost answer (providers.md §5.4) -------
+
+EM_MAIL = {
+    "provider": "emailmassivo",
+    "to": [{"email": "ada@example.com"}],
+    "from": {"email": "shop@example.org"},
+    "subject": "Hi",
+    "text": "Hello",
+}
+EM_UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+
+
+def em_runtime(make_runtime: Any, calls: Calls, **overrides: Any) -> Runtime:
+    rt: Runtime = make_runtime(
+        calls,
+        emailmassivo_api_key="em-secret-key",
+        emailmassivo_base_url="http://provider.test/emailmassivo",
+        **overrides,
+    )
+    return rt
+
+
+def em_run(rt: Runtime, message: dict[str, Any] = EM_MAIL) -> Done | Retry:
+    return process("email", message, delivery_id="e-1", task_name="tasks.send_email", rt=rt)
+
+
+def test_recipient_unavailable_is_retried_without_feeding_the_breaker(
+    calls: Calls, make_runtime: Any
+) -> None:
+    # Seed 003: 422 "Email receiver unavailable" = "temporarily unavailable": retry, bounded by
+    # the error budget, and the provider is up (the breaker must not open).
+    rt = em_runtime(make_runtime, calls, max_retries=2, breaker_failure_threshold=1)
+    unavailable = {"message": "Email receiver unavailable", "statusCode": 422}
+    calls.answers += [httpx.Response(422, json=unavailable) for _ in range(3)]
+    first = em_run(rt)
+    assert isinstance(first, Retry) and first.reason == "recipient_deferred"
+    assert rt.health.state("emailmassivo").state == "closed"
+    assert rt.health.state("emailmassivo").failures == 0
+    assert isinstance(em_run(rt), Retry)
+    last = em_run(rt)
+    assert isinstance(last, Done) and last.result.status == "failed"
+    assert last.result.error is not None and last.result.error.kind == "recipient_deferred"
+    assert rt.health.state("emailmassivo").state == "closed"
+    # A provider fault with the same threshold does open it.
+    calls.answers.append(httpx.Response(503, json={"message": "x", "statusCode": 503}))
+    other = process("email", EM_MAIL, delivery_id="e-2", task_name="tasks.send_email", rt=rt)
+    assert isinstance(other, Retry)
+    assert rt.health.state("emailmassivo").state == "open"
+
+
+def test_cc_and_bcc_results_reach_the_result_masked(calls: Calls, make_runtime: Any) -> None:
+    rt = em_runtime(make_runtime, calls)
+    items = [{"uuid": "cc-uuid"}, {"error": "Invalid email address bob@example.net"}]
+    calls.answers.append(httpx.Response(200, json={"uuid": EM_UUID, "additionalRecipients": items}))
+    message = {**EM_MAIL, "cc": [{"email": "carl@example.com"}], "bcc": [{"email": "bob@x.io"}]}
+    outcome = em_run(rt, message)
+    assert isinstance(outcome, Done) and outcome.result.status == "sent"
+    assert outcome.result.provider_message_ids == {
+        "a***@example.com": EM_UUID,
+        "c***@example.com": "cc-uuid",
+    }
+    assert outcome.result.rejected_recipients == {
+        "b***@x.io": "refused by emailmassivo: Invalid email address b***@example.net"
+    }
+    assert "bob@" not in outcome.result.model_dump_json()
+
+
+class DropFirst(Calls):
+    """The first send reaches the provider and its answer is lost (the connection drops)."""
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if len(self.requests) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"uuid": EM_UUID})
+
+
+def test_lost_answer_then_200_with_the_first_uuid_is_sent_once(make_runtime: Any) -> None:
+    # The provider accepted, the answer was lost; the resend with the same key is answered 200
+    # with the first uuid (seed 003, §5.5): sent, not an unknown outcome until retries run out.
+    calls = DropFirst()
+    rt = em_runtime(make_runtime, calls, max_retries=2)
+    first = em_run(rt)
+    assert isinstance(first, Retry) and first.reason == "unknown_outcome"
+    again = em_run(rt)
+    assert isinstance(again, Done) and again.result.status == "sent"
+    assert again.result.provider_message_ids == {"a***@example.com": EM_UUID}
+    keys = {json.loads(r.content)["idempotencyKey"] for r in calls.requests}
+    assert len(calls.requests) == 2 and len(keys) == 1

@@ -61,6 +61,9 @@ class SendOutcome:
     provider: str
     provider_message_ids: dict[str, str] = field(default_factory=dict)
     """Provider id per recipient (raw address/number; masked before it leaves the worker)."""
+    rejected_recipients: dict[str, str] = field(default_factory=dict)
+    """Recipients the provider refused or did not confirm although it accepted the message,
+    raw address/number → reason (masked and scrubbed before it leaves the worker)."""
     cost: float | None = None
     currency: str | None = None
     warnings: tuple[str, ...] = ()
