@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from worker.drivers.base import SendContext
+from worker.drivers.partner import PROVIDER_TZ
 from worker.drivers.smspartner import SMS_CODES, SmsPartnerDriver, encode_text
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
+    DeferredError,
     DeliveryError,
     PermanentError,
     RecipientRejectedError,
@@ -108,8 +112,9 @@ def test_send_request_shape() -> None:
         "phoneNumbers": "+33612345678,+33698765432",
         "message": 'Total 5:euro::br:Merci "Bob"',
         "sender": "MyShop",
-        # The delivery's tag wins over the caller's: it is what reconcile looks up (§1.5).
-        "tag": "dwabc123",
+        # The caller's tag reaches the provider as set (§1.2.2); the service then reconciles
+        # by it with the stricter rules for shared tags (was: replaced by the delivery's tag).
+        "tag": "user-tag",
     }
 
 
@@ -169,8 +174,8 @@ EXPECTED_CLASS: dict[int, type[DeliveryError]] = {
     96: ConfigurationError,
     11: AccountBlockedError,
     14: RecipientRejectedError,
-    22: ThrottledError,
-    23: ThrottledError,
+    22: DeferredError,
+    23: DeferredError,
     429: ThrottledError,
     500: TransientError,
 }
@@ -222,11 +227,21 @@ def test_simple_error_shape() -> None:
         make_driver(handler).send(message(), CTX)
 
 
-def test_marketing_window_codes_wait_instead_of_failing() -> None:
-    _, handler = recorder(httpx.Response(200, json={"success": False, "code": 22}))
-    with pytest.raises(ThrottledError) as info:
+@pytest.mark.parametrize("code", [22, 23])
+def test_marketing_window_codes_defer_this_message_to_the_next_slot(code: int) -> None:
+    # §1.3 codes 22/23 are "deferrable" (§1.2.2: held until the next business day at 08:00):
+    # not a provider-wide throttle (was ThrottledError with a 60 s Retry-After).
+    _, handler = recorder(httpx.Response(200, json={"success": False, "code": code}))
+    before = time.time()
+    with pytest.raises(DeferredError) as info:
         make_driver(handler).send(message(), CTX)
-    assert info.value.retry_after_s == 60.0
+    error = info.value
+    assert error.kind == "deferred" and error.provider_code == str(code)
+    assert error.retry_after_s is None
+    slot = datetime.fromtimestamp(error.not_before, PROVIDER_TZ)
+    assert before < error.not_before <= before + 3 * 24 * 3600
+    assert (slot.hour, slot.minute, slot.second) == (8, 0, 0)
+    assert slot.weekday() != 6  # never a Sunday
 
 
 # -- balance ------------------------------------------------------------------------------------
