@@ -33,6 +33,9 @@ the sandbox *accepted* per delivery:
 ``sms-reconcile``
     SMS Partner: a send whose answer is lost, then a status-by-tag check that fails too; the
     delivery must not be sent twice.
+``sms-late-accept``
+    SMS Partner: the provider accepts every first send only after the worker's read timeout
+    (lost answer); asked after the grace, the worker finds each send and never resends.
 
 ``tests/integration/test_faults.py`` runs the same scenario functions at CI size. Here, larger::
 
@@ -87,6 +90,7 @@ __all__ = [
     "scenario_redis_restart",
     "scenario_sigkill",
     "scenario_sigterm",
+    "scenario_sms_late_accept",
     "scenario_sms_reconcile",
     "scenario_sweeper",
 ]
@@ -109,6 +113,9 @@ FAST_ENV = {
     "DELIVERY_HTTP_CONNECT_TIMEOUT_S": "1",
     "DELIVERY_HTTP_READ_TIMEOUT_S": "3",
     "DELIVERY_LIMITER_MAX_INLINE_WAIT_S": "1",
+    # Ask SMS Partner about an unknown outcome 2 s after it (the default 60 s covers a real
+    # provider's late acceptance; the sandbox's faults accept at once or at a set delay).
+    "DELIVERY_RECONCILE_GRACE_S": "2",
     # A breaker that opens and probes within seconds (the documented 30 s, doubling to 300 s,
     # would only make the runs longer).
     "DELIVERY_BREAKER_FAILURE_THRESHOLD": "3",
@@ -924,6 +931,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "poison": {"max_runs": 3},
         "sweeper": {"messages": max(10, n // 20)},
         "sms-reconcile": {"messages": max(3, n // 100)},
+        "sms-late-accept": {"messages": max(12, n // 20), "timeout_s": 90.0 + n / 10},
     }
     workdir = Path(tempfile.mkdtemp(prefix="fault-soak-"))
     redis_proc = start_redis(workdir / "redis")
@@ -961,3 +969,48 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def scenario_sms_late_accept(
+    stack: Stack,
+    *,
+    messages: int = 12,
+    read_timeout_s: float = 1.0,
+    accept_after_ms: int = 2500,
+    grace_s: float = 3.0,
+    concurrency: int = 4,
+    timeout_s: float = 90.0,
+) -> Figures:
+    """SMS Partner accepts each first send ``accept_after_ms`` after it arrived, i.e. after the
+    worker's read timeout gave up on it (the sandbox ``timeout`` fault waits, then processes).
+    Asking at once would see nothing and resend; asked after the grace, every send is found."""
+    env = {
+        "DELIVERY_HTTP_READ_TIMEOUT_S": f"{read_timeout_s:g}",
+        "DELIVERY_RECONCILE_GRACE_S": f"{grace_s:g}",
+    }
+    with Run(stack, "sms-late-accept", env=env) as run:
+        run.start_workers(1, concurrency)
+        run.admin.set_faults(
+            [
+                {
+                    "provider": "smspartner",
+                    "path": "/send",
+                    "action": "timeout",
+                    "delay_ms": accept_after_ms,
+                    "first_n": messages,
+                }
+            ]
+        )
+        planned = build_workload(run.run, messages, providers=["smspartner"])
+        run.enqueue(planned)
+        run.wait_final(_ids(planned), timeout_s)
+        requests = run.admin.requests("smspartner")
+        run.checks["late_accepted"] = sum(1 for r in requests if r["fault"] == "timeout")
+        run.checks["sends"] = sum(1 for r in requests if r["route"] == "/send")
+        run.checks["status_checks"] = sum(
+            1 for r in requests if r["route"] == "/bulk-status-by-tag"
+        )
+        return run.figures(planned)
+
+
+SCENARIOS["sms-late-accept"] = scenario_sms_late_accept
