@@ -41,6 +41,9 @@ the sandbox *accepted* per delivery:
     EmailMassivo accepts the first send of every message, then drops the connection; the
     resend with the same idempotency key is answered 200 with the first uuid: every result
     ``sent``, nothing lost, nothing sent twice.
+``sms-late-accept``
+    SMS Partner: the provider accepts every first send only after the worker's read timeout
+    (lost answer); asked after the grace, the worker finds each send and never resends.
 
 ``tests/integration/test_faults.py`` runs the same scenario functions at CI size. Here, larger::
 
@@ -97,6 +100,7 @@ __all__ = [
     "scenario_redis_restart",
     "scenario_sigkill",
     "scenario_sigterm",
+    "scenario_sms_late_accept",
     "scenario_sms_reconcile",
     "scenario_sweeper",
 ]
@@ -119,6 +123,9 @@ FAST_ENV = {
     "DELIVERY_HTTP_CONNECT_TIMEOUT_S": "1",
     "DELIVERY_HTTP_READ_TIMEOUT_S": "3",
     "DELIVERY_LIMITER_MAX_INLINE_WAIT_S": "1",
+    # Ask SMS Partner about an unknown outcome 2 s after it (the default 60 s covers a real
+    # provider's late acceptance; the sandbox's faults accept at once or at a set delay).
+    "DELIVERY_RECONCILE_GRACE_S": "2",
     # A breaker that opens and probes within seconds (the documented 30 s, doubling to 300 s,
     # would only make the runs longer).
     "DELIVERY_BREAKER_FAILURE_THRESHOLD": "3",
@@ -975,6 +982,113 @@ def scenario_hostile(
         return run.figures(planned)
 
 
+def scenario_emailmassivo_lost_answer(
+    stack: Stack,
+    *,
+    messages: int = 10,
+    success_status: int = 200,
+    timeout_s: float = 60.0,
+) -> Figures:
+    """EmailMassivo accepts each message's first send, then drops the connection unanswered.
+
+    The worker sees an unknown outcome and resends with the same idempotency key; the sandbox
+    answers the repeat 200 with the first uuid (seed 003, providers.md §5.5), which must count
+    as the same delivery. ``success_status`` is the status of a new send (200 as EmailMassivo
+    documents it, 201 as RuSender does).
+    """
+    # The drops are the fault under test, not an outage: keep the breaker from pacing the run.
+    with Run(
+        stack, "emailmassivo-lost-answer", {"DELIVERY_BREAKER_FAILURE_THRESHOLD": "1000"}
+    ) as run:
+        config = {"emailmassivo_success_status": success_status}
+        run.admin.http.post("/_admin/config", json=config).raise_for_status()
+        run.start_workers(1, 4)
+        # The first ``messages`` sends are accepted and their answers dropped: mostly each
+        # message's first attempt (a quick resend may take the place of a later first attempt).
+        rule = {
+            "provider": "emailmassivo",
+            "path": "/api/v1/external-mails/send",
+            "action": "accept_then_drop",
+            "first_n": messages,
+        }
+        run.admin.set_faults([rule])
+        planned = build_workload(run.run, messages, providers=["emailmassivo"])
+        run.enqueue(planned)
+        ids = _ids(planned)
+        run.wait_final(ids, timeout_s)
+        results = [run.client.AsyncResult(d).get(timeout=timeout_s) for d in ids]
+        requests = run.admin.requests("emailmassivo")
+        accepted = {m["idempotency_key"]: m["message_id"] for m in run.admin.messages()}
+        run.checks["dropped"] = sum(1 for r in requests if r["fault"] == "accept_then_drop")
+        # Sends accepted whose answer was lost, and those a resend got back as 200 + that uuid.
+        lost_answers = {
+            r["message_id"]
+            for r in requests
+            if r["fault"] == "accept_then_drop" and r["outcome"] == "accepted"
+        }
+        repeats_200 = {
+            r["message_id"] for r in requests if r["status"] == 200 and r["outcome"] == "duplicate"
+        }
+        run.checks["lost_answers"] = len(lost_answers)
+        run.checks["recovered_by_200_repeat"] = len(lost_answers & repeats_200)
+        run.checks["results"] = ",".join(
+            f"{s}:{n}" for s, n in sorted(Counter(r["status"] for r in results).items())
+        )
+        # The uuid in each result is the one the provider gave the first (dropped) send.
+        run.checks["result_uuid_is_first"] = sum(
+            1
+            for d, r in zip(ids, results, strict=True)
+            if list(r.get("provider_message_ids", {}).values()) == [accepted.get(d)]
+        )
+        return run.figures(planned)
+
+
+def scenario_sms_late_accept(
+    stack: Stack,
+    *,
+    messages: int = 12,
+    read_timeout_s: float = 1.0,
+    accept_after_ms: int = 5000,
+    grace_s: float = 6.0,
+    concurrency: int = 4,
+    timeout_s: float = 90.0,
+) -> Figures:
+    """SMS Partner accepts each first send ``accept_after_ms`` after it arrived, i.e. after the
+    worker's read timeout gave up on it (the sandbox ``timeout`` fault waits, then processes).
+    Asking at once (or after the breaker's short pause) would see nothing and resend; asked
+    after the grace, every send is found."""
+    env = {
+        "DELIVERY_HTTP_READ_TIMEOUT_S": f"{read_timeout_s:g}",
+        "DELIVERY_RECONCILE_GRACE_S": f"{grace_s:g}",
+    }
+    with Run(stack, "sms-late-accept", env=env) as run:
+        run.start_workers(1, concurrency)
+        run.admin.set_faults(
+            [
+                {
+                    "provider": "smspartner",
+                    "path": "/send",
+                    "action": "timeout",
+                    "delay_ms": accept_after_ms,
+                    "first_n": messages,
+                }
+            ]
+        )
+        planned = build_workload(run.run, messages, providers=["smspartner"])
+        run.enqueue(planned)
+        run.wait_final(_ids(planned), timeout_s)
+        # A resend's late acceptance would land up to accept_after_ms after the last send:
+        # count only once every accepted copy can have been recorded.
+        time.sleep(accept_after_ms / 1000 + 0.5)
+        requests = run.admin.requests("smspartner")
+        run.checks["late_accepted"] = sum(1 for r in requests if r["fault"] == "timeout")
+        run.checks["sends"] = sum(1 for r in requests if r["route"] == "/send")
+        run.checks["status_checks"] = sum(
+            1 for r in requests if r["route"] == "/bulk-status-by-tag"
+        )
+        return run.figures(planned)
+
+
 SCENARIOS: dict[str, Callable[..., Figures]] = {
     "sigkill": scenario_sigkill,
     "redis-restart": scenario_redis_restart,
@@ -984,6 +1098,8 @@ SCENARIOS: dict[str, Callable[..., Figures]] = {
     "sweeper": scenario_sweeper,
     "sms-reconcile": scenario_sms_reconcile,
     "hostile": scenario_hostile,
+    "emailmassivo-lost-answer": scenario_emailmassivo_lost_answer,
+    "sms-late-accept": scenario_sms_late_accept,
 }
 
 
@@ -1072,6 +1188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sms-reconcile": {"messages": max(3, n // 100)},
         "hostile": {"messages": n, "hostile": 5 * n, "raw": max(20, n // 10), "seed": args.seed},
         "emailmassivo-lost-answer": {"messages": max(10, n // 20)},
+        "sms-late-accept": {"messages": max(12, n // 20), "timeout_s": 90.0 + n / 10},
     }
     workdir = Path(tempfile.mkdtemp(prefix="fault-soak-"))
     redis_proc = start_redis(workdir / "redis")
@@ -1105,70 +1222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         print(f"\nFAILED: {', '.join(failed)}")
     return 1 if failed else 0
-
-
-def scenario_emailmassivo_lost_answer(
-    stack: Stack,
-    *,
-    messages: int = 10,
-    success_status: int = 200,
-    timeout_s: float = 60.0,
-) -> Figures:
-    """EmailMassivo accepts each message's first send, then drops the connection unanswered.
-
-    The worker sees an unknown outcome and resends with the same idempotency key; the sandbox
-    answers the repeat 200 with the first uuid (seed 003, providers.md §5.5), which must count
-    as the same delivery. ``success_status`` is the status of a new send (200 as EmailMassivo
-    documents it, 201 as RuSender does).
-    """
-    # The drops are the fault under test, not an outage: keep the breaker from pacing the run.
-    with Run(
-        stack, "emailmassivo-lost-answer", {"DELIVERY_BREAKER_FAILURE_THRESHOLD": "1000"}
-    ) as run:
-        config = {"emailmassivo_success_status": success_status}
-        run.admin.http.post("/_admin/config", json=config).raise_for_status()
-        run.start_workers(1, 4)
-        # The first ``messages`` sends are accepted and their answers dropped: mostly each
-        # message's first attempt (a quick resend may take the place of a later first attempt).
-        rule = {
-            "provider": "emailmassivo",
-            "path": "/api/v1/external-mails/send",
-            "action": "accept_then_drop",
-            "first_n": messages,
-        }
-        run.admin.set_faults([rule])
-        planned = build_workload(run.run, messages, providers=["emailmassivo"])
-        run.enqueue(planned)
-        ids = _ids(planned)
-        run.wait_final(ids, timeout_s)
-        results = [run.client.AsyncResult(d).get(timeout=timeout_s) for d in ids]
-        requests = run.admin.requests("emailmassivo")
-        accepted = {m["idempotency_key"]: m["message_id"] for m in run.admin.messages()}
-        run.checks["dropped"] = sum(1 for r in requests if r["fault"] == "accept_then_drop")
-        # Sends accepted whose answer was lost, and those a resend got back as 200 + that uuid.
-        lost_answers = {
-            r["message_id"]
-            for r in requests
-            if r["fault"] == "accept_then_drop" and r["outcome"] == "accepted"
-        }
-        repeats_200 = {
-            r["message_id"] for r in requests if r["status"] == 200 and r["outcome"] == "duplicate"
-        }
-        run.checks["lost_answers"] = len(lost_answers)
-        run.checks["recovered_by_200_repeat"] = len(lost_answers & repeats_200)
-        run.checks["results"] = ",".join(
-            f"{s}:{n}" for s, n in sorted(Counter(r["status"] for r in results).items())
-        )
-        # The uuid in each result is the one the provider gave the first (dropped) send.
-        run.checks["result_uuid_is_first"] = sum(
-            1
-            for d, r in zip(ids, results, strict=True)
-            if list(r.get("provider_message_ids", {}).values()) == [accepted.get(d)]
-        )
-        return run.figures(planned)
-
-
-SCENARIOS["emailmassivo-lost-answer"] = scenario_emailmassivo_lost_answer
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ rules after it do not see (or count) the request.
 
 Actions: ``status`` answers ``status`` (default 503) in the provider's error shape, with an
 optional ``Retry-After``; ``latency`` sleeps ``delay_ms`` (default 200) and then lets the
-provider answer; ``timeout`` lets the provider process the request, then sleeps ``delay_ms``
-(default 30000) before answering, i.e. after the client gave up; ``reset`` aborts the connection
+provider answer; ``timeout`` sleeps ``delay_ms`` (default 30000) *first*, then lets the provider
+process (and record) the request and answers, i.e. the provider accepts after the client gave
+up, as a real provider can (late acceptance); ``reset`` aborts the connection
 with a TCP RST before processing; ``accept_then_drop`` lets the provider process (and record)
 the request, then closes the connection without writing a response.
 """

@@ -197,7 +197,9 @@ class Sandbox:
             self._record(provider, request, conn, reply, "status", started)
             conn.send(reply)
             return
-        if rule is not None and action == "latency":
+        if rule is not None and action in ("latency", "timeout"):
+            # ``timeout`` waits *before* the provider processes the request: a real provider can
+            # accept a send seconds after the client gave up (late acceptance).
             self.env.stopping.wait(rule.delay_ms / 1000)
         reply = self._answer(provider, request)
         if rule is not None and action == "accept_then_drop":
@@ -205,9 +207,7 @@ class Sandbox:
             conn.drop()
             return
         self._record(provider, request, conn, reply, action, started)
-        if rule is not None and action == "timeout":
-            self.env.stopping.wait(rule.delay_ms / 1000)
-        conn.send(reply)
+        conn.send(reply)  # after a ``timeout``, to a client that is usually gone
 
     def _answer(self, provider: Provider, request: Request) -> Reply:
         wait_s = self.limiter.admit(provider.name, request.client_ip, provider.windows(request))

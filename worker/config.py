@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     http_connect_timeout_s: float = Field(default=5.0, gt=0)
     http_read_timeout_s: float = Field(default=30.0, gt=0)
 
+    reconcile_grace_s: float = Field(default=60.0, ge=0)
+    """After a send whose outcome is unknown (read timeout, dropped answer), how long to wait
+    before asking the provider whether it accepted the send (SMS Partner's status by tag), and
+    before any resend. A provider can accept a request seconds after the client gave up; asked
+    at once, it shows nothing yet and a resend duplicates the message. The default is above
+    the 30 s read timeout; it must stay below ``visibility_timeout_s``."""
+
     max_retries: int = Field(default=8, ge=0, le=100)
     retry_backoff_base_s: float = Field(default=2.0, gt=0)
     retry_backoff_max_s: float = Field(default=600.0, gt=0)
@@ -199,6 +206,11 @@ class Settings(BaseSettings):
                 f"retry_backoff_max_s ({self.retry_backoff_max_s:g}) must stay below "
                 f"visibility_timeout_s ({self.visibility_timeout_s}): with the Redis broker a "
                 "countdown longer than the visibility timeout runs the task twice"
+            )
+        if self.reconcile_grace_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"reconcile_grace_s ({self.reconcile_grace_s:g}) must stay below "
+                f"visibility_timeout_s ({self.visibility_timeout_s})"
             )
         return self
 

@@ -11,6 +11,10 @@
     │   │                               the circuit breaker (``provider_fault = False``)
     │   └── ThrottledError              the provider asked us to slow down (429, Retry-After);
     │                                   waits on its own budget, never consumes error retries
+    ├── DeferredError                   not this message before ``not_before`` (a legal sending
+    │                                   window, SMS Partner codes 22/23): reschedule only it; never
+    │                                   holds the shared limiter, feeds the breaker or consumes
+    │                                   error retries
     ├── AccountBlockedError             no credit (402, code 11, NOT_CREDIT): pause the provider,
     │                                   park the message
     ├── PermanentError                  never retried (validation, unroutable destination)
@@ -31,6 +35,7 @@ from worker.redaction import scrub
 __all__ = [
     "AccountBlockedError",
     "ConfigurationError",
+    "DeferredError",
     "DeliveryError",
     "PermanentError",
     "RecipientDeferredError",
@@ -123,6 +128,19 @@ class ThrottledError(TransientError):
     """The provider refused for rate reasons; retry after ``retry_after_s`` (default 1 s)."""
 
     kind = "throttled"
+
+
+class DeferredError(DeliveryError):
+    """Refused for now, for this message only: retry it at ``not_before`` (epoch seconds)."""
+
+    kind = "deferred"
+
+    def __init__(self, message: str, *, not_before: float, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.not_before = not_before
+
+    def context(self) -> dict[str, Any]:
+        return {**super().context(), "not_before": round(self.not_before)}
 
 
 class AccountBlockedError(DeliveryError):

@@ -45,6 +45,9 @@ _PREFIX = "dw:delivery:"
 _IDEM_PREFIX = "dw:idem:"
 _LOCK_PREFIX = "dw:lock:"
 ACTIVE_KEY = "dw:active"
+_TAG_PREFIX = "dw:tag:"
+_TAG_MEMORY_S = 24 * 3600.0
+"""How long tag uses are remembered: well beyond any reconciliation window (grace + timeout)."""
 DEAD_KEY = "dw:dead"
 _RECORD_TTL_S = 14 * 24 * 3600
 
@@ -313,6 +316,34 @@ class Ledger:
     def set_fields(self, delivery_id: str, **fields: str) -> None:
         if fields:
             self.redis.hset(self.key(delivery_id), mapping=dict(fields.items()))
+
+    # -- caller-chosen provider tags (SMS Partner reconciliation) -----------------------------
+
+    @staticmethod
+    def tag_key(provider: str, tag: str) -> str:
+        return f"{_TAG_PREFIX}{provider}:{tag}"
+
+    def note_tag_use(
+        self, provider: str, tag: str, recipients: list[str], delivery_id: str, at: float
+    ) -> None:
+        """Remember that ``delivery_id`` sent to ``recipients`` under a caller's ``tag``."""
+        key = self.tag_key(provider, tag)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {f"{r}|{delivery_id}": at for r in recipients})
+        pipe.zremrangebyscore(key, "-inf", at - _TAG_MEMORY_S)
+        pipe.expire(key, int(_TAG_MEMORY_S))
+        pipe.execute()
+
+    def tag_used_by_others(
+        self, provider: str, tag: str, recipients: list[str], delivery_id: str, since: float
+    ) -> bool:
+        """Whether another delivery sent to one of ``recipients`` under ``tag`` since ``since``."""
+        wanted = set(recipients)
+        for member in self.redis.zrangebyscore(self.tag_key(provider, tag), since, "+inf"):
+            recipient, _, other = _text(member).rpartition("|")
+            if other != delivery_id and recipient in wanted:
+                return True
+        return False
 
 
 def _text(value: Any) -> str:

@@ -34,6 +34,7 @@ from worker.drivers import Driver, SendContext, SendOutcome
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
+    DeferredError,
     DeliveryError,
     ThrottledError,
     TransientError,
@@ -45,6 +46,7 @@ from worker.models import (
     ErrorInfo,
     InvalidMessage,
     Message,
+    SmsMessage,
     VoiceMessage,
     parse_message,
 )
@@ -58,6 +60,14 @@ log = structlog.get_logger("worker.service")
 _WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 _OUTCOME_UNKNOWN = "outcome_unknown"
 """Ledger field: "1" while an earlier send's outcome could not be reconciled (ask again first)."""
+_NOT_BEFORE = "not_before"
+"""Ledger field: epoch seconds before which the provider is not called (a deferred message, or
+the grace before reconciling an unknown outcome). Celery countdowns are capped below the
+visibility timeout (:meth:`_Attempt._wait`), so a run that comes earlier just waits again."""
+_FIRST_ATTEMPT_AT = "first_attempt_at"
+_GAVE_UP = "unknown_outcome_error"
+"""Ledger field: the last error (JSON) when retries ran out with the outcome still unknown; the
+delivery fails with it only once the provider, asked after the grace, has not seen the send."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +208,11 @@ class _Attempt:
             return Done(self._result(record.state, record.attempts))
         if time.time() >= self._deadline():
             return self._expire(record.attempts, "before the message was sent")
+        not_before = _as_float(record.fields.get(_NOT_BEFORE))
+        if not_before is not None and time.time() < not_before:
+            # Deferred, or within the grace after an unknown outcome: wait again, no provider call.
+            reason = record.fields.get("waiting_reason") or "deferred"
+            return self._wait(not_before - time.time(), reason, record.attempts)
 
         structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
         chosen = self._choose_provider(record.attempts)
@@ -217,7 +232,19 @@ class _Attempt:
             idempotency_key=self.message.idempotency_key or self.delivery_id,
             attempt=record.attempts + 1,
             tag=self._provider_tag(chosen),
+            tag_is_callers=isinstance(self.message, SmsMessage) and self.message.tag is not None,
+            sent_after=_as_float(record.fields.get(_FIRST_ATTEMPT_AT)) or time.time(),
         )
+        if record.state == "sending" and driver.supports_reconcile:
+            # A worker died mid-send: the provider may still accept that request late, so ask
+            # only once the read timeout and the grace have passed since it started.
+            started = _as_float(record.fields.get("attempt_started_at")) or 0.0
+            ask_at = started + self.settings.http_read_timeout_s + self.settings.reconcile_grace_s
+            if time.time() < ask_at:
+                self.rt.ledger.set_fields(
+                    self.delivery_id, **{_OUTCOME_UNKNOWN: "1", _NOT_BEFORE: repr(ask_at)}
+                )
+                return self._wait(ask_at - time.time(), "reconcile_grace", record.attempts)
         if record.state == "sending" or record.fields.get(_OUTCOME_UNKNOWN) == "1":
             # A previous attempt died mid-send, or its outcome is still unknown because the
             # status check failed too: ask the provider first where it can tell (design
@@ -230,6 +257,12 @@ class _Attempt:
                 return self._on_error(exc, record.attempts, None, None)
             if found is not None:
                 return self._sent(found, record.attempts)
+            gave_up = record.fields.get(_GAVE_UP)
+            if gave_up:
+                # Retries ran out while the outcome was unknown; the provider has not seen it.
+                log.error("delivery.retries_exhausted", error="outcome unknown, not accepted")
+                error = ErrorInfo.model_validate_json(gave_up)
+                return self._finish("failed", record.attempts, error=error)
             if record.fields.get(_OUTCOME_UNKNOWN) == "1":
                 self.rt.ledger.set_fields(self.delivery_id, **{_OUTCOME_UNKNOWN: "0"})
 
@@ -240,7 +273,13 @@ class _Attempt:
             request = driver.build_request(self.message, ctx)
         except DeliveryError as exc:
             return self._on_error(exc, record.attempts, driver, ctx)
-        ledger.transition(self.delivery_id, "sending", attempt_started_at=repr(time.time()))
+        now = repr(time.time())
+        first = {} if _FIRST_ATTEMPT_AT in record.fields else {_FIRST_ATTEMPT_AT: now}
+        ledger.transition(self.delivery_id, "sending", attempt_started_at=now, **first)
+        if ctx.tag_is_callers and ctx.tag:
+            self.rt.ledger.note_tag_use(
+                chosen, ctx.tag, self._recipients(), self.delivery_id, float(now)
+            )
         log.info("delivery.attempt")
         # The limiter slot is taken last, right before the bytes leave: the provider counts
         # arrivals, so any work between grant and send would only add jitter to our spacing.
@@ -322,6 +361,8 @@ class _Attempt:
     ) -> Done | Retry:
         fields = _without_provider(exc.context())
         provider = self.provider
+        if isinstance(exc, DeferredError):
+            return self._defer(exc, attempts, fields)
         if isinstance(exc, ThrottledError):
             delay = exc.retry_after_s or 1.0
             if key is not None:
@@ -358,6 +399,19 @@ class _Attempt:
                         "breaker.open", failures=state.failures, retry_in_s=state.retry_in_s
                     )
             attempts = self.rt.ledger.incr(self.delivery_id, "attempts")
+            reconcilable = driver is not None and driver.supports_reconcile
+            if isinstance(exc, UnknownOutcomeError) and reconcilable:
+                # The provider may accept this request after we gave up (late acceptance):
+                # asked now, it shows nothing yet and a resend would duplicate the message.
+                # Ask after the grace, before anything is resent; the same discipline for
+                # every driver that offers a lookup.
+                ask_at = time.time() + self.settings.reconcile_grace_s
+                marks = {_OUTCOME_UNKNOWN: "1", _NOT_BEFORE: repr(ask_at)}
+                if attempts > self.settings.max_retries:
+                    marks[_GAVE_UP] = _info(exc).model_dump_json()
+                self.rt.ledger.set_fields(self.delivery_id, **marks)
+                log.warning("delivery.outcome_unknown", ask_in_s=self.settings.reconcile_grace_s)
+                return self._wait(self.settings.reconcile_grace_s, "reconcile_grace", attempts)
             if isinstance(exc, UnknownOutcomeError) and driver is not None and ctx is not None:
                 try:
                     found = self._reconcile(driver, ctx)
@@ -394,6 +448,24 @@ class _Attempt:
         attempts = self.rt.ledger.incr(self.delivery_id, "attempts")
         return self._finish("failed", attempts, error=_info(exc))
 
+    def _defer(self, exc: DeferredError, attempts: int, fields: dict[str, Any]) -> Done | Retry:
+        """Only this message waits for ``not_before`` (a legal sending window, §1.3 codes 22/23).
+
+        Not a throttle: the shared limiter is not held, so other messages keep flowing; the
+        provider answered, so the breaker hears a success; no error retry is consumed.
+        """
+        self.rt.health.record_success(self.provider)
+        if exc.not_before >= self._deadline():
+            log.warning("delivery.deferred", **fields)
+            return self._expire(attempts, "before the next allowed sending time")
+        self.rt.ledger.set_fields(self.delivery_id, **{_NOT_BEFORE: repr(exc.not_before)})
+        self.rt.metric(self.provider, "deferred")
+        log.info("delivery.deferred", **fields)
+        return self._wait(exc.not_before - time.time(), "deferred", attempts)
+
+    def _recipients(self) -> list[str]:
+        return list(self.message.to) if isinstance(self.message, SmsMessage) else []
+
     def _reconcile(self, driver: Driver[Any], ctx: SendContext) -> SendOutcome | None:
         """The earlier send if the provider accepted it, ``None`` if it says it did not.
 
@@ -402,6 +474,23 @@ class _Attempt:
         """
         if not driver.supports_reconcile:
             return None
+        if ctx.tag_is_callers and ctx.tag and ctx.sent_after is not None:
+            # A tag the caller chose may be on another of our deliveries to the same number in
+            # the window where its send could show up as ours (providers.md §1.2.10 lists no
+            # per-send text or id; §1.5 wants a unique tag). Then the lookup proves nothing:
+            # resend, as for a provider without a lookup (at most one extra copy), rather than
+            # report ``sent`` for a message that may not have been.
+            since = (
+                ctx.sent_after
+                - self.settings.http_read_timeout_s
+                - self.settings.reconcile_grace_s
+                - 5.0
+            )
+            if self.rt.ledger.tag_used_by_others(
+                self.provider, ctx.tag, self._recipients(), self.delivery_id, since
+            ):
+                log.warning("delivery.reconcile_ambiguous", reason="tag shared in the window")
+                return None
         try:
             found = driver.reconcile(self.message, ctx)
         except DeliveryError as exc:
@@ -490,9 +579,12 @@ class _Attempt:
         return self.created_at + self.settings.default_ttl_s
 
     def _provider_tag(self, provider: str) -> str | None:
-        # SMS Partner tags: <= 20 chars, lowercase, no spaces (providers.md §1.2.2); unique per
-        # delivery so an unknown outcome can be reconciled by tag (§1.5).
+        # SMS Partner tags: <= 20 chars, lowercase, no spaces (providers.md §1.2.2). The caller's
+        # tag reaches the provider as set (validated at enqueue); without one, a tag unique per
+        # delivery makes an unknown outcome reconcilable (§1.5).
         if provider == "smspartner":
+            if isinstance(self.message, SmsMessage) and self.message.tag is not None:
+                return self.message.tag
             return "dw" + self.delivery_id.replace("-", "")[:18].lower()
         return None
 
@@ -537,6 +629,13 @@ def _failed(delivery_id: str, channel: str, kind: str, message: str) -> Delivery
         channel=channel,
         error=ErrorInfo(kind=kind, message=message[:500]),
     )
+
+
+def _as_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def _without_provider(fields: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""SMS Partner: send, balance, status (single, multi, bulk, by tag), cancel, the STOP list.
+"""SMS Partner: send, bulk send, balance, status (single, multi, bulk, by tag), cancel, STOP list.
 
 Wire format in providers.md §1; the simulator contract is §1.6. Sandbox rules ([INFERRED]
 where the docs are silent):
@@ -7,14 +7,24 @@ where the docs are silent):
   ``/stop-sms/add``, and every number ending in ``0014``;
 - ``+33600000500`` (or ``0600000500``) answers code 500 ("problem adding the SMS to the
   queue"), nothing is charged or recorded;
+- ``+33600000022`` answers code 22 and ``+33600000023`` code 23 (a marketing SMS outside the
+  legal hours / on a Sunday or holiday, §1.2.2, §1.3), nothing is charged or recorded: how a
+  marketing account's refusals look, whatever the time;
 - billing (§1.6): a message of up to 160 characters is 1 SMS, longer ones 1 per 153; in Unicode
-  70 / 67; ``:br:`` and ``:euro:`` count 2 characters (1 for ``:euro:`` in Unicode); more
+  70 / 67 counted in UTF-16 code units (an emoji counts 2) [67 is INFERRED]; ``:br:`` and
+  ``:euro:`` count 2 characters (1 for ``:euro:`` in Unicode); more
   than 10 SMS is code 52; Low Cost (``gamme: 2``) over 160 characters is code 42. Each SMS of
   each number costs one credit (0.038 EUR, the doc example);
 - status is ``Waiting`` until ``sms_delivery_delay_s`` after the send (or its scheduled time),
   then ``Delivered``; a cancelled send is ``Cancelled``;
-- ``/bulk-status-by-tag`` answers every recipient of every accepted send with that tag, on one
-  page (the pagination parameter is [NOT FOUND]); an unknown tag gives an empty list.
+- ``/bulk-send`` (§1.2.3): up to 500 ``SMSList`` entries, each checked and billed on its own
+  (per-item ``success``/``code``; item failures use the §1.3 codes [INFERRED]); the top level
+  says ``nbSMS``, items ``nbSms``; when no entry is accepted the whole request answers the first
+  entry's code [INFERRED];
+- status lookups answer the documented shapes only (§1.2.7-§1.2.10): ``/bulk-status`` items
+  carry no ``messageId``; ``/bulk-status-by-tag`` answers every recipient of every accepted send
+  with that tag, on one page (the pagination parameter is [NOT FOUND]), with the first send's
+  ``message_id``; an unknown tag gives an empty list.
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ __all__ = ["SmsPartnerProvider", "normalize_number", "segments"]
 MAX_NUMBERS = 500
 MAX_SEGMENTS = 10
 QUEUE_FAILURE_NUMBER = "+33600000500"
+MARKETING_REFUSALS = {
+    "+33600000022": (22, "Envoi marketing : l'heure d'envoi doit être comprise entre 8h et 22h"),
+    "+33600000023": (23, "Envoi marketing : pas d'envoi le dimanche ni les jours fériés"),
+}
 STOP_SUFFIX = "0014"
 PRICE_EUR = 0.038  # per SMS, from the send example (§1.2.2)
 SENDER_RE = re.compile(r"^[A-Za-z0-9]+$")
@@ -56,7 +70,9 @@ def normalize_number(raw: str) -> str | None:
 
 def segments(text: str, *, unicode: bool) -> int:
     """SMS billed for one recipient of ``text`` (§1.2.2 and §1.6)."""
-    length = len(text.replace(":br:", "\n\n").replace(":euro:", "€" if unicode else "€€"))
+    plain = text.replace(":br:", "\n\n").replace(":euro:", "€" if unicode else "€€")
+    # UCS-2 counts UTF-16 code units: a character outside the BMP (an emoji) takes two.
+    length = len(plain.encode("utf-16-le", "surrogatepass")) // 2 if unicode else len(plain)
     single, multi = (70, 67) if unicode else (160, 153)
     return 1 if length <= single else math.ceil(length / multi)
 
@@ -83,6 +99,7 @@ class SmsPartnerProvider(PartnerProvider):
     def routes(self) -> dict[tuple[str, str], Any]:
         return {
             ("POST", "/send"): self._send,
+            ("POST", "/bulk-send"): self._bulk_send,
             ("GET", "/me"): self._me,
             ("GET", "/message-status"): self._message_status,
             ("POST", "/multi-status"): self._multi_status,
@@ -129,6 +146,9 @@ class SmsPartnerProvider(PartnerProvider):
                     return self.fail(14, f"Le numéro {number} est dans la liste STOP SMS")
             if QUEUE_FAILURE_NUMBER in numbers:
                 return self.fail(500, "Problème lors de l'ajout du SMS dans la file d'attente")
+            for number in numbers:
+                if number in MARKETING_REFUSALS:
+                    return self.fail(*MARKETING_REFUSALS[number])
             if not sandboxed and not self.env.accounts.try_charge(self.name, units):
                 return self.fail(11, "Crédit insuffisant")
             message_id = next(self._message_ids)
@@ -161,6 +181,112 @@ class SmsPartnerProvider(PartnerProvider):
             extra={"sandbox": True} if sandboxed else {},
         )
         return reply
+
+    def _bulk_send(self, request: Request, fields: dict[str, Any]) -> Reply:
+        """``POST /bulk-send``: a different text per number, each entry on its own (§1.2.3)."""
+        entries = fields.get("SMSList")
+        problems: list[Invalid] = []
+        if not isinstance(entries, list) or not entries:
+            problems.append(Invalid("SMSList", "La liste des SMS est requise"))
+        elif len(entries) > MAX_NUMBERS:
+            problems.append(Invalid("SMSList", f"{MAX_NUMBERS} SMS maximum par lot"))
+        problems += _check_sender(fields.get("sender"))
+        problems += check_tag(fields.get("tag"), min_chars=1)
+        gamme = fields.get("gamme", 1)
+        if gamme not in (1, 2, "1", "2"):
+            problems.append(Invalid("gamme", "La gamme doit valoir 1 (Premium) ou 2 (Low Cost)"))
+        for flag in ("isUnicode", "isStopSms", "sandbox"):
+            if fields.get(flag) not in (None, 0, 1, "0", "1", True, False):
+                problems.append(Invalid(flag, "La valeur doit être 0 ou 1"))
+        schedule_problems, schedule = check_schedule(fields, datetime.now())
+        problems += schedule_problems
+        if problems:
+            return self.invalid(problems)
+        assert isinstance(entries, list)
+        unicode = fields.get("isUnicode") in (1, "1", True)
+        sandboxed = fields.get("sandbox") in (1, "1", True)
+        results: list[dict[str, Any]] = []
+        accepted: list[tuple[str, int]] = []  # (number, SMS billed) per accepted entry
+        with self.lock:
+            for entry in entries:
+                result = self._bulk_entry(entry, unicode=unicode, low_cost=str(gamme) == "2")
+                number, units = result.pop("_number", None), result.pop("_units", 0)
+                if result["success"]:
+                    accepted.append((number, units))
+                results.append(result)
+            if not accepted:
+                first = results[0]
+                return self.fail(first["code"], first.get("message", "Aucun SMS envoyé"))
+            total = sum(units for _, units in accepted)
+            numbers = list(dict.fromkeys(number for number, _ in accepted))
+            if not sandboxed and not self.env.accounts.try_charge(self.name, total):
+                return self.fail(11, "Crédit insuffisant")
+            message_id = next(self._message_ids)
+            tag = fields.get("tag") or None
+            now = self.env.now()
+            self._messages[message_id] = {
+                "numbers": numbers,
+                "tag": tag,
+                "time": now,
+                "due": schedule.when.timestamp() if schedule else now,
+                "segments": max(units for _, units in accepted),
+                "per_number": dict(accepted),
+                "units": 0 if sandboxed else total,
+                "cancelled": False,
+            }
+        payload: dict[str, Any] = {
+            "message_id": message_id,
+            "currency": "EUR",
+            "cost": round(total * PRICE_EUR, 3),
+            "nbSMS": total,  # this casing at the top level, ``nbSms`` per item (§1.2.3)
+            "SMSResponse_List": results,
+        }
+        reply = self.ok(payload, outcome="accepted")
+        reply.message_id = str(message_id)
+        reply.message = AcceptedMessage(
+            message_id=str(message_id),
+            recipients=numbers,
+            fields=fields,
+            units=0 if sandboxed else total,
+            tag=tag if isinstance(tag, str) else None,
+            extra={"sandbox": True} if sandboxed else {"bulk": True},
+        )
+        return reply
+
+    def _bulk_entry(self, entry: Any, *, unicode: bool, low_cost: bool) -> dict[str, Any]:
+        """One ``SMSList`` item's result; ``_number``/``_units`` are removed by the caller."""
+        raw = entry.get("phoneNumber") if isinstance(entry, dict) else None
+        text = entry.get("message") if isinstance(entry, dict) else None
+        number = normalize_number(raw) if isinstance(raw, str) else None
+        shown = number or raw
+
+        def refused(code: int, message: str) -> dict[str, Any]:
+            return {"success": False, "code": code, "phoneNumber": shown, "message": message}
+
+        if number is None:
+            return refused(9, f"Ce numero de telephone n'est pas valide ({raw})")
+        if not isinstance(text, str) or not text.strip():
+            return refused(43, "Le message est requis")
+        per_number = segments(text, unicode=unicode)
+        if low_cost and per_number > 1:
+            return refused(42, "Le SMS Low Cost est limité à 160 caractères")
+        if per_number > MAX_SEGMENTS:
+            return refused(52, f"{MAX_SEGMENTS} SMS concaténés maximum")
+        if number in self._stops or number.endswith(STOP_SUFFIX):
+            return refused(14, f"Le numéro {number} est dans la liste STOP SMS")
+        if number == QUEUE_FAILURE_NUMBER:
+            return refused(500, "Problème lors de l'ajout du SMS dans la file d'attente")
+        if number in MARKETING_REFUSALS:
+            return refused(*MARKETING_REFUSALS[number])
+        return {
+            "success": True,
+            "code": 200,
+            "nbSms": per_number,
+            "cost": round(per_number * PRICE_EUR, 3),
+            "phoneNumber": number,
+            "_number": number,
+            "_units": per_number,
+        }
 
     # --- account and status -----------------------------------------------------------------
 
@@ -208,7 +334,9 @@ class SmsPartnerProvider(PartnerProvider):
                 "stopSms": False,
                 "date": datetime.fromtimestamp(message["time"]).strftime("%Y-%m-%d %H:%M:%S"),
                 "statut": self._status(message),
-                "cost": round(message["segments"] * PRICE_EUR, 3),
+                "cost": round(
+                    message.get("per_number", {}).get(number, message["segments"]) * PRICE_EUR, 3
+                ),
                 "countryCode": "FR" if number and number.startswith("+33") else "",
                 "currency": "EUR",
             }
@@ -246,9 +374,9 @@ class SmsPartnerProvider(PartnerProvider):
     def _recipients(self, message_id: int, message: dict[str, Any]) -> list[dict[str, Any]]:
         status = self._status(message)
         return [
+            # §1.2.9: exactly these fields; the id is the answer's top-level message_id.
             {
                 "phoneNumber": number,
-                "messageId": message_id,
                 "status": status,
                 "stopSMS": False,
                 "date": str(int(message["time"])),

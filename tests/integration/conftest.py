@@ -90,6 +90,8 @@ def stack_env(redis_url: str, sandbox_url: str) -> dict[str, str]:
         "DELIVERY_RETRY_BACKOFF_BASE_S": "0.2",
         "DELIVERY_RETRY_BACKOFF_MAX_S": "2",
         "DELIVERY_HTTP_READ_TIMEOUT_S": "3",
+        # Ask about an unknown outcome 2 s after it, not the default 60 s.
+        "DELIVERY_RECONCILE_GRACE_S": "2",
         # A breaker that opens and probes within seconds.
         "DELIVERY_BREAKER_FAILURE_THRESHOLD": "3",
         "DELIVERY_BREAKER_OPEN_S": "1.5",

@@ -169,3 +169,14 @@ def test_emailmassivo_lost_answer_is_sent_once(stack: Any, success_status: int) 
     assert f.checks["result_uuid_is_first"] == 10, line
     assert f.states == {"sent": 10}, line
     assert (f.sent, f.lost, f.duplicated) == (10, 0, 0), line
+
+
+def test_sms_accepted_after_the_read_timeout_is_found_not_resent(stack: Any) -> None:
+    """Lost answer, SMS Partner: accepted after the worker gave up; 0 lost, 0 duplicates."""
+    f = soak.scenario_sms_late_accept(stack, messages=8)
+    line = report(f)
+    assert f.checks["late_accepted"] == 8, line
+    assert f.checks["sends"] == 8, line  # one /send per message: nothing resent
+    assert f.checks["status_checks"] >= 8, line
+    assert (f.sent, f.lost, f.duplicated) == (8, 0, 0), line
+    assert f.states == {"sent": 8}, line

@@ -95,12 +95,22 @@ def test_latency_delays_a_normal_answer(client, set_faults):
     assert response.json()["success"] is True
 
 
-def test_timeout_answers_after_the_client_gave_up(client, set_faults, messages):
-    set_faults({"provider": "smspartner", "path": "/send", "action": "timeout", "delay_ms": 1000})
+def test_timeout_waits_first_then_the_provider_accepts_after_the_client_gave_up(
+    client, set_faults, messages, requests_of
+):
+    set_faults({"provider": "smspartner", "path": "/send", "action": "timeout", "delay_ms": 800})
+    started = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         sms_send(client, tag="late", timeout=0.2)
-    # The send was processed before the delay: its outcome is unknown to the client only.
+    # The client gave up at 0.2 s; the provider has not processed the send yet (late acceptance).
+    assert messages("smspartner") == []
+    deadline = started + 5
+    while not messages("smspartner") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 0.8
     assert [m["tag"] for m in messages("smspartner")] == ["late"]
+    [record] = requests_of("smspartner")
+    assert (record["outcome"], record["fault"]) == ("accepted", "timeout")
 
 
 def test_reset_aborts_the_connection_before_processing(client, set_faults, messages, requests_of):

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from worker.drivers.base import SendContext
+from worker.drivers.partner import PROVIDER_TZ, next_marketing_slot
 from worker.drivers.smspartner import SMS_CODES, SmsPartnerDriver, encode_text
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
+    DeferredError,
     DeliveryError,
     PermanentError,
     RecipientRejectedError,
@@ -108,8 +112,9 @@ def test_send_request_shape() -> None:
         "phoneNumbers": "+33612345678,+33698765432",
         "message": 'Total 5:euro::br:Merci "Bob"',
         "sender": "MyShop",
-        # The delivery's tag wins over the caller's: it is what reconcile looks up (§1.5).
-        "tag": "dwabc123",
+        # The caller's tag reaches the provider as set (§1.2.2); the service then reconciles
+        # by it with the stricter rules for shared tags (was: replaced by the delivery's tag).
+        "tag": "user-tag",
     }
 
 
@@ -169,8 +174,8 @@ EXPECTED_CLASS: dict[int, type[DeliveryError]] = {
     96: ConfigurationError,
     11: AccountBlockedError,
     14: RecipientRejectedError,
-    22: ThrottledError,
-    23: ThrottledError,
+    22: DeferredError,
+    23: DeferredError,
     429: ThrottledError,
     500: TransientError,
 }
@@ -222,11 +227,21 @@ def test_simple_error_shape() -> None:
         make_driver(handler).send(message(), CTX)
 
 
-def test_marketing_window_codes_wait_instead_of_failing() -> None:
-    _, handler = recorder(httpx.Response(200, json={"success": False, "code": 22}))
-    with pytest.raises(ThrottledError) as info:
+@pytest.mark.parametrize("code", [22, 23])
+def test_marketing_window_codes_defer_this_message_to_the_next_slot(code: int) -> None:
+    # §1.3 codes 22/23 are "deferrable" (§1.2.2: held until the next business day at 08:00):
+    # not a provider-wide throttle (was ThrottledError with a 60 s Retry-After).
+    _, handler = recorder(httpx.Response(200, json={"success": False, "code": code}))
+    before = time.time()
+    with pytest.raises(DeferredError) as info:
         make_driver(handler).send(message(), CTX)
-    assert info.value.retry_after_s == 60.0
+    error = info.value
+    assert error.kind == "deferred" and error.provider_code == str(code)
+    assert error.retry_after_s is None
+    slot = datetime.fromtimestamp(error.not_before, PROVIDER_TZ)
+    assert before < error.not_before <= before + 3 * 24 * 3600
+    assert (slot.hour, slot.minute, slot.second) == (8, 0, 0)
+    assert slot.weekday() != 6  # never a Sunday
 
 
 # -- balance ------------------------------------------------------------------------------------
@@ -368,3 +383,118 @@ def test_hostile_answers_are_classified(
         make_driver(handler).send(message(), CTX)
     assert type(info.value) is expected
     assert len(str(info.value)) < 1000
+
+
+# -- unicode (providers.md §1.2.2) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [
+        ("Votre code: 1234 é à ü €", None),  # all GSM 7-bit (basic and extension tables)
+        ("Ça coûte 5 €", 1),  # ê, û are not GSM 7-bit
+        ("Merci 😀", 1),
+        ("Привет", 1),
+    ],
+)
+def test_text_outside_gsm7_is_sent_with_is_unicode(text: str, flag: int | None) -> None:
+    seen, handler = recorder(httpx.Response(200, json=SUCCESS))
+    make_driver(handler).send(message(text=text), CTX)
+    assert json.loads(seen[0].content).get("isUnicode") == flag
+
+
+# -- marketing window: the next allowed slot (providers.md §1.2.2, §1.3 codes 22/23) -------------
+
+
+def paris(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=PROVIDER_TZ).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("now", "code", "slot"),
+    [
+        ("2025-03-12 21:30", 22, "2025-03-13 08:00"),  # Wednesday evening: tomorrow 08:00
+        ("2025-03-12 06:15", 22, "2025-03-12 08:00"),  # Wednesday before 08:00: today
+        ("2025-03-15 22:45", 22, "2025-03-17 08:00"),  # Saturday night: Monday (no Sundays)
+        ("2025-03-16 11:00", 23, "2025-03-17 08:00"),  # Sunday: Monday
+        ("2025-03-16 07:00", 22, "2025-03-17 08:00"),  # Sunday morning: Monday, not Sunday 08:00
+        ("2025-05-01 10:00", 23, "2025-05-02 08:00"),  # a holiday (Thursday): the next day
+        ("2025-03-29 21:00", 22, "2025-03-31 08:00"),  # across the switch to summer time
+    ],
+)
+def test_next_marketing_slot(now: str, code: int, slot: str) -> None:
+    assert next_marketing_slot(paris(now), code) == paris(slot)
+
+
+# -- reconcile under a caller's tag (providers.md §1.2.10, §1.5) ---------------------------------
+
+SENT_AFTER = 1_700_000_000.0
+CALLER_CTX = SendContext(
+    delivery_id="dlv-0005",
+    idempotency_key="k",
+    tag="promo",
+    tag_is_callers=True,
+    sent_after=SENT_AFTER,
+)
+
+
+def by_tag(*items: tuple[str, object], message_id: str = "777") -> dict[str, Any]:
+    listed = [
+        {"phoneNumber": number, "status": "Waiting", "stopSMS": False, "date": date}
+        for number, date in items
+    ]
+    return {
+        "success": True,
+        "code": 200,
+        "message_id": message_id,
+        "StatutResponse_List": listed,
+        "currentPage": 1,
+        "total": len(listed),
+    }
+
+
+def reconcile_with(body: dict[str, Any], ctx: SendContext = CALLER_CTX) -> Any:
+    _, handler = recorder(httpx.Response(200, json=body))
+    return make_driver(handler).reconcile(message(), ctx)
+
+
+def test_caller_tag_send_found_when_every_number_is_listed_after_the_first_attempt() -> None:
+    late = str(int(SENT_AFTER) + 40)
+    found = reconcile_with(by_tag((NUMBERS[0], late), (NUMBERS[1], late)))
+    assert found is not None
+    assert found.provider_message_ids == {NUMBERS[0]: "777", NUMBERS[1]: "777"}
+
+
+def test_caller_tag_older_sends_are_not_this_delivery() -> None:
+    old = str(int(SENT_AFTER) - 3600)
+    assert reconcile_with(by_tag((NUMBERS[0], old), (NUMBERS[1], old))) is None
+
+
+def test_caller_tag_send_needs_every_number_and_a_readable_date() -> None:
+    late = str(int(SENT_AFTER) + 5)
+    assert reconcile_with(by_tag((NUMBERS[0], late))) is None  # one /send lists them all
+    assert reconcile_with(by_tag((NUMBERS[0], late), (NUMBERS[1], "hier"))) is None
+
+
+def test_caller_tag_date_in_paris_wall_time_is_read() -> None:
+    # §1.2.7 shows dates as "Y-m-d H:i:s" too; Paris time is [INFERRED].
+    when = datetime.fromtimestamp(SENT_AFTER + 60, PROVIDER_TZ).strftime("%Y-%m-%d %H:%M:%S")
+    assert reconcile_with(by_tag((NUMBERS[0], when), (NUMBERS[1], when))) is not None
+
+
+def test_caller_tag_with_other_sends_listed_reports_no_foreign_id() -> None:
+    late, old = str(int(SENT_AFTER) + 5), str(int(SENT_AFTER) - 600)
+    found = reconcile_with(by_tag((NUMBERS[0], late), (NUMBERS[1], late), ("+33611111111", old)))
+    assert found is not None
+    assert found.provider_message_ids == {}  # the top-level id may be the other send's
+
+
+def test_by_tag_answer_with_more_pages_is_not_a_not_found() -> None:
+    body = {**by_tag(), "total": 3}
+    with pytest.raises(UnknownOutcomeError, match="more pages"):
+        reconcile_with(body)
+
+
+def test_by_tag_code_4_means_nothing_under_the_tag() -> None:
+    body = {"success": False, "code": 4, "message": "Message introuvable"}
+    assert reconcile_with(body, CTX) is None

@@ -7,6 +7,7 @@ The provider is an ``httpx.MockTransport`` speaking SMS Partner's documented env
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -408,3 +409,147 @@ def test_lost_answer_then_200_with_the_first_uuid_is_sent_once(make_runtime: Any
     assert again.result.provider_message_ids == {"a***@example.com": EM_UUID}
     keys = {json.loads(r.content)["idempotencyKey"] for r in calls.requests}
     assert len(calls.requests) == 2 and len(keys) == 1
+
+
+# -- marketing window: only this message waits (providers.md §1.2.2, §1.3 codes 22/23) -----------
+
+
+def refuse(code: int) -> httpx.Response:
+    return httpx.Response(200, json={"success": False, "code": code, "message": "hors plage"})
+
+
+def test_marketing_window_defers_this_message_and_holds_no_shared_budget(
+    calls: Calls, make_runtime: Any, redis_client: redis.Redis
+) -> None:
+    first, second = make_runtime(calls), make_runtime(calls)
+    calls.answers.append(refuse(22))
+    deferred = run(first, delivery_id="a")
+    assert isinstance(deferred, Retry) and deferred.reason == "deferred"
+    assert deferred.result.status == "waiting"
+    assert 0 < deferred.delay_s <= 30  # capped below the visibility timeout
+    record = first.ledger.get("a")
+    assert record is not None
+    assert float(record.fields["not_before"]) > time.time()
+    assert (record.attempts, record.throttled) == (0, 0)  # no error retry, not a throttle
+    assert list(redis_client.scan_iter("*dw:rl:*hold*")) == []
+    # Another message goes out at once, on another worker sharing the SMS budget.
+    other = run(second, delivery_id="b")
+    assert isinstance(other, Done) and other.result.status == "sent"
+    assert first.health.allow_request("smspartner").allowed  # the breaker heard no failure
+    # Before its slot, the deferred message waits again without calling the provider.
+    again = run(first, delivery_id="a")
+    assert isinstance(again, Retry) and again.reason == "deferred"
+    assert calls.paths() == ["/smspartner/v1/send", "/smspartner/v1/send"]
+
+
+def test_marketing_slot_after_the_deadline_expires_the_message(
+    calls: Calls, make_runtime: Any
+) -> None:
+    rt = make_runtime(calls)
+    soon = (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
+    calls.answers.append(refuse(23))  # next slot: 08:00 on another day, hours away
+    outcome = run(rt, {**SMS, "deadline": soon})
+    assert isinstance(outcome, Done)
+    assert outcome.result.status == "expired"
+    assert outcome.result.error is not None and "next allowed" in outcome.result.error.message
+
+
+# -- late acceptance: reconcile after a grace, before any resend (providers.md §1.5) -------------
+
+
+class Script(Calls):
+    """Answers in order; an exception instance is raised instead (a read timeout)."""
+
+    def __init__(self, *steps: httpx.Response | Exception) -> None:
+        super().__init__()
+        self.steps = list(steps)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        step = self.steps.pop(0) if self.steps else httpx.Response(200, json=OK)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def by_tag(*numbers: str) -> httpx.Response:
+    items = [
+        {"phoneNumber": n, "status": "Waiting", "stopSMS": False, "date": str(int(time.time()))}
+        for n in numbers
+    ]
+    body = {"success": True, "code": 200, "StatutResponse_List": items, "total": len(items)}
+    return httpx.Response(200, json={**body, "message_id": "901", "currentPage": 1})
+
+
+READ_TIMEOUT = httpx.ReadTimeout("timed out")
+BY_TAG = "/smspartner/v1/bulk-status-by-tag"
+SEND = "/smspartner/v1/send"
+
+
+def test_read_timeout_waits_for_the_grace_then_finds_the_late_acceptance(
+    make_runtime: Any,
+) -> None:
+    calls = Script(READ_TIMEOUT, by_tag("+33612345678"))
+    rt = make_runtime(calls, reconcile_grace_s=0.3)
+    outcome = run(rt)
+    assert isinstance(outcome, Retry) and outcome.reason == "reconcile_grace"
+    assert calls.paths() == [SEND]  # not asked at once: a late acceptance would not show yet
+    early = run(rt)
+    assert isinstance(early, Retry) and early.reason == "reconcile_grace"
+    assert calls.paths() == [SEND]  # within the grace: no call at all
+    time.sleep(0.35)
+    done = run(rt)
+    assert isinstance(done, Done) and done.result.status == "sent"
+    assert done.result.provider_message_ids == {"+3361*****78": "901"}
+    assert calls.paths() == [SEND, BY_TAG]  # found: never resent
+
+
+def test_after_the_grace_a_send_the_provider_never_saw_is_resent_once(make_runtime: Any) -> None:
+    calls = Script(READ_TIMEOUT, by_tag())
+    rt = make_runtime(calls, reconcile_grace_s=0.2)
+    assert isinstance(run(rt), Retry)
+    time.sleep(0.25)
+    done = run(rt)
+    assert isinstance(done, Done) and done.result.status == "sent"
+    assert calls.paths() == [SEND, BY_TAG, SEND]
+    # The same tag on both attempts, so a late acceptance of either is found.
+    tags = {json.loads(r.content)["tag"] for r in calls.requests if r.url.path == SEND}
+    assert len(tags) == 1
+
+
+def test_retries_exhausted_with_an_unknown_outcome_asks_before_failing(
+    make_runtime: Any,
+) -> None:
+    calls = Script(READ_TIMEOUT, by_tag())
+    rt = make_runtime(calls, reconcile_grace_s=0.2, max_retries=0)
+    assert isinstance(run(rt), Retry)
+    time.sleep(0.25)
+    done = run(rt)
+    assert isinstance(done, Done) and done.result.status == "failed"
+    assert done.result.error is not None and done.result.error.kind == "unknown_outcome"
+    assert calls.paths() == [SEND, BY_TAG]  # asked, not resent
+
+
+# -- the caller's tag (providers.md §1.2.2, §1.2.10, §1.5) ---------------------------------------
+
+
+def test_the_callers_tag_reaches_the_provider(calls: Calls, make_runtime: Any) -> None:
+    rt = make_runtime(calls)
+    assert isinstance(run(rt, {**SMS, "tag": "promo-mai"}), Done)
+    assert json.loads(calls.requests[0].content)["tag"] == "promo-mai"
+
+
+def test_a_callers_tag_shared_with_another_delivery_is_not_trusted_to_reconcile(
+    make_runtime: Any,
+) -> None:
+    # a's send times out and is never accepted; b, same tag and number, is sent. The by-tag
+    # lookup would list b's send as if it were a's: a must be resent, not reported sent.
+    calls = Script(READ_TIMEOUT, httpx.Response(200, json=OK))
+    rt = make_runtime(calls, reconcile_grace_s=0.2)
+    tagged = {**SMS, "tag": "promo"}
+    assert isinstance(run(rt, tagged, delivery_id="a"), Retry)
+    assert isinstance(run(rt, tagged, delivery_id="b"), Done)
+    time.sleep(0.25)
+    done = run(rt, tagged, delivery_id="a")
+    assert isinstance(done, Done) and done.result.status == "sent"
+    assert calls.paths() == [SEND, SEND, SEND]  # no lookup trusted: resent

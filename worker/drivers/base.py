@@ -51,7 +51,13 @@ class SendContext:
     """Stable across every attempt of one delivery; sent to providers that support one."""
     attempt: int = 1
     tag: str | None = None
-    """A provider-side tag unique to this delivery, for reconciliation (SMS Partner)."""
+    """The provider-side tag sent on every attempt (SMS Partner): the caller's, else one unique to
+    this delivery; an unknown outcome is reconciled by it."""
+    tag_is_callers: bool = False
+    """The tag was chosen by the caller, so other sends may carry it too."""
+    sent_after: float | None = None
+    """When the delivery's first attempt started (epoch seconds): a send found by a shared tag
+    that is older than this is not this delivery's."""
 
 
 @dataclass(frozen=True)

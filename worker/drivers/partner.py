@@ -9,8 +9,11 @@ under ``error`` (Go client, Ruby gem, FR docs) or ``errors`` (EN draft): both ar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, TypeVar
+from zoneinfo import ZoneInfo
 
 import httpx
 
@@ -18,6 +21,7 @@ from worker.drivers.base import Balance, Driver, M
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
+    DeferredError,
     DeliveryError,
     PermanentError,
     RecipientRejectedError,
@@ -27,7 +31,7 @@ from worker.errors import (
 )
 from worker.http import parse_retry_after
 
-__all__ = ["PartnerDriver"]
+__all__ = ["PROVIDER_TZ", "PartnerDriver", "next_marketing_slot"]
 
 T = TypeVar("T", bound=DeliveryError)
 
@@ -92,6 +96,14 @@ class PartnerDriver(Driver[M]):
                 provider_code=code,
                 retry_after_s=parse_retry_after(response.headers.get("Retry-After")) or 60.0,
             )
+        if kind is DeferredError:
+            return DeferredError(
+                message,
+                not_before=next_marketing_slot(time.time(), code),
+                provider=self.name,
+                status_code=response.status_code,
+                provider_code=code,
+            )
         if kind is None:
             # Unknown codes are treated as permanent: resending an unexplained refusal in a loop
             # costs money and hides the problem; operators see the code in the result.
@@ -117,6 +129,37 @@ class PartnerDriver(Driver[M]):
             credits=count,
             currency=currency,
         )
+
+
+# [INFERRED] The platform is French (api.smspartner.fr, api.mailpartner.fr) and its docs state the
+# legal window without a time zone (providers.md §1.2.2): it is read in Paris time.
+PROVIDER_TZ = ZoneInfo("Europe/Paris")
+MARKETING_WINDOW_OPENS_HOUR = 8
+"""The legal window for marketing messages opens at 08:00 (providers.md §1.2.2, §1.3 code 22)."""
+
+
+def next_marketing_slot(now: float, code: int) -> float:
+    """When a marketing message refused with code 22 or 23 may be sent again (epoch seconds).
+
+    Marketing sends are "held until the next business day at 08:00" (providers.md §1.2.2).
+    Code 22 (outside the hours): the next 08:00, Paris time. Code 23 (Sunday or a public
+    holiday): 08:00 on the next day that is not a Sunday. Sundays are never allowed, so code 22
+    skips them too. Public holidays are unknown here: if the provider refuses again on one, the
+    next slot is simply computed again from that refusal.
+    """
+    local = datetime.fromtimestamp(now, PROVIDER_TZ)
+    day = local.date()
+    opens = datetime.combine(day, datetime.min.time(), tzinfo=PROVIDER_TZ).replace(
+        hour=MARKETING_WINDOW_OPENS_HOUR
+    )
+    if code != 22 or opens <= local:
+        day += timedelta(days=1)  # code 23: today is refused; code 22: today's 08:00 is past
+    while day.weekday() == 6:  # Sunday
+        day += timedelta(days=1)
+    slot = datetime.combine(day, datetime.min.time(), tzinfo=PROVIDER_TZ).replace(
+        hour=MARKETING_WINDOW_OPENS_HOUR
+    )
+    return slot.timestamp()
 
 
 def _as_int(value: Any) -> int | None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
 
 from worker.drivers.base import SendContext, SendOutcome
-from worker.drivers.partner import COMMON_CODES, PartnerDriver, _as_float
-from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
-from worker.models import SmsMessage
+from worker.drivers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver, _as_float, _as_int
+from worker.errors import (
+    DeferredError,
+    DeliveryError,
+    PermanentError,
+    ThrottledError,
+    UnknownOutcomeError,
+)
+from worker.models import SmsMessage, sms_units
 
 __all__ = ["SmsPartnerDriver"]
 
@@ -21,11 +28,11 @@ SMS_CODES: dict[int, type[DeliveryError]] = {
     9: PermanentError,  # validation constraints, details in error[]
     13: PermanentError,  # no default price: unroutable destination
     15: PermanentError,  # number already in the list
-    # 22/23: marketing SMS outside 08:00-20:00 or on Sundays/holidays. The provider holds such
-    # messages itself for marketing accounts; when it refuses instead, retrying within the hour
-    # is the safe reading of "deferrable" (we do not know the account's time zone).
-    22: ThrottledError,
-    23: ThrottledError,
+    # 22/23: marketing SMS outside the legal window (§1.2.2) or on Sundays/holidays (§1.3,
+    # "deferrable"). Only this message waits, until the next allowed slot
+    # (partner.next_marketing_slot); it is not a provider-wide throttle.
+    22: DeferredError,
+    23: DeferredError,
     42: PermanentError,
     43: PermanentError,
     44: PermanentError,
@@ -67,10 +74,15 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         }
         if message.sender:
             payload["sender"] = message.sender
-        # The delivery's own tag wins: it makes an unknown outcome reconcilable (§1.5).
-        tag = ctx.tag or message.tag
+        # The caller's tag reaches the provider as set (§1.2.2); without one, the delivery's own
+        # tag; the same on every attempt, so a late acceptance is found by tag (§1.5).
+        tag = message.tag or ctx.tag
         if tag:
             payload["tag"] = tag
+        if not sms_units(message.text)[1]:
+            # Outside the GSM 7-bit alphabet: without the flag the provider substitutes
+            # characters (§1.2.2); billed 70 per SMS, 67 per part (models.sms_segments).
+            payload["isUnicode"] = 1
         return self.post_json(
             "send", self.auth_body(payload), headers={"Cache-Control": "no-cache"}
         )
@@ -102,21 +114,95 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         )
 
     def reconcile(self, message: SmsMessage, ctx: SendContext) -> SendOutcome | None:
-        """``GET /bulk-status-by-tag``: did an earlier attempt with this tag get accepted? (§1.5)"""
+        """``GET /bulk-status-by-tag``: did an earlier attempt of this delivery get accepted? (§1.5)
+
+        The answer lists the recipients of every send under the tag, with one top-level
+        ``message_id`` and no per-item id (§1.2.9, §1.2.10). With the delivery's own tag (unique
+        per delivery) any listed number of this message is this delivery's send. A tag the caller
+        chose may also name older or other sends (§1.5 wants a *unique* tag to reconcile), so a
+        send counts as this delivery's only when it lists *every* number of the message (one
+        ``/send`` covers them all) dated no earlier than the delivery's first attempt
+        (``ctx.sent_after``, less a clock margin); an undated item cannot be attributed. The
+        service additionally refuses to trust the lookup when another delivery of ours used the
+        same tag for one of these numbers in that window. Wrongly "not found" means a resend
+        (at most one more copy); wrongly "found" would report a message ``sent`` that was not.
+        """
         if not ctx.tag:
             return None
-        response = self.transmit(self.get_request("bulk-status-by-tag", tag=ctx.tag))
-        data = self.envelope(response)
+        try:
+            response = self.transmit(self.get_request("bulk-status-by-tag", tag=ctx.tag))
+            data = self.envelope(response)
+        except PermanentError as exc:
+            if exc.provider_code == "4":
+                return None  # "message not found": nothing was accepted under this tag
+            raise
         items = data.get("StatutResponse_List")
-        if not isinstance(items, list) or not items:
-            return None  # nothing accepted under this tag: a resend cannot duplicate
-        message_id = data.get("message_id")
-        ids: dict[str, str] = {}
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise UnknownOutcomeError(
+                "smspartner bulk-status-by-tag answer has no recipient list", provider=self.name
+            )
+        wanted = set(message.to)
+        matched: dict[str, Any] = {}
+        foreign = False
         for item in items:
-            if isinstance(item, dict) and isinstance(item.get("phoneNumber"), str):
-                item_id = item.get("messageId", message_id)
-                if item_id is not None:
-                    ids[item["phoneNumber"]] = str(item_id)
-        if not ids and message_id is not None:
-            ids = {number: str(message_id) for number in message.to}
+            number = item.get("phoneNumber") if isinstance(item, dict) else None
+            ours = isinstance(number, str) and number in wanted
+            if ours and ctx.tag_is_callers:
+                when = _epoch(item.get("date"))
+                ours = (
+                    when is not None
+                    and ctx.sent_after is not None
+                    and when >= ctx.sent_after - RECONCILE_CLOCK_MARGIN_S
+                )
+            if ours:
+                assert isinstance(number, str) and isinstance(item, dict)
+                matched[number] = item.get("messageId")
+            else:
+                foreign = True
+        found = bool(matched) and (set(matched) == wanted or not ctx.tag_is_callers)
+        if not found:
+            total = _as_int(data.get("total"))
+            if total is not None and total > len(items):
+                # More pages than we can read (the page parameter is [NOT FOUND], §1.2.10):
+                # "not on the first page" is not "not sent".
+                raise UnknownOutcomeError(
+                    "smspartner bulk-status-by-tag answer has more pages", provider=self.name
+                )
+            return None
+        # The one top-level id is this send's only when nothing else is listed under the tag.
+        fallback = None if foreign else data.get("message_id")
+        ids: dict[str, str] = {}
+        for number, item_id in matched.items():
+            item_id = fallback if item_id is None else item_id  # items carry no id (§1.2.9)
+            if isinstance(item_id, (int, str)) and not isinstance(item_id, bool) and item_id != "":
+                ids[number] = str(item_id)
         return SendOutcome(provider=self.name, provider_message_ids=ids)
+
+
+RECONCILE_CLOCK_MARGIN_S = 5.0
+"""Tolerance between our clock and the provider's when dating a send found by tag; the dates
+are whole seconds (§1.2.9)."""
+
+
+def _epoch(value: Any) -> float | None:
+    """A status ``date``: epoch seconds (a string or a number) or ``"Y-m-d H:i:s"`` (§1.2.7).
+
+    [INFERRED] The provider does not state the time zone of the second form; it is French, so
+    Paris time is assumed.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        parsed = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=PROVIDER_TZ).timestamp()
