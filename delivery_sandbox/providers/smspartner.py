@@ -37,7 +37,13 @@ from datetime import datetime
 from typing import Any
 
 from delivery_sandbox.providers.base import Env
-from delivery_sandbox.providers.partner import Invalid, PartnerProvider, check_schedule, check_tag
+from delivery_sandbox.providers.partner import (
+    Invalid,
+    PartnerProvider,
+    Schedule,
+    check_schedule,
+    check_tag,
+)
 from delivery_sandbox.ratelimit import Window
 from delivery_sandbox.wire import AcceptedMessage, Reply, Request
 
@@ -118,22 +124,14 @@ class SmsPartnerProvider(PartnerProvider):
         text = fields.get("message")
         if not isinstance(text, str) or not text.strip():
             problems.append(Invalid("message", "Le message est requis"))
-        problems += _check_sender(fields.get("sender"))
-        problems += check_tag(fields.get("tag"), min_chars=1)
-        gamme = fields.get("gamme", 1)
-        if gamme not in (1, 2, "1", "2"):
-            problems.append(Invalid("gamme", "La gamme doit valoir 1 (Premium) ou 2 (Low Cost)"))
-        for flag in ("isUnicode", "isStopSms", "sandbox"):
-            if fields.get(flag) not in (None, 0, 1, "0", "1", True, False):
-                problems.append(Invalid(flag, "La valeur doit être 0 ou 1"))
-        schedule_problems, schedule = check_schedule(fields, datetime.now())
-        problems += schedule_problems
+        option_problems, schedule = _check_options(fields)
+        problems += option_problems
         if problems:
             return self.invalid(problems)
         assert isinstance(text, str)
         unicode = fields.get("isUnicode") in (1, "1", True)
         per_number = segments(text, unicode=unicode)
-        if str(gamme) == "2" and per_number > 1:
+        if str(fields.get("gamme", 1)) == "2" and per_number > 1:
             return self.fail(42, "Le SMS Low Cost est limité à 160 caractères")
         if per_number > MAX_SEGMENTS:
             return self.fail(52, f"{MAX_SEGMENTS} SMS concaténés maximum")
@@ -190,16 +188,8 @@ class SmsPartnerProvider(PartnerProvider):
             problems.append(Invalid("SMSList", "La liste des SMS est requise"))
         elif len(entries) > MAX_NUMBERS:
             problems.append(Invalid("SMSList", f"{MAX_NUMBERS} SMS maximum par lot"))
-        problems += _check_sender(fields.get("sender"))
-        problems += check_tag(fields.get("tag"), min_chars=1)
-        gamme = fields.get("gamme", 1)
-        if gamme not in (1, 2, "1", "2"):
-            problems.append(Invalid("gamme", "La gamme doit valoir 1 (Premium) ou 2 (Low Cost)"))
-        for flag in ("isUnicode", "isStopSms", "sandbox"):
-            if fields.get(flag) not in (None, 0, 1, "0", "1", True, False):
-                problems.append(Invalid(flag, "La valeur doit être 0 ou 1"))
-        schedule_problems, schedule = check_schedule(fields, datetime.now())
-        problems += schedule_problems
+        option_problems, schedule = _check_options(fields)
+        problems += option_problems
         if problems:
             return self.invalid(problems)
         assert isinstance(entries, list)
@@ -207,9 +197,10 @@ class SmsPartnerProvider(PartnerProvider):
         sandboxed = fields.get("sandbox") in (1, "1", True)
         results: list[dict[str, Any]] = []
         accepted: list[tuple[str, int]] = []  # (number, SMS billed) per accepted entry
+        low_cost = str(fields.get("gamme", 1)) == "2"
         with self.lock:
             for entry in entries:
-                result = self._bulk_entry(entry, unicode=unicode, low_cost=str(gamme) == "2")
+                result = self._bulk_entry(entry, unicode=unicode, low_cost=low_cost)
                 number, units = result.pop("_number", None), result.pop("_units", 0)
                 if result["success"]:
                     accepted.append((number, units))
@@ -502,3 +493,18 @@ def _check_sender(value: Any) -> list[Invalid]:
     if len(value) > 11:
         return [Invalid("sender", "L'emetteur ne peut pas etre plus long que 11 caracteres")]
     return []
+
+
+def _check_options(fields: dict[str, Any]) -> tuple[list[Invalid], Schedule | None]:
+    """The optional fields ``/send`` and ``/bulk-send`` share (§1.2.2, §1.2.3): sender, tag,
+    gamme, the 0/1 flags and the schedule; returns the problems and the parsed schedule."""
+    problems = _check_sender(fields.get("sender"))
+    problems += check_tag(fields.get("tag"), min_chars=1)
+    gamme = fields.get("gamme", 1)
+    if gamme not in (1, 2, "1", "2"):
+        problems.append(Invalid("gamme", "La gamme doit valoir 1 (Premium) ou 2 (Low Cost)"))
+    for flag in ("isUnicode", "isStopSms", "sandbox"):
+        if fields.get(flag) not in (None, 0, 1, "0", "1", True, False):
+            problems.append(Invalid(flag, "La valeur doit être 0 ou 1"))
+    schedule_problems, schedule = check_schedule(fields, datetime.now())
+    return problems + schedule_problems, schedule
