@@ -292,7 +292,8 @@ def build_workload(run: str, count: int, providers: Sequence[str] = PROVIDERS) -
     for i in range(count):
         provider = providers[i % len(providers)]
         token = f"fx{run}n{i}"
-        phone = f"+336{12000000 + i % 1000000:08d}"
+        # Odd numbers: never the sandbox's STOP-listed ending 0014 (nor a magic +336000000xx).
+        phone = f"+336{12000001 + 2 * (i % 1000000):08d}"
         message: dict[str, Any]
         if CHANNELS[provider] == "email":
             message = {
