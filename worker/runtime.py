@@ -14,12 +14,12 @@ import httpx
 import redis
 
 from worker.config import Settings, get_settings
-from worker.drivers import Driver, make_driver
 from worker.errors import ConfigurationError
 from worker.flow import BreakerConfig, RedisHealthStore, RedisRateLimiter
 from worker.http import build_client
 from worker.ledger import Ledger
 from worker.parking import Parking
+from worker.providers import Driver, make_driver
 
 __all__ = ["Runtime", "get_runtime", "reset_runtime"]
 

@@ -30,7 +30,6 @@ from typing import Any
 import structlog
 from tenacity import RetryCallState, wait_random_exponential
 
-from worker.drivers import Driver, SendContext, SendOutcome
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -50,6 +49,7 @@ from worker.models import (
     VoiceMessage,
     parse_message,
 )
+from worker.providers import Driver, SendContext, SendOutcome
 from worker.redaction import mask_email, mask_phone, scrub
 from worker.runtime import Runtime
 

@@ -9,9 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.drivers import DRIVER_PATHS, make_driver
-from worker.drivers.base import Driver, SendContext
-from worker.drivers.postal import PostalDriver
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
@@ -20,6 +17,9 @@ from worker.errors import (
 )
 from worker.http import MAX_RESPONSE_BYTES, join_url, map_transport_error, parse_retry_after
 from worker.models import EmailMessage, SmsMessage, VoiceMessage
+from worker.providers import DRIVER_PATHS, make_driver
+from worker.providers.base import Driver, SendContext
+from worker.providers.postal import PostalDriver
 
 from .driver_support import Handler, mock_client
 

@@ -1,7 +1,7 @@
 """Mail Partner: ``POST /send`` on the Partner platform; providers.md §2.
 
 Same envelope as SMS Partner (``success``/``code``, ``apiKey`` in the body), see
-:mod:`worker.drivers.partner`. Differences that matter here: the body is ``htmlContent`` only,
+:mod:`worker.providers.partner`. Differences that matter here: the body is ``htmlContent`` only,
 recipients are nested under ``params.to``, attachment file names go without their extension,
 and the success id is ``messageId`` in camelCase (§2.2).
 """
@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import httpx
 
-from worker.drivers.base import SendContext, SendOutcome
-from worker.drivers.partner import COMMON_CODES, PartnerDriver, _as_float
 from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
 from worker.models import Address, EmailMessage
+from worker.providers.base import SendContext, SendOutcome
+from worker.providers.partner import COMMON_CODES, PartnerDriver, _as_float
 
 __all__ = ["MailPartnerDriver", "text_to_html", "unsent_fields"]
 

@@ -15,8 +15,6 @@ from urllib.parse import quote
 
 import httpx
 
-from worker.drivers.base import Balance, Driver, SendContext, SendOutcome
-from worker.drivers.partner import _as_float
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -28,6 +26,8 @@ from worker.errors import (
 )
 from worker.http import parse_retry_after
 from worker.models import VoiceMessage
+from worker.providers.base import Balance, Driver, SendContext, SendOutcome
+from worker.providers.partner import _as_float
 from worker.redaction import scrub
 
 __all__ = ["VoicePartnerDriver"]

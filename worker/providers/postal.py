@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 
-from worker.drivers.base import Driver, SendContext, SendOutcome
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
@@ -24,6 +23,7 @@ from worker.errors import (
 )
 from worker.http import parse_retry_after
 from worker.models import Address, EmailMessage
+from worker.providers.base import Driver, SendContext, SendOutcome
 from worker.redaction import scrub
 
 __all__ = ["PostalDriver"]

@@ -7,8 +7,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from worker.drivers.base import SendContext, SendOutcome
-from worker.drivers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver, _as_float, _as_int
 from worker.errors import (
     DeferredError,
     DeliveryError,
@@ -17,6 +15,8 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import SmsMessage, sms_units
+from worker.providers.base import SendContext, SendOutcome
+from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver, _as_float, _as_int
 
 __all__ = ["SmsPartnerDriver"]
 

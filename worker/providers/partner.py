@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from worker.drivers.base import Balance, Driver, M
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -30,6 +29,7 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.http import parse_retry_after
+from worker.providers.base import Balance, Driver, M
 
 __all__ = ["PROVIDER_TZ", "PartnerDriver", "next_marketing_slot"]
 

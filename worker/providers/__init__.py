@@ -1,4 +1,4 @@
-"""Provider drivers: one module per provider over :mod:`worker.drivers.base`."""
+"""Provider drivers: one module per provider over :mod:`worker.providers.base`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from worker.drivers.base import Balance, Driver, SendContext, SendOutcome
+from worker.providers.base import Balance, Driver, SendContext, SendOutcome
 
 __all__ = [
     "DRIVER_PATHS",
@@ -20,11 +20,11 @@ __all__ = [
 ]
 
 DRIVER_PATHS: dict[str, str] = {
-    "postal": "worker.drivers.postal:PostalDriver",
-    "emailmassivo": "worker.drivers.emailmassivo:EmailMassivoDriver",
-    "mailpartner": "worker.drivers.mailpartner:MailPartnerDriver",
-    "smspartner": "worker.drivers.smspartner:SmsPartnerDriver",
-    "voicepartner": "worker.drivers.voicepartner:VoicePartnerDriver",
+    "postal": "worker.providers.postal:PostalDriver",
+    "emailmassivo": "worker.providers.emailmassivo:EmailMassivoDriver",
+    "mailpartner": "worker.providers.mailpartner:MailPartnerDriver",
+    "smspartner": "worker.providers.smspartner:SmsPartnerDriver",
+    "voicepartner": "worker.providers.voicepartner:VoicePartnerDriver",
 }
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import httpx
 
-from worker.drivers.base import Driver, SendContext, SendOutcome
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -32,6 +31,7 @@ from worker.errors import (
 )
 from worker.http import parse_retry_after
 from worker.models import Address, EmailMessage
+from worker.providers.base import Driver, SendContext, SendOutcome
 
 __all__ = ["EmailMassivoDriver"]
 
