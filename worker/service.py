@@ -88,6 +88,14 @@ class Retry:
     """What the delivery looks like while it waits (state ``waiting``)."""
 
 
+class _NotNow(Exception):
+    """Raised by the send gate when the limiter wants this attempt rescheduled."""
+
+    def __init__(self, outcome: Done | Retry) -> None:
+        super().__init__(outcome.__class__.__name__)
+        self.outcome = outcome
+
+
 def backoff_s(error_attempt: int, *, base_s: float, cap_s: float) -> float:
     """Exponential backoff with full jitter (tenacity's policy), for the n-th error."""
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
@@ -267,28 +275,39 @@ class _Attempt:
         limiter_key_ = limiter_key(
             chosen, self.settings.egress_identity, driver.limiter_bucket(self.message)
         )
+        gate_opened = False
+
+        def gate() -> None:
+            """Run by the driver once the request is built, right before it is transmitted.
+
+            The ledger says ``sending`` before anything can leave (a worker dying from here on
+            leaves a record to reconcile); the limiter slot is taken last, right before the
+            bytes leave: the provider counts arrivals, so any work between grant and send would
+            only add jitter to our spacing.
+            """
+            now = repr(time.time())
+            first = {} if _FIRST_ATTEMPT_AT in record.fields else {_FIRST_ATTEMPT_AT: now}
+            ledger.transition(self.delivery_id, "sending", attempt_started_at=now, **first)
+            if ctx.tag_is_callers and ctx.tag:
+                self.rt.ledger.note_tag_use(
+                    chosen, ctx.tag, self._recipients(), self.delivery_id, float(now)
+                )
+            log.info("delivery.attempt")
+            waited = self._acquire(limiter_key_, chosen, record.attempts)
+            if not isinstance(waited, float):
+                raise _NotNow(waited)
+            nonlocal gate_opened
+            gate_opened = True
+
         try:
-            request = driver.build_request(self.message, ctx)
+            outcome: SendOutcome = driver.send(self.message, ctx, gate)
+        except _NotNow as stop:
+            return stop.outcome
         except DeliveryError as exc:
-            return self._on_error(exc, record.attempts, driver, ctx)
-        now = repr(time.time())
-        first = {} if _FIRST_ATTEMPT_AT in record.fields else {_FIRST_ATTEMPT_AT: now}
-        ledger.transition(self.delivery_id, "sending", attempt_started_at=now, **first)
-        if ctx.tag_is_callers and ctx.tag:
-            self.rt.ledger.note_tag_use(
-                chosen, ctx.tag, self._recipients(), self.delivery_id, float(now)
+            # A refusal after the gate opened may hold the shared limiter key (a 429).
+            return self._on_error(
+                exc, record.attempts, driver, ctx, limiter_key_ if gate_opened else None
             )
-        log.info("delivery.attempt")
-        # The limiter slot is taken last, right before the bytes leave: the provider counts
-        # arrivals, so any work between grant and send would only add jitter to our spacing.
-        waited = self._acquire(limiter_key_, chosen, record.attempts)
-        if not isinstance(waited, float):
-            return waited
-        try:
-            response = driver.transmit(request)
-            outcome: SendOutcome = driver.parse_response(response, self.message, ctx)
-        except DeliveryError as exc:
-            return self._on_error(exc, record.attempts, driver, ctx, limiter_key_)
         self.rt.health.record_success(chosen)
         return self._sent(outcome, record.attempts)
 
