@@ -30,10 +30,7 @@ def _provider_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for name, driver in DRIVERS.items():
         fields[f"{name}_api_key"] = (SecretStr | None, None)
-        fields[f"{name}_base_url"] = (
-            str | None,
-            Field(default=None, description="default: the driver's"),
-        )
+        fields[f"{name}_base_url"] = (str | None, None)  # None: the driver's default
         for setting, description in driver.extra_settings.items():
             fields[f"{name}_{setting}"] = (str | None, Field(default=None, description=description))
     return fields

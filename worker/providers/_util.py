@@ -11,7 +11,16 @@ from typing import Any
 
 import httpx
 
-__all__ = ["as_float", "as_int", "json_or_empty", "provider_id", "short_text"]
+from worker.models import Address
+
+__all__ = [
+    "address_object",
+    "as_float",
+    "as_int",
+    "json_or_empty",
+    "provider_id",
+    "short_text",
+]
 
 
 def provider_id(value: Any) -> str | None:
@@ -50,6 +59,15 @@ def as_float(value: Any) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def address_object(address: Address) -> dict[str, str]:
+    """``{"email", "name"}`` with the name only when known (EmailMassivo §5.2, Mail Partner
+    §2.2: whether an empty name is accepted is not stated)."""
+    out = {"email": address.email}
+    if address.name:
+        out["name"] = address.name
+    return out
 
 
 def json_or_empty(response: httpx.Response) -> dict[str, Any]:

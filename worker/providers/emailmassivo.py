@@ -28,8 +28,8 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.flow.limiter import Limit
-from worker.models import Address, EmailMessage
-from worker.providers._util import json_or_empty, provider_id, short_text
+from worker.models import EmailMessage
+from worker.providers._util import address_object, json_or_empty, provider_id, short_text
 from worker.providers.base import Driver, RuleViolation, SendContext, SendOutcome
 
 __all__ = ["EmailMassivoDriver"]
@@ -51,14 +51,6 @@ _TEMPLATE_MISSING = ("templatemailuser not found", "template not found", "шаб
 _SUPPRESSED = ("unsubscribed", "complained", "doesn't exist", "does not exist", "not exist")
 _SUPPRESSED_RU = ("отпис", "жалоб", "пожаловал", "не существует")
 _UNAVAILABLE = ("unavailable", "недоступ")
-
-
-def _address(address: Address) -> dict[str, str]:
-    # §5.2: {email, name}. Whether name may be omitted is not stated; it is sent when known.
-    out = {"email": address.email}
-    if address.name:
-        out["name"] = address.name
-    return out
 
 
 class EmailMassivoDriver(Driver[EmailMessage]):
@@ -93,8 +85,8 @@ class EmailMassivoDriver(Driver[EmailMessage]):
     def build_request(self, message: EmailMessage, ctx: SendContext) -> httpx.Request:
         assert message.from_ is not None  # check_message (run by send) requires it
         mail: dict[str, Any] = {
-            "to": _address(message.to[0]),
-            "from": _address(message.from_),
+            "to": address_object(message.to[0]),
+            "from": address_object(message.from_),
             "subject": message.subject,
         }
         if message.preview_text:

@@ -17,8 +17,8 @@ import httpx
 
 from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
 from worker.flow.limiter import Limit
-from worker.models import Address, EmailMessage
-from worker.providers._util import as_float, provider_id
+from worker.models import EmailMessage
+from worker.providers._util import address_object, as_float, provider_id
 from worker.providers.base import RuleViolation, SendContext, SendOutcome
 from worker.providers.partner import COMMON_CODES, PartnerDriver
 
@@ -72,13 +72,6 @@ def text_to_html(text: str) -> str:
     return html.escape(normalised).replace("\n", "<br>\n")
 
 
-def _recipient(address: Address) -> dict[str, str]:
-    out = {"email": address.email}
-    if address.name:
-        out["name"] = address.name
-    return out
-
-
 class MailPartnerDriver(PartnerDriver[EmailMessage]):
     name = "mailpartner"
     channel = "email"
@@ -118,7 +111,7 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
             "subject": message.subject,
             "htmlContent": body,
             # §2.2: the field table says `to`, but every example nests it under `params`.
-            "params": {"to": [_recipient(a) for a in message.to]},
+            "params": {"to": [address_object(a) for a in message.to]},
         }
         # The sender is not a documented request field (§2.2, [NOT FOUND]): it is most likely
         # configured on the account, so message.from_ is not sent, and neither is preview_text
@@ -126,7 +119,7 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
         # result reports each as a warning instead (unsent_fields). Custom headers are refused
         # at enqueue (check_message).
         if message.reply_to is not None:
-            payload["replyTo"] = _recipient(message.reply_to)
+            payload["replyTo"] = address_object(message.reply_to)
         if message.attachments:
             payload["attachments"] = [
                 {
