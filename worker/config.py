@@ -5,30 +5,43 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.flow.limiter import DEFAULT_LIMITS, Limit
+from worker.flow.limiter import Limit
 from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
 from worker.limits import MessageLimits
-from worker.models import CHANNEL_PROVIDERS
+from worker.providers import DRIVERS, PROVIDERS, channel_providers
 from worker.redaction import register_secret
 
 __all__ = ["PROVIDERS", "Settings", "get_settings"]
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
-PROVIDERS: tuple[str, ...] = ("postal", "emailmassivo", "mailpartner", "smspartner", "voicepartner")
 
-DEFAULT_BASE_URLS: dict[str, str | None] = {
-    "postal": None,  # the operator's own server
-    "emailmassivo": "https://api.emailmassivo.com",
-    "mailpartner": "https://api.mailpartner.fr/v1",
-    "smspartner": "https://api.smspartner.fr/v1",
-    "voicepartner": "https://api.voicepartner.fr/v1",
-}
+def _provider_fields() -> dict[str, Any]:
+    """``<name>_api_key``, ``<name>_base_url`` and each declared extra setting, per provider.
+
+    Read from ``DELIVERY_<NAME>_API_KEY``, ``DELIVERY_<NAME>_BASE_URL`` and
+    ``DELIVERY_<NAME>_<SETTING>`` (the public contract); the registry says which exist.
+    """
+    fields: dict[str, Any] = {}
+    for name, driver in DRIVERS.items():
+        fields[f"{name}_api_key"] = (SecretStr | None, None)
+        fields[f"{name}_base_url"] = (str | None, None)  # None: the driver's default
+        for setting, description in driver.extra_settings.items():
+            fields[f"{name}_{setting}"] = (str | None, Field(default=None, description=description))
+    return fields
+
+
+if TYPE_CHECKING:
+    _ProviderSettings = BaseSettings
+else:
+    _ProviderSettings = create_model(
+        "_ProviderSettings", __base__=BaseSettings, **_provider_fields()
+    )
 
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
@@ -55,7 +68,7 @@ def _split_list(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+class Settings(_ProviderSettings):
     """Every knob of the worker. Environment names are ``DELIVERY_`` + the upper-case field."""
 
     model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore", frozen=True)
@@ -65,19 +78,6 @@ class Settings(BaseSettings):
     result_expires_s: int = Field(default=7 * 24 * 3600, ge=60)
     redis_url: str | None = None
     """Shared state (limiter, provider health, ledger); defaults to the broker's Redis."""
-
-    postal_api_key: SecretStr | None = None
-    postal_base_url: str | None = None
-    emailmassivo_api_key: SecretStr | None = None
-    emailmassivo_base_url: str | None = None
-    mailpartner_api_key: SecretStr | None = None
-    mailpartner_base_url: str | None = None
-    smspartner_api_key: SecretStr | None = None
-    smspartner_base_url: str | None = None
-    voicepartner_api_key: SecretStr | None = None
-    voicepartner_base_url: str | None = None
-    voicepartner_notification_email: str | None = None
-    """Default ``emailForNotification`` for voicemail drops without ``notification_email``."""
 
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Providers this worker must be able to use; each needs an API key. Empty: those with a key."""
@@ -199,8 +199,11 @@ class Settings(BaseSettings):
         if missing:
             names = ", ".join(f"DELIVERY_{p.upper()}_API_KEY" for p in missing)
             raise ValueError(f"providers {missing} are enabled but have no API key: set {names}")
-        if "postal" in self.enabled_providers() and not self.postal_base_url:
-            raise ValueError("postal is enabled but DELIVERY_POSTAL_BASE_URL is not set")
+        for name in self.enabled_providers():
+            if DRIVERS[name].default_base_url is None and not self.base_url(name):
+                raise ValueError(
+                    f"{name} is enabled but DELIVERY_{name.upper()}_BASE_URL is not set"
+                )
         if self.retry_backoff_max_s >= self.visibility_timeout_s:
             raise ValueError(
                 f"retry_backoff_max_s ({self.retry_backoff_max_s:g}) must stay below "
@@ -240,7 +243,14 @@ class Settings(BaseSettings):
 
     def base_url(self, provider: str) -> str | None:
         value: str | None = getattr(self, f"{provider}_base_url")
-        return value or DEFAULT_BASE_URLS[provider]
+        return value or DRIVERS[provider].default_base_url
+
+    def provider_extras(self, provider: str) -> dict[str, str | None]:
+        """The provider's declared extra settings, as its driver's keyword arguments."""
+        return {
+            setting: getattr(self, f"{provider}_{setting}")
+            for setting in DRIVERS[provider].extra_settings
+        }
 
     def enabled_providers(self) -> list[str]:
         """The providers this worker can send through, in reference order."""
@@ -250,7 +260,7 @@ class Settings(BaseSettings):
 
     def channel_providers(self, channel: str) -> list[str]:
         enabled = set(self.enabled_providers())
-        return [p for p in CHANNEL_PROVIDERS[channel] if p in enabled]
+        return [p for p in channel_providers(channel) if p in enabled]
 
     def limits(self, provider: str, bucket: str) -> tuple[Limit, ...]:
         """The rate limits for ``provider``'s ``bucket``: configured, else documented.
@@ -266,7 +276,7 @@ class Settings(BaseSettings):
         if configured is not None:
             limits = parse_limits(configured)
         else:
-            limits = DEFAULT_LIMITS.get(provider, {}).get(bucket, ())
+            limits = DRIVERS[provider].rate_limits.get(bucket, ())
         paced = []
         for limit in limits:
             spacing = limit.window_s / limit.count - self.limiter_safety_margin_s

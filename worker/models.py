@@ -1,9 +1,10 @@
 """Message and result models: the public contract of the three tasks.
 
 A message is validated at the producer (nothing invalid reaches Redis) and again in the worker.
-Rules that depend on the provider (recipient counts, attachment limits, tag formats) are checked
-here too, because the provider would reject the message anyway, later and less clearly.
-Each rule cites the provider reference (``providers.md`` section) it comes from.
+This module holds the channel shapes; the rules a provider adds to them (recipient counts,
+attachment limits, tag formats) live in that provider's module and are applied by
+:func:`worker.providers.parse_message`, which callers use. Each rule cites the provider
+reference (``providers.md`` section) it comes from.
 """
 
 from __future__ import annotations
@@ -31,95 +32,23 @@ from pydantic import (
 from worker.limits import MessageLimits, check_message
 
 __all__ = [
-    "CHANNEL_PROVIDERS",
     "Address",
     "Attachment",
     "Channel",
     "DeliveryResult",
     "EmailMessage",
-    "EmailProvider",
     "ErrorInfo",
     "InvalidMessage",
     "Message",
     "SmsMessage",
     "Template",
     "VoiceMessage",
-    "parse_message",
+    "parse_shape",
 ]
 
 Channel = Literal["email", "sms", "voice"]
-EmailProvider = Literal["postal", "emailmassivo", "mailpartner"]
-SmsProvider = Literal["smspartner"]
-VoiceProvider = Literal["voicepartner"]
-
-CHANNEL_PROVIDERS: dict[str, tuple[str, ...]] = {
-    "email": ("postal", "emailmassivo", "mailpartner"),
-    "sms": ("smspartner",),
-    "voice": ("voicepartner",),
-}
-
 MAX_BODY_CHARS = 2_000_000
 MAX_ATTACHMENT_BYTES_TOTAL = 10 * 1024 * 1024
-EMAILMASSIVO_MAX_REQUEST_BYTES = 5 * 1024 * 1024
-
-# providers.md §5.2 (RuSender limits, applied to EmailMassivo).
-EMAILMASSIVO_FORBIDDEN_EXTENSIONS = frozenset(
-    [
-        "ade",
-        "adp",
-        "apk",
-        "appx",
-        "appxbundle",
-        "bat",
-        "cab",
-        "chm",
-        "cmd",
-        "com",
-        "cpl",
-        "diagcab",
-        "diagcfg",
-        "diagpack",
-        "dll",
-        "dmg",
-        "ex",
-        "ex_",
-        "exe",
-        "hta",
-        "img",
-        "ins",
-        "iso",
-        "isp",
-        "jar",
-        "jnlp",
-        "js",
-        "jse",
-        "lib",
-        "lnk",
-        "mde",
-        "msc",
-        "msi",
-        "msix",
-        "msixbundle",
-        "msp",
-        "mst",
-        "nsh",
-        "pif",
-        "ps1",
-        "scr",
-        "sct",
-        "shb",
-        "sys",
-        "vb",
-        "vbe",
-        "vbs",
-        "vhd",
-        "vxd",
-        "wsc",
-        "wsf",
-        "wsh",
-        "xll",
-    ]
-)
 
 
 class InvalidMessage(ValueError):
@@ -206,6 +135,9 @@ EmailStr = Annotated[str, StringConstraints(max_length=255), AfterValidator(_che
 # No max_length: the E.164 check bounds the length and says what is expected.
 E164 = Annotated[str, AfterValidator(_check_e164)]
 Name = Annotated[str, StringConstraints(max_length=255)]
+ProviderName = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+"""A provider of the message's channel; checked against the registry by
+:func:`worker.providers.parse_message`."""
 IdempotencyKey = Annotated[
     str,
     StringConstraints(max_length=128),
@@ -305,7 +237,7 @@ _HEADER_NAME = re.compile(r"[!-9;-~]{1,100}")  # RFC 5322 field name: printable,
 
 class EmailMessage(_Common):
     channel: Literal["email"] = Field(default="email", exclude=True)
-    provider: EmailProvider | None = None
+    provider: ProviderName | None = None
     """A named provider is used alone (no failover); omitted, the worker routes the message to
     the first healthy configured email provider whose rules it meets, and fails over on
     outages and payment failures."""
@@ -359,11 +291,10 @@ class EmailMessage(_Common):
         return v
 
     @model_validator(mode="after")
-    def _provider_rules(self) -> Self:
+    def _content(self) -> Self:
         if self.raw is not None:
-            # providers.md §4.3: /send/raw takes rcpt_to, mail_from and data only.
-            if self.provider != "postal":
-                raise _field_error("raw", "raw RFC 2822 messages are only supported by postal")
+            # providers.md §4.3: /send/raw takes rcpt_to, mail_from and data only (which
+            # providers accept raw is theirs to say: Driver.accepts_raw).
             if self.from_ is None:
                 raise _field_error("from", "is required (used as the envelope sender)")
             extras = [
@@ -383,114 +314,7 @@ class EmailMessage(_Common):
             raise _field_error("html", "html or text is required (or a template)")
         if self.template is not None and (self.html or self.text):
             raise _field_error("template", "give either a template or html/text, not both")
-        if self.provider is not None:
-            self._check_provider(self.provider)
-            return self
-        problems: dict[str, ValueError] = {}
-        for name in CHANNEL_PROVIDERS["email"]:
-            try:
-                self._check_provider(name)
-            except ValueError as exc:
-                problems[name] = exc
-        if len(problems) == len(CHANNEL_PROVIDERS["email"]):
-            first = str(problems["postal"])
-            field = first.partition(": ")[0] if ": " in first else "provider"
-            reasons = "; ".join(f"{name}: {exc}" for name, exc in problems.items())
-            raise _field_error(field, f"no email provider accepts this message ({reasons})")
         return self
-
-    def eligible_providers(self) -> list[str]:
-        """The email providers whose rules this message meets (all checks of providers.md)."""
-        if self.provider is not None:
-            return [self.provider]
-        eligible = []
-        for name in CHANNEL_PROVIDERS["email"]:
-            try:
-                self._check_provider(name)
-            except ValueError:
-                continue
-            eligible.append(name)
-        return eligible
-
-    def _check_provider(self, name: str) -> None:
-        if name == "postal":
-            self._check_postal()
-        elif name == "emailmassivo":
-            self._check_emailmassivo()
-        else:
-            self._check_mailpartner()
-
-    def _check_postal(self) -> None:
-        # providers.md §4.2: 50 each for To, CC and BCC; from is required; no templates.
-        for name in ("to", "cc", "bcc"):
-            if len(getattr(self, name)) > 50:
-                raise _field_error(name, "postal accepts at most 50 addresses per field")
-        if self.from_ is None:
-            raise _field_error("from", "is required for postal")
-        if self.template is not None:
-            raise _field_error("template", "postal has no stored templates; send html/text")
-        for i, att in enumerate(self.attachments):
-            if not att.filename:
-                raise _field_error(f"attachments.{i}.filename", "is required")
-
-    def _check_emailmassivo(self) -> None:
-        # providers.md §5.2: a single `to` object; cc/bcc are single strings; preheader <= 255.
-        if len(self.to) != 1:
-            raise _field_error("to", "emailmassivo sends to exactly one recipient per message")
-        for name in ("cc", "bcc"):
-            if len(getattr(self, name)) > 1:
-                # The shape of several cc/bcc recipients is not documented (§5.2, "strings,
-                # not arrays"): refuse rather than guess a separator.
-                raise _field_error(name, "emailmassivo accepts at most one address")
-        if self.from_ is None:
-            raise _field_error("from", "is required for emailmassivo")
-        if self.template is not None:
-            # §5.3: idTemplateMailUser is an integer. [0-9], not str.isdigit(): "²" is a digit.
-            tid = self.template.id
-            if isinstance(tid, bool) or not re.fullmatch(r"[0-9]{1,18}", str(tid)) or not int(tid):
-                raise _field_error("template.id", "emailmassivo template ids are positive integers")
-        # providers.md §5.2: <= 20 attachments, <= 5 MB in total, forbidden extensions.
-        if len(self.attachments) > 20:
-            raise _field_error("attachments", "emailmassivo accepts at most 20 attachments")
-        if sum(a.size_bytes for a in self.attachments) > 5 * 1024 * 1024:
-            raise _field_error("attachments", "emailmassivo accepts at most 5 MB in total")
-        for i, att in enumerate(self.attachments):
-            if att.extension in EMAILMASSIVO_FORBIDDEN_EXTENSIONS:
-                raise _field_error(
-                    f"attachments.{i}.filename",
-                    f"extension .{att.extension} is forbidden by emailmassivo",
-                )
-        # providers.md §5.2: the whole request body is <= 5 MB, and attachments travel in it as
-        # base64 (4/3 of their size): 4.5 MB of files pass the 5 MB attachment rule but not this.
-        body_bytes = sum(len(a.content) + len(a.filename) for a in self.attachments) + sum(
-            len(v.encode("utf-8", "surrogatepass"))
-            for v in (self.html, self.text, self.subject, self.preview_text)
-            if v is not None
-        )
-        if body_bytes > EMAILMASSIVO_MAX_REQUEST_BYTES:
-            raise _field_error(
-                "attachments" if self.attachments else "html",
-                "emailmassivo requests are limited to 5 MB (body plus base64 attachments); "
-                f"this one needs about {body_bytes / 1024 / 1024:.1f} MB",
-            )
-
-    def _check_mailpartner(self) -> None:
-        # providers.md §2.2: params.to <= 500; no documented cc/bcc/headers/templates.
-        for name in ("cc", "bcc"):
-            if getattr(self, name):
-                raise _field_error(name, "mailpartner has no cc/bcc; add the addresses to `to`")
-        if self.template is not None:
-            raise _field_error("template", "mailpartner has no stored templates; send html/text")
-        if self.headers:
-            raise _field_error("headers", "mailpartner does not accept custom headers")
-        # providers.md §2.2: <= 3 attachments of 5 MB each.
-        if len(self.attachments) > 3:
-            raise _field_error("attachments", "mailpartner accepts at most 3 attachments")
-        for i, att in enumerate(self.attachments):
-            if att.size_bytes > 5 * 1024 * 1024:
-                raise _field_error(f"attachments.{i}", "mailpartner accepts at most 5 MB each")
-        if self.tag is not None and not re.fullmatch(r"[a-z0-9_\-]{3,20}", self.tag):
-            raise _field_error("tag", "mailpartner tags are 3-20 lowercase chars, no spaces")
 
     @model_validator(mode="after")
     def _sizes(self) -> Self:
@@ -543,10 +367,8 @@ def _check_unique_numbers(numbers: list[str]) -> None:
 
 class SmsMessage(_Common):
     channel: Literal["sms"] = Field(default="sms", exclude=True)
-    provider: SmsProvider = "smspartner"
-
-    def eligible_providers(self) -> list[str]:
-        return [self.provider]
+    provider: ProviderName | None = None
+    """Omitted: the channel's only provider, or routed once there are several."""
 
     to: list[E164] = Field(min_length=1, max_length=500)
     text: Annotated[str, StringConstraints(min_length=1)]
@@ -598,10 +420,8 @@ class SmsMessage(_Common):
 
 class VoiceMessage(_Common):
     channel: Literal["voice"] = Field(default="voice", exclude=True)
-    provider: VoiceProvider = "voicepartner"
-
-    def eligible_providers(self) -> list[str]:
-        return [self.provider]
+    provider: ProviderName | None = None
+    """Omitted: the channel's only provider, or routed once there are several."""
 
     mode: Literal["tts", "voicemail"]
     to: list[E164] = Field(min_length=1, max_length=500)
@@ -651,8 +471,11 @@ def _field_error(field: str, message: str) -> ValueError:
     return ValueError(f"{field}: {message}")
 
 
-def parse_message(channel: str, data: Any, *, limits: MessageLimits | None = None) -> Message:
+def parse_shape(channel: str, data: Any, *, limits: MessageLimits | None = None) -> Message:
     """Validate ``data`` as a ``channel`` message; raise :class:`InvalidMessage` naming fields.
+
+    The channel's shape only: use :func:`worker.providers.parse_message`, which adds the rules
+    of the named (or eligible) providers.
 
     With ``limits`` (the producer), the size and shape bounds of ``worker.limits`` are checked
     first, without recursion, and a message over them is refused naming the limit.

@@ -18,7 +18,8 @@ from celery.result import AsyncResult
 
 from worker.config import get_settings
 from worker.ledger import Ledger
-from worker.models import Message, parse_message
+from worker.models import Message
+from worker.providers import parse_message
 from worker.redaction import mask_email, mask_phone
 
 __all__ = [

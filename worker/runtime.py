@@ -14,12 +14,12 @@ import httpx
 import redis
 
 from worker.config import Settings, get_settings
-from worker.drivers import Driver, make_driver
 from worker.errors import ConfigurationError
 from worker.flow import BreakerConfig, RedisHealthStore, RedisRateLimiter
 from worker.http import build_client
 from worker.ledger import Ledger
 from worker.parking import Parking
+from worker.providers import Driver, make_driver
 
 __all__ = ["Runtime", "get_runtime", "reset_runtime"]
 
@@ -60,15 +60,12 @@ class Runtime:
                         f"(set DELIVERY_{provider.upper()}_API_KEY)",
                         provider=provider,
                     )
-                extra: dict[str, Any] = {}
-                if provider == "voicepartner":
-                    extra["notification_email"] = self.settings.voicepartner_notification_email
                 found = make_driver(
                     provider,
                     self.client,
                     api_key=self.settings.api_key(provider) or "",
                     base_url=self.settings.base_url(provider),
-                    **extra,
+                    **self.settings.provider_extras(provider),
                 )
                 self._drivers[provider] = found
             return found

@@ -30,7 +30,6 @@ from typing import Any
 import structlog
 from tenacity import RetryCallState, wait_random_exponential
 
-from worker.drivers import Driver, SendContext, SendOutcome
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -47,13 +46,19 @@ from worker.models import (
     InvalidMessage,
     Message,
     SmsMessage,
-    VoiceMessage,
+)
+from worker.providers import (
+    Driver,
+    SendContext,
+    SendOutcome,
+    driver_class,
+    eligible_providers,
     parse_message,
 )
 from worker.redaction import mask_email, mask_phone, scrub
 from worker.runtime import Runtime
 
-__all__ = ["Done", "Retry", "backoff_s", "limiter_bucket", "mask_ids", "process"]
+__all__ = ["Done", "Retry", "backoff_s", "mask_ids", "process"]
 
 log = structlog.get_logger("worker.service")
 
@@ -83,18 +88,19 @@ class Retry:
     """What the delivery looks like while it waits (state ``waiting``)."""
 
 
+class _NotNow(Exception):
+    """Raised by the send gate when the limiter wants this attempt rescheduled."""
+
+    def __init__(self, outcome: Done | Retry) -> None:
+        super().__init__(outcome.__class__.__name__)
+        self.outcome = outcome
+
+
 def backoff_s(error_attempt: int, *, base_s: float, cap_s: float) -> float:
     """Exponential backoff with full jitter (tenacity's policy), for the n-th error."""
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(1, error_attempt)
     return float(wait_random_exponential(multiplier=base_s, max=cap_s)(state))
-
-
-def limiter_bucket(message: Message) -> str:
-    """Which of a provider's limits a message draws on (Voice Partner has two, §3.2)."""
-    if isinstance(message, VoiceMessage):
-        return "tts" if message.mode == "tts" else "campaign"
-    return "send"
 
 
 def process(
@@ -231,7 +237,7 @@ class _Attempt:
             delivery_id=self.delivery_id,
             idempotency_key=self.message.idempotency_key or self.delivery_id,
             attempt=record.attempts + 1,
-            tag=self._provider_tag(chosen),
+            tag=driver.reconcile_tag(self.message, self.delivery_id),
             tag_is_callers=isinstance(self.message, SmsMessage) and self.message.tag is not None,
             sent_after=_as_float(record.fields.get(_FIRST_ATTEMPT_AT)) or time.time(),
         )
@@ -267,30 +273,41 @@ class _Attempt:
                 self.rt.ledger.set_fields(self.delivery_id, **{_OUTCOME_UNKNOWN: "0"})
 
         limiter_key_ = limiter_key(
-            chosen, self.settings.egress_identity, limiter_bucket(self.message)
+            chosen, self.settings.egress_identity, driver.limiter_bucket(self.message)
         )
+        gate_opened = False
+
+        def gate() -> None:
+            """Run by the driver once the request is built, right before it is transmitted.
+
+            The ledger says ``sending`` before anything can leave (a worker dying from here on
+            leaves a record to reconcile); the limiter slot is taken last, right before the
+            bytes leave: the provider counts arrivals, so any work between grant and send would
+            only add jitter to our spacing.
+            """
+            now = repr(time.time())
+            first = {} if _FIRST_ATTEMPT_AT in record.fields else {_FIRST_ATTEMPT_AT: now}
+            ledger.transition(self.delivery_id, "sending", attempt_started_at=now, **first)
+            if ctx.tag_is_callers and ctx.tag:
+                self.rt.ledger.note_tag_use(
+                    chosen, ctx.tag, self._recipients(), self.delivery_id, float(now)
+                )
+            log.info("delivery.attempt")
+            waited = self._acquire(limiter_key_, chosen, record.attempts)
+            if not isinstance(waited, float):
+                raise _NotNow(waited)
+            nonlocal gate_opened
+            gate_opened = True
+
         try:
-            request = driver.build_request(self.message, ctx)
+            outcome: SendOutcome = driver.send(self.message, ctx, gate)
+        except _NotNow as stop:
+            return stop.outcome
         except DeliveryError as exc:
-            return self._on_error(exc, record.attempts, driver, ctx)
-        now = repr(time.time())
-        first = {} if _FIRST_ATTEMPT_AT in record.fields else {_FIRST_ATTEMPT_AT: now}
-        ledger.transition(self.delivery_id, "sending", attempt_started_at=now, **first)
-        if ctx.tag_is_callers and ctx.tag:
-            self.rt.ledger.note_tag_use(
-                chosen, ctx.tag, self._recipients(), self.delivery_id, float(now)
+            # A refusal after the gate opened may hold the shared limiter key (a 429).
+            return self._on_error(
+                exc, record.attempts, driver, ctx, limiter_key_ if gate_opened else None
             )
-        log.info("delivery.attempt")
-        # The limiter slot is taken last, right before the bytes leave: the provider counts
-        # arrivals, so any work between grant and send would only add jitter to our spacing.
-        waited = self._acquire(limiter_key_, chosen, record.attempts)
-        if not isinstance(waited, float):
-            return waited
-        try:
-            response = driver.transmit(request)
-            outcome: SendOutcome = driver.parse_response(response, self.message, ctx)
-        except DeliveryError as exc:
-            return self._on_error(exc, record.attempts, driver, ctx, limiter_key_)
         self.rt.health.record_success(chosen)
         return self._sent(outcome, record.attempts)
 
@@ -300,7 +317,7 @@ class _Attempt:
         if not self.routed:
             return [self.provider]
         enabled = set(self.settings.enabled_providers())
-        return [p for p in self.message.eligible_providers() if p in enabled]
+        return [p for p in eligible_providers(self.message) if p in enabled]
 
     def _choose_provider(self, attempts: int) -> str | Done | Retry:
         """The first candidate that is neither paused nor behind an open breaker."""
@@ -333,7 +350,8 @@ class _Attempt:
 
     def _acquire(self, key: str, provider: str, attempts: int) -> float | Done | Retry:
         """Take a slot in the global limiter, sleeping briefly when it is nearly free."""
-        limits = self.settings.limits(provider, limiter_bucket(self.message))
+        bucket = driver_class(provider).limiter_bucket(self.message)
+        limits = self.settings.limits(provider, bucket)
         waited = 0.0
         wait = self.rt.limiter.acquire(key, limits)
         while wait > 0:
@@ -577,16 +595,6 @@ class _Attempt:
         if self.message.deadline is not None:
             return self.message.deadline.timestamp()
         return self.created_at + self.settings.default_ttl_s
-
-    def _provider_tag(self, provider: str) -> str | None:
-        # SMS Partner tags: <= 20 chars, lowercase, no spaces (providers.md §1.2.2). The caller's
-        # tag reaches the provider as set (validated at enqueue); without one, a tag unique per
-        # delivery makes an unknown outcome reconcilable (§1.5).
-        if provider == "smspartner":
-            if isinstance(self.message, SmsMessage) and self.message.tag is not None:
-                return self.message.tag
-            return "dw" + self.delivery_id.replace("-", "")[:18].lower()
-        return None
 
     def _result(
         self,

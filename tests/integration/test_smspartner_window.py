@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from worker.drivers.partner import PROVIDER_TZ
+from worker.providers.partner import PROVIDER_TZ
 
 pytestmark = pytest.mark.integration
 

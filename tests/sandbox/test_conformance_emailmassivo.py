@@ -16,8 +16,6 @@ import httpx
 import pytest
 
 from delivery_sandbox import DEFAULT_KEYS
-from worker.drivers.base import SendContext
-from worker.drivers.emailmassivo import EmailMassivoDriver
 from worker.errors import (
     PermanentError,
     RecipientDeferredError,
@@ -25,6 +23,8 @@ from worker.errors import (
     ThrottledError,
 )
 from worker.models import EmailMessage
+from worker.providers.base import SendContext
+from worker.providers.emailmassivo import EmailMassivoDriver
 
 PREFIX = "/emailmassivo"
 SEND = PREFIX + "/api/v1/external-mails/send"

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from delivery_sandbox import DEFAULT_KEYS
-from worker.drivers.base import SendContext
-from worker.drivers.mailpartner import MailPartnerDriver
 from worker.models import EmailMessage
+from worker.providers.base import SendContext
+from worker.providers.mailpartner import MailPartnerDriver
 
 BASE = "/mailpartner/v1"
 KEY = DEFAULT_KEYS["mailpartner"]

@@ -18,10 +18,10 @@ import pytest
 from delivery_sandbox import DEFAULT_KEYS
 from delivery_sandbox.__main__ import build_parser
 from delivery_sandbox.config import DEFAULT_POSTAL_DOMAINS
-from worker.drivers.base import SendContext
-from worker.drivers.postal import PostalDriver
 from worker.errors import PermanentError
 from worker.models import EmailMessage
+from worker.providers.base import SendContext
+from worker.providers.postal import PostalDriver
 
 SEND = "/postal/api/v1/send/message"
 RAW = "/postal/api/v1/send/raw"

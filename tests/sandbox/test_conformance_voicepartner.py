@@ -14,10 +14,10 @@ import pytest
 from delivery_sandbox import DEFAULT_KEYS
 from delivery_sandbox.__main__ import build_parser
 from delivery_sandbox.config import Limits
-from worker.drivers.base import SendContext
-from worker.drivers.voicepartner import VoicePartnerDriver
 from worker.errors import AccountBlockedError, PermanentError
 from worker.models import VoiceMessage
+from worker.providers.base import SendContext
+from worker.providers.voicepartner import VoicePartnerDriver
 
 BASE = "/voicepartner/v1"
 KEY = DEFAULT_KEYS["voicepartner"]

@@ -9,8 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.drivers.base import SendContext
-from worker.drivers.emailmassivo import EmailMassivoDriver
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -23,6 +21,8 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import EmailMessage
+from worker.providers.base import SendContext
+from worker.providers.emailmassivo import EmailMassivoDriver
 
 from .driver_support import Handler, mock_client, recorder
 

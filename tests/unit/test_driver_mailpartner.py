@@ -9,8 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.drivers.base import SendContext
-from worker.drivers.mailpartner import MAIL_CODES, MailPartnerDriver, text_to_html, unsent_fields
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -22,6 +20,8 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import EmailMessage
+from worker.providers.base import SendContext
+from worker.providers.mailpartner import MAIL_CODES, MailPartnerDriver, text_to_html, unsent_fields
 
 from .driver_support import Handler, mock_client, recorder
 

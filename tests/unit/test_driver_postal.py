@@ -9,8 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.drivers.base import SendContext
-from worker.drivers.postal import CONFIG_CODES, PERMANENT_CODES, PostalDriver
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
@@ -20,6 +18,8 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import EmailMessage
+from worker.providers.base import SendContext
+from worker.providers.postal import CONFIG_CODES, PERMANENT_CODES, PostalDriver
 
 from .driver_support import Handler, mock_client, recorder
 

@@ -10,9 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.drivers.base import SendContext
-from worker.drivers.partner import PROVIDER_TZ, next_marketing_slot
-from worker.drivers.smspartner import SMS_CODES, SmsPartnerDriver, encode_text
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -25,6 +22,9 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import SmsMessage
+from worker.providers.base import SendContext
+from worker.providers.partner import PROVIDER_TZ, next_marketing_slot
+from worker.providers.smspartner import SMS_CODES, SmsPartnerDriver, encode_text
 
 from .driver_support import Handler, mock_client, recorder
 

@@ -9,9 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.drivers import make_driver as registry_make_driver
-from worker.drivers.base import SendContext
-from worker.drivers.voicepartner import ERROR_CODES, VoicePartnerDriver
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -22,6 +19,9 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import VoiceMessage
+from worker.providers import make_driver as registry_make_driver
+from worker.providers.base import SendContext
+from worker.providers.voicepartner import ERROR_CODES, VoicePartnerDriver
 
 from .driver_support import Handler, mock_client, recorder
 

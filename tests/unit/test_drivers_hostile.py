@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.drivers import SendContext, SendOutcome, make_driver
 from worker.errors import DeliveryError
-from worker.models import Message, parse_message
+from worker.models import Message
+from worker.providers import SendContext, SendOutcome, make_driver, parse_message
 
 from .driver_support import mock_client
 

@@ -9,9 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.drivers import DRIVER_PATHS, make_driver
-from worker.drivers.base import Driver, SendContext
-from worker.drivers.postal import PostalDriver
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
@@ -20,6 +17,9 @@ from worker.errors import (
 )
 from worker.http import MAX_RESPONSE_BYTES, join_url, map_transport_error, parse_retry_after
 from worker.models import EmailMessage, SmsMessage, VoiceMessage
+from worker.providers import PROVIDERS, make_driver
+from worker.providers.base import Driver, SendContext
+from worker.providers.postal import PostalDriver
 
 from .driver_support import Handler, mock_client
 
@@ -159,7 +159,7 @@ def driver_for(provider: str, handler: Handler, key: str = KEY) -> Driver[Any]:
 
 
 def test_registry_builds_every_driver() -> None:
-    for provider in DRIVER_PATHS:
+    for provider in PROVIDERS:
         driver = driver_for(provider, lambda r: httpx.Response(200))
         assert driver.name == provider
         assert driver.base_url == f"http://sandbox.test/prefix/{provider}"
@@ -208,7 +208,7 @@ def test_transmit_does_not_retry_after_the_request_left(cls: type[httpx.Transpor
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("provider", sorted(DRIVER_PATHS))
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
 @pytest.mark.parametrize("cls", TRANSPORT_ERRORS, ids=lambda c: c.__name__)
 def test_every_transport_error_through_every_driver(
     provider: str, cls: type[httpx.TransportError]
@@ -263,7 +263,7 @@ def _echo_key_answers(key: str) -> list[httpx.Response]:
     ]
 
 
-@pytest.mark.parametrize("provider", sorted(DRIVER_PATHS))
+@pytest.mark.parametrize("provider", sorted(PROVIDERS))
 def test_the_api_key_never_appears_in_repr_or_errors(provider: str) -> None:
     key = f"k3y-{provider}-9d8c7b6a"
     answers = iter(_echo_key_answers(key))

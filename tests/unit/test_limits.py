@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from worker.limits import DEFAULT_LIMITS, MessageLimits, body_of, check_message, check_structure
-from worker.models import InvalidMessage, parse_message
+from worker.models import InvalidMessage
+from worker.providers import parse_message
 
 SMALL = MessageLimits(max_bytes=4096, max_depth=8, max_items=50, max_string=100)
 

@@ -18,9 +18,9 @@ from worker.models import (
     InvalidMessage,
     SmsMessage,
     VoiceMessage,
-    parse_message,
     sms_segments,
 )
+from worker.providers import eligible_providers, parse_message
 
 MB = 1024 * 1024
 
@@ -611,7 +611,7 @@ def test_email_without_provider_is_routed_to_every_eligible_provider() -> None:
     message = parse_message("email", data)
     assert isinstance(message, EmailMessage)
     assert message.provider is None
-    assert message.eligible_providers() == ["postal", "emailmassivo", "mailpartner"]
+    assert eligible_providers(message) == ["postal", "emailmassivo", "mailpartner"]
 
 
 def test_routed_email_keeps_only_providers_whose_rules_it_meets() -> None:
@@ -621,7 +621,7 @@ def test_routed_email_keeps_only_providers_whose_rules_it_meets() -> None:
     message = parse_message("email", data)
     assert isinstance(message, EmailMessage)
     # EmailMassivo takes one `to`; Mail Partner has no cc.
-    assert message.eligible_providers() == ["postal"]
+    assert eligible_providers(message) == ["postal"]
 
 
 def test_routed_email_no_provider_accepts_is_refused_naming_the_field() -> None:

@@ -14,7 +14,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.models import EmailMessage, InvalidMessage, SmsMessage, VoiceMessage, parse_message
+from worker.models import EmailMessage, InvalidMessage, SmsMessage, VoiceMessage
+from worker.providers import parse_message
 
 CHANNELS = ("email", "sms", "voice")
 MODELS = {"email": EmailMessage, "sms": SmsMessage, "voice": VoiceMessage}

@@ -16,7 +16,6 @@ from worker.flow.health import (
     RedisHealthStore,
 )
 from worker.flow.limiter import (
-    DEFAULT_LIMITS,
     DEFAULT_SAFETY_MARGIN_S,
     Limit,
     MemoryRateLimiter,
@@ -26,7 +25,6 @@ from worker.flow.limiter import (
 )
 
 __all__ = [
-    "DEFAULT_LIMITS",
     "DEFAULT_SAFETY_MARGIN_S",
     "BreakerConfig",
     "BreakerState",

@@ -45,7 +45,6 @@ from typing import Any, Protocol
 import redis
 
 __all__ = [
-    "DEFAULT_LIMITS",
     "DEFAULT_SAFETY_MARGIN_S",
     "Limit",
     "MemoryRateLimiter",
@@ -73,26 +72,6 @@ class Limit:
 
     def __str__(self) -> str:
         return f"{self.count}/{self.window_s:g}s"
-
-
-# Per provider and bucket, from providers.md ("Rate limits" summary table and each provider's
-# section). All are per source IP, hence keyed by egress identity.
-DEFAULT_LIMITS: dict[str, dict[str, tuple[Limit, ...]]] = {
-    # EmailMassivo: "no more than 10 requests per second from one IP", 429 beyond.
-    "emailmassivo": {"send": (Limit(10, 1.0),)},
-    # Mail Partner: 2000 requests/minute/IP, code 429 beyond.
-    "mailpartner": {"send": (Limit(2000, 60.0),)},
-    # Voice Partner: tts/send 2000/hour; campaign/send (voicemail drop) 2000/hour AND 5/minute.
-    "voicepartner": {
-        "tts": (Limit(2000, 3600.0),),
-        "campaign": (Limit(5, 60.0), Limit(2000, 3600.0)),
-    },
-    # Postal: the operator's own server, no API rate limit.
-    "postal": {"send": ()},
-    # SMS Partner: no limit documented for /v1/send (429 documented only for HLR/lookup).
-    # A 429 would still be honoured through hold_for().
-    "smspartner": {"send": ()},
-}
 
 
 def limiter_key(provider: str, identity: str, bucket: str = "send", *, prefix: str = "dw") -> str:

@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from worker.drivers.base import Balance, Driver, M
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
@@ -29,7 +28,8 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
-from worker.http import parse_retry_after
+from worker.providers._util import as_float, as_int
+from worker.providers.base import Balance, Driver, M
 
 __all__ = ["PROVIDER_TZ", "PartnerDriver", "next_marketing_slot"]
 
@@ -68,13 +68,13 @@ class PartnerDriver(Driver[M]):
         """The body when ``success`` is true and ``code`` is 200; otherwise a classified error."""
         data = self.json_object(response)
         success = data.get("success")
-        code = _as_int(data.get("code"))
+        code = as_int(data.get("code"))
         if success is True and code in (200, None) and response.status_code < 300:
             return data
         if code is None or code == 200:
             # No code, or code 200 ("OK") without success=true: the envelope says nothing usable.
             if response.status_code >= 300:
-                raise self.http_status_error(
+                raise self.classify_status(
                     response, f"{self.name} answered HTTP {response.status_code}"
                 )
             # A 2xx without a readable envelope: the provider may have accepted the send.
@@ -86,6 +86,8 @@ class PartnerDriver(Driver[M]):
         raise self.classify(code, _error_text(data), response)
 
     def classify(self, code: int, text: str, response: httpx.Response) -> DeliveryError:
+        """The error for an envelope ``code`` (the platform's own codes, whatever the HTTP status);
+        a non-2xx answer without a code goes to the shared :meth:`Driver.classify_status`."""
         message = f"{self.name} code {code}: {text}" if text else f"{self.name} code {code}"
         kind = self.codes.get(code)
         if kind is ThrottledError:
@@ -94,7 +96,7 @@ class PartnerDriver(Driver[M]):
                 provider=self.name,
                 status_code=response.status_code,
                 provider_code=code,
-                retry_after_s=parse_retry_after(response.headers.get("Retry-After")) or 60.0,
+                retry_after_s=self.retry_after_s(response) or 60.0,
             )
         if kind is DeferredError:
             return DeferredError(
@@ -119,10 +121,10 @@ class PartnerDriver(Driver[M]):
         credits = data.get("credits")
         if not isinstance(credits, dict):
             raise TransientError(f"{self.name} /me answer has no credits", provider=self.name)
-        count = _as_float(credits.get(self.balance_field))
+        count = as_float(credits.get(self.balance_field))
         currency = credits.get("currency") if isinstance(credits.get("currency"), str) else None
         if count is None:
-            count = _as_float(credits.get("balance"))  # a string in the doc example
+            count = as_float(credits.get("balance"))  # a string in the doc example
         return Balance(
             provider=self.name,
             has_credit=count is not None and count > 0,
@@ -160,29 +162,6 @@ def next_marketing_slot(now: float, code: int) -> float:
         hour=MARKETING_WINDOW_OPENS_HOUR
     )
     return slot.timestamp()
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    return None
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
 
 
 def _error_text(data: Mapping[str, Any]) -> str:

@@ -1,16 +1,24 @@
-"""The shared driver algorithm: build the request → transmit → parse the answer.
+"""The shared driver: everything a provider module declares, and the fixed send algorithm.
 
-A provider module fills in :meth:`Driver.build_request` and :meth:`Driver.parse_response`
-(and, where the provider has one, :meth:`Driver.check_balance` / :meth:`Driver.reconcile`).
-Transmission, bounded reads, connection-level retries and the mapping of httpx errors live
-here once.
+A provider is one module with one :class:`Driver` subclass. The class declares the provider's
+identity (``name``, ``channel``), its settings (``default_base_url``, ``extra_settings``), its
+documented rate limits (``rate_limits``, :meth:`Driver.limiter_bucket`), the message rules it adds
+to the channel shape (:meth:`Driver.check_message`) and, for reconciliation,
+:meth:`Driver.reconcile_tag` / :meth:`Driver.reconcile`. It fills in the wire format:
+:meth:`Driver.build_request` and :meth:`Driver.parse_response`, and overrides
+:meth:`Driver.classify_status` only for a documented quirk (citing providers.md).
+
+:meth:`Driver.send` is the algorithm every delivery follows: check the rules → build the
+request → pass the service's gate (ledger ``sending``, then the limiter slot) → transmit →
+parse and classify the answer. Transmission, bounded reads, connection-level retries, the
+mapping of httpx errors and the shared status mapping live here once.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
@@ -24,6 +32,7 @@ from tenacity import (
 )
 
 from worker.errors import (
+    AccountBlockedError,
     ConfigurationError,
     DeliveryError,
     PermanentError,
@@ -31,59 +40,17 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
+from worker.flow.limiter import Limit
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
 from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
+from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
 from worker.redaction import register_secret
 
-__all__ = ["Balance", "Driver", "SendContext", "SendOutcome"]
+__all__ = ["Balance", "Driver", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
 
 log = structlog.get_logger(__name__)
 
 M = TypeVar("M", EmailMessage, SmsMessage, VoiceMessage)
-
-
-@dataclass(frozen=True)
-class SendContext:
-    """What a driver may know about the delivery besides the message itself."""
-
-    delivery_id: str
-    idempotency_key: str
-    """Stable across every attempt of one delivery; sent to providers that support one."""
-    attempt: int = 1
-    tag: str | None = None
-    """The provider-side tag sent on every attempt (SMS Partner): the caller's, else one unique to
-    this delivery; an unknown outcome is reconciled by it."""
-    tag_is_callers: bool = False
-    """The tag was chosen by the caller, so other sends may carry it too."""
-    sent_after: float | None = None
-    """When the delivery's first attempt started (epoch seconds): a send found by a shared tag
-    that is older than this is not this delivery's."""
-
-
-@dataclass(frozen=True)
-class SendOutcome:
-    """A provider accepted the message."""
-
-    provider: str
-    provider_message_ids: dict[str, str] = field(default_factory=dict)
-    """Provider id per recipient (raw address/number; masked before it leaves the worker)."""
-    rejected_recipients: dict[str, str] = field(default_factory=dict)
-    """Recipients the provider refused or did not confirm although it accepted the message,
-    raw address/number → reason (masked and scrubbed before it leaves the worker)."""
-    cost: float | None = None
-    currency: str | None = None
-    warnings: tuple[str, ...] = ()
-    """Caller fields the provider did not receive, each ``"<field>: why"`` (never a value)."""
-
-
-@dataclass(frozen=True)
-class Balance:
-    """An account balance as the provider reports it."""
-
-    provider: str
-    has_credit: bool
-    credits: float | None = None
-    currency: str | None = None
 
 
 class _ConnectFailed(Exception):
@@ -94,11 +61,25 @@ class _ConnectFailed(Exception):
 
 
 class Driver(ABC, Generic[M]):
-    """One provider's wire format over a shared, injected ``httpx.Client``."""
+    """One provider's declarations and wire format over a shared, injected ``httpx.Client``."""
+
+    # -- declarations (read by the registry, config, the limiter and the router) ----------------
 
     name: ClassVar[str]
     channel: ClassVar[Channel]
     default_base_url: ClassVar[str | None] = None
+    """``None``: the operator must set ``DELIVERY_<NAME>_BASE_URL`` (a self-hosted server)."""
+    extra_settings: ClassVar[Mapping[str, str]] = {}
+    """Settings beyond the API key and base URL, name → description. Each is read from
+    ``DELIVERY_<NAME>_<SETTING>`` and passed to the constructor as a keyword argument."""
+    rate_limits: ClassVar[Mapping[str, tuple[Limit, ...]]] = {"send": ()}
+    """Documented limits per bucket, all per source IP (``DELIVERY_RATE_LIMITS`` overrides)."""
+    accepts_raw: ClassVar[bool] = False
+    """Email: takes a complete RFC 2822 message (``EmailMessage.raw``)."""
+    supports_reconcile: ClassVar[bool] = False
+    supports_idempotency: ClassVar[bool] = False
+    default_retry_after_s: ClassVar[float] = 1.0
+    """The wait after a 429 that carries no ``Retry-After``."""
     connect_attempts: ClassVar[int] = 3
 
     def __init__(self, client: httpx.Client, *, api_key: str, base_url: str | None = None) -> None:
@@ -130,10 +111,41 @@ class Driver(ABC, Generic[M]):
     def __repr__(self) -> str:  # never the key
         return f"<{type(self).__name__} base_url={self.base_url!r}>"
 
+    @classmethod
+    def check_message(cls, message: M) -> None:
+        """Raise :class:`RuleViolation` for a message this provider would refuse.
+
+        The rules the provider adds to the channel shape (recipient counts, attachment limits,
+        tag formats), each citing providers.md. Checked at enqueue for the named provider (or to
+        route), and again by :meth:`send`.
+        """
+
+    @classmethod
+    def limiter_bucket(cls, message: M) -> str:
+        """Which of :attr:`rate_limits` a message draws on."""
+        return "send"
+
+    @classmethod
+    def reconcile_tag(cls, message: M, delivery_id: str) -> str | None:
+        """The tag sent on every attempt of a delivery, for :meth:`reconcile`; ``None``: none."""
+        return None
+
     # -- the fixed algorithm -------------------------------------------------------------------
 
-    def send(self, message: M, ctx: SendContext) -> SendOutcome:
+    def send(self, message: M, ctx: SendContext, gate: Gate | None = None) -> SendOutcome:
+        """Check → build → ``gate`` → transmit → parse (which classifies a refusal).
+
+        ``gate`` runs last before the bytes leave: the provider counts arrivals, so any work
+        between the limiter's grant and the send would only add jitter to our spacing.
+        """
+        try:
+            self.check_message(message)
+        except RuleViolation as exc:
+            # A message routed or enqueued under other rules must not lose content silently.
+            raise PermanentError(f"{self.name}: {exc}", provider=self.name) from None
         request = self.build_request(message, ctx)
+        if gate is not None:
+            gate()
         response = self.transmit(request)
         return self.parse_response(response, message, ctx)
 
@@ -180,6 +192,39 @@ class Driver(ABC, Generic[M]):
     def parse_response(self, response: httpx.Response, message: M, ctx: SendContext) -> SendOutcome:
         """A :class:`SendOutcome`, or raise a :class:`~worker.errors.DeliveryError`."""
 
+    def classify_status(
+        self, response: httpx.Response, message: str, *, provider_code: str | None = None
+    ) -> DeliveryError:
+        """The error for an answer whose HTTP status says it failed: the shared mapping.
+
+        A provider overrides this only for a documented quirk, citing providers.md, and falls
+        back to ``super()`` for everything else.
+        """
+        status = response.status_code
+        retry_after = self.retry_after_s(response)
+        context: dict[str, Any] = {
+            "provider": self.name,
+            "status_code": status,
+            "provider_code": provider_code,
+        }
+        if status == 429:
+            wait_s = retry_after or self.default_retry_after_s
+            return ThrottledError(message, retry_after_s=wait_s, **context)
+        if status >= 500 or status == 408:
+            return TransientError(message, retry_after_s=retry_after, **context)
+        if status in (401, 403) or 300 <= status < 400:
+            # 3xx: redirects are not followed; the base URL points at the wrong place.
+            return ConfigurationError(message, **context)
+        if status == 402:
+            # Payment required: no credit; pause the provider (house style, rule 4).
+            return AccountBlockedError(message, **context)
+        return PermanentError(message, **context)
+
+    @staticmethod
+    def retry_after_s(response: httpx.Response) -> float | None:
+        """The answer's ``Retry-After``, in seconds (delta or HTTP-date), if it has one."""
+        return parse_retry_after(response.headers.get("Retry-After"))
+
     def check_balance(self) -> Balance | None:
         """The account balance, or ``None`` where the provider has no balance endpoint."""
         return None
@@ -191,9 +236,6 @@ class Driver(ABC, Generic[M]):
         then decides whether a resend is acceptable.
         """
         return None
-
-    supports_reconcile: ClassVar[bool] = False
-    supports_idempotency: ClassVar[bool] = False
 
     # -- helpers for provider modules ----------------------------------------------------------
 
@@ -219,34 +261,10 @@ class Driver(ABC, Generic[M]):
 
     def _unparseable(self, response: httpx.Response, why: str) -> DeliveryError:
         status = response.status_code
+        message = f"{self.name} {why} (HTTP {status})"
         if status == 429:
-            return ThrottledError(
-                f"{self.name} throttled the request ({why})",
-                provider=self.name,
-                status_code=status,
-                retry_after_s=parse_retry_after(response.headers.get("Retry-After")) or 1.0,
-            )
+            return self.classify_status(response, f"{self.name} throttled the request ({why})")
         if 200 <= status < 300:
             # The provider may have accepted the send but the answer is unreadable.
-            return UnknownOutcomeError(
-                f"{self.name} {why} (HTTP {status})", provider=self.name, status_code=status
-            )
-        return TransientError(
-            f"{self.name} {why} (HTTP {status})", provider=self.name, status_code=status
-        )
-
-    def http_status_error(self, response: httpx.Response, message: str) -> DeliveryError:
-        """Classify a non-success HTTP status that the provider module does not know better."""
-        status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 429:
-            return ThrottledError(
-                message, provider=self.name, status_code=status, retry_after_s=retry_after or 1.0
-            )
-        if status >= 500 or status == 408:
-            return TransientError(
-                message, provider=self.name, status_code=status, retry_after_s=retry_after
-            )
-        if status in (401, 403):
-            return ConfigurationError(message, provider=self.name, status_code=status)
-        return PermanentError(message, provider=self.name, status_code=status)
+            return UnknownOutcomeError(message, provider=self.name, status_code=status)
+        return TransientError(message, provider=self.name, status_code=status)

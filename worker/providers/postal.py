@@ -13,17 +13,16 @@ from typing import Any
 
 import httpx
 
-from worker.drivers.base import Driver, SendContext, SendOutcome
 from worker.errors import (
     ConfigurationError,
     DeliveryError,
     PermanentError,
-    ThrottledError,
     TransientError,
     UnknownOutcomeError,
 )
-from worker.http import parse_retry_after
 from worker.models import Address, EmailMessage
+from worker.providers._util import provider_id, short_text
+from worker.providers.base import Driver, RuleViolation, SendContext, SendOutcome
 from worker.redaction import scrub
 
 __all__ = ["PostalDriver"]
@@ -66,14 +65,27 @@ class PostalDriver(Driver[EmailMessage]):
     name = "postal"
     channel = "email"
     default_base_url = None  # the operator's own server (design.md, "public contract")
+    accepts_raw = True  # /send/raw (§4.3)
+    # The operator's own server: no API rate limit (providers.md "Rate limits" table).
+    rate_limits = {"send": ()}
+
+    @classmethod
+    def check_message(cls, message: EmailMessage) -> None:
+        if message.raw is not None:
+            return  # /send/raw (§4.3) takes rcpt_to, mail_from and data only: no field limits
+        # providers.md §4.2: 50 each for To, CC and BCC; from is required; no templates.
+        for name in ("to", "cc", "bcc"):
+            if len(getattr(message, name)) > 50:
+                raise RuleViolation(name, "postal accepts at most 50 addresses per field")
+        if message.from_ is None:
+            raise RuleViolation("from", "is required for postal")
+        if message.template is not None:
+            raise RuleViolation("template", "postal has no stored templates; send html/text")
 
     def build_request(self, message: EmailMessage, ctx: SendContext) -> httpx.Request:
         headers = {"X-Server-API-Key": self._api_key}
         if message.raw is not None:
             return self.post_json("api/v1/send/raw", self._raw_payload(message), headers)
-        if message.template is not None:
-            # The model refuses this for postal; a failed-over message must not lose its body.
-            raise PermanentError("postal has no stored templates", provider=self.name)
         payload: dict[str, Any] = {
             "to": [_mailbox(a) for a in message.to],
             "subject": message.subject,
@@ -127,18 +139,7 @@ class PostalDriver(Driver[EmailMessage]):
     ) -> SendOutcome:
         status_code = response.status_code
         if status_code != 200:
-            # Postal itself always answers 200; anything else comes from a proxy or a crash
-            # and is transient (§4.1, §4.7 [INFERRED]).
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            error_type = ThrottledError if status_code == 429 else TransientError
-            if status_code == 429 and retry_after is None:
-                retry_after = 1.0
-            raise error_type(
-                f"postal answered HTTP {status_code}",
-                provider=self.name,
-                status_code=status_code,
-                retry_after_s=retry_after,
-            )
+            raise self.classify_status(response, f"postal answered HTTP {status_code}")
         body = self.json_object(response)
         status = body.get("status")
         data = body.get("data")
@@ -150,7 +151,7 @@ class PostalDriver(Driver[EmailMessage]):
             raise self._error(data, status_code)
         if status == "parameter-error":
             raise PermanentError(
-                f"postal parameter error: {_text(data.get('message'))}",
+                f"postal parameter error: {short_text(data.get('message'))}",
                 provider=self.name,
                 status_code=status_code,
                 provider_code="parameter-error",
@@ -158,6 +159,21 @@ class PostalDriver(Driver[EmailMessage]):
         # HTTP 200 without a recognisable status: Postal may have accepted the message.
         raise UnknownOutcomeError(
             "postal answer has no recognisable status", provider=self.name, status_code=status_code
+        )
+
+    def classify_status(
+        self, response: httpx.Response, message: str, *, provider_code: str | None = None
+    ) -> DeliveryError:
+        # Postal itself always answers 200 (§4.1): any other status comes from a proxy or a
+        # crash and is transient (§4.7 [INFERRED]), except a 429, throttled as everywhere.
+        if response.status_code == 429:
+            return super().classify_status(response, message, provider_code=provider_code)
+        return TransientError(
+            message,
+            provider=self.name,
+            status_code=response.status_code,
+            provider_code=provider_code,
+            retry_after_s=self.retry_after_s(response),
         )
 
     def _success(
@@ -169,7 +185,7 @@ class PostalDriver(Driver[EmailMessage]):
             for address, item in messages.items():
                 if not isinstance(item, dict):
                     continue
-                message_id = _provider_id(item.get("id"))
+                message_id = provider_id(item.get("id"))
                 if message_id is not None:
                     ids[str(address)] = message_id
         if not ids:
@@ -187,7 +203,7 @@ class PostalDriver(Driver[EmailMessage]):
         # DeliveryError scrubs its message but not provider_code: scrub it here.
         code_text = scrub(code[:100]) if isinstance(code, str) and code else "unknown"
         # ServerSuspended has no message (§4.1); the code alone is enough then.
-        text = _text(data.get("message")) or code_text
+        text = short_text(data.get("message")) or code_text
         # PERMANENT_CODES and any unknown code are permanent: resending an unexplained refusal
         # would only repeat it (§4.7).
         error_type: type[DeliveryError] = (
@@ -201,13 +217,5 @@ class PostalDriver(Driver[EmailMessage]):
         )
 
 
-def _text(value: Any) -> str:
-    return value[:300] if isinstance(value, str) else ""
-
-
-def _provider_id(value: Any) -> str | None:
-    """A provider id as text: a non-empty string or an integer (never a bool), bounded."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return None
-    text = str(value).strip()
-    return text[:200] or None
+DRIVER = PostalDriver
+"""This module's provider, as the registry (:mod:`worker.providers`) finds it."""

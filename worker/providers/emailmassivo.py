@@ -14,40 +14,36 @@ by the message text (English or Russian).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
 
-from worker.drivers.base import Driver, SendContext, SendOutcome
 from worker.errors import (
-    AccountBlockedError,
     ConfigurationError,
     DeliveryError,
     PermanentError,
     RecipientDeferredError,
     RecipientRejectedError,
-    ThrottledError,
-    TransientError,
     UnknownOutcomeError,
 )
-from worker.http import parse_retry_after
-from worker.models import Address, EmailMessage
+from worker.flow.limiter import Limit
+from worker.models import EmailMessage
+from worker.providers._util import address_object, json_or_empty, provider_id, short_text
+from worker.providers.base import Driver, RuleViolation, SendContext, SendOutcome
 
 __all__ = ["EmailMassivoDriver"]
 
-# providers.md §5.4; the "worker class" column there is [INFERRED]. 404 and 422 are refined by
-# the message text in _by_message below.
-STATUS_ERRORS: dict[int, type[DeliveryError]] = {
-    400: PermanentError,  # bad request / attachments refused / "HTML template is not valid"
-    401: ConfigurationError,  # invalid or missing API key
-    402: AccountBlockedError,  # "not enough resource on user balance" (RuSender text)
-    403: ConfigurationError,  # key not enabled, or sender domain not verified
-    404: ConfigurationError,  # "ExternalMailApiKey not found", "User Domain not found"
-    # 422 "data validation error" (EM-H). Text we do not recognise: the safe reading is a
-    # permanent refusal of this message (no retry loop, nothing sent twice), but not a
-    # suppression: we cannot tell the recipient opted out (§5.4).
-    422: PermanentError,
-}
+MAX_REQUEST_BYTES = 5 * 1024 * 1024
+"""providers.md §5.2: the whole request body, base64 attachments included."""
+
+# providers.md §5.2 (RuSender limits, applied to EmailMassivo); one string keeps the list short.
+FORBIDDEN_EXTENSIONS = frozenset(
+    """ade adp apk appx appxbundle bat cab chm cmd com cpl diagcab diagcfg diagpack dll dmg ex ex_
+    exe hta img ins iso isp jar jnlp js jse lib lnk mde msc msi msix msixbundle msp mst nsh pif ps1
+    scr sct shb sys vb vbe vbs vhd vxd wsc wsf wsh xll""".split()  # noqa: SIM905
+)
+
 # Seed 003 ("422 Unprocessable Entity / Possible messages"), matched on lower-cased text; the
 # Russian stems cover RuSender's wording ("отписался", "пожаловался", "не существует",
 # "недоступен", "шаблон").
@@ -57,30 +53,40 @@ _SUPPRESSED_RU = ("отпис", "жалоб", "пожаловал", "не сущ
 _UNAVAILABLE = ("unavailable", "недоступ")
 
 
-def _address(address: Address) -> dict[str, str]:
-    # §5.2: {email, name}. Whether name may be omitted is not stated; it is sent when known.
-    out = {"email": address.email}
-    if address.name:
-        out["name"] = address.name
-    return out
-
-
 class EmailMassivoDriver(Driver[EmailMessage]):
     name = "emailmassivo"
     channel = "email"
     default_base_url = "https://api.emailmassivo.com"
     supports_idempotency = True
+    # §5.4: "no more than 10 requests per second from one IP", 429 beyond.
+    rate_limits = {"send": (Limit(10, 1.0),)}
+
+    @classmethod
+    def check_message(cls, message: EmailMessage) -> None:
+        # providers.md §5.2: a single `to` object; cc/bcc are single strings; preheader <= 255.
+        if len(message.to) != 1:
+            raise RuleViolation("to", "emailmassivo sends to exactly one recipient per message")
+        for name in ("cc", "bcc"):
+            if len(getattr(message, name)) > 1:
+                # The shape of several cc/bcc recipients is not documented (§5.2, "strings,
+                # not arrays"): refuse rather than guess a separator.
+                raise RuleViolation(name, "emailmassivo accepts at most one address")
+        if message.from_ is None:
+            raise RuleViolation("from", "is required for emailmassivo")
+        if message.template is not None:
+            # §5.3: idTemplateMailUser is an integer. [0-9], not str.isdigit(): "²" is a digit.
+            tid = message.template.id
+            if isinstance(tid, bool) or not re.fullmatch(r"[0-9]{1,18}", str(tid)) or not int(tid):
+                raise RuleViolation(
+                    "template.id", "emailmassivo template ids are positive integers"
+                )
+        _check_attachments(message)
 
     def build_request(self, message: EmailMessage, ctx: SendContext) -> httpx.Request:
-        if len(message.to) != 1:
-            raise PermanentError(
-                "emailmassivo sends to exactly one `to` recipient (§5.2)", provider=self.name
-            )
-        if message.from_ is None:
-            raise PermanentError("emailmassivo needs a from address", provider=self.name)
+        assert message.from_ is not None  # check_message (run by send) requires it
         mail: dict[str, Any] = {
-            "to": _address(message.to[0]),
-            "from": _address(message.from_),
+            "to": address_object(message.to[0]),
+            "from": address_object(message.from_),
             "subject": message.subject,
         }
         if message.preview_text:
@@ -88,26 +94,14 @@ class EmailMassivoDriver(Driver[EmailMessage]):
         if message.headers:
             mail["headers"] = dict(message.headers)
         for field, addresses in (("cc", message.cc), ("bcc", message.bcc)):
-            if not addresses:
-                continue
-            if len(addresses) > 1:
-                # §5.2: cc/bcc are single strings; a separator for several is not documented.
-                raise PermanentError(
-                    f"emailmassivo accepts at most one {field} address", provider=self.name
-                )
-            mail[field] = addresses[0].email
+            if addresses:  # §5.2: single strings (check_message allows one)
+                mail[field] = addresses[0].email
         if message.attachments:
             # §5.2: an array of single-key objects, {"name.ext": "<base64>"}.
             mail["attachments"] = [{a.filename: a.content} for a in message.attachments]
         if message.template is not None:
-            # §5.3: the template replaces html/text.
-            try:
-                template_id = int(message.template.id)
-            except ValueError:
-                raise PermanentError(
-                    "emailmassivo template ids are integers", provider=self.name
-                ) from None
-            mail["idTemplateMailUser"] = template_id
+            # §5.3: the template replaces html/text; check_message made sure the id is an integer.
+            mail["idTemplateMailUser"] = int(message.template.id)
             mail["params"] = dict(message.template.params)
             path = "api/v1/external-mails/send-by-template"
         else:
@@ -130,13 +124,14 @@ class EmailMassivoDriver(Driver[EmailMessage]):
             # same delivery when a uuid is there.
             data = self.json_object(response)
             uuid = data.get("uuid")
-            if not isinstance(uuid, str) or not uuid.strip():
+            uuid = provider_id(uuid) if isinstance(uuid, str) else None
+            if uuid is None:
                 raise UnknownOutcomeError(
                     f"emailmassivo {status} answer has no uuid",
                     provider=self.name,
                     status_code=status,
                 )
-            ids = {message.to[0].email: uuid[:200]}
+            ids = {message.to[0].email: uuid}
             rejected = _additional_recipients(data.get("additionalRecipients"), message, ids)
             return SendOutcome(
                 provider=self.name, provider_message_ids=ids, rejected_recipients=rejected
@@ -149,33 +144,25 @@ class EmailMassivoDriver(Driver[EmailMessage]):
                 provider=self.name,
                 status_code=status,
             )
-        raise self._status_error(response)
-
-    def _status_error(self, response: httpx.Response) -> DeliveryError:
-        status = response.status_code
         text = _error_message(response)
-        message = f"emailmassivo HTTP {status}: {text}" if text else f"emailmassivo HTTP {status}"
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 429:
-            # §5.4: 10 requests/s per IP; EmailMassivo documents no Retry-After (the sandbox
-            # sends none), so without one the wait is 1 s, the length of the provider's window.
-            return ThrottledError(
-                message, provider=self.name, status_code=status, retry_after_s=retry_after or 1.0
-            )
-        if status >= 500:
-            # 500 / 503 "temporarily unavailable" (§5.4).
-            return TransientError(
-                message, provider=self.name, status_code=status, retry_after_s=retry_after
-            )
-        if 300 <= status < 400:
-            return ConfigurationError(
-                f"emailmassivo redirected (HTTP {status}); check the base URL",
-                provider=self.name,
-                status_code=status,
-            )
-        error_type = _by_message(status, text) or STATUS_ERRORS.get(status)
-        if error_type is None:
-            return self.http_status_error(response, message)
+        message_ = f"emailmassivo HTTP {status}" + (f": {text}" if text else "")
+        raise self.classify_status(response, message_)
+
+    def classify_status(
+        self, response: httpx.Response, message: str, *, provider_code: str | None = None
+    ) -> DeliveryError:
+        # §5.4 (seed 003): one status, several meanings for 404 and 422, told apart by the
+        # message text; everything else (429 without Retry-After: 1 s, the provider's window;
+        # 500/503; 401/403; 402 "not enough resource on user balance") is the shared mapping.
+        status = response.status_code
+        if status not in (404, 422):
+            return super().classify_status(response, message, provider_code=provider_code)
+        # 404 "ExternalMailApiKey not found", "User Domain not found": configuration. 422 "data
+        # validation error" (EM-H) with a text we do not recognise: the safe reading is a
+        # permanent refusal of this message (no retry loop, nothing sent twice), but not a
+        # suppression: we cannot tell the recipient opted out (§5.4).
+        fallback = ConfigurationError if status == 404 else PermanentError
+        error_type = _by_message(status, _error_message(response)) or fallback
         return error_type(message, provider=self.name, status_code=status)
 
 
@@ -235,8 +222,9 @@ def _additional_recipients(
         item = results.get(address)
         uuid = item.get("uuid") if isinstance(item, dict) else None
         error = item.get("error") if isinstance(item, dict) else None
-        if isinstance(uuid, str) and uuid.strip() and not error:
-            ids.setdefault(address, uuid[:200])
+        accepted = provider_id(uuid) if isinstance(uuid, str) else None
+        if accepted is not None and not error:
+            ids.setdefault(address, accepted)
         elif error:
             reason = error if isinstance(error, str) else json.dumps(error, default=str)[:200]
             rejected[address] = f"refused by emailmassivo: {reason[:200]}"
@@ -245,15 +233,40 @@ def _additional_recipients(
     return rejected
 
 
+def _check_attachments(message: EmailMessage) -> None:
+    # providers.md §5.2: <= 20 attachments, <= 5 MB in total, forbidden extensions.
+    if len(message.attachments) > 20:
+        raise RuleViolation("attachments", "emailmassivo accepts at most 20 attachments")
+    if sum(a.size_bytes for a in message.attachments) > 5 * 1024 * 1024:
+        raise RuleViolation("attachments", "emailmassivo accepts at most 5 MB in total")
+    for i, att in enumerate(message.attachments):
+        if att.extension in FORBIDDEN_EXTENSIONS:
+            raise RuleViolation(
+                f"attachments.{i}.filename",
+                f"extension .{att.extension} is forbidden by emailmassivo",
+            )
+    # providers.md §5.2: the whole request body is <= 5 MB, and attachments travel in it as
+    # base64 (4/3 of their size): 4.5 MB of files pass the 5 MB attachment rule but not this.
+    body_bytes = sum(len(a.content) + len(a.filename) for a in message.attachments) + sum(
+        len(v.encode("utf-8", "surrogatepass"))
+        for v in (message.html, message.text, message.subject, message.preview_text)
+        if v is not None
+    )
+    if body_bytes > MAX_REQUEST_BYTES:
+        raise RuleViolation(
+            "attachments" if message.attachments else "html",
+            "emailmassivo requests are limited to 5 MB (body plus base64 attachments); "
+            f"this one needs about {body_bytes / 1024 / 1024:.1f} MB",
+        )
+
+
 def _error_message(response: httpx.Response) -> str:
     """``message`` of the ``{"message", "statusCode"}`` error body (§5.4), if there is one."""
-    try:
-        data = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
-        return ""
-    if not isinstance(data, dict):
-        return ""
-    message = data.get("message")
+    message = json_or_empty(response).get("message")
     if isinstance(message, list):  # NestJS-style validation lists
         message = ", ".join(str(m) for m in message[:10])
-    return message[:300] if isinstance(message, str) else ""
+    return short_text(message)
+
+
+DRIVER = EmailMassivoDriver
+"""This module's provider, as the registry (:mod:`worker.providers`) finds it."""

@@ -7,8 +7,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from worker.drivers.base import SendContext, SendOutcome
-from worker.drivers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver, _as_float, _as_int
 from worker.errors import (
     DeferredError,
     DeliveryError,
@@ -17,6 +15,9 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import SmsMessage, sms_units
+from worker.providers._util import as_float, as_int, provider_id
+from worker.providers.base import SendContext, SendOutcome
+from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver
 
 __all__ = ["SmsPartnerDriver"]
 
@@ -66,6 +67,18 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
     codes: ClassVar = SMS_CODES
     balance_field = "creditSms"
     supports_reconcile = True
+    # No limit documented for /v1/send (429 is documented only for HLR/lookup, §1.3); a 429
+    # would still be honoured through the limiter's hold.
+    rate_limits = {"send": ()}
+
+    @classmethod
+    def reconcile_tag(cls, message: SmsMessage, delivery_id: str) -> str | None:
+        # Tags: <= 20 chars, lowercase, no spaces (§1.2.2). The caller's tag reaches the
+        # provider as set (validated at enqueue); without one, a tag unique per delivery makes
+        # an unknown outcome reconcilable by /bulk-status-by-tag (§1.5).
+        if message.tag is not None:
+            return message.tag
+        return "dw" + delivery_id.replace("-", "")[:18].lower()
 
     def build_request(self, message: SmsMessage, ctx: SendContext) -> httpx.Request:
         payload: dict[str, Any] = {
@@ -91,12 +104,8 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         self, response: httpx.Response, message: SmsMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self.envelope(response)
-        message_id = data.get("message_id")
-        if (
-            not isinstance(message_id, (int, str))
-            or isinstance(message_id, bool)
-            or message_id == ""
-        ):
+        message_id = provider_id(data.get("message_id"))
+        if message_id is None:
             # Accepted (success/code 200) but unreadable: a blind resend could duplicate the
             # send, so let the service reconcile by tag first (providers.md §1.5).
             raise UnknownOutcomeError(
@@ -108,8 +117,8 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         return SendOutcome(
             provider=self.name,
             # One message_id covers every number of the send (§1.2.2).
-            provider_message_ids={number: str(message_id) for number in message.to},
-            cost=_as_float(data.get("cost")),
+            provider_message_ids={number: message_id for number in message.to},
+            cost=as_float(data.get("cost")),
             currency=currency if isinstance(currency, str) else None,
         )
 
@@ -163,7 +172,7 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
                 foreign = True
         found = bool(matched) and (set(matched) == wanted or not ctx.tag_is_callers)
         if not found:
-            total = _as_int(data.get("total"))
+            total = as_int(data.get("total"))
             if total is not None and total > len(items):
                 # More pages than we can read (the page parameter is [NOT FOUND], §1.2.10):
                 # "not on the first page" is not "not sent".
@@ -175,9 +184,9 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         fallback = None if foreign else data.get("message_id")
         ids: dict[str, str] = {}
         for number, item_id in matched.items():
-            item_id = fallback if item_id is None else item_id  # items carry no id (§1.2.9)
-            if isinstance(item_id, (int, str)) and not isinstance(item_id, bool) and item_id != "":
-                ids[number] = str(item_id)
+            text = provider_id(fallback if item_id is None else item_id)  # items: no id (§1.2.9)
+            if text is not None:
+                ids[number] = text
         return SendOutcome(provider=self.name, provider_message_ids=ids)
 
 
@@ -206,3 +215,7 @@ def _epoch(value: Any) -> float | None:
     except ValueError:
         return None
     return parsed.replace(tzinfo=PROVIDER_TZ).timestamp()
+
+
+DRIVER = SmsPartnerDriver
+"""This module's provider, as the registry (:mod:`worker.providers`) finds it."""

@@ -1,7 +1,7 @@
 """Mail Partner: ``POST /send`` on the Partner platform; providers.md §2.
 
 Same envelope as SMS Partner (``success``/``code``, ``apiKey`` in the body), see
-:mod:`worker.drivers.partner`. Differences that matter here: the body is ``htmlContent`` only,
+:mod:`worker.providers.partner`. Differences that matter here: the body is ``htmlContent`` only,
 recipients are nested under ``params.to``, attachment file names go without their extension,
 and the success id is ``messageId`` in camelCase (§2.2).
 """
@@ -15,10 +15,12 @@ from typing import Any, ClassVar
 
 import httpx
 
-from worker.drivers.base import SendContext, SendOutcome
-from worker.drivers.partner import COMMON_CODES, PartnerDriver, _as_float
 from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
-from worker.models import Address, EmailMessage
+from worker.flow.limiter import Limit
+from worker.models import EmailMessage
+from worker.providers._util import address_object, as_float, provider_id
+from worker.providers.base import RuleViolation, SendContext, SendOutcome
+from worker.providers.partner import COMMON_CODES, PartnerDriver
 
 __all__ = ["MailPartnerDriver", "text_to_html", "unsent_fields"]
 
@@ -53,7 +55,11 @@ MAIL_CODES: dict[int, type[DeliveryError]] = {
     429: ThrottledError,  # 2000 requests/minute/IP; PartnerDriver.classify defaults to 60 s
 }
 
-_TAG = re.compile(r"[a-z0-9_\-]{3,20}")
+TAG = re.compile(r"[a-z0-9_\-]{3,20}")
+"""§2.2: tags are lowercase, no spaces, 3-20 characters."""
+MAX_ATTACHMENTS = 3
+MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
+"""§2.2: at most 3 attachments of 5 MB each."""
 
 
 def text_to_html(text: str) -> str:
@@ -66,27 +72,35 @@ def text_to_html(text: str) -> str:
     return html.escape(normalised).replace("\n", "<br>\n")
 
 
-def _recipient(address: Address) -> dict[str, str]:
-    out = {"email": address.email}
-    if address.name:
-        out["name"] = address.name
-    return out
-
-
 class MailPartnerDriver(PartnerDriver[EmailMessage]):
     name = "mailpartner"
     channel = "email"
     default_base_url = "https://api.mailpartner.fr/v1"
     codes: ClassVar = MAIL_CODES
     balance_field = "creditMail"
+    # §2.2: 2000 requests/minute/IP, code 429 beyond.
+    rate_limits = {"send": (Limit(2000, 60.0),)}
+
+    @classmethod
+    def check_message(cls, message: EmailMessage) -> None:
+        # providers.md §2.2: params.to <= 500 (the channel shape); no documented
+        # cc/bcc/headers/templates.
+        for name in ("cc", "bcc"):
+            if getattr(message, name):
+                raise RuleViolation(name, "mailpartner has no cc/bcc; add the addresses to `to`")
+        if message.template is not None:
+            raise RuleViolation("template", "mailpartner has no stored templates; send html/text")
+        if message.headers:
+            raise RuleViolation("headers", "mailpartner does not accept custom headers")
+        if len(message.attachments) > MAX_ATTACHMENTS:
+            raise RuleViolation("attachments", "mailpartner accepts at most 3 attachments")
+        for i, att in enumerate(message.attachments):
+            if att.size_bytes > MAX_ATTACHMENT_BYTES:
+                raise RuleViolation(f"attachments.{i}", "mailpartner accepts at most 5 MB each")
+        if message.tag is not None and not TAG.fullmatch(message.tag):
+            raise RuleViolation("tag", "mailpartner tags are 3-20 lowercase chars, no spaces")
 
     def build_request(self, message: EmailMessage, ctx: SendContext) -> httpx.Request:
-        # The model refuses these for mailpartner; a failed-over message must not silently
-        # lose recipients or content.
-        if message.cc or message.bcc:
-            raise PermanentError("mailpartner has no cc/bcc (§2.2)", provider=self.name)
-        if message.template is not None:
-            raise PermanentError("mailpartner has no stored templates", provider=self.name)
         if message.html:
             body = message.html
         elif message.text:
@@ -97,15 +111,15 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
             "subject": message.subject,
             "htmlContent": body,
             # §2.2: the field table says `to`, but every example nests it under `params`.
-            "params": {"to": [_recipient(a) for a in message.to]},
+            "params": {"to": [address_object(a) for a in message.to]},
         }
         # The sender is not a documented request field (§2.2, [NOT FOUND]): it is most likely
         # configured on the account, so message.from_ is not sent, and neither is preview_text
         # (no field). Refusing them at enqueue would stop routing email to Mail Partner, so the
         # result reports each as a warning instead (unsent_fields). Custom headers are refused
-        # at enqueue (EmailMessage._check_mailpartner).
+        # at enqueue (check_message).
         if message.reply_to is not None:
-            payload["replyTo"] = _recipient(message.reply_to)
+            payload["replyTo"] = address_object(message.reply_to)
         if message.attachments:
             payload["attachments"] = [
                 {
@@ -116,9 +130,8 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
                 }
                 for a in message.attachments
             ]
-        # §2.2: tags are lowercase, no spaces, 3-20 characters; a tag outside that would get the
-        # whole message refused, so only a valid one is sent.
-        if message.tag is not None and _TAG.fullmatch(message.tag):
+        # check_message refuses a tag outside TAG (the whole message would be refused, §2.2).
+        if message.tag is not None:
             payload["tag"] = message.tag
         return self.post_json("send", self.auth_body(payload))
 
@@ -127,7 +140,7 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
     ) -> SendOutcome:
         data = self.envelope(response)
         # §2.2: camelCase `messageId` (unlike SMS Partner's `message_id`); accept either.
-        message_id = _provider_id(data.get("messageId", data.get("message_id")))
+        message_id = provider_id(data.get("messageId", data.get("message_id")))
         if message_id is None:
             # Accepted (success, code 200) but no id: a resend could duplicate the mail.
             raise UnknownOutcomeError(
@@ -139,7 +152,7 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
         return SendOutcome(
             provider=self.name,
             provider_message_ids={a.email: message_id for a in message.to},
-            cost=_as_float(data.get("cost")),
+            cost=as_float(data.get("cost")),
             currency=currency if isinstance(currency, str) else None,
             warnings=unsent_fields(message),
         )
@@ -163,9 +176,5 @@ def unsent_fields(message: EmailMessage) -> tuple[str, ...]:
     return tuple(warnings)
 
 
-def _provider_id(value: Any) -> str | None:
-    """A provider id as text: a non-empty string or an integer (never a bool), bounded."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return None
-    text = str(value).strip()
-    return text[:200] or None
+DRIVER = MailPartnerDriver
+"""This module's provider, as the registry (:mod:`worker.providers`) finds it."""

@@ -8,26 +8,24 @@ codes are looked for under ``error`` (as the third-party Ruby gem reads them), `
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from worker.drivers.base import Balance, Driver, SendContext, SendOutcome
-from worker.drivers.partner import _as_float
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,
     DeliveryError,
     PermanentError,
-    ThrottledError,
     TransientError,
     UnknownOutcomeError,
 )
-from worker.http import parse_retry_after
+from worker.flow.limiter import Limit
 from worker.models import VoiceMessage
+from worker.providers._util import as_float, json_or_empty, provider_id, short_text
+from worker.providers.base import Balance, Driver, SendContext, SendOutcome
 from worker.redaction import scrub
 
 __all__ = ["VoicePartnerDriver"]
@@ -46,11 +44,6 @@ ERROR_CODES: dict[str, type[DeliveryError]] = {
     "10": ConfigurationError,  # invalid API key
 }
 
-# §3.2: 2000 requests/hour, and 5/minute for campaigns and /me. Whether a 429 carries
-# Retry-After is [NOT FOUND]; the x-ratelimit-reset header (§3.1, [INFERRED]) has undocumented
-# units. Without Retry-After, wait a minute: a 1 s retry would only burn the per-minute budget.
-DEFAULT_THROTTLE_S = 60.0
-
 _CODE_LIKE = re.compile(r"[A-Z][A-Z0-9_]{1,63}|\d{1,6}")
 
 
@@ -58,6 +51,18 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
     name = "voicepartner"
     channel = "voice"
     default_base_url = "https://api.voicepartner.fr/v1"
+    extra_settings = {
+        "notification_email": "default emailForNotification for voicemail drops (§3.2)",
+    }
+    # §3.2: tts/send 2000/hour; campaign/send (voicemail drop) 2000/hour AND 5/minute.
+    rate_limits = {
+        "tts": (Limit(2000, 3600.0),),
+        "campaign": (Limit(5, 60.0), Limit(2000, 3600.0)),
+    }
+    # §3.2: whether a 429 carries Retry-After is [NOT FOUND]; the x-ratelimit-reset header
+    # (§3.1, [INFERRED]) has undocumented units. Without Retry-After, wait a minute: a 1 s retry
+    # would only burn the per-minute budget.
+    default_retry_after_s = 60.0
 
     def __init__(
         self,
@@ -69,6 +74,10 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
     ) -> None:
         super().__init__(client, api_key=api_key, base_url=base_url)
         self.notification_email = notification_email or None
+
+    @classmethod
+    def limiter_bucket(cls, message: VoiceMessage) -> str:
+        return "tts" if message.mode == "tts" else "campaign"
 
     def build_request(self, message: VoiceMessage, ctx: SendContext) -> httpx.Request:
         numbers = ",".join(message.to)
@@ -115,7 +124,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         self, response: httpx.Response, message: VoiceMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self._answer(response)
-        campaign_id = _provider_id(data.get("campaignId"))
+        campaign_id = provider_id(data.get("campaignId"))
         if campaign_id is None:
             # success:true without an id: the campaign may exist; a resend could call twice.
             raise UnknownOutcomeError(
@@ -128,7 +137,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
             provider=self.name,
             # One campaign covers every number of the request (§3.2).
             provider_message_ids={number: campaign_id for number in message.to},
-            cost=_as_float(data.get("cost")),
+            cost=as_float(data.get("cost")),
             currency=currency if isinstance(currency, str) else None,
         )
 
@@ -136,7 +145,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         """``GET /me/{apiKey}`` (§3.2): the key is a path segment, quoted."""
         request = self.client.build_request("GET", self.url("me/" + quote(self._api_key, safe="")))
         data = self._answer(self.transmit(request))
-        credit = _as_float(data.get("credit"))  # a string in the doc example: "19"
+        credit = as_float(data.get("credit"))  # a string in the doc example: "19"
         if credit is None:
             raise TransientError("voicepartner /me answer has no credit", provider=self.name)
         currency = data.get("currency")
@@ -152,11 +161,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
     def _answer(self, response: httpx.Response) -> dict[str, Any]:
         """The body of a ``success: true`` 2xx answer; otherwise a classified error."""
         status = response.status_code
-        try:
-            parsed: Any = json.loads(response.content)
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-        data: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+        data = json_or_empty(response)
         if 200 <= status < 300 and data.get("success") is True:
             return data
         code, text = _error_code(data)
@@ -165,46 +170,19 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         message = f"voicepartner HTTP {status}" + (f": {detail}" if detail else "")
         if known is not None:
             raise known(message, provider=self.name, status_code=status, provider_code=code)
-        raise self._status_error(response, data, code, message)
-
-    def _status_error(
-        self, response: httpx.Response, data: dict[str, Any], code: str | None, message: str
-    ) -> DeliveryError:
-        status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 429:
-            return ThrottledError(
-                message,
-                provider=self.name,
-                status_code=status,
-                provider_code=code,
-                retry_after_s=retry_after if retry_after is not None else DEFAULT_THROTTLE_S,
-            )
-        if status >= 500 or status == 408:
-            return TransientError(
-                message,
-                provider=self.name,
-                status_code=status,
-                provider_code=code,
-                retry_after_s=retry_after,
-            )
-        if status in (401, 403) or 300 <= status < 400:
-            return ConfigurationError(
-                message, provider=self.name, status_code=status, provider_code=code
-            )
-        if status == 402:
-            # Not documented for Voice Partner; read as NOT_CREDIT, the safe side (§3.3).
-            return AccountBlockedError(
-                message, provider=self.name, status_code=status, provider_code=code
-            )
         if 200 <= status < 300 and data.get("success") is not False:
             # A 2xx that says neither success nor failure (not JSON, wrong types): the
             # provider may have accepted the call.
-            return UnknownOutcomeError(
+            raise UnknownOutcomeError(
                 f"{message}: unrecognisable answer", provider=self.name, status_code=status
             )
-        # An explicit refusal with an unknown code, or another 4xx: resending would repeat it.
-        return PermanentError(message, provider=self.name, status_code=status, provider_code=code)
+        if 200 <= status < 300:
+            # An explicit refusal (success: false) with an unknown code: resending would repeat it.
+            raise PermanentError(
+                message, provider=self.name, status_code=status, provider_code=code
+            )
+        # The shared mapping; an undocumented 402 reads as NOT_CREDIT, the safe side (§3.3).
+        raise self.classify_status(response, message, provider_code=code)
 
 
 def _error_code(data: dict[str, Any]) -> tuple[str | None, str]:
@@ -239,13 +217,8 @@ def _error_code(data: dict[str, Any]) -> tuple[str | None, str]:
             # An unknown code, kept for operators. DeliveryError scrubs its message but not
             # provider_code, so scrub here: a provider may echo the key back.
             code = scrub(value)
-    text = texts[0][:300] if texts else ""
-    return code, text
+    return code, short_text(texts[0] if texts else "")
 
 
-def _provider_id(value: Any) -> str | None:
-    """A provider id as text: a non-empty string or an integer (never a bool), bounded."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        return None
-    text = str(value).strip()
-    return text[:200] or None
+DRIVER = VoicePartnerDriver
+"""This module's provider, as the registry (:mod:`worker.providers`) finds it."""

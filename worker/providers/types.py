@@ -1,0 +1,67 @@
+"""The values a driver exchanges with the delivery service (no behaviour here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Balance", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
+
+Gate = Callable[[], None]
+"""Called by :meth:`Driver.send` once the request is built, right before it is transmitted.
+
+The delivery service passes one that records the attempt (ledger ``sending``) and takes the
+global limiter slot, sleeping briefly; whatever it raises ends the send unchanged."""
+
+
+@dataclass(frozen=True)
+class SendContext:
+    """What a driver may know about the delivery besides the message itself."""
+
+    delivery_id: str
+    idempotency_key: str
+    """Stable across every attempt of one delivery; sent to providers that support one."""
+    attempt: int = 1
+    tag: str | None = None
+    """The provider-side tag sent on every attempt (SMS Partner): the caller's, else one unique to
+    this delivery; an unknown outcome is reconciled by it (:meth:`Driver.reconcile_tag`)."""
+    tag_is_callers: bool = False
+    """The tag was chosen by the caller, so other sends may carry it too."""
+    sent_after: float | None = None
+    """When the delivery's first attempt started (epoch seconds): a send found by a shared tag
+    that is older than this is not this delivery's."""
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """A provider accepted the message."""
+
+    provider: str
+    provider_message_ids: dict[str, str] = field(default_factory=dict)
+    """Provider id per recipient (raw address/number; masked before it leaves the worker)."""
+    rejected_recipients: dict[str, str] = field(default_factory=dict)
+    """Recipients the provider refused or did not confirm although it accepted the message,
+    raw address/number → reason (masked and scrubbed before it leaves the worker)."""
+    cost: float | None = None
+    currency: str | None = None
+    warnings: tuple[str, ...] = ()
+    """Caller fields the provider did not receive, each ``"<field>: why"`` (never a value)."""
+
+
+@dataclass(frozen=True)
+class Balance:
+    """An account balance as the provider reports it."""
+
+    provider: str
+    has_credit: bool
+    credits: float | None = None
+    currency: str | None = None
+
+
+class RuleViolation(ValueError):
+    """A message the provider would refuse: ``field`` names the message field, ``text`` why."""
+
+    def __init__(self, field: str, text: str) -> None:
+        self.field = field
+        self.text = text
+        super().__init__(f"{field}: {text}")
