@@ -10,11 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.flow.limiter import DEFAULT_LIMITS, Limit
 from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
 from worker.limits import MessageLimits
 from worker.models import CHANNEL_PROVIDERS
 from worker.redaction import register_secret
+from worker.stores.limiter import DEFAULT_LIMITS, Limit
 
 __all__ = ["PROVIDERS", "Settings", "get_settings"]
 

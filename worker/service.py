@@ -40,7 +40,6 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
-from worker.flow import limiter_key
 from worker.models import (
     DeliveryResult,
     ErrorInfo,
@@ -52,6 +51,7 @@ from worker.models import (
 )
 from worker.redaction import mask_email, mask_phone, scrub
 from worker.runtime import Runtime
+from worker.stores import limiter_key
 
 __all__ = ["Done", "Retry", "backoff_s", "limiter_bucket", "mask_ids", "process"]
 
