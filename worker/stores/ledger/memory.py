@@ -149,9 +149,10 @@ class MemoryLedger(Ledger):
             now = self._clock()
             held = self._locks.get(delivery_id)
             if held is None or held[1] <= now:
-                self._locks[delivery_id] = (token, now + max(0.001, ttl_s))
+                # Whole milliseconds, as Redis keeps the lock (SET PX, PTTL).
+                self._locks[delivery_id] = (token, now + max(1, int(ttl_s * 1000)) / 1000)
                 return 0.0
-            return max(held[1] - now, 0.001)
+            return max(int((held[1] - now) * 1000), 1) / 1000
 
     def unlock(self, delivery_id: str, token: str) -> None:
         with self._lock:
