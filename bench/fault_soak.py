@@ -81,10 +81,9 @@ from celery import Celery
 from worker.app import client_app
 from worker.config import PROVIDERS, Settings
 from worker.devenv import Proc, free_port, sandbox_env, start_redis, start_sandbox, start_worker
-from worker.flow import RedisHealthStore
-from worker.ledger import FINAL_STATES, Ledger
 from worker.operations import Operations
 from worker.producer import Producer
+from worker.stores import FINAL_STATES, RedisLedger
 
 __all__ = [
     "SCENARIOS",
@@ -417,7 +416,7 @@ class Run:
             with redis.Redis.from_url(url) as r:
                 r.flushdb()
         self.redis = redis.Redis.from_url(self.env["DELIVERY_BROKER_URL"])
-        self.ledger = Ledger(self.redis)
+        self.ledger = RedisLedger(self.redis)
         self.client = client_app(
             self.env["DELIVERY_BROKER_URL"],
             self.env["DELIVERY_RESULT_BACKEND"],
@@ -466,7 +465,7 @@ class Run:
     def states(self, ids: Sequence[str]) -> dict[str, str]:
         pipe = self.redis.pipeline(transaction=False)
         for delivery_id in ids:
-            pipe.hget(Ledger.key(delivery_id), "state")
+            pipe.hget(RedisLedger.key(delivery_id), "state")
         return {
             d: (s.decode() if isinstance(s, bytes) else "missing")
             for d, s in zip(ids, pipe.execute(), strict=True)
@@ -613,12 +612,7 @@ def scenario_redis_restart(
             server = start_redis(redis_dir, port)
             producer.join(timeout=120)
             settings = Settings.from_env(run.env)
-            ops = Operations(
-                redis_client=run.redis,
-                health=RedisHealthStore(run.redis),
-                settings=settings,
-                app=run.client,
-            )
+            ops = Operations.on_redis(run.redis, settings=settings, app=run.client)
             swept: Counter[str] = Counter()
             last_sweep = [0.0]
 
@@ -626,7 +620,7 @@ def scenario_redis_restart(
                 if time.monotonic() - last_sweep[0] >= 1.0:
                     last_sweep[0] = time.monotonic()
                     with contextlib.suppress(redis.ConnectionError):
-                        swept.update(ops.sweep(run.ledger))
+                        swept.update(ops.sweep())
 
             run.wait_final(_ids(planned), timeout_s, tick=sweep)
             run.checks["refused_at_enqueue"] = len(refused)

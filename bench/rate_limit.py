@@ -47,8 +47,8 @@ from celery.states import READY_STATES
 
 from worker.app import client_app
 from worker.devenv import Proc, sandbox_env, start_redis, start_sandbox, start_worker
-from worker.ledger import FINAL_STATES, Ledger
 from worker.producer import Producer
+from worker.stores import FINAL_STATES, RedisLedger
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -320,7 +320,7 @@ def run_delivery(stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: 
         assert stack.admin is not None
         stack.admin.post("/_admin/reset").raise_for_status()
 
-        ledger = Ledger(shared)
+        ledger = RedisLedger(shared)
         producer = Producer(app=app, ledger=ledger)
         started = time.monotonic()
         ids = [producer.enqueue("email", email(i, tag)).id for i in range(fig.messages)]
@@ -331,7 +331,7 @@ def run_delivery(stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: 
             if pending:
                 pipe = shared.pipeline(transaction=False)
                 for delivery_id in pending:
-                    pipe.hget(Ledger.key(delivery_id), "state")
+                    pipe.hget(RedisLedger.key(delivery_id), "state")
                 for delivery_id, state in zip(pending, pipe.execute(), strict=True):
                     states[delivery_id] = state.decode() if state else "missing"
             return sum(1 for d in ids if states.get(d) in FINAL_STATES)
@@ -344,7 +344,7 @@ def run_delivery(stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: 
         fig.failed = done - fig.sent
         pipe = shared.pipeline(transaction=False)
         for delivery_id in ids:
-            pipe.hget(Ledger.key(delivery_id), "throttled")
+            pipe.hget(RedisLedger.key(delivery_id), "throttled")
         fig.limiter_waits = sum(int(v or 0) for v in pipe.execute())
         sandbox_figures(stack.admin, fig)
     finally:

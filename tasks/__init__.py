@@ -68,5 +68,4 @@ def check_balances() -> dict[str, str]:
 @app.task(name="tasks.sweep", Request=RedactedRequest)
 def sweep() -> dict[str, int]:
     """Periodic (beat): re-enqueue deliveries stuck in queued/sending/waiting past a timeout."""
-    rt = get_runtime()
-    return Operations.for_runtime(rt, app).sweep(rt.ledger)
+    return Operations.for_runtime(get_runtime(), app).sweep()

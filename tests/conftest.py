@@ -1,7 +1,12 @@
-"""Shared fixtures: real processes, started once per session, on free loopback ports."""
+"""Shared fixtures: real processes, started once per session, on free loopback ports.
+
+``DW_TEST_NO_REDIS=1`` makes every test that asks for a redis-server fail instead: run tests
+that claim to need none (the service tests on the in-memory stores) under it to prove it.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +19,8 @@ from worker.devenv import Proc, start_redis
 @pytest.fixture(scope="session")
 def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     """A real redis-server (AOF on) for the whole session."""
+    if os.environ.get("DW_TEST_NO_REDIS") == "1":
+        pytest.fail("this test asked for a redis-server, and DW_TEST_NO_REDIS=1 forbids one")
     proc = start_redis(Path(tmp_path_factory.mktemp("redis")))
     yield proc
     proc.stop()

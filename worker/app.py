@@ -195,4 +195,4 @@ def _warm_process(**_kwargs: Any) -> None:
             structlog.get_logger("worker.app").error(
                 "worker.driver_unavailable", provider=provider, error=exc.message
             )
-    rt.redis.ping()
+    rt.ping()

@@ -26,9 +26,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     import redis
 
     from worker.config import get_settings
-    from worker.ledger import Ledger
+    from worker.stores import RedisLedger
 
-    ledger = Ledger(redis.Redis.from_url(get_settings().shared_redis_url))
+    ledger = RedisLedger(redis.Redis.from_url(get_settings().shared_redis_url))
     record = ledger.get(args.delivery_id)
     if record is None:
         print(f"no delivery {args.delivery_id}", file=sys.stderr)
@@ -86,7 +86,7 @@ def _cmd_dead(args: argparse.Namespace) -> int:
         if not ids:
             print("nothing to replay (give delivery ids or --all)", file=sys.stderr)
             return 1
-        replayed = ops.replay_dead(rt.ledger, ids)
+        replayed = ops.replay_dead(ids)
         for delivery_id in ids:
             print(
                 f"{delivery_id}: {'replayed' if delivery_id in replayed else 'not a dead letter'}"
@@ -101,8 +101,8 @@ def _cmd_dead(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(_args: argparse.Namespace) -> int:
-    ops, rt = _operations()
-    counts = ops.sweep(rt.ledger)
+    ops, _rt = _operations()
+    counts = ops.sweep()
     print(", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 

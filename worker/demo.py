@@ -150,11 +150,10 @@ def run_demo(
 ) -> int:
     from worker.app import client_app
     from worker.config import Settings
-    from worker.flow import RedisHealthStore
-    from worker.ledger import Ledger
     from worker.models import InvalidMessage
     from worker.operations import Operations
     from worker.producer import Producer
+    from worker.stores import RedisLedger
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress reaches pipes as it happens
@@ -201,7 +200,7 @@ def run_demo(
         ).raise_for_status()
 
         app = client_app(env["DELIVERY_BROKER_URL"], env["DELIVERY_RESULT_BACKEND"], name="demo")
-        ledger = Ledger(redis.Redis.from_url(env["DELIVERY_BROKER_URL"]))
+        ledger = RedisLedger(redis.Redis.from_url(env["DELIVERY_BROKER_URL"]))
         producer = Producer(app=app, ledger=ledger)
         _wait_worker_ready(app, worker)
 
@@ -233,12 +232,7 @@ def run_demo(
             httpx.post(
                 f"{sandbox_url}/_admin/balance", json={"provider": provider, "credits": 1000}
             ).raise_for_status()
-            ops = Operations(
-                redis_client=ledger.redis,
-                health=RedisHealthStore(ledger.redis),
-                settings=Settings.from_env(env),
-                app=app,
-            )
+            ops = Operations.on_redis(ledger.redis, settings=Settings.from_env(env), app=app)
             ops.resume(provider)
             _follow(ledger, ids, timeout_s=60, final={"sent", "failed", "expired", "dead"})
         for item, delivery_id in sent:

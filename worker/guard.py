@@ -54,9 +54,9 @@ from celery.worker.consumer import Consumer
 from vine import promise
 
 from worker.config import Settings, get_settings
-from worker.ledger import Ledger
 from worker.limits import MessageLimits, check_encoded_size, check_structure, shape
 from worker.models import DeliveryResult, ErrorInfo
+from worker.stores import RedisLedger
 
 __all__ = [
     "MAIN_MARK_PREFIX",
@@ -145,7 +145,7 @@ class MessageGuard:
         self.settings = settings
         self.limits: MessageLimits = settings.message_limits()
         self.redis = client or redis.Redis.from_url(settings.shared_redis_url)
-        self.ledger = Ledger(self.redis)
+        self.ledger = RedisLedger(self.redis)
         self.marked: set[str] = set()
 
     # -- the checks ----------------------------------------------------------------------------

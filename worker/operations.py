@@ -1,13 +1,14 @@
 """What operators do to providers: pause, resume (re-enqueue parked messages), inspect.
 
 Shared by the CLI and the periodic balance check, so a resume by hand and a resume after a
-top-up behave the same.
+top-up behave the same. Works on the store interfaces (``worker.stores``), never on their keys.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,16 @@ from celery import Celery
 
 from worker.config import PROVIDERS, Settings
 from worker.errors import DeliveryError
-from worker.flow import BreakerState, HealthStore, PauseInfo
-from worker.ledger import ACTIVE_KEY, Ledger
-from worker.parking import Parking
-from worker.runtime import Runtime
+from worker.runtime import Runtime, breaker_config
+from worker.stores import (
+    BreakerState,
+    HealthStore,
+    Ledger,
+    Metrics,
+    Parking,
+    PauseInfo,
+    Stores,
+)
 
 __all__ = ["Operations", "ProviderStatus"]
 
@@ -57,39 +64,69 @@ class Operations:
     def __init__(
         self,
         *,
-        redis_client: redis.Redis,
+        ledger: Ledger,
+        parking: Parking,
         health: HealthStore,
+        metrics: Metrics,
         settings: Settings,
         app: Celery,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.redis = redis_client
+        self.ledger = ledger
+        self.parking = parking
         self.health = health
+        self.metrics = metrics
         self.settings = settings
         self.app = app
-        self.parking = Parking(redis_client)
+        self._clock = clock
+
+    @classmethod
+    def for_stores(
+        cls,
+        stores: Stores,
+        *,
+        settings: Settings,
+        app: Celery,
+        clock: Callable[[], float] = time.time,
+    ) -> Operations:
+        return cls(
+            ledger=stores.ledger,
+            parking=stores.parking,
+            health=stores.health,
+            metrics=stores.metrics,
+            settings=settings,
+            app=app,
+            clock=clock,
+        )
 
     @classmethod
     def for_runtime(cls, rt: Runtime, app: Celery) -> Operations:
-        """Operations over a process's runtime (its Redis, health store and settings)."""
-        return cls(redis_client=rt.redis, health=rt.health, settings=rt.settings, app=app)
+        """Operations over a process's runtime (its stores and settings)."""
+        return cls.for_stores(rt.stores, settings=rt.settings, app=app)
+
+    @classmethod
+    def on_redis(cls, client: redis.Redis, *, settings: Settings, app: Celery) -> Operations:
+        """Operations over the Redis stores on ``client`` (tools that hold a client already)."""
+        stores = Stores.on_redis(
+            client,
+            breaker=breaker_config(settings),
+            safety_margin_s=settings.limiter_safety_margin_s,
+        )
+        return cls.for_stores(stores, settings=settings, app=app)
 
     def status(self) -> list[ProviderStatus]:
         enabled = set(self.settings.enabled_providers())
-        out = []
-        for provider in PROVIDERS:
-            raw = self.redis.hgetall(f"dw:metrics:{provider}")
-            metrics = {_text(k): int(v) for k, v in raw.items()}
-            out.append(
-                ProviderStatus(
-                    provider=provider,
-                    configured=provider in enabled,
-                    paused=self.health.paused(provider),
-                    breaker=self.health.state(provider),
-                    parked=self.parking.count(provider),
-                    metrics=metrics,
-                )
+        return [
+            ProviderStatus(
+                provider=provider,
+                configured=provider in enabled,
+                paused=self.health.paused(provider),
+                breaker=self.health.state(provider),
+                parked=self.parking.count(provider),
+                metrics=self.metrics.read(provider),
             )
-        return out
+            for provider in PROVIDERS
+        ]
 
     def pause(self, provider: str, reason: str, by: str = "operator") -> PauseInfo:
         info = self.health.pause(provider, reason, by)
@@ -112,7 +149,7 @@ class Operations:
         log.warning("provider.resumed", provider=provider, requeued=published, resumed_by=by)
         return published
 
-    def sweep(self, ledger: Ledger) -> dict[str, int]:
+    def sweep(self) -> dict[str, int]:
         """Re-enqueue deliveries stuck past their timeout (lost between broker and worker).
 
         A copy that turns out to be still alive is harmless: the ledger answers for a finished
@@ -126,11 +163,12 @@ class Operations:
             "waiting": settings.retry_backoff_max_s + settings.sweep_sending_after_s,
         }
         counts = {"requeued": 0, "cleaned": 0, "unrecoverable": 0}
-        now = time.time()
+        ledger = self.ledger
+        now = self._clock()
         for delivery_id in ledger.stale(min(limits.values())):
             record = ledger.get(delivery_id)
             if record is None or record.final or record.state not in limits:
-                self.redis.zrem(ACTIVE_KEY, delivery_id)
+                ledger.untrack(delivery_id)
                 counts["cleaned"] += 1
                 continue
             if now - record.updated_at < limits[record.state]:
@@ -138,7 +176,7 @@ class Operations:
             message, task_name = record.fields.get("message"), record.fields.get("task_name")
             if not message or not task_name:
                 log.error("sweeper.no_message", delivery_id=delivery_id, state=record.state)
-                self.redis.zrem(ACTIVE_KEY, delivery_id)
+                ledger.untrack(delivery_id)
                 counts["unrecoverable"] += 1
                 continue
             self.app.send_task(task_name, args=[json.loads(message)], task_id=delivery_id)
@@ -152,11 +190,11 @@ class Operations:
             )
         return counts
 
-    def replay_dead(self, ledger: Ledger, delivery_ids: list[str]) -> list[str]:
+    def replay_dead(self, delivery_ids: list[str]) -> list[str]:
         """Send dead letters again under their own ids; returns the ids replayed."""
         replayed = []
         for delivery_id in delivery_ids:
-            entry = ledger.revive(delivery_id)
+            entry = self.ledger.revive(delivery_id)
             if entry is None:
                 continue
             # The result backend keeps a SUCCESS final; forget the dead result first.
@@ -192,7 +230,3 @@ class Operations:
                 )
                 outcome[provider] = "still out of credit"
         return outcome
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

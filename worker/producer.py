@@ -17,10 +17,10 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from worker.config import get_settings
-from worker.ledger import Ledger
 from worker.models import Message
 from worker.providers import parse_message
 from worker.redaction import mask_email, mask_phone
+from worker.stores import Ledger, RedisLedger
 
 __all__ = [
     "Producer",
@@ -71,7 +71,7 @@ class Producer:
             app = default_app
         self.app = app
         if ledger is None:
-            ledger = Ledger(redis.Redis.from_url(get_settings().shared_redis_url))
+            ledger = RedisLedger(redis.Redis.from_url(get_settings().shared_redis_url))
         self.ledger = ledger
 
     def validate(self, channel: str, message: Any) -> Message:

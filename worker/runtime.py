@@ -1,13 +1,16 @@
-"""Per-process resources: one httpx client, one Redis connection pool, drivers built once.
+"""Per-process resources: one httpx client, the shared stores, drivers built once.
 
 Built lazily on first use and rebuilt after a fork, so a Celery prefork child never shares the
-parent's sockets.
+parent's sockets. A worker's stores are the Redis ones (one connection pool); tests and
+single-process tools pass in-memory stores instead (:meth:`Runtime.in_memory`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,40 +18,60 @@ import redis
 
 from worker.config import Settings, get_settings
 from worker.errors import ConfigurationError
-from worker.flow import BreakerConfig, RedisHealthStore, RedisRateLimiter
 from worker.http import build_client
-from worker.ledger import Ledger
-from worker.parking import Parking
 from worker.providers import Driver, make_driver
+from worker.stores import BreakerConfig, Stores
 
-__all__ = ["Runtime", "get_runtime", "reset_runtime"]
+__all__ = ["Runtime", "breaker_config", "get_runtime", "reset_runtime"]
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: httpx.Client | None = None,
+        stores: Stores | None = None,
+    ) -> None:
+        """``stores`` defaults to the Redis stores at ``settings.shared_redis_url``."""
         self.settings = settings
         self.client = client or build_client(
             connect_timeout_s=settings.http_connect_timeout_s,
             read_timeout_s=settings.http_read_timeout_s,
             local_address=settings.local_address,
         )
-        self.redis = redis.Redis.from_url(settings.shared_redis_url, health_check_interval=30)
-        self.ledger = Ledger(self.redis)
-        self.limiter = RedisRateLimiter(
-            self.redis, safety_margin_s=settings.limiter_safety_margin_s
-        )
-        self.health = RedisHealthStore(
-            self.redis,
-            config=BreakerConfig(
-                failure_threshold=settings.breaker_failure_threshold,
-                window_s=settings.breaker_window_s,
-                open_s=settings.breaker_open_s,
-                max_open_s=settings.breaker_max_open_s,
-            ),
-        )
-        self.parking = Parking(self.redis)
+        self.redis: redis.Redis | None = None
+        if stores is None:
+            self.redis = redis.Redis.from_url(settings.shared_redis_url, health_check_interval=30)
+            stores = Stores.on_redis(
+                self.redis,
+                breaker=breaker_config(settings),
+                safety_margin_s=settings.limiter_safety_margin_s,
+            )
+        self.stores = stores
+        self.ledger = stores.ledger
+        self.limiter = stores.limiter
+        self.health = stores.health
+        self.parking = stores.parking
+        self.metrics = stores.metrics
         self._drivers: dict[str, Driver[Any]] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def in_memory(
+        cls,
+        settings: Settings,
+        *,
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Runtime:
+        """A runtime on fresh in-memory stores (no Redis): one process, tests, tools."""
+        stores = Stores.in_memory(
+            clock=clock,
+            breaker=breaker_config(settings),
+            safety_margin_s=settings.limiter_safety_margin_s,
+        )
+        return cls(settings, client=client, stores=stores)
 
     def driver(self, provider: str) -> Driver[Any]:
         with self._lock:
@@ -72,11 +95,26 @@ class Runtime:
 
     def metric(self, provider: str, name: str, amount: int = 1) -> None:
         """Per-provider counters shared by every worker (``delivery-worker providers``)."""
-        self.redis.hincrby(f"dw:metrics:{provider}", name, amount)
+        self.metrics.incr(provider, name, amount)
+
+    def ping(self) -> None:
+        """Reach the shared Redis (worker start-up check); in-memory stores need nothing."""
+        if self.redis is not None:
+            self.redis.ping()
 
     def close(self) -> None:
         self.client.close()
-        self.redis.close()
+        if self.redis is not None:
+            self.redis.close()
+
+
+def breaker_config(settings: Settings) -> BreakerConfig:
+    return BreakerConfig(
+        failure_threshold=settings.breaker_failure_threshold,
+        window_s=settings.breaker_window_s,
+        open_s=settings.breaker_open_s,
+        max_open_s=settings.breaker_max_open_s,
+    )
 
 
 _runtime: Runtime | None = None

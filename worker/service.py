@@ -39,7 +39,6 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
-from worker.flow import limiter_key
 from worker.models import (
     DeliveryResult,
     ErrorInfo,
@@ -57,6 +56,7 @@ from worker.providers import (
 )
 from worker.redaction import mask_email, mask_phone, scrub
 from worker.runtime import Runtime
+from worker.stores import limiter_key
 
 __all__ = ["Done", "Retry", "backoff_s", "mask_ids", "process"]
 

@@ -14,8 +14,8 @@ from celery import Celery
 
 from worker.app import client_app
 from worker.devenv import Proc, sandbox_env, start_sandbox, start_worker
-from worker.ledger import Ledger
 from worker.producer import Producer
+from worker.stores import RedisLedger
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def clear_flow_state(client: redis.Redis) -> None:
 
 
 @pytest.fixture
-def sandbox(sandbox_url: str, ledger: Ledger) -> Iterator[SandboxAdmin]:
+def sandbox(sandbox_url: str, ledger: RedisLedger) -> Iterator[SandboxAdmin]:
     admin = SandboxAdmin(sandbox_url)
     admin.reset()
     clear_flow_state(ledger.redis)
@@ -108,12 +108,12 @@ def client(stack_env: dict[str, str]) -> Celery:
 
 
 @pytest.fixture(scope="session")
-def ledger(stack_env: dict[str, str]) -> Ledger:
-    return Ledger(redis.Redis.from_url(stack_env["DELIVERY_BROKER_URL"]))
+def ledger(stack_env: dict[str, str]) -> RedisLedger:
+    return RedisLedger(redis.Redis.from_url(stack_env["DELIVERY_BROKER_URL"]))
 
 
 @pytest.fixture(scope="session")
-def producer(client: Celery, ledger: Ledger) -> Producer:
+def producer(client: Celery, ledger: RedisLedger) -> Producer:
     return Producer(app=client, ledger=ledger)
 
 

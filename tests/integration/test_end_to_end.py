@@ -9,9 +9,9 @@ import pytest
 from celery import Celery
 
 from worker.devenv import Proc
-from worker.ledger import Ledger
 from worker.models import InvalidMessage
 from worker.producer import Producer
+from worker.stores import RedisLedger
 
 from .conftest import SandboxAdmin
 
@@ -170,7 +170,7 @@ def test_postal_attachment_and_tracing_header(
 
 
 def test_invalid_message_is_refused_before_the_queue(
-    worker_proc: Proc, producer: Producer, sandbox: SandboxAdmin, ledger: Ledger
+    worker_proc: Proc, producer: Producer, sandbox: SandboxAdmin, ledger: RedisLedger
 ) -> None:
     broker = ledger.redis
     before = broker.llen("delivery")

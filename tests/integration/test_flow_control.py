@@ -14,10 +14,9 @@ from celery.result import AsyncResult
 
 from worker.config import Settings
 from worker.devenv import Proc, start_worker
-from worker.flow import RedisHealthStore
-from worker.ledger import Ledger
 from worker.operations import Operations
 from worker.producer import Producer
+from worker.stores import RedisHealthStore, RedisLedger
 
 from .conftest import SandboxAdmin, wait_ready
 
@@ -40,20 +39,18 @@ def email(provider: str | None, n: int = 0, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def health(ledger: Ledger) -> RedisHealthStore:
+def health(ledger: RedisLedger) -> RedisHealthStore:
     return RedisHealthStore(ledger.redis)
 
 
 @pytest.fixture
-def ops(
-    ledger: Ledger, health: RedisHealthStore, client: Celery, stack_env: dict[str, str]
-) -> Operations:
+def ops(ledger: RedisLedger, client: Celery, stack_env: dict[str, str]) -> Operations:
     settings = Settings.from_env(stack_env)
-    return Operations(redis_client=ledger.redis, health=health, settings=settings, app=client)
+    return Operations.on_redis(ledger.redis, settings=settings, app=client)
 
 
 def wait_states(
-    ledger: Ledger, ids: list[str], states: set[str], timeout_s: float = TIMEOUT_S
+    ledger: RedisLedger, ids: list[str], states: set[str], timeout_s: float = TIMEOUT_S
 ) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -64,7 +61,11 @@ def wait_states(
 
 
 def test_out_of_credit_pauses_parks_and_resumes(
-    worker_proc: Proc, producer: Producer, sandbox: SandboxAdmin, ledger: Ledger, ops: Operations
+    worker_proc: Proc,
+    producer: Producer,
+    sandbox: SandboxAdmin,
+    ledger: RedisLedger,
+    ops: Operations,
 ) -> None:
     sandbox.set_balance("emailmassivo", 1)
     ids = [producer.enqueue("email", email("emailmassivo", n)).id for n in range(6)]
@@ -93,7 +94,11 @@ def test_out_of_credit_pauses_parks_and_resumes(
 
 
 def test_balance_check_resumes_a_provider_with_credit(
-    worker_proc: Proc, producer: Producer, client: Celery, sandbox: SandboxAdmin, ledger: Ledger
+    worker_proc: Proc,
+    producer: Producer,
+    client: Celery,
+    sandbox: SandboxAdmin,
+    ledger: RedisLedger,
 ) -> None:
     sandbox.set_balance("smspartner", 0)
     delivery = producer.enqueue("sms", {"to": ["+33612345678"], "text": "code 1"})
@@ -112,7 +117,7 @@ def test_circuit_breaker_opens_holds_back_probes_and_closes(
     worker_proc: Proc,
     producer: Producer,
     sandbox: SandboxAdmin,
-    ledger: Ledger,
+    ledger: RedisLedger,
     health: RedisHealthStore,
 ) -> None:
     sandbox.set_faults(
@@ -182,7 +187,7 @@ def test_message_expires_at_its_deadline(
 
 
 def test_provider_429_holds_back_the_next_send(
-    worker_proc: Proc, producer: Producer, sandbox: SandboxAdmin, ledger: Ledger
+    worker_proc: Proc, producer: Producer, sandbox: SandboxAdmin, ledger: RedisLedger
 ) -> None:
     sandbox.set_faults(
         [

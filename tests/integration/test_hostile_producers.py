@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from worker.app import client_app
 from worker.devenv import Proc, _spawn, start_worker
 from worker.guard import MAIN_MARK_PREFIX, REJECTED_KEY
-from worker.ledger import FINAL_STATES, Ledger
+from worker.stores import FINAL_STATES, RedisLedger
 
 from .conftest import wait_ready
 
@@ -262,7 +262,7 @@ def processes(proc: Proc) -> tuple[int, frozenset[int]]:
 
 
 def wait_final(
-    ledger: Ledger, client: Celery, ids: list[str], timeout_s: float
+    ledger: RedisLedger, client: Celery, ids: list[str], timeout_s: float
 ) -> dict[str, tuple[str, Any]]:
     """``id -> (ledger state, result)`` once each is final in the ledger and ready in the
     result backend; raises with the unfinished ones otherwise."""
@@ -304,7 +304,7 @@ def test_a_storm_of_hostile_messages_by_name_leaves_every_one_final_and_the_work
         before = processes(proc)
         cases = fixed_cases() + generate(task_case(), 120) + generate(raw_case(), 30)
         send_bare(hostile_env, cases)
-        ledger = Ledger(redis.Redis.from_url(hostile_env["DELIVERY_BROKER_URL"]))
+        ledger = RedisLedger(redis.Redis.from_url(hostile_env["DELIVERY_BROKER_URL"]))
         ids = [c["id"] for c in cases if c["id"] is not None]
         outcomes = wait_final(ledger, hostile_client, ids, timeout_s=120)
         without_id = sum(1 for c in cases if c["id"] is None)
@@ -394,7 +394,7 @@ def test_a_message_that_kills_the_main_process_is_a_dead_letter_on_its_next_deli
         assert first.popen.wait(timeout=60) == 70  # the main process died with it
     finally:
         first.stop()
-    ledger = Ledger(redis.Redis.from_url(hostile_env["DELIVERY_BROKER_URL"]))
+    ledger = RedisLedger(redis.Redis.from_url(hostile_env["DELIVERY_BROKER_URL"]))
     assert ledger.redis.get(MAIN_MARK_PREFIX + task_id) == b"1"
     # Redis gives an unacknowledged message back after the visibility timeout; do it now.
     with hostile_client.connection_for_write() as conn:

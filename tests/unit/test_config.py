@@ -68,7 +68,7 @@ def test_check_config_lists_providers_without_keys(
 
 
 def test_documented_limits_and_pacing_of_short_windows() -> None:
-    from worker.flow import Limit
+    from worker.stores import Limit
 
     settings = Settings()
     # EmailMassivo: 10 in any second, granted at most one per 100 ms (60 ms + 40 ms margin).
@@ -84,7 +84,7 @@ def test_documented_limits_and_pacing_of_short_windows() -> None:
 
 
 def test_rate_limits_can_be_overridden(monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.flow import Limit
+    from worker.stores import Limit
 
     monkeypatch.setenv("DELIVERY_RATE_LIMITS", '{"emailmassivo": {"send": "20/s"}}')
     settings = Settings()

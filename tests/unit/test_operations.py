@@ -1,10 +1,15 @@
-"""Operator operations against a real redis-server: resume, sweep, dead letters."""
+"""Operator operations over every store backend: resume, sweep, dead letters.
+
+The stores are the in-memory stubs or the Redis ones (parametrized); the broker is a real
+redis-server either way, and the published messages are read back from its queue. Record
+times run on a fake clock shared by the stores and the operations, so a delivery's age is
+exact.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,12 +19,36 @@ from celery import Celery
 
 from worker.app import client_app
 from worker.config import Settings
-from worker.flow import RedisHealthStore
-from worker.ledger import ACTIVE_KEY, Ledger
 from worker.operations import Operations
-from worker.parking import Parking
+from worker.stores import (
+    Ledger,
+    MemoryHealthStore,
+    MemoryLedger,
+    MemoryMetrics,
+    MemoryParking,
+    MemoryRateLimiter,
+    RedisHealthStore,
+    RedisLedger,
+    RedisMetrics,
+    RedisParking,
+    RedisRateLimiter,
+    Stores,
+)
 
 SMS = {"provider": "smspartner", "to": ["+33612345678"], "text": "hi"}
+
+
+class FakeClock:
+    """Unix seconds that only move when told to (as in ``tests/stores/_support.py``)."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 @pytest.fixture
@@ -36,12 +65,34 @@ def app(redis_url: str, broker: redis.Redis) -> Celery:
     return client_app(f"{redis_url}/14", f"{redis_url}/13", name="ops-tests")
 
 
-def make_ops(redis_client: redis.Redis, app: Celery, **settings: Any) -> Operations:
-    return Operations(
-        redis_client=redis_client,
-        health=RedisHealthStore(redis_client),
-        settings=Settings(smspartner_api_key="k-sms", **settings),
-        app=app,
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1_700_000_000.0)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def stores(request: pytest.FixtureRequest, clock: FakeClock) -> Stores:
+    if request.param == "memory":
+        return Stores(
+            ledger=MemoryLedger(clock),
+            parking=MemoryParking(clock),
+            health=MemoryHealthStore(clock),
+            limiter=MemoryRateLimiter(clock),
+            metrics=MemoryMetrics(),
+        )
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    return Stores(
+        ledger=RedisLedger(client, clock=clock),
+        parking=RedisParking(client, clock=clock),
+        health=RedisHealthStore(client),
+        limiter=RedisRateLimiter(client),
+        metrics=RedisMetrics(client),
+    )
+
+
+def make_ops(stores: Stores, app: Celery, clock: FakeClock, **settings: Any) -> Operations:
+    return Operations.for_stores(
+        stores, settings=Settings(smspartner_api_key="k-sms", **settings), app=app, clock=clock
     )
 
 
@@ -55,13 +106,6 @@ def published(broker: redis.Redis) -> list[tuple[str, str, Any]]:
     return out
 
 
-def age(ledger: Ledger, delivery_id: str, seconds: float) -> None:
-    """Pretend the delivery's last update was ``seconds`` ago."""
-    then = time.time() - seconds
-    ledger.redis.hset(ledger.key(delivery_id), "updated_at", repr(then))
-    ledger.redis.zadd(ACTIVE_KEY, {delivery_id: then})
-
-
 def new_delivery(ledger: Ledger, delivery_id: str, message: dict[str, Any] = SMS) -> None:
     ledger.create(
         delivery_id,
@@ -72,20 +116,24 @@ def new_delivery(ledger: Ledger, delivery_id: str, message: dict[str, Any] = SMS
 
 
 def test_sweep_requeues_only_deliveries_stuck_past_their_timeout(
-    redis_client: redis.Redis, broker: redis.Redis, app: Celery
+    stores: Stores, broker: redis.Redis, app: Celery, clock: FakeClock
 ) -> None:
-    ledger = Ledger(redis_client)
-    ops = make_ops(redis_client, app, sweep_queued_after_s=60, sweep_sending_after_s=30)
-    for name in ("fresh", "stuck-queued", "stuck-sending", "young-sending", "done"):
-        new_delivery(ledger, name)
+    ledger = stores.ledger
+    ops = make_ops(stores, app, clock, sweep_queued_after_s=60, sweep_sending_after_s=30)
+    # Last updates: stuck-queued 61 s ago, stuck-sending 31 s, young-sending 10 s, fresh now.
+    new_delivery(ledger, "stuck-queued")
+    clock.advance(30)
+    new_delivery(ledger, "stuck-sending")
     ledger.transition("stuck-sending", "sending")
+    clock.advance(21)
+    new_delivery(ledger, "young-sending")
     ledger.transition("young-sending", "sending")
+    new_delivery(ledger, "done")
     ledger.transition("done", "sent")
-    age(ledger, "stuck-queued", 61)
-    age(ledger, "stuck-sending", 31)
-    age(ledger, "young-sending", 10)
+    clock.advance(10)
+    new_delivery(ledger, "fresh")
 
-    counts = ops.sweep(ledger)
+    counts = ops.sweep()
 
     assert counts["requeued"] == 2
     assert sorted(task_id for _, task_id, _ in published(broker)) == [
@@ -94,27 +142,37 @@ def test_sweep_requeues_only_deliveries_stuck_past_their_timeout(
     ]
     assert {arg["text"] for _, _, arg in published(broker)} == {"hi"}
     # A requeued delivery is touched, so the next sweep leaves it alone.
-    assert ops.sweep(ledger)["requeued"] == 0
-    assert "done" not in {m.decode() for m in redis_client.zrange(ACTIVE_KEY, 0, -1)}
+    assert ops.sweep()["requeued"] == 0
+    assert "done" not in ledger.stale(0)
 
 
 def test_sweep_skips_parked_deliveries(
-    redis_client: redis.Redis, broker: redis.Redis, app: Celery
+    stores: Stores, broker: redis.Redis, app: Celery, clock: FakeClock
 ) -> None:
-    ledger = Ledger(redis_client)
-    ops = make_ops(redis_client, app, sweep_queued_after_s=1, sweep_sending_after_s=1)
-    new_delivery(ledger, "parked")
-    ledger.transition("parked", "parked")
-    age(ledger, "parked", 3600)
-    assert ops.sweep(ledger)["requeued"] == 0
+    ops = make_ops(stores, app, clock, sweep_queued_after_s=1, sweep_sending_after_s=1)
+    new_delivery(stores.ledger, "parked")
+    stores.ledger.transition("parked", "parked")
+    clock.advance(3600)
+    assert ops.sweep()["requeued"] == 0
+    assert published(broker) == []
+
+
+def test_sweep_cleans_finished_and_unrecoverable_entries(
+    stores: Stores, broker: redis.Redis, app: Celery, clock: FakeClock
+) -> None:
+    ops = make_ops(stores, app, clock, sweep_queued_after_s=1, sweep_sending_after_s=1)
+    stores.ledger.create("no-message", channel="sms", provider="smspartner")
+    clock.advance(3600)
+    assert ops.sweep() == {"requeued": 0, "cleaned": 0, "unrecoverable": 1}
+    assert stores.ledger.stale(0) == []
     assert published(broker) == []
 
 
 def test_dead_letter_replay_requeues_under_the_same_id(
-    redis_client: redis.Redis, broker: redis.Redis, app: Celery
+    stores: Stores, broker: redis.Redis, app: Celery, clock: FakeClock
 ) -> None:
-    ledger = Ledger(redis_client)
-    ops = make_ops(redis_client, app)
+    ledger = stores.ledger
+    ops = make_ops(stores, app, clock)
     new_delivery(ledger, "poison")
     ledger.transition("poison", "sending")
     assert ledger.bury(
@@ -124,7 +182,7 @@ def test_dead_letter_replay_requeues_under_the_same_id(
     assert record is not None and record.state == "dead"
     assert list(ledger.dead_letters()) == ["poison"]
 
-    assert ops.replay_dead(ledger, ["poison", "unknown"]) == ["poison"]
+    assert ops.replay_dead(["poison", "unknown"]) == ["poison"]
 
     assert published(broker) == [("tasks.send_sms", "poison", SMS)]
     record = ledger.get("poison")
@@ -133,12 +191,12 @@ def test_dead_letter_replay_requeues_under_the_same_id(
 
 
 def test_resume_requeues_parked_messages_and_lifts_the_pause(
-    redis_client: redis.Redis, broker: redis.Redis, app: Celery
+    stores: Stores, broker: redis.Redis, app: Celery, clock: FakeClock
 ) -> None:
-    ops = make_ops(redis_client, app)
+    ops = make_ops(stores, app, clock)
     ops.pause("smspartner", "out of credit")
-    Parking(redis_client).park("smspartner", "d1", "tasks.send_sms", SMS)
-    Parking(redis_client).park("smspartner", "d2", "tasks.send_sms", SMS)
+    stores.parking.park("smspartner", "d1", "tasks.send_sms", SMS)
+    stores.parking.park("smspartner", "d2", "tasks.send_sms", SMS)
     (status,) = [s for s in ops.status() if s.provider == "smspartner"]
     assert status.paused is not None and status.parked == 2 and status.configured
 
@@ -146,4 +204,16 @@ def test_resume_requeues_parked_messages_and_lifts_the_pause(
 
     assert sorted(task_id for _, task_id, _ in published(broker)) == ["d1", "d2"]
     assert ops.health.paused("smspartner") is None
-    assert Parking(redis_client).count("smspartner") == 0
+    assert stores.parking.count("smspartner") == 0
+
+
+def test_status_reads_the_counters_through_the_metrics_store(
+    stores: Stores, app: Celery, clock: FakeClock
+) -> None:
+    stores.metrics.incr("smspartner", "sent", 3)
+    stores.metrics.incr("smspartner", "failed:transient")
+    statuses = {s.provider: s for s in make_ops(stores, app, clock).status()}
+    assert statuses["smspartner"].metrics == {"sent": 3, "failed:transient": 1}
+    assert statuses["postal"].metrics == {}
+    assert statuses["smspartner"].to_dict()["metrics"] == {"sent": 3, "failed:transient": 1}
+    assert not statuses["postal"].configured

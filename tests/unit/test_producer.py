@@ -10,9 +10,9 @@ import redis
 from celery import Celery
 
 from worker.app import client_app
-from worker.ledger import Ledger
 from worker.models import InvalidMessage
 from worker.producer import Producer, redacted_repr
+from worker.stores import RedisLedger
 
 QUEUE = "delivery"
 EMAIL = {
@@ -40,7 +40,7 @@ def app(redis_url: str, broker: redis.Redis) -> Celery:
 
 @pytest.fixture
 def producer(app: Celery, redis_client: redis.Redis) -> Producer:
-    return Producer(app=app, ledger=Ledger(redis_client))
+    return Producer(app=app, ledger=RedisLedger(redis_client))
 
 
 def queued(broker: redis.Redis) -> list[dict[str, object]]:
@@ -109,7 +109,7 @@ def test_failed_publish_forgets_the_delivery(
     dead.conf.broker_connection_retry = False
     dead.conf.broker_connection_max_retries = 0
     dead.conf.broker_transport_options = {"max_retries": 0}
-    producer = Producer(app=dead, ledger=Ledger(redis_client))
+    producer = Producer(app=dead, ledger=RedisLedger(redis_client))
     with pytest.raises(Exception):
         producer.enqueue("email", {**EMAIL, "idempotency_key": "k1"})
     assert redis_client.dbsize() == 0

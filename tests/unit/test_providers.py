@@ -19,7 +19,6 @@ from worker.errors import (
     ThrottledError,
     TransientError,
 )
-from worker.flow.limiter import Limit
 from worker.models import EmailMessage, SmsMessage, VoiceMessage
 from worker.providers import (
     DEFAULT_LIMITS,
@@ -32,6 +31,7 @@ from worker.providers import (
     parse_message,
 )
 from worker.runtime import Runtime
+from worker.stores.limiter import Limit
 
 from .driver_support import mock_client
 

@@ -1,11 +1,15 @@
-"""The delivery service: one attempt and what comes next, over a real Redis ledger.
+"""The delivery service: one attempt and what comes next, on the in-memory stores.
 
 The provider is an ``httpx.MockTransport`` speaking SMS Partner's documented envelope
-(providers.md §1.2.2); the ledger is a real redis-server.
+(providers.md §1.2.2); the stores are the in-memory stubs (``worker.stores``), whose contract
+suites (``tests/stores``) hold them to the Redis stores' behaviour, so these tests need no
+redis-server. Several runtimes built in one test share one set of stores, as workers share
+Redis. The service on the Redis stores is exercised end to end by ``tests/integration``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -14,12 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from structlog.testing import capture_logs
 
 from worker.config import Settings
-from worker.runtime import Runtime
+from worker.runtime import Runtime, breaker_config
 from worker.service import Done, Retry, backoff_s, mask_ids, process
+from worker.stores import MemoryRateLimiter, Stores, limiter_key
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -54,21 +58,46 @@ def calls() -> Calls:
     return Calls()
 
 
+class SkipClock:
+    """Real time, plus the seconds skipped: lets a provider's Retry-After elapse at once."""
+
+    def __init__(self) -> None:
+        self.skipped_s = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped_s
+
+    def skip(self, seconds: float) -> None:
+        self.skipped_s += seconds
+
+
 @pytest.fixture
-def make_runtime(redis_url: str, redis_client: redis.Redis) -> Iterator[Callable[..., Runtime]]:
+def limiter_clock() -> SkipClock:
+    return SkipClock()
+
+
+@pytest.fixture
+def make_runtime(limiter_clock: SkipClock) -> Iterator[Callable[..., Runtime]]:
     made: list[Runtime] = []
+    shared: list[Stores] = []
 
     def build(calls: Calls, **overrides: Any) -> Runtime:
         settings = Settings(
-            redis_url=f"{redis_url}/15",
             smspartner_api_key="sms-secret-key",
             smspartner_base_url="http://provider.test/smspartner/v1",
             retry_backoff_base_s=0.5,
             retry_backoff_max_s=30,
             **overrides,
         )
+        if not shared:
+            # The first runtime's settings shape the stores every runtime of the test shares.
+            stores = Stores.in_memory(breaker=breaker_config(settings))
+            limiter = MemoryRateLimiter(
+                limiter_clock, safety_margin_s=settings.limiter_safety_margin_s
+            )
+            shared.append(dataclasses.replace(stores, limiter=limiter))
         client = httpx.Client(transport=httpx.MockTransport(calls.handler))
-        rt = Runtime(settings, client=client)
+        rt = Runtime(settings, client=client, stores=shared[0])
         made.append(rt)
         return rt
 
@@ -96,6 +125,27 @@ def test_sent_result_masks_recipients_and_records_ledger(calls: Calls, make_runt
     body = json.loads(calls.requests[0].content)
     # A tag unique to the delivery, for reconciliation by tag (providers.md §1.5).
     assert body["tag"].startswith("dw") and len(body["tag"]) <= 20 and body["tag"].islower()
+    assert rt.metrics.read("smspartner") == {"sent": 1}
+
+
+def test_a_runtime_on_fresh_memory_stores_needs_no_redis(calls: Calls) -> None:
+    settings = Settings(
+        smspartner_api_key="sms-secret-key",
+        smspartner_base_url="http://provider.test/smspartner/v1",
+    )
+    client = httpx.Client(transport=httpx.MockTransport(calls.handler))
+    rt = Runtime.in_memory(settings, client=client)
+    try:
+        assert rt.redis is None
+        rt.ping()  # nothing to reach
+        calls.answers.append(httpx.Response(200, json={"success": False, "code": 14}))
+        outcome = run(rt)
+        assert isinstance(outcome, Done) and outcome.result.status == "failed"
+        assert rt.metrics.read("smspartner") == {"failed:recipient_rejected": 1}
+        record = rt.ledger.get("d-1")
+        assert record is not None and record.state == "failed"
+    finally:
+        rt.close()
 
 
 def test_redelivery_of_a_sent_message_does_not_call_the_provider(
@@ -132,14 +182,19 @@ def test_code_500_is_transient(calls: Calls, make_runtime: Any) -> None:
     assert isinstance(run(rt), Retry)
 
 
-def clear_holds(client: redis.Redis) -> None:
+def clear_holds(clock: SkipClock, retry_after_s: float) -> None:
     """As if the provider's Retry-After had elapsed."""
-    for key in client.scan_iter("*dw:rl:*"):
-        client.delete(key)
+    clock.skip(retry_after_s)
+
+
+def held_s(rt: Runtime, provider: str = "smspartner") -> float:
+    """How long the shared limiter holds the provider's budget back (0.0: not held)."""
+    key = limiter_key(provider, rt.settings.egress_identity)
+    return rt.limiter.acquire(key, ())
 
 
 def test_throttling_never_consumes_the_error_budget(
-    calls: Calls, make_runtime: Any, redis_client: redis.Redis
+    calls: Calls, make_runtime: Any, limiter_clock: SkipClock
 ) -> None:
     rt = make_runtime(calls, max_retries=1)
     for _ in range(5):
@@ -151,7 +206,8 @@ def test_throttling_never_consumes_the_error_budget(
         assert isinstance(outcome, Retry)
         assert outcome.reason == "throttled"
         assert outcome.delay_s == pytest.approx(7)
-        clear_holds(redis_client)
+        assert held_s(rt) > 6  # every worker sharing the budget holds back
+        clear_holds(limiter_clock, 7)
     record = rt.ledger.get("d-1")
     assert record is not None
     assert (record.attempts, record.throttled) == (0, 5)
@@ -419,7 +475,7 @@ def refuse(code: int) -> httpx.Response:
 
 
 def test_marketing_window_defers_this_message_and_holds_no_shared_budget(
-    calls: Calls, make_runtime: Any, redis_client: redis.Redis
+    calls: Calls, make_runtime: Any
 ) -> None:
     first, second = make_runtime(calls), make_runtime(calls)
     calls.answers.append(refuse(22))
@@ -431,7 +487,7 @@ def test_marketing_window_defers_this_message_and_holds_no_shared_budget(
     assert record is not None
     assert float(record.fields["not_before"]) > time.time()
     assert (record.attempts, record.throttled) == (0, 0)  # no error retry, not a throttle
-    assert list(redis_client.scan_iter("*dw:rl:*hold*")) == []
+    assert held_s(first) == 0.0 and held_s(second) == 0.0  # no hold on the shared budget
     # Another message goes out at once, on another worker sharing the SMS budget.
     other = run(second, delivery_id="b")
     assert isinstance(other, Done) and other.result.status == "sent"

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 
-from worker.flow.limiter import Limit
 from worker.limits import MessageLimits
 from worker.models import EmailMessage, InvalidMessage, Message, parse_shape
 from worker.providers.base import Driver
 from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
+from worker.stores.limiter import Limit
 
 __all__ = [
     "DEFAULT_LIMITS",

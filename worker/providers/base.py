@@ -40,11 +40,11 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
-from worker.flow.limiter import Limit
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
 from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
 from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
 from worker.redaction import register_secret
+from worker.stores.limiter import Limit
 
 __all__ = ["Balance", "Driver", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
 

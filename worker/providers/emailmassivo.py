@@ -27,10 +27,10 @@ from worker.errors import (
     RecipientRejectedError,
     UnknownOutcomeError,
 )
-from worker.flow.limiter import Limit
 from worker.models import EmailMessage
 from worker.providers._util import address_object, json_or_empty, provider_id, short_text
 from worker.providers.base import Driver, RuleViolation, SendContext, SendOutcome
+from worker.stores.limiter import Limit
 
 __all__ = ["EmailMassivoDriver"]
 

@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 import httpx
 
 from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
-from worker.flow.limiter import Limit
 from worker.models import EmailMessage
 from worker.providers._util import address_object, as_float, provider_id
 from worker.providers.base import RuleViolation, SendContext, SendOutcome
 from worker.providers.partner import COMMON_CODES, PartnerDriver
+from worker.stores.limiter import Limit
 
 __all__ = ["MailPartnerDriver", "text_to_html", "unsent_fields"]
 

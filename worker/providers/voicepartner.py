@@ -22,11 +22,11 @@ from worker.errors import (
     TransientError,
     UnknownOutcomeError,
 )
-from worker.flow.limiter import Limit
 from worker.models import VoiceMessage
 from worker.providers._util import as_float, json_or_empty, provider_id, short_text
 from worker.providers.base import Balance, Driver, SendContext, SendOutcome
 from worker.redaction import scrub
+from worker.stores.limiter import Limit
 
 __all__ = ["VoicePartnerDriver"]
 

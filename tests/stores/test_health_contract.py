@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from worker.flow.health import (
+from worker.stores.health import (
     BreakerConfig,
     Decision,
     HealthStore,

@@ -8,8 +8,8 @@ from multiprocessing.synchronize import Event
 
 import redis
 
-from worker.flow.health import BreakerConfig, RedisHealthStore
-from worker.flow.limiter import Limit, RedisRateLimiter
+from worker.stores.health import BreakerConfig, RedisHealthStore
+from worker.stores.limiter import Limit, RedisRateLimiter
 
 
 def hammer(

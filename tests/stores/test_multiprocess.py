@@ -11,10 +11,10 @@ from typing import Any
 
 import redis
 
-from worker.flow.health import BreakerConfig, RedisHealthStore
-from worker.flow.limiter import limiter_key
+from worker.stores.health import BreakerConfig, RedisHealthStore
+from worker.stores.limiter import limiter_key
 
-from . import _flow_procs
+from . import _procs
 from ._support import max_in_window
 
 CTX = multiprocessing.get_context("spawn")
@@ -66,7 +66,7 @@ def test_processes_share_one_budget_and_use_it(redis_url: str, redis_client: red
     url = redis_url + "/15"
 
     per_process: list[list[float]] = _race(
-        _flow_procs.hammer, n, (url, key, count, window_s, duration_s), lambda: None
+        _procs.hammer, n, (url, key, count, window_s, duration_s), lambda: None
     )
 
     grants = sorted(t for times in per_process for t in times)
@@ -92,7 +92,7 @@ def test_exactly_one_process_wins_the_half_open_probe(
         assert store.state("smspartner").state == "half_open"
 
     results: list[tuple[bool, bool, str]] = _race(
-        _flow_procs.probe_race,
+        _procs.probe_race,
         6,
         (redis_url + "/15", "smspartner", config),
         open_then_let_it_half_open,

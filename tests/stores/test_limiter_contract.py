@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from worker.flow.limiter import (
+from worker.stores.limiter import (
     Limit,
     MemoryRateLimiter,
     RateLimiter,

@@ -1,4 +1,4 @@
-"""Test support for the flow tests: a fake clock and helpers shared by the contract suites."""
+"""Test support for the store tests: a fake clock and helpers shared by the contract suites."""
 
 from __future__ import annotations
 

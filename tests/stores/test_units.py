@@ -9,8 +9,8 @@ from typing import cast
 import pytest
 import redis
 
-from worker.flow.health import BreakerConfig, MemoryHealthStore, RedisHealthStore
-from worker.flow.limiter import (
+from worker.stores.health import BreakerConfig, MemoryHealthStore, RedisHealthStore
+from worker.stores.limiter import (
     Limit,
     MemoryRateLimiter,
     RedisRateLimiter,

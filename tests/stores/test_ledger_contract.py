@@ -1,0 +1,390 @@
+"""The ledger contract, run against every implementation.
+
+Record times come from an injected clock in both (the Redis ledger stamps records with the
+host's clock, as the service compares them with its own), so the sweeper's notion of age is
+exact on both. What Redis times itself (expiry of records and locks) runs on real time there:
+``sleep`` advances the fake clock and, for Redis, also sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from worker.stores.ledger import FINAL_STATES, Ledger, MemoryLedger, RedisLedger
+from worker.stores.ledger.base import TAG_MEMORY_S
+
+from ._support import FakeClock
+
+T0 = 1_700_000_000.0
+SMS = {"provider": "smspartner", "to": ["+33612345678"], "text": "hi"}
+
+
+@dataclass
+class Harness:
+    ledger: Ledger
+    clock: FakeClock
+    sleep: Callable[[float], None]
+    make: Callable[..., Ledger]
+    """Another ledger on the same data (a second worker), with its own options."""
+
+
+@pytest.fixture(params=["memory", "redis"])
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    clock = FakeClock(T0)
+    if request.param == "memory":
+        memory = MemoryLedger(clock)
+
+        def make_memory(**options: int) -> Ledger:
+            return MemoryLedger(clock, **options)
+
+        yield Harness(memory, clock, clock.advance, make_memory)
+    else:
+        client: redis.Redis = request.getfixturevalue("redis_client")
+
+        def sleep(seconds: float) -> None:
+            clock.advance(seconds)
+            time.sleep(seconds)
+
+        def make_redis(**options: int) -> Ledger:
+            return RedisLedger(client, clock=clock, **options)
+
+        yield Harness(RedisLedger(client, clock=clock), clock, sleep, make_redis)
+
+
+def new(ledger: Ledger, delivery_id: str, extra: dict[str, str] | None = None) -> None:
+    ledger.create(delivery_id, channel="sms", provider="smspartner", extra=extra)
+
+
+# -- records, idempotency, forward-only states (from the former tests/unit/test_ledger.py) ------
+
+
+def test_create_then_get(h: Harness) -> None:
+    delivery_id, created = h.ledger.create("d1", channel="sms", provider="smspartner")
+    assert (delivery_id, created) == ("d1", True)
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert (record.state, record.channel, record.provider, record.attempts) == (
+        "queued",
+        "sms",
+        "smspartner",
+        0,
+    )
+    assert record.created_at > 0
+    assert record.created_at == record.updated_at == T0
+    assert (record.throttled, record.final, record.result) == (0, False, None)
+
+
+def test_same_idempotency_key_returns_first_delivery(h: Harness) -> None:
+    first = h.ledger.create("d1", channel="email", provider="postal", idempotency_key="order-1")
+    second = h.ledger.create("d2", channel="email", provider="postal", idempotency_key="order-1")
+    assert first == ("d1", True)
+    assert second == ("d1", False)
+    assert h.ledger.get("d2") is None
+    record = h.ledger.get("d1")
+    assert record is not None and record.fields["idempotency_key"] == "order-1"
+
+
+def test_idempotency_keys_are_per_channel(h: Harness) -> None:
+    h.ledger.create("d1", channel="email", provider="postal", idempotency_key="k")
+    assert h.ledger.create("d2", channel="sms", provider="smspartner", idempotency_key="k") == (
+        "d2",
+        True,
+    )
+
+
+def test_creating_a_known_id_keeps_the_record(h: Harness) -> None:
+    h.ledger.create("d1", channel="sms", provider="smspartner", extra={"task_name": "a"})
+    h.ledger.transition("d1", "sending")
+    again = h.ledger.create("d1", channel="email", provider="postal", extra={"task_name": "b"})
+    assert again == ("d1", False)
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert (record.state, record.channel, record.fields["task_name"]) == ("sending", "sms", "a")
+
+
+def test_extra_fields_are_kept_as_text(h: Harness) -> None:
+    h.ledger.create(
+        "d1",
+        channel="sms",
+        provider="auto",
+        extra={"task_name": "tasks.send_sms", "message": '{"a": 1}'},
+    )
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert record.fields["task_name"] == "tasks.send_sms"
+    assert record.fields["message"] == '{"a": 1}'
+    assert record.to_dict()["task_name"] == "tasks.send_sms"
+
+
+def test_transitions_only_move_forward(h: Harness) -> None:
+    ledger = h.ledger
+    ledger.create("d1", channel="sms", provider="smspartner")
+    assert ledger.transition("d1", "sending")
+    assert ledger.transition("d1", "waiting")
+    assert ledger.transition("d1", "sending")
+    assert not ledger.transition("d1", "queued")
+    assert ledger.transition("d1", "sent", sent_at="1")
+    assert not ledger.transition("d1", "failed")
+    assert not ledger.transition("d1", "sending")
+    record = ledger.get("d1")
+    assert record is not None
+    assert record.state == "sent"
+    assert record.final
+    assert record.fields["sent_at"] == "1"
+
+
+def test_a_final_state_may_be_written_again_with_new_fields(h: Harness) -> None:
+    new(h.ledger, "d1")
+    assert h.ledger.transition("d1", "failed", error_kind="transient")
+    h.clock.advance(5)
+    assert h.ledger.transition("d1", "failed", error_kind="unknown_outcome")
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert (record.fields["error_kind"], record.updated_at) == ("unknown_outcome", T0 + 5)
+
+
+def test_every_final_state_is_final(h: Harness) -> None:
+    for state in sorted(FINAL_STATES):
+        new(h.ledger, state)
+        assert h.ledger.transition(state, state)
+        assert not h.ledger.transition(state, "waiting")
+        record = h.ledger.get(state)
+        assert record is not None and record.final and record.state == state
+
+
+def test_transition_of_unknown_delivery_changes_nothing(h: Harness) -> None:
+    assert not h.ledger.transition("missing", "sending")
+    assert h.ledger.get("missing") is None
+
+
+def test_forget_releases_the_idempotency_key(h: Harness) -> None:
+    h.ledger.create("d1", channel="sms", provider="smspartner", idempotency_key="k")
+    h.ledger.forget("d1", channel="sms", idempotency_key="k")
+    assert h.ledger.get("d1") is None
+    assert h.ledger.create("d2", channel="sms", provider="smspartner", idempotency_key="k") == (
+        "d2",
+        True,
+    )
+
+
+def test_counters(h: Harness) -> None:
+    new(h.ledger, "d1")
+    assert h.ledger.incr("d1", "attempts") == 1
+    assert h.ledger.incr("d1", "attempts") == 2
+    assert h.ledger.incr("d1", "throttled") == 1
+    assert h.ledger.incr("d1", "runs_unfinished") == 1
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert (record.attempts, record.throttled) == (2, 1)
+
+
+def test_set_fields_and_the_stored_result(h: Harness) -> None:
+    new(h.ledger, "d1")
+    h.ledger.set_fields("d1")  # nothing to set: nothing changes
+    h.ledger.set_fields("d1", runs_unfinished="0", result='{"status": "sent"}')
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert record.fields["runs_unfinished"] == "0"
+    assert record.result == {"status": "sent"}
+    assert record.to_dict()["result"] == {"status": "sent"}
+
+
+def test_records_and_idempotency_keys_expire(h: Harness) -> None:
+    ledger = h.make(ttl_s=1)
+    ledger.create("d1", channel="sms", provider="smspartner", idempotency_key="k")
+    h.sleep(1.2)
+    assert ledger.get("d1") is None
+    assert ledger.create("d2", channel="sms", provider="smspartner", idempotency_key="k") == (
+        "d2",
+        True,
+    )
+
+
+# -- the send lock -------------------------------------------------------------------------------
+
+
+def test_the_send_lock_admits_one_holder_until_released(h: Harness) -> None:
+    assert h.ledger.lock("d1", "run-a", 5.0) == 0.0
+    wait = h.ledger.lock("d1", "run-b", 5.0)
+    assert 4.0 < wait <= 5.0
+    h.ledger.unlock("d1", "run-b")  # not its lock: nothing happens
+    assert h.ledger.lock("d1", "run-b", 5.0) > 0
+    h.ledger.unlock("d1", "run-a")
+    assert h.ledger.lock("d1", "run-b", 5.0) == 0.0
+    assert h.ledger.lock("other", "run-a", 5.0) == 0.0  # per delivery
+
+
+def test_the_send_lock_frees_itself_when_its_holder_died(h: Harness) -> None:
+    assert h.ledger.lock("d1", "dead-run", 0.2) == 0.0
+    assert 0 < h.ledger.lock("d1", "run-b", 0.2) <= 0.2
+    h.sleep(0.3)
+    assert h.ledger.lock("d1", "run-b", 0.2) == 0.0
+
+
+# -- what the sweeper sees -----------------------------------------------------------------------
+
+
+def test_stale_lists_unfinished_deliveries_oldest_first(h: Harness) -> None:
+    for name in ("old", "older", "young", "done", "parked"):
+        new(h.ledger, name)
+        h.clock.advance(1)
+    h.ledger.touch("old")  # updated at T0 + 5
+    h.ledger.transition("done", "sent")
+    h.ledger.transition("parked", "parked")
+    h.clock.advance(100)
+    assert h.ledger.stale(101) == ["older", "young"]
+    assert h.ledger.stale(0) == ["older", "young", "old"]
+    assert h.ledger.stale(0, limit=1) == ["older"]
+    assert h.ledger.stale(1000) == []
+
+
+def test_a_transition_refreshes_the_place_in_the_active_set(h: Harness) -> None:
+    new(h.ledger, "d1")
+    h.clock.advance(60)
+    assert h.ledger.stale(30) == ["d1"]
+    h.ledger.transition("d1", "waiting", waiting_reason="throttled")
+    assert h.ledger.stale(30) == []
+    record = h.ledger.get("d1")
+    assert record is not None and record.updated_at == T0 + 60
+
+
+def test_touch_and_untrack(h: Harness) -> None:
+    new(h.ledger, "d1")
+    new(h.ledger, "d2")
+    h.clock.advance(60)
+    h.ledger.touch("d1")
+    record = h.ledger.get("d1")
+    assert record is not None and record.updated_at == T0 + 60
+    assert h.ledger.stale(30) == ["d2"]
+    h.ledger.untrack("d2")
+    assert h.ledger.stale(0) == ["d1"]
+    assert h.ledger.get("d2") is not None  # the record stays; only the sweeper forgets it
+    h.ledger.touch("d2")  # touching an untracked delivery does not track it again
+    assert h.ledger.stale(0) == ["d1"]
+
+
+def test_forget_leaves_nothing_to_sweep(h: Harness) -> None:
+    new(h.ledger, "d1")
+    h.ledger.forget("d1", channel="sms", idempotency_key=None)
+    assert h.ledger.stale(0) == []
+
+
+# -- dead letters --------------------------------------------------------------------------------
+
+
+def test_bury_then_revive_for_a_replay(h: Harness) -> None:
+    new(h.ledger, "poison", extra={"task_name": "tasks.send_sms"})
+    h.ledger.transition("poison", "sending")
+    h.ledger.incr("poison", "attempts")
+    h.ledger.set_fields("poison", runs_unfinished="3", result='{"status": "dead"}')
+    assert h.ledger.bury(
+        "poison", reason="worker died 3 times", task_name="tasks.send_sms", message=SMS
+    )
+    record = h.ledger.get("poison")
+    assert record is not None and record.state == "dead"
+    assert (record.fields["error_kind"], record.fields["dead_reason"]) == (
+        "dead_letter",
+        "worker died 3 times",
+    )
+    assert h.ledger.stale(0) == []
+    letters = h.ledger.dead_letters()
+    assert list(letters) == ["poison"]
+    assert letters["poison"] == {
+        "task_name": "tasks.send_sms",
+        "message": SMS,
+        "reason": "worker died 3 times",
+        "at": T0,
+    }
+
+    h.clock.advance(10)
+    entry = h.ledger.revive("poison")
+    assert entry == letters["poison"]
+    record = h.ledger.get("poison")
+    assert record is not None
+    assert (record.state, record.attempts, record.updated_at) == ("queued", 0, T0 + 10)
+    assert record.fields["runs_unfinished"] == "0"
+    assert record.result is None
+    assert h.ledger.stale(0) == ["poison"]
+    assert h.ledger.dead_letters() == {}
+    assert h.ledger.revive("poison") is None
+
+
+def test_a_finished_delivery_is_not_buried(h: Harness) -> None:
+    new(h.ledger, "d1")
+    h.ledger.transition("d1", "sent")
+    assert not h.ledger.bury("d1", reason="late", task_name="tasks.send_sms", message=SMS)
+    assert h.ledger.dead_letters() == {}
+    assert h.ledger.revive("unknown") is None
+
+
+def test_a_message_set_aside_is_kept_redacted_and_never_replayed(h: Harness) -> None:
+    outline = {"to": ["str"], "text": "str"}
+    h.ledger.set_aside("bad", reason="too deep", task_name="tasks.send_sms", outline=outline)
+    letters = h.ledger.dead_letters()
+    assert letters == {
+        "bad": {
+            "task_name": "tasks.send_sms",
+            "message": None,
+            "outline": outline,
+            "reason": "too deep",
+            "redacted": True,
+            "at": T0,
+        }
+    }
+    assert h.ledger.revive("bad") is None
+    assert list(h.ledger.dead_letters()) == ["bad"]
+
+
+# -- caller-chosen tags (SMS Partner reconciliation, providers.md §1.5) ---------------------------
+
+
+def test_a_tag_used_by_another_delivery_to_the_same_number_is_seen(h: Harness) -> None:
+    a, b = "+33612345678", "+33698765432"
+    h.ledger.note_tag_use("smspartner", "promo", [a], "d1", T0)
+    h.ledger.note_tag_use("smspartner", "promo", [a, b], "d2", T0 + 5)
+    used = h.ledger.tag_used_by_others
+    assert used("smspartner", "promo", [a], "d1", T0)
+    assert used("smspartner", "promo", [b], "d1", T0)
+    assert not used("smspartner", "promo", [b], "d2", T0)  # only its own use
+    assert not used("smspartner", "promo", ["+33600000000"], "d1", T0)  # another number
+    assert not used("smspartner", "promo", [a], "d1", T0 + 6)  # before the window
+    assert used("smspartner", "promo", [a], "d1", T0 + 5)  # the window's start counts
+    assert not used("smspartner", "other", [a], "d1", T0)  # another tag
+    assert not used("mailpartner", "promo", [a], "d1", T0)  # another provider
+
+
+def test_tag_uses_are_forgotten_after_a_day(h: Harness) -> None:
+    a = "+33612345678"
+    h.ledger.note_tag_use("smspartner", "promo", [a], "old", T0)
+    later = T0 + TAG_MEMORY_S + 1
+    h.ledger.note_tag_use("smspartner", "promo", [a], "new", later)
+    assert not h.ledger.tag_used_by_others("smspartner", "promo", [a], "new", 0.0)
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+def test_one_creation_wins_a_race_on_an_idempotency_key(h: Harness) -> None:
+    results: list[tuple[str, bool]] = []
+    barrier = threading.Barrier(8)
+
+    def create(n: int) -> None:
+        barrier.wait()
+        results.append(
+            h.ledger.create(f"d{n}", channel="sms", provider="smspartner", idempotency_key="k")
+        )
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r[1]]
+    assert len(winners) == 1
+    assert {r[0] for r in results} == {winners[0][0]}

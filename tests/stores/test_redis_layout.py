@@ -1,0 +1,122 @@
+"""The Redis key layout of the ledger, parking and metrics: deployed data must still read.
+
+Each test writes through a store and reads the raw keys, or writes raw data as earlier
+releases did and reads it through the store.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+from worker.stores.ledger import ACTIVE_KEY, DEAD_KEY, RedisLedger
+from worker.stores.metrics import RedisMetrics
+from worker.stores.parking import RedisParking
+
+from ._support import FakeClock
+
+T0 = 1_700_000_000.5
+
+
+def test_ledger_keys(redis_client: redis.Redis) -> None:
+    clock = FakeClock(T0)
+    ledger = RedisLedger(redis_client, clock=clock)
+    ledger.create("d1", channel="sms", provider="smspartner", idempotency_key="k")
+    assert redis_client.hgetall("dw:delivery:d1") == {
+        b"state": b"queued",
+        b"created_at": repr(T0).encode(),
+        b"updated_at": repr(T0).encode(),
+        b"channel": b"sms",
+        b"provider": b"smspartner",
+        b"attempts": b"0",
+        b"throttled": b"0",
+        b"idempotency_key": b"k",
+    }
+    assert 14 * 24 * 3600 - 5 <= redis_client.ttl("dw:delivery:d1") <= 14 * 24 * 3600
+    assert redis_client.get("dw:idem:sms:k") == b"d1"
+    assert 0 < redis_client.ttl("dw:idem:sms:k") <= 14 * 24 * 3600
+    assert redis_client.zrange(ACTIVE_KEY, 0, -1, withscores=True) == [(b"d1", T0)]
+    assert ACTIVE_KEY == "dw:active"
+
+    assert ledger.lock("d1", "tok", 5.0) == 0.0
+    assert redis_client.get("dw:lock:d1") == b"tok"
+
+    ledger.note_tag_use("smspartner", "promo", ["+33612345678"], "d1", T0)
+    assert redis_client.zrange("dw:tag:smspartner:promo", 0, -1, withscores=True) == [
+        (b"+33612345678|d1", T0)
+    ]
+
+    ledger.transition("d1", "sending")
+    assert ledger.bury("d1", reason="r", task_name="tasks.send_sms", message={"a": 1})
+    raw = redis_client.hget(DEAD_KEY, "d1")
+    assert DEAD_KEY == "dw:dead"
+    assert raw is not None
+    assert json.loads(raw) == {
+        "task_name": "tasks.send_sms",
+        "message": {"a": 1},
+        "reason": "r",
+        "at": T0,
+    }
+    assert redis_client.zrange(ACTIVE_KEY, 0, -1) == []
+
+
+def test_a_record_written_by_an_earlier_release_reads(redis_client: redis.Redis) -> None:
+    redis_client.hset(
+        "dw:delivery:old",
+        mapping={
+            "state": "sent",
+            "created_at": "1700000000.25",
+            "updated_at": "1700000001.5",
+            "channel": "email",
+            "provider": "postal",
+            "attempts": "1",
+            "throttled": "2",
+            "result": json.dumps({"status": "sent"}),
+        },
+    )
+    redis_client.set("dw:idem:email:order-9", "old")
+    record = RedisLedger(redis_client).get("old")
+    assert record is not None
+    assert (record.state, record.final, record.created_at, record.attempts, record.throttled) == (
+        "sent",
+        True,
+        1700000000.25,
+        1,
+        2,
+    )
+    assert record.result == {"status": "sent"}
+    again = RedisLedger(redis_client).create(
+        "new", channel="email", provider="postal", idempotency_key="order-9"
+    )
+    assert again == ("old", False)
+
+
+def test_parking_keys(redis_client: redis.Redis) -> None:
+    RedisParking(redis_client, clock=FakeClock(T0)).park(
+        "postal", "d1", "tasks.send_email", {"a": 1}
+    )
+    raw = redis_client.hget("dw:parked:postal", "d1")
+    assert raw is not None
+    assert json.loads(raw) == {
+        "task_name": "tasks.send_email",
+        "message": {"a": 1},
+        "parked_at": T0,
+    }
+    assert redis_client.ttl("dw:parked:postal") == -1  # waits for the resume, no expiry
+    # An entry parked by an earlier release:
+    redis_client.hset(
+        "dw:parked:postal",
+        "d0",
+        json.dumps({"task_name": "tasks.send_email", "message": {"b": 2}, "parked_at": 1.0}),
+    )
+    taken = RedisParking(redis_client).take_all("postal")
+    assert [(t.delivery_id, t.message) for t in taken] == [("d0", {"b": 2}), ("d1", {"a": 1})]
+    assert redis_client.exists("dw:parked:postal") == 0
+
+
+def test_metrics_keys(redis_client: redis.Redis) -> None:
+    RedisMetrics(redis_client).incr("smspartner", "throttled_ms", 120)
+    assert redis_client.hgetall("dw:metrics:smspartner") == {b"throttled_ms": b"120"}
+    redis_client.hincrby("dw:metrics:smspartner", "sent", 4)  # as an earlier release wrote it
+    assert RedisMetrics(redis_client).read("smspartner") == {"throttled_ms": 120, "sent": 4}

@@ -1,0 +1,123 @@
+"""Shared state behind small interfaces: ledger, parking, provider health, limiter, metrics.
+
+Each store is a package with its interface (``base``, a ``typing.Protocol``), a Redis backend
+(``redis``, Lua scripts as ``.lua`` files beside it) shared by every worker, and an in-memory
+stub (``memory``, an injectable clock where time matters) for tests and single-process tools.
+One contract test suite per store runs against both (``tests/stores``).
+
+Standalone on purpose: nothing here imports settings, Celery or the rest of the worker.
+:class:`Stores` bundles one of each; ``worker.runtime`` builds it from the settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from worker.stores.health import (
+    BreakerConfig,
+    BreakerState,
+    BreakerStateName,
+    Decision,
+    HealthStore,
+    MemoryHealthStore,
+    PauseInfo,
+    RedisHealthStore,
+)
+from worker.stores.ledger import (
+    FINAL_STATES,
+    STATE_RANK,
+    DeliveryRecord,
+    Ledger,
+    MemoryLedger,
+    RedisLedger,
+)
+from worker.stores.limiter import (
+    DEFAULT_SAFETY_MARGIN_S,
+    Limit,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    limiter_key,
+)
+from worker.stores.metrics import MemoryMetrics, Metrics, RedisMetrics
+from worker.stores.parking import MemoryParking, ParkedMessage, Parking, RedisParking
+
+__all__ = [
+    "DEFAULT_SAFETY_MARGIN_S",
+    "FINAL_STATES",
+    "STATE_RANK",
+    "BreakerConfig",
+    "BreakerState",
+    "BreakerStateName",
+    "Decision",
+    "DeliveryRecord",
+    "HealthStore",
+    "Ledger",
+    "Limit",
+    "MemoryHealthStore",
+    "MemoryLedger",
+    "MemoryMetrics",
+    "MemoryParking",
+    "MemoryRateLimiter",
+    "Metrics",
+    "ParkedMessage",
+    "Parking",
+    "PauseInfo",
+    "RateLimiter",
+    "RedisHealthStore",
+    "RedisLedger",
+    "RedisMetrics",
+    "RedisParking",
+    "RedisRateLimiter",
+    "Stores",
+    "limiter_key",
+]
+
+
+@dataclass(frozen=True)
+class Stores:
+    """One of each store, as the delivery service and the operator tools use them."""
+
+    ledger: Ledger
+    parking: Parking
+    health: HealthStore
+    limiter: RateLimiter
+    metrics: Metrics
+
+    @classmethod
+    def on_redis(
+        cls,
+        client: redis.Redis,
+        *,
+        breaker: BreakerConfig | None = None,
+        safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
+    ) -> Stores:
+        """The shared stores of every worker, on one Redis connection pool."""
+        return cls(
+            ledger=RedisLedger(client),
+            parking=RedisParking(client),
+            health=RedisHealthStore(client, config=breaker),
+            limiter=RedisRateLimiter(client, safety_margin_s=safety_margin_s),
+            metrics=RedisMetrics(client),
+        )
+
+    @classmethod
+    def in_memory(
+        cls,
+        *,
+        clock: Callable[[], float] = time.time,
+        breaker: BreakerConfig | None = None,
+        safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
+    ) -> Stores:
+        """In-process stubs sharing one clock (Unix seconds): for tests and one-process tools."""
+        return cls(
+            ledger=MemoryLedger(clock),
+            parking=MemoryParking(clock),
+            health=MemoryHealthStore(clock, config=breaker),
+            limiter=MemoryRateLimiter(clock, safety_margin_s=safety_margin_s),
+            metrics=MemoryMetrics(),
+        )

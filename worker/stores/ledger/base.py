@@ -1,0 +1,239 @@
+"""The delivery ledger: one record per delivery, with forward-only state transitions.
+
+States and their rank (a transition never lowers the rank, and a final state never changes)::
+
+    queued (0) → sending / waiting / parked (1) → sent / failed / expired / dead (2, final)
+
+``waiting`` is a retry scheduled after an error or a throttle; ``parked`` is a message held
+while its provider is paused; ``dead`` is a poison message set aside after it killed its
+worker too often (see :meth:`Ledger.bury`).
+
+Besides the records, the ledger keeps:
+
+* the idempotency index (channel and idempotency key → delivery id);
+* the active set, the unfinished deliveries by their last update, which the sweeper scans for
+  deliveries stuck in ``queued``/``sending``/``waiting`` (:meth:`Ledger.stale`);
+* a short per-delivery lock so two copies of one task (a redelivery, a sweep) never send at
+  the same time;
+* the dead letters with their message, for ``delivery-worker dead replay``;
+* notes of caller-chosen provider tags (SMS Partner reconciliation).
+
+:class:`~worker.stores.ledger.redis.RedisLedger` is the shared ledger of every worker and
+producer; :class:`~worker.stores.ledger.memory.MemoryLedger` the in-process stub with the same
+contract (``tests/stores/test_ledger_contract.py`` runs against both).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "FINAL_STATES",
+    "RECORD_TTL_S",
+    "STATE_RANK",
+    "TAG_MEMORY_S",
+    "DeliveryRecord",
+    "Ledger",
+    "buried_entry",
+    "set_aside_entry",
+]
+
+STATE_RANK: dict[str, int] = {
+    "queued": 0,
+    "sending": 1,
+    "waiting": 1,
+    "parked": 1,
+    "sent": 2,
+    "failed": 2,
+    "expired": 2,
+    "dead": 2,
+}
+FINAL_STATES = frozenset(s for s, rank in STATE_RANK.items() if rank == 2)
+
+RECORD_TTL_S = 14 * 24 * 3600
+"""How long a record and its idempotency key are kept after the delivery was created."""
+TAG_MEMORY_S = 24 * 3600.0
+"""How long tag uses are remembered: well beyond any reconciliation window (grace + timeout)."""
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    delivery_id: str
+    state: str
+    channel: str
+    provider: str
+    created_at: float
+    updated_at: float
+    attempts: int
+    """Send attempts that ended in an error (the error-retry budget)."""
+    throttled: int
+    """Times the delivery waited for a limiter, a breaker or a provider's Retry-After."""
+    fields: dict[str, str]
+
+    @classmethod
+    def from_fields(cls, delivery_id: str, fields: dict[str, str]) -> DeliveryRecord:
+        """A record from its stored fields (every field is text, as in the Redis hash)."""
+        return cls(
+            delivery_id=delivery_id,
+            state=fields.get("state", "queued"),
+            channel=fields.get("channel", ""),
+            provider=fields.get("provider", ""),
+            created_at=float(fields.get("created_at", "0")),
+            updated_at=float(fields.get("updated_at", "0")),
+            attempts=int(fields.get("attempts", "0")),
+            throttled=int(fields.get("throttled", "0")),
+            fields=fields,
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        raw = self.fields.get("result")
+        if not raw:
+            return None
+        value: dict[str, Any] = json.loads(raw)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "delivery_id": self.delivery_id,
+            "state": self.state,
+            "channel": self.channel,
+            "provider": self.provider,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attempts": self.attempts,
+            "throttled": self.throttled,
+        }
+        for name in (
+            "deadline",
+            "sent_at",
+            "parked_reason",
+            "waiting_reason",
+            "error_kind",
+            "dead_reason",
+            "task_name",
+        ):
+            if name in self.fields:
+                out[name] = self.fields[name]
+        if self.result is not None:
+            out["result"] = self.result
+        return out
+
+
+class Ledger(Protocol):
+    """Delivery records shared by producers and every worker. Times are Unix seconds."""
+
+    def create(
+        self,
+        delivery_id: str,
+        *,
+        channel: str,
+        provider: str,
+        idempotency_key: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[str, bool]:
+        """Record a new delivery (state ``queued``); ``(existing_id, False)`` when the
+        idempotency key (per channel) or the delivery id is already known."""
+        ...
+
+    def get(self, delivery_id: str) -> DeliveryRecord | None: ...
+
+    def transition(self, delivery_id: str, state: str, **fields: str) -> bool:
+        """Move to ``state`` if that is forward; returns whether the record changed.
+
+        A final or parked record leaves the active set; any other state refreshes its place.
+        """
+        ...
+
+    def incr(self, delivery_id: str, counter: str) -> int:
+        """Add one to a counter field (``attempts``, ``throttled``, ...); returns the new value."""
+        ...
+
+    def set_fields(self, delivery_id: str, **fields: str) -> None: ...
+
+    def forget(self, delivery_id: str, *, channel: str, idempotency_key: str | None) -> None:
+        """Drop a record that was never published (the enqueue failed)."""
+        ...
+
+    # -- concurrency guard ---------------------------------------------------------------------
+
+    def lock(self, delivery_id: str, token: str, ttl_s: float) -> float:
+        """Take the delivery's send lock; 0.0 when taken, else the seconds until it frees."""
+        ...
+
+    def unlock(self, delivery_id: str, token: str) -> None:
+        """Release the lock if ``token`` still holds it."""
+        ...
+
+    # -- sweeping ------------------------------------------------------------------------------
+
+    def stale(self, older_than_s: float, *, limit: int = 500) -> list[str]:
+        """Unfinished deliveries whose last update is older than ``older_than_s``, oldest first."""
+        ...
+
+    def touch(self, delivery_id: str) -> None:
+        """Mark the delivery updated now (the sweeper requeued it)."""
+        ...
+
+    def untrack(self, delivery_id: str) -> None:
+        """Take the delivery out of the active set: nothing for the sweeper to do with it."""
+        ...
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    def bury(self, delivery_id: str, *, reason: str, task_name: str, message: Any) -> bool:
+        """Set a poison message aside: state ``dead``, message kept for a replay."""
+        ...
+
+    def set_aside(self, delivery_id: str, *, reason: str, task_name: str, outline: Any) -> None:
+        """Keep a refused message for inspection, redacted: its outline (keys and types), never
+        its content. Not replayable: the message broke the checks (``worker.guard``)."""
+        ...
+
+    def dead_letters(self) -> dict[str, dict[str, Any]]: ...
+
+    def revive(self, delivery_id: str) -> dict[str, Any] | None:
+        """Take a dead letter back for a replay: the record starts again at ``queued``.
+
+        This is the one transition that goes backwards, and only an operator makes it. ``None``
+        for an unknown id and for a redacted (refused) message: nothing to send.
+        """
+        ...
+
+    # -- caller-chosen provider tags (SMS Partner reconciliation) -----------------------------
+
+    def note_tag_use(
+        self, provider: str, tag: str, recipients: list[str], delivery_id: str, at: float
+    ) -> None:
+        """Remember that ``delivery_id`` sent to ``recipients`` under a caller's ``tag``."""
+        ...
+
+    def tag_used_by_others(
+        self, provider: str, tag: str, recipients: list[str], delivery_id: str, since: float
+    ) -> bool:
+        """Whether another delivery sent to one of ``recipients`` under ``tag`` since ``since``."""
+        ...
+
+
+def buried_entry(*, task_name: str, message: Any, reason: str, at: float) -> str:
+    """A replayable dead letter as stored (JSON), for :meth:`Ledger.bury`."""
+    return json.dumps({"task_name": task_name, "message": message, "reason": reason, "at": at})
+
+
+def set_aside_entry(*, task_name: str, outline: Any, reason: str, at: float) -> str:
+    """A redacted dead letter as stored (JSON), for :meth:`Ledger.set_aside`."""
+    entry = {
+        "task_name": task_name,
+        "message": None,
+        "outline": outline,
+        "reason": reason,
+        "redacted": True,
+        "at": at,
+    }
+    return json.dumps(entry)

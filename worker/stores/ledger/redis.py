@@ -1,0 +1,215 @@
+"""The ledger in Redis, shared by producers and every worker.
+
+Keys (the layout of deployed data; do not change it):
+
+* ``dw:delivery:<id>``: hash, the record's fields (all text), expiring ``ttl_s`` after creation;
+* ``dw:idem:<channel>:<key>``: string, the delivery id of an idempotency key, same expiry;
+* ``dw:active``: sorted set, unfinished deliveries scored by their last update (Unix seconds);
+* ``dw:lock:<id>``: string, the send lock's token, expiring with the lock;
+* ``dw:dead``: hash, delivery id → JSON dead letter;
+* ``dw:tag:<provider>:<tag>``: sorted set, ``<recipient>|<delivery id>`` scored by send time.
+
+Creation and transitions are Lua scripts (``create.lua``, ``transition.lua``), so a check and
+its write are one atomic step across workers. Record times come from ``clock`` (the host's
+clock by default, as the service compares them with its own).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from worker.stores._redis import load_script, text
+from worker.stores.ledger.base import (
+    RECORD_TTL_S,
+    STATE_RANK,
+    TAG_MEMORY_S,
+    DeliveryRecord,
+    Ledger,
+    buried_entry,
+    set_aside_entry,
+)
+
+__all__ = ["ACTIVE_KEY", "DEAD_KEY", "RedisLedger"]
+
+_PREFIX = "dw:delivery:"
+_IDEM_PREFIX = "dw:idem:"
+_LOCK_PREFIX = "dw:lock:"
+_TAG_PREFIX = "dw:tag:"
+ACTIVE_KEY = "dw:active"
+DEAD_KEY = "dw:dead"
+_PACKAGE = "worker.stores.ledger"
+
+
+class RedisLedger(Ledger):
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl_s: int = RECORD_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._create = load_script(client, _PACKAGE, "create.lua")
+        self._transition = load_script(client, _PACKAGE, "transition.lua")
+        self._release = load_script(client, _PACKAGE, "release.lua")
+
+    @staticmethod
+    def key(delivery_id: str) -> str:
+        return _PREFIX + delivery_id
+
+    @staticmethod
+    def idem_key(channel: str, idempotency_key: str) -> str:
+        return f"{_IDEM_PREFIX}{channel}:{idempotency_key}"
+
+    @staticmethod
+    def tag_key(provider: str, tag: str) -> str:
+        return f"{_TAG_PREFIX}{provider}:{tag}"
+
+    def create(
+        self,
+        delivery_id: str,
+        *,
+        channel: str,
+        provider: str,
+        idempotency_key: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[str, bool]:
+        fields = {"channel": channel, "provider": provider, "attempts": "0", "throttled": "0"}
+        if idempotency_key:
+            fields["idempotency_key"] = idempotency_key
+        fields.update(extra or {})
+        argv: list[str] = [delivery_id, repr(self._clock()), str(self.ttl_s)]
+        for k, v in fields.items():
+            argv += [k, v]
+        idem = self.idem_key(channel, idempotency_key) if idempotency_key else ""
+        created, existing = self._create(keys=[self.key(delivery_id), idem, ACTIVE_KEY], args=argv)
+        return text(existing), bool(created)
+
+    def get(self, delivery_id: str) -> DeliveryRecord | None:
+        raw = self.redis.hgetall(self.key(delivery_id))
+        if not raw:
+            return None
+        return DeliveryRecord.from_fields(delivery_id, {text(k): text(v) for k, v in raw.items()})
+
+    def transition(self, delivery_id: str, state: str, **fields: str) -> bool:
+        argv: list[str] = [
+            state,
+            str(STATE_RANK[state]),
+            repr(self._clock()),
+            json.dumps(STATE_RANK),
+            delivery_id,
+        ]
+        for k, v in fields.items():
+            argv += [k, v]
+        changed, _previous = self._transition(keys=[self.key(delivery_id), ACTIVE_KEY], args=argv)
+        return int(changed) == 1
+
+    def incr(self, delivery_id: str, counter: str) -> int:
+        return int(self.redis.hincrby(self.key(delivery_id), counter, 1))
+
+    def set_fields(self, delivery_id: str, **fields: str) -> None:
+        if fields:
+            self.redis.hset(self.key(delivery_id), mapping=dict(fields.items()))
+
+    def forget(self, delivery_id: str, *, channel: str, idempotency_key: str | None) -> None:
+        keys = [self.key(delivery_id)]
+        if idempotency_key:
+            keys.append(self.idem_key(channel, idempotency_key))
+        self.redis.delete(*keys)
+        self.redis.zrem(ACTIVE_KEY, delivery_id)
+
+    # -- concurrency guard ---------------------------------------------------------------------
+
+    def lock(self, delivery_id: str, token: str, ttl_s: float) -> float:
+        key = _LOCK_PREFIX + delivery_id
+        if self.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))):
+            return 0.0
+        remaining_ms = int(self.redis.pttl(key))
+        return max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
+
+    def unlock(self, delivery_id: str, token: str) -> None:
+        self._release(keys=[_LOCK_PREFIX + delivery_id], args=[token])
+
+    # -- sweeping ------------------------------------------------------------------------------
+
+    def stale(self, older_than_s: float, *, limit: int = 500) -> list[str]:
+        cutoff = self._clock() - older_than_s
+        ids = self.redis.zrangebyscore(ACTIVE_KEY, "-inf", cutoff, start=0, num=limit)
+        return [text(i) for i in ids]
+
+    def touch(self, delivery_id: str) -> None:
+        now = self._clock()
+        self.redis.hset(self.key(delivery_id), "updated_at", repr(now))
+        self.redis.zadd(ACTIVE_KEY, {delivery_id: now}, xx=True)
+
+    def untrack(self, delivery_id: str) -> None:
+        self.redis.zrem(ACTIVE_KEY, delivery_id)
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    def bury(self, delivery_id: str, *, reason: str, task_name: str, message: Any) -> bool:
+        changed = self.transition(delivery_id, "dead", error_kind="dead_letter", dead_reason=reason)
+        if changed:
+            entry = buried_entry(
+                task_name=task_name, message=message, reason=reason, at=self._clock()
+            )
+            self.redis.hset(DEAD_KEY, delivery_id, entry)
+        return changed
+
+    def set_aside(self, delivery_id: str, *, reason: str, task_name: str, outline: Any) -> None:
+        entry = set_aside_entry(
+            task_name=task_name, outline=outline, reason=reason, at=self._clock()
+        )
+        self.redis.hset(DEAD_KEY, delivery_id, entry)
+
+    def dead_letters(self) -> dict[str, dict[str, Any]]:
+        raw = self.redis.hgetall(DEAD_KEY)
+        return {text(k): json.loads(v) for k, v in raw.items()}
+
+    def revive(self, delivery_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(DEAD_KEY, delivery_id)
+        if raw is None:
+            return None
+        entry: dict[str, Any] = json.loads(raw)
+        if entry.get("redacted"):
+            return None  # refused by the checks and kept without its content: nothing to send
+        now = repr(self._clock())
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            self.key(delivery_id),
+            mapping={"state": "queued", "updated_at": now, "runs_unfinished": "0", "attempts": "0"},
+        )
+        pipe.hdel(self.key(delivery_id), "result")
+        pipe.zadd(ACTIVE_KEY, {delivery_id: float(now)})
+        pipe.hdel(DEAD_KEY, delivery_id)
+        pipe.execute()
+        return entry
+
+    # -- caller-chosen provider tags (SMS Partner reconciliation) -----------------------------
+
+    def note_tag_use(
+        self, provider: str, tag: str, recipients: list[str], delivery_id: str, at: float
+    ) -> None:
+        key = self.tag_key(provider, tag)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(key, {f"{r}|{delivery_id}": at for r in recipients})
+        pipe.zremrangebyscore(key, "-inf", at - TAG_MEMORY_S)
+        pipe.expire(key, int(TAG_MEMORY_S))
+        pipe.execute()
+
+    def tag_used_by_others(
+        self, provider: str, tag: str, recipients: list[str], delivery_id: str, since: float
+    ) -> bool:
+        wanted = set(recipients)
+        for member in self.redis.zrangebyscore(self.tag_key(provider, tag), since, "+inf"):
+            recipient, _, other = text(member).rpartition("|")
+            if other != delivery_id and recipient in wanted:
+                return True
+        return False

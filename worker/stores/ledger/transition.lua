@@ -1,0 +1,23 @@
+-- Move a record to a state if that is forward (a final state never changes).
+-- KEYS[1] record, KEYS[2] active set
+-- ARGV: new_state, new_rank, now, ranks (JSON), delivery_id, then field/value pairs
+-- Returns {1, previous state} when changed, {0, current state} when not, {-1, ''} when missing
+local ranks = cjson.decode(ARGV[4])
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return {-1, ''} end
+local cur_rank = ranks[current] or 0
+local new_rank = tonumber(ARGV[2])
+if cur_rank == 2 and current ~= ARGV[1] then return {0, current} end
+if new_rank < cur_rank then return {0, current} end
+local args = {'state', ARGV[1], 'updated_at', ARGV[3]}
+for i = 6, #ARGV, 2 do
+  table.insert(args, ARGV[i]); table.insert(args, ARGV[i + 1])
+end
+redis.call('HSET', KEYS[1], unpack(args))
+if new_rank == 2 or ARGV[1] == 'parked' then
+  -- final, or parked (held in the parking store): nothing for the sweeper to look at
+  redis.call('ZREM', KEYS[2], ARGV[5])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+end
+return {1, current}

@@ -1,0 +1,120 @@
+"""A global rate limiter shared by every worker process (delivery semantic 2).
+
+Provider limits are per source IP, so every process that sends from one egress identity must draw
+from one budget. Celery's own ``rate_limit`` is per worker instance and cannot do this
+(celery/celery#5732). The budget lives in Redis and is checked and spent atomically by one Lua
+script; :class:`MemoryRateLimiter` is the in-process stub with the same contract, for tests and
+single-process tools.
+
+Algorithm: a sliding log. Each granted request is recorded with its time; a request is admitted
+only if, for every :class:`Limit`, fewer than ``count`` grants lie in the last
+``window_s + safety_margin_s`` seconds. Unlike a fixed window (which admits ``2 * count`` across a
+window boundary) or a token bucket (which refills continuously and admits bursts the provider may
+count in one window), a sliding log guarantees that *no* interval of that length ever holds more
+than ``count`` grants, while a steady sender still gets ``window_s / (window_s + safety_margin_s)``
+of the limit (98 % for 10 requests/s with the default margin).
+
+``safety_margin_s`` (default 0.02 s) widens every window a little. The provider counts requests
+when they *arrive*, not when we granted them; two grants exactly ``window_s`` apart can arrive less
+than ``window_s`` apart if the first was delayed more than the second (scheduling, connection
+set-up, network jitter). As long as that jitter stays under the margin, the provider never sees
+more than ``count`` requests in any window. Raise it for distant providers or busy hosts.
+
+Time comes from Redis (``TIME``) in :class:`RedisRateLimiter`, so workers on hosts with skewed
+clocks still agree, and from an injectable clock in :class:`MemoryRateLimiter`.
+
+Provider feedback (a 429, a ``Retry-After``) is applied with :meth:`RateLimiter.hold_for` /
+:meth:`RateLimiter.hold`: every acquire on that key is refused until the hold ends, in every
+process. Holds only ever extend.
+
+Waiting is not an error: :meth:`RateLimiter.acquire` returns the time to wait, and callers
+reschedule without spending an error retry (delivery semantic 3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "DEFAULT_SAFETY_MARGIN_S",
+    "Limit",
+    "RateLimiter",
+    "check_margin",
+    "check_seconds",
+    "limiter_key",
+]
+
+DEFAULT_SAFETY_MARGIN_S = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``count`` requests in any ``window_s`` seconds."""
+
+    count: int
+    window_s: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"Limit.count must be a positive int, got {self.count!r}")
+        if not (math.isfinite(self.window_s) and self.window_s > 0):
+            raise ValueError(f"Limit.window_s must be a positive number, got {self.window_s!r}")
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window_s:g}s"
+
+
+def limiter_key(provider: str, identity: str, bucket: str = "send", *, prefix: str = "dw") -> str:
+    """The limiter key of one provider budget, e.g. ``dw:rl:emailmassivo:203.0.113.7:send``.
+
+    ``identity`` is the egress identity (source IP or host name): workers that share it share
+    the budget, workers on other IPs get their own.
+    """
+    for name, value in (("provider", provider), ("identity", identity), ("bucket", bucket)):
+        if not value:
+            raise ValueError(f"limiter_key: {name} must not be empty")
+    return f"{prefix}:rl:{provider}:{identity}:{bucket}"
+
+
+class RateLimiter(Protocol):
+    """A shared budget of requests per key. Times are seconds on the limiter's clock."""
+
+    def now(self) -> float:
+        """The limiter's clock: Unix time from Redis for Redis, the injected clock for memory."""
+        ...
+
+    def acquire(self, key: str, limits: Sequence[Limit]) -> float:
+        """Atomically take one request from every limit, or none.
+
+        Returns 0.0 when the request was granted and recorded. Otherwise records nothing and
+        returns the seconds (> 0) until the earliest moment a retry could succeed: the end of a
+        hold, or the moment the oldest blocking grant leaves its window, whichever is later.
+        An empty ``limits`` only checks the hold.
+        """
+        ...
+
+    def hold(self, key: str, until_s: float) -> float:
+        """Refuse every acquire on ``key`` until ``until_s`` (an instant on :meth:`now`'s clock).
+
+        Holds only extend: an earlier ``until_s`` than the current hold changes nothing.
+        Returns the effective end of the hold.
+        """
+        ...
+
+    def hold_for(self, key: str, seconds: float) -> float:
+        """Like :meth:`hold`, ``seconds`` from now (a ``Retry-After: 30``, a 429 back-off)."""
+        ...
+
+
+def check_margin(safety_margin_s: float) -> float:
+    if not (math.isfinite(safety_margin_s) and safety_margin_s >= 0):
+        raise ValueError(f"safety_margin_s must be >= 0, got {safety_margin_s!r}")
+    return float(safety_margin_s)
+
+
+def check_seconds(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")

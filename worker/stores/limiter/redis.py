@@ -1,0 +1,85 @@
+"""The shared limiter in Redis: one Lua script per decision (``acquire.lua``, ``hold.lua``)."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from worker.stores._redis import load_script
+from worker.stores.limiter.base import (
+    DEFAULT_SAFETY_MARGIN_S,
+    Limit,
+    RateLimiter,
+    check_margin,
+    check_seconds,
+)
+
+__all__ = ["RedisRateLimiter"]
+
+_US = 1_000_000
+
+
+class RedisRateLimiter(RateLimiter):
+    """The shared limiter: one Lua script per decision, on Redis's clock.
+
+    Keys used for a limiter key ``K`` (braces make them one Redis Cluster hash slot, so the
+    script may touch them all):
+
+    - ``{K}:<window>s`` (``{K}:1s``, ``{K}:3600s``): sorted set, the log of grants for limits
+      with that window
+      (member ``<grant us>-<random>``, score = grant time in Unix microseconds), trimmed on
+      every call and expiring one window after the last grant;
+    - ``{K}:hold``: string, the end of the current hold in Unix microseconds, expiring with it.
+
+    Keys must live under ``prefix`` (as built by :func:`limiter_key`), so a wrong argument can
+    never make the limiter trim or expire someone else's data in a shared Redis. Redis errors
+    (``redis.RedisError``) propagate to the caller.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        prefix: str = "dw",
+        *,
+        safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
+    ) -> None:
+        self._redis = redis_client
+        self.prefix = prefix
+        self.safety_margin_s = check_margin(safety_margin_s)
+        self._acquire = load_script(redis_client, "worker.stores.limiter", "acquire.lua")
+        self._hold = load_script(redis_client, "worker.stores.limiter", "hold.lua")
+
+    def _base(self, key: str) -> str:
+        if not key.startswith(self.prefix + ":"):
+            raise ValueError(f"limiter key {key!r} is outside the prefix {self.prefix!r}")
+        return "{" + key + "}"
+
+    def now(self) -> float:
+        sec, usec = self._redis.time()
+        return sec + usec / _US
+
+    def acquire(self, key: str, limits: Sequence[Limit]) -> float:
+        base = self._base(key)
+        keys = [base + ":hold"]
+        args: list[str | int] = [secrets.token_hex(8), len(limits)]
+        for limit in limits:
+            keys.append(f"{base}:{limit.window_s:g}s")
+            args += [limit.count, math.ceil((limit.window_s + self.safety_margin_s) * _US)]
+        wait_us = int(self._acquire(keys=keys, args=args))
+        return wait_us / _US
+
+    def hold(self, key: str, until_s: float) -> float:
+        check_seconds("until_s", until_s)
+        return self._run_hold(key, "at", math.ceil(until_s * _US))
+
+    def hold_for(self, key: str, seconds: float) -> float:
+        check_seconds("seconds", seconds)
+        return self._run_hold(key, "for", math.ceil(max(seconds, 0.0) * _US))
+
+    def _run_hold(self, key: str, mode: str, value_us: int) -> float:
+        result: Any = self._hold(keys=[self._base(key) + ":hold"], args=[mode, value_us])
+        return int(result) / _US

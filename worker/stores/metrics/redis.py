@@ -1,0 +1,28 @@
+"""Counters in Redis: ``dw:metrics:<provider>``, a hash of counter name → integer (HINCRBY)."""
+
+from __future__ import annotations
+
+import redis
+
+from worker.stores._redis import text
+from worker.stores.metrics.base import Metrics
+
+__all__ = ["RedisMetrics"]
+
+_PREFIX = "dw:metrics:"
+
+
+class RedisMetrics(Metrics):
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    @staticmethod
+    def key(provider: str) -> str:
+        return _PREFIX + provider
+
+    def incr(self, provider: str, name: str, amount: int = 1) -> None:
+        self.redis.hincrby(self.key(provider), name, amount)
+
+    def read(self, provider: str) -> dict[str, int]:
+        raw = self.redis.hgetall(self.key(provider))
+        return {text(k): int(v) for k, v in raw.items()}
