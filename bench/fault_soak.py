@@ -317,7 +317,7 @@ def build_workload(run: str, count: int, providers: Sequence[str] = PROVIDERS) -
 
 
 def sms_tag(delivery_id: str) -> str:
-    """The SMS Partner tag the worker gives a delivery (``worker.service``: dw + 18 hex)."""
+    """The SMS Partner tag the worker gives a delivery (``reconcile_tag``: dw + 18 hex)."""
     return "dw" + delivery_id.replace("-", "")[:18].lower()
 
 

@@ -12,9 +12,9 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from worker.app import RedactedRequest, app
+from worker.delivery import Retry, process
 from worker.operations import Operations
 from worker.runtime import get_runtime
-from worker.service import Retry, process
 
 __all__ = ["PARKED", "check_balances", "send_email", "send_sms", "send_voice", "sweep"]
 

@@ -21,8 +21,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from worker.config import Settings
+from worker.delivery import Done, Retry, backoff_s, mask_ids, process
 from worker.runtime import Runtime, breaker_config
-from worker.service import Done, Retry, backoff_s, mask_ids, process
 from worker.stores import MemoryRateLimiter, Stores, limiter_key
 
 Handler = Callable[[httpx.Request], httpx.Response]

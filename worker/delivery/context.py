@@ -1,0 +1,89 @@
+"""The one delivery a run works on, and the ledger fields the steps share.
+
+:class:`Delivery` is data, not a coordinator: the message, its ids, the provider chosen so far
+and the store handles. Each step of the pipeline is a function that takes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.config import Settings
+from worker.models import DeliveryResult, ErrorInfo, Message, SmsMessage
+from worker.runtime import Runtime
+
+__all__ = ["FIRST_ATTEMPT_AT", "GAVE_UP", "NOT_BEFORE", "OUTCOME_UNKNOWN", "Delivery", "as_float"]
+
+OUTCOME_UNKNOWN = "outcome_unknown"
+"""Ledger field: "1" while an earlier send's outcome could not be reconciled (ask again first)."""
+NOT_BEFORE = "not_before"
+"""Ledger field: epoch seconds before which the provider is not called (a deferred message, or
+the grace before reconciling an unknown outcome). Celery countdowns are capped below the
+visibility timeout (:func:`worker.delivery.outcomes.wait`), so a run that comes earlier just
+waits again."""
+FIRST_ATTEMPT_AT = "first_attempt_at"
+GAVE_UP = "unknown_outcome_error"
+"""Ledger field: the last error (JSON) when retries ran out with the outcome still unknown; the
+delivery fails with it only once the provider, asked after the grace, has not seen the send."""
+
+
+@dataclass
+class Delivery:
+    rt: Runtime
+    message: Message
+    raw: Any
+    """The message as the task received it (kept for parking and dead letters)."""
+    delivery_id: str
+    task_name: str
+    provider: str = ""
+    """The named provider, else the one chosen for this attempt ("" until chosen)."""
+    created_at: float = field(default_factory=time.time)
+    """When the ledger record was created (the default deadline counts from it)."""
+
+    @property
+    def settings(self) -> Settings:
+        return self.rt.settings
+
+    @property
+    def channel(self) -> str:
+        return self.message.channel
+
+    @property
+    def routed(self) -> bool:
+        """The caller named no provider: the worker picks one per attempt."""
+        return self.message.provider is None
+
+    def deadline(self) -> float:
+        if self.message.deadline is not None:
+            return self.message.deadline.timestamp()
+        return self.created_at + self.settings.default_ttl_s
+
+    def recipients(self) -> list[str]:
+        """SMS numbers (the tag bookkeeping of reconciliation is per number)."""
+        return list(self.message.to) if isinstance(self.message, SmsMessage) else []
+
+    def result(
+        self,
+        state: str,
+        attempts: int,
+        *,
+        error: ErrorInfo | None = None,
+        provider: str | None = None,
+    ) -> DeliveryResult:
+        return DeliveryResult(
+            status=state,
+            delivery_id=self.delivery_id,
+            channel=self.channel,
+            provider=provider or self.provider or None,
+            attempts=attempts,
+            error=error,
+        )
+
+
+def as_float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

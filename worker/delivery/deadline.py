@@ -1,0 +1,24 @@
+"""Step 2: is it time? Expire past the deadline; wait again before ``not_before``."""
+
+from __future__ import annotations
+
+import time
+
+from worker.delivery.context import NOT_BEFORE, Delivery, as_float
+from worker.delivery.outcomes import expire, wait
+from worker.delivery.results import Outcome
+from worker.stores import DeliveryRecord
+
+__all__ = ["check_time"]
+
+
+def check_time(d: Delivery, record: DeliveryRecord) -> Outcome | None:
+    """The outcome when this run must not call a provider; ``None`` to go on."""
+    if time.time() >= d.deadline():
+        return expire(d, record.attempts, "before the message was sent")
+    not_before = as_float(record.fields.get(NOT_BEFORE))
+    if not_before is not None and time.time() < not_before:
+        # Deferred, or within the grace after an unknown outcome: wait again, no provider call.
+        reason = record.fields.get("waiting_reason") or "deferred"
+        return wait(d, not_before - time.time(), reason, record.attempts)
+    return None

@@ -1,0 +1,95 @@
+"""The ends of an attempt: each writes the ledger, the result and the metric for one outcome.
+
+``sent``, ``finish`` (failed or expired), ``expire``, ``park`` and ``wait`` (reschedule, never
+past the deadline). Every other step ends through one of these.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from worker.delivery.context import Delivery
+from worker.delivery.results import Done, Retry, mask_ids
+from worker.models import DeliveryResult, ErrorInfo
+from worker.providers import SendOutcome
+from worker.redaction import scrub
+
+__all__ = ["expire", "finish", "park", "sent", "wait"]
+
+log = structlog.get_logger(__name__)
+
+
+def sent(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
+    result = DeliveryResult(
+        status="sent",
+        delivery_id=d.delivery_id,
+        channel=d.channel,
+        provider=d.provider,
+        provider_message_ids=mask_ids(outcome.provider_message_ids),
+        rejected_recipients={
+            k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
+        },
+        attempts=previous_attempts + 1,
+        cost=outcome.cost,
+        currency=outcome.currency,
+        warnings=list(outcome.warnings),
+    )
+    if outcome.warnings:
+        unsent = [w.partition(":")[0] for w in outcome.warnings]
+        log.warning("delivery.fields_not_sent", fields=unsent)
+    d.rt.ledger.transition(
+        d.delivery_id,
+        "sent",
+        sent_at=repr(time.time()),
+        attempts=str(result.attempts),
+        result=result.model_dump_json(),
+    )
+    d.rt.metric(d.provider, "sent")
+    log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
+    return Done(result)
+
+
+def finish(d: Delivery, state: str, attempts: int, *, error: ErrorInfo) -> Done:
+    """A final state other than ``sent`` (``failed``, ``expired``), with its error."""
+    result = d.result(state, attempts, error=error)
+    d.rt.ledger.transition(
+        d.delivery_id,
+        state,
+        attempts=str(attempts),
+        error_kind=error.kind,
+        result=result.model_dump_json(),
+    )
+    if d.provider:
+        d.rt.metric(d.provider, f"{state}:{error.kind}")
+    return Done(result)
+
+
+def expire(d: Delivery, attempts: int, when: str) -> Done:
+    log.warning("delivery.expired", when=when)
+    error = ErrorInfo(kind="expired", message=f"deadline passed {when}")
+    return finish(d, "expired", attempts, error=error)
+
+
+def park(d: Delivery, provider: str, attempts: int, reason: str) -> Done:
+    """Hold the message until the provider is resumed; neither failed nor retried."""
+    d.rt.parking.park(provider, d.delivery_id, d.task_name, d.raw)
+    result = d.result("parked", attempts, provider=provider)
+    d.rt.ledger.transition(
+        d.delivery_id, "parked", parked_reason=reason[:200], result=result.model_dump_json()
+    )
+    d.rt.metric(provider, "parked")
+    log.warning("delivery.parked", provider=provider)
+    return Done(result)
+
+
+def wait(d: Delivery, delay_s: float, reason: str, attempts: int) -> Done | Retry:
+    """Reschedule this delivery after ``delay_s``; expire it if its deadline has passed."""
+    remaining = d.deadline() - time.time()
+    if remaining <= 0:
+        return expire(d, attempts, f"while {reason.replace('_', ' ')}")
+    # Never past the deadline, nor beyond the broker's visibility timeout.
+    delay_s = min(delay_s, d.settings.retry_backoff_max_s, remaining)
+    d.rt.ledger.transition(d.delivery_id, "waiting", waiting_reason=reason)
+    return Retry(max(delay_s, 0.0), reason, d.result("waiting", attempts))

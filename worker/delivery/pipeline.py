@@ -1,0 +1,80 @@
+"""The pipeline: one attempt at one message, as a sequence of steps.
+
+Each step is a function of the :class:`~worker.delivery.context.Delivery` that either lets the
+attempt go on or ends it with an outcome (:class:`Done` or :class:`Retry`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from worker.delivery.context import Delivery
+from worker.delivery.deadline import check_time
+from worker.delivery.reconcile import settle_earlier_send
+from worker.delivery.record import answer_from_ledger, guarded, load
+from worker.delivery.results import Done, Outcome, failed_result
+from worker.delivery.routing import choose_provider
+from worker.delivery.send import send, send_context
+from worker.delivery.settle import Failure, settle_error
+from worker.errors import DeliveryError
+from worker.models import InvalidMessage
+from worker.providers import parse_message
+from worker.runtime import Runtime
+
+__all__ = ["process"]
+
+log = structlog.get_logger(__name__)
+
+
+def process(channel: str, raw: Any, *, delivery_id: str, task_name: str, rt: Runtime) -> Outcome:
+    """One attempt at one message; the task maps the outcome to Celery."""
+    structlog.contextvars.bind_contextvars(delivery_id=delivery_id, channel=channel)
+    try:
+        message = parse_message(channel, raw)
+    except InvalidMessage as exc:
+        return _invalid(channel, exc, delivery_id=delivery_id, task_name=task_name, rt=rt)
+    d = Delivery(rt, message, raw, delivery_id, task_name, provider=message.provider or "")
+    return guarded(d, _attempt)
+
+
+def _attempt(d: Delivery) -> Outcome:
+    record = load(d)
+    if record.final:
+        return answer_from_ledger(d, record)
+    stop = check_time(d, record)
+    if stop is not None:
+        return stop
+    structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
+    chosen = choose_provider(d, record.attempts)
+    if not isinstance(chosen, str):
+        return chosen
+    d.provider = chosen
+    structlog.contextvars.bind_contextvars(provider=chosen)
+    if d.routed:
+        d.rt.ledger.set_fields(d.delivery_id, provider=chosen)
+    try:
+        driver = d.rt.driver(chosen)
+    except DeliveryError as exc:
+        return settle_error(d, Failure(exc, record.attempts))
+    ctx = send_context(d, record, driver)
+    stop = settle_earlier_send(d, record, driver, ctx)
+    if stop is not None:
+        return stop
+    return send(d, record, driver, ctx)
+
+
+def _invalid(
+    channel: str, exc: InvalidMessage, *, delivery_id: str, task_name: str, rt: Runtime
+) -> Outcome:
+    # Defence in depth: producers validate before enqueue, but a message sent by name
+    # from elsewhere may not have been.
+    log.warning("delivery.invalid_message", fields=[e["field"] for e in exc.errors])
+    result = failed_result(delivery_id, channel, "invalid_message", str(exc))
+    # Final in the ledger too (a by-name message has no record yet): no content kept.
+    rt.ledger.create(delivery_id, channel=channel, provider="auto", extra={"task_name": task_name})
+    rt.ledger.transition(
+        delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
+    )
+    return Done(result)

@@ -1,0 +1,100 @@
+"""Step 4: an earlier send whose outcome is unknown is settled with the provider before any resend.
+
+A worker that died mid-send leaves the record in ``sending``; a send that timed out or whose
+check failed leaves ``outcome_unknown``. The provider may still accept such a request late, so
+it is asked only once the read timeout and the grace have passed since the send started
+(design semantics 6). If it cannot be asked, nothing is resent: the delivery waits and asks again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from worker.delivery.context import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN, Delivery, as_float
+from worker.delivery.outcomes import finish, sent, wait
+from worker.delivery.results import Outcome
+from worker.delivery.settle import Failure, settle_error
+from worker.errors import DeliveryError
+from worker.models import ErrorInfo
+from worker.providers import Driver, SendContext, SendOutcome
+from worker.stores import DeliveryRecord
+
+__all__ = ["lookup", "settle_earlier_send"]
+
+log = structlog.get_logger(__name__)
+
+
+def settle_earlier_send(
+    d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendContext
+) -> Outcome | None:
+    """The outcome when an earlier send decides this run; ``None``: go on and send."""
+    if record.state == "sending" and driver.supports_reconcile:
+        started = as_float(record.fields.get("attempt_started_at")) or 0.0
+        ask_at = started + d.settings.http_read_timeout_s + d.settings.reconcile_grace_s
+        if time.time() < ask_at:
+            d.rt.ledger.set_fields(
+                d.delivery_id, **{OUTCOME_UNKNOWN: "1", NOT_BEFORE: repr(ask_at)}
+            )
+            return wait(d, ask_at - time.time(), "reconcile_grace", record.attempts)
+    unknown = record.fields.get(OUTCOME_UNKNOWN) == "1"
+    if record.state != "sending" and not unknown:
+        return None
+    log.warning("delivery.interrupted_attempt", state=record.state)
+    try:
+        found = lookup(d, driver, ctx)
+    except DeliveryError as exc:
+        d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "1"})
+        return settle_error(d, Failure(exc, record.attempts))
+    if found is not None:
+        return sent(d, found, record.attempts)
+    gave_up = record.fields.get(GAVE_UP)
+    if gave_up:
+        # Retries ran out while the outcome was unknown; the provider has not seen it.
+        log.error("delivery.retries_exhausted", error="outcome unknown, not accepted")
+        error = ErrorInfo.model_validate_json(gave_up)
+        return finish(d, "failed", record.attempts, error=error)
+    if unknown:
+        d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "0"})
+    return None
+
+
+def lookup(d: Delivery, driver: Driver[Any], ctx: SendContext) -> SendOutcome | None:
+    """The earlier send if the provider accepted it, ``None`` if it says it did not.
+
+    Raises the :class:`DeliveryError` when the provider could not be asked: the outcome is
+    still unknown, and a resend could duplicate the send.
+    """
+    if not driver.supports_reconcile or _tag_is_ambiguous(d, ctx):
+        return None
+    try:
+        found = driver.reconcile(d.message, ctx)
+    except DeliveryError as exc:
+        log.warning("delivery.reconcile_failed", kind=exc.kind, error=exc.message)
+        raise
+    # The provider answered: it is up. This also reports the breaker's half-open probe
+    # when the attempt holding it ends here; unreported, its lease kept every other
+    # delivery to this provider waiting (probe_timeout_s).
+    d.rt.health.record_success(d.provider)
+    log.info("delivery.reconciled", found=found is not None)
+    return found
+
+
+def _tag_is_ambiguous(d: Delivery, ctx: SendContext) -> bool:
+    """A tag the caller chose may be on another of our deliveries to the same number in the
+    window where its send could show up as ours (providers.md §1.2.10 lists no per-send text or
+    id; §1.5 wants a unique tag). Then the lookup proves nothing: resend, as for a provider
+    without a lookup (at most one extra copy), rather than report ``sent`` for a message that
+    may not have been."""
+    if not (ctx.tag_is_callers and ctx.tag and ctx.sent_after is not None):
+        return False
+    settings = d.settings
+    since = ctx.sent_after - settings.http_read_timeout_s - settings.reconcile_grace_s - 5.0
+    shared = d.rt.ledger.tag_used_by_others(
+        d.provider, ctx.tag, d.recipients(), d.delivery_id, since
+    )
+    if shared:
+        log.warning("delivery.reconcile_ambiguous", reason="tag shared in the window")
+    return shared

@@ -1,0 +1,89 @@
+"""Step 1: the ledger record, and the crash-safety guard around the rest of the attempt.
+
+The record is created on first sight (idempotent) and re-read under the delivery's lock. A
+final record answers from the ledger, never from the provider again. A run killed mid-way
+(SIGKILL, OOM, a hard time limit) leaves ``runs_unfinished`` raised; after
+``max_unfinished_runs`` such runs the message is a poison message and is buried as a dead
+letter instead of killing more workers.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from worker.delivery.context import Delivery
+from worker.delivery.results import Done, Outcome, Retry
+from worker.models import DeliveryResult, ErrorInfo
+from worker.stores import DeliveryRecord
+
+__all__ = ["answer_from_ledger", "guarded", "load"]
+
+log = structlog.get_logger(__name__)
+
+
+def guarded(d: Delivery, run: Callable[[Delivery], Outcome]) -> Outcome:
+    """``run`` under the delivery's lock, counting runs that never finished."""
+    ledger = d.rt.ledger
+    ledger.create(
+        d.delivery_id,
+        channel=d.channel,
+        provider=d.message.provider or "auto",
+        extra={"task_name": d.task_name, "message": json.dumps(d.raw)},
+    )
+    record = _get(d)
+    if record.final:
+        return run(d)
+    token = uuid.uuid4().hex
+    busy_s = ledger.lock(d.delivery_id, token, d.settings.send_lock_ttl_s)
+    if busy_s > 0:
+        # Another copy of this delivery is running, or died holding the lock: wait for it
+        # (the lock expires) rather than risk sending twice.
+        log.info("delivery.concurrent_copy", retry_in_s=round(busy_s, 3))
+        waiting = d.result(record.state, record.attempts)
+        return Retry(busy_s + 0.05, "concurrent_copy", waiting)
+    try:
+        runs = ledger.incr(d.delivery_id, "runs_unfinished")
+        if runs > d.settings.max_unfinished_runs:
+            return _bury(d, runs - 1, record.attempts)
+        outcome = run(d)
+        ledger.set_fields(d.delivery_id, runs_unfinished="0")
+        return outcome
+    finally:
+        ledger.unlock(d.delivery_id, token)
+
+
+def load(d: Delivery) -> DeliveryRecord:
+    """The record as it stands under the lock; it tells ``d`` its age and chosen provider."""
+    record = _get(d)
+    d.created_at = record.created_at
+    d.provider = record.provider if record.provider != "auto" else d.provider
+    return record
+
+
+def answer_from_ledger(d: Delivery, record: DeliveryRecord) -> Done:
+    """Redelivered after it already finished (duplicate copy, requeue after a crash): the
+    ledger answers, the provider is not called again."""
+    log.info("delivery.already_final", state=record.state)
+    stored = record.result
+    if stored is not None:
+        return Done(DeliveryResult.model_validate(stored))
+    return Done(d.result(record.state, record.attempts))
+
+
+def _bury(d: Delivery, crashed_runs: int, attempts: int) -> Done:
+    reason = f"its worker died in {crashed_runs} runs in a row"
+    d.rt.ledger.bury(d.delivery_id, reason=reason, task_name=d.task_name, message=d.raw)
+    log.error("delivery.dead_letter", reason=reason, action="delivery-worker dead replay ID")
+    result = d.result("dead", attempts, error=ErrorInfo(kind="dead_letter", message=reason))
+    d.rt.ledger.set_fields(d.delivery_id, result=result.model_dump_json())
+    return Done(result)
+
+
+def _get(d: Delivery) -> DeliveryRecord:
+    record = d.rt.ledger.get(d.delivery_id)
+    assert record is not None
+    return record
