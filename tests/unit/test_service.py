@@ -1,4 +1,4 @@
-"""The delivery service: one attempt and what comes next, on the in-memory stores.
+"""The delivery pipeline: one attempt and what comes next, on the in-memory stores.
 
 The provider is an ``httpx.MockTransport`` speaking SMS Partner's documented envelope
 (providers.md §1.2.2); the stores are the in-memory stubs (``worker.stores``), whose contract

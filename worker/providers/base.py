@@ -9,9 +9,10 @@ to the channel shape (:meth:`Driver.check_message`) and, for reconciliation,
 :meth:`Driver.classify_status` only for a documented quirk (citing providers.md).
 
 :meth:`Driver.send` is the algorithm every delivery follows: check the rules → build the
-request → pass the service's gate (ledger ``sending``, then the limiter slot) → transmit →
-parse and classify the answer. Transmission, bounded reads, connection-level retries, the
-mapping of httpx errors and the shared status mapping live here once.
+request → pass the delivery pipeline's gate (``worker.delivery.gate``: ledger ``sending``, then
+the limiter slot) → transmit → parse and classify the answer. Transmission, bounded reads,
+connection-level retries, the mapping of httpx errors and the shared status mapping live here
+once.
 """
 
 from __future__ import annotations

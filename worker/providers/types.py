@@ -10,8 +10,9 @@ __all__ = ["Balance", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
 Gate = Callable[[], None]
 """Called by :meth:`Driver.send` once the request is built, right before it is transmitted.
 
-The delivery service passes one that records the attempt (ledger ``sending``) and takes the
-global limiter slot, sleeping briefly; whatever it raises ends the send unchanged."""
+The delivery pipeline (``worker.delivery.gate``) passes one that records the attempt (ledger
+``sending``) and takes the global limiter slot, sleeping briefly; whatever it raises ends the
+send unchanged."""
 
 
 @dataclass(frozen=True)
