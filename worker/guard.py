@@ -57,6 +57,7 @@ from worker.config import Settings, get_settings
 from worker.limits import MessageLimits, check_encoded_size, check_structure, shape
 from worker.models import DeliveryResult, ErrorInfo
 from worker.stores import RedisLedger
+from worker.tasknames import CHANNEL_OF_TASK
 
 __all__ = [
     "MAIN_MARK_PREFIX",
@@ -76,11 +77,6 @@ REJECTED_KEY = "dw:rejected"
 _MARK_TTL_S = 24 * 3600
 
 _IDENT = re.compile(r"[\x21-\x7e]{1,200}")
-_CHANNEL_OF_TASK = {
-    "tasks.send_email": "email",
-    "tasks.send_sms": "sms",
-    "tasks.send_voice": "voice",
-}
 
 
 @dataclass(frozen=True)
@@ -257,7 +253,7 @@ class MessageGuard:
         task_id = refusal.task_id
         assert task_id is not None
         task_name = refusal.task_name or ""
-        channel = _CHANNEL_OF_TASK.get(task_name)
+        channel = CHANNEL_OF_TASK.get(task_name)
         record = self.ledger.get(task_id)
         if record is not None and record.final:
             # Already finished (a stale copy): its outcome stands.
