@@ -12,7 +12,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from worker.app import RedactedRequest, app
-from worker.operations import Operations
+from worker.ops.operations import Operations
 from worker.runtime import get_runtime
 from worker.service import Retry, process
 

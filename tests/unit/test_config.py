@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from worker.cli import main
 from worker.config import Settings
+from worker.ops.cli import main
 
 
 def test_defaults_point_at_local_redis_and_documented_base_urls(
