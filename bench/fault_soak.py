@@ -1,7 +1,7 @@
 """Fault soak: no message lost, no duplicate send, under the faults a worker fleet really meets.
 
 Real processes only: a private ``redis-server`` (AOF on), the provider sandbox over a socket and
-``celery -A worker worker`` subprocesses started with :mod:`worker.devenv`. Every scenario sends
+``celery -A worker worker`` subprocesses started with :mod:`devstack`. Every scenario sends
 messages spread over the five providers, each message carrying a unique token, then counts what
 the sandbox *accepted* per delivery:
 
@@ -78,10 +78,17 @@ import redis
 import structlog
 from celery import Celery
 
+from devstack.processes import (
+    Proc,
+    free_port,
+    sandbox_env,
+    start_redis,
+    start_sandbox,
+    start_worker,
+)
 from worker.app import client_app
 from worker.config import PROVIDERS, Settings
-from worker.devenv import Proc, free_port, sandbox_env, start_redis, start_sandbox, start_worker
-from worker.operations import Operations
+from worker.ops.operations import Operations
 from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
 
@@ -763,7 +770,7 @@ def scenario_poison(
         run.admin.set_faults([])
         run.admin.set_balance(provider, 1000)
         replay = subprocess.run(
-            [sys.executable, "-m", "worker.cli", "dead", "replay", delivery_id],
+            [sys.executable, "-m", "worker.ops.cli", "dead", "replay", delivery_id],
             env={**os.environ, **run.env},
             capture_output=True,
             text=True,

@@ -45,8 +45,8 @@ from celery import Celery
 from celery.result import AsyncResult
 from celery.states import READY_STATES
 
+from devstack.processes import Proc, sandbox_env, start_redis, start_sandbox, start_worker
 from worker.app import client_app
-from worker.devenv import Proc, sandbox_env, start_redis, start_sandbox, start_worker
 from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
 

@@ -1,6 +1,6 @@
 """The sandbox's one account per provider: where it lives, its API key, and its balance.
 
-``worker.devenv.sandbox_env`` builds ``DELIVERY_<NAME>_BASE_URL`` from ``PREFIXES`` and
+``devstack.processes.sandbox_env`` builds ``DELIVERY_<NAME>_BASE_URL`` from ``PREFIXES`` and
 ``DELIVERY_<NAME>_API_KEY`` from ``DEFAULT_KEYS``, so a driver pointed at the sandbox needs no
 other configuration.
 """

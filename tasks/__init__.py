@@ -13,7 +13,7 @@ from celery.exceptions import Ignore
 
 from worker.app import RedactedRequest, app
 from worker.delivery import Retry, process
-from worker.operations import Operations
+from worker.ops.operations import Operations
 from worker.runtime import get_runtime
 
 __all__ = ["PARKED", "check_balances", "send_email", "send_sms", "send_voice", "sweep"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from worker.devenv import Proc, start_redis
+from devstack.processes import Proc, start_redis
 
 
 @pytest.fixture(scope="session")

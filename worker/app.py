@@ -12,6 +12,8 @@ from kombu.transport import redis as kombu_redis
 
 from worker.config import get_settings
 from worker.logs import configure_logging
+from worker.redaction import redacted_repr
+from worker.tasknames import CHANNEL_OF_TASK
 
 __all__ = ["RedisTransport", "app", "celery_config"]
 
@@ -120,8 +122,6 @@ def _redact_published(
     This covers producers, ``app.send_task`` by name through this app, and Celery's own
     re-publish on ``task.retry`` (which would otherwise repr the full message).
     """
-    from worker.producer import CHANNEL_OF_TASK, redacted_repr
-
     channel = CHANNEL_OF_TASK.get(sender or "")
     if channel is None or headers is None:
         return
@@ -142,8 +142,6 @@ class RedactedRequest(Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from worker.producer import CHANNEL_OF_TASK, redacted_repr
-
         channel = CHANNEL_OF_TASK.get(self.task_name)
         if channel is not None:
             task_args = self.args

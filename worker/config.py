@@ -10,14 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.http import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S
 from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
 from worker.limits import MessageLimits
 from worker.providers import DRIVERS, PROVIDERS, channel_providers
 from worker.redaction import register_secret
-from worker.stores.limiter import Limit
+from worker.stores.health import BreakerConfig
+from worker.stores.limiter import DEFAULT_SAFETY_MARGIN_S, Limit
 
 __all__ = ["PROVIDERS", "Settings", "get_settings"]
 
+_BREAKER = BreakerConfig()
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -87,8 +90,8 @@ class Settings(_ProviderSettings):
     local_address: str | None = None
     """Bind outgoing connections to this source address (optional)."""
 
-    http_connect_timeout_s: float = Field(default=5.0, gt=0)
-    http_read_timeout_s: float = Field(default=30.0, gt=0)
+    http_connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
+    http_read_timeout_s: float = Field(default=DEFAULT_READ_TIMEOUT_S, gt=0)
 
     reconcile_grace_s: float = Field(default=60.0, ge=0)
     """After a send whose outcome is unknown (read timeout, dropped answer), how long to wait
@@ -106,17 +109,17 @@ class Settings(_ProviderSettings):
     rate_limits: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Overrides of the documented provider limits, JSON: ``{"emailmassivo": {"send": "10/s"}}``.
     A value lists limits separated by ``;`` (``"5/min;2000/h"``); ``""`` removes the limit."""
-    limiter_safety_margin_s: float = Field(default=0.04, ge=0, le=1)
-    """Added to every limiter window: the spread of grant-to-arrival delays it must absorb.
-    bench/rate_limit.py measured that spread on a busy 2-core host at up to ~20 ms (a first
-    request on a fresh connection); 40 ms keeps 96 % of the limit."""
+    limiter_safety_margin_s: float = Field(default=DEFAULT_SAFETY_MARGIN_S, ge=0, le=1)
+    """Added to every limiter window: the spread of grant-to-arrival delays it must absorb
+    (the default and its measurement: ``worker.stores.limiter.DEFAULT_SAFETY_MARGIN_S``)."""
     limiter_max_inline_wait_s: float = Field(default=2.0, ge=0, le=30)
     """A task refused by the limiter sleeps up to this long; a longer wait reschedules it."""
 
-    breaker_failure_threshold: int = Field(default=5, ge=1)
-    breaker_window_s: float = Field(default=60.0, gt=0)
-    breaker_open_s: float = Field(default=30.0, gt=0)
-    breaker_max_open_s: float = Field(default=300.0, gt=0)
+    # The breaker's defaults are BreakerConfig's (worker.stores.health).
+    breaker_failure_threshold: int = Field(default=_BREAKER.failure_threshold, ge=1)
+    breaker_window_s: float = Field(default=_BREAKER.window_s, gt=0)
+    breaker_open_s: float = Field(default=_BREAKER.open_s, gt=0)
+    breaker_max_open_s: float = Field(default=_BREAKER.max_open_s, gt=0)
     balance_check_interval_s: float = Field(default=60.0, ge=5)
     """How often beat asks paused providers for their balance (``GET /me``)."""
 

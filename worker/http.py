@@ -17,6 +17,8 @@ from worker.errors import (
 )
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_READ_TIMEOUT_S",
     "MAX_RESPONSE_BYTES",
     "build_client",
     "join_url",
@@ -29,12 +31,15 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 """Provider answers are small JSON documents; anything larger is hostile or broken."""
 
 USER_AGENT = "delivery-worker/0.1 (+httpx)"
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 30.0
+"""The client's timeouts unless configured (``DELIVERY_HTTP_*_TIMEOUT_S`` default to these)."""
 
 
 def build_client(
     *,
-    connect_timeout_s: float = 5.0,
-    read_timeout_s: float = 30.0,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     local_address: str | None = None,
     max_connections: int = 20,
 ) -> httpx.Client:

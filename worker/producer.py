@@ -19,8 +19,9 @@ from celery.result import AsyncResult
 from worker.config import get_settings
 from worker.models import Message
 from worker.providers import parse_message
-from worker.redaction import mask_email, mask_phone
+from worker.redaction import redacted_repr
 from worker.stores import Ledger, RedisLedger
+from worker.tasknames import TASK_NAMES
 
 __all__ = [
     "Producer",
@@ -31,34 +32,6 @@ __all__ = [
     "send_sms",
     "send_voice",
 ]
-
-TASK_NAMES = {"email": "tasks.send_email", "sms": "tasks.send_sms", "voice": "tasks.send_voice"}
-CHANNEL_OF_TASK = {name: channel for channel, name in TASK_NAMES.items()}
-
-
-def redacted_repr(channel: str, message: dict[str, Any]) -> str:
-    """What Flower shows for a message: its shape, never bodies or full addresses."""
-    provider = message.get("provider")
-    if provider is not None and not (isinstance(provider, str) and len(provider) <= 40):
-        provider = "[invalid]"  # a by-name producer may put anything here
-    summary: dict[str, Any] = {"provider": provider}
-    to = message.get("to")
-    if isinstance(to, list):
-        masked = []
-        for item in to[:5]:
-            if isinstance(item, dict) and isinstance(item.get("email"), str):
-                masked.append(mask_email(item["email"]))
-            elif isinstance(item, str):
-                masked.append(mask_phone(item) if "@" not in item else mask_email(item))
-        summary["to"] = masked + ([f"+{len(to) - 5} more"] if len(to) > 5 else [])
-    if channel == "voice":
-        mode = message.get("mode")
-        valid = mode is None or (isinstance(mode, str) and len(mode) <= 20)
-        summary["mode"] = mode if valid else "[invalid]"
-    for flag in ("html", "text", "template", "raw", "attachments"):
-        if message.get(flag):
-            summary[flag] = "[redacted]"
-    return f"({json.dumps(summary, ensure_ascii=False)},)"
 
 
 class Producer:

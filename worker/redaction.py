@@ -15,6 +15,7 @@ dropped entirely by :func:`redact_mapping`.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ __all__ = [
     "mask_email",
     "mask_phone",
     "redact_mapping",
+    "redacted_repr",
     "register_secret",
     "scrub",
 ]
@@ -170,3 +172,28 @@ def redact_mapping(data: Mapping[Any, Any], *, _depth: int = 0) -> dict[str, Any
 def safe_url(url: str) -> str:
     """A URL fit to print: any password in its user-info is replaced (``redis://:***@host``)."""
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def redacted_repr(channel: str, message: dict[str, Any]) -> str:
+    """What Flower shows for a message: its shape, never bodies or full addresses."""
+    provider = message.get("provider")
+    if provider is not None and not (isinstance(provider, str) and len(provider) <= 40):
+        provider = "[invalid]"  # a by-name producer may put anything here
+    summary: dict[str, Any] = {"provider": provider}
+    to = message.get("to")
+    if isinstance(to, list):
+        masked = []
+        for item in to[:5]:
+            if isinstance(item, dict) and isinstance(item.get("email"), str):
+                masked.append(mask_email(item["email"]))
+            elif isinstance(item, str):
+                masked.append(mask_phone(item) if "@" not in item else mask_email(item))
+        summary["to"] = masked + ([f"+{len(to) - 5} more"] if len(to) > 5 else [])
+    if channel == "voice":
+        mode = message.get("mode")
+        valid = mode is None or (isinstance(mode, str) and len(mode) <= 20)
+        summary["mode"] = mode if valid else "[invalid]"
+    for flag in ("html", "text", "template", "raw", "attachments"):
+        if message.get(flag):
+            summary[flag] = "[redacted]"
+    return f"({json.dumps(summary, ensure_ascii=False)},)"

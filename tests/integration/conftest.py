@@ -12,8 +12,8 @@ import pytest
 import redis
 from celery import Celery
 
+from devstack.processes import Proc, sandbox_env, start_sandbox, start_worker
 from worker.app import client_app
-from worker.devenv import Proc, sandbox_env, start_sandbox, start_worker
 from worker.producer import Producer
 from worker.stores import RedisLedger
 

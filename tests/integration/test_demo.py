@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.devenv import free_port
+from devstack.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def demo_cmd(workdir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "worker.cli", "demo", "--workdir", str(workdir), *extra]
+    return [sys.executable, "-m", "worker.ops.cli", "demo", "--workdir", str(workdir), *extra]
 
 
 def test_demo_delivers_through_every_provider(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from worker.devenv import Proc
+from devstack.processes import Proc
 from worker.models import InvalidMessage
 from worker.producer import Producer
 from worker.stores import RedisLedger

@@ -12,9 +12,9 @@ import pytest
 from celery import Celery
 from celery.result import AsyncResult
 
+from devstack.processes import Proc, start_worker
 from worker.config import Settings
-from worker.devenv import Proc, start_worker
-from worker.operations import Operations
+from worker.ops.operations import Operations
 from worker.producer import Producer
 from worker.stores import RedisHealthStore, RedisLedger
 

@@ -29,8 +29,8 @@ from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devstack.processes import Proc, _spawn, start_worker
 from worker.app import client_app
-from worker.devenv import Proc, _spawn, start_worker
 from worker.guard import MAIN_MARK_PREFIX, REJECTED_KEY
 from worker.stores import FINAL_STATES, RedisLedger
 

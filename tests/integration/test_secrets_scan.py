@@ -27,7 +27,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker.devenv import Proc, free_port, start_flower, wait_for_port
+from devstack.processes import Proc, free_port, start_flower, wait_for_port
 from worker.producer import Producer
 
 from .conftest import SandboxAdmin

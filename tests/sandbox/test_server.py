@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from delivery_sandbox.__main__ import main
-from worker.devenv import sandbox_env, start_sandbox
+from devstack.processes import sandbox_env, start_sandbox
 
 SMS_ME = "/smspartner/v1/me?apiKey=sandbox-smspartner-key"
 EM_SEND = "/emailmassivo/api/v1/external-mails/send"

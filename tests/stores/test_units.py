@@ -51,7 +51,7 @@ def test_safety_margin_must_not_be_negative(redis_client: redis.Redis) -> None:
 
 
 def test_redis_limiter_key_layout_and_expiry(redis_client: redis.Redis) -> None:
-    limiter = RedisRateLimiter(redis_client)
+    limiter = RedisRateLimiter(redis_client, safety_margin_s=0.02)
     key = limiter_key("voicepartner", "host-a", "campaign")
     for _ in range(3):
         assert limiter.acquire(key, TWO_LIMITS) == 0.0

@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from worker.cli import main
 from worker.config import Settings
+from worker.http import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S
+from worker.ops.cli import main
+from worker.runtime import breaker_config
+from worker.stores import DEFAULT_SAFETY_MARGIN_S, BreakerConfig
 
 
 def test_defaults_point_at_local_redis_and_documented_base_urls(
@@ -116,3 +119,12 @@ def test_bad_queue_names_are_refused(monkeypatch: pytest.MonkeyPatch, value: str
     monkeypatch.setenv("DELIVERY_QUEUES", value)
     with pytest.raises(ValidationError, match="queue"):
         Settings()
+
+
+def test_setting_defaults_are_the_parts_own_defaults() -> None:
+    """One default per setting: the part that uses it declares it, the settings read it."""
+    settings = Settings()
+    assert settings.limiter_safety_margin_s == DEFAULT_SAFETY_MARGIN_S == 0.04
+    assert breaker_config(settings) == BreakerConfig()
+    assert settings.http_connect_timeout_s == DEFAULT_CONNECT_TIMEOUT_S
+    assert settings.http_read_timeout_s == DEFAULT_READ_TIMEOUT_S

@@ -19,7 +19,7 @@ from celery import Celery
 
 from worker.app import client_app
 from worker.config import Settings
-from worker.operations import Operations
+from worker.ops.operations import Operations
 from worker.stores import (
     Ledger,
     MemoryHealthStore,

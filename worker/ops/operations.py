@@ -31,7 +31,7 @@ from worker.stores import (
 
 __all__ = ["Operations", "ProviderStatus"]
 
-log = structlog.get_logger("worker.operations")
+log = structlog.get_logger("worker.ops.operations")
 
 
 @dataclass(frozen=True)

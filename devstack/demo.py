@@ -7,20 +7,19 @@ runs out of credit, and ends with a table of outcomes. Ctrl-C stops every proces
 
 from __future__ import annotations
 
-import base64
 import secrets
 import signal
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
 
-from worker.devenv import (
+from devstack.demo_batch import BAD_MESSAGE, DEMO_BATCH, OUT_OF_CREDIT, DemoItem
+from devstack.processes import (
     Proc,
     sandbox_env,
     start_flower,
@@ -30,109 +29,7 @@ from worker.devenv import (
     wait_for_port,
 )
 
-__all__ = ["DEMO_BATCH", "run_demo"]
-
-
-@dataclass(frozen=True)
-class DemoItem:
-    label: str
-    channel: str
-    message: dict[str, Any]
-
-
-def _email(provider: str, n: int, **extra: Any) -> dict[str, Any]:
-    msg: dict[str, Any] = {
-        "provider": provider,
-        "to": [{"email": f"customer{n}@example.com", "name": f"Customer {n}"}],
-        "from": {"email": "shop@example.org", "name": "Demo Shop"},
-        "subject": f"Your order #{1000 + n}",
-        "html": f"<p>Thank you for order #{1000 + n}.</p>",
-        "text": f"Thank you for order #{1000 + n}.",
-    }
-    msg.update(extra)
-    return msg
-
-
-_INVOICE = base64.b64encode(b"%PDF-1.4 demo invoice\n").decode()
-
-DEMO_BATCH: list[DemoItem] = [
-    DemoItem("postal: order confirmation", "email", _email("postal", 1)),
-    DemoItem(
-        "postal: two recipients + attachment",
-        "email",
-        _email(
-            "postal",
-            2,
-            to=[{"email": "ana@example.com"}, {"email": "bo@example.com"}],
-            attachments=[
-                {"filename": "invoice.pdf", "content_type": "application/pdf", "content": _INVOICE}
-            ],
-        ),
-    ),
-    DemoItem("emailmassivo: receipt", "email", _email("emailmassivo", 3)),
-    DemoItem(
-        "emailmassivo: template",
-        "email",
-        {
-            **{k: v for k, v in _email("emailmassivo", 4).items() if k not in ("html", "text")},
-            "template": {"id": 42, "params": {"first_name": "Ada"}},
-        },
-    ),
-    DemoItem("mailpartner: newsletter", "email", _email("mailpartner", 5, tag="newsletter")),
-    DemoItem("mailpartner: text only", "email", {**_email("mailpartner", 6), "html": None}),
-    DemoItem(
-        "smspartner: one-time code",
-        "sms",
-        {
-            "provider": "smspartner",
-            "to": ["+33612345601"],
-            "text": "Your code is 4242",
-            "sender": "DemoShop",
-        },
-    ),
-    DemoItem(
-        "smspartner: two numbers",
-        "sms",
-        {
-            "provider": "smspartner",
-            "to": ["+33612345602", "+33612345603"],
-            "text": "Parcel shipped",
-        },
-    ),
-    DemoItem(
-        "voicepartner: tts call",
-        "voice",
-        {
-            "provider": "voicepartner",
-            "mode": "tts",
-            "to": ["+33612345604"],
-            "text": "Your code is 4 2 4 2",
-            "lang": "en",
-        },
-    ),
-    DemoItem(
-        "voicepartner: voicemail drop",
-        "voice",
-        {
-            "provider": "voicepartner",
-            "mode": "voicemail",
-            "to": ["+33612345605"],
-            "audio_token": "demo-audio-1",
-            "notification_email": "ops@example.org",
-        },
-    ),
-    # Mail Partner runs out of credit after the first two (see _OUT_OF_CREDIT below).
-    DemoItem("mailpartner: out of credit", "email", _email("mailpartner", 7)),
-]
-
-BAD_MESSAGE = DemoItem(
-    "sms: invalid number (refused at enqueue)",
-    "sms",
-    {"provider": "smspartner", "to": ["0612"], "text": "never queued"},
-)
-
-_OUT_OF_CREDIT = ("mailpartner", 2)
-"""The sandbox gives Mail Partner credit for two mails: the third meets code 11."""
+__all__ = ["run_demo"]
 
 
 def _stderr(text: str) -> None:
@@ -143,15 +40,16 @@ def _stderr(text: str) -> None:
 def run_demo(
     *,
     workdir: str,
-    flower: bool = True,
-    flower_port: int = 5555,
-    stay: bool = True,
-    workers: int = 2,
+    flower: bool,
+    flower_port: int,
+    stay: bool,
+    workers: int,
 ) -> int:
+    """Run the demo; the defaults are the CLI's (``delivery-worker demo --help``)."""
     from worker.app import client_app
     from worker.config import Settings
     from worker.models import InvalidMessage
-    from worker.operations import Operations
+    from worker.ops.operations import Operations
     from worker.producer import Producer
     from worker.stores import RedisLedger
 
@@ -194,7 +92,7 @@ def run_demo(
             flower_auth = f"demo:{secrets.token_urlsafe(9)}"
             procs.append(_start_flower(root, env, flower_port, flower_auth))
 
-        provider, credits = _OUT_OF_CREDIT
+        provider, credits = OUT_OF_CREDIT
         httpx.post(
             f"{sandbox_url}/_admin/balance", json={"provider": provider, "credits": credits}
         ).raise_for_status()

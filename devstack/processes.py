@@ -18,9 +18,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from delivery_sandbox.accounts import DEFAULT_KEYS, PREFIXES
+
 __all__ = [
     "Proc",
     "free_port",
+    "running",
+    "sandbox_env",
+    "start_flower",
     "start_redis",
     "start_sandbox",
     "start_worker",
@@ -163,8 +168,6 @@ def start_sandbox(
 
 def sandbox_env(sandbox_url: str) -> dict[str, str]:
     """Point every provider at the sandbox, with the sandbox's default keys."""
-    from delivery_sandbox.accounts import DEFAULT_KEYS, PREFIXES
-
     env: dict[str, str] = {}
     for provider, prefix in PREFIXES.items():
         env[f"DELIVERY_{provider.upper()}_BASE_URL"] = sandbox_url + prefix

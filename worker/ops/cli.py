@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from worker.config import PROVIDERS
 
 if TYPE_CHECKING:
-    from worker.operations import Operations
+    from worker.ops.operations import Operations
     from worker.runtime import Runtime
 
 __all__ = ["main"]
@@ -40,7 +40,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _operations() -> tuple[Operations, Runtime]:
     from worker.app import app
     from worker.config import get_settings
-    from worker.operations import Operations
+    from worker.ops.operations import Operations
     from worker.runtime import Runtime
 
     rt = Runtime(get_settings())
@@ -139,9 +139,23 @@ def _cmd_check_config(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+_LOCAL_STACK = ("devstack", "delivery_sandbox")
+"""The demo's packages: local-stack tooling, outside the worker's import graph."""
 
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from devstack.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _LOCAL_STACK:
+            raise
+        print(
+            f"delivery-worker demo needs the local-stack tooling, but {exc.name!r} is not "
+            "installed: install delivery-worker from a source checkout with its devstack and "
+            "delivery_sandbox packages (./dev setup, or pip install -e . in the checkout)",
+            file=sys.stderr,
+        )
+        return 2
     return run_demo(
         workdir=args.workdir,
         flower=not args.no_flower,

@@ -1,0 +1,139 @@
+"""The package layout: the worker stands without the local-stack tooling, and has no import cycle.
+
+``delivery_sandbox`` and ``devstack`` (local processes for tests, benchmarks and the demo) ship
+in the same source tree, but a production worker must not need them: nothing in ``worker`` or
+``tasks`` imports them, apart from the CLI's ``demo`` command, which loads ``devstack.demo`` when
+it runs and says what to install when it is missing.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+LOCAL_STACK = ("delivery_sandbox", "devstack")
+
+
+def _module_files(package: str) -> dict[str, Path]:
+    """Dotted module name → source file, for every module of ``package``."""
+    files = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def _imports(name: str, path: Path, known: dict[str, Path]) -> Iterator[str]:
+    """Every module ``path`` imports, anywhere in it (function bodies included)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0]
+                base = f"{anchor}.{base}".rstrip(".")
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                yield submodule if submodule in known else base
+
+
+def _import_graph(package: str) -> dict[str, set[str]]:
+    """Module → the modules of ``package`` it makes Python import.
+
+    Importing ``a.b.c`` also runs the ``__init__`` of ``a`` and ``a.b``: those count too,
+    except a module's own enclosing packages (already being imported when it runs).
+    """
+    files = _module_files(package)
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        deps = graph.setdefault(name, set())
+        for target in _imports(name, path, files):
+            parts = target.split(".")
+            for end in range(1, len(parts) + 1):
+                imported = ".".join(parts[:end])
+                if imported in files and not (name + ".").startswith(imported + "."):
+                    deps.add(imported)
+    return graph
+
+
+def test_no_import_cycle_among_worker_modules() -> None:
+    graph = _import_graph("worker")
+    assert "worker.app" in graph and "worker.ops.cli" in graph  # the walk found the package
+    try:
+        TopologicalSorter(graph).prepare()
+    except CycleError as exc:
+        raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
+
+
+def test_worker_and_tasks_never_import_the_local_stack() -> None:
+    """Not even inside a function: only the CLI's demo command may load it (lazily)."""
+    allowed = {("worker.ops.cli", "devstack.demo")}
+    found = set()
+    for package in ("worker", "tasks"):
+        files = _module_files(package)
+        for name, path in files.items():
+            for target in _imports(name, path, files):
+                if target.partition(".")[0] in LOCAL_STACK:
+                    found.add((name, target))
+    assert found == allowed
+
+
+_WITHOUT_LOCAL_STACK = """
+import importlib, importlib.abc, pkgutil, sys
+
+BLOCKED = {blocked!r}
+attempts = []
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, Absent())
+for name in list(sys.modules):
+    if name.partition(".")[0] in BLOCKED:
+        del sys.modules[name]
+
+import worker, worker.app, worker.ops.cli, worker.ops.operations, tasks
+from worker import celery
+celery.loader.import_default_modules()
+assert "tasks.send_email" in celery.tasks, sorted(celery.tasks)
+for info in pkgutil.walk_packages(worker.__path__, "worker."):
+    importlib.import_module(info.name)
+print("imported", len([m for m in sys.modules if m.startswith("worker.")]), "worker modules")
+print("attempts", attempts)
+
+from worker.ops.cli import main
+sys.exit(main(["demo", "--exit", "--no-flower", "--workdir", {workdir!r}]))
+"""
+
+
+def test_worker_imports_without_sandbox_or_devstack(tmp_path: Path) -> None:
+    script = _WITHOUT_LOCAL_STACK.format(blocked=LOCAL_STACK, workdir=str(tmp_path / "demo"))
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Every worker module imported, none of them reached for the local stack...
+    assert "attempts []" in done.stdout, done.stdout + done.stderr
+    imported = int(done.stdout.split("imported ", 1)[1].split()[0])
+    assert imported >= len(_module_files("worker")) - 1  # all but ``worker`` itself
+    # ... and the demo command says what is missing instead of a traceback.
+    assert done.returncode == 2, done.stderr
+    assert "needs the local-stack tooling" in done.stderr
+    assert "'devstack.demo'" in done.stderr or "'devstack'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "demo").exists()  # nothing was started

@@ -1,0 +1,73 @@
+"""Celery's consumer with the guard in front of every task strategy (``worker_consumer``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import structlog
+from celery.worker.consumer import Consumer
+from vine import promise
+
+from worker.config import get_settings
+from worker.guard.checks import Refusal
+from worker.guard.refusals import MessageGuard
+
+__all__ = ["GuardedConsumer", "task_accepted"]
+
+log = structlog.get_logger("worker.guard")
+
+_current: MessageGuard | None = None
+"""The guard of this worker's consumer (main process only)."""
+
+
+def task_accepted(task_id: str) -> None:
+    """A pool process took the task: the main process is done with it (clears its mark)."""
+    if _current is not None:
+        _current.unmark(task_id)
+
+
+class GuardedConsumer(Consumer):
+    """Celery's consumer with :class:`MessageGuard` in front of every task strategy."""
+
+    _guard: MessageGuard | None = None
+
+    def create_task_handler(self, promise: Any = promise) -> Any:
+        global _current
+        handler = super().create_task_handler(promise)
+        guard = self._guard = _current = MessageGuard(self.app, get_settings())
+        connection_errors = (*getattr(self, "connection_errors", ()), redis.ConnectionError)
+
+        strategies = getattr(self, "strategies")  # noqa: B009 - set by Consumer.__init__
+
+        def on_task_received(message: Any) -> Any:
+            verdict = guard.inspect(message, strategies)
+            if isinstance(verdict, Refusal):
+                guard.refuse(message, verdict)
+                return None
+            crashed = guard.mark(verdict, message)
+            if crashed is not None:
+                guard.refuse(message, crashed)
+                return None
+            try:
+                outcome = handler(message)
+            except connection_errors:
+                # The broker went away, not this message's fault: the consumer reconnects.
+                guard.unmark(verdict.task_id)
+                raise
+            # Any other exception leaves the mark: the main process is going down with it.
+            if message.headers.get("eta") is not None:
+                guard.unmark(verdict.task_id)  # in the timer, not in the pool yet
+            return outcome
+
+        return on_task_received
+
+    def on_close(self) -> None:
+        controller = getattr(self, "controller", None)
+        clean = getattr(controller, "exitcode", None) in (None, 0)
+        if self._guard is not None and clean:
+            try:
+                self._guard.unmark_all()
+            except redis.RedisError:
+                log.warning("guard.unmark_failed", marks=len(self._guard.marked))
+        super().on_close()

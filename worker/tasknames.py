@@ -1,0 +1,12 @@
+"""The public task names and the channel each one delivers (the contract's three tasks).
+
+Read by the producer (which task to publish), the app (which publishes to redact) and the
+guard (which channel a refused message belongs to); kept apart so none imports another.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CHANNEL_OF_TASK", "TASK_NAMES"]
+
+TASK_NAMES = {"email": "tasks.send_email", "sms": "tasks.send_sms", "voice": "tasks.send_voice"}
+CHANNEL_OF_TASK = {name: channel for channel, name in TASK_NAMES.items()}
