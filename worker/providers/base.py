@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
@@ -43,6 +43,7 @@ from worker.errors import (
 )
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
 from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
+from worker.providers._util import as_float, provider_id
 from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
 from worker.redaction import register_secret
 from worker.stores.limiter import Limit
@@ -247,6 +248,37 @@ class Driver(ABC, Generic[M]):
         self, path: str, payload: dict[str, Any], headers: dict[str, str] | None = None
     ) -> httpx.Request:
         return self.client.build_request("POST", self.url(path), json=payload, headers=headers)
+
+    def one_id_outcome(
+        self,
+        response: httpx.Response,
+        data: Mapping[str, Any],
+        raw_id: Any,
+        recipients: Iterable[str],
+        *,
+        id_field: str,
+        warnings: tuple[str, ...] = (),
+    ) -> SendOutcome:
+        """A success answer whose one id covers every recipient of the request (SMS Partner's
+        ``message_id``, Mail Partner's ``messageId``, Voice Partner's ``campaignId``), with its
+        ``cost``/``currency``. Success without a readable id is an unknown outcome: the
+        provider may have accepted the send and a blind resend could duplicate it, so the
+        pipeline reconciles first where the provider can be asked."""
+        message_id = provider_id(raw_id)
+        if message_id is None:
+            raise UnknownOutcomeError(
+                f"{self.name} success answer has no {id_field}",
+                provider=self.name,
+                status_code=response.status_code,
+            )
+        currency = data.get("currency")
+        return SendOutcome(
+            provider=self.name,
+            provider_message_ids=dict.fromkeys(recipients, message_id),
+            cost=as_float(data.get("cost")),
+            currency=currency if isinstance(currency, str) else None,
+            warnings=warnings,
+        )
 
     def json_object(self, response: httpx.Response) -> dict[str, Any]:
         """The body as a JSON object, or a classified error (never a crash)."""

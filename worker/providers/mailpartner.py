@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from worker.errors import DeliveryError, PermanentError, ThrottledError, UnknownOutcomeError
+from worker.errors import DeliveryError, PermanentError, ThrottledError
 from worker.models import EmailMessage
-from worker.providers._util import address_object, as_float, provider_id
+from worker.providers._util import address_object
 from worker.providers.base import RuleViolation, SendContext, SendOutcome
 from worker.providers.partner import COMMON_CODES, PartnerDriver
 from worker.stores.limiter import Limit
@@ -140,20 +140,12 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
     ) -> SendOutcome:
         data = self.envelope(response)
         # §2.2: camelCase `messageId` (unlike SMS Partner's `message_id`); accept either.
-        message_id = provider_id(data.get("messageId", data.get("message_id")))
-        if message_id is None:
-            # Accepted (success, code 200) but no id: a resend could duplicate the mail.
-            raise UnknownOutcomeError(
-                "mailpartner success answer has no messageId",
-                provider=self.name,
-                status_code=response.status_code,
-            )
-        currency = data.get("currency")
-        return SendOutcome(
-            provider=self.name,
-            provider_message_ids={a.email: message_id for a in message.to},
-            cost=as_float(data.get("cost")),
-            currency=currency if isinstance(currency, str) else None,
+        return self.one_id_outcome(
+            response,
+            data,
+            data.get("messageId", data.get("message_id")),
+            (a.email for a in message.to),
+            id_field="messageId",
             warnings=unsent_fields(message),
         )
 

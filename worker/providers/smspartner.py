@@ -15,7 +15,7 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import SmsMessage, sms_units
-from worker.providers._util import as_float, as_int, provider_id
+from worker.providers._util import as_int, provider_id
 from worker.providers.base import SendContext, SendOutcome
 from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver
 
@@ -104,22 +104,10 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         self, response: httpx.Response, message: SmsMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self.envelope(response)
-        message_id = provider_id(data.get("message_id"))
-        if message_id is None:
-            # Accepted (success/code 200) but unreadable: a blind resend could duplicate the
-            # send, so let the service reconcile by tag first (providers.md §1.5).
-            raise UnknownOutcomeError(
-                "smspartner success answer has no message_id",
-                provider=self.name,
-                status_code=response.status_code,
-            )
-        currency = data.get("currency")
-        return SendOutcome(
-            provider=self.name,
-            # One message_id covers every number of the send (§1.2.2).
-            provider_message_ids={number: message_id for number in message.to},
-            cost=as_float(data.get("cost")),
-            currency=currency if isinstance(currency, str) else None,
+        # One message_id covers every number of the send (§1.2.2); without it, the pipeline
+        # reconciles by tag before any resend (§1.5).
+        return self.one_id_outcome(
+            response, data, data.get("message_id"), message.to, id_field="message_id"
         )
 
     def reconcile(self, message: SmsMessage, ctx: SendContext) -> SendOutcome | None:

@@ -23,7 +23,7 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import VoiceMessage
-from worker.providers._util import as_float, json_or_empty, provider_id, short_text
+from worker.providers._util import as_float, json_or_empty, short_text
 from worker.providers.base import Balance, Driver, SendContext, SendOutcome
 from worker.redaction import scrub
 from worker.stores.limiter import Limit
@@ -124,21 +124,9 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         self, response: httpx.Response, message: VoiceMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self._answer(response)
-        campaign_id = provider_id(data.get("campaignId"))
-        if campaign_id is None:
-            # success:true without an id: the campaign may exist; a resend could call twice.
-            raise UnknownOutcomeError(
-                "voicepartner success answer has no campaignId",
-                provider=self.name,
-                status_code=response.status_code,
-            )
-        currency = data.get("currency")
-        return SendOutcome(
-            provider=self.name,
-            # One campaign covers every number of the request (§3.2).
-            provider_message_ids={number: campaign_id for number in message.to},
-            cost=as_float(data.get("cost")),
-            currency=currency if isinstance(currency, str) else None,
+        # One campaign covers every number of the request (§3.2).
+        return self.one_id_outcome(
+            response, data, data.get("campaignId"), message.to, id_field="campaignId"
         )
 
     def check_balance(self) -> Balance | None:
