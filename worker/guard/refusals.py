@@ -37,6 +37,8 @@ class MessageGuard:
         self.redis = client or redis.Redis.from_url(settings.shared_redis_url)
         self.ledger = RedisLedger(self.redis)
         self.marked: set[str] = set()
+        self._unmark_pending: set[str] = set()
+        """Marks whose clearing failed (Redis unreachable); cleared before the next mark."""
 
     # -- the checks ----------------------------------------------------------------------------
 
@@ -47,6 +49,13 @@ class MessageGuard:
 
     def mark(self, accepted: Accepted, message: Any) -> Refusal | None:
         """Count this task id as "in the main process"; a refusal if it killed one before."""
+        self._retry_unmarks()
+        if accepted.task_id in self.marked or accepted.task_id in self._unmark_pending:
+            # This process, alive, already holds the mark (a redelivery of a task whose mark
+            # it could not clear, e.g. while Redis restarted): not a crash.
+            self._unmark_pending.discard(accepted.task_id)
+            self.marked.add(accepted.task_id)
+            return None
         key = MAIN_MARK_PREFIX + accepted.task_id
         pipe = self.redis.pipeline(transaction=True)
         pipe.incr(key)
@@ -69,14 +78,27 @@ class MessageGuard:
         )
 
     def unmark(self, task_id: str) -> None:
+        """Clear this process's mark; never raises. A mark that cannot be cleared now (Redis
+        unreachable) is retried before the next message is marked: left behind, it would make
+        the task's next delivery look like a crash of this (living) process."""
         if task_id in self.marked:
             self.marked.discard(task_id)
+            try:
+                self.redis.delete(MAIN_MARK_PREFIX + task_id)
+            except redis.RedisError:
+                self._unmark_pending.add(task_id)
+                log.warning("guard.unmark_deferred", marks=len(self._unmark_pending))
+
+    def _retry_unmarks(self) -> None:
+        for task_id in list(self._unmark_pending):
             self.redis.delete(MAIN_MARK_PREFIX + task_id)
+            self._unmark_pending.discard(task_id)
 
     def unmark_all(self) -> None:
         """A clean stop: the tasks not yet in a pool process go back to the broker unharmed."""
         for task_id in list(self.marked):
             self.unmark(task_id)
+        self._retry_unmarks()
 
     # -- refusals ------------------------------------------------------------------------------
 
