@@ -1,28 +1,33 @@
-"""Crash marks of the message guard on a real Redis: a mark that could not be cleared (Redis
-restarting) must not make the task's next delivery look like a crash of a living worker."""
+"""Crash marks of the message guard on a real Redis: only a holder that is gone counts as a
+crash; a living worker's mark (a concurrent copy, or one it could not clear while Redis
+restarted) never does."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 
 from worker.config import Settings
-from worker.guard import MAIN_MARK_PREFIX, MessageGuard
+from worker.guard import ALIVE_PREFIX, MAIN_MARK_PREFIX, MessageGuard
 from worker.guard.checks import Accepted
+
+TASK = Accepted("t-1", "tasks.send_sms")
 
 
 class FlakyDelete(redis.Redis):
-    """A client whose next ``delete`` fails as if Redis were restarting."""
+    """A client whose next ``hdel`` fails as if Redis were restarting."""
 
-    fail_next_delete = False
+    fail_next = False
 
-    def delete(self, *names: Any) -> Any:
-        if self.fail_next_delete:
-            self.fail_next_delete = False
+    def hdel(self, name: Any, *keys: Any) -> Any:
+        if self.fail_next:
+            self.fail_next = False
             raise redis.ConnectionError("Redis is restarting")
-        return super().delete(*names)
+        return super().hdel(name, *keys)
 
 
 class Body:
@@ -32,42 +37,76 @@ class Body:
         return [[{"provider": "smspartner"}], {}, None]
 
 
-def guard_on(redis_client: redis.Redis) -> tuple[MessageGuard, FlakyDelete]:
+@pytest.fixture
+def guards(redis_client: redis.Redis) -> Iterator[list[tuple[MessageGuard, FlakyDelete]]]:
+    made: list[tuple[MessageGuard, FlakyDelete]] = []
+    yield made
+    for guard, _ in made:
+        guard.stop()
+
+
+def new_guard(
+    redis_client: redis.Redis, made: list[tuple[MessageGuard, FlakyDelete]]
+) -> tuple[MessageGuard, FlakyDelete]:
     kwargs = redis_client.connection_pool.connection_kwargs
     client = FlakyDelete(**{k: kwargs[k] for k in ("host", "port", "db")})
-    settings = Settings(max_main_process_crashes=1)
-    return MessageGuard(Celery("guard-test"), settings, client=client), client
+    guard = MessageGuard(Celery("guard-test"), Settings(max_main_process_crashes=1), client=client)
+    guard.start()
+    made.append((guard, client))
+    return guard, client
 
 
-def test_a_mark_left_by_a_failed_clear_is_not_a_crash(redis_client: redis.Redis) -> None:
-    guard, client = guard_on(redis_client)
-    task = Accepted("t-1", "tasks.send_sms")
-    assert guard.mark(task, Body()) is None
-    client.fail_next_delete = True
-    guard.unmark("t-1")  # the pool took it; clearing fails, and must not raise
-    assert redis_client.get(MAIN_MARK_PREFIX + "t-1") == b"1"
+def holders(redis_client: redis.Redis) -> int:
+    return int(redis_client.hlen(MAIN_MARK_PREFIX + TASK.task_id))
+
+
+def test_a_mark_this_worker_could_not_clear_is_not_a_crash(
+    redis_client: redis.Redis, guards: Any
+) -> None:
+    guard, client = new_guard(redis_client, guards)
+    assert guard.mark(TASK, Body()) is None
+    client.fail_next = True
+    guard.unmark(TASK.task_id)  # the pool took it; clearing fails, and must not raise
+    assert holders(redis_client) == 1
     # Redis is back; the sweeper re-enqueues the task and this same worker takes it again.
-    assert guard.mark(task, Body()) is None
-    guard.unmark("t-1")
-    assert redis_client.get(MAIN_MARK_PREFIX + "t-1") is None
+    assert guard.mark(TASK, Body()) is None
+    guard.unmark(TASK.task_id)
+    assert holders(redis_client) == 0
 
 
-def test_a_pending_clear_is_retried_before_the_next_mark(redis_client: redis.Redis) -> None:
-    guard, client = guard_on(redis_client)
-    guard.mark(Accepted("t-1", "tasks.send_sms"), Body())
-    client.fail_next_delete = True
-    guard.unmark("t-1")
+def test_a_concurrent_copy_on_a_living_worker_is_not_a_crash(
+    redis_client: redis.Redis, guards: Any
+) -> None:
+    first, _ = new_guard(redis_client, guards)
+    second, _ = new_guard(redis_client, guards)
+    assert first.mark(TASK, Body()) is None  # a copy waiting for a pool process here...
+    assert second.mark(TASK, Body()) is None  # ...and another one there: both alive
+    assert holders(redis_client) == 2
+    first.unmark(TASK.task_id)
+    second.unmark(TASK.task_id)
+    assert holders(redis_client) == 0
+
+
+def test_a_pending_clear_is_retried_before_the_next_mark(
+    redis_client: redis.Redis, guards: Any
+) -> None:
+    guard, client = new_guard(redis_client, guards)
+    guard.mark(TASK, Body())
+    client.fail_next = True
+    guard.unmark(TASK.task_id)
     guard.mark(Accepted("t-2", "tasks.send_sms"), Body())
-    # Cleared before t-2 was marked: another worker taking t-1 now sees no crash.
-    assert redis_client.get(MAIN_MARK_PREFIX + "t-1") is None
-    other, _ = guard_on(redis_client)
-    assert other.mark(Accepted("t-1", "tasks.send_sms"), Body()) is None
+    assert holders(redis_client) == 0  # cleared before t-2 was marked
 
 
-def test_a_mark_left_by_a_dead_main_process_is_a_crash(redis_client: redis.Redis) -> None:
-    dead, _ = guard_on(redis_client)
-    dead.mark(Accepted("t-9", "tasks.send_sms"), Body())  # then the process died
-    survivor, _ = guard_on(redis_client)
-    refusal = survivor.mark(Accepted("t-9", "tasks.send_sms"), Body())
+def test_a_mark_left_by_a_dead_main_process_is_a_crash(
+    redis_client: redis.Redis, guards: Any
+) -> None:
+    dead, _ = new_guard(redis_client, guards)
+    dead.mark(TASK, Body())
+    dead.stop()  # the process died: no more beats, and its liveness key is gone
+    redis_client.delete(ALIVE_PREFIX + dead.token)
+    survivor, _ = new_guard(redis_client, guards)
+    refusal = survivor.mark(TASK, Body())
     assert refusal is not None and refusal.kind == "dead_letter"
     assert "died 1 time(s)" in refusal.reason
+    assert holders(redis_client) == 0  # cleared, so a replay is not refused again

@@ -29,22 +29,26 @@ content), counted in the ``dw:rejected`` hash and acknowledged.
 
 Fleet containment: a message that passes the checks and still kills the main process (some
 other bug) must not take the fleet down one worker at a time. Before the strategy runs, the
-guard counts the task id in ``dw:main:<id>``; the mark is cleared once a pool process has
+guard adds its process as a holder of ``dw:main:<id>``; the mark is cleared once a pool process has
 accepted the task (:func:`task_accepted`, from ``RedactedRequest.on_accepted``: the prefork pool
 pickles the job in the event loop *after* the strategy returns, which is where the deep message
 used to fail), right away for a task scheduled for later (ETA, countdown), and for every task
 still waiting for a pool process when the worker stops cleanly. A crash ("Unrecoverable error",
-a signal) leaves the marks. A mark left behind means a main process died with that task
-in hand: on the next delivery, after ``max_main_process_crashes`` such deaths, the message is
-set aside as a dead letter (state ``dead``, replayable with ``delivery-worker dead replay``)
-without going near the pool.
+a signal) leaves the marks. Each main process also beats a liveness key every second
+(``dw:guard:alive:<token>``, gone 3 s after its last beat). A holder that is alive is a
+concurrent copy of the task (a redelivery, a sweep), not a crash: its mark clears as soon as a
+pool process takes that copy, and the guard waits for it. A holder without a liveness key died
+with the task in hand: on the next delivery, after ``max_main_process_crashes`` such deaths,
+the message is set aside as a dead letter (state ``dead``, replayable with ``delivery-worker
+dead replay``) without going near the pool.
 """
 
 from worker.guard.checks import Refusal
 from worker.guard.consumer import GuardedConsumer, task_accepted
-from worker.guard.refusals import MAIN_MARK_PREFIX, REJECTED_KEY, MessageGuard
+from worker.guard.refusals import ALIVE_PREFIX, MAIN_MARK_PREFIX, REJECTED_KEY, MessageGuard
 
 __all__ = [
+    "ALIVE_PREFIX",
     "MAIN_MARK_PREFIX",
     "REJECTED_KEY",
     "GuardedConsumer",

@@ -35,7 +35,12 @@ class GuardedConsumer(Consumer):
     def create_task_handler(self, promise: Any = promise) -> Any:
         global _current
         handler = super().create_task_handler(promise)
-        guard = self._guard = _current = MessageGuard(self.app, get_settings())
+        if _current is None or _current.app is not self.app:
+            # One guard per main process, kept across consumer restarts (a broker reconnect
+            # rebuilds this handler): its token, beat and marks belong to the process.
+            _current = MessageGuard(self.app, get_settings())
+            _current.start()
+        guard = self._guard = _current
         connection_errors = (*getattr(self, "connection_errors", ()), redis.ConnectionError)
 
         strategies = getattr(self, "strategies")  # noqa: B009 - set by Consumer.__init__

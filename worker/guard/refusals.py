@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import threading
+import time
+import uuid
 from typing import Any
 
 import redis
@@ -16,12 +22,36 @@ from worker.models import DeliveryResult, ErrorInfo
 from worker.stores import RedisLedger
 from worker.tasknames import CHANNEL_OF_TASK
 
-__all__ = ["MAIN_MARK_PREFIX", "REJECTED_KEY", "MessageGuard"]
+__all__ = ["ALIVE_PREFIX", "ALIVE_TTL_S", "MAIN_MARK_PREFIX", "REJECTED_KEY", "MessageGuard"]
 
 log = structlog.get_logger("worker.guard")
 
 MAIN_MARK_PREFIX = "dw:main:"
-"""``dw:main:<task id>``: times a worker's main process took this task without handing it on."""
+"""``dw:main:<task id>``: a hash of the worker main processes (by token) holding this task
+between its arrival and a pool process taking it. A holder whose liveness key is gone died
+with it in hand."""
+ALIVE_PREFIX = "dw:guard:alive:"
+"""``dw:guard:alive:<token>``: set every second by each worker main process, expires after
+:data:`ALIVE_TTL_S`; its absence means that process is gone."""
+ALIVE_TTL_S = 3.0
+_BEAT_EVERY_S = 1.0
+
+# Look at the other holders of a task's mark and, when none of them is alive (or ``force``),
+# add this process as a holder. Returns {alive holders, dead holders}. The liveness keys are
+# read by name (not passed as KEYS): the guard runs against one Redis, never a cluster.
+_MARK = """
+local alive, dead = 0, 0
+for _, holder in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if holder ~= ARGV[1] then
+    if redis.call('EXISTS', ARGV[2] .. holder) == 1 then alive = alive + 1 else dead = dead + 1 end
+  end
+end
+if alive == 0 or ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return {alive, dead}
+"""
 REJECTED_KEY = "dw:rejected"
 """Hash of counts of messages refused without a readable task id, by kind."""
 _MARK_TTL_S = 24 * 3600
@@ -39,6 +69,33 @@ class MessageGuard:
         self.marked: set[str] = set()
         self._unmark_pending: set[str] = set()
         """Marks whose clearing failed (Redis unreachable); cleared before the next mark."""
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._mark_script = self.redis.register_script(_MARK)
+        self._stop = threading.Event()
+
+    # -- liveness ------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Say this main process is alive for the next :data:`ALIVE_TTL_S`."""
+        self.redis.set(ALIVE_PREFIX + self.token, 1, px=int(ALIVE_TTL_S * 1000))
+
+    def start(self) -> None:
+        """Beat every second from a daemon thread (the consumer's loop may be busy)."""
+
+        def run() -> None:
+            while not self._stop.wait(_BEAT_EVERY_S):
+                # Redis away: this process looks dead to others only ALIVE_TTL_S after its
+                # last beat, and mark() gives a holder that long to beat again.
+                with contextlib.suppress(redis.RedisError):
+                    self.beat()
+
+        with contextlib.suppress(redis.RedisError):
+            self.beat()
+        threading.Thread(target=run, name="guard-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop beating (tests; a worker's guard beats until its process ends)."""
+        self._stop.set()
 
     # -- the checks ----------------------------------------------------------------------------
 
@@ -48,29 +105,36 @@ class MessageGuard:
     # -- fleet containment ---------------------------------------------------------------------
 
     def mark(self, accepted: Accepted, message: Any) -> Refusal | None:
-        """Count this task id as "in the main process"; a refusal if it killed one before."""
+        """Hold this task's mark while the main process has it; a refusal if it killed one.
+
+        Another holder that is alive is a concurrent copy (a redelivery, a sweep), not a crash:
+        its mark clears within moments, once a pool process takes its copy, so wait for that.
+        A holder without a liveness key died with the task in hand; a holder that only looks
+        dead (Redis was away and its beat not yet back) gets :data:`ALIVE_TTL_S` to beat again.
+        """
         self._retry_unmarks()
-        if accepted.task_id in self.marked or accepted.task_id in self._unmark_pending:
-            # This process, alive, already holds the mark (a redelivery of a task whose mark
-            # it could not clear, e.g. while Redis restarted): not a crash.
-            self._unmark_pending.discard(accepted.task_id)
-            self.marked.add(accepted.task_id)
-            return None
+        if accepted.task_id in self.marked:
+            return None  # this living process already holds it: not a crash
         key = MAIN_MARK_PREFIX + accepted.task_id
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, _MARK_TTL_S)
-        count = int(pipe.execute()[0])
+        give_up_at = time.monotonic() + ALIVE_TTL_S + _BEAT_EVERY_S
+        while True:
+            late = time.monotonic() >= give_up_at
+            alive, dead = self._mark_script(
+                keys=[key], args=[self.token, ALIVE_PREFIX, _MARK_TTL_S, "1" if late else "0"]
+            )
+            if (alive == 0 and dead == 0) or late:
+                break
+            time.sleep(0.05)
         self.marked.add(accepted.task_id)
-        crashes = count - 1
-        if crashes < self.settings.max_main_process_crashes:
-            return None
-        self.unmark(accepted.task_id)
+        if alive > 0 or dead < self.settings.max_main_process_crashes:
+            return None  # still held by a living copy: not a crash either
+        self.marked.discard(accepted.task_id)
+        self.redis.delete(key)
         payload = message.decode()
         first = payload[0][0] if is_body(payload) and payload[0] else None
         return Refusal(
             "dead_letter",
-            f"the main process of its worker died {crashes} time(s) while handling it",
+            f"the main process of its worker died {dead} time(s) while handling it",
             accepted.task_id,
             accepted.task_name,
             shape(first),
@@ -84,14 +148,14 @@ class MessageGuard:
         if task_id in self.marked:
             self.marked.discard(task_id)
             try:
-                self.redis.delete(MAIN_MARK_PREFIX + task_id)
+                self.redis.hdel(MAIN_MARK_PREFIX + task_id, self.token)
             except redis.RedisError:
                 self._unmark_pending.add(task_id)
                 log.warning("guard.unmark_deferred", marks=len(self._unmark_pending))
 
     def _retry_unmarks(self) -> None:
         for task_id in list(self._unmark_pending):
-            self.redis.delete(MAIN_MARK_PREFIX + task_id)
+            self.redis.hdel(MAIN_MARK_PREFIX + task_id, self.token)
             self._unmark_pending.discard(task_id)
 
     def unmark_all(self) -> None:
