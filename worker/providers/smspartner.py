@@ -141,23 +141,7 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
                 "smspartner bulk-status-by-tag answer has no recipient list", provider=self.name
             )
         wanted = set(message.to)
-        matched: dict[str, Any] = {}
-        foreign = False
-        for item in items:
-            number = item.get("phoneNumber") if isinstance(item, dict) else None
-            ours = isinstance(number, str) and number in wanted
-            if ours and ctx.tag_is_callers:
-                when = _epoch(item.get("date"))
-                ours = (
-                    when is not None
-                    and ctx.sent_after is not None
-                    and when >= ctx.sent_after - RECONCILE_CLOCK_MARGIN_S
-                )
-            if ours:
-                assert isinstance(number, str) and isinstance(item, dict)
-                matched[number] = item.get("messageId")
-            else:
-                foreign = True
+        matched, foreign = _ours(items, wanted, ctx)
         found = bool(matched) and (set(matched) == wanted or not ctx.tag_is_callers)
         if not found:
             total = as_int(data.get("total"))
@@ -176,6 +160,30 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             if text is not None:
                 ids[number] = text
         return SendOutcome(provider=self.name, provider_message_ids=ids)
+
+
+def _ours(items: list[Any], wanted: set[str], ctx: SendContext) -> tuple[dict[str, Any], bool]:
+    """The listed items that are this delivery's send (number → item id), and whether anything
+    else is listed under the tag. Under the caller's tag an item must also be dated no earlier
+    than the delivery's first attempt (see :meth:`SmsPartnerDriver.reconcile`)."""
+    matched: dict[str, Any] = {}
+    foreign = False
+    for item in items:
+        number = item.get("phoneNumber") if isinstance(item, dict) else None
+        ours = isinstance(number, str) and number in wanted
+        if ours and ctx.tag_is_callers:
+            when = _epoch(item.get("date"))
+            ours = (
+                when is not None
+                and ctx.sent_after is not None
+                and when >= ctx.sent_after - RECONCILE_CLOCK_MARGIN_S
+            )
+        if ours:
+            assert isinstance(number, str) and isinstance(item, dict)
+            matched[number] = item.get("messageId")
+        else:
+            foreign = True
+    return matched, foreign
 
 
 RECONCILE_CLOCK_MARGIN_S = 5.0
