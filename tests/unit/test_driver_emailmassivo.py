@@ -401,6 +401,33 @@ def test_additional_recipients_by_email_field_in_any_order() -> None:
 
 
 @pytest.mark.parametrize(
+    "items",
+    [
+        pytest.param(
+            [{"email": "cc@example.com", "uuid": CC_UUID}, {"email": "x@other.com", "uuid": "u2"}],
+            id="an-address-we-did-not-send",
+        ),
+        pytest.param(
+            [
+                {"email": "cc@example.com", "uuid": CC_UUID},
+                {"email": "cc@example.com", "error": "e"},
+            ],
+            id="a-repeat-of-a-matched-address",
+        ),
+    ],
+)
+def test_an_item_naming_another_address_is_never_paired_by_position(
+    items: list[dict[str, str]],
+) -> None:
+    _, handler = recorder(accepted_with(items))
+    outcome = make_driver(handler).send(cc_message(), CTX)
+    assert outcome.provider_message_ids == {"user@example.com": UUID, "cc@example.com": CC_UUID}
+    assert outcome.rejected_recipients == {
+        "bcc@example.com": "not confirmed: no readable additionalRecipients item"
+    }
+
+
+@pytest.mark.parametrize(
     "extra",
     [
         pytest.param(None, id="missing"),

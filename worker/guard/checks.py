@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from celery.utils.time import maybe_iso8601, maybe_make_aware
+
 from worker.limits import MessageLimits, check_encoded_size, check_structure, shape
 
 __all__ = ["Accepted", "Refusal", "inspect_message", "is_body"]
@@ -58,6 +60,11 @@ def inspect_message(
     reason = check_structure(headers, limits)
     if reason is not None:
         return refuse(f"headers: {reason}")
+    for name in ("eta", "expires"):
+        if not _valid_time(headers.get(name)):
+            # Celery's Request would raise InvalidTaskError on it and drop the message with no
+            # outcome anywhere; refuse it here, where the refusal is recorded.
+            return refuse(f"the {name} header is not an ISO 8601 date and time")
     body = message.body
     size = len(body) if isinstance(body, bytes | str) else 0
     reason = check_encoded_size(size, limits)
@@ -129,3 +136,16 @@ def is_body(payload: Any) -> bool:
         and isinstance(payload[1], dict)
         and (payload[2] is None or isinstance(payload[2], dict))
     )
+
+
+def _valid_time(value: Any) -> bool:
+    """Whether Celery's ``Request`` can read an ``eta``/``expires`` header (or it is absent)."""
+    if value is None:
+        return True
+    try:
+        parsed = maybe_iso8601(value)
+        if parsed is not None:
+            maybe_make_aware(parsed)
+    except Exception:  # what Celery's Request turns into InvalidTaskError, and anything else
+        return False
+    return True

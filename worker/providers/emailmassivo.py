@@ -206,14 +206,14 @@ def _additional_recipients(
     unmatched = []
     for item in listed[:100]:
         email = item.get("email") if isinstance(item, dict) else None
-        found = next(
-            (a for a in sent if isinstance(email, str) and a.lower() == email.strip().lower()),
-            None,
-        )
-        if found is not None and found not in results:
-            results[found] = item
-        else:
-            unmatched.append(item)
+        if isinstance(email, str):
+            # An item that names its address speaks for that address only: one we did not
+            # send, or a repeat of one already matched, is never paired by position.
+            found = next((a for a in sent if a.lower() == email.strip().lower()), None)
+            if found is not None and found not in results:
+                results[found] = item
+            continue
+        unmatched.append(item)
     rest = [a for a in sent if a not in results]
     if unmatched and len(unmatched) == len(rest):
         results.update(zip(rest, unmatched, strict=True))

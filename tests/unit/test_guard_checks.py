@@ -1,0 +1,58 @@
+"""The guard's header checks: what Celery's Request cannot read is refused and recorded, never
+left for Celery to drop without an outcome."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from worker.guard.checks import Accepted, Refusal, inspect_message
+from worker.limits import MessageLimits
+
+APP = Celery("guard-checks")
+
+
+@APP.task(name="tasks.send_sms")
+def send_sms(message: dict[str, Any]) -> None:  # the signature the guard checks against
+    return None
+
+
+class Message:
+    content_type = "application/json"
+
+    def __init__(self, **headers: Any) -> None:
+        self.headers = {"id": "t-1", "task": "tasks.send_sms", **headers}
+        self.payload = [[{"provider": "smspartner"}], {}, None]
+        self.body = json.dumps(self.payload).encode()
+
+    def decode(self) -> Any:
+        return self.payload
+
+
+def inspect(message: Message) -> Accepted | Refusal:
+    return inspect_message(message, {"tasks.send_sms": None}, APP, MessageLimits())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"eta": "2020-13-45"},
+        {"eta": 5},
+        {"expires": "not-a-date"},
+        {"expires": ["x"]},
+    ],
+)
+def test_unreadable_eta_or_expires_is_refused_by_name(headers: dict[str, Any]) -> None:
+    verdict = inspect(Message(**headers))
+    assert isinstance(verdict, Refusal) and verdict.kind == "invalid_message"
+    assert verdict.task_id == "t-1"
+    (name,) = headers
+    assert f"the {name} header" in verdict.reason
+
+
+def test_readable_eta_and_expires_pass() -> None:
+    message = Message(eta="2030-01-01T00:00:00+00:00", expires="2030-01-02T00:00:00")
+    assert isinstance(inspect(message), Accepted)
