@@ -56,3 +56,24 @@ def test_unreadable_eta_or_expires_is_refused_by_name(headers: dict[str, Any]) -
 def test_readable_eta_and_expires_pass() -> None:
     message = Message(eta="2030-01-01T00:00:00+00:00", expires="2030-01-02T00:00:00")
     assert isinstance(inspect(message), Accepted)
+
+
+def test_a_redis_refusal_in_the_guard_restarts_the_consumer_instead_of_killing_it() -> None:
+    """Celery's consumer survives connection errors only; an OOM or READONLY answer from Redis
+    while the guard records something must become one, never escape as a crash."""
+    import redis
+
+    from worker.guard.consumer import redis_errors_as_connection_errors
+
+    @redis_errors_as_connection_errors
+    def refused(message: Any) -> Any:
+        raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+
+    with pytest.raises(redis.ConnectionError, match="shared state unavailable"):
+        refused(object())
+
+    @redis_errors_as_connection_errors
+    def passes(message: Any) -> Any:
+        return message
+
+    assert passes("m") == "m"

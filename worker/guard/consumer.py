@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -13,7 +15,7 @@ from worker.config import get_settings
 from worker.guard.checks import Refusal
 from worker.guard.refusals import MessageGuard
 
-__all__ = ["GuardedConsumer", "task_accepted"]
+__all__ = ["GuardedConsumer", "redis_errors_as_connection_errors", "task_accepted"]
 
 log = structlog.get_logger("worker.guard")
 
@@ -25,6 +27,25 @@ def task_accepted(task_id: str) -> None:
     """A pool process took the task: the main process is done with it (clears its mark)."""
     if _current is not None:
         _current.unmark(task_id)
+
+
+def redis_errors_as_connection_errors(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Shared state refusing a write (OOM, MISCONF, READONLY) is not the message's fault, and
+    not a reason for the main process to die: Celery's consumer survives only connection
+    errors. Raised as one, the consumer restarts and reconnects, and the unacknowledged message
+    goes back to the queue."""
+
+    @functools.wraps(handler)
+    def wrapper(message: Any) -> Any:
+        try:
+            return handler(message)
+        except redis.ConnectionError:
+            raise
+        except redis.RedisError as exc:
+            log.error("guard.redis_error", error=type(exc).__name__)
+            raise redis.ConnectionError(f"shared state unavailable: {exc}") from exc
+
+    return wrapper
 
 
 class GuardedConsumer(Consumer):
@@ -45,6 +66,7 @@ class GuardedConsumer(Consumer):
 
         strategies = getattr(self, "strategies")  # noqa: B009 - set by Consumer.__init__
 
+        @redis_errors_as_connection_errors
         def on_task_received(message: Any) -> Any:
             verdict = guard.inspect(message, strategies)
             if isinstance(verdict, Refusal):

@@ -110,19 +110,22 @@ class MessageGuard:
         Another holder that is alive is a concurrent copy (a redelivery, a sweep), not a crash:
         its mark clears within moments, once a pool process takes its copy, so wait for that.
         A holder without a liveness key died with the task in hand; a holder that only looks
-        dead (Redis was away and its beat not yet back) gets :data:`ALIVE_TTL_S` to beat again.
+        dead (Redis was away and its beat not yet back) gets one beat interval to beat again.
         """
         self._retry_unmarks()
         if accepted.task_id in self.marked:
             return None  # this living process already holds it: not a crash
         key = MAIN_MARK_PREFIX + accepted.task_id
-        give_up_at = time.monotonic() + ALIVE_TTL_S + _BEAT_EVERY_S
+        started = time.monotonic()
         while True:
-            late = time.monotonic() >= give_up_at
+            waited = time.monotonic() - started
+            late = waited >= ALIVE_TTL_S + _BEAT_EVERY_S
             alive, dead = self._mark_script(
                 keys=[key], args=[self.token, ALIVE_PREFIX, _MARK_TTL_S, "1" if late else "0"]
             )
-            if (alive == 0 and dead == 0) or late:
+            # A holder that looks dead has one beat interval to beat again (Redis was away);
+            # a living holder, until its copy reaches a pool process.
+            if late or (alive == 0 and (dead == 0 or waited >= _BEAT_EVERY_S + 0.25)):
                 break
             time.sleep(0.05)
         self.marked.add(accepted.task_id)
