@@ -586,6 +586,36 @@ def test_retries_exhausted_with_an_unknown_outcome_asks_before_failing(
     assert calls.paths() == [SEND, BY_TAG]  # asked, not resent
 
 
+def test_a_deadline_passing_during_the_grace_asks_the_provider_before_expiring(
+    make_runtime: Any,
+) -> None:
+    # The provider accepted late; the deadline passed while the worker waited to ask. The
+    # message was sent: it must end `sent`, not `expired` (and never be resent).
+    calls = Script(READ_TIMEOUT, by_tag("+33612345678"))
+    rt = make_runtime(calls, reconcile_grace_s=0.3)
+    soon = (datetime.now(UTC) + timedelta(seconds=0.2)).isoformat()
+    first = run(rt, {**SMS, "deadline": soon})
+    assert isinstance(first, Retry) and first.reason == "reconcile_grace"
+    assert first.delay_s >= 0.25  # the grace is kept, though the deadline comes first
+    time.sleep(0.35)
+    done = run(rt, {**SMS, "deadline": soon})
+    assert isinstance(done, Done) and done.result.status == "sent"
+    assert calls.paths() == [SEND, BY_TAG]
+
+
+def test_past_the_deadline_a_send_the_provider_never_saw_expires_without_a_resend(
+    make_runtime: Any,
+) -> None:
+    calls = Script(READ_TIMEOUT, by_tag())
+    rt = make_runtime(calls, reconcile_grace_s=0.2)
+    soon = (datetime.now(UTC) + timedelta(seconds=0.1)).isoformat()
+    assert isinstance(run(rt, {**SMS, "deadline": soon}), Retry)
+    time.sleep(0.25)
+    done = run(rt, {**SMS, "deadline": soon})
+    assert isinstance(done, Done) and done.result.status == "expired"
+    assert calls.paths() == [SEND, BY_TAG]  # asked, not resent
+
+
 # -- the caller's tag (providers.md §1.2.2, §1.2.10, §1.5) ---------------------------------------
 
 

@@ -41,6 +41,9 @@ class Delivery:
     """The named provider, else the one chosen for this attempt ("" until chosen)."""
     created_at: float = field(default_factory=time.time)
     """When the ledger record was created (the default deadline counts from it)."""
+    past_deadline: bool = False
+    """The deadline passed while an earlier send's outcome was unknown: this run asks the
+    provider once (a late acceptance is ``sent``, not ``expired``) and never sends."""
 
     @property
     def settings(self) -> Settings:

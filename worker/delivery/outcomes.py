@@ -87,9 +87,15 @@ def park(d: Delivery, provider: str, attempts: int, reason: str) -> Done:
 def wait(d: Delivery, delay_s: float, reason: str, attempts: int) -> Done | Retry:
     """Reschedule this delivery after ``delay_s``; expire it if its deadline has passed."""
     remaining = d.deadline() - time.time()
-    if remaining <= 0:
+    if reason == "reconcile_grace":
+        # An earlier send's outcome is unknown: the run after the grace asks the provider,
+        # past the deadline too, and then ends sent or expired, never resent
+        # (worker.delivery.deadline). Still never beyond the broker's visibility timeout.
+        delay_s = min(delay_s, d.settings.retry_backoff_max_s)
+    elif remaining <= 0:
         return expire(d, attempts, f"while {reason.replace('_', ' ')}")
-    # Never past the deadline, nor beyond the broker's visibility timeout.
-    delay_s = min(delay_s, d.settings.retry_backoff_max_s, remaining)
+    else:
+        # Never past the deadline, nor beyond the broker's visibility timeout.
+        delay_s = min(delay_s, d.settings.retry_backoff_max_s, remaining)
     d.rt.ledger.transition(d.delivery_id, "waiting", waiting_reason=reason)
     return Retry(max(delay_s, 0.0), reason, d.result("waiting", attempts))

@@ -62,6 +62,7 @@ def _attempt(d: Delivery) -> Outcome:
     stop = settle_earlier_send(d, record, driver, ctx)
     if stop is not None:
         return stop
+    assert not d.past_deadline  # settle_earlier_send always ends such a run
     return send(d, record, driver, ctx)
 
 

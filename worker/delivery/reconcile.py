@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from worker.delivery.context import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN, Delivery, as_float
-from worker.delivery.outcomes import finish, sent, wait
+from worker.delivery.outcomes import expire, finish, sent, wait
 from worker.delivery.results import Outcome
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
@@ -31,6 +31,8 @@ def settle_earlier_send(
     d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendContext
 ) -> Outcome | None:
     """The outcome when an earlier send decides this run; ``None``: go on and send."""
+    if d.past_deadline:
+        return _ask_at_deadline(d, record, driver, ctx)
     if record.state == "sending" and driver.supports_reconcile:
         started = as_float(record.fields.get("attempt_started_at")) or 0.0
         ask_at = started + d.settings.http_read_timeout_s + d.settings.reconcile_grace_s
@@ -59,6 +61,24 @@ def settle_earlier_send(
     if unknown:
         d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "0"})
     return None
+
+
+def _ask_at_deadline(
+    d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendContext
+) -> Outcome:
+    """Past the deadline with an earlier send's outcome unknown: ``sent`` if the provider has
+    it, else ``expired``, saying whether the provider could tell. Never a resend."""
+    if not driver.supports_reconcile:
+        return expire(d, record.attempts, "with the earlier send's outcome unknown (no lookup)")
+    try:
+        found = lookup(d, driver, ctx)
+    except DeliveryError:
+        return expire(
+            d, record.attempts, "with the earlier send's outcome unknown (the lookup failed)"
+        )
+    if found is not None:
+        return sent(d, found, record.attempts)
+    return expire(d, record.attempts, "before the message was sent")
 
 
 def lookup(d: Delivery, driver: Driver[Any], ctx: SendContext) -> SendOutcome | None:
