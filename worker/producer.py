@@ -27,7 +27,6 @@ __all__ = [
     "Producer",
     "enqueue",
     "lookup",
-    "redacted_repr",
     "send_email",
     "send_sms",
     "send_voice",

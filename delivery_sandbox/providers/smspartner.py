@@ -168,15 +168,30 @@ class SmsPartnerProvider(PartnerProvider):
         }
         if schedule is not None:
             payload["scheduledDeliveryDate"] = schedule.as_text()
+        return self._accepted(payload, message_id, numbers, fields, units, sandboxed, {})
+
+    def _accepted(
+        self,
+        payload: dict[str, Any],
+        message_id: int,
+        numbers: list[str],
+        fields: dict[str, Any],
+        units: int,
+        sandboxed: bool,
+        extra: dict[str, Any],
+    ) -> Reply:
+        """The success answer of ``/send`` and ``/bulk-send``, with the accepted message on
+        record (a ``sandbox=1`` send is recorded but not billed)."""
         reply = self.ok(payload, outcome="accepted")
         reply.message_id = str(message_id)
+        tag = fields.get("tag") or None
         reply.message = AcceptedMessage(
             message_id=str(message_id),
             recipients=numbers,
             fields=fields,
             units=0 if sandboxed else units,
             tag=tag if isinstance(tag, str) else None,
-            extra={"sandbox": True} if sandboxed else {},
+            extra={"sandbox": True} if sandboxed else extra,
         )
         return reply
 
@@ -232,17 +247,9 @@ class SmsPartnerProvider(PartnerProvider):
             "nbSMS": total,  # this casing at the top level, ``nbSms`` per item (§1.2.3)
             "SMSResponse_List": results,
         }
-        reply = self.ok(payload, outcome="accepted")
-        reply.message_id = str(message_id)
-        reply.message = AcceptedMessage(
-            message_id=str(message_id),
-            recipients=numbers,
-            fields=fields,
-            units=0 if sandboxed else total,
-            tag=tag if isinstance(tag, str) else None,
-            extra={"sandbox": True} if sandboxed else {"bulk": True},
+        return self._accepted(
+            payload, message_id, numbers, fields, total, sandboxed, {"bulk": True}
         )
-        return reply
 
     def _bulk_entry(self, entry: Any, *, unicode: bool, low_cost: bool) -> dict[str, Any]:
         """One ``SMSList`` item's result; ``_number``/``_units`` are removed by the caller."""

@@ -11,7 +11,8 @@ from celery import Celery
 
 from worker.app import client_app
 from worker.models import InvalidMessage
-from worker.producer import Producer, redacted_repr
+from worker.producer import Producer
+from worker.redaction import redacted_repr
 from worker.stores import RedisLedger
 
 QUEUE = "delivery"

@@ -22,7 +22,7 @@ def check_time(d: Delivery, record: DeliveryRecord) -> Outcome | None:
     if not_before is not None and now < not_before:
         # Deferred, or within the grace after an unknown outcome: wait again, no provider call.
         reason = record.fields.get("waiting_reason") or "deferred"
-        return wait(d, not_before - now, reason, record.attempts)
+        return wait(d, not_before - now, reason, record.attempts, ask_after_deadline=unknown)
     if now >= d.deadline():
         # An earlier send may have been accepted: ask the provider before calling the message
         # expired (worker.delivery.reconcile); nothing is sent past the deadline.

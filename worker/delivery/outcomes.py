@@ -84,10 +84,12 @@ def park(d: Delivery, provider: str, attempts: int, reason: str) -> Done:
     return Done(result)
 
 
-def wait(d: Delivery, delay_s: float, reason: str, attempts: int) -> Done | Retry:
+def wait(
+    d: Delivery, delay_s: float, reason: str, attempts: int, *, ask_after_deadline: bool = False
+) -> Done | Retry:
     """Reschedule this delivery after ``delay_s``; expire it if its deadline has passed."""
     remaining = d.deadline() - time.time()
-    if reason == "reconcile_grace":
+    if ask_after_deadline:
         # An earlier send's outcome is unknown: the run after the grace asks the provider,
         # past the deadline too, and then ends sent or expired, never resent
         # (worker.delivery.deadline). Still never beyond the broker's visibility timeout.

@@ -40,7 +40,9 @@ def settle_earlier_send(
             d.rt.ledger.set_fields(
                 d.delivery_id, **{OUTCOME_UNKNOWN: "1", NOT_BEFORE: repr(ask_at)}
             )
-            return wait(d, ask_at - time.time(), "reconcile_grace", record.attempts)
+            return wait(
+                d, ask_at - time.time(), "reconcile_grace", record.attempts, ask_after_deadline=True
+            )
     unknown = record.fields.get(OUTCOME_UNKNOWN) == "1"
     if record.state != "sending" and not unknown:
         return None

@@ -105,7 +105,7 @@ def _reconcile(d: Delivery, failure: Failure) -> Outcome:
         marks[GAVE_UP] = _info(failure.exc).model_dump_json()
     d.rt.ledger.set_fields(d.delivery_id, **marks)
     log.warning("delivery.outcome_unknown", ask_in_s=grace_s)
-    return wait(d, grace_s, "reconcile_grace", attempts)
+    return wait(d, grace_s, "reconcile_grace", attempts, ask_after_deadline=True)
 
 
 def _throttle(d: Delivery, failure: Failure) -> Outcome:
