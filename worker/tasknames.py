@@ -6,7 +6,14 @@ guard (which channel a refused message belongs to); kept apart so none imports a
 
 from __future__ import annotations
 
-__all__ = ["CHANNEL_OF_TASK", "TASK_NAMES"]
+__all__ = ["CHANNEL_OF_TASK", "TASK_NAMES", "TRACK_EVENTS_TASK", "TRACK_HINT_TASK"]
 
 TASK_NAMES = {"email": "tasks.send_email", "sms": "tasks.send_sms", "voice": "tasks.send_voice"}
 CHANNEL_OF_TASK = {name: channel for channel, name in TASK_NAMES.items()}
+
+TRACK_EVENTS_TASK = "delivery.track_events"
+"""Apply normalised delivery events (``worker.tracking``): ``(events: list[dict])``, each a
+``DeliveryEvent.model_dump(mode="json")``. The webhook receiver publishes it."""
+TRACK_HINT_TASK = "delivery.track_hint"
+"""A provider callback said something changed: ``(provider: str, delivery_id: str)``; the
+worker asks the provider's status lookup (callback bodies are not trusted)."""
