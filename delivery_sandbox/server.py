@@ -26,6 +26,7 @@ from delivery_sandbox.admin import ADMIN_PREFIX, handle_admin
 from delivery_sandbox.config import SandboxConfig
 from delivery_sandbox.faults import FaultPlan, FaultRule
 from delivery_sandbox.httpd import Connection, SandboxHTTPServer
+from delivery_sandbox.inbox import INBOX_PREFIX, handle_inbox
 from delivery_sandbox.providers import Env, Provider, build_providers
 from delivery_sandbox.ratelimit import SlidingWindowLimiter, retry_after_header
 from delivery_sandbox.state import Recorder
@@ -160,6 +161,9 @@ class Sandbox:
         query = parse_qs(raw_query, keep_blank_values=True)
         if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
             conn.send(handle_admin(self, method, path, query, body))
+            return
+        if path == INBOX_PREFIX or path.startswith(INBOX_PREFIX + "/"):
+            conn.send(handle_inbox(self, method, path, query))
             return
         for name, prefix in _ROUTING:
             if path == prefix or path.startswith(prefix + "/"):

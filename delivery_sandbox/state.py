@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +24,13 @@ __all__ = ["Recorder", "body_digest", "max_in_window"]
 MAX_FIELD_CHARS = 4096
 """Longer strings (attachment contents, raw messages) are kept as a length and a digest."""
 
+INBOX_FIELD_CHARS = 512 * 1024
+"""The inbox page's copy of the newest messages keeps strings up to this length (a real HTML
+mail is often longer than :data:`MAX_FIELD_CHARS`); in memory only, never in the log file."""
+
+INBOX_KEEP = 200
+"""How many of the newest messages keep that fuller copy (memory stays bounded)."""
+
 
 class Recorder:
     def __init__(self, log_file: str | Path | None = None) -> None:
@@ -30,6 +38,7 @@ class Recorder:
         self._requests: list[dict[str, Any]] = []
         self._messages: list[dict[str, Any]] = []
         self._seq = 0
+        self._full: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._log: IO[str] | None = None
         if log_file is not None:
             path = Path(log_file)
@@ -71,12 +80,16 @@ class Recorder:
                 }
                 self._messages.append(msg)
                 self._write(msg)
+                self._full[self._seq] = _shorten(message.fields, INBOX_FIELD_CHARS)
+                while len(self._full) > INBOX_KEEP:
+                    self._full.popitem(last=False)
             return req
 
     def reset(self, *, time: float) -> None:
         with self._lock:
             self._requests.clear()
             self._messages.clear()
+            self._full.clear()
             self._write({"type": "reset", "time": time})
 
     def requests(self, provider: str | None = None, since: int = 0) -> list[dict[str, Any]]:
@@ -86,6 +99,12 @@ class Recorder:
     def messages(self, provider: str | None = None, since: int = 0) -> list[dict[str, Any]]:
         with self._lock:
             return _select(self._messages, provider, since)
+
+    def full_fields(self, seq: int) -> dict[str, Any] | None:
+        """The fields of message ``seq`` with strings up to :data:`INBOX_FIELD_CHARS`, while it
+        is among the :data:`INBOX_KEEP` newest; otherwise ``None`` (use its ``fields``)."""
+        with self._lock:
+            return self._full.get(seq)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -140,12 +159,12 @@ def _select(
     ]
 
 
-def _shorten(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+def _shorten(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
+    if isinstance(value, str) and len(value) > limit:
         digest = hashlib.sha256(value.encode("utf-8")).hexdigest()
         return {"chars": len(value), "sha256": digest}
     if isinstance(value, dict):
-        return {str(k): _shorten(v) for k, v in value.items()}
+        return {str(k): _shorten(v, limit) for k, v in value.items()}
     if isinstance(value, list):
-        return [_shorten(v) for v in value]
+        return [_shorten(v, limit) for v in value]
     return value

@@ -8,6 +8,7 @@ runs out of credit, and ends with a table of outcomes. Ctrl-C stops every proces
 from __future__ import annotations
 
 import secrets
+import shlex
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import redis
 
+from delivery_sandbox.inbox import INBOX_PATH
 from devstack.demo_batch import BAD_MESSAGE, DEMO_BATCH, OUT_OF_CREDIT, DemoItem
 from devstack.processes import (
     Proc,
@@ -44,6 +46,7 @@ def run_demo(
     flower_port: int,
     stay: bool,
     workers: int,
+    env_file: str | None = ".demo.env",
 ) -> int:
     """Run the demo; the defaults are the CLI's (``delivery-worker demo --help``)."""
     from worker.app import client_app
@@ -58,6 +61,7 @@ def run_demo(
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
+    cleanup: list[Path] = []
 
     def stop_all(*_: Any) -> None:
         # A second Ctrl-C while stopping must not leave processes behind.
@@ -65,6 +69,8 @@ def run_demo(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for proc in reversed(procs):
             proc.stop()
+        for path in cleanup:  # the environment points at ports that are closed now
+            path.unlink(missing_ok=True)
 
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -147,6 +153,16 @@ def run_demo(
             user, password = flower_auth.split(":", 1)
             print(f"\nFlower: http://127.0.0.1:{flower_port}  (user {user}, password {password})")
         if stay:
+            handover = handover_env(env, sandbox_url)
+            print(f"\nsandbox inbox (what each provider received): {sandbox_url}{INBOX_PATH}")
+            print("to send your own messages through this stack, in another shell:")
+            if env_file:
+                written = write_env_file(Path(env_file), handover)
+                cleanup.append(written)
+                print(f"  source {env_file}    # written: {written}")
+            else:
+                print("\n".join(f"  {line}" for line in env_lines(handover)))
+            print('  delivery-worker send sms --to +33612345678 --text "Hello" --wait')
             print("everything keeps running; press Ctrl-C to stop all processes")
             while all(p.alive() for p in procs):
                 time.sleep(0.5)
@@ -158,6 +174,33 @@ def run_demo(
         return 0
     finally:
         stop_all()
+
+
+def handover_env(env: dict[str, str], sandbox_url: str) -> dict[str, str]:
+    """What points a shell or an application at the running demo stack.
+
+    The API keys are the sandbox's fixed, fake ones (``delivery_sandbox.accounts``): printing
+    them is fine. ``DELIVERY_SANDBOX_URL`` is for people and tests (the inbox page); the worker
+    ignores it.
+    """
+    keep = {k: v for k, v in env.items() if k != "DELIVERY_LOG_FORMAT"}
+    return {
+        **keep,
+        "DELIVERY_REDIS_URL": env["DELIVERY_BROKER_URL"],
+        "DELIVERY_SANDBOX_URL": sandbox_url,
+    }
+
+
+def env_lines(env: dict[str, str]) -> list[str]:
+    return [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> Path:
+    """``export NAME=value`` lines a POSIX shell can ``source``; removed when the demo stops."""
+    path = path.resolve()
+    header = "# Written by `delivery-worker demo` while its stack runs; removed when it stops.\n"
+    path.write_text(header + "\n".join(env_lines(env)) + "\n", encoding="utf-8")
+    return path
 
 
 def _start_flower(root: Path, env: dict[str, str], port: int, auth: str) -> Proc:

@@ -2,6 +2,7 @@
 
 delivery-worker demo            run everything locally on the sandbox and send a demo batch
 delivery-worker status ID       a delivery's ledger record
+delivery-worker send sms ...    validate and enqueue one message (--wait for its outcome)
 delivery-worker check-config    validate the environment the way a worker would at start
 """
 
@@ -162,6 +163,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         flower_port=args.flower_port,
         stay=not args.exit,
         workers=args.workers,
+        env_file=args.env_file or None,
     )
 
 
@@ -175,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-flower", action="store_true", help="do not start Flower")
     demo.add_argument("--flower-port", type=int, default=5555)
     demo.add_argument("--workers", type=int, default=2, help="worker processes (concurrency)")
+    demo.add_argument(
+        "--env-file",
+        default=".demo.env",
+        help="write the stack's environment here while it runs ('' to only print it)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     status = sub.add_parser("status", help="show a delivery's ledger record")
@@ -208,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
     sweep.set_defaults(func=_cmd_sweep)
+
+    from worker.ops.send import add_send_parser
+
+    add_send_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Framework integrations; each is an optional extra (``pip install delivery-worker[django]``)."""
