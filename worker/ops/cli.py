@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
     sweep.set_defaults(func=_cmd_sweep)
+
+    from worker.metrics.commands import add_commands as add_metrics_commands
+
+    add_metrics_commands(sub)
     return parser
 
 
