@@ -144,10 +144,18 @@ def enqueue_to_accept(provider: str, channel: str, seconds: float) -> None:
     ENQUEUE_TO_ACCEPT_SECONDS.labels(provider, channel).observe(max(seconds, 0.0))
 
 
+COST_IN_CREDITS = frozenset({"mailpartner"})
+"""Providers whose send ``cost`` counts credits whatever currency comes with it: Mail Partner's
+documented answer is ``"cost":1,"currency":"EUR"`` for one mail (providers.md §2.2), one credit
+per mail [INFERRED]; counting it as 1 EUR a mail would overstate spend."""
+
+
 def cost(provider: str, amount: float | None, currency: str | None) -> None:
-    """Add a reported cost: with a currency it is money, without one credits."""
+    """Add a reported cost: money when it comes with a currency, else credits."""
     if amount is None or not amount >= 0 or amount == float("inf"):
         return
+    if provider in COST_IN_CREDITS:
+        currency = None
     unit = "money" if currency else "credits"
     COST.labels(provider, unit, _currency_label(currency)).inc(amount)
 
