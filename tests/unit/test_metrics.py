@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 import yaml
@@ -15,14 +16,17 @@ from celery import Celery
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
+from structlog.testing import capture_logs
 
 from devstack import dashboard
 from worker.config import PROVIDERS, Settings
+from worker.delivery import Done, Retry, process
 from worker.errors import TransientError
 from worker.metrics import record, top
 from worker.metrics.shared import SharedStateCollector
 from worker.ops.operations import Operations
 from worker.providers import Balance
+from worker.runtime import Runtime
 from worker.stores import Limit, RecordedBalance, Stores, limiter_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,3 +359,63 @@ def _balanced(expr: str) -> bool:
         if depth < 0:
             return False
     return depth == 0
+
+
+# -- the pipeline's hooks: one attempt event, the counters it feeds (in-memory stores) ----------
+
+
+def _pipeline_runtime(answers: list[httpx.Response]) -> Runtime:
+    def handler(_request: httpx.Request) -> httpx.Response:
+        return answers.pop(0)
+
+    settings = Settings(
+        smspartner_api_key="sms-secret-key",
+        smspartner_base_url="http://provider.test/smspartner/v1",
+    )
+    client = httpx.Client(transport=httpx.MockTransport(handler))
+    return Runtime.in_memory(settings, client=client)
+
+
+def _sms(delivery_id: str, rt: Runtime) -> Any:
+    message = {"provider": "smspartner", "to": ["+33612345678"], "text": "Hello"}
+    return process("sms", message, delivery_id=delivery_id, task_name="tasks.send_sms", rt=rt)
+
+
+def test_each_attempt_logs_one_event_named_like_the_metrics() -> None:
+    ok = {"success": True, "code": 200, "message_id": 307, "cost": 0.038, "currency": "EUR"}
+    rt = _pipeline_runtime([httpx.Response(503, json={}), httpx.Response(200, json=ok)])
+    sms = {"provider": "smspartner", "channel": "sms"}
+    sent_before = _value(record.MESSAGES_FINISHED, **sms, status="sent", kind="none")
+    ok_before = _value(record.PROVIDER_REQUESTS, **sms, status="2xx", kind="accepted")
+    failed_before = _value(record.PROVIDER_REQUESTS, **sms, status="5xx", kind="transient")
+    with capture_logs() as logs:
+        first = _sms("d-metrics-1", rt)
+        assert isinstance(first, Retry)
+        second = _sms("d-metrics-1", rt)
+        assert isinstance(second, Done) and second.result.status == "sent"
+    attempts = [e for e in logs if e["event"] == "delivery.attempt"]
+    assert [(e["status"], e["kind"]) for e in attempts] == [
+        ("5xx", "transient"),
+        ("2xx", "accepted"),
+    ]
+    for event in attempts:
+        assert event["request_duration_seconds"] >= 0
+        assert event["limiter_wait_seconds"] == 0
+    assert _value(record.MESSAGES_FINISHED, **sms, status="sent", kind="none") == sent_before + 1
+    assert _value(record.PROVIDER_REQUESTS, **sms, status="2xx", kind="accepted") == ok_before + 1
+    assert (
+        _value(record.PROVIDER_REQUESTS, **sms, status="5xx", kind="transient") == failed_before + 1
+    )
+
+
+def test_a_message_refused_before_the_gate_is_no_attempt() -> None:
+    # An invalid message never reaches the provider: a final state, no attempt event.
+    labels = {"provider": "none", "channel": "sms", "status": "failed", "kind": "invalid_message"}
+    before = _value(record.MESSAGES_FINISHED, **labels)
+    rt = _pipeline_runtime([])
+    with capture_logs() as logs:
+        outcome = process("sms", {"provider": "smspartner", "to": []}, delivery_id="d-inv",
+                          task_name="tasks.send_sms", rt=rt)  # fmt: skip
+    assert isinstance(outcome, Done) and outcome.result.status == "failed"
+    assert not [e for e in logs if e["event"] == "delivery.attempt"]
+    assert _value(record.MESSAGES_FINISHED, **labels) == before + 1
