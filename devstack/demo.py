@@ -8,7 +8,6 @@ runs out of credit, and ends with a table of outcomes. Ctrl-C stops every proces
 from __future__ import annotations
 
 import secrets
-import shutil
 import signal
 import sys
 import time
@@ -90,7 +89,8 @@ def run_demo(
             # Prometheus multiprocess files of this demo's worker, served by the exporter.
             "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics"),
         }
-        shutil.rmtree(root / "metrics", ignore_errors=True)  # a new Redis: counts start anew
+        for stale in (root / "metrics").glob("*.db"):  # a new Redis: counts start anew
+            stale.unlink()
         worker = start_worker(root, env, name="demo", concurrency=workers)
         procs.append(worker)
         exporter = start_metrics_exporter(root, env, port=free_port())

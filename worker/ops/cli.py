@@ -206,12 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="replay every dead letter")
     dead.set_defaults(func=_cmd_dead)
 
-    sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
-    sweep.set_defaults(func=_cmd_sweep)
-
     from worker.metrics.commands import add_commands as add_metrics_commands
 
-    add_metrics_commands(sub)
+    add_metrics_commands(sub)  # metrics, top
+
+    sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
+    sweep.set_defaults(func=_cmd_sweep)
     return parser
 
 
