@@ -263,6 +263,15 @@ def test_metrics_from_real_workers(
         assert re.search(rf"\b{postal_sent}\b", postal_line), postal_line
         sms_line = next(line for line in top.stdout.splitlines() if "smspartner" in line)
         assert "PAUSED" in sms_line
+        # Without --url it reads this host's directory and Redis itself: the same figures.
+        local = subprocess.run(
+            [sys.executable, "-m", "worker.ops.cli", "top", "--once", "--interval", "0.2"],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, **metrics_env, "COLUMNS": "250"},
+        )  # fmt: skip
+        assert local.returncode == 0, local.stderr
+        postal_line = next(line for line in local.stdout.splitlines() if "postal" in line)
+        assert re.search(rf"\b{postal_sent}\b", postal_line), postal_line
     finally:
         worker.stop()
 

@@ -419,3 +419,27 @@ def test_a_message_refused_before_the_gate_is_no_attempt() -> None:
     assert isinstance(outcome, Done) and outcome.result.status == "failed"
     assert not [e for e in logs if e["event"] == "delivery.attempt"]
     assert _value(record.MESSAGES_FINISHED, **labels) == before + 1
+
+
+def test_compose_runs_the_exporter_prometheus_and_grafana() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    assert {"metrics", "prometheus", "grafana"} <= set(services)
+    # Workers and the exporter share the multiprocess directory.
+    mp_dir = services["worker"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert services["metrics"]["environment"]["PROMETHEUS_MULTIPROC_DIR"] == mp_dir
+    assert f"metrics-data:{mp_dir}" in services["worker"]["volumes"]
+    assert f"metrics-data:{mp_dir}" in services["metrics"]["volumes"]
+    assert services["metrics"]["command"][:2] == ["delivery-worker", "metrics"]
+    mounts = " ".join(services["prometheus"]["volumes"])
+    assert "./monitoring/prometheus.yml:" in mounts and "./monitoring/alerts.yml:" in mounts
+    prometheus = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    target = prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0]
+    assert target == "metrics:" + services["metrics"]["command"][-1]
+    grafana = " ".join(services["grafana"]["volumes"])
+    assert "./monitoring/grafana/dashboards:" in grafana
+    provisioning = ROOT / "monitoring" / "grafana" / "provisioning"
+    for path in provisioning.rglob("*.yml"):
+        assert yaml.safe_load(path.read_text())["apiVersion"] == 1
+    procfile = (ROOT / "Procfile").read_text()
+    assert re.search(r"^metrics: .*delivery-worker metrics", procfile, re.M)
