@@ -23,8 +23,10 @@ from delivery_sandbox.inbox import INBOX_PATH
 from devstack.demo_batch import BAD_MESSAGE, DEMO_BATCH, OUT_OF_CREDIT, DemoItem
 from devstack.processes import (
     Proc,
+    free_port,
     sandbox_env,
     start_flower,
+    start_metrics_exporter,
     start_redis,
     start_sandbox,
     start_worker,
@@ -90,9 +92,15 @@ def run_demo(
             "DELIVERY_RESULT_BACKEND": f"{redis_url}/1",
             "DELIVERY_LOG_FORMAT": "json",
             **sandbox_env(sandbox_url),
+            # Prometheus multiprocess files of this demo's worker, served by the exporter.
+            "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics"),
         }
+        for stale in (root / "metrics").glob("*.db"):  # a new Redis: counts start anew
+            stale.unlink()
         worker = start_worker(root, env, name="demo", concurrency=workers)
         procs.append(worker)
+        exporter = start_metrics_exporter(root, env, port=free_port())
+        procs.append(exporter)
         flower_auth = ""
         if flower:
             flower_auth = f"demo:{secrets.token_urlsafe(9)}"
@@ -149,6 +157,10 @@ def run_demo(
         print(f"\nwall time: {time.monotonic() - started:.1f}s; logs in {root}")
         counts = Counter(r[2] for r in rows)
         print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        print(
+            f"\nMetrics: {exporter.extra['url']}  "
+            f"(live view: delivery-worker top --url {exporter.extra['url']})"
+        )
         if flower:
             user, password = flower_auth.split(":", 1)
             print(f"\nFlower: http://127.0.0.1:{flower_port}  (user {user}, password {password})")

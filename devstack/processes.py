@@ -26,6 +26,7 @@ __all__ = [
     "running",
     "sandbox_env",
     "start_flower",
+    "start_metrics_exporter",
     "start_redis",
     "start_sandbox",
     "start_worker",
@@ -207,6 +208,24 @@ def start_flower(workdir: Path, env: Mapping[str, str], *, port: int, basic_auth
     ]  # fmt: skip
     proc = _spawn("flower", argv, workdir / "flower.log", {**os.environ, **env})
     proc.extra["port"] = port
+    return proc
+
+
+def start_metrics_exporter(workdir: Path, env: Mapping[str, str], *, port: int) -> Proc:
+    """``delivery-worker metrics`` on loopback; ``env`` must name the workers'
+    ``PROMETHEUS_MULTIPROC_DIR``. Waits for its port."""
+    argv = [
+        sys.executable, "-m", "worker.ops.cli", "metrics",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    proc = _spawn("metrics", argv, workdir / "metrics.log", {**os.environ, **env})
+    proc.extra["port"] = port
+    proc.extra["url"] = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        proc.stop()
+        raise RuntimeError(f"metrics exporter did not start:\n{proc.log_tail()}") from None
     return proc
 
 

@@ -227,3 +227,18 @@ def test_concurrent_threads_never_exceed_the_limit(h: Harness) -> None:
         t.join(timeout=30)
     assert len(granted) == threads_n
     assert sum(granted) == 7
+
+
+def test_usage_counts_grants_per_limit_and_records_nothing(h: Harness) -> None:
+    limits = [Limit(3, 0.3), Limit(5, 10.0)]
+    assert h.limiter.usage(KEY, limits) == [0, 0]
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.usage(KEY, limits) == [2, 2]
+    assert h.limiter.usage(KEY, limits) == [2, 2]  # reading spends nothing
+    assert h.limiter.usage(OTHER_KEY, limits) == [0, 0]
+    h.sleep(0.3 + MARGIN_S + 0.1)  # the short window let both grants go; the long one keeps them
+    assert h.limiter.usage(KEY, limits) == [0, 2]
+    # Refused requests are not counted either.
+    assert h.limiter.acquire(KEY, [Limit(2, 10.0)]) > 0
+    assert h.limiter.usage(KEY, limits) == [0, 2]

@@ -120,3 +120,20 @@ def test_metrics_keys(redis_client: redis.Redis) -> None:
     assert redis_client.hgetall("dw:metrics:smspartner") == {b"throttled_ms": b"120"}
     redis_client.hincrby("dw:metrics:smspartner", "sent", 4)  # as an earlier release wrote it
     assert RedisMetrics(redis_client).read("smspartner") == {"throttled_ms": 120, "sent": 4}
+
+
+def test_balances_key(redis_client: redis.Redis) -> None:
+    from worker.stores.balances import RecordedBalance, RedisBalances
+
+    store = RedisBalances(redis_client)
+    store.record(RecordedBalance("voicepartner", 19.0, "money", "€", T0))
+    raw = redis_client.hget("dw:balances", "voicepartner")
+    assert raw is not None
+    assert json.loads(raw) == {"amount": 19.0, "unit": "money", "currency": "€", "checked_at": T0}
+    # As this release writes it, a later one must read it.
+    redis_client.hset(
+        "dw:balances",
+        "smspartner",
+        '{"amount": 120, "unit": "credits", "currency": "", "checked_at": 1700000000.5}',
+    )
+    assert store.read_all()["smspartner"] == RecordedBalance("smspartner", 120.0, "credits", "", T0)

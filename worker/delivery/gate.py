@@ -16,6 +16,7 @@ import structlog
 from worker.delivery.context import FIRST_ATTEMPT_AT, Delivery
 from worker.delivery.outcomes import wait
 from worker.delivery.results import Outcome
+from worker.metrics import record as metrics
 from worker.providers import SendContext
 from worker.stores import DeliveryRecord
 
@@ -44,6 +45,9 @@ class SendGate:
         self.key = key
         self.bucket = bucket
         self.opened = False
+        self.opened_at = 0.0
+        """``time.perf_counter()`` when the slot was taken (the request leaves right after)."""
+        self.limiter_wait_s = 0.0
 
     def __call__(self) -> None:
         d, now = self.d, repr(time.time())
@@ -53,11 +57,13 @@ class SendGate:
             d.rt.ledger.note_tag_use(
                 d.provider, self.ctx.tag, d.recipients(), d.delivery_id, float(now)
             )
-        log.info("delivery.attempt")
         waited = self._acquire()
         if not isinstance(waited, float):
             raise NotNow(waited)
+        metrics.limiter_wait(d.provider, waited)
+        self.limiter_wait_s = waited
         self.opened = True
+        self.opened_at = time.perf_counter()
 
     def _acquire(self) -> float | Outcome:
         """Take a slot in the global limiter, sleeping briefly when it is nearly free."""
@@ -69,6 +75,7 @@ class SendGate:
             if waited + wait_s > d.settings.limiter_max_inline_wait_s:
                 d.rt.ledger.incr(d.delivery_id, "throttled")
                 d.rt.metric(provider, "throttled_ms", int((waited + wait_s) * 1000))
+                metrics.limiter_rescheduled(provider)
                 log.info("delivery.rate_limited", wait_s=round(wait_s, 3))
                 return wait(d, wait_s, "rate_limited", self.record.attempts)
             time.sleep(wait_s)

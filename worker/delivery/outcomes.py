@@ -12,6 +12,7 @@ import structlog
 
 from worker.delivery.context import Delivery
 from worker.delivery.results import Done, Retry, mask_ids
+from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import SendOutcome
 from worker.redaction import scrub
@@ -47,6 +48,7 @@ def sent(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
         result=result.model_dump_json(),
     )
     d.rt.metric(d.provider, "sent")
+    metrics.finished(d.provider, d.channel, "sent", "none")
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
 
@@ -63,6 +65,7 @@ def finish(d: Delivery, state: str, attempts: int, *, error: ErrorInfo) -> Done:
     )
     if d.provider:
         d.rt.metric(d.provider, f"{state}:{error.kind}")
+    metrics.finished(d.provider, d.channel, state, error.kind)
     return Done(result)
 
 
@@ -80,6 +83,7 @@ def park(d: Delivery, provider: str, attempts: int, reason: str) -> Done:
         d.delivery_id, "parked", parked_reason=reason[:200], result=result.model_dump_json()
     )
     d.rt.metric(provider, "parked")
+    metrics.parked(provider, d.channel)
     log.warning("delivery.parked", provider=provider)
     return Done(result)
 

@@ -19,6 +19,7 @@ from worker.delivery.routing import choose_provider
 from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
+from worker.metrics import record as metrics
 from worker.models import InvalidMessage
 from worker.providers import parse_message
 from worker.runtime import Runtime
@@ -78,4 +79,5 @@ def _invalid(
     rt.ledger.transition(
         delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
     )
+    metrics.finished("", channel, "failed", "invalid_message")
     return Done(result)

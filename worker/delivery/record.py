@@ -17,6 +17,7 @@ import structlog
 
 from worker.delivery.context import Delivery
 from worker.delivery.results import Done, Outcome, Retry
+from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.stores import DeliveryRecord
 
@@ -80,6 +81,7 @@ def _bury(d: Delivery, crashed_runs: int, attempts: int) -> Done:
     log.error("delivery.dead_letter", reason=reason, action="delivery-worker dead replay ID")
     result = d.result("dead", attempts, error=ErrorInfo(kind="dead_letter", message=reason))
     d.rt.ledger.set_fields(d.delivery_id, result=result.model_dump_json())
+    metrics.finished(d.provider, d.channel, "dead", "dead_letter")
     return Done(result)
 
 

@@ -9,17 +9,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
+
 from worker.delivery.context import FIRST_ATTEMPT_AT, Delivery, as_float
 from worker.delivery.gate import NotNow, SendGate
 from worker.delivery.outcomes import sent
 from worker.delivery.results import Outcome
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
+from worker.metrics import record as metrics
 from worker.models import SmsMessage
 from worker.providers import Driver, SendContext, SendOutcome
 from worker.stores import DeliveryRecord, limiter_key
 
 __all__ = ["send", "send_context"]
+
+log = structlog.get_logger(__name__)
 
 
 def send_context(d: Delivery, record: DeliveryRecord, driver: Driver[Any]) -> SendContext:
@@ -44,8 +49,25 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
     except NotNow as stop:
         return stop.outcome
     except DeliveryError as exc:
+        if gate.opened:
+            _attempted(d, gate, exc.status_code, exc.kind)
         # A refusal after the gate opened may hold the shared limiter key (a 429).
         held_key = key if gate.opened else None
         return settle_error(d, Failure(exc, record.attempts, driver, held_key))
+    _attempted(d, gate, None, "accepted")
+    metrics.enqueue_to_accept(d.provider, d.channel, time.time() - d.created_at)
+    metrics.cost(d.provider, outcome.cost, outcome.currency)
     d.rt.health.record_success(d.provider)
     return sent(d, outcome, record.attempts)
+
+
+def _attempted(d: Delivery, gate: SendGate, status_code: int | None, kind: str) -> None:
+    """The one event and the metrics of an attempt whose request left (the gate opened)."""
+    duration_s = time.perf_counter() - gate.opened_at
+    if kind == "accepted":
+        status_code = 200  # drivers accept only 2xx answers; the class is what is counted
+    metrics.provider_request(d.provider, d.channel, status_code, kind, duration_s)
+    log.info(
+        "delivery.attempt",
+        **metrics.attempt_fields(status_code, kind, duration_s, gate.limiter_wait_s),
+    )

@@ -23,6 +23,7 @@ from worker.delivery.outcomes import expire, finish, park, wait
 from worker.delivery.results import Outcome, backoff_s
 from worker.delivery.routing import candidates
 from worker.errors import DeferredError, DeliveryError, Policy
+from worker.metrics import record as metrics
 from worker.models import ErrorInfo
 from worker.providers import Driver
 
@@ -113,6 +114,7 @@ def _throttle(d: Delivery, failure: Failure) -> Outcome:
     if failure.held_key is not None:
         # Every worker sharing this budget holds back, not just this one.
         d.rt.limiter.hold_for(failure.held_key, delay)
+        metrics.limiter_hold(d.provider, delay)
     d.rt.ledger.incr(d.delivery_id, "throttled")
     d.rt.metric(d.provider, "throttled_by_provider")
     log.info("delivery.throttled", **{**failure.log_fields(), "retry_after_s": delay})

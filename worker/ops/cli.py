@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="replay every dead letter")
     dead.set_defaults(func=_cmd_dead)
 
+    from worker.metrics.commands import add_commands as add_metrics_commands
+
+    add_metrics_commands(sub)  # metrics, top
+
     sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
     sweep.set_defaults(func=_cmd_sweep)
 

@@ -18,20 +18,45 @@ from celery import Celery
 
 from worker.config import PROVIDERS, Settings
 from worker.errors import DeliveryError
+from worker.providers import Balance
 from worker.runtime import Runtime, breaker_config
 from worker.stores import (
+    Balances,
     BreakerState,
     HealthStore,
     Ledger,
+    Limit,
     Metrics,
     Parking,
     PauseInfo,
+    RateLimiter,
+    RecordedBalance,
     Stores,
+    limiter_key,
 )
+from worker.stores.balances import BalanceUnit
 
 __all__ = ["Operations", "ProviderStatus"]
 
 log = structlog.get_logger("worker.ops.operations")
+
+BALANCE_UNITS: dict[str, BalanceUnit] = {
+    # providers.md §1.2.1: `credits.creditSms` is a count of SMS (the `currency` beside it is
+    # that of `credits.balance`, which the driver reads only when creditSms is missing).
+    "smspartner": "credits",
+    # §2.2 Credits: `credits.creditMail`, a count of mails.
+    "mailpartner": "credits",
+    # §3.2 Credits: `{"credit": "19", "currency": "€"}`: an amount of money.
+    "voicepartner": "money",
+}
+"""What each provider's ``/me`` figure counts; a provider not listed reads as credits."""
+
+BALANCE_CHECK_LIMITS = (Limit(5, 60.0),)
+"""At most 5 balance checks a minute per provider and egress identity for the providers that
+are not paused: Voice Partner documents 5/min for ``/me`` (providers.md §3.2); SMS and Mail
+Partner document no limit for it [NOT FOUND], so the safe reading is the same 5/min (and
+Mail Partner's 2000 requests/min/IP, §2.3, is never approached). A paused provider's check is
+not limited here: its resume must not wait for a budget."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,8 @@ class Operations:
         settings: Settings,
         app: Celery,
         clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
+        balances: Balances | None = None,
     ) -> None:
         self.ledger = ledger
         self.parking = parking
@@ -79,6 +106,10 @@ class Operations:
         self.settings = settings
         self.app = app
         self._clock = clock
+        self.limiter = limiter
+        """Budgets the balance checks of active providers (none: they are not checked)."""
+        self.balances = balances
+        """Where each reading is recorded for the metrics (none: not recorded)."""
 
     @classmethod
     def for_stores(
@@ -97,6 +128,8 @@ class Operations:
             settings=settings,
             app=app,
             clock=clock,
+            limiter=stores.limiter,
+            balances=stores.balances,
         )
 
     @classmethod
@@ -208,17 +241,23 @@ class Operations:
         """Ask each paused provider for its balance; resume those that have credit again.
 
         ``drivers`` maps a provider name to a driver (``Runtime.driver``). Providers without a
-        balance endpoint stay paused until an operator resumes them.
+        balance endpoint stay paused until an operator resumes them. Every reading, and one of
+        each active provider with a balance endpoint (within :data:`BALANCE_CHECK_LIMITS`), is
+        recorded for the ``delivery_credit_balance`` metric; only paused providers appear in
+        the returned dict.
         """
         outcome: dict[str, str] = {}
+        paused: set[str] = set()
         for info in self.health.list_paused():
             provider = info.provider
+            paused.add(provider)
             try:
                 balance = drivers(provider).check_balance()
             except DeliveryError as exc:
                 log.warning("provider.balance_check_failed", provider=provider, kind=exc.kind)
                 outcome[provider] = f"check failed: {exc.kind}"
                 continue
+            self._record_balance(balance)
             if balance is None:
                 outcome[provider] = "no balance endpoint; resume by hand"
             elif balance.has_credit:
@@ -229,4 +268,32 @@ class Operations:
                     "provider.still_out_of_credit", provider=provider, credits=balance.credits
                 )
                 outcome[provider] = "still out of credit"
+        self._check_active_balances(drivers, paused)
         return outcome
+
+    def _check_active_balances(self, drivers: Any, paused: set[str]) -> None:
+        """Read the balance of each active provider, so operators see credit run low before a
+        send is refused. A check the budget refuses now is skipped until the next round."""
+        if self.limiter is None or self.balances is None:
+            return
+        for provider in self.settings.enabled_providers():
+            if provider in paused:
+                continue
+            key = limiter_key(provider, self.settings.egress_identity, "balance")
+            if self.limiter.acquire(key, BALANCE_CHECK_LIMITS) > 0:
+                continue
+            try:
+                balance = drivers(provider).check_balance()
+            except DeliveryError as exc:
+                log.warning("provider.balance_check_failed", provider=provider, kind=exc.kind)
+                continue
+            self._record_balance(balance)
+
+    def _record_balance(self, balance: Balance | None) -> None:
+        if balance is None or balance.credits is None or self.balances is None:
+            return
+        unit = BALANCE_UNITS.get(balance.provider, "credits")
+        currency = (balance.currency or "") if unit == "money" else ""
+        self.balances.record(
+            RecordedBalance(balance.provider, balance.credits, unit, currency, self._clock())
+        )

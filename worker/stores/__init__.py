@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
+from worker.stores.balances import (
+    Balances,
+    MemoryBalances,
+    RecordedBalance,
+    RedisBalances,
+)
 from worker.stores.health import (
     BreakerConfig,
     BreakerState,
@@ -50,6 +56,7 @@ __all__ = [
     "DEFAULT_SAFETY_MARGIN_S",
     "FINAL_STATES",
     "STATE_RANK",
+    "Balances",
     "BreakerConfig",
     "BreakerState",
     "BreakerStateName",
@@ -58,6 +65,7 @@ __all__ = [
     "HealthStore",
     "Ledger",
     "Limit",
+    "MemoryBalances",
     "MemoryHealthStore",
     "MemoryLedger",
     "MemoryMetrics",
@@ -68,6 +76,8 @@ __all__ = [
     "Parking",
     "PauseInfo",
     "RateLimiter",
+    "RecordedBalance",
+    "RedisBalances",
     "RedisHealthStore",
     "RedisLedger",
     "RedisMetrics",
@@ -87,6 +97,9 @@ class Stores:
     health: HealthStore
     limiter: RateLimiter
     metrics: Metrics
+    balances: Balances = field(default_factory=MemoryBalances)
+    """Last ``/me`` readings (added after the others: a default keeps hand-built bundles
+    valid)."""
 
     @classmethod
     def on_redis(
@@ -103,6 +116,7 @@ class Stores:
             health=RedisHealthStore(client, config=breaker),
             limiter=RedisRateLimiter(client, safety_margin_s=safety_margin_s),
             metrics=RedisMetrics(client),
+            balances=RedisBalances(client),
         )
 
     @classmethod
@@ -120,4 +134,5 @@ class Stores:
             health=MemoryHealthStore(clock, config=breaker),
             limiter=MemoryRateLimiter(clock, safety_margin_s=safety_margin_s),
             metrics=MemoryMetrics(),
+            balances=MemoryBalances(),
         )

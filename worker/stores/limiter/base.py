@@ -100,6 +100,15 @@ class RateLimiter(Protocol):
         """
         ...
 
+    def usage(self, key: str, limits: Sequence[Limit]) -> list[int]:
+        """Grants counted now against each of ``limits`` (same order), recording nothing.
+
+        Read-only, for operators (the metrics exporter, ``delivery-worker top``): a grant counts
+        while it is inside its effective window (the window plus the safety margin), exactly as
+        :meth:`acquire` counts it.
+        """
+        ...
+
     def hold(self, key: str, until_s: float) -> float:
         """Refuse every acquire on ``key`` until ``until_s`` (an instant on :meth:`now`'s clock).
 

@@ -61,6 +61,16 @@ class MemoryRateLimiter(RateLimiter):
                 log.append(now)
             return 0.0
 
+    def usage(self, key: str, limits: Sequence[Limit]) -> list[int]:
+        with self._lock:
+            now = self._clock()
+            counts = []
+            for limit in limits:
+                horizon = now - (limit.window_s + self.safety_margin_s)
+                log = self._logs.get((key, limit.window_s), ())
+                counts.append(sum(1 for granted in log if granted > horizon))
+            return counts
+
     def hold(self, key: str, until_s: float) -> float:
         check_seconds("until_s", until_s)
         with self._lock:

@@ -72,6 +72,18 @@ class RedisRateLimiter(RateLimiter):
         wait_us = int(self._acquire(keys=keys, args=args))
         return wait_us / _US
 
+    def usage(self, key: str, limits: Sequence[Limit]) -> list[int]:
+        base = self._base(key)
+        sec, usec = self._redis.time()
+        now_us = int(sec) * _US + int(usec)
+        pipe = self._redis.pipeline(transaction=False)
+        for limit in limits:
+            horizon = now_us - math.ceil((limit.window_s + self.safety_margin_s) * _US)
+            # acquire.lua trims scores <= now - window, so a grant counts while its score is
+            # above the horizon.
+            pipe.zcount(f"{base}:{limit.window_s:g}s", f"({horizon}", "+inf")
+        return [int(n) for n in pipe.execute()]
+
     def hold(self, key: str, until_s: float) -> float:
         check_seconds("until_s", until_s)
         return self._run_hold(key, "at", math.ceil(until_s * _US))

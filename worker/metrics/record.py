@@ -1,0 +1,184 @@
+"""The facade the delivery pipeline calls: per-attempt counters and histograms, no Redis.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (a worker under the exporter), prometheus-client's
+multiprocess mode keeps each process's values in memory-mapped files in that directory; the
+exporter (:mod:`worker.metrics.exporter`) sums the files of every process, dead ones included.
+So a prefork child killed mid-flight keeps what it counted, and so does a worker restart as long
+as the directory stays. Without it, values live in this process only (tests, one-off tools).
+
+Labels are ``provider``, ``channel``, ``status``, ``kind`` and, for cost, ``unit``/``currency``:
+never a recipient, a body or a key. ``provider`` is ``none`` before one is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+# Multiprocess mode opens a file in the directory when a labelled value is first used: make
+# sure it exists before prometheus_client is imported (it reads the variable at import).
+_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _DIR:
+    os.makedirs(_DIR, exist_ok=True)
+
+from prometheus_client import Counter, Histogram  # noqa: E402 - after the directory exists
+
+__all__ = [
+    "FINISHED",
+    "NO_PROVIDER",
+    "attempt_fields",
+    "cost",
+    "enqueue_to_accept",
+    "finished",
+    "limiter_hold",
+    "limiter_rescheduled",
+    "limiter_wait",
+    "parked",
+    "provider_request",
+    "status_class",
+]
+
+NO_PROVIDER = "none"
+FINISHED = ("sent", "failed", "expired", "dead")
+
+MESSAGES_FINISHED = Counter(
+    "delivery_messages_finished_total",
+    "Deliveries that reached a final state (status) and why (kind: the error kind, none if sent).",
+    ["provider", "channel", "status", "kind"],
+)
+MESSAGES_PARKED = Counter(
+    "delivery_messages_parked_total",
+    "Deliveries parked because their provider is paused (out of credit).",
+    ["provider", "channel"],
+)
+PROVIDER_REQUESTS = Counter(
+    "delivery_provider_requests_total",
+    "Send requests that passed the gate, by HTTP status class (status: 2xx..5xx, none when no "
+    "answer) and outcome (kind: accepted, or the error kind).",
+    ["provider", "channel", "status", "kind"],
+)
+PROVIDER_THROTTLED = Counter(
+    "delivery_provider_throttled_total",
+    "Send requests the provider refused as too many (429, or its own throttling code).",
+    ["provider", "channel"],
+)
+LIMITER_HOLDS = Counter(
+    "delivery_limiter_holds_total",
+    "Holds put on the shared limiter after a provider throttled us (Retry-After, or the "
+    "provider's default wait).",
+    ["provider"],
+)
+LIMITER_HOLD_SECONDS = Counter(
+    "delivery_limiter_hold_seconds_total",
+    "Seconds of hold put on the shared limiter after a provider throttled us.",
+    ["provider"],
+)
+LIMITER_RESCHEDULED = Counter(
+    "delivery_limiter_rescheduled_total",
+    "Attempts the global limiter sent back to the queue (the wait exceeded the inline maximum).",
+    ["provider"],
+)
+COST = Counter(
+    "delivery_cost_total",
+    "What providers reported the accepted sends cost: unit money (with currency) or credits.",
+    ["provider", "unit", "currency"],
+)
+REQUEST_SECONDS = Histogram(
+    "delivery_provider_request_duration_seconds",
+    "Time from the gate opening to the provider's answer (or the transport error).",
+    ["provider", "channel"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+ENQUEUE_TO_ACCEPT_SECONDS = Histogram(
+    "delivery_enqueue_to_accept_seconds",
+    "Time from enqueue (the ledger record's creation) to the provider accepting the message.",
+    ["provider", "channel"],
+    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
+)
+LIMITER_WAIT_SECONDS = Histogram(
+    "delivery_limiter_wait_seconds",
+    "Time an attempt slept in the gate for a global limiter slot (0 when granted at once).",
+    ["provider"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
+
+
+def status_class(status_code: int | None) -> str:
+    """``2xx`` … ``5xx`` for an HTTP status, ``none`` when no answer came (transport error)."""
+    if status_code is None or not 100 <= status_code <= 599:
+        return "none"
+    return f"{status_code // 100}xx"
+
+
+def provider_request(
+    provider: str, channel: str, status_code: int | None, kind: str, duration_s: float
+) -> None:
+    """One send request that passed the gate; ``kind`` is ``accepted`` or the error kind."""
+    PROVIDER_REQUESTS.labels(provider, channel, status_class(status_code), kind).inc()
+    REQUEST_SECONDS.labels(provider, channel).observe(duration_s)
+    if kind == "throttled":
+        PROVIDER_THROTTLED.labels(provider, channel).inc()
+
+
+def attempt_fields(
+    status_code: int | None, kind: str, duration_s: float, limiter_wait_s: float
+) -> dict[str, object]:
+    """The ``delivery.attempt`` log event's fields, named like the metrics they feed."""
+    return {
+        "status": status_class(status_code),
+        "kind": kind,
+        "request_duration_seconds": round(duration_s, 4),
+        "limiter_wait_seconds": round(limiter_wait_s, 4),
+    }
+
+
+def finished(provider: str, channel: str, status: str, kind: str) -> None:
+    MESSAGES_FINISHED.labels(provider or NO_PROVIDER, channel, status, kind).inc()
+
+
+def parked(provider: str, channel: str) -> None:
+    MESSAGES_PARKED.labels(provider, channel).inc()
+
+
+def enqueue_to_accept(provider: str, channel: str, seconds: float) -> None:
+    ENQUEUE_TO_ACCEPT_SECONDS.labels(provider, channel).observe(max(seconds, 0.0))
+
+
+COST_IN_CREDITS = frozenset({"mailpartner"})
+"""Providers whose send ``cost`` counts credits whatever currency comes with it: Mail Partner's
+documented answer is ``"cost":1,"currency":"EUR"`` for one mail (providers.md §2.2), one credit
+per mail [INFERRED]; counting it as 1 EUR a mail would overstate spend."""
+
+
+def cost(provider: str, amount: float | None, currency: str | None) -> None:
+    """Add a reported cost: money when it comes with a currency, else credits."""
+    if amount is None or not amount >= 0 or amount == float("inf"):
+        return
+    if provider in COST_IN_CREDITS:
+        currency = None
+    unit = "money" if currency else "credits"
+    COST.labels(provider, unit, _currency_label(currency)).inc(amount)
+
+
+_CURRENCY = re.compile(r"[A-Za-z]{3}|[€$£¥]")
+
+
+def _currency_label(currency: str | None) -> str:
+    """An ISO code or a currency sign as the provider wrote it; anything else is ``other`` (a
+    hostile answer cannot mint label values)."""
+    if not currency:
+        return ""
+    return currency.upper() if _CURRENCY.fullmatch(currency) else "other"
+
+
+def limiter_wait(provider: str, seconds: float) -> None:
+    LIMITER_WAIT_SECONDS.labels(provider).observe(max(seconds, 0.0))
+
+
+def limiter_rescheduled(provider: str) -> None:
+    LIMITER_RESCHEDULED.labels(provider).inc()
+
+
+def limiter_hold(provider: str, seconds: float) -> None:
+    LIMITER_HOLDS.labels(provider).inc()
+    LIMITER_HOLD_SECONDS.labels(provider).inc(max(seconds, 0.0))
