@@ -165,6 +165,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_receiver(args: argparse.Namespace) -> int:
+    from worker.config import get_settings
+    from worker.receiver import serve
+
+    settings = get_settings()  # refuse a bad configuration before binding the port
+    if not (settings.postal_webhook_public_key or settings.tracking_secret):
+        print(
+            "the receiver has nothing to receive: set DELIVERY_POSTAL_WEBHOOK_PUBLIC_KEY "
+            "and/or DELIVERY_TRACKING_SECRET",
+            file=sys.stderr,
+        )
+        return 2
+    serve(args.host, args.port, workers=args.workers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="delivery-worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
     sweep.set_defaults(func=_cmd_sweep)
+
+    receiver = sub.add_parser("receiver", help="serve provider webhooks/callbacks (tracking)")
+    receiver.add_argument("--host", default="127.0.0.1")
+    receiver.add_argument("--port", type=int, default=8030)
+    receiver.add_argument("--workers", type=int, default=1, help="server processes")
+    receiver.set_defaults(func=_cmd_receiver)
     return parser
 
 
