@@ -79,7 +79,7 @@ def _refuse(status: int, error: str) -> JSONResponse:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, at most ``limit`` bytes: a larger declared or streamed body is refused."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
