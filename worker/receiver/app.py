@@ -133,22 +133,33 @@ def create_app(
         if not hook.events:
             log.info("receiver.ignored", route="postal", postal_event=hook.event)
             return JSONResponse({"status": "ignored", "reason": hook.ignored})
-        key = f"postal:{hook.uuid}"
-        claim = await run_in_threadpool(dedupe.claim, key)
-        if claim == "duplicate":
+        answer = await run_in_threadpool(_hand_over, f"postal:{hook.uuid}", hook.events)
+        if answer == "duplicate":
             log.info("receiver.duplicate", route="postal", uuid=hook.uuid)
             return JSONResponse({"status": "duplicate"})
-        if claim == "pending":
+        if answer == "pending":
             return _refuse(409, "this event is being processed; retry later")
-        try:
-            await run_in_threadpool(publisher.publish_events, hook.events)
-        except Exception as exc:  # the broker refused: Postal retries (§4.6)
-            await run_in_threadpool(dedupe.release, key)
-            log.error("receiver.publish_failed", route="postal", error=type(exc).__name__)
+        if answer != "published":  # the broker refused: Postal retries (§4.6)
+            log.error("receiver.publish_failed", route="postal", error=answer)
             return _refuse(503, "could not queue the event; retry later")
-        await run_in_threadpool(dedupe.done, key)
         log.info("receiver.published", route="postal", postal_event=hook.event, uuid=hook.uuid)
         return JSONResponse({"status": "published", "events": len(hook.events)})
+
+    def _hand_over(key: str, events: list[Any]) -> str:
+        """Claim, publish, mark done: one trip to a worker thread (blocking Redis/Celery I/O).
+
+        Returns ``published``, ``duplicate``, ``pending`` or the publish error's class name.
+        """
+        claim = dedupe.claim(key)
+        if claim != "new":
+            return claim
+        try:
+            publisher.publish_events(events)
+        except Exception as exc:  # anything the broker client raises
+            dedupe.release(key)
+            return type(exc).__name__
+        dedupe.done(key)
+        return "published"
 
     async def hint(request: Request) -> JSONResponse:
         provider = str(request.path_params["provider"])

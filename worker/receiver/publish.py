@@ -61,12 +61,16 @@ class CeleryPublisher:
     def __init__(self, app: Any) -> None:
         self.app = app
 
+    # ignore_result: nobody waits on these results. Without it, the Redis result backend
+    # subscribes to every sent task's result channel (one shared pubsub connection, one more
+    # channel per event): the receiver slowed down to ~100 events/s (bench/tracking_receiver.py).
+
     def publish_events(self, events: list[DeliveryEvent]) -> None:
         args = [[event.model_dump(mode="json") for event in events]]
-        self.app.send_task(TRACK_EVENTS_TASK, args=args)
+        self.app.send_task(TRACK_EVENTS_TASK, args=args, ignore_result=True)
 
     def publish_hint(self, provider: str, delivery_id: str) -> None:
-        self.app.send_task(TRACK_HINT_TASK, args=[provider, delivery_id])
+        self.app.send_task(TRACK_HINT_TASK, args=[provider, delivery_id], ignore_result=True)
 
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:
