@@ -329,8 +329,9 @@ _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 def _check_tracking(settings: Settings) -> None:
     """The tracking settings (``worker.receiver``): a secret with the public URL, a URL the
     token may travel in, a Postal key that loads, a dedupe window longer than the max age."""
+    # An empty value (an unset variable in docker-compose) is no secret.
     secret = settings.tracking_secret.get_secret_value() if settings.tracking_secret else None
-    if secret is not None:
+    if secret:
         register_secret(secret)
         if len(secret) < 32:
             raise ValueError("tracking_secret must be at least 32 characters")
@@ -340,7 +341,7 @@ def _check_tracking(settings: Settings) -> None:
         loopback = parsed.scheme == "http" and (parsed.hostname or "") in _LOOPBACK_HOSTS
         if not parsed.hostname or not (parsed.scheme == "https" or loopback):
             raise ValueError("tracking_public_url must be an https:// URL (http only on loopback)")
-        if secret is None:
+        if not secret:
             raise ValueError("tracking_public_url needs DELIVERY_TRACKING_SECRET")
     if settings.postal_webhook_public_key:
         from worker.providers.postal_webhook import load_public_key

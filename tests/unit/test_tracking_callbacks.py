@@ -107,6 +107,9 @@ def test_settings_register_the_secret_and_check_the_url() -> None:
         Settings(tracking_public_url="https://hooks.example.com")
     with pytest.raises(ValidationError, match="32"):
         Settings(tracking_secret="short")
+    # Unset variables in docker-compose arrive empty: tracking is off, not an error.
+    empty = Settings(tracking_secret="", tracking_public_url="", postal_webhook_public_key="")
+    assert not empty.tracking_secret and not empty.tracking_public_url
 
 
 def test_settings_check_the_postal_key_and_the_dedupe_window() -> None:

@@ -63,7 +63,7 @@ class ReceiverConfig:
             postal_public_key=settings.postal_webhook_public_key,
             postal_allow_sha1=settings.postal_webhook_allow_sha1,
             postal_max_age_s=settings.postal_webhook_max_age_s,
-            tracking_secret=secret.get_secret_value() if secret is not None else None,
+            tracking_secret=(secret.get_secret_value() or None) if secret is not None else None,
             max_body_bytes=settings.receiver_max_body_bytes,
         )
 
