@@ -7,6 +7,9 @@ worker would receive it (the tasks that apply it are the worker's side of issue 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,6 +116,9 @@ def test_a_sandbox_signed_webhook_lands_on_the_broker_once(
     assert event.provider == "postal" and event.provider_message_id == message_id
     assert event.recipient == "a***@example.com"
     assert "ann@example.com" not in json.dumps(args)
+    deadline = time.monotonic() + 10
+    while not sandbox.webhooks.describe()["attempts"] and time.monotonic() < deadline:
+        time.sleep(0.02)  # the sandbox records the attempt once the answer is read
     attempt = sandbox.webhooks.describe()["attempts"][-1]
     assert attempt["status"] == 200 and attempt["uuid"] == event.event_id
 
@@ -204,3 +210,19 @@ def test_the_log_holds_no_secret_token_or_address(
     assert "receiver.published" in log  # it does log, by route
     for secret in (SECRET, token, "ann@example.com", "bob@example.com"):
         assert secret not in log
+
+
+def test_the_startup_line_and_a_receiver_with_nothing_to_receive(receiver: Proc) -> None:
+    log = Path(receiver.log_path).read_text(errors="replace")
+    assert "receiver listening on http://127.0.0.1:" in log
+    assert "/hooks/postal on" in log and "voicepartner on" in log
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DELIVERY_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.ops.cli", "receiver", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "DELIVERY_POSTAL_WEBHOOK_PUBLIC_KEY" in done.stderr

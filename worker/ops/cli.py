@@ -177,6 +177,13 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    postal = "on" if settings.postal_webhook_public_key else "off (no public key)"
+    hints = "on" if settings.tracking_secret else "off (no secret)"
+    print(
+        f"receiver listening on http://{args.host}:{args.port}: /hooks/postal {postal}, "
+        f"/hooks/smspartner|voicepartner {hints}, /health",
+        flush=True,
+    )
     serve(args.host, args.port, workers=args.workers)
     return 0
 
