@@ -207,6 +207,19 @@ def test_a_broker_failure_is_503_and_the_retry_is_published(
     assert len(recorder.events) == 1
 
 
+class BrokenDedupe(MemoryDedupe):
+    def claim(self, key: str) -> Any:
+        raise ConnectionError("redis down")
+
+
+def test_a_dedupe_store_failure_is_503_and_publishes_nothing(recorder: Recorder) -> None:
+    config = ReceiverConfig(postal_public_key=SIGNER.public_key)
+    with AppClient(create_app(config, recorder, BrokenDedupe())) as client:
+        _, body, headers = _signed()
+        assert client.post("/hooks/postal", content=body, headers=headers).status_code == 503
+    assert recorder.events == []
+
+
 def test_postal_is_404_without_a_key(recorder: Recorder) -> None:
     config = ReceiverConfig(tracking_secret=SECRET)
     with AppClient(create_app(config, recorder, MemoryDedupe())) as client:

@@ -18,6 +18,7 @@ URLs carry their token) and never a body.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,7 +140,7 @@ def create_app(
             return JSONResponse({"status": "duplicate"})
         if answer == "pending":
             return _refuse(409, "this event is being processed; retry later")
-        if answer != "published":  # the broker refused: Postal retries (§4.6)
+        if answer != "published":  # Redis or the broker refused: Postal retries (§4.6)
             log.error("receiver.publish_failed", route="postal", error=answer)
             return _refuse(503, "could not queue the event; retry later")
         log.info("receiver.published", route="postal", postal_event=hook.event, uuid=hook.uuid)
@@ -150,15 +151,22 @@ def create_app(
 
         Returns ``published``, ``duplicate``, ``pending`` or the publish error's class name.
         """
-        claim = dedupe.claim(key)
+        try:
+            claim = dedupe.claim(key)
+        except Exception as exc:  # Redis unreachable: nothing claimed, nothing published
+            return type(exc).__name__
         if claim != "new":
             return claim
         try:
             publisher.publish_events(events)
         except Exception as exc:  # anything the broker client raises
-            dedupe.release(key)
+            with contextlib.suppress(Exception):
+                dedupe.release(key)  # else the pending claim expires on its own
             return type(exc).__name__
-        dedupe.done(key)
+        try:
+            dedupe.done(key)
+        except Exception as exc:  # published all the same; the pending claim expires
+            log.warning("receiver.dedupe_unmarked", route="postal", error=type(exc).__name__)
         return "published"
 
     async def hint(request: Request) -> JSONResponse:
