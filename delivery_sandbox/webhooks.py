@@ -129,13 +129,19 @@ class PostalSigner:
         }
 
     def signed_request(
-        self, event: str, payload: dict[str, Any]
+        self,
+        event: str,
+        payload: dict[str, Any],
+        *,
+        webhook_uuid: str | None = None,
+        created_at: float | None = None,
     ) -> tuple[str, bytes, dict[str, str]]:
-        """A new envelope for ``event``: (uuid, body, headers)."""
-        webhook_uuid = str(uuid.uuid4())
+        """An envelope for ``event``: (uuid, body, headers). ``created_at`` is the webhook
+        request's creation time (the envelope ``timestamp``), now by default."""
+        webhook_uuid = webhook_uuid or str(uuid.uuid4())
         envelope = {
             "event": event,
-            "timestamp": time.time(),
+            "timestamp": time.time() if created_at is None else created_at,
             "payload": payload,
             "uuid": webhook_uuid,
         }
@@ -158,6 +164,9 @@ class _Push:
     body: bytes | None = None
     params: dict[str, str] | None = None
     uuid: str | None = None
+    postal_payload: dict[str, Any] | None = None
+    """A Postal payload not signed yet (the envelope is made on the first attempt)."""
+    created_at: float = 0.0
     message_id: str = ""
     attempt: int = 0
     retries: Sequence[float] = ()
@@ -300,15 +309,17 @@ class Webhooks:
                 "timestamp": change.at,
                 "time": 0.42 if status != "Held" else None,
             }
-        webhook_uuid, body, headers = self.signer.signed_request(event, payload)
+        # Signed by the sender thread on its first attempt (RSA signing takes milliseconds:
+        # not on the timeline's thread), then sent byte for byte the same on every retry.
         return _Push(
             provider="postal",
             event=event,
             method="POST",
             url=url,
-            headers=headers,
-            body=body,
-            uuid=webhook_uuid,
+            headers={},
+            postal_payload=payload,
+            created_at=time.time(),
+            uuid=str(uuid.uuid4()),
             message_id=change.message_id,
             retries=self.retry_delays_s,
         )
@@ -373,6 +384,11 @@ class Webhooks:
                 log.exception("webhook push failed")
 
     def _send(self, push: _Push, generation: int) -> None:
+        if push.postal_payload is not None:
+            _, push.body, push.headers = self.signer.signed_request(
+                push.event, push.postal_payload, webhook_uuid=push.uuid, created_at=push.created_at
+            )
+            push.postal_payload = None
         push.attempt += 1
         code: int | None = None
         error: str | None = None
