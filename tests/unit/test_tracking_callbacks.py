@@ -8,14 +8,17 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
+from structlog.testing import capture_logs
 
 from delivery_sandbox.webhooks import PostalSigner
 from worker.config import Settings
+from worker.delivery import Done, process
 from worker.models import SmsMessage, VoiceMessage
 from worker.providers.base import SendContext
 from worker.providers.smspartner import SmsPartnerDriver
 from worker.providers.voicepartner import VoicePartnerDriver
 from worker.redaction import scrub
+from worker.runtime import Runtime
 from worker.tracking.callbacks import callback_token, callback_url, verify_token
 
 from .driver_support import mock_client, recorder
@@ -119,3 +122,43 @@ def test_settings_check_the_postal_key_and_the_dedupe_window() -> None:
         Settings(postal_webhook_public_key="nope")
     with pytest.raises(ValidationError, match="tracking_dedupe_ttl_s"):
         Settings(postal_webhook_max_age_s=7200, tracking_dedupe_ttl_s=3600)
+
+
+def _pipeline_send(**settings: Any) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """One SMS through the real pipeline (in-memory stores, mock provider): the body sent,
+    and the log events."""
+    seen, handler = recorder(httpx.Response(200, json=SMS_OK))
+    config = Settings(
+        smspartner_api_key="sms-secret-key",
+        smspartner_base_url="http://provider.test/smspartner/v1",
+        **settings,
+    )
+    rt = Runtime.in_memory(config, client=mock_client(handler))
+    try:
+        with capture_logs() as logs:
+            outcome = process(
+                "sms",
+                {"provider": "smspartner", "to": ["+33612345678"], "text": "Hello"},
+                delivery_id="dlv-77",
+                task_name="tasks.send_sms",
+                rt=rt,
+            )
+        assert isinstance(outcome, Done) and outcome.result.status == "sent"
+    finally:
+        rt.close()
+    body: dict[str, Any] = json.loads(seen[0].content)
+    return body, [(str(e.get("event")), e) for e in logs]
+
+
+def test_the_pipeline_gives_the_provider_this_deliverys_callback_url() -> None:
+    secret = "pipeline-secret-" + "z" * 20
+    body, logs = _pipeline_send(
+        tracking_public_url="https://hooks.example.com", tracking_secret=secret
+    )
+    expected = callback_url("https://hooks.example.com", secret, "smspartner", "dlv-77")
+    assert expected is not None and body["urlDlr"] == expected
+    token = expected.rsplit("/", 1)[-1]
+    assert any(name == "delivery.sent" for name, _ in logs)
+    assert token not in json.dumps(logs, default=str)  # the token is never logged
+    plain, _ = _pipeline_send()
+    assert "urlDlr" not in plain
