@@ -143,28 +143,6 @@ _LOCAL_STACK = ("devstack", "delivery_sandbox")
 """The demo's packages: local-stack tooling, outside the worker's import graph."""
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        from devstack.demo import run_demo
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").partition(".")[0] not in _LOCAL_STACK:
-            raise
-        print(
-            f"delivery-worker demo needs the local-stack tooling, but {exc.name!r} is not "
-            "installed: install delivery-worker from a source checkout with its devstack and "
-            "delivery_sandbox packages (./dev setup, or pip install -e . in the checkout)",
-            file=sys.stderr,
-        )
-        return 2
-    return run_demo(
-        workdir=args.workdir,
-        flower=not args.no_flower,
-        flower_port=args.flower_port,
-        stay=not args.exit,
-        workers=args.workers,
-    )
-
-
 def _cmd_receiver(args: argparse.Namespace) -> int:
     from worker.config import get_settings
     from worker.receiver import serve
@@ -188,6 +166,28 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from devstack.demo import run_demo
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in _LOCAL_STACK:
+            raise
+        print(
+            f"delivery-worker demo needs the local-stack tooling, but {exc.name!r} is not "
+            "installed: install delivery-worker from a source checkout with its devstack and "
+            "delivery_sandbox packages (./dev setup, or pip install -e . in the checkout)",
+            file=sys.stderr,
+        )
+        return 2
+    return run_demo(
+        workdir=args.workdir,
+        flower=not args.no_flower,
+        flower_port=args.flower_port,
+        stay=not args.exit,
+        workers=args.workers,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="delivery-worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate DELIVERY_* settings")
     check.set_defaults(func=_cmd_check_config)
+
+    receiver = sub.add_parser("receiver", help="serve provider webhooks/callbacks (tracking)")
+    receiver.add_argument("--host", default="127.0.0.1")
+    receiver.add_argument("--port", type=int, default=8030)
+    receiver.add_argument("--workers", type=int, default=1, help="server processes")
+    receiver.set_defaults(func=_cmd_receiver)
 
     providers = sub.add_parser("providers", help="pause, breaker, parked and counters per provider")
     providers.add_argument("--json", action="store_true")
@@ -231,12 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
     sweep.set_defaults(func=_cmd_sweep)
-
-    receiver = sub.add_parser("receiver", help="serve provider webhooks/callbacks (tracking)")
-    receiver.add_argument("--host", default="127.0.0.1")
-    receiver.add_argument("--port", type=int, default=8030)
-    receiver.add_argument("--workers", type=int, default=1, help="server processes")
-    receiver.set_defaults(func=_cmd_receiver)
     return parser
 
 
