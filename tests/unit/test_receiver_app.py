@@ -276,3 +276,46 @@ def test_hostile_postal_requests_are_4xx_and_publish_nothing(
     response = client.post("/hooks/postal", content=body, headers=headers)
     assert 400 <= response.status_code < 500
     assert recorder.events == []
+
+
+_segment = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%"),
+    min_size=1,
+    max_size=60,
+)
+
+
+@settings(
+    max_examples=150,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    deadline=None,
+)
+@given(
+    provider=st.sampled_from(["smspartner", "voicepartner", "postal", "emailmassivo"]) | _segment,
+    delivery_id=_segment,
+    token=_segment,
+    body=st.binary(max_size=200),
+)
+def test_hostile_hints_publish_only_with_the_right_token(
+    client: AppClient,
+    recorder: Recorder,
+    provider: str,
+    delivery_id: str,
+    token: str,
+    body: bytes,
+) -> None:
+    recorder.hints.clear()
+    response = client.post(f"/hooks/{provider}/{delivery_id}/{token}", content=body)
+    right = provider in ("smspartner", "voicepartner") and token == callback_token(
+        SECRET, provider, delivery_id
+    )
+    assert not right  # a random token never matches…
+    assert 400 <= response.status_code < 500
+    assert recorder.hints == []
+    good = callback_token(SECRET, "smspartner", delivery_id)
+    answer = client.post(f"/hooks/smspartner/{delivery_id}/{good}", content=body)
+    # …and the right one works for any id the producer could make (ours are UUIDs).
+    if answer.status_code == 200:
+        assert recorder.hints == [("smspartner", delivery_id)]
+    else:
+        assert answer.status_code == 403 and recorder.hints == []
