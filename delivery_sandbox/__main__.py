@@ -119,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="EmailMassivo status for a new send: 200 (its page) or 201 (RuSender); "
         "a repeat is always 200",
     )
+    parser.add_argument(
+        "--postal-webhook-url",
+        metavar="URL",
+        help="where Postal's signed webhooks go (providers.md §4.6); default none",
+    )
     parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
     return parser
 
@@ -187,8 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.postal_webhook_url is not None:
+        try:
+            sandbox.webhooks.set_postal_url(args.postal_webhook_url, starting=True)
+        except ValueError as exc:
+            parser.error(f"--postal-webhook-url: {exc}")
     sandbox.start()
     print(f"sandbox listening on {sandbox.url}", flush=True)
+    print(f"postal webhook public key: {sandbox.webhooks.signer.public_key}", flush=True)
     try:
         while not stop.wait(0.5):
             pass

@@ -19,6 +19,11 @@ POST   /_admin/settings                {name: {...}} changes them (reset restore
                                        configured ones); postal: {"domains": [...],
                                        "send_limit": N|null, "suppressed": {address: reason}};
                                        voicepartner: {"senders": [...]}
+GET    /_admin/webhooks                {"postal": {"url", "public_key" (base64 DER, as Postal
+                                       shows it), "kid", "retry_delays_s", "timeout_s"},
+                                       "pending": N, "attempts": [push attempts]}
+POST   /_admin/webhooks                {"postal_url": URL|null, "retry_delays_s": [s, ...]}
+                                       (reset restores the starting ones)
 """
 
 from __future__ import annotations
@@ -164,6 +169,30 @@ def _set_settings(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any
     return json_reply(200, {"settings": _all_settings(sandbox)})
 
 
+def _get_webhooks(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    return json_reply(200, sandbox.webhooks.describe())
+
+
+def _set_webhooks(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    if (
+        not isinstance(payload, dict)
+        or not payload
+        or set(payload) - {"postal_url", "retry_delays_s"}
+    ):
+        raise AdminError('expected {"postal_url": URL|null, "retry_delays_s": [seconds, ...]}')
+    delays = payload.get("retry_delays_s")
+    if delays is not None and (
+        not isinstance(delays, list)
+        or any(isinstance(d, bool) or not isinstance(d, (int, float)) for d in delays)
+    ):
+        raise AdminError("retry_delays_s must be a list of seconds")
+    if "postal_url" in payload:
+        sandbox.webhooks.set_postal_url(payload["postal_url"])
+    if delays is not None:
+        sandbox.webhooks.set_retry_delays(delays)
+    return _get_webhooks(sandbox, query, None)
+
+
 def _all_settings(sandbox: Sandbox) -> dict[str, Any]:
     found = {name: provider.settings() for name, provider in sandbox.providers.items()}
     return {name: value for name, value in found.items() if value is not None}
@@ -189,4 +218,6 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("DELETE", "/faults"): _clear_faults,
     ("GET", "/settings"): _get_settings,
     ("POST", "/settings"): _set_settings,
+    ("GET", "/webhooks"): _get_webhooks,
+    ("POST", "/webhooks"): _set_webhooks,
 }

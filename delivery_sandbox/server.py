@@ -27,9 +27,11 @@ from delivery_sandbox.config import SandboxConfig
 from delivery_sandbox.faults import FaultPlan, FaultRule
 from delivery_sandbox.httpd import Connection, SandboxHTTPServer
 from delivery_sandbox.inbox import INBOX_PREFIX, handle_inbox
+from delivery_sandbox.lifecycle import Listeners
 from delivery_sandbox.providers import Env, Provider, build_providers
 from delivery_sandbox.ratelimit import SlidingWindowLimiter, retry_after_header
 from delivery_sandbox.state import Recorder
+from delivery_sandbox.webhooks import Webhooks
 from delivery_sandbox.wire import Reply, Request, json_reply
 
 __all__ = ["Sandbox"]
@@ -58,6 +60,7 @@ class Sandbox:
         self.max_body_bytes = self.config.max_body_bytes
         self.idle_timeout_s = self.config.idle_timeout_s
         self.accounts = Accounts(credits)
+        self.listeners = Listeners()
         self.env = Env(accounts=self.accounts, config=self.config)
         self.providers: dict[str, Provider] = build_providers(self.env)
         self.faults = FaultPlan(fault_rules)
@@ -67,6 +70,9 @@ class Sandbox:
         self._host = host
         self._thread: threading.Thread | None = None
         self._started_at = time.monotonic()
+        # Postal webhooks and SMS/Voice callbacks, sent off the request threads (webhooks.py).
+        self.webhooks = Webhooks()
+        self.webhooks.subscribe_to(self.listeners)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -109,6 +115,7 @@ class Sandbox:
         self._httpd.server_close()
         self._httpd.close_connections()
         self.recorder.close()
+        self.webhooks.close()
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -135,6 +142,7 @@ class Sandbox:
         self.accounts.restore()
         for provider in self.providers.values():
             provider.reset()
+        self.webhooks.reset()
         self.recorder.reset(time=round(time.time(), 6))
 
     # --- request flow -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -159,6 +160,27 @@ class Settings(_ProviderSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
+    # Delivery tracking, push side: the receiver (``delivery-worker receiver``) and the
+    # per-delivery callback URLs given to SMS/Voice Partner (``worker.tracking.callbacks``).
+    tracking_public_url: str | None = None
+    """The receiver's public base URL (https; http only on loopback). With a secret, SMS/Voice
+    sends carry ``<url>/hooks/<provider>/<delivery_id>/<token>`` as urlDlr / notifyUrl."""
+    tracking_secret: SecretStr | None = None
+    """Key of the callback URL tokens (HMAC-SHA256); at least 32 characters; never logged."""
+    postal_webhook_public_key: str | None = None
+    """The Postal server's public key as Postal shows it (base64 DER, the ``p=`` value of
+    ``postal default-dkim-record``) or PEM: the receiver's Postal endpoint needs it."""
+    postal_webhook_allow_sha1: bool = True
+    """Accept webhooks signed only with the legacy ``X-Postal-Signature`` (SHA-1; older Postal
+    versions send nothing else). Off: ``X-Postal-Signature-256`` is required."""
+    postal_webhook_max_age_s: float = Field(default=12 * 3600, ge=60)
+    """A Postal envelope whose ``timestamp`` is older than this is refused (a replay past the
+    dedupe window). Postal retries for about 36 minutes (§4.6)."""
+    tracking_dedupe_ttl_s: int = Field(default=24 * 3600, ge=120)
+    """How long the receiver remembers a Postal envelope ``uuid`` (a retry is applied once)."""
+    receiver_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Largest request body the receiver reads; a larger one is answered 413."""
+
     @field_validator("providers", "queues", mode="before")
     @classmethod
     def _csv(cls, v: object) -> object:
@@ -213,6 +235,7 @@ class Settings(_ProviderSettings):
                 f"visibility_timeout_s ({self.visibility_timeout_s}): with the Redis broker a "
                 "countdown longer than the visibility timeout runs the task twice"
             )
+        _check_tracking(self)
         if self.reconcile_grace_s >= self.visibility_timeout_s:
             raise ValueError(
                 f"reconcile_grace_s ({self.reconcile_grace_s:g}) must stay below "
@@ -298,6 +321,34 @@ class Settings(_ProviderSettings):
     @property
     def shared_redis_url(self) -> str:
         return self.redis_url or self.broker_url
+
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _check_tracking(settings: Settings) -> None:
+    """The tracking settings (``worker.receiver``): a secret with the public URL, a URL the
+    token may travel in, a Postal key that loads, a dedupe window longer than the max age."""
+    # An empty value (an unset variable in docker-compose) is no secret.
+    secret = settings.tracking_secret.get_secret_value() if settings.tracking_secret else None
+    if secret:
+        register_secret(secret)
+        if len(secret) < 32:
+            raise ValueError("tracking_secret must be at least 32 characters")
+    url = settings.tracking_public_url
+    if url:
+        parsed = urlsplit(url)
+        loopback = parsed.scheme == "http" and (parsed.hostname or "") in _LOOPBACK_HOSTS
+        if not parsed.hostname or not (parsed.scheme == "https" or loopback):
+            raise ValueError("tracking_public_url must be an https:// URL (http only on loopback)")
+        if not secret:
+            raise ValueError("tracking_public_url needs DELIVERY_TRACKING_SECRET")
+    if settings.postal_webhook_public_key:
+        from worker.providers.postal_webhook import load_public_key
+
+        load_public_key(settings.postal_webhook_public_key)
+    if settings.tracking_dedupe_ttl_s <= settings.postal_webhook_max_age_s:
+        raise ValueError("tracking_dedupe_ttl_s must exceed postal_webhook_max_age_s")
 
 
 @lru_cache(maxsize=1)

@@ -21,6 +21,7 @@ from worker.metrics import record as metrics
 from worker.models import SmsMessage
 from worker.providers import Driver, SendContext, SendOutcome
 from worker.stores import DeliveryRecord, limiter_key
+from worker.tracking.callbacks import callback_url
 
 __all__ = ["send", "send_context"]
 
@@ -37,7 +38,14 @@ def send_context(d: Delivery, record: DeliveryRecord, driver: Driver[Any]) -> Se
         tag=driver.reconcile_tag(message, d.delivery_id),
         tag_is_callers=isinstance(message, SmsMessage) and message.tag is not None,
         sent_after=as_float(record.fields.get(FIRST_ATTEMPT_AT)) or time.time(),
+        callback_url=_callback_url(d, driver),
     )
+
+
+def _callback_url(d: Delivery, driver: Driver[Any]) -> str | None:
+    settings = d.settings
+    secret = settings.tracking_secret.get_secret_value() if settings.tracking_secret else None
+    return callback_url(settings.tracking_public_url, secret, driver.name, d.delivery_id)
 
 
 def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendContext) -> Outcome:

@@ -144,6 +144,29 @@ _LOCAL_STACK = ("devstack", "delivery_sandbox")
 """The demo's packages: local-stack tooling, outside the worker's import graph."""
 
 
+def _cmd_receiver(args: argparse.Namespace) -> int:
+    from worker.config import get_settings
+    from worker.receiver import serve
+
+    settings = get_settings()  # refuse a bad configuration before binding the port
+    if not (settings.postal_webhook_public_key or settings.tracking_secret):
+        print(
+            "the receiver has nothing to receive: set DELIVERY_POSTAL_WEBHOOK_PUBLIC_KEY "
+            "and/or DELIVERY_TRACKING_SECRET",
+            file=sys.stderr,
+        )
+        return 2
+    postal = "on" if settings.postal_webhook_public_key else "off (no public key)"
+    hints = "on" if settings.tracking_secret else "off (no secret)"
+    print(
+        f"receiver listening on http://{args.host}:{args.port}: /hooks/postal {postal}, "
+        f"/hooks/smspartner|voicepartner {hints}, /health",
+        flush=True,
+    )
+    serve(args.host, args.port, workers=args.workers)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         from devstack.demo import run_demo
@@ -190,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate DELIVERY_* settings")
     check.set_defaults(func=_cmd_check_config)
+
+    receiver = sub.add_parser("receiver", help="serve provider webhooks/callbacks (tracking)")
+    receiver.add_argument("--host", default="127.0.0.1")
+    receiver.add_argument("--port", type=int, default=8030)
+    receiver.add_argument("--workers", type=int, default=1, help="server processes")
+    receiver.set_defaults(func=_cmd_receiver)
 
     providers = sub.add_parser("providers", help="pause, breaker, parked and counters per provider")
     providers.add_argument("--json", action="store_true")

@@ -92,6 +92,10 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         tag = message.tag or ctx.tag
         if tag:
             payload["tag"] = tag
+        if ctx.callback_url:
+            # §1.4: the DLR callback; its payload is [NOT FOUND], so the receiver takes it as a
+            # hint only (worker.tracking.callbacks) and the status lookup decides.
+            payload["urlDlr"] = ctx.callback_url
         if not sms_units(message.text)[1]:
             # Outside the GSM 7-bit alphabet: without the flag the provider substitutes
             # characters (§1.2.2); billed 70 per SMS, 67 per part (models.sms_segments).

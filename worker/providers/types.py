@@ -31,6 +31,10 @@ class SendContext:
     sent_after: float | None = None
     """When the delivery's first attempt started (epoch seconds): a send found by a shared tag
     that is older than this is not this delivery's."""
+    callback_url: str | None = field(default=None, repr=False)
+    """Where the provider may report a status change of this delivery (SMS Partner ``urlDlr``,
+    Voice Partner ``notifyUrl``): a tracking hint URL with an auth token, never logged
+    (``worker.tracking.callbacks``). None when tracking hints are not configured."""
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
     def build_request(self, message: VoiceMessage, ctx: SendContext) -> httpx.Request:
         numbers = ",".join(message.to)
         if message.mode == "voicemail":
-            return self._voicemail(message, numbers)
+            return self._voicemail(message, numbers, ctx)
         payload: dict[str, Any] = {
             "apiKey": self._api_key,
             "phoneNumbers": numbers,
@@ -97,9 +97,12 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
             raise PermanentError("tts needs text or audio_token", provider=self.name)
         if message.speech_rate is not None:
             payload["speechRate"] = message.speech_rate
+        if ctx.callback_url:
+            # §3.2/§3.3: the campaign status is POSTed there (payload [NOT FOUND]): a hint only.
+            payload["notifyUrl"] = ctx.callback_url
         return self.post_json("tts/send", payload)
 
-    def _voicemail(self, message: VoiceMessage, numbers: str) -> httpx.Request:
+    def _voicemail(self, message: VoiceMessage, numbers: str, ctx: SendContext) -> httpx.Request:
         if not message.audio_token:
             raise PermanentError("voicemail drops need audio_token", provider=self.name)
         email = message.notification_email or self.notification_email
@@ -118,6 +121,9 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         }
         if message.sender:
             payload["sender"] = message.sender
+        if ctx.callback_url:
+            # §3.2/§3.3: the campaign status arrives by GET (payload [NOT FOUND]): a hint only.
+            payload["notifyUrl"] = ctx.callback_url
         return self.post_json("campaign/send", payload)
 
     def parse_response(

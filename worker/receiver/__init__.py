@@ -1,0 +1,58 @@
+"""The tracking receiver: the web service providers push delivery news to.
+
+A small ASGI app (``worker.receiver.app``, Starlette) served by uvicorn: ``delivery-worker
+receiver --host --port``. It verifies what arrives (Postal's RSA signatures, the callback
+tokens of SMS/Voice Partner hints), answers at once and hands the work to Celery
+(``worker.receiver.publish``). Why Starlette + uvicorn: both are small, typed, maintained by
+the Encode team with frequent releases, and the ASGI pair every Python deployment guide
+covers; the receiver needs routing, streamed bodies and a fast server, nothing more (no ORM,
+templates or sessions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["build_from_env", "serve"]
+
+
+def build_from_env() -> Any:
+    """The app for this process's ``DELIVERY_*`` settings (uvicorn's factory, one per worker)."""
+    import redis
+
+    from worker.app import app as celery_app
+    from worker.config import get_settings
+    from worker.logs import configure_logging
+    from worker.receiver.app import ReceiverConfig, create_app
+    from worker.receiver.publish import CeleryPublisher, RedisDedupe
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    client = redis.Redis.from_url(settings.shared_redis_url, socket_timeout=5)
+    return create_app(
+        ReceiverConfig.from_settings(settings),
+        CeleryPublisher(celery_app),
+        RedisDedupe(client, settings.tracking_dedupe_ttl_s),
+    )
+
+
+def serve(host: str, port: int, *, workers: int = 1) -> None:
+    """Run the receiver until SIGTERM/SIGINT (uvicorn handles both gracefully).
+
+    uvicorn's access log is off: hint URLs carry their token in the path. The app logs each
+    request itself, by route.
+    """
+    import uvicorn
+
+    uvicorn.run(
+        "worker.receiver:build_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        log_level="warning",
+        timeout_keep_alive=5,
+    )
