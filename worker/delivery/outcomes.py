@@ -15,6 +15,7 @@ from worker.delivery.results import Done, Retry, mask_ids
 from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import SendOutcome
 from worker.redaction import scrub
+from worker.tracking.service import track_sent
 
 __all__ = ["expire", "finish", "park", "sent", "wait"]
 
@@ -47,6 +48,7 @@ def sent(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
         result=result.model_dump_json(),
     )
     d.rt.metric(d.provider, "sent")
+    track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
 
