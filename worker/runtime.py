@@ -57,6 +57,9 @@ class Runtime:
                 RedisTrackingStore(self.redis) if self.redis is not None else MemoryTrackingStore()
             )
         self.tracking = tracking
+        self.event_publisher: Callable[[str, dict[str, Any], str, str], None] | None = None
+        """Publishes the application's delivery events (``worker.tracking.service``); ``None``:
+        the current Celery app. Tests and tools inject their own."""
         self.ledger = stores.ledger
         self.limiter = stores.limiter
         self.health = stores.health

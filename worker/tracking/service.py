@@ -136,7 +136,7 @@ def flush(rt: Runtime, delivery_id: str, *, publish: Publisher | None = None) ->
     task = rt.settings.events_task
     if task is None:
         return 0
-    send = publish or celery_publisher
+    send = publish or rt.event_publisher or celery_publisher
     token = uuid.uuid4().hex
     if not rt.tracking.outbox_lock(delivery_id, token, FLUSH_LOCK_S):
         return 0  # another worker is publishing this delivery's events, in order
