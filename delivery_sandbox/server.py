@@ -26,9 +26,11 @@ from delivery_sandbox.admin import ADMIN_PREFIX, handle_admin
 from delivery_sandbox.config import SandboxConfig
 from delivery_sandbox.faults import FaultPlan, FaultRule
 from delivery_sandbox.httpd import Connection, SandboxHTTPServer
+from delivery_sandbox.lifecycle import Listeners
 from delivery_sandbox.providers import Env, Provider, build_providers
 from delivery_sandbox.ratelimit import SlidingWindowLimiter, retry_after_header
 from delivery_sandbox.state import Recorder
+from delivery_sandbox.timeline import Timeline
 from delivery_sandbox.wire import Reply, Request, json_reply
 
 __all__ = ["Sandbox"]
@@ -57,7 +59,10 @@ class Sandbox:
         self.max_body_bytes = self.config.max_body_bytes
         self.idle_timeout_s = self.config.idle_timeout_s
         self.accounts = Accounts(credits)
-        self.env = Env(accounts=self.accounts, config=self.config)
+        self.listeners = Listeners()
+        self.env = Env(
+            accounts=self.accounts, config=self.config, timeline=Timeline(self.listeners)
+        )
         self.providers: dict[str, Provider] = build_providers(self.env)
         self.faults = FaultPlan(fault_rules)
         self.limiter = SlidingWindowLimiter()
@@ -96,11 +101,13 @@ class Sandbox:
                 daemon=True,
             )
             self._thread.start()
+        self.env.timeline.start()
         return self
 
     def stop(self) -> None:
         """Stop accepting, wake sleeping faults and idle connections, close the log file."""
         self.env.stopping.set()
+        self.env.timeline.stop()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
@@ -134,6 +141,7 @@ class Sandbox:
         self.accounts.restore()
         for provider in self.providers.values():
             provider.reset()
+        self.env.timeline.reset()
         self.recorder.reset(time=round(time.time(), 6))
 
     # --- request flow -----------------------------------------------------------------------
