@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from worker.config import Settings
 from worker.delivery import Done, process
@@ -241,3 +243,38 @@ def test_a_hint_looks_up_now(make: Any, provider: Provider) -> None:
     status = delivery_status("d-1", rt=rt)
     assert status is not None and {s["state"] for s in status["recipients"].values()} == {"failed"}
     assert rt.tracking.watch("d-1") is None
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+EVENTISH = st.fixed_dictionaries(
+    {
+        "event_id": st.text(max_size=30) | JSON,
+        "type": st.sampled_from(["delivered", "bounced", "nope", ""]) | JSON,
+        "provider": st.sampled_from(["postal", "smspartner", "x"]) | JSON,
+        "provider_message_id": st.sampled_from(["m9", "307", ""]) | JSON,
+        "occurred_at": st.floats() | JSON,
+        "source": st.sampled_from(["webhook", "callback", "send", "poll"]) | JSON,
+    },
+    optional={"raw": JSON, "recipient": JSON, "delivery_id": JSON, "extra": JSON},
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(events=JSON | st.lists(EVENTISH | JSON, max_size=6), provider=JSON, delivery_id=JSON)
+def test_hostile_task_arguments_end_with_a_result(
+    make: Any, events: Any, provider: Any, delivery_id: Any
+) -> None:
+    rt = make()
+    result = take_events(rt, events)
+    assert result["status"] in ("applied", "refused")
+    json.dumps(result)
+    hint = take_hint(rt, provider, delivery_id)
+    assert hint["status"] in ("refused", "ignored")

@@ -9,6 +9,7 @@ ids (``worker.stores.tracking``): naming a delivery is not enough.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -70,6 +71,8 @@ def _event(item: Any) -> tuple[DeliveryEvent | None, str]:
         return None, f"invalid fields {', '.join(fields)}"
     if event.provider not in DRIVERS:
         return None, "unknown provider"
+    if not math.isfinite(event.occurred_at):
+        return None, "occurred_at is not a finite number"
     if event.source == "send":
         return None, "source 'send' is the worker's own"
     # Defence in depth: the receiver removes secrets and bodies; mask what it may have missed.
