@@ -10,13 +10,16 @@ provider's watches wait for the next round, unpolled. A delivery that is not fin
 again after a doubling wait (``first_s``, ``2 * first_s``... up to ``max_backoff_s``).
 
 A lookup that fails (a classified error, or anything unexpected) costs that group one backoff
-step, never the round; a 429 also holds the provider's limiter key for everyone.
+step, never the round; a 429 also holds the provider's limiter key for everyone. A round keeps
+up to :data:`LOOKUP_CONCURRENCY` lookups in flight per provider.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,9 @@ from worker.tracking.service import Publisher, apply_events, flush_pending
 __all__ = ["PollReport", "poll_round", "poll_watches"]
 
 log = structlog.get_logger(__name__)
+
+LOOKUP_CONCURRENCY = 8
+"""Lookup requests a round keeps in flight per provider (each still takes its limiter slot)."""
 
 
 class _Later(Exception):
@@ -63,6 +69,7 @@ class _LookupGate:
     """The limiter slot before each lookup request (short waits inline, long ones later)."""
 
     def __init__(self, rt: Runtime, provider: str, bucket: str, sleep: Callable[[float], None]):
+        self._lock = threading.Lock()
         self.rt = rt
         self.key = limiter_key(provider, rt.settings.egress_identity, bucket)
         self.limits = rt.settings.limits(provider, bucket)
@@ -78,7 +85,8 @@ class _LookupGate:
             self.sleep(wait_s)
             waited += wait_s
             wait_s = self.rt.limiter.acquire(self.key, self.limits)
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
 
 
 def poll_round(
@@ -161,44 +169,56 @@ def _poll_provider(
             rt.tracking.reschedule(w.delivery_id, now + policy.next_after(w.polls + 1), polled=True)
         return
     gate = _LookupGate(rt, provider, driver.status_bucket, sleep)
+    lock = threading.Lock()
     asked: set[str] = set()
-    later: float | None = None
-    for group in type(driver).lookup_groups(targets):
-        if later is not None:
-            break
+    stop = threading.Event()
+    later: list[float] = []
+
+    def ask(group: list[LookupTarget]) -> None:
+        if stop.is_set():
+            return  # the budget is spent: the next round asks
+        failed = 0
         try:
             events = driver.lookup_status(group, gate)
         except _Later as wait:
-            later = wait.wait_s
-            break
+            stop.set()
+            with lock:
+                later.append(wait.wait_s)
+            return
         except ThrottledError as exc:
-            rt.limiter.hold_for(gate.key, exc.retry_after_s or driver.default_retry_after_s)
-            later = exc.retry_after_s or driver.default_retry_after_s
-            asked.update(t.delivery_id for t in group)
-            report.failed_lookups += 1
-            break
+            wait_s = exc.retry_after_s or driver.default_retry_after_s
+            rt.limiter.hold_for(gate.key, wait_s)
+            stop.set()
+            with lock:
+                later.append(wait_s)
+            events, failed = [], 1
         except DeliveryError as exc:
             log.info("tracking.lookup_failed", provider=provider, error=exc.message[:200])
-            report.failed_lookups += 1
-            events = []
+            events, failed = [], 1
         except Exception as exc:  # a driver bug must not end the round
             log.error("tracking.lookup_crashed", provider=provider, error=type(exc).__name__)
-            report.failed_lookups += 1
-            events = []
-        asked.update(t.delivery_id for t in group)
-        if events:
-            done = apply_events(rt, events, publish=publish)
-            report.events += len(done.new)
+            events, failed = [], 1
+        new = len(apply_events(rt, events, publish=publish).new) if events else 0
+        with lock:
+            asked.update(t.delivery_id for t in group)
+            report.failed_lookups += failed
+            report.events += new
+
+    groups = type(driver).lookup_groups(targets)
+    if len(groups) == 1:
+        ask(groups[0])
+    else:
+        with ThreadPoolExecutor(min(LOOKUP_CONCURRENCY, len(groups))) as pool:
+            list(pool.map(ask, groups))
     report.requests += gate.requests
     report.per_provider[provider] = report.per_provider.get(provider, 0) + gate.requests
     if gate.requests:
         rt.metric(provider, "tracking_lookups", gate.requests)
+    wait_s = max(later, default=0.0)
     for delivery_id, watch in watches.items():
         if delivery_id not in asked:
             # Not asked this round (the budget was spent): next round, no backoff step.
-            rt.tracking.reschedule(
-                delivery_id, now + max(later or 0.0, policy.interval_s), polled=False
-            )
+            rt.tracking.reschedule(delivery_id, now + max(wait_s, policy.interval_s), polled=False)
             report.deferred += 1
         elif not _pending(rt, watch):
             rt.tracking.unwatch(delivery_id)
