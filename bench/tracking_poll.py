@@ -129,7 +129,6 @@ def run(args: argparse.Namespace, redis_url: str, sandbox_url: str) -> int:
 
     def poller() -> None:
         nonlocal rounds
-        open_ids: set[str] = set()
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             report = poll_round(rt)
