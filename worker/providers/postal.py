@@ -64,13 +64,13 @@ def _mailbox(address: Address) -> str:
 
 
 class PostalDriver(Driver[EmailMessage]):
-    status_lookup = True  # messages/message and messages/deliveries (§4.4)
     name = "postal"
     channel = "email"
     default_base_url = None  # the operator's own server (design.md, "public contract")
     accepts_raw = True  # /send/raw (§4.3)
     # The operator's own server: no API rate limit (providers.md "Rate limits" table).
     rate_limits = {"send": ()}
+    status_lookup = True  # messages/message and messages/deliveries (§4.4)
 
     @classmethod
     def check_message(cls, message: EmailMessage) -> None:
