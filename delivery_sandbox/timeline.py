@@ -3,10 +3,12 @@
 A provider calls :meth:`Timeline.accept` for every recipient of an accepted message with the
 steps it will go through (``[(at, status, detail), ...]``, its own words: SMS Partner
 ``Waiting`` → ``Delivered``, Postal ``Pending`` → ``Sent``...). Status lookups read
-:meth:`Timeline.status` (the latest step due); a background thread publishes each step as a
+:meth:`Timeline.status` (the latest step due); a background thread publishes each move as a
 :class:`~delivery_sandbox.lifecycle.StatusChange` to the listeners when it falls due, for the
-webhook and callback senders. :meth:`Timeline.force` replaces what is left of a timeline with
-one status now (``POST /_admin/status``).
+webhook and callback senders. The initial ``Waiting``/``Pending`` is not a move (nothing has
+happened yet, no provider pushes it) and is not published; an initial ``Held`` is. Listeners run
+on the timeline's thread: they hand slow work (HTTP) to their own. :meth:`Timeline.force`
+replaces what is left of a timeline with one status now (``POST /_admin/status``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from typing import Any
 
 from delivery_sandbox.lifecycle import Listeners, StatusChange
 
-__all__ = ["Step", "Timeline"]
+__all__ = ["INITIAL_STATUSES", "Step", "Timeline"]
+
+INITIAL_STATUSES = frozenset({"Waiting", "Pending"})
+"""A message's status before anything happened to it: shown by lookups, never published."""
 
 Step = tuple[float, str, "str | None"]
 """``(at, status, detail)``: the message shows ``status`` from ``at`` (Unix seconds)."""
@@ -87,7 +92,9 @@ class Timeline:
         entry = _Entry(provider, str(message_id), recipient, ordered, dict(message or {}))
         with self._cond:
             self._entries[key] = entry
-            for index, (at, _status, _detail) in enumerate(entry.steps):
+            for index, (at, status, _detail) in enumerate(entry.steps):
+                if index == 0 and status in INITIAL_STATUSES:
+                    continue
                 heapq.heappush(self._due, (at, next(self._seq), key, entry.generation, index))
             self._cond.notify_all()
 
