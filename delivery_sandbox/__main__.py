@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="time an accepted SMS stays 'Waiting' before 'Delivered'",
     )
     parser.add_argument(
+        "--postal-delivery-delay",
+        type=float,
+        default=SandboxConfig().postal_delivery_delay_s,
+        metavar="SECONDS",
+        help="time an accepted Postal message stays 'Pending' before 'Sent' (delivered)",
+    )
+    parser.add_argument(
         "--postal-domain",
         action="append",
         dest="postal_domains",
@@ -168,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits=limits,
         idempotency_window_s=args.idempotency_window,
         sms_delivery_delay_s=args.sms_delivery_delay,
+        postal_delivery_delay_s=args.postal_delivery_delay,
         postal_domains=tuple(args.postal_domains or DEFAULT_POSTAL_DOMAINS),
         postal_send_limit=args.postal_send_limit,
         postal_suppressed=_suppressed(args.postal_suppress, parser),

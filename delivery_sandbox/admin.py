@@ -24,6 +24,13 @@ GET    /_admin/webhooks                {"postal": {"url", "public_key" (base64 D
                                        "pending": N, "attempts": [push attempts]}
 POST   /_admin/webhooks                {"postal_url": URL|null, "retry_delays_s": [s, ...]}
                                        (reset restores the starting ones)
+GET    /_admin/status?provider=&message_id=&recipient=
+                                       {"status", "at", "detail", "history": [...]}: one
+                                       recipient's delivery timeline (Postal: the per-recipient
+                                       id; SMS/Mail/Voice Partner: the send's id)
+POST   /_admin/status                  {"provider", "message_id", "recipient" (optional: all),
+                                       "status", "detail"}: show this status from now on (the
+                                       provider's own words, STATUS_WORDS) and publish it
 """
 
 from __future__ import annotations
@@ -198,6 +205,69 @@ def _all_settings(sandbox: Sandbox) -> dict[str, Any]:
     return {name: value for name, value in found.items() if value is not None}
 
 
+STATUS_WORDS: dict[str, frozenset[str]] = {
+    # §1.4: the status endpoints' values.
+    "smspartner": frozenset({"Waiting", "Delivered", "Not delivered"}),
+    # §2.2: the values are [NOT FOUND]; those S-MIS assumes.
+    "mailpartner": frozenset({"Pending", "Delivered", "Bounced", "Opened", "Clicked", "Failed"}),
+    # §4.4: the message statuses in Postal's code.
+    "postal": frozenset(
+        {"Pending", "Sent", "SoftFail", "HardFail", "Held", "Bounced", "HoldCancelled", "Error"}
+    ),
+    # §3.3: no status lookup nor notifyUrl payload documented; the sandbox's words [INFERRED].
+    "voicepartner": frozenset({"Waiting", "Delivered", "Not delivered"}),
+}
+
+
+def _get_status(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    provider, message_id, recipient = (
+        _arg(query, "provider"),
+        _arg(query, "message_id"),
+        _arg(query, "recipient"),
+    )
+    if provider is None or message_id is None or recipient is None:
+        raise AdminError("provider, message_id and recipient are required")
+    history = sandbox.env.timeline.history(provider, message_id, recipient)
+    if not history:
+        return json_reply(404, {"error": "no such message on the timeline"})
+    at, status, detail = history[-1]
+    return json_reply(
+        200,
+        {
+            "status": status,
+            "at": at,
+            "detail": detail,
+            "history": [{"at": a, "status": s, "detail": d} for a, s, d in history],
+        },
+    )
+
+
+def _force_status(sandbox: Sandbox, query: Mapping[str, list[str]], payload: Any) -> Reply:
+    if not isinstance(payload, dict):
+        raise AdminError('expected {"provider", "message_id", "recipient"?, "status", "detail"?}')
+    provider, message_id = payload.get("provider"), payload.get("message_id")
+    recipient, status, detail = (
+        payload.get("recipient"),
+        payload.get("status"),
+        payload.get("detail"),
+    )
+    if provider not in STATUS_WORDS:
+        raise AdminError(f"provider must be one of {', '.join(sorted(STATUS_WORDS))}")
+    if not isinstance(message_id, (str, int)) or isinstance(message_id, bool):
+        raise AdminError("message_id must be a string or an integer")
+    if recipient is not None and not isinstance(recipient, str):
+        raise AdminError("recipient must be a string")
+    if status not in STATUS_WORDS[provider]:
+        words = ", ".join(sorted(STATUS_WORDS[provider]))
+        raise AdminError(f"{provider} status must be one of {words}")
+    if detail is not None and not isinstance(detail, str):
+        raise AdminError("detail must be a string")
+    changed = sandbox.env.timeline.force(provider, str(message_id), recipient, status, detail)
+    if not changed:
+        return json_reply(404, {"error": "no such message on the timeline", "changed": 0})
+    return json_reply(200, {"changed": changed})
+
+
 def _arg(query: Mapping[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[0] if values else None
@@ -220,4 +290,6 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("POST", "/settings"): _set_settings,
     ("GET", "/webhooks"): _get_webhooks,
     ("POST", "/webhooks"): _set_webhooks,
+    ("GET", "/status"): _get_status,
+    ("POST", "/status"): _force_status,
 }

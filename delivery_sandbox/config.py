@@ -52,6 +52,8 @@ class SandboxConfig:
     # 201 as RuSender's (RS-DOC). A repeat is answered 200 either way (§5.5).
     emailmassivo_success_status: int = 200
     sms_delivery_delay_s: float = 1.0  # SMS Partner: "Waiting" until then, then "Delivered"
+    # (Mail Partner "Pending" and Voice Partner too)
+    postal_delivery_delay_s: float = 0.0  # Postal: "Pending" until then, then "Sent" (§4.4)
     max_body_bytes: int = 32 * 1024 * 1024
     idle_timeout_s: float = 120.0  # a keep-alive connection idle this long is closed
     # Postal (§4.2, §4.5): authenticated From domains (exact names, case-insensitive), the
@@ -65,5 +67,10 @@ class SandboxConfig:
 
 
 EMAILMASSIVO_SUCCESS_STATUSES = (200, 201)
-RUNTIME_FIELDS = ("emailmassivo_success_status", "idempotency_window_s", "sms_delivery_delay_s")
+RUNTIME_FIELDS = (
+    "emailmassivo_success_status",
+    "idempotency_window_s",
+    "sms_delivery_delay_s",
+    "postal_delivery_delay_s",
+)
 """Config fields ``POST /_admin/config`` may change while the sandbox runs."""

@@ -31,6 +31,7 @@ from delivery_sandbox.lifecycle import Listeners
 from delivery_sandbox.providers import Env, Provider, build_providers
 from delivery_sandbox.ratelimit import SlidingWindowLimiter, retry_after_header
 from delivery_sandbox.state import Recorder
+from delivery_sandbox.timeline import Timeline
 from delivery_sandbox.webhooks import Webhooks
 from delivery_sandbox.wire import Reply, Request, json_reply
 
@@ -61,7 +62,9 @@ class Sandbox:
         self.idle_timeout_s = self.config.idle_timeout_s
         self.accounts = Accounts(credits)
         self.listeners = Listeners()
-        self.env = Env(accounts=self.accounts, config=self.config)
+        self.env = Env(
+            accounts=self.accounts, config=self.config, timeline=Timeline(self.listeners)
+        )
         self.providers: dict[str, Provider] = build_providers(self.env)
         self.faults = FaultPlan(fault_rules)
         self.limiter = SlidingWindowLimiter()
@@ -103,11 +106,13 @@ class Sandbox:
                 daemon=True,
             )
             self._thread.start()
+        self.env.timeline.start()
         return self
 
     def stop(self) -> None:
         """Stop accepting, wake sleeping faults and idle connections, close the log file."""
         self.env.stopping.set()
+        self.env.timeline.stop()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
@@ -143,6 +148,7 @@ class Sandbox:
         for provider in self.providers.values():
             provider.reset()
         self.webhooks.reset()
+        self.env.timeline.reset()
         self.recorder.reset(time=round(time.time(), 6))
 
     # --- request flow -----------------------------------------------------------------------

@@ -57,6 +57,7 @@ def run_demo(
     from worker.ops.operations import Operations
     from worker.producer import Producer
     from worker.stores import RedisLedger
+    from worker.stores.tracking import RedisTrackingStore
 
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress reaches pipes as it happens
@@ -91,13 +92,23 @@ def run_demo(
             "DELIVERY_BROKER_URL": f"{redis_url}/0",
             "DELIVERY_RESULT_BACKEND": f"{redis_url}/1",
             "DELIVERY_LOG_FORMAT": "json",
+            # Delivery tracking: beat (in the worker) polls the sandbox's status lookups soon.
+            "DELIVERY_TRACKING_POLL_FIRST_S": "1",
+            "DELIVERY_TRACKING_POLL_MAX_BACKOFF_S": "2",
+            "DELIVERY_TRACKING_POLL_INTERVAL_S": "1",
             **sandbox_env(sandbox_url),
             # Prometheus multiprocess files of this demo's worker, served by the exporter.
             "PROMETHEUS_MULTIPROC_DIR": str(root / "metrics"),
         }
         for stale in (root / "metrics").glob("*.db"):  # a new Redis: counts start anew
             stale.unlink()
-        worker = start_worker(root, env, name="demo", concurrency=workers)
+        worker = start_worker(
+            root,
+            env,
+            name="demo",
+            concurrency=workers,
+            extra_args=["-B", "-s", str(root / "beat-schedule")],
+        )
         procs.append(worker)
         exporter = start_metrics_exporter(root, env, port=free_port())
         procs.append(exporter)
@@ -124,7 +135,14 @@ def run_demo(
                 result = producer.enqueue(item.channel, item.message)
             except InvalidMessage as exc:
                 rows.append(
-                    [item.label, "-", "refused", "0", str(exc).removeprefix("invalid message: ")]
+                    [
+                        item.label,
+                        "-",
+                        "refused",
+                        "0",
+                        "-",
+                        str(exc).removeprefix("invalid message: "),
+                    ]
                 )
                 continue
             sent.append((item, str(result.id)))
@@ -147,9 +165,11 @@ def run_demo(
             ops = Operations.on_redis(ledger.redis, settings=Settings.from_env(env), app=app)
             ops.resume(provider)
             _follow(ledger, ids, timeout_s=60, final={"sent", "failed", "expired", "dead"})
+        tracking = RedisTrackingStore(ledger.redis)
+        _follow_tracking(tracking, ids, timeout_s=20)
         for item, delivery_id in sent:
             record = ledger.get(delivery_id)
-            row = _row(item, delivery_id, record)
+            row = _row(item, delivery_id, record, _delivery_status(tracking, delivery_id))
             if delivery_id in parked and record is not None and record.state == "sent":
                 row[2] = "sent (parked, resumed)"
             rows.append(row)
@@ -255,9 +275,50 @@ def _follow(
         time.sleep(0.2)
 
 
-def _row(item: DemoItem, delivery_id: str, record: Any) -> list[str]:
+_SETTLED = frozenset({"delivered", "bounced", "failed", "rejected", "held", "opened", "clicked"})
+
+
+def _delivery_status(tracking: Any, delivery_id: str) -> str:
+    """What the providers said after the send, per recipient (``worker.tracking``)."""
+    found = tracking.status(delivery_id)
+    if found is None:
+        return "-"
+    states = Counter(s.state.value for s in found.recipients.values())
+    text = ", ".join(k if n == 1 and len(states) == 1 else f"{k} {n}" for k, n in states.items())
+    from worker.providers import driver_class
+
+    if found.provider and not driver_class(found.provider).status_lookup:
+        text += " (no lookup)"
+    return text
+
+
+def _follow_tracking(tracking: Any, ids: list[str], *, timeout_s: float) -> None:
+    """A live line while the poller asks the providers, until nothing is left to learn."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states: Counter[str] = Counter()
+        waiting = 0
+        for d in ids:
+            found = tracking.status(d)
+            if found is None:
+                continue
+            for s in found.recipients.values():
+                states[s.state.value] += 1
+            if found.polling and any(
+                s.state.value not in _SETTLED for s in found.recipients.values()
+            ):
+                waiting += 1
+        parts = " · ".join(f"{k} {v}" for k, v in sorted(states.items()))
+        _stderr(f"\r  tracking: {parts}".ljust(78))
+        if waiting == 0 or time.monotonic() > deadline:
+            _stderr("\n")
+            return
+        time.sleep(0.3)
+
+
+def _row(item: DemoItem, delivery_id: str, record: Any, delivery_status: str = "-") -> list[str]:
     if record is None:
-        return [item.label, delivery_id[:8], "unknown", "0", ""]
+        return [item.label, delivery_id[:8], "unknown", "0", delivery_status, ""]
     result = record.result or {}
     detail = ""
     if result.get("error"):
@@ -266,11 +327,18 @@ def _row(item: DemoItem, delivery_id: str, record: Any) -> list[str]:
     elif result.get("provider_message_ids"):
         ids = result["provider_message_ids"]
         detail = ", ".join(f"{k} → {v}" for k, v in list(ids.items())[:2])[:70]
-    return [item.label, delivery_id[:8], record.state, str(record.attempts), detail]
+    return [
+        item.label,
+        delivery_id[:8],
+        record.state,
+        str(record.attempts),
+        delivery_status,
+        detail,
+    ]
 
 
 def _print_table(rows: list[list[str]]) -> None:
-    header = ["message", "delivery", "status", "tries", "provider ids / error"]
+    header = ["message", "delivery", "status", "tries", "delivery status", "provider ids / error"]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
     print()

@@ -11,6 +11,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
+from tasks import tracking  # noqa: F401  (registers the tracking tasks)
 from worker.app import RedactedRequest, app
 from worker.delivery import Retry, process
 from worker.ops.operations import Operations

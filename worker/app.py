@@ -92,6 +92,10 @@ def celery_config() -> dict[str, Any]:
                 "schedule": settings.balance_check_interval_s,
             },
             "sweep": {"task": "tasks.sweep", "schedule": settings.sweep_interval_s},
+            "track-poll": {
+                "task": "tasks.track_poll",
+                "schedule": settings.tracking_poll_interval_s,
+            },
         },
         "timezone": "UTC",
         "enable_utc": True,

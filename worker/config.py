@@ -18,6 +18,7 @@ from worker.providers import DRIVERS, PROVIDERS, channel_providers
 from worker.redaction import register_secret
 from worker.stores.health import BreakerConfig
 from worker.stores.limiter import DEFAULT_SAFETY_MARGIN_S, Limit
+from worker.tracking.policy import DEFAULT_POLL, EVENTS_QUEUE, TASK_NAME, PollPolicy
 
 __all__ = ["PROVIDERS", "Settings", "get_settings"]
 
@@ -134,6 +135,18 @@ class Settings(_ProviderSettings):
     sweep_queued_after_s: float = Field(default=3600.0, ge=1)
     """A delivery still ``queued`` this long is re-enqueued (lost between broker and worker)."""
 
+    # Delivery status tracking (worker.tracking); defaults in worker.tracking.policy.
+    events_task: str | None = None
+    """``DELIVERY_EVENTS_TASK``: a Celery task name that receives each new delivery event
+    (``myapp.tasks.on_delivery_event``); unset: nothing is published."""
+    events_queue: str = EVENTS_QUEUE
+    """The queue ``events_task`` is published to; the application's workers consume it."""
+    tracking_poll_first_s: float = Field(default=DEFAULT_POLL.first_s, gt=0)
+    tracking_poll_max_backoff_s: float = Field(default=DEFAULT_POLL.max_backoff_s, gt=0)
+    tracking_poll_max_s: float = Field(default=DEFAULT_POLL.max_s, gt=0)
+    tracking_poll_interval_s: float = Field(default=DEFAULT_POLL.interval_s, ge=0.2)
+    tracking_poll_batch: int = Field(default=DEFAULT_POLL.batch, ge=1, le=100_000)
+
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["delivery", "celery"])
     """Queues a worker consumes when started without ``-Q``; the first is where this project's
     producers publish. ``celery`` is Celery's default queue: a bare client calling
@@ -236,12 +249,28 @@ class Settings(_ProviderSettings):
                 "countdown longer than the visibility timeout runs the task twice"
             )
         _check_tracking(self)
+        if self.events_task is not None and not TASK_NAME.fullmatch(self.events_task):
+            raise ValueError("events_task (DELIVERY_EVENTS_TASK) is not a Celery task name")
+        if not _QUEUE_NAME.fullmatch(self.events_queue) or self.events_queue in self.queues:
+            raise ValueError(
+                "events_queue must be a queue name that delivery workers do not consume "
+                "(not one of DELIVERY_QUEUES)"
+            )
         if self.reconcile_grace_s >= self.visibility_timeout_s:
             raise ValueError(
                 f"reconcile_grace_s ({self.reconcile_grace_s:g}) must stay below "
                 f"visibility_timeout_s ({self.visibility_timeout_s})"
             )
         return self
+
+    def poll_policy(self) -> PollPolicy:
+        return PollPolicy(
+            first_s=self.tracking_poll_first_s,
+            max_backoff_s=self.tracking_poll_max_backoff_s,
+            max_s=self.tracking_poll_max_s,
+            interval_s=self.tracking_poll_interval_s,
+            batch=self.tracking_poll_batch,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

@@ -21,6 +21,7 @@ from worker.errors import ConfigurationError
 from worker.http import build_client
 from worker.providers import Driver, make_driver
 from worker.stores import BreakerConfig, Stores
+from worker.stores.tracking import MemoryTrackingStore, RedisTrackingStore, TrackingStore
 
 __all__ = ["Runtime", "breaker_config", "get_runtime", "reset_runtime"]
 
@@ -32,8 +33,10 @@ class Runtime:
         *,
         client: httpx.Client | None = None,
         stores: Stores | None = None,
+        tracking: TrackingStore | None = None,
     ) -> None:
-        """``stores`` defaults to the Redis stores at ``settings.shared_redis_url``."""
+        """``stores`` defaults to the Redis stores at ``settings.shared_redis_url``, and
+        ``tracking`` to the Redis tracking store beside them (in memory with given stores)."""
         self.settings = settings
         self.client = client or build_client(
             connect_timeout_s=settings.http_connect_timeout_s,
@@ -49,6 +52,14 @@ class Runtime:
                 safety_margin_s=settings.limiter_safety_margin_s,
             )
         self.stores = stores
+        if tracking is None:
+            tracking = (
+                RedisTrackingStore(self.redis) if self.redis is not None else MemoryTrackingStore()
+            )
+        self.tracking = tracking
+        self.event_publisher: Callable[[str, dict[str, Any], str, str], None] | None = None
+        """Publishes the application's delivery events (``worker.tracking.service``); ``None``:
+        the current Celery app. Tests and tools inject their own."""
         self.ledger = stores.ledger
         self.limiter = stores.limiter
         self.health = stores.health
@@ -71,7 +82,7 @@ class Runtime:
             breaker=breaker_config(settings),
             safety_margin_s=settings.limiter_safety_margin_s,
         )
-        return cls(settings, client=client, stores=stores)
+        return cls(settings, client=client, stores=stores, tracking=MemoryTrackingStore(clock))
 
     def driver(self, provider: str) -> Driver[Any]:
         with self._lock:

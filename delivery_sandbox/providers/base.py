@@ -12,7 +12,9 @@ from typing import Any
 
 from delivery_sandbox.accounts import Accounts
 from delivery_sandbox.config import SandboxConfig
+from delivery_sandbox.lifecycle import Listeners
 from delivery_sandbox.ratelimit import Window
+from delivery_sandbox.timeline import Timeline
 from delivery_sandbox.wire import Reply, Request
 
 __all__ = ["EMAIL_RE", "Env", "Provider", "local_part"]
@@ -31,6 +33,8 @@ class Env:
     accounts: Accounts
     config: SandboxConfig = field(default_factory=SandboxConfig)
     stopping: threading.Event = field(default_factory=threading.Event)
+    timeline: Timeline = field(default_factory=lambda: Timeline(Listeners()))
+    """Each accepted message's statuses over time (``delivery_sandbox.timeline``)."""
 
     def now(self) -> float:
         return time.time()

@@ -25,8 +25,11 @@ Wire format in providers.md §2. Sandbox rules ([INFERRED] where the docs are si
   mail); ``sandbox: 1`` sends are recorded but not charged (§2.2);
 - a scheduled mail can be cancelled until 5 minutes before its time (§2.2 ``message-cancel``);
   its credits are refunded. ``bulk-status`` says ``Pending`` until the mail is due (plus the
-  delivery delay), then ``Delivered``; a cancelled mail says ``Cancelled`` (status values are
-  [NOT FOUND], §2.2).
+  delivery delay, ``sms_delivery_delay_s``), then ``Delivered``; an address whose local part
+  starts with ``bounce`` says ``Bounced`` instead; a cancelled mail says ``Cancelled`` (status
+  values are [NOT FOUND], §2.2; these are the ones S-MIS assumes). Each address's statuses
+  are its timeline (``delivery_sandbox.timeline``): lookups read it, ``POST /_admin/status``
+  forces it.
 """
 
 from __future__ import annotations
@@ -127,6 +130,23 @@ class MailPartnerProvider(PartnerProvider):
                 "units": 0 if sandboxed else len(recipients),
                 "cancelled": False,
             }
+        due = self._messages[message_id]["due"]
+        done_at = due + self.env.config.sms_delivery_delay_s
+        record = {
+            "provider": self.name,
+            "message_id": message_id,
+            "fields": fields,
+            "recipients": recipients,
+        }
+        for address in recipients:
+            final = "Bounced" if local_part(address).startswith("bounce") else "Delivered"
+            self.env.timeline.accept(
+                self.name,
+                message_id,
+                address,
+                [(now, "Pending", None), (done_at, final, None)],
+                record,
+            )
         payload: dict[str, Any] = {
             "messageId": message_id,
             "nbMail": len(recipients),
@@ -185,18 +205,12 @@ class MailPartnerProvider(PartnerProvider):
             found = self._messages.get(str(message_id))
         if found is None:
             return self.fail(4, "Message introuvable")
-        if found["cancelled"]:
-            status = "Cancelled"
-        elif self.env.now() - found["due"] >= self.env.config.sms_delivery_delay_s:
-            status = "Delivered"
-        else:
-            status = "Pending"
         # §2.2 StatutResponseList items: email, token, status, cost, stopMail, date - no more.
         items = [
             {
                 "email": address,
                 "token": f"{message_id}-{index}",
-                "status": status,
+                "status": self._status(str(message_id), found, address),
                 "cost": self.price_eur,
                 "stopMail": False,
                 "date": str(int(found["time"])),
@@ -204,6 +218,12 @@ class MailPartnerProvider(PartnerProvider):
             for index, address in enumerate(found["recipients"])
         ]
         return self.ok({"messageId": message_id, "StatutResponseList": items})
+
+    def _status(self, message_id: str, found: dict[str, Any], address: str) -> str:
+        if found["cancelled"]:
+            return "Cancelled"
+        step = self.env.timeline.status(self.name, message_id, address)
+        return "Pending" if step is None else step[1]
 
     def _unsubscribe_add(self, request: Request, fields: dict[str, Any]) -> Reply:
         email = fields.get("email")

@@ -18,6 +18,15 @@ Server settings (``SandboxConfig``, ``--postal-*`` flags, ``/_admin/settings``):
 - the suppression list: a message to a suppressed address is accepted but **Held** (§4.5).
 Held messages report ``status: Held`` through ``messages/message`` and ``messages/deliveries``
 (§4.4) and expire after 7 days (``default_maximum_hold_expiry_days``, §4.5).
+
+Delivery timeline (``delivery_sandbox.timeline``; statuses of §4.4, webhook events of §4.6): a
+message is ``Pending``, then ``Sent`` after ``postal_delivery_delay_s`` (0: at once). Magic
+recipients, by local part: ``hold…`` is ``Held`` at once (as a suppressed address is);
+``hardfail…`` ends ``HardFail``; ``softfail…`` is ``SoftFail`` and then ``Sent`` after
+Postal's retry (:data:`SOFT_RETRY_S`, shortened from §4.5's 5 minutes); ``bounce…`` is
+``Sent`` and then ``Bounced`` (:data:`BOUNCE_AFTER_S` later: a bounce received for it).
+``messages/message`` shows the latest status and ``messages/deliveries`` one record per status
+after ``Pending``; ``POST /_admin/status`` forces one.
 """
 
 from __future__ import annotations
@@ -77,6 +86,8 @@ ALL_EXPANSIONS = (
     "raw_message",
     "activity_entries",
 )
+SOFT_RETRY_S = 1.0
+BOUNCE_AFTER_S = 0.5
 METHODS = ("GET", "POST", "PATCH", "PUT")  # config/routes.rb: `match ... via: [...]`
 SEND_LIMIT_WINDOW_S = 3600.0  # §4.5: `live_stats.total(60)`, the last 60 minutes
 HOLD_EXPIRY_S = 7 * 86400.0  # §4.5: default_maximum_hold_expiry_days = 7
@@ -297,6 +308,8 @@ class PostalProvider(Provider):
             for rcpt in recipients:
                 entry: dict[str, Any] = {"id": next(self._ids), "token": _token()}
                 hold = self._hold_reason(rcpt)
+                if hold is None and _local(rcpt).startswith("hold"):
+                    hold = f"Recipient ({rcpt}) is held by the sandbox (magic address)"
                 self._created.append(now)  # held messages count too (live stats, §4.5)
                 self._messages[entry["id"]] = {
                     **details,
@@ -309,6 +322,21 @@ class PostalProvider(Provider):
                 created[rcpt] = entry
                 if hold is not None:
                     held[rcpt] = hold
+        record = {
+            "provider": self.name,
+            "message_id": message_id,
+            "fields": params,
+            "tag": details["tag"],
+            "recipients": recipients,
+        }
+        for rcpt, entry in created.items():
+            self.env.timeline.accept(
+                self.name,
+                str(entry["id"]),
+                rcpt,
+                self._steps(rcpt, now, held.get(rcpt)),
+                {**record, "id": entry["id"], "token": entry["token"]},
+            )
         reply = _success(started, {"message_id": message_id, "messages": created})
         reply.message_id = message_id
         if recipients:
@@ -322,6 +350,30 @@ class PostalProvider(Provider):
                 extra={"recipient_ids": {r: e["id"] for r, e in created.items()}, "held": held},
             )
         return reply
+
+    def _steps(self, rcpt: str, now: float, hold: str | None) -> list[Any]:
+        """The statuses a new message goes through (see the module docstring)."""
+        if hold is not None:
+            return [(now, "Held", hold)]
+        at = now + self.env.config.postal_delivery_delay_s
+        local = _local(rcpt)
+        sent = (at, "Sent", f"Message for {rcpt} accepted by the sandbox")
+        steps: list[Any] = [(now, "Pending", None)]
+        if local.startswith("hardfail"):
+            return [*steps, (at, "HardFail", f"550 5.1.1 <{rcpt}>: recipient unknown (sandbox)")]
+        if local.startswith("softfail"):
+            soft = (at, "SoftFail", f"451 4.7.1 <{rcpt}>: try again later (sandbox)")
+            return [*steps, soft, (at + SOFT_RETRY_S, sent[1], sent[2])]
+        if local.startswith("bounce"):
+            bounced = (at + BOUNCE_AFTER_S, "Bounced", f"a bounce was received for {rcpt}")
+            return [*steps, sent, bounced]
+        return [*steps, sent]
+
+    def _shown(self, found: dict[str, Any]) -> list[Any]:
+        shown = self.env.timeline.history(self.name, str(found["id"]), found["rcpt_to"])
+        if not shown:  # not on the timeline (cannot happen for an accepted message)
+            shown = [(found["timestamp"], "Held" if found["held"] else "Sent", found["held"])]
+        return shown
 
     def _hold_reason(self, rcpt: str) -> str | None:
         """Why a new message to ``rcpt`` is held (§4.5), or None; caller holds the lock.
@@ -368,6 +420,7 @@ class PostalProvider(Provider):
         else:
             expansions = []
         data: dict[str, Any] = {"id": found["id"], "token": found["token"]}
+        found = {**found, "shown": self._shown(found)}
         for name in ALL_EXPANSIONS:
             if name in expansions:
                 data[name] = _expansion(name, found)
@@ -377,47 +430,40 @@ class PostalProvider(Provider):
         found = self._find(params, started)
         if isinstance(found, Reply):
             return found
-        # §4.4: [{id, status, details, output, sent_with_ssl, log_id, time, timestamp}]. A hold
-        # is a delivery record with no SMTP exchange behind it: no output, log id or time.
-        if found["held"] is not None:
-            delivery = {
-                "id": found["id"],
-                "status": "Held",
-                "details": found["held"],
-                "output": None,
-                "sent_with_ssl": False,
-                "log_id": None,
-                "time": None,
-                "timestamp": found["timestamp"],
-            }
-        else:
-            delivery = {
-                "id": found["id"],
-                "status": "Sent",
-                "details": f"Message for {found['rcpt_to']} accepted by the sandbox",
-                "output": "250 2.0.0 OK (sandbox)",
-                "sent_with_ssl": True,
-                "log_id": f"S{found['id']:06d}",
-                "time": 0.01,
-                "timestamp": found["timestamp"],
-            }
-        return _success(started, [delivery])
+        # §4.4: [{id, status, details, output, sent_with_ssl, log_id, time, timestamp}], one
+        # per delivery attempt (every status after Pending). A hold is a delivery record with no
+        # SMTP exchange behind it: no output, log id or time.
+        out = []
+        for index, (at, status, details) in enumerate(self._shown(found)):
+            if status == "Pending":
+                continue
+            smtp = status in ("Sent", "SoftFail", "HardFail")
+            out.append(
+                {
+                    "id": found["id"] * 100 + index,
+                    "status": status,
+                    "details": details,
+                    "output": ("250 2.0.0 OK (sandbox)" if status == "Sent" else details)
+                    if smtp
+                    else None,
+                    "sent_with_ssl": smtp,
+                    "log_id": f"S{found['id']:06d}" if smtp else None,
+                    "time": 0.01 if smtp else None,
+                    "timestamp": at,
+                }
+            )
+        return _success(started, out)
 
 
 def _expansion(name: str, m: dict[str, Any]) -> Any:
     if name == "status":  # §4.4 {status, last_delivery_attempt, held, hold_expiry}
-        if m["held"] is not None:
-            return {
-                "status": "Held",
-                "last_delivery_attempt": m["timestamp"],
-                "held": True,
-                "hold_expiry": m["timestamp"] + HOLD_EXPIRY_S,
-            }
+        at, status, _details = m["shown"][-1]
+        held = status == "Held"
         return {
-            "status": "Sent",
-            "last_delivery_attempt": m["timestamp"],
-            "held": False,
-            "hold_expiry": None,
+            "status": status,
+            "last_delivery_attempt": at,
+            "held": held,
+            "hold_expiry": at + HOLD_EXPIRY_S if held else None,
         }
     if name == "details":
         return {
@@ -494,6 +540,10 @@ def _addresses(value: Any) -> list[str]:
         address = name_addr[0][1] if name_addr and name_addr[0][1] else item.strip()
         out.append(address)
     return out
+
+
+def _local(address: str) -> str:
+    return address.partition("@")[0].strip().lower()
 
 
 def _domain(address: str) -> str:

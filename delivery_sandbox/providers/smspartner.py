@@ -16,7 +16,10 @@ where the docs are silent):
   than 10 SMS is code 52; Low Cost (``gamme: 2``) over 160 characters is code 42. Each SMS of
   each number costs one credit (0.038 EUR, the doc example);
 - status is ``Waiting`` until ``sms_delivery_delay_s`` after the send (or its scheduled time),
-  then ``Delivered``; a cancelled send is ``Cancelled``;
+  then ``Delivered`` (§1.4, §1.6 "Waiting → Delivered | Not delivered, with a configurable
+  delay"); a number ending in ``0404`` (e.g. ``+33600000404``) ends ``Not delivered`` instead;
+  a cancelled send is ``Cancelled``. Each number's statuses are its timeline
+  (``delivery_sandbox.timeline``): lookups read it, ``POST /_admin/status`` forces it;
 - ``/bulk-send`` (§1.2.3): up to 500 ``SMSList`` entries, each checked and billed on its own
   (per-item ``success``/``code``; item failures use the §1.3 codes [INFERRED]); the top level
   says ``nbSMS``, items ``nbSms``; when no entry is accepted the whole request answers the first
@@ -57,6 +60,7 @@ MARKETING_REFUSALS = {
     "+33600000023": (23, "Envoi marketing : pas d'envoi le dimanche ni les jours fériés"),
 }
 STOP_SUFFIX = "0014"
+NOT_DELIVERED_SUFFIX = "0404"
 PRICE_EUR = 0.038  # per SMS, from the send example (§1.2.2)
 SENDER_RE = re.compile(r"^[A-Za-z0-9]+$")
 CANCEL_MARGIN_S = 5 * 60
@@ -160,6 +164,7 @@ class SmsPartnerProvider(PartnerProvider):
                 "units": 0 if sandboxed else units,
                 "cancelled": False,
             }
+        self._timeline(message_id, self._messages[message_id], fields)
         payload: dict[str, Any] = {
             "message_id": message_id,
             "nb_sms": units,
@@ -240,6 +245,7 @@ class SmsPartnerProvider(PartnerProvider):
                 "units": 0 if sandboxed else total,
                 "cancelled": False,
             }
+        self._timeline(message_id, self._messages[message_id], fields)
         payload: dict[str, Any] = {
             "message_id": message_id,
             "currency": "EUR",
@@ -300,11 +306,33 @@ class SmsPartnerProvider(PartnerProvider):
         }
         return self.ok({"user": {"username": "sandbox@sandbox.test"}, "credits": credits})
 
-    def _status(self, message: dict[str, Any]) -> str:
+    def _timeline(self, message_id: int, message: dict[str, Any], fields: dict[str, Any]) -> None:
+        """Each number: ``Waiting`` from its due time, then ``Delivered`` (or ``Not delivered``
+        for a number ending in ``0404``) after ``sms_delivery_delay_s`` (§1.4, §1.6)."""
+        due = message["due"]
+        done_at = due + self.env.config.sms_delivery_delay_s
+        record = {
+            "provider": self.name,
+            "message_id": str(message_id),
+            "fields": fields,
+            "tag": message["tag"],
+            "recipients": list(message["numbers"]),
+        }
+        for number in message["numbers"]:
+            final = "Not delivered" if number.endswith(NOT_DELIVERED_SUFFIX) else "Delivered"
+            self.env.timeline.accept(
+                self.name,
+                str(message_id),
+                number,
+                [(due, "Waiting", None), (done_at, final, None)],
+                record,
+            )
+
+    def _status(self, message_id: int, message: dict[str, Any], number: str) -> str:
         if message["cancelled"]:
             return "Cancelled"
-        ready = self.env.now() >= message["due"] + self.env.config.sms_delivery_delay_s
-        return "Delivered" if ready else "Waiting"
+        step = self.env.timeline.status(self.name, str(message_id), number)
+        return "Waiting" if step is None else step[1]
 
     def _lookup(self, raw_id: Any) -> tuple[int, dict[str, Any]] | None:
         try:
@@ -331,7 +359,7 @@ class SmsPartnerProvider(PartnerProvider):
                 "messageId": str(message_id),
                 "stopSms": False,
                 "date": datetime.fromtimestamp(message["time"]).strftime("%Y-%m-%d %H:%M:%S"),
-                "statut": self._status(message),
+                "statut": self._status(message_id, message, number or ""),
                 "cost": round(
                     message.get("per_number", {}).get(number, message["segments"]) * PRICE_EUR, 3
                 ),
@@ -355,13 +383,13 @@ class SmsPartnerProvider(PartnerProvider):
             if found is None or number not in found[1]["numbers"]:
                 out.append({"success": False, "code": 4, **base, "status": "Numéro introuvable"})
                 continue
-            message = found[1]
+            message_id, message = found
             out.append(
                 {
                     "success": True,
                     "code": 200,
                     **base,
-                    "status": self._status(message),
+                    "status": self._status(message_id, message, number or ""),
                     "date": str(int(message["time"])),
                     "stopSms": "0",
                     "isSpam": "0",
@@ -370,12 +398,11 @@ class SmsPartnerProvider(PartnerProvider):
         return self.ok({"StatutResponse_List": out})
 
     def _recipients(self, message_id: int, message: dict[str, Any]) -> list[dict[str, Any]]:
-        status = self._status(message)
         return [
             # §1.2.9: exactly these fields; the id is the answer's top-level message_id.
             {
                 "phoneNumber": number,
-                "status": status,
+                "status": self._status(message_id, message, number),
                 "stopSMS": False,
                 "date": str(int(message["time"])),
             }

@@ -172,6 +172,25 @@ class VoicePartnerProvider(Provider):
             payload["lang"] = fields["lang"]
         if fields.get("scheduledDate"):
             payload["scheduledDate"] = fields["scheduledDate"]
+        # Voice Partner documents no status lookup and no notifyUrl payload (§3.3): the
+        # timeline only feeds the callback senders ([INFERRED] words: Waiting → Delivered).
+        record = {
+            "provider": self.name,
+            "message_id": campaign_id,
+            "fields": fields,
+            "recipients": numbers,
+        }
+        for number in numbers:
+            self.env.timeline.accept(
+                self.name,
+                campaign_id,
+                number,
+                [
+                    (due, "Waiting", None),
+                    (due + self.env.config.sms_delivery_delay_s, "Delivered", None),
+                ],
+                record,
+            )
         reply = json_reply(200, payload, outcome="accepted")
         reply.message_id = campaign_id
         reply.message = AcceptedMessage(

@@ -79,7 +79,7 @@ KNOWN_NON_JSON = tuple(
         r" -------------- \[queues\]",
         r" +\.> \S+ +exchange=\S+ key=\S+",
         r"\[tasks\]",
-        r"  \. tasks\.\w+",
+        r"  \. (?:tasks|delivery)\.\w+",  # the banner lists delivery.track_* too
         # celery.apps.worker: safe_say on SIGTERM / SIGINT / SIGQUIT
         r"worker: (?:Warm|Cold) shutdown \(MainProcess\)",
         # celery.platforms.check_privileges, through warnings.warn, only as root

@@ -137,3 +137,53 @@ def test_balances_key(redis_client: redis.Redis) -> None:
         '{"amount": 120, "unit": "credits", "currency": "", "checked_at": 1700000000.5}',
     )
     assert store.read_all()["smspartner"] == RecordedBalance("smspartner", 120.0, "credits", "", T0)
+
+
+def test_tracking_keys(redis_client: redis.Redis) -> None:
+    from worker.stores.tracking import OUTBOX_KEY, POLL_KEY, RedisTrackingStore, Tracked
+    from worker.tracking import DeliveryEvent, EventType
+
+    store = RedisTrackingStore(redis_client, clock=FakeClock(T0))
+    store.register(
+        "d1",
+        "smspartner",
+        [Tracked("+3361****78", "77", "+33612345678")],
+        at=T0,
+        poll_at=T0 + 30,
+        notify=True,
+    )
+    assert redis_client.hgetall("dw:track:msg:smspartner:77") == {b"+3361****78": b"d1"}
+    state = redis_client.hgetall("dw:track:state:d1")
+    assert state[b"~provider"] == b"smspartner"
+    assert json.loads(state[b"+3361****78"])["state"] == "sent"
+    assert redis_client.smembers("dw:track:seen:d1") == {b"send:d1:+3361****78"}
+    assert json.loads(redis_client.lrange("dw:track:hist:d1", 0, -1)[0])["type"] == "sent"
+    (entry,) = redis_client.lrange("dw:track:out:d1", 0, -1)
+    assert entry[:6] == b"sent\n{"
+    assert (OUTBOX_KEY, POLL_KEY) == ("dw:track:outbox", "dw:track:poll")
+    assert redis_client.zrange(OUTBOX_KEY, 0, -1, withscores=True) == [(b"d1", T0)]
+    assert redis_client.zrange(POLL_KEY, 0, -1, withscores=True) == [(b"d1", T0 + 30)]
+    watch = redis_client.hgetall("dw:track:watch:d1")
+    assert watch[b"provider"] == b"smspartner" and watch[b"polls"] == b"0"
+    assert json.loads(watch[b"recipients"]) == [
+        {"recipient": "+3361****78", "provider_message_id": "77", "lookup": "+33612345678"}
+    ]
+    for key in ("msg:smspartner:77", "state:d1", "hist:d1", "seen:d1", "out:d1", "watch:d1"):
+        assert 14 * 24 * 3600 - 5 <= redis_client.ttl(f"dw:track:{key}") <= 14 * 24 * 3600
+    store.apply(
+        [
+            DeliveryEvent(
+                event_id="e",
+                type=EventType.DELIVERED,
+                provider="smspartner",
+                provider_message_id="99",
+                occurred_at=T0,
+                source="webhook",
+            )
+        ],
+        notify=True,
+    )
+    assert redis_client.llen("dw:track:orphan:smspartner:99") == 1
+    assert 0 < redis_client.ttl("dw:track:orphan:smspartner:99") <= 600
+    assert store.outbox_lock("d1", "tok", 5)
+    assert redis_client.get("dw:track:outlock:d1") == b"tok"

@@ -16,6 +16,7 @@ from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import SendOutcome
 from worker.redaction import scrub
+from worker.tracking.service import track_sent
 
 __all__ = ["expire", "finish", "park", "sent", "wait"]
 
@@ -49,6 +50,7 @@ def sent(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
     )
     d.rt.metric(d.provider, "sent")
     metrics.finished(d.provider, d.channel, "sent", "none")
+    track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
 

@@ -1,7 +1,7 @@
 """``delivery-worker``: the operator's command line.
 
 delivery-worker demo            run everything locally on the sandbox and send a demo batch
-delivery-worker status ID       a delivery's ledger record
+delivery-worker status ID       a delivery's ledger record, its recipients' states and history
 delivery-worker send sms ...    validate and enqueue one message (--wait for its outcome)
 delivery-worker check-config    validate the environment the way a worker would at start
 """
@@ -35,6 +35,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"no delivery {args.delivery_id}", file=sys.stderr)
         return 1
     print(json.dumps(record.to_dict(), indent=2, sort_keys=True))
+    from worker.ops.tracking import show_tracking
+
+    show_tracking(args.delivery_id)
     return 0
 
 

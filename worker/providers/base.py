@@ -44,9 +44,11 @@ from worker.errors import (
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
 from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
 from worker.providers._util import as_float, provider_id
+from worker.providers.lookup import LookupTarget
 from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
 from worker.redaction import register_secret
 from worker.stores.limiter import Limit
+from worker.tracking.events import DeliveryEvent
 
 __all__ = ["Balance", "Driver", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
 
@@ -83,6 +85,13 @@ class Driver(ABC, Generic[M]):
     default_retry_after_s: ClassVar[float] = 1.0
     """The wait after a 429 that carries no ``Retry-After``."""
     connect_attempts: ClassVar[int] = 3
+    status_lookup: ClassVar[bool] = False
+    """The provider documents a status lookup (:meth:`lookup_status`): its sent deliveries are
+    polled until a final state. ``False``: they stay at ``sent`` unless a push says more."""
+    status_batch_size: ClassVar[int] = 1
+    """Targets per lookup request (:meth:`lookup_groups`)."""
+    status_bucket: ClassVar[str] = "send"
+    """The :attr:`rate_limits` bucket lookups draw on: the provider counts them with sends."""
 
     def __init__(self, client: httpx.Client, *, api_key: str, base_url: str | None = None) -> None:
         base = base_url or self.default_base_url
@@ -230,6 +239,28 @@ class Driver(ABC, Generic[M]):
     def check_balance(self) -> Balance | None:
         """The account balance, or ``None`` where the provider has no balance endpoint."""
         return None
+
+    # -- status lookups (delivery tracking) ----------------------------------------------------
+
+    @classmethod
+    def lookup_ref(cls, recipient: str) -> str | None:
+        """What :meth:`lookup_status` needs of a recipient beyond its provider id (kept only
+        while the delivery is polled); ``None``: nothing."""
+        return None
+
+    @classmethod
+    def lookup_groups(cls, targets: list[LookupTarget]) -> list[list[LookupTarget]]:
+        """Targets batched as the lookup asks for them: :attr:`status_batch_size` a request."""
+        size = max(1, cls.status_batch_size)
+        return [targets[i : i + size] for i in range(0, len(targets), size)]
+
+    def lookup_status(
+        self, targets: list[LookupTarget], gate: Gate | None = None
+    ) -> list[DeliveryEvent]:
+        """What the provider says of one group of targets, as ``poll`` events. ``gate`` runs
+        before every request (the global limiter). A request-level failure raises a classified
+        :class:`~worker.errors.DeliveryError`; an unreadable item is ``unknown`` or skipped."""
+        raise NotImplementedError(f"{self.name} declares no status lookup")
 
     def reconcile(self, message: M, ctx: SendContext) -> SendOutcome | None:
         """After an unknown outcome: the outcome of the earlier send if the provider can tell.

@@ -18,9 +18,11 @@ import httpx
 from worker.errors import DeliveryError, PermanentError, ThrottledError
 from worker.models import EmailMessage
 from worker.providers._util import address_object
-from worker.providers.base import RuleViolation, SendContext, SendOutcome
+from worker.providers.base import Gate, RuleViolation, SendContext, SendOutcome
+from worker.providers.lookup import LookupTarget, lookup_event, mask_recipient, status_type
 from worker.providers.partner import COMMON_CODES, PartnerDriver
 from worker.stores.limiter import Limit
+from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = ["MailPartnerDriver", "text_to_html", "unsent_fields"]
 
@@ -80,6 +82,35 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
     balance_field = "creditMail"
     # §2.2: 2000 requests/minute/IP, code 429 beyond.
     rate_limits = {"send": (Limit(2000, 60.0),)}
+    # §2.2 "Status by message": GET /bulk-status?messageId= answers every recipient of one send;
+    # the 2000/min of §2.3 is per IP, so lookups draw on the send bucket.
+    status_lookup = True
+
+    @classmethod
+    def lookup_groups(cls, targets: list[LookupTarget]) -> list[list[LookupTarget]]:
+        return lookup_groups_by_message(targets)  # one request per send (§2.2)
+
+    def lookup_status(
+        self, targets: list[LookupTarget], gate: Gate | None = None
+    ) -> list[DeliveryEvent]:
+        """``GET /bulk-status?messageId=`` (§2.2): every recipient of one send."""
+        if not targets:
+            return []
+        if gate is not None:
+            gate()
+        request = self.get_request("bulk-status", messageId=targets[0].provider_message_id)
+        return self.parse_lookup(self.transmit(request), targets)
+
+    def parse_lookup(
+        self, response: httpx.Response, targets: list[LookupTarget]
+    ) -> list[DeliveryEvent]:
+        try:
+            data = self.envelope(response)
+        except PermanentError as exc:
+            if exc.provider_code == "4":  # message not found (yet): ask again later
+                return []
+            raise
+        return parse_bulk_status(self.name, data, targets)
 
     @classmethod
     def check_message(cls, message: EmailMessage) -> None:
@@ -148,6 +179,76 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
             id_field="messageId",
             warnings=unsent_fields(message),
         )
+
+
+# §2.2: the status values are [NOT FOUND]; S-MIS assumes these [READ-3P]. Anything else is
+# ``unknown`` (kept in the history, never applied), so a new word cannot fail a delivery.
+MAIL_STATUSES: dict[str, EventType] = {
+    "delivered": EventType.DELIVERED,
+    "bounced": EventType.BOUNCED,
+    "opened": EventType.OPENED,
+    "clicked": EventType.CLICKED,
+    "failed": EventType.FAILED,
+    "pending": EventType.QUEUED,
+    "cancelled": EventType.FAILED,  # a cancelled scheduled mail (§2.2 message-cancel)
+}
+MAX_STATUS_ITEMS = 1000
+"""A send has at most 500 recipients (§2.2); a longer list is read no further."""
+
+
+def lookup_groups_by_message(targets: list[LookupTarget]) -> list[list[LookupTarget]]:
+    groups: dict[str, list[LookupTarget]] = {}
+    for t in targets:
+        groups.setdefault(t.provider_message_id, []).append(t)
+    return list(groups.values())
+
+
+def parse_bulk_status(
+    provider: str, data: dict[str, Any], targets: list[LookupTarget]
+) -> list[DeliveryEvent]:
+    """Events from a ``/bulk-status`` envelope (already checked) for one send's targets."""
+    items = data.get("StatutResponseList")
+    if not isinstance(items, list):
+        return []
+    by_recipient = {t.recipient: t for t in targets}
+    events: list[DeliveryEvent] = []
+    for item in items[:MAX_STATUS_ITEMS]:
+        if not isinstance(item, dict):
+            continue
+        email = item.get("email")
+        target = by_recipient.pop(mask_recipient(email), None) if isinstance(email, str) else None
+        if target is None and len(targets) == 1 and len(items) == 1:
+            target = by_recipient.pop(targets[0].recipient, None)
+        if target is None:
+            continue
+        status = item.get("status")
+        kind = status_type(MAIL_STATUSES, status)
+        reason = status if kind in (EventType.BOUNCED, EventType.FAILED) else None
+        events.append(
+            lookup_event(
+                provider,
+                target,
+                kind,
+                status=status,
+                occurred_at=_date(item.get("date")),
+                reason=reason if isinstance(reason, str) else None,
+            )
+        )
+    return events
+
+
+def _date(value: Any) -> float | None:
+    """``date`` is an epoch-seconds string in the example (§2.2)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    if isinstance(value, str) and value.strip().isdigit() and len(value) < 16:
+        return float(value)
+    return None
 
 
 def unsent_fields(message: EmailMessage) -> tuple[str, ...]:

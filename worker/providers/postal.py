@@ -22,8 +22,10 @@ from worker.errors import (
 )
 from worker.models import Address, EmailMessage
 from worker.providers._util import provider_id, short_text
-from worker.providers.base import Driver, RuleViolation, SendContext, SendOutcome
+from worker.providers.base import Driver, Gate, RuleViolation, SendContext, SendOutcome
+from worker.providers.lookup import LookupTarget, lookup_event
 from worker.redaction import scrub
+from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = ["PostalDriver"]
 
@@ -68,6 +70,7 @@ class PostalDriver(Driver[EmailMessage]):
     accepts_raw = True  # /send/raw (§4.3)
     # The operator's own server: no API rate limit (providers.md "Rate limits" table).
     rate_limits = {"send": ()}
+    status_lookup = True  # messages/message and messages/deliveries (§4.4)
 
     @classmethod
     def check_message(cls, message: EmailMessage) -> None:
@@ -215,6 +218,137 @@ class PostalDriver(Driver[EmailMessage]):
             status_code=status_code,
             provider_code=code_text,
         )
+
+    # -- status lookup (§4.4) -------------------------------------------------------------------
+
+    def lookup_status(
+        self, targets: list[LookupTarget], gate: Gate | None = None
+    ) -> list[DeliveryEvent]:
+        """``messages/message`` with the ``status`` expansion for each target (one per request,
+        §4.4); for a status that is not a plain success, ``messages/deliveries`` too, whose last
+        entry's ``details`` is the reason (a hold's reason, a bounce's SMTP answer)."""
+        events: list[DeliveryEvent] = []
+        for target in targets:
+            message_id = _lookup_id(target.provider_message_id)
+            if message_id is None:
+                events.append(
+                    lookup_event(
+                        self.name, target, EventType.UNKNOWN, status="bad id", occurred_at=None
+                    )
+                )
+                continue
+            if gate is not None:
+                gate()
+            data = self._lookup_answer(
+                self.transmit(self._lookup_request("message", message_id, ["status"]))
+            )
+            events.append(self._status_event(target, data, message_id, gate))
+        return events
+
+    def _lookup_request(
+        self, what: str, message_id: int, expansions: list[str] | None = None
+    ) -> httpx.Request:
+        payload: dict[str, Any] = {"id": message_id}
+        if expansions is not None:
+            payload["_expansions"] = expansions
+        headers = {"X-Server-API-Key": self._api_key}
+        return self.post_json(f"api/v1/messages/{what}", payload, headers)
+
+    def _lookup_answer(self, response: httpx.Response) -> Any:
+        """The ``data`` of a lookup answer; ``None`` for ``MessageNotFound``; an error else."""
+        if response.status_code != 200:
+            raise self.classify_status(response, f"postal answered HTTP {response.status_code}")
+        body = self.json_object(response)
+        status = body.get("status")
+        data = body.get("data")
+        if status == "success":
+            return data
+        if status == "error" and isinstance(data, dict) and data.get("code") == "MessageNotFound":
+            return None
+        if status == "error":
+            raise self._error(data if isinstance(data, dict) else {}, response.status_code)
+        raise TransientError(
+            "postal lookup answer has no recognisable status",
+            provider=self.name,
+            status_code=response.status_code,
+        )
+
+    def parse_status(self, target: LookupTarget, data: Any) -> tuple[EventType, Any, Any]:
+        """(type, Postal's status word, its time) from a ``messages/message`` ``data``."""
+        if data is None:
+            return EventType.UNKNOWN, "MessageNotFound", None
+        block = data.get("status") if isinstance(data, dict) else None
+        if not isinstance(block, dict):
+            return EventType.UNKNOWN, None, None
+        word = block.get("status")
+        kind = (
+            POSTAL_STATUSES.get(word, EventType.UNKNOWN)
+            if isinstance(word, str)
+            else (EventType.UNKNOWN)
+        )
+        if kind is EventType.QUEUED and block.get("held") is True:
+            kind = EventType.HELD
+        return kind, word, block.get("last_delivery_attempt")
+
+    def _status_event(
+        self, target: LookupTarget, data: Any, message_id: int, gate: Gate | None
+    ) -> DeliveryEvent:
+        kind, word, when = self.parse_status(target, data)
+        reason: str | None = None
+        if kind in NEEDS_DETAILS:
+            if gate is not None:
+                gate()
+            found = self._lookup_answer(
+                self.transmit(self._lookup_request("deliveries", message_id))
+            )
+            reason, later = last_delivery(found)
+            when = later if later is not None else when
+        return lookup_event(
+            self.name, target, kind, status=word, occurred_at=_time(when), reason=reason
+        )
+
+
+# §4.4 message statuses; the mapping follows django-anymail's for the webhook words (§4.6):
+# Sent → delivered (handed to the recipient's server), SoftFail → deferred, HardFail → failed,
+# Held → held. ``Error`` is an internal error Postal retries (deferred); ``HoldCancelled``
+# means it will never be sent (failed). Anything else is ``unknown``.
+POSTAL_STATUSES: dict[str, EventType] = {
+    "Pending": EventType.QUEUED,
+    "Sent": EventType.DELIVERED,
+    "SoftFail": EventType.DEFERRED,
+    "HardFail": EventType.FAILED,
+    "Held": EventType.HELD,
+    "Bounced": EventType.BOUNCED,
+    "HoldCancelled": EventType.FAILED,
+    "Error": EventType.DEFERRED,
+}
+NEEDS_DETAILS = frozenset({EventType.DEFERRED, EventType.FAILED, EventType.HELD, EventType.BOUNCED})
+MAX_DELIVERIES = 100
+
+
+def last_delivery(data: Any) -> tuple[str | None, Any]:
+    """The reason (``details``, scrubbed by the event) and time of the last delivery entry."""
+    if not isinstance(data, list):
+        return None, None
+    for entry in reversed(data[:MAX_DELIVERIES]):
+        if isinstance(entry, dict):
+            details = entry.get("details")
+            return (details if isinstance(details, str) else None), entry.get("timestamp")
+    return None, None
+
+
+def _lookup_id(value: str) -> int | None:
+    """Postal's per-recipient message ids are integers (§4.2 ``messages[rcpt].id``)."""
+    return int(value) if value.isdigit() and len(value) < 19 else None
+
+
+def _time(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 DRIVER = PostalDriver

@@ -16,8 +16,10 @@ from worker.errors import (
 )
 from worker.models import SmsMessage, sms_units
 from worker.providers._util import as_int, provider_id
-from worker.providers.base import SendContext, SendOutcome
+from worker.providers.base import Gate, SendContext, SendOutcome
+from worker.providers.lookup import LookupTarget, lookup_event, status_type
 from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver
+from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = ["SmsPartnerDriver"]
 
@@ -60,6 +62,30 @@ def encode_text(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\n", ":br:").replace("€", ":euro:")
 
 
+MULTI_STATUS_MAX = 500
+"""§1.2.8: multi-status takes at most 500 pairs."""
+
+# §1.4: the status endpoints answer Delivered / Not delivered / Waiting; the error-code page
+# lists the lower-case forms and ``ko`` ("not sent, contact support"); S-MIS also maps
+# ``Sent``; the operator DLR codes (DELIVRD, UNDELIV, EXPIRED, REJECTD...) may show through.
+# Anything else (free text such as "Numéro introuvable") is ``unknown``: kept, never applied.
+SMS_STATUSES: dict[str, EventType] = {
+    "delivered": EventType.DELIVERED,
+    "delivrd": EventType.DELIVERED,
+    "not delivered": EventType.FAILED,
+    "undeliv": EventType.FAILED,
+    "expired": EventType.FAILED,
+    "ko": EventType.FAILED,
+    "rejectd": EventType.REJECTED,
+    "cancelled": EventType.FAILED,  # the sandbox's word for a cancelled send (§1.2.6)
+    "waiting": EventType.QUEUED,
+    "pending": EventType.QUEUED,
+    "enroute": EventType.SENT,
+    "acceptd": EventType.SENT,
+    "sent": EventType.SENT,
+}
+
+
 class SmsPartnerDriver(PartnerDriver[SmsMessage]):
     name = "smspartner"
     channel = "sms"
@@ -70,6 +96,11 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
     # No limit documented for /v1/send (429 is documented only for HLR/lookup, §1.3); a 429
     # would still be honoured through the limiter's hold.
     rate_limits = {"send": ()}
+    # Status lookups (§1.2.7, §1.2.8): up to 500 (number, message id) pairs per /multi-status;
+    # no limit is documented for them (the 360/min of §1.3 is HLR/number lookup), so they
+    # share the send bucket's (empty) budget.
+    status_lookup = True
+    status_batch_size = MULTI_STATUS_MAX
 
     @classmethod
     def reconcile_tag(cls, message: SmsMessage, delivery_id: str) -> str | None:
@@ -164,6 +195,105 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             if text is not None:
                 ids[number] = text
         return SendOutcome(provider=self.name, provider_message_ids=ids)
+
+    @classmethod
+    def lookup_ref(cls, recipient: str) -> str | None:
+        return recipient  # both status endpoints ask by number (§1.2.7, §1.2.8)
+
+    def lookup_status(
+        self, targets: list[LookupTarget], gate: Gate | None = None
+    ) -> list[DeliveryEvent]:
+        """``GET /message-status`` for one recipient (§1.2.7, the field is ``statut``), else
+        ``POST /multi-status`` with up to 500 pairs (§1.2.8, the field is ``status``)."""
+        asked = [t for t in targets if t.lookup][:MULTI_STATUS_MAX]
+        if not asked:
+            return []
+        if gate is not None:
+            gate()
+        if len(asked) == 1:
+            (target,) = asked
+            request = self.get_request(
+                "message-status",
+                messageId=target.provider_message_id,
+                phoneNumber=target.lookup or "",
+            )
+            return self.parse_message_status(self.transmit(request), target)
+        pairs = [
+            {"phoneNumber": t.lookup, "messageId": _wire_id(t.provider_message_id)} for t in asked
+        ]
+        request = self.post_json("multi-status", self.auth_body({"SMSStatut_List": pairs}))
+        return self.parse_multi_status(self.transmit(request), asked)
+
+    def parse_message_status(
+        self, response: httpx.Response, target: LookupTarget
+    ) -> list[DeliveryEvent]:
+        try:
+            data = self.envelope(response)
+        except PermanentError as exc:
+            if exc.provider_code == "4":  # message not found (yet): ask again later
+                return [self._event(target, EventType.UNKNOWN, "not found", None)]
+            raise
+        status = data.get("statut", data.get("status"))
+        return [self._event(target, status_type(SMS_STATUSES, status), status, data.get("date"))]
+
+    def parse_multi_status(
+        self, response: httpx.Response, targets: list[LookupTarget]
+    ) -> list[DeliveryEvent]:
+        data = self.envelope(response)
+        items = data.get("StatutResponse_List")
+        if not isinstance(items, list):
+            raise UnknownOutcomeError(
+                "smspartner multi-status answer has no StatutResponse_List", provider=self.name
+            )
+        wanted = {(t.provider_message_id, _digits(t.lookup)): t for t in targets}
+        events: list[DeliveryEvent] = []
+        for item in items[: len(targets) * 2]:
+            if not isinstance(item, dict):
+                continue
+            key = (provider_id(item.get("messageId")) or "", _digits(item.get("phoneNumber")))
+            target = wanted.pop(key, None)
+            if target is None:
+                continue  # not a pair we asked about
+            status = item.get("status", item.get("statut"))
+            if item.get("success") is False:
+                # e.g. code 4 "Numéro introuvable" (§1.2.8): not known (yet), never a failure.
+                events.append(self._event(target, EventType.UNKNOWN, status, None))
+                continue
+            kind = status_type(SMS_STATUSES, status)
+            events.append(self._event(target, kind, status, item.get("date")))
+        return events
+
+    def _event(
+        self, target: LookupTarget, kind: EventType, status: Any, date: Any
+    ) -> DeliveryEvent:
+        reason = status if kind in (EventType.FAILED, EventType.REJECTED) else None
+        return lookup_event(
+            self.name,
+            target,
+            kind,
+            status=status,
+            occurred_at=_safe_epoch(date),
+            reason=reason if isinstance(reason, str) else None,
+        )
+
+
+def _safe_epoch(value: Any) -> float | None:
+    try:
+        return _epoch(value)
+    except (OverflowError, ValueError):
+        return None
+
+
+def _wire_id(message_id: str) -> int | str:
+    """The send answers ``message_id`` as an integer and the samples post it so (§1.2.8)."""
+    return int(message_id) if message_id.isdigit() and len(message_id) < 19 else message_id
+
+
+def _digits(number: Any) -> str:
+    """The last nine digits of a number: the provider may answer ``06…`` for ``+336…``."""
+    if not isinstance(number, str | int) or isinstance(number, bool):
+        return ""
+    return "".join(c for c in str(number)[:40] if c.isdigit())[-9:]
 
 
 def _ours(items: list[Any], wanted: set[str], ctx: SendContext) -> tuple[dict[str, Any], bool]:

@@ -49,9 +49,12 @@ class EventType(StrEnum):
 
 EVENT_RANK: dict[EventType, int] = {
     EventType.QUEUED: 0,
-    EventType.DEFERRED: 1,
-    EventType.HELD: 1,
-    EventType.SENT: 2,
+    # A delivery starts at "sent" (the provider accepted it, worker.tracking.service); a hold or
+    # a temporary failure is news after that (Postal holds accepted messages, §4.5), so they
+    # outrank it. A "sent" after them changes nothing; "delivered" still follows them.
+    EventType.SENT: 1,
+    EventType.DEFERRED: 2,
+    EventType.HELD: 2,
     EventType.DELIVERED: 3,
     # A bounce may follow a delivery to the next hop (an asynchronous bounce), so the failures
     # outrank "delivered".

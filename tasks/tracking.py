@@ -1,0 +1,34 @@
+"""The tracking tasks: events from the webhook receiver, callback hints, the polling round.
+
+``delivery.track_events`` and ``delivery.track_hint`` are the receiver's contract
+(``worker.tasknames``); ``tasks.track_poll`` runs on beat. Each returns a small summary dict
+(never the events) and never raises for a bad message (``worker.tracking.intake``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.app import RedactedRequest, app
+from worker.runtime import get_runtime
+from worker.tasknames import TRACK_EVENTS_TASK, TRACK_HINT_TASK
+from worker.tracking.intake import take_events, take_hint
+from worker.tracking.poller import poll_round
+
+__all__ = ["track_events", "track_hint", "track_poll"]
+
+
+@app.task(name=TRACK_EVENTS_TASK, Request=RedactedRequest)
+def track_events(events: Any) -> dict[str, Any]:
+    return take_events(get_runtime(), events)
+
+
+@app.task(name=TRACK_HINT_TASK, Request=RedactedRequest)
+def track_hint(provider: Any, delivery_id: Any) -> dict[str, Any]:
+    return take_hint(get_runtime(), provider, delivery_id)
+
+
+@app.task(name="tasks.track_poll", Request=RedactedRequest)
+def track_poll() -> dict[str, Any]:
+    """Periodic (beat): ask providers about sent deliveries that are not final yet."""
+    return poll_round(get_runtime()).as_dict()

@@ -1,0 +1,263 @@
+"""The tracking store in Redis, shared by every worker.
+
+Keys (the layout of deployed data; pinned by tests/stores/test_redis_layout.py):
+
+* ``dw:track:msg:<provider>:<provider message id>``: hash, masked recipient → delivery id;
+* ``dw:track:state:<id>``: hash, masked recipient → JSON state (``~provider``: the provider);
+* ``dw:track:hist:<id>``: list, the newest :data:`HISTORY_CAP` events (JSON), oldest first;
+* ``dw:track:seen:<id>``: set, the event ids applied;
+* ``dw:track:out:<id>``: list, notifications not yet published (``<state>\\n<event JSON>``);
+* ``dw:track:outbox``: sorted set, delivery ids with notifications, scored by the first one;
+* ``dw:track:outlock:<id>``: string, the publisher's lock token;
+* ``dw:track:orphan:<provider>:<provider message id>``: list, events waiting for the index;
+* ``dw:track:watch:<id>``: hash, a polled delivery (provider, started_at, polls, recipients);
+* ``dw:track:poll``: sorted set, polled delivery ids scored by their next lookup time.
+
+Every per-delivery key expires :data:`TRACKING_TTL_S` after its last write; orphans after
+:data:`ORPHAN_TTL_S`. Applying an event (dedupe, the forward-only move, the history and the
+outbox entry) is one Lua script (``apply.lua``), so a crash never leaves a state change without
+its notification; claiming due watches is another (``claim.lua``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+
+import redis
+
+from worker.stores._redis import load_script, text
+from worker.stores.tracking.base import (
+    HISTORY_CAP,
+    ORPHAN_CAP,
+    ORPHAN_TTL_S,
+    TRACKING_TTL_S,
+    DeliveryStatus,
+    RecipientState,
+    Tracked,
+    TrackingBase,
+    Watch,
+    history_entry,
+    parse_state,
+    rules_json,
+    state_json,
+    watch_fields,
+    watch_from,
+)
+from worker.tracking.events import DeliveryEvent
+
+__all__ = ["OUTBOX_KEY", "POLL_KEY", "RedisTrackingStore"]
+
+_PACKAGE = "worker.stores.tracking"
+_PROVIDER = "~provider"
+OUTBOX_KEY = "dw:track:outbox"
+POLL_KEY = "dw:track:poll"
+
+
+def _key(kind: str, delivery_id: str) -> str:
+    return f"dw:track:{kind}:{delivery_id}"
+
+
+class RedisTrackingStore(TrackingBase):
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl_s: int = TRACKING_TTL_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._rules = rules_json()
+        self._apply = load_script(client, _PACKAGE, "apply.lua")
+        self._claim = load_script(client, _PACKAGE, "claim.lua")
+
+    @staticmethod
+    def index_key(provider: str, provider_message_id: str) -> str:
+        return f"dw:track:msg:{provider}:{provider_message_id}"
+
+    @staticmethod
+    def orphan_key(provider: str, provider_message_id: str) -> str:
+        return f"dw:track:orphan:{provider}:{provider_message_id}"
+
+    def _now(self) -> float:
+        return self._clock()
+
+    def _index(self, provider: str, provider_message_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.index_key(provider, provider_message_id))
+        return {text(k): text(v) for k, v in raw.items()}
+
+    def _write_index(
+        self, delivery_id: str, provider: str, recipients: Sequence[Tracked], at: float
+    ) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        for t in recipients:
+            key = self.index_key(provider, t.provider_message_id)
+            pipe.hset(key, t.recipient, delivery_id)
+            pipe.expire(key, self.ttl_s)
+        pipe.hset(_key("state", delivery_id), _PROVIDER, provider)
+        pipe.expire(_key("state", delivery_id), self.ttl_s)
+        pipe.execute()
+
+    def _apply_one(
+        self, delivery_id: str, event: DeliveryEvent, *, notify: bool, now: float
+    ) -> tuple[bool, bool]:
+        assert event.recipient is not None
+        keys = [
+            _key("state", delivery_id),
+            _key("hist", delivery_id),
+            _key("seen", delivery_id),
+            _key("out", delivery_id),
+            OUTBOX_KEY,
+        ]
+        args = [
+            event.event_id,
+            event.recipient,
+            event.type.value,
+            history_entry(event),
+            state_json(event),
+            repr(now),
+            str(self.ttl_s),
+            str(HISTORY_CAP),
+            "1" if notify else "0",
+            self._rules,
+            delivery_id,
+        ]
+        new, moved = self._apply(keys=keys, args=args)
+        return int(new) == 1, int(moved) == 1
+
+    def _keep_orphan(self, event: DeliveryEvent, now: float) -> None:
+        key = self.orphan_key(event.provider, event.provider_message_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.rpush(key, event.model_dump_json())
+        pipe.ltrim(key, -ORPHAN_CAP, -1)
+        pipe.expire(key, int(ORPHAN_TTL_S))
+        pipe.execute()
+
+    def _take_orphans(self, provider: str, provider_message_id: str) -> list[DeliveryEvent]:
+        key = self.orphan_key(provider, provider_message_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrange(key, 0, -1)
+        pipe.delete(key)
+        kept, _ = pipe.execute()
+        out = []
+        for raw in kept:
+            try:
+                out.append(DeliveryEvent.model_validate_json(raw))
+            except ValueError:
+                continue
+        return out
+
+    def _start_watch(
+        self,
+        delivery_id: str,
+        provider: str,
+        recipients: Sequence[Tracked],
+        at: float,
+        poll_at: float,
+    ) -> None:
+        key = _key("watch", delivery_id)
+        if self.redis.hsetnx(key, "provider", provider):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(key, mapping=dict(watch_fields(provider, recipients, at).items()))
+            pipe.expire(key, self.ttl_s)
+            pipe.zadd(POLL_KEY, {delivery_id: poll_at}, nx=True)
+            pipe.execute()
+
+    def status(self, delivery_id: str) -> DeliveryStatus | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(_key("state", delivery_id))
+        pipe.lrange(_key("hist", delivery_id), 0, -1)
+        pipe.zscore(POLL_KEY, delivery_id)
+        raw_states, raw_history, polling = pipe.execute()
+        if not raw_states:
+            return None
+        states = {text(k): text(v) for k, v in raw_states.items()}
+        provider = states.pop(_PROVIDER, "")
+        parsed = {r: parse_state(v) for r, v in states.items()}
+        history = []
+        for raw in raw_history:
+            try:
+                history.append(json.loads(raw))
+            except ValueError:
+                continue
+        return DeliveryStatus(
+            delivery_id=delivery_id,
+            provider=provider,
+            recipients={r: s for r, s in parsed.items() if isinstance(s, RecipientState)},
+            history=history,
+            polling=polling is not None,
+        )
+
+    # -- polling -------------------------------------------------------------------------------
+
+    def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
+        ids = [text(i) for i in self._claim(keys=[POLL_KEY], args=[repr(now), limit, lease_s])]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery_id in ids:
+            pipe.hgetall(_key("watch", delivery_id))
+        out = []
+        for delivery_id, raw in zip(ids, pipe.execute(), strict=True):
+            found = watch_from(delivery_id, {text(k): text(v) for k, v in raw.items()})
+            if found is None:
+                self.unwatch(delivery_id)
+            else:
+                out.append(found)
+        return out
+
+    def watch(self, delivery_id: str) -> Watch | None:
+        raw = self.redis.hgetall(_key("watch", delivery_id))
+        if not raw:
+            return None
+        return watch_from(delivery_id, {text(k): text(v) for k, v in raw.items()})
+
+    def reschedule(self, delivery_id: str, at: float, *, polled: bool) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        if polled:
+            pipe.hincrby(_key("watch", delivery_id), "polls", 1)
+        pipe.zadd(POLL_KEY, {delivery_id: at}, xx=True)
+        pipe.execute()
+
+    def unwatch(self, delivery_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(_key("watch", delivery_id))
+        pipe.zrem(POLL_KEY, delivery_id)
+        pipe.execute()
+
+    def watching(self) -> int:
+        return int(self.redis.zcard(POLL_KEY))
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    def outbox(self, delivery_id: str, limit: int) -> list[str]:
+        return [text(e) for e in self.redis.lrange(_key("out", delivery_id), 0, limit - 1)]
+
+    def outbox_done(self, delivery_id: str, count: int) -> None:
+        key = _key("out", delivery_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.ltrim(key, count, -1)
+        pipe.llen(key)
+        _, left = pipe.execute()
+        if int(left) == 0:
+            # An entry written after this ZREM re-adds the id (apply.lua's ZADD NX); one
+            # written between the LLEN and the ZREM is seen by the second LLEN.
+            self.redis.zrem(OUTBOX_KEY, delivery_id)
+            if self.redis.llen(key):
+                self.redis.zadd(OUTBOX_KEY, {delivery_id: self._clock()}, nx=True)
+
+    def outbox_pending(self, older_than: float, limit: int) -> list[str]:
+        ids = self.redis.zrangebyscore(OUTBOX_KEY, "-inf", older_than, start=0, num=limit)
+        return [text(i) for i in ids]
+
+    def outbox_lock(self, delivery_id: str, token: str, ttl_s: float) -> bool:
+        key = _key("outlock", delivery_id)
+        return bool(self.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
+
+    def outbox_unlock(self, delivery_id: str, token: str) -> None:
+        key = _key("outlock", delivery_id)
+        if self.redis.get(key) in (token, token.encode()):
+            self.redis.delete(key)
