@@ -29,9 +29,11 @@ MAX_POLL_S = 1.0
 class WaitTimeout(TimeoutError):
     """The deadline passed before the delivery settled; it goes on in the workers."""
 
-    def __init__(self, pending: dict[str, str]) -> None:
+    def __init__(self, pending: dict[str, str], settled: dict[str, dict[str, Any]]) -> None:
         self.pending = pending
         """Delivery id → ledger state (``missing`` if unreadable) of those still unsettled."""
+        self.settled = settled
+        """Delivery id → result of those that did settle in time."""
         sample = ", ".join(f"{d} ({s})" for d, s in list(pending.items())[:3])
         super().__init__(f"{len(pending)} deliveries not settled: {sample}")
 
@@ -73,6 +75,6 @@ def wait_for_results(
             return results
         left = deadline - clock()
         if left <= 0:
-            raise WaitTimeout(pending)
+            raise WaitTimeout(pending, results)
         sleep(min(delay, left))
         delay = min(delay * 1.5, MAX_POLL_S)
