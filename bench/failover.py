@@ -284,9 +284,9 @@ def scenario_results_restart(
     results: int = 100,
     workers: int = 2,
     concurrency: int = 4,
-    latency_ms: int = 600,
-    kill_after: float = 0.3,
-    down_s: float = 1.0,
+    latency_ms: int = 300,
+    kill_after: float = 0.2,
+    down_s: float = 0.3,
     wait_s: float = 60.0,
 ) -> ResultFigures:
     """SIGKILL Redis (AOF on) while two waiters wait on ``results`` results; restart it."""

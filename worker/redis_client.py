@@ -23,14 +23,12 @@ need nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import redis
+from pydantic import SecretStr
 from redis.sentinel import Sentinel
-
-if TYPE_CHECKING:
-    from worker.config import Settings
 
 __all__ = [
     "DEFAULT_SENTINEL_PORT",
@@ -45,6 +43,23 @@ __all__ = [
 DEFAULT_SENTINEL_PORT = 26379
 SENTINEL_SOCKET_TIMEOUT_S = 2.0
 """A sentinel that does not answer within this is skipped for the next one."""
+
+
+class Settings(Protocol):
+    """What this module reads of :class:`worker.config.Settings` (which imports it)."""
+
+    @property
+    def broker_url(self) -> str: ...
+    @property
+    def result_backend(self) -> str: ...
+    @property
+    def redis_url(self) -> str | None: ...
+    @property
+    def shared_redis_url(self) -> str: ...
+    @property
+    def redis_master_name(self) -> str | None: ...
+    @property
+    def redis_sentinel_password(self) -> SecretStr | None: ...
 
 
 @dataclass(frozen=True)
