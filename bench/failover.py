@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import shutil
 import signal
@@ -297,6 +298,8 @@ def scenario_results_restart(
     server = start_redis(redis_dir, port)
     url = str(server.extra["url"])
     procs: list[Proc] = []
+    handles: list[Any] = []
+    holder = {"server": server}  # the killer thread replaces it with the restarted one
     admin = soak.SandboxAdmin(sandbox_url)
     try:
         env = {
@@ -317,7 +320,7 @@ def scenario_results_restart(
         soak.wait_ready(client, procs)
         admin.set_faults([{"provider": "*", "action": "latency", "delay_ms": latency_ms}])
         planned = soak.build_workload(run, results, providers=("smspartner", "postal"))
-        handles = [producer.enqueue(p.channel, p.message) for p in planned]
+        handles += [producer.enqueue(p.channel, p.message) for p in planned]
         ids = [h.id for h in handles]
 
         celery_got: dict[str, Any] = {}
@@ -326,7 +329,6 @@ def scenario_results_restart(
         ledger_got: dict[str, Any] = {}
         ledger_done = threading.Event()
         waiting = threading.Event()
-        holder = {"server": server}
 
         def ledger_wait() -> None:
             try:
@@ -380,7 +382,6 @@ def scenario_results_restart(
                 first_error = first_error or str(exc)[:120]
         for t in helpers:
             t.join(timeout=wait_s + 30)
-        server = holder["server"]
         backend = redis.Redis.from_url(f"{url}/1")
         stored = set()
         for delivery_id, raw in zip(
@@ -404,10 +405,14 @@ def scenario_results_restart(
         shared.close()
         return figures
     finally:
+        # An AsyncResult unsubscribes when freed: let that happen while Redis still runs.
+        handles.clear()
+        gc.collect()
         _stop_all(procs)
         with contextlib.suppress(Exception):
             admin.reset()
         admin.close()
+        holder["server"].stop()
         server.stop()
 
 

@@ -56,11 +56,9 @@ def test_sentinel_failover_loses_no_acknowledged_message(sandbox_url: str, tmp_p
 def test_ledger_wait_returns_every_stored_result_across_a_redis_restart(
     sandbox_url: str, tmp_path: Path
 ) -> None:
-    """Redis SIGKILLed and restarted (AOF) while two waiters wait on 60 results: the ledger
+    """Redis SIGKILLed and restarted (AOF) while two waiters wait on 100 results: the ledger
     wait returns every one; AsyncResult.get() is measured beside it, not asserted."""
-    r = failover.scenario_results_restart(
-        sandbox_url, tmp_path, results=60, latency_ms=300, kill_after=0.2, down_s=0.3
-    )
+    r = failover.scenario_results_restart(sandbox_url, tmp_path, results=100)
     line = r.summary()
     print(line)
     # The comparison has substance: the backend really holds the results as SUCCESS.
