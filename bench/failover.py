@@ -229,6 +229,17 @@ def scenario_sentinel_failover(
         midway.wait(timeout=120)
         acked_now = [p.delivery_id for p in planned if p.delivery_id]
         in_flight = sum(1 for s in _states(shared, acked_now).values() if s == "sending")
+        # An application waiting on these across the failover, on the ledger (Sentinel client).
+        waited: dict[str, Any] = {}
+
+        def ledger_wait() -> None:
+            try:
+                waited.update(producer.wait_many(acked_now, timeout_s))
+            except WaitTimeout as exc:
+                waited.update(exc.settled)
+
+        waiter = threading.Thread(target=ledger_wait, name="ha-ledger-wait", daemon=True)
+        waiter.start()
         kill_at = time.monotonic()
         old = group.kill_master()
         group.wait_failover(old)
@@ -248,6 +259,7 @@ def scenario_sentinel_failover(
 
         ids = [p.delivery_id for p in planned if p.delivery_id]
         states = _wait_final(shared, ids, timeout_s, sweep)
+        waiter.join(timeout=timeout_s)
         providers, _copies = soak.tally(admin, planned)
         figures = FailoverFigures(
             acknowledged=len(ids),
@@ -265,6 +277,8 @@ def scenario_sentinel_failover(
                 "workers_alive": all(p.alive() for p in procs),
                 "swept": swept["requeued"],
                 "new_master_replicas": group._replicas_online(group.master_port()),
+                "waited_across_failover": len(acked_now),
+                "returned_by_ledger_wait": len(waited),
             },
         )
         client.close()

@@ -51,6 +51,9 @@ def test_sentinel_failover_loses_no_acknowledged_message(sandbox_url: str, tmp_p
     assert f.dup_by_provider["emailmassivo"] == 0, line  # idempotency key = delivery id
     assert f.checks["workers_alive"], line
     assert f.checks["new_master_replicas"] == 1, line  # the old master came back as replica
+    # An application waiting (on the ledger) across the failover got every one of its results.
+    assert f.checks["waited_across_failover"] >= 30, line
+    assert f.checks["returned_by_ledger_wait"] == f.checks["waited_across_failover"], line
 
 
 def test_ledger_wait_returns_every_stored_result_across_a_redis_restart(
