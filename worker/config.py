@@ -209,6 +209,9 @@ class Settings(_ProviderSettings):
             key = self.api_key(name)
             if key:
                 register_secret(key)
+        check_redis_urls(self)
+        if self.redis_sentinel_password is not None:
+            register_secret(self.redis_sentinel_password.get_secret_value())
         missing = [p for p in self.providers if not self.api_key(p)]
         if missing:
             names = ", ".join(f"DELIVERY_{p.upper()}_API_KEY" for p in missing)
@@ -224,9 +227,6 @@ class Settings(_ProviderSettings):
                 f"visibility_timeout_s ({self.visibility_timeout_s}): with the Redis broker a "
                 "countdown longer than the visibility timeout runs the task twice"
             )
-        check_redis_urls(self)
-        if self.redis_sentinel_password is not None:
-            register_secret(self.redis_sentinel_password.get_secret_value())
         if self.reconcile_grace_s >= self.visibility_timeout_s:
             raise ValueError(
                 f"reconcile_grace_s ({self.reconcile_grace_s:g}) must stay below "
