@@ -113,7 +113,13 @@ def redis_server_binary() -> str:
     return found
 
 
-def start_redis(workdir: Path, port: int | None = None, *, appendonly: bool = True) -> Proc:
+def start_redis(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    appendonly: bool = True,
+    extra_args: list[str] | None = None,
+) -> Proc:
     """A private redis-server on loopback, persisting to ``workdir`` (AOF on by default).
 
     ``appendfsync always``: Redis writes and fsyncs the AOF before it answers. With
@@ -133,6 +139,7 @@ def start_redis(workdir: Path, port: int | None = None, *, appendonly: bool = Tr
         "--appendfsync", "always",
         "--protected-mode", "yes",
         "--daemonize", "no",
+        *(extra_args or []),
     ]  # fmt: skip
     proc = _spawn("redis", argv, workdir / "redis.log", None)
     proc.extra["port"] = port

@@ -10,9 +10,10 @@ from celery.worker.request import Request
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
-from worker.config import get_settings
+from worker.config import Settings, get_settings
 from worker.logs import configure_logging
 from worker.redaction import redacted_repr
+from worker.redis_client import celery_sentinel_options
 from worker.tasknames import CHANNEL_OF_TASK
 
 __all__ = ["RedisTransport", "app", "celery_config"]
@@ -44,9 +45,28 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _RedisChannel
 
 
+class _SentinelChannel(kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel with :class:`_RedisChannel`'s fix (a connection error where
+    kombu raises AttributeError after the connection was collected)."""
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.ConnectionError("broker connection already collected")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with :class:`_SentinelChannel` (``sentinel://`` brokers)."""
+
+    Channel = _SentinelChannel
+
+
 def _broker_transport(broker_url: str) -> str | None:
-    """Our Redis transport for ``redis://``/``rediss://`` brokers; kombu's choice otherwise."""
+    """Our Redis transport for ``redis://``/``rediss://`` brokers, our Sentinel transport for
+    ``sentinel://``; kombu's choice otherwise."""
     scheme = broker_url.partition("://")[0].lower()
+    if scheme == "sentinel":
+        return f"{__name__}:SentinelTransport"
     return f"{__name__}:RedisTransport" if scheme in ("redis", "rediss") else None
 
 
@@ -73,8 +93,15 @@ def celery_config() -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
-        "broker_transport_options": transport,
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        # Sentinel URLs (worker.redis_client) add the master's name and the sentinels' options.
+        "broker_transport_options": {
+            **transport,
+            **celery_sentinel_options(settings, settings.broker_url),
+        },
+        "result_backend_transport_options": {
+            "retry_policy": {"timeout": 5.0},
+            **celery_sentinel_options(settings, settings.result_backend),
+        },
         "broker_connection_retry_on_startup": True,
         # Flower sees every task.
         "worker_send_task_events": True,
@@ -163,14 +190,32 @@ class RedactedRequest(Request):
         task_accepted(self.id)
 
 
-def client_app(broker_url: str, result_backend: str, *, name: str = "delivery-client") -> Celery:
-    """A producer-side Celery app for explicit URLs (tests, benchmarks, the demo)."""
+def client_app(
+    broker_url: str,
+    result_backend: str,
+    *,
+    name: str = "delivery-client",
+    settings: Settings | None = None,
+) -> Celery:
+    """A producer-side Celery app for explicit URLs (tests, benchmarks, the demo).
+
+    ``settings`` (default: the environment's) names the Sentinel master for ``sentinel://`` URLs.
+    """
     client = Celery(name)
     config = celery_config()
+    settings = settings or get_settings()
     config.update(
         broker_url=broker_url,
         broker_transport=_broker_transport(broker_url),
         result_backend=result_backend,
+        broker_transport_options={
+            **config["broker_transport_options"],
+            **celery_sentinel_options(settings, broker_url),
+        },
+        result_backend_transport_options={
+            **config["result_backend_transport_options"],
+            **celery_sentinel_options(settings, result_backend),
+        },
     )
     client.conf.update(config)
     return client

@@ -16,6 +16,7 @@ from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
 from worker.limits import MessageLimits
 from worker.providers import DRIVERS, PROVIDERS, channel_providers
 from worker.redaction import register_secret
+from worker.redis_client import check_urls as check_redis_urls
 from worker.stores.health import BreakerConfig
 from worker.stores.limiter import DEFAULT_SAFETY_MARGIN_S, Limit
 from worker.tracking.policy import DEFAULT_POLL, EVENTS_QUEUE, TASK_NAME, PollPolicy
@@ -83,6 +84,16 @@ class Settings(_ProviderSettings):
     result_expires_s: int = Field(default=7 * 24 * 3600, ge=60)
     redis_url: str | None = None
     """Shared state (limiter, provider health, ledger); defaults to the broker's Redis."""
+    # Redis Sentinel (worker.redis_client): any of the three URLs above may be
+    # ``sentinel://host:26379/0;sentinel://host2:26379`` naming one monitored master.
+    redis_master_name: str | None = None
+    """The master the sentinels monitor; needed when a URL is ``sentinel://``."""
+    redis_sentinel_password: SecretStr | None = None
+    """The sentinels' own password (their ``requirepass``); Redis's goes in the URL."""
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    """A producer's enqueue returns only once this many replicas hold it (``WAIT``); 0: off."""
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
+    """How long an enqueue waits for those replicas before it raises ``NotReplicated``."""
 
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Providers this worker must be able to use; each needs an API key. Empty: those with a key."""
@@ -233,6 +244,9 @@ class Settings(_ProviderSettings):
             key = self.api_key(name)
             if key:
                 register_secret(key)
+        check_redis_urls(self)
+        if self.redis_sentinel_password is not None:
+            register_secret(self.redis_sentinel_password.get_secret_value())
         missing = [p for p in self.providers if not self.api_key(p)]
         if missing:
             names = ", ".join(f"DELIVERY_{p.upper()}_API_KEY" for p in missing)

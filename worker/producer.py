@@ -4,47 +4,90 @@
 (naming each bad field) and nothing reaches Redis. A valid message is normalised, recorded in
 the ledger (which also deduplicates on ``idempotency_key``) and published with a redacted
 ``argsrepr`` so Flower never shows bodies or addresses.
+
+With ``DELIVERY_REDIS_WAIT_REPLICAS`` > 0 an enqueue returns only once that many replicas
+hold the record and the task (``WAIT``), so a Sentinel failover cannot lose it; otherwise it
+raises :class:`NotReplicated`. :func:`wait` follows a delivery to its outcome on the ledger,
+which, unlike ``AsyncResult.get()``, survives a Redis restart or failover.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.result import AsyncResult
 
 from worker.config import get_settings
+from worker.durable_wait import WaitTimeout, wait_for_results
 from worker.models import Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
+from worker.redis_client import shared_redis
 from worker.stores import Ledger, RedisLedger
 from worker.tasknames import TASK_NAMES
 
 __all__ = [
+    "NotReplicated",
     "Producer",
+    "WaitTimeout",
     "enqueue",
     "lookup",
     "send_email",
     "send_sms",
     "send_voice",
+    "wait",
+    "wait_many",
 ]
+
+REPLICATION_FENCE_KEY = "dw:repl:fence"
+
+
+class NotReplicated(RuntimeError):
+    """Enqueued on the Redis master, but fewer replicas than required confirmed it in time.
+
+    The delivery will most likely be sent; a failover right now could lose it. Enqueue again
+    with the same ``idempotency_key``: the ledger answers with the same delivery (never two).
+    """
+
+    def __init__(self, delivery_id: str, replicas: int, wanted: int) -> None:
+        self.delivery_id = delivery_id
+        self.replicas = replicas
+        self.wanted = wanted
+        super().__init__(
+            f"delivery {delivery_id}: {replicas} of {wanted} replica(s) confirmed the enqueue"
+        )
 
 
 class Producer:
     """Validates, records and publishes messages through one Celery app."""
 
-    def __init__(self, app: Celery | None = None, ledger: Ledger | None = None) -> None:
+    def __init__(
+        self,
+        app: Celery | None = None,
+        ledger: Ledger | None = None,
+        *,
+        wait_replicas: int | None = None,
+        wait_timeout_ms: int | None = None,
+    ) -> None:
+        """``wait_replicas``/``wait_timeout_ms`` default to ``DELIVERY_REDIS_WAIT_*``."""
         if app is None:
             from worker.app import app as default_app
 
             app = default_app
         self.app = app
         if ledger is None:
-            ledger = RedisLedger(redis.Redis.from_url(get_settings().shared_redis_url))
+            ledger = RedisLedger(shared_redis(get_settings()))
         self.ledger = ledger
+        if wait_replicas is None:
+            wait_replicas = get_settings().redis_wait_replicas
+        if wait_timeout_ms is None:
+            wait_timeout_ms = get_settings().redis_wait_timeout_ms
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     def validate(self, channel: str, message: Any) -> Message:
         # The size and shape bounds the workers enforce (worker.limits), checked first.
@@ -63,9 +106,10 @@ class Producer:
         )
         if not created:
             # Same idempotency key as an earlier enqueue: that delivery is the answer.
+            self._replicated(existing)
             return AsyncResult(existing, app=self.app)
         try:
-            return self.app.send_task(
+            result = self.app.send_task(
                 TASK_NAMES[channel],
                 args=[body],
                 task_id=delivery_id,
@@ -77,6 +121,42 @@ class Producer:
             # Not published: forget the record so the caller may try again with the same key.
             self.ledger.forget(delivery_id, channel=channel, idempotency_key=model.idempotency_key)
             raise
+        self._replicated(delivery_id)
+        return result
+
+    def _replicated(self, delivery_id: str) -> None:
+        """Return once ``wait_replicas`` replicas hold every write so far, else raise.
+
+        ``WAIT`` counts the replicas that have the writes of *its own connection*; the ledger
+        record and the task went out on other connections. So the fence first writes a key on
+        the ``WAIT`` connection: the replication stream is in order, so a replica that has that
+        write has every earlier one, on any connection, the publish included (broker and shared
+        state on one Redis, as with one Sentinel master name).
+        """
+        client = getattr(self.ledger, "redis", None)
+        if self.wait_replicas <= 0 or client is None:
+            return
+        pipe = client.pipeline(transaction=False)
+        pipe.set(REPLICATION_FENCE_KEY, delivery_id, px=60_000)
+        pipe.wait(self.wait_replicas, self.wait_timeout_ms)
+        replicas = int(pipe.execute()[1])
+        if replicas < self.wait_replicas:
+            raise NotReplicated(delivery_id, replicas, self.wait_replicas)
+
+    def wait(self, delivery_id: str, timeout_s: float, *, parked: bool = True) -> dict[str, Any]:
+        """The delivery's result (as the task returns it) once it settled, read from the
+        ledger: unlike ``AsyncResult.get()`` it survives a Redis restart or failover.
+
+        Settled means a final state, or ``parked`` unless ``parked=False``. Raises
+        :class:`WaitTimeout` (its ``pending`` maps the unsettled id to its state).
+        """
+        return wait_for_results(self.ledger, [delivery_id], timeout_s, parked=parked)[delivery_id]
+
+    def wait_many(
+        self, delivery_ids: Iterable[str], timeout_s: float, *, parked: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """:meth:`wait` for several deliveries at once: id → result."""
+        return wait_for_results(self.ledger, delivery_ids, timeout_s, parked=parked)
 
     def lookup(self, delivery_id: str) -> dict[str, Any] | None:
         """The delivery's ledger record (state, attempts, timestamps, result), or ``None``."""
@@ -100,6 +180,17 @@ def enqueue(channel: str, message: Any, **options: Any) -> AsyncResult[Any]:
 
 def lookup(delivery_id: str) -> dict[str, Any] | None:
     return _producer().lookup(delivery_id)
+
+
+def wait(delivery_id: str, timeout_s: float, *, parked: bool = True) -> dict[str, Any]:
+    """:meth:`Producer.wait` on the default producer: ``wait(send_sms(msg).id, 60)``."""
+    return _producer().wait(delivery_id, timeout_s, parked=parked)
+
+
+def wait_many(
+    delivery_ids: Iterable[str], timeout_s: float, *, parked: bool = True
+) -> dict[str, dict[str, Any]]:
+    return _producer().wait_many(delivery_ids, timeout_s, parked=parked)
 
 
 def send_email(message: Any, **options: Any) -> AsyncResult[Any]:

@@ -20,6 +20,7 @@ from worker.config import Settings, get_settings
 from worker.errors import ConfigurationError
 from worker.http import build_client
 from worker.providers import Driver, make_driver
+from worker.redis_client import shared_redis
 from worker.stores import BreakerConfig, Stores
 from worker.stores.tracking import MemoryTrackingStore, RedisTrackingStore, TrackingStore
 
@@ -45,7 +46,7 @@ class Runtime:
         )
         self.redis: redis.Redis | None = None
         if stores is None:
-            self.redis = redis.Redis.from_url(settings.shared_redis_url, health_check_interval=30)
+            self.redis = shared_redis(settings, health_check_interval=30)
             stores = Stores.on_redis(
                 self.redis,
                 breaker=breaker_config(settings),

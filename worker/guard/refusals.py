@@ -19,6 +19,7 @@ from worker.config import Settings
 from worker.guard.checks import Accepted, Refusal, inspect_message, is_body
 from worker.limits import MessageLimits, shape
 from worker.models import DeliveryResult, ErrorInfo
+from worker.redis_client import shared_redis
 from worker.stores import RedisLedger
 from worker.tasknames import CHANNEL_OF_TASK
 
@@ -64,7 +65,7 @@ class MessageGuard:
         self.app = app
         self.settings = settings
         self.limits: MessageLimits = settings.message_limits()
-        self.redis = client or redis.Redis.from_url(settings.shared_redis_url)
+        self.redis = client or shared_redis(settings)
         self.ledger = RedisLedger(self.redis)
         self.marked: set[str] = set()
         self._unmark_pending: set[str] = set()

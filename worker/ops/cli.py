@@ -24,12 +24,11 @@ __all__ = ["main"]
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    import redis
-
     from worker.config import get_settings
+    from worker.redis_client import shared_redis
     from worker.stores import RedisLedger
 
-    ledger = RedisLedger(redis.Redis.from_url(get_settings().shared_redis_url))
+    ledger = RedisLedger(shared_redis(get_settings()))
     record = ledger.get(args.delivery_id)
     if record is None:
         print(f"no delivery {args.delivery_id}", file=sys.stderr)
@@ -137,6 +136,15 @@ def _cmd_check_config(_args: argparse.Namespace) -> int:
     enabled = settings.enabled_providers()
     print(f"broker: {safe_url(settings.broker_url)}")
     print(f"result backend: {safe_url(settings.result_backend)}")
+    if settings.redis_url:
+        print(f"shared state: {safe_url(settings.redis_url)}")
+    if settings.redis_master_name:
+        print(f"sentinel master: {settings.redis_master_name}")
+    if settings.redis_wait_replicas:
+        print(
+            f"enqueue waits for {settings.redis_wait_replicas} replica(s), "
+            f"up to {settings.redis_wait_timeout_ms} ms"
+        )
     print(f"providers: {', '.join(enabled) if enabled else 'none (set DELIVERY_<NAME>_API_KEY)'}")
     for provider in enabled:
         print(f"  {provider}: {settings.base_url(provider)}")
