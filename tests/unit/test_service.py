@@ -641,9 +641,7 @@ def test_a_callers_tag_shared_with_another_delivery_is_not_trusted_to_reconcile(
     assert calls.paths() == [SEND, SEND, SEND]  # no lookup trusted: resent
 
 
-def test_limiter_wait_is_counted_after_the_request_left(
-    calls: Calls, make_runtime: Any
-) -> None:
+def test_limiter_wait_is_counted_after_the_request_left(calls: Calls, make_runtime: Any) -> None:
     """Nothing touches Redis between the grant and the send: the wait is counted afterwards."""
     rt = make_runtime(calls)
     seen_at_send: list[dict[str, int]] = []
