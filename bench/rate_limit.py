@@ -15,6 +15,11 @@ requests in any sliding 1 s window, and the 429s. Prints a table per run (median
 when delivery-worker misses a target (0 429s, no 1 s window above the limit, achieved rate at
 least 95 % of it, every message sent). See ``bench/README.md``.
 
+``--modes egress`` adds the scale-out across egress IPs: two groups of P workers bound to
+127.0.0.1 and 127.0.0.2 (``DELIVERY_LOCAL_ADDRESS``), first with an egress identity each (two
+budgets: at most 10 requests in any 1 s per client IP, at least 95 % of 20/s together), then
+sharing one (one budget: at most 10 in any 1 s over both IPs), 0 429s in both.
+
     python bench/rate_limit.py [--messages 300] [--processes 1,2,4] [--concurrency 8] [--runs 1]
 """
 
@@ -760,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {
             "throttled_429": 0,
             "max_requests_1s": LIMIT_PER_S,
+            "max_requests_1s_scope": "per client IP in '2 IPs, 2 ids', over all requests else",
+            "rate_ratio_of": "10/s per distinct egress identity",
             "min_rate_ratio": MIN_RATE_RATIO,
             "all_sent": True,
         },
