@@ -4,7 +4,8 @@ Two worker groups bound to 127.0.0.1 and 127.0.0.2 (``DELIVERY_LOCAL_ADDRESS``; 
 all of 127.0.0.0/8 to loopback, so both reach the sandbox on 127.0.0.1 and the sandbox sees two
 client IPs). EmailMassivo allows 10 requests/s per IP (providers.md §6, §5.4) and the sandbox
 counts per client IP. With an identity each, each group keeps its own budget; sharing one
-identity, the two together stay within one IP's budget. Figures come from the sandbox's request
+identity, the two together stay within one IP's budget; one address under two identities (the
+misconfiguration) overruns the provider, which answers 429. Figures come from the sandbox's request
 log (the provider's view), not from timing; bench/rate_limit.py --modes egress measures rates.
 """
 
@@ -56,12 +57,16 @@ def egress_stack(
 
 
 def run_two_groups(
-    env: dict[str, str], app: Celery, tmp_path: Path, identities: tuple[str, str]
+    env: dict[str, str],
+    app: Celery,
+    tmp_path: Path,
+    identities: tuple[str, str],
+    addresses: tuple[str, str] = ADDRESSES,
 ) -> None:
     """Start one worker per address with its identity, send MESSAGES emails, wait for all."""
     procs: list[Proc] = []
     try:
-        for n, (address, identity) in enumerate(zip(ADDRESSES, identities, strict=True), 1):
+        for n, (address, identity) in enumerate(zip(addresses, identities, strict=True), 1):
             group_env = {
                 **env,
                 "DELIVERY_LOCAL_ADDRESS": address,
@@ -131,3 +136,18 @@ def test_two_addresses_sharing_an_identity_share_one_budget(
     assert {r["status"] for r in everything} == {200}
     # One budget for both: never more than one IP's limit in any second, all IPs together.
     assert window(everything) <= LIMIT_PER_S
+
+
+def test_one_address_under_two_identities_overruns_the_provider(
+    egress_stack: tuple[dict[str, str], Celery], sandbox: SandboxAdmin, tmp_path: Path
+) -> None:
+    """The misconfiguration check-config warns about and the README rules out: two budgets
+    drawn through one source IP. The provider (the sandbox, per client IP) sees their sum."""
+    env, app = egress_stack
+    run_two_groups(env, app, tmp_path, ("ip-a", "ip-b"), addresses=(ADDRESSES[0], ADDRESSES[0]))
+    requests = sandbox.requests("emailmassivo")
+    assert {str(r["client_ip"]) for r in requests} == {ADDRESSES[0]}
+    throttled = [r for r in requests if r["status"] == 429]
+    # More than one IP's limit arrived in some second, and the provider refused the excess.
+    assert window(requests) > LIMIT_PER_S
+    assert throttled
