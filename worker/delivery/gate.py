@@ -44,8 +44,6 @@ class SendGate:
         self.key = key
         self.bucket = bucket
         self.opened = False
-        self.waited_s = 0.0
-        """How long the granted attempt slept for the limiter (:meth:`record_wait` counts it)."""
 
     def __call__(self) -> None:
         d, now = self.d, repr(time.time())
@@ -59,18 +57,7 @@ class SendGate:
         waited = self._acquire()
         if not isinstance(waited, float):
             raise NotNow(waited)
-        self.waited_s = waited
         self.opened = True
-
-    def record_wait(self) -> None:
-        """Count the granted attempt's limiter wait, once the request has gone.
-
-        Not between the grant and the send: every Redis round trip there is a chance for a busy
-        host to deschedule the process, and the delay it adds reaches the provider as jitter
-        that the limiter's safety margin must absorb (bench/rate_limit.py --processes 16)."""
-        if self.waited_s:
-            self.d.rt.metric(self.d.provider, "throttled_ms", int(self.waited_s * 1000))
-            self.waited_s = 0.0
 
     def _acquire(self) -> float | Outcome:
         """Take a slot in the global limiter, sleeping briefly when it is nearly free."""
@@ -87,4 +74,6 @@ class SendGate:
             time.sleep(wait_s)
             waited += wait_s
             wait_s = d.rt.limiter.acquire(self.key, limits)
+        if waited:
+            d.rt.metric(provider, "throttled_ms", int(waited * 1000))
         return waited

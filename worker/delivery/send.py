@@ -46,10 +46,6 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
     except DeliveryError as exc:
         # A refusal after the gate opened may hold the shared limiter key (a 429).
         held_key = key if gate.opened else None
-        settled = settle_error(d, Failure(exc, record.attempts, driver, held_key))
-        gate.record_wait()  # once the outcome is recorded: never between grant and send
-        return settled
+        return settle_error(d, Failure(exc, record.attempts, driver, held_key))
     d.rt.health.record_success(d.provider)
-    done = sent(d, outcome, record.attempts)
-    gate.record_wait()
-    return done
+    return sent(d, outcome, record.attempts)
