@@ -15,6 +15,11 @@ requests in any sliding 1 s window, and the 429s. Prints a table per run (median
 when delivery-worker misses a target (0 429s, no 1 s window above the limit, achieved rate at
 least 95 % of it, every message sent). See ``bench/README.md``.
 
+``--modes egress`` adds the scale-out across egress IPs: two groups of P workers bound to
+127.0.0.1 and 127.0.0.2 (``DELIVERY_LOCAL_ADDRESS``), first with an egress identity each (two
+budgets: at most 10 requests in any 1 s per client IP, at least 95 % of 20/s together), then
+sharing one (one budget: at most 10 in any 1 s over both IPs), 0 429s in both.
+
     python bench/rate_limit.py [--messages 300] [--processes 1,2,4] [--concurrency 8] [--runs 1]
 """
 
@@ -63,12 +68,65 @@ POLL_S = 0.25
 
 DELIVERY = "delivery-worker"
 PLAIN = "plain rate_limit"
-MODES = (DELIVERY, PLAIN)
-MODE_NAMES = {"delivery": DELIVERY, "plain": PLAIN}
-"""``--modes`` spells them short."""
+EGRESS_OWN = "2 IPs, 2 ids"
+EGRESS_SHARED = "2 IPs, 1 id"
+MODES = (DELIVERY, PLAIN, EGRESS_OWN, EGRESS_SHARED)
+MODE_NAMES = {"delivery": DELIVERY, "plain": PLAIN, "egress": EGRESS_OWN}
+"""``--modes`` spells them short; ``egress`` runs both egress scenarios."""
+MODE_SHORT = {
+    DELIVERY: "delivery",
+    PLAIN: "plain",
+    EGRESS_OWN: "egress-own",
+    EGRESS_SHARED: "egress-shared",
+}
+DEFAULT_MODES = ("delivery", "plain")
+
+EGRESS_ADDRESSES = ("127.0.0.1", "127.0.0.2")
+"""The two source addresses of the egress scenarios. Linux routes all of 127.0.0.0/8 to the
+loopback interface, so a socket bound to 127.0.0.2 reaches the sandbox listening on 127.0.0.1,
+and the sandbox sees (and limits) it as another client IP."""
 
 # Redis databases: the delivery stack and the baseline never share a key.
-DB = {DELIVERY: (0, 1), PLAIN: (2, 3)}
+DB = {DELIVERY: (0, 1), PLAIN: (2, 3), EGRESS_OWN: (0, 1), EGRESS_SHARED: (0, 1)}
+
+
+@dataclass(frozen=True)
+class Group:
+    """Worker processes sharing one source address and one egress identity."""
+
+    name: str
+    processes: int
+    local_address: str | None = None
+    identity: str | None = None
+    """``DELIVERY_EGRESS_IDENTITY``; ``None`` leaves the environment's (or the default)."""
+
+    def env(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.local_address is not None:
+            out["DELIVERY_LOCAL_ADDRESS"] = self.local_address
+        if self.identity is not None:
+            out["DELIVERY_EGRESS_IDENTITY"] = self.identity
+        return out
+
+
+def groups_for(mode: str, processes: int) -> list[Group]:
+    """delivery-worker's worker groups in ``mode``: ``processes`` per group for egress modes."""
+    if mode == EGRESS_OWN:
+        return [
+            Group(f"ip{n}-", processes, address, f"bench-ip-{address}")
+            for n, address in enumerate(EGRESS_ADDRESSES, 1)
+        ]
+    if mode == EGRESS_SHARED:
+        return [
+            Group(f"ip{n}-", processes, address, "bench-shared")
+            for n, address in enumerate(EGRESS_ADDRESSES, 1)
+        ]
+    return [Group("dw", processes)]
+
+
+def mode_limit(mode: str) -> int:
+    """The budget a mode may use: one limit per distinct egress identity (and source IP)."""
+    return LIMIT_PER_S * (len(EGRESS_ADDRESSES) if mode == EGRESS_OWN else 1)
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -104,6 +162,12 @@ class Figures:
     outcomes: dict[str, int] = field(default_factory=dict)
     timed_out: bool = False
     log_dir: str = ""
+    groups: int = 1
+    """Worker groups (egress modes: one per source address, ``processes // groups`` each)."""
+    limit_per_s: int = LIMIT_PER_S
+    """What ``rate_ratio`` divides by: the limit times the distinct identities in use."""
+    per_ip: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The sandbox's figures per client IP (requests, accepted, 429s, max/1s, rate)."""
 
 
 def max_in_window(times: Iterable[float], window_s: float) -> int:
@@ -133,7 +197,20 @@ def sandbox_figures(admin: httpx.Client, fig: Figures) -> None:
     fig.sandbox_max_admitted_1s = int(stats["max_admitted_1s"])
     span = accepted[-1] - times[0] if accepted else 0.0
     fig.achieved_rate = len(accepted) / span if span > 0 else 0.0
-    fig.rate_ratio = fig.achieved_rate / LIMIT_PER_S
+    fig.rate_ratio = fig.achieved_rate / fig.limit_per_s
+    fig.per_ip = {}
+    for ip in sorted({str(r.get("client_ip")) for r in requests}):
+        mine = [r for r in requests if str(r.get("client_ip")) == ip]
+        ip_times = sorted(float(r["time"]) for r in mine)
+        ip_accepted = sorted(float(r["time"]) for r in mine if r.get("outcome") == "accepted")
+        ip_span = ip_accepted[-1] - ip_times[0] if ip_accepted else 0.0
+        fig.per_ip[ip] = {
+            "requests": len(mine),
+            "accepted": len(ip_accepted),
+            "throttled_429": sum(1 for r in mine if r.get("status") == 429),
+            "max_requests_1s": max_in_window(ip_times, WINDOW_S),
+            "achieved_rate": round(len(ip_accepted) / ip_span, 3) if ip_span > 0 else 0.0,
+        }
 
 
 # -- the stack ----------------------------------------------------------------------------------
@@ -214,8 +291,9 @@ class Stack:
                     self.redis.stop()
 
 
-def wait_ready(app: Celery, stack: Stack, names: Sequence[str], timeout_s: float = 90.0) -> None:
-    """Until every worker (by node name prefix) answers a ping."""
+def wait_ready(app: Celery, stack: Stack, names: Sequence[str], timeout_s: float = 0.0) -> None:
+    """Until every worker (by node name prefix) answers a ping (default: 90 s + 10 s each)."""
+    timeout_s = timeout_s or 90.0 + 10.0 * len(names)
     deadline = time.monotonic() + timeout_s
     missing = set(names)
     while time.monotonic() < deadline:
@@ -302,7 +380,8 @@ def wait_until(
 
 
 def run_delivery(stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: float) -> None:
-    broker, backend = stack.url(DB[DELIVERY][0]), stack.url(DB[DELIVERY][1])
+    """delivery-worker: one group of ``fig.processes`` workers, or the egress mode's groups."""
+    broker, backend = stack.url(DB[fig.mode][0]), stack.url(DB[fig.mode][1])
     env = {
         **sandbox_env(stack.sandbox_url),
         "DELIVERY_BROKER_URL": broker,
@@ -313,9 +392,15 @@ def run_delivery(stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: 
     app = client_app(broker, backend, name="bench-rate-limit")
     shared = redis.Redis.from_url(broker)
     try:
-        names = [f"dw{i}" for i in range(1, fig.processes + 1)]
-        for name in names:
-            stack.workers.append(start_worker(logdir, env, name=name, concurrency=fig.concurrency))
+        names: list[str] = []
+        for group in groups_for(fig.mode, fig.processes // fig.groups):
+            for i in range(1, group.processes + 1):
+                names.append(f"{group.name}{i}")
+                stack.workers.append(
+                    start_worker(
+                        logdir, {**env, **group.env()}, name=names[-1], concurrency=fig.concurrency
+                    )
+                )
         wait_ready(app, stack, names)
         assert stack.admin is not None
         stack.admin.post("/_admin/reset").raise_for_status()
@@ -451,6 +536,12 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append("  ".join(cell(spec, row[attr]) for _, attr, spec in COLUMNS))
         if row.get("unfinished"):
             lines[-1] += f"  ({row['unfinished']} unfinished: timed out)"
+        if row.get("mode") in (EGRESS_OWN, EGRESS_SHARED):
+            for ip, f in (row.get("per_ip") or {}).items():
+                lines.append(
+                    f"{'':<18}{ip}: {f['accepted']:g} accepted, {f['throttled_429']:g} x 429, "
+                    f"max/1s {f['max_requests_1s']:g}, {f['achieved_rate']:.2f} req/s"
+                )
     return "\n".join(lines)
 
 
@@ -464,25 +555,51 @@ def medians(runs: Sequence[Sequence[Figures]]) -> list[dict[str, Any]]:
             "sandbox_max_requests_1s", "achieved_rate", "rate_ratio", "wall_s",
         ):  # fmt: skip
             row[name] = statistics.median(getattr(fig, name) for fig in same)
+        ips = sorted({ip for fig in same for ip in fig.per_ip})
+        row["per_ip"] = {
+            ip: {
+                name: statistics.median(fig.per_ip.get(ip, {}).get(name, 0) for fig in same)
+                for name in ("accepted", "throttled_429", "max_requests_1s", "achieved_rate")
+            }
+            for ip in ips
+        }
         out.append(row)
     return out
 
 
 def misses(fig: Figures, run: int) -> list[str]:
-    """delivery-worker's targets, checked on every run."""
-    if fig.mode != DELIVERY:
+    """delivery-worker's targets, checked on every run.
+
+    Every mode: 0 429s, every message sent, and the achieved rate at least 95 % of the budget
+    (``fig.limit_per_s``: 10/s, or 20/s for two IPs with their own identities). No 1 s window
+    above 10 requests: over all requests for one identity (``delivery``, ``2 IPs, 1 id``), per
+    client IP for two identities (``2 IPs, 2 ids``), where each IP must also have sent.
+    """
+    if fig.mode == PLAIN:
         return []
-    where = f"run {run}, {fig.processes} process(es)"
+    where = f"run {run}, {fig.mode}, {fig.processes} process(es)"
     found = []
     if fig.throttled_429:
         found.append(f"{where}: {fig.throttled_429} request(s) answered 429 (target 0)")
-    worst = max(fig.max_requests_1s, fig.sandbox_max_requests_1s)
-    if worst > LIMIT_PER_S:
-        found.append(f"{where}: {worst} requests in one 1 s window (target <= {LIMIT_PER_S})")
+    if fig.mode == EGRESS_OWN:
+        for ip in EGRESS_ADDRESSES:
+            ip_figs = fig.per_ip.get(ip, {})
+            worst_ip = int(ip_figs.get("max_requests_1s", 0))
+            if not ip_figs.get("accepted"):
+                found.append(f"{where}: nothing accepted from {ip} (each IP sends on its own)")
+            if worst_ip > LIMIT_PER_S:
+                found.append(
+                    f"{where}: {worst_ip} requests from {ip} in one 1 s window "
+                    f"(target <= {LIMIT_PER_S} per IP)"
+                )
+    else:
+        worst = max(fig.max_requests_1s, fig.sandbox_max_requests_1s)
+        if worst > LIMIT_PER_S:
+            found.append(f"{where}: {worst} requests in one 1 s window (target <= {LIMIT_PER_S})")
     if fig.rate_ratio < MIN_RATE_RATIO:
         found.append(
             f"{where}: achieved {fig.achieved_rate:.2f} req/s = {fig.rate_ratio:.1%} of the "
-            f"limit (target >= {MIN_RATE_RATIO:.0%})"
+            f"limit {fig.limit_per_s}/s (target >= {MIN_RATE_RATIO:.0%})"
         )
     if fig.sent != fig.messages:
         found.append(
@@ -510,9 +627,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1, help="repeat everything; medians if > 1")
     parser.add_argument(
         "--modes",
-        default=",".join(MODE_NAMES),
+        default=",".join(DEFAULT_MODES),
         help="comma-separated subset of: delivery (delivery-worker), plain (plain Celery "
-        "rate_limit); default both",
+        "rate_limit), egress (two worker groups bound to 127.0.0.1 and 127.0.0.2, first with "
+        "their own DELIVERY_EGRESS_IDENTITY each, then sharing one; --processes counts "
+        "processes per group); default delivery,plain",
     )
     parser.add_argument(
         "--timeout",
@@ -545,6 +664,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not names or any(m not in MODE_NAMES for m in names):
         parser.error(f"--modes takes a comma-separated subset of: {', '.join(MODE_NAMES)}")
     args.mode_list = [MODE_NAMES[m] for m in MODE_NAMES if m in names]
+    if EGRESS_OWN in args.mode_list:
+        args.mode_list.append(EGRESS_SHARED)
     if args.messages < 1 or args.concurrency < 1 or args.runs < 1:
         parser.error("--messages, --concurrency and --runs must be >= 1")
     return args
@@ -552,7 +673,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def default_timeout(mode: str, messages: int) -> float:
     """Generous: 3 x the time at the limit, or about 1 task/s for Celery's rate_limit."""
-    per_message_s = 3 / LIMIT_PER_S if mode == DELIVERY else 1.0
+    per_message_s = 1.0 if mode == PLAIN else 3 / LIMIT_PER_S
     return 60 + per_message_s * messages
 
 
@@ -579,14 +700,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures: list[Figures] = []
             for processes in args.process_counts:
                 for mode in args.mode_list:
-                    fig = Figures(mode, processes, args.concurrency, args.messages)
-                    logdir = workdir / f"run{run}-{'delivery' if mode == DELIVERY else 'plain'}"
-                    logdir = logdir.with_name(f"{logdir.name}-p{processes}")
+                    groups = len(groups_for(mode, processes))
+                    fig = Figures(mode, processes * groups, args.concurrency, args.messages)
+                    fig.groups, fig.limit_per_s = groups, mode_limit(mode)
+                    short = MODE_SHORT[mode]
+                    logdir = workdir / f"run{run}-{short}-p{processes}"
                     fig.log_dir = logdir.name
-                    print(f"  run {run}: {mode}, {processes} process(es) ...", flush=True)
+                    print(f"  run {run}: {mode}, {fig.processes} process(es) ...", flush=True)
                     stack.flush()
-                    tag = f"{stamp}-r{run}-p{processes}-{'dw' if mode == DELIVERY else 'plain'}"
-                    measure = run_delivery if mode == DELIVERY else run_plain
+                    tag = f"{stamp}-r{run}-p{processes}-{short}"
+                    measure = run_plain if mode == PLAIN else run_delivery
                     timeout_s = args.timeout or default_timeout(mode, args.messages)
                     measure(stack, fig, tag, logdir, timeout_s)
                     figures.append(fig)
@@ -642,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {
             "throttled_429": 0,
             "max_requests_1s": LIMIT_PER_S,
+            "max_requests_1s_scope": "per client IP in '2 IPs, 2 ids', over all requests else",
+            "rate_ratio_of": "10/s per distinct egress identity",
             "min_rate_ratio": MIN_RATE_RATIO,
             "all_sent": True,
         },
@@ -659,10 +784,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in missed:
             print(f"  - {line}", file=sys.stderr)
         return 1
-    if DELIVERY in args.mode_list:
+    if DELIVERY in args.mode_list or EGRESS_OWN in args.mode_list:
         print(
             f"OK: delivery-worker kept every run at 0 429s, <= {LIMIT_PER_S} requests per 1 s "
-            f"window and >= {MIN_RATE_RATIO:.0%} of the limit"
+            f"window per IP and >= {MIN_RATE_RATIO:.0%} of the limit"
         )
     return 0
 

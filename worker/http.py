@@ -34,6 +34,17 @@ USER_AGENT = "delivery-worker/0.1 (+httpx)"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 30.0
 """The client's timeouts unless configured (``DELIVERY_HTTP_*_TIMEOUT_S`` default to these)."""
+KEEPALIVE_EXPIRY_S = 30.0
+"""How long an idle keep-alive connection is kept for reuse (httpx's default is 5 s).
+
+A request on a fresh connection reaches the provider later than one on a warm connection (TCP,
+and TLS against a real provider; here a new handler thread in the sandbox). That difference is
+grant-to-arrival jitter the limiter's safety margin must absorb. In a large fleet each pool
+process sends rarely: 16 workers x 8 processes share EmailMassivo's 10/s, so each process sends
+about every 13 s, and with a 5 s expiry three requests in four went out on a new connection;
+under load that jitter passed the 40 ms margin and the provider saw 11 requests in a second
+(bench/rate_limit.py --processes 16). A connection the server has closed in the meantime is
+noticed before reuse (httpcore checks that the socket is not readable) and replaced."""
 
 
 def build_client(
@@ -50,7 +61,11 @@ def build_client(
     """
     transport = httpx.HTTPTransport(
         local_address=local_address,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=10),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=10,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        ),
         retries=0,  # connection retries are ours (tenacity), so they can be counted and logged
     )
     timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s)

@@ -148,6 +148,14 @@ def _cmd_check_config(_args: argparse.Namespace) -> int:
     print(f"providers: {', '.join(enabled) if enabled else 'none (set DELIVERY_<NAME>_API_KEY)'}")
     for provider in enabled:
         print(f"  {provider}: {settings.base_url(provider)}")
+    from worker.ops.egress import egress_notes
+
+    print(
+        f"egress: identity {settings.egress_identity!r}, "
+        f"source address {settings.local_address or 'the route default'}"
+    )
+    for note in egress_notes(settings):
+        print(f"warning: {note}", file=sys.stderr)
     return 0
 
 
