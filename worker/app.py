@@ -103,10 +103,12 @@ def celery_config() -> dict[str, Any]:
             **celery_sentinel_options(settings, settings.result_backend),
         },
         "broker_connection_retry_on_startup": True,
-        # Flower sees every task.
+        # Flower sees every task (it also turns worker events on itself, ``enable_events``).
+        # ``task-sent`` events and the ``STARTED`` state cost 1 and 5 Redis commands per
+        # message and are off unless set (the ledger records ``queued`` and ``sending``).
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "task_track_started": True,
+        "task_send_sent_event": settings.task_sent_event,
+        "task_track_started": settings.task_track_started,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         # Workers consume every configured queue (``DELIVERY_QUEUES``) unless started with
@@ -187,7 +189,21 @@ class RedactedRequest(Request):
         super().on_accepted(pid, time_accepted)
         from worker.guard import task_accepted
 
-        task_accepted(self.id)
+        task_accepted(self.id, self._guard_token())
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        from worker.guard import task_failed
+
+        task_failed(self.id, self._guard_token())
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def _guard_token(self) -> str | None:
+        from worker.guard.refusals import GUARD_HEADER
+
+        token = self.request_dict.get(GUARD_HEADER)
+        return token if isinstance(token, str) and self.task_name in CHANNEL_OF_TASK else None
 
 
 def client_app(

@@ -180,6 +180,12 @@ class Settings(_ProviderSettings):
 
     visibility_timeout_s: int = Field(default=3600, ge=60)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
+    task_sent_event: bool = False
+    """``task-sent`` events at enqueue (``DELIVERY_TASK_SENT_EVENT``): one more broker command
+    per message, for Flower to list tasks before a worker received them."""
+    task_track_started: bool = False
+    """Celery's ``STARTED`` result state (``DELIVERY_TASK_TRACK_STARTED``): five more result
+    backend commands per message; the ledger already records ``sending``."""
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"

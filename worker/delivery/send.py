@@ -65,8 +65,7 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
     _attempted(d, gate, None, "accepted")
     metrics.enqueue_to_accept(d.provider, d.channel, time.time() - d.created_at)
     metrics.cost(d.provider, outcome.cost, outcome.currency)
-    d.rt.health.record_success(d.provider)
-    return sent(d, outcome, record.attempts)
+    return sent(d, outcome, record.attempts, answered=True)
 
 
 def _attempted(d: Delivery, gate: SendGate, status_code: int | None, kind: str) -> None:

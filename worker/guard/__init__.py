@@ -44,15 +44,23 @@ dead replay``) without going near the pool.
 """
 
 from worker.guard.checks import Refusal
-from worker.guard.consumer import GuardedConsumer, task_accepted
-from worker.guard.refusals import ALIVE_PREFIX, MAIN_MARK_PREFIX, REJECTED_KEY, MessageGuard
+from worker.guard.consumer import GuardedConsumer, task_accepted, task_failed
+from worker.guard.refusals import (
+    ALIVE_PREFIX,
+    GUARD_HEADER,
+    MAIN_MARK_PREFIX,
+    REJECTED_KEY,
+    MessageGuard,
+)
 
 __all__ = [
     "ALIVE_PREFIX",
+    "GUARD_HEADER",
     "MAIN_MARK_PREFIX",
     "REJECTED_KEY",
     "GuardedConsumer",
     "MessageGuard",
     "Refusal",
     "task_accepted",
+    "task_failed",
 ]
