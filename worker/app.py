@@ -103,10 +103,11 @@ def celery_config() -> dict[str, Any]:
             **celery_sentinel_options(settings, settings.result_backend),
         },
         "broker_connection_retry_on_startup": True,
-        # Flower sees every task (it also turns worker events on itself, ``enable_events``).
-        # ``task-sent`` events and the ``STARTED`` state cost 1 and 5 Redis commands per
-        # message and are off unless set (the ledger records ``queued`` and ``sending``).
-        "worker_send_task_events": True,
+        # Task events cost ~2 broker commands per message (and the main process's CPU),
+        # ``task-sent`` events 1, the ``STARTED`` state 5: off unless set (the ledger records
+        # ``queued`` and ``sending``). Flower still sees every task: while it runs it turns
+        # worker events on itself (``enable_events``); ``-E`` turns them on too.
+        "worker_send_task_events": settings.task_events,
         "task_send_sent_event": settings.task_sent_event,
         "task_track_started": settings.task_track_started,
         "worker_hijack_root_logger": False,
