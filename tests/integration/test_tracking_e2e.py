@@ -461,3 +461,38 @@ def test_voice_callbacks_are_accepted_but_deliveries_stay_sent(
     assert found["recipients"]["+3361*****41"]["state"] == "sent"
     assert [e["source"] for e in found["history"]] == ["send"]
     assert not found["polling"]
+
+
+def test_late_webhooks_never_move_a_state_back(
+    stack: Stack, store: RedisTrackingStore, sandbox: SandboxAdmin, e2e_client: Celery,
+    shared: redis.Redis,
+) -> None:  # fmt: skip
+    set_postal_url(sandbox, stack.receiver_url + "/hooks/postal")
+    result = send(e2e_client, shared, "email", postal_message("max@example.com"))
+    delivery_id = result["delivery_id"]
+    [message_id] = result["provider_message_ids"].values()
+    wait_states(store, delivery_id, {"m***@example.com": "delivered"})
+
+    def force(word: str, pushes: int) -> None:
+        # The provider changes its mind: the sandbox shows the word and pushes its webhook.
+        change = {"provider": "postal", "message_id": message_id, "status": word}
+        sandbox.http.post("/_admin/status", json=change).raise_for_status()
+        attempts = push_attempts(sandbox, "postal", pushes)
+        assert len(attempts) == pushes and attempts[-1]["status"] == 200, attempts
+
+    force("SoftFail", 2)  # a late MessageDelayed: kept in the history, the state stays
+    deadline = time.monotonic() + TIMEOUT_S
+    while "deferred" not in [e["type"] for e in status_of(store, delivery_id)["history"]]:
+        assert time.monotonic() < deadline, status_of(store, delivery_id)
+        time.sleep(0.2)
+    assert status_of(store, delivery_id)["recipients"]["m***@example.com"]["state"] == "delivered"
+    force("Sent", 3)  # a second MessageSent (another uuid): nothing new to say
+    force("Bounced", 4)  # an asynchronous bounce after the delivery: it wins
+    found = wait_states(store, delivery_id, {"m***@example.com": "bounced"})
+    assert [e["type"] for e in found["history"]] == [
+        "sent", "delivered", "deferred", "delivered", "bounced"]  # fmt: skip
+    events = wait_app_events(shared, delivery_id, 5)
+    assert [(e["type"], e["current_state"]) for e in events] == [
+        ("sent", "sent"), ("delivered", "delivered"), ("deferred", "delivered"),
+        ("delivered", "delivered"), ("bounced", "bounced"),
+    ]  # fmt: skip
