@@ -31,6 +31,9 @@ log = structlog.get_logger(__name__)
 
 def process(channel: str, raw: Any, *, delivery_id: str, task_name: str, rt: Runtime) -> Outcome:
     """One attempt at one message; the task maps the outcome to Celery."""
+    # The pool process's previous task (another send, a tracking task) may have bound
+    # ``attempt`` or ``provider``: this attempt's log lines start from its own context only.
+    structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(delivery_id=delivery_id, channel=channel)
     try:
         message = parse_message(channel, raw)
