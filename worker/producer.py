@@ -9,8 +9,9 @@ the ledger (which also deduplicates on ``idempotency_key``) and published with a
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
@@ -20,11 +21,17 @@ from worker.config import get_settings
 from worker.models import Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
+from worker.scheduling.cancel import CancelResult, cancel_delivery
+from worker.scheduling.rules import check_send_at
 from worker.stores import Ledger, RedisLedger
 from worker.tasknames import TASK_NAMES
 
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
+
 __all__ = [
     "Producer",
+    "cancel",
     "enqueue",
     "lookup",
     "send_email",
@@ -45,10 +52,13 @@ class Producer:
         if ledger is None:
             ledger = RedisLedger(redis.Redis.from_url(get_settings().shared_redis_url))
         self.ledger = ledger
+        self._cancel_runtime: Runtime | None = None
 
     def validate(self, channel: str, message: Any) -> Message:
         # The size and shape bounds the workers enforce (worker.limits), checked first.
-        return parse_message(channel, message, limits=get_settings().message_limits())
+        model = parse_message(channel, message, limits=get_settings().message_limits())
+        check_send_at(model.send_at, time.time())  # tolerance and horizon (worker.scheduling)
+        return model
 
     def enqueue(self, channel: str, message: Any, **options: Any) -> AsyncResult[Any]:
         model = self.validate(channel, message)
@@ -59,7 +69,12 @@ class Producer:
             channel=channel,
             provider=model.provider or "auto",
             idempotency_key=model.idempotency_key,
-            extra={"task_name": TASK_NAMES[channel], "message": json.dumps(body)},
+            extra={
+                "task_name": TASK_NAMES[channel],
+                "message": json.dumps(body),
+                # Where the schedule mover publishes it when due ("" = the default queue).
+                "queue": str(options.get("queue") or ""),
+            },
         )
         if not created:
             # Same idempotency key as an earlier enqueue: that delivery is the answer.
@@ -77,6 +92,20 @@ class Producer:
             # Not published: forget the record so the caller may try again with the same key.
             self.ledger.forget(delivery_id, channel=channel, idempotency_key=model.idempotency_key)
             raise
+
+    def cancel(self, delivery_id: str) -> CancelResult:
+        """Take a delivery back (:mod:`worker.scheduling.cancel`): one answer per id."""
+        if self._cancel_runtime is None:
+            from dataclasses import replace
+
+            from worker.runtime import Runtime
+            from worker.stores import Stores
+
+            # Cancelling uses this producer's ledger and, for a send scheduled at a provider,
+            # that provider's driver (its API key from DELIVERY_*); no other store.
+            stores = replace(Stores.in_memory(), ledger=self.ledger)
+            self._cancel_runtime = Runtime(get_settings(), stores=stores)
+        return cancel_delivery(self._cancel_runtime, self.app, delivery_id)
 
     def lookup(self, delivery_id: str) -> dict[str, Any] | None:
         """The delivery's ledger record (state, attempts, timestamps, result), or ``None``."""
@@ -96,6 +125,12 @@ def _producer() -> Producer:
 
 def enqueue(channel: str, message: Any, **options: Any) -> AsyncResult[Any]:
     return _producer().enqueue(channel, message, **options)
+
+
+def cancel(delivery_id: str) -> CancelResult:
+    """Cancel a delivery not yet sent, or scheduled at its provider; see
+    :mod:`worker.scheduling.cancel` for the answers (``result.answer``)."""
+    return _producer().cancel(delivery_id)
 
 
 def lookup(delivery_id: str) -> dict[str, Any] | None:

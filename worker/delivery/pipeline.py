@@ -20,8 +20,9 @@ from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
 from worker.models import InvalidMessage
-from worker.providers import parse_message
+from worker.providers import Driver, parse_message
 from worker.runtime import Runtime
+from worker.scheduling.hold import hold_if_early, native_context
 
 __all__ = ["process"]
 
@@ -46,6 +47,9 @@ def _attempt(d: Delivery) -> Outcome:
     stop = check_time(d, record)
     if stop is not None:
         return stop
+    held = hold_if_early(d, record, _named_driver(d))
+    if held is not None:
+        return held
     structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
     chosen = choose_provider(d, record.attempts)
     if not isinstance(chosen, str):
@@ -58,12 +62,23 @@ def _attempt(d: Delivery) -> Outcome:
         driver = d.rt.driver(chosen)
     except DeliveryError as exc:
         return settle_error(d, Failure(exc, record.attempts))
-    ctx = send_context(d, record, driver)
+    ctx = native_context(d, send_context(d, record, driver), driver)
     stop = settle_earlier_send(d, record, driver, ctx)
     if stop is not None:
         return stop
     assert not d.past_deadline  # settle_earlier_send always ends such a run
     return send(d, record, driver, ctx)
+
+
+def _named_driver(d: Delivery) -> Driver[Any] | None:
+    """The named provider's driver, for native scheduling; ``None`` for a routed email or a
+    provider this worker cannot build (the send step reports that)."""
+    if d.message.send_at is None or d.routed:
+        return None
+    try:
+        return d.rt.driver(d.message.provider or d.provider)
+    except DeliveryError:
+        return None
 
 
 def _invalid(

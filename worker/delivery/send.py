@@ -48,4 +48,8 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
         held_key = key if gate.opened else None
         return settle_error(d, Failure(exc, record.attempts, driver, held_key))
     d.rt.health.record_success(d.provider)
+    if ctx.schedule_at is not None:
+        from worker.scheduling.hold import held_at_provider
+
+        return held_at_provider(d, outcome, record.attempts)
     return sent(d, outcome, record.attempts)

@@ -208,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="re-enqueue deliveries stuck past their timeout")
     sweep.set_defaults(func=_cmd_sweep)
+
+    from worker.ops import cancel as cancel_command
+
+    cancel_command.register(sub)
     return parser
 
 

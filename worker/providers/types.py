@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-__all__ = ["Balance", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
+__all__ = ["Balance", "CancelAtProvider", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
 
 Gate = Callable[[], None]
 """Called by :meth:`Driver.send` once the request is built, right before it is transmitted.
@@ -31,6 +32,9 @@ class SendContext:
     sent_after: float | None = None
     """When the delivery's first attempt started (epoch seconds): a send found by a shared tag
     that is older than this is not this delivery's."""
+    schedule_at: datetime | None = None
+    """Provider-native scheduling: the provider sends at this time (``worker.scheduling``); the
+    driver adds its schedule fields (:meth:`Driver.schedule_fields`)."""
 
 
 @dataclass(frozen=True)
@@ -66,3 +70,15 @@ class RuleViolation(ValueError):
         self.field = field
         self.text = text
         super().__init__(f"{field}: {text}")
+
+
+@dataclass(frozen=True)
+class CancelAtProvider:
+    """A provider's answer to cancelling a scheduled send (:meth:`Driver.cancel_scheduled`).
+
+    ``outcome``: ``cancelled`` (now, or it already was), ``too_late`` (inside the provider's
+    no-cancel window), ``already_sent``, ``not_found`` or ``error`` (``detail`` says why).
+    """
+
+    outcome: str
+    detail: str = ""

@@ -1,0 +1,13 @@
+"""Scheduled sends (``send_at``) and cancellation.
+
+* :mod:`.rules`: what a valid ``send_at`` is (tolerance, horizon), checked at enqueue and when a
+  worker first sees the message.
+* :mod:`.hold`: the pipeline step that holds a message until its time, in the ledger's durable
+  schedule or at its provider (provider-native scheduling), and answers a due run.
+* :mod:`.mover`: the loop in each worker's main process that publishes due messages.
+* :mod:`.cancel`: ``cancel(delivery_id)`` and its answers.
+"""
+
+from worker.scheduling.rules import SEND_AT_HORIZON_S, SEND_AT_TOLERANCE_S, check_send_at
+
+__all__ = ["SEND_AT_HORIZON_S", "SEND_AT_TOLERANCE_S", "check_send_at"]
