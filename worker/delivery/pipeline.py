@@ -22,7 +22,7 @@ from worker.errors import DeliveryError
 from worker.models import InvalidMessage
 from worker.providers import Driver, parse_message
 from worker.runtime import Runtime
-from worker.scheduling.hold import hold_if_early, native_context
+from worker.delivery.schedule import hold_if_early, native_context
 
 __all__ = ["process"]
 

@@ -49,7 +49,7 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
         return settle_error(d, Failure(exc, record.attempts, driver, held_key))
     d.rt.health.record_success(d.provider)
     if ctx.schedule_at is not None:
-        from worker.scheduling.hold import held_at_provider
+        from worker.delivery.schedule import held_at_provider
 
         return held_at_provider(d, outcome, record.attempts)
     return sent(d, outcome, record.attempts)
