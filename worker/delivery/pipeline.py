@@ -16,13 +16,13 @@ from worker.delivery.reconcile import settle_earlier_send
 from worker.delivery.record import answer_from_ledger, guarded, load
 from worker.delivery.results import Done, Outcome, failed_result
 from worker.delivery.routing import choose_provider
+from worker.delivery.schedule import hold_if_early, native_context
 from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
 from worker.models import InvalidMessage
 from worker.providers import Driver, parse_message
 from worker.runtime import Runtime
-from worker.delivery.schedule import hold_if_early, native_context
 
 __all__ = ["process"]
 

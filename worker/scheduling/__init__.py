@@ -2,8 +2,8 @@
 
 * :mod:`.rules`: what a valid ``send_at`` is (tolerance, horizon), checked at enqueue and when a
   worker first sees the message.
-* :mod:`worker.delivery.schedule`: the pipeline step that holds a message until its time, in the ledger's durable
-  schedule or at its provider (provider-native scheduling), and answers a due run.
+* :mod:`worker.delivery.schedule`: the pipeline step that holds a message until its time, in
+  the ledger's durable schedule or at its provider (native scheduling), and answers a due run.
 * :mod:`.mover`: the loop in each worker's main process that publishes due messages.
 * :mod:`.cancel`: ``cancel(delivery_id)`` and its answers.
 """
