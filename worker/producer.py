@@ -107,6 +107,12 @@ class Producer:
             self._cancel_runtime = Runtime(get_settings(), stores=stores)
         return cancel_delivery(self._cancel_runtime, self.app, delivery_id)
 
+    def close(self) -> None:
+        """Close what :meth:`cancel` opened (its HTTP client for provider cancels)."""
+        if self._cancel_runtime is not None:
+            self._cancel_runtime.close()
+            self._cancel_runtime = None
+
     def lookup(self, delivery_id: str) -> dict[str, Any] | None:
         """The delivery's ledger record (state, attempts, timestamps, result), or ``None``."""
         record = self.ledger.get(delivery_id)

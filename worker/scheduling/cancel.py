@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -155,7 +156,23 @@ def _cancelled_result(record: DeliveryRecord, *, at_provider: bool = False) -> D
 
 
 def _store(app: Celery, delivery_id: str, result: DeliveryResult) -> None:
-    """The Celery result reads the cancel at once (the task may never run again)."""
-    app.backend.store_result(
-        delivery_id, result.model_dump(mode="json", exclude_none=True), states.SUCCESS
-    )
+    """The Celery result reads the cancel at once (the task may never run again).
+
+    Written the way Celery's Redis backend writes a result (the key, its expiry, and a publish
+    for clients waiting in ``get()``), without its ``store_result``: that calls redis-py's
+    deprecated ``setex``, and silencing the warning is not thread-safe."""
+    backend: Any = app.backend
+    meta = {
+        "status": states.SUCCESS,
+        "result": result.model_dump(mode="json", exclude_none=True),
+        "traceback": None,
+        "children": [],
+        "date_done": datetime.now(UTC).isoformat(),
+        "task_id": delivery_id,
+    }
+    key, value = backend.get_key_for_task(delivery_id), backend.encode(meta)
+    expires = backend.expires
+    pipe = backend.client.pipeline()
+    pipe.set(key, value, ex=int(expires) if expires else None)
+    pipe.publish(key, value)
+    pipe.execute()
