@@ -162,7 +162,7 @@ def _store(app: Celery, delivery_id: str, result: DeliveryResult) -> None:
     for clients waiting in ``get()``), without its ``store_result``: that calls redis-py's
     deprecated ``setex``, and silencing the warning is not thread-safe."""
     backend: Any = app.backend
-    meta = {
+    meta: dict[str, Any] = {
         "status": states.SUCCESS,
         "result": result.model_dump(mode="json", exclude_none=True),
         "traceback": None,
