@@ -15,6 +15,8 @@ from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
 from worker.limits import MessageLimits
 from worker.providers import DRIVERS, PROVIDERS, channel_providers
 from worker.redaction import register_secret
+from worker.scheduling.defaults import LEASE_S as SCHEDULE_LEASE_S
+from worker.scheduling.defaults import TICK_S as SCHEDULE_TICK_S
 from worker.stores.health import BreakerConfig
 from worker.stores.limiter import DEFAULT_SAFETY_MARGIN_S, Limit
 
@@ -132,6 +134,11 @@ class Settings(_ProviderSettings):
     is re-enqueued by the sweeper."""
     sweep_queued_after_s: float = Field(default=3600.0, ge=1)
     """A delivery still ``queued`` this long is re-enqueued (lost between broker and worker)."""
+    schedule_tick_s: float = Field(default=SCHEDULE_TICK_S, gt=0, le=1)
+    """The schedule mover's longest sleep between passes (``worker.scheduling.mover``)."""
+    schedule_lease_s: float = Field(default=SCHEDULE_LEASE_S, ge=1)
+    """A due message the mover published is published again if its run has not started
+    within this long (its worker died, or the broker lost it)."""
 
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["delivery", "celery"])
     """Queues a worker consumes when started without ``-Q``; the first is where this project's

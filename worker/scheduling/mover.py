@@ -28,22 +28,21 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 
+from worker.scheduling.defaults import LEASE_S, TICK_S
 from worker.stores import Ledger
 
 __all__ = ["LEASE_S", "TICK_S", "MoverStep", "ScheduleMover", "move_due"]
 
 log = structlog.get_logger(__name__)
 
-TICK_S = 0.1
-"""The longest the mover sleeps between passes."""
-LEASE_S = 10.0
-"""How long a claimed entry waits for its run before a mover publishes it again."""
 BATCH = 200
 
 
-def move_due(app: Celery, ledger: Ledger, now: float | None = None) -> int:
+def move_due(
+    app: Celery, ledger: Ledger, now: float | None = None, *, lease_s: float = LEASE_S
+) -> int:
     """One pass: claim what is due and publish it; returns how many were published."""
-    entries = ledger.claim_due(time.time() if now is None else now, LEASE_S, limit=BATCH)
+    entries = ledger.claim_due(time.time() if now is None else now, lease_s, limit=BATCH)
     for entry in entries:
         options: dict[str, Any] = {"task_id": entry.delivery_id}
         if entry.queue:
@@ -55,16 +54,20 @@ def move_due(app: Celery, ledger: Ledger, now: float | None = None) -> int:
 
 
 class ScheduleMover(threading.Thread):
-    def __init__(self, app: Celery, ledger: Ledger) -> None:
+    def __init__(
+        self, app: Celery, ledger: Ledger, *, tick_s: float = TICK_S, lease_s: float = LEASE_S
+    ) -> None:
         super().__init__(name="schedule-mover", daemon=True)
         self.app = app
         self.ledger = ledger
+        self.tick_s = tick_s
+        self.lease_s = lease_s
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.is_set():
             try:
-                if move_due(self.app, self.ledger) >= BATCH:
+                if move_due(self.app, self.ledger, lease_s=self.lease_s) >= BATCH:
                     continue  # more are due: no sleep
                 next_due = self.ledger.next_due()
             except (redis.RedisError, OSError) as exc:
@@ -77,7 +80,8 @@ class ScheduleMover(threading.Thread):
                 log.exception("schedule.mover_failed")
                 self.stopping.wait(1.0)
                 continue
-            pause = TICK_S if next_due is None else min(TICK_S, max(next_due - time.time(), 0.0))
+            tick = self.tick_s
+            pause = tick if next_due is None else min(tick, max(next_due - time.time(), 0.0))
             self.stopping.wait(pause)
 
     def stop(self) -> None:
@@ -100,9 +104,15 @@ class MoverStep(bootsteps.StartStopStep):
         # Its own client app and Redis connection: nothing shared with the consumer's loop.
         client = client_app(settings.broker_url, settings.result_backend, name="schedule-mover")
         ledger = RedisLedger(redis.Redis.from_url(settings.shared_redis_url))
-        self.mover = ScheduleMover(client, ledger)
+        self.mover = ScheduleMover(
+            client, ledger, tick_s=settings.schedule_tick_s, lease_s=settings.schedule_lease_s
+        )
         self.mover.start()
-        log.info("schedule.mover_started", tick_s=TICK_S, lease_s=LEASE_S)
+        log.info(
+            "schedule.mover_started",
+            tick_s=settings.schedule_tick_s,
+            lease_s=settings.schedule_lease_s,
+        )
 
     def stop(self, parent: Any) -> None:
         if self.mover is not None:
