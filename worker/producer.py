@@ -22,6 +22,7 @@ from worker.models import Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
 from worker.scheduling.cancel import CancelResult, cancel_delivery
+from worker.scheduling.enqueue import hold_at_enqueue
 from worker.scheduling.rules import check_send_at
 from worker.stores import Ledger, RedisLedger
 from worker.tasknames import TASK_NAMES
@@ -79,6 +80,9 @@ class Producer:
         if not created:
             # Same idempotency key as an earlier enqueue: that delivery is the answer.
             return AsyncResult(existing, app=self.app)
+        if set(options) <= {"queue"} and hold_at_enqueue(self.app, self.ledger, model, delivery_id):
+            # On the durable schedule at once: no task runs until it is due.
+            return AsyncResult(delivery_id, app=self.app)
         try:
             return self.app.send_task(
                 TASK_NAMES[channel],

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -34,6 +33,7 @@ from celery import Celery, states
 from worker.errors import DeliveryError
 from worker.models import DeliveryResult, ErrorInfo
 from worker.runtime import Runtime
+from worker.scheduling.results import store_task_state
 from worker.stores import DeliveryRecord
 
 __all__ = ["CancelResult", "cancel_deliveries", "cancel_delivery"]
@@ -156,23 +156,5 @@ def _cancelled_result(record: DeliveryRecord, *, at_provider: bool = False) -> D
 
 
 def _store(app: Celery, delivery_id: str, result: DeliveryResult) -> None:
-    """The Celery result reads the cancel at once (the task may never run again).
-
-    Written the way Celery's Redis backend writes a result (the key, its expiry, and a publish
-    for clients waiting in ``get()``), without its ``store_result``: that calls redis-py's
-    deprecated ``setex``, and silencing the warning is not thread-safe."""
-    backend: Any = app.backend
-    meta: dict[str, Any] = {
-        "status": states.SUCCESS,
-        "result": result.model_dump(mode="json", exclude_none=True),
-        "traceback": None,
-        "children": [],
-        "date_done": datetime.now(UTC).isoformat(),
-        "task_id": delivery_id,
-    }
-    key, value = backend.get_key_for_task(delivery_id), backend.encode(meta)
-    expires = backend.expires
-    pipe = backend.client.pipeline()
-    pipe.set(key, value, ex=int(expires) if expires else None)
-    pipe.publish(key, value)
-    pipe.execute()
+    """The Celery result reads the cancel at once (the task may never run again)."""
+    store_task_state(app, delivery_id, result, states.SUCCESS)
