@@ -11,6 +11,7 @@ import json
 import redis
 
 from worker.stores.ledger import ACTIVE_KEY, DEAD_KEY, RedisLedger
+from worker.stores.ledger.redis import SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
 from worker.stores.parking import RedisParking
 
@@ -120,3 +121,18 @@ def test_metrics_keys(redis_client: redis.Redis) -> None:
     assert redis_client.hgetall("dw:metrics:smspartner") == {b"throttled_ms": b"120"}
     redis_client.hincrby("dw:metrics:smspartner", "sent", 4)  # as an earlier release wrote it
     assert RedisMetrics(redis_client).read("smspartner") == {"throttled_ms": 120, "sent": 4}
+
+
+def test_schedule_keys(redis_client: redis.Redis) -> None:
+    ledger = RedisLedger(redis_client, clock=FakeClock(T0))
+    ledger.create(
+        "d1", channel="sms", provider="smspartner", extra={"task_name": "t", "message": "{}"}
+    )
+    ledger.hold("d1", T0 + 30.25)
+    assert SCHEDULE_KEY == "dw:scheduled"
+    assert redis_client.zrange("dw:scheduled", 0, -1, withscores=True) == [(b"d1", T0 + 30.25)]
+    assert redis_client.hget("dw:delivery:d1", "state") == b"scheduled"
+    assert redis_client.zscore("dw:active", "d1") is None
+    ledger.cancel("d1", result="{}")
+    assert redis_client.exists("dw:scheduled") == 0
+    assert redis_client.hget("dw:delivery:d1", "state") == b"cancelled"
