@@ -136,6 +136,8 @@ class Settings(_ProviderSettings):
     """A delivery still ``queued`` this long is re-enqueued (lost between broker and worker)."""
     schedule_tick_s: float = Field(default=SCHEDULE_TICK_S, gt=0, le=1)
     """The schedule mover's longest sleep between passes (``worker.scheduling.mover``)."""
+    quiet_hours: str = ""
+    """Per-channel sending windows (JSON, ``worker.scheduling.quiet``); empty: none."""
     schedule_lease_s: float = Field(default=SCHEDULE_LEASE_S, ge=1)
     """A due message the mover published is published again if its run has not started
     within this long (its worker died, or the broker lost it)."""
@@ -165,6 +167,14 @@ class Settings(_ProviderSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        from worker.scheduling.quiet import parse_quiet_hours
+
+        parse_quiet_hours(value)  # ValueError names the problem
+        return value
 
     @field_validator("providers", "queues", mode="before")
     @classmethod

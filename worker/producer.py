@@ -80,7 +80,10 @@ class Producer:
         if not created:
             # Same idempotency key as an earlier enqueue: that delivery is the answer.
             return AsyncResult(existing, app=self.app)
-        if set(options) <= {"queue"} and hold_at_enqueue(self.app, self.ledger, model, delivery_id):
+        quiet = get_settings().quiet_hours
+        if set(options) <= {"queue"} and hold_at_enqueue(
+            self.app, self.ledger, model, delivery_id, quiet_hours=quiet
+        ):
             # On the durable schedule at once: no task runs until it is due.
             return AsyncResult(delivery_id, app=self.app)
         try:

@@ -47,7 +47,7 @@ def _attempt(d: Delivery) -> Outcome:
     stop = check_time(d, record)
     if stop is not None:
         return stop
-    held = hold_if_early(d, record, _named_driver(d))
+    held = hold_if_early(d, record, lambda: _named_driver(d))
     if held is not None:
         return held
     structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
@@ -73,7 +73,7 @@ def _attempt(d: Delivery) -> Outcome:
 def _named_driver(d: Delivery) -> Driver[Any] | None:
     """The named provider's driver, for native scheduling; ``None`` for a routed email or a
     provider this worker cannot build (the send step reports that)."""
-    if d.message.send_at is None or d.routed:
+    if d.routed:
         return None
     try:
         return d.rt.driver(d.message.provider or d.provider)

@@ -17,16 +17,19 @@ Either way the Celery task ends its run (``SCHEDULED`` state, the message acknow
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from worker.delivery.context import Delivery
-from worker.delivery.outcomes import sent_result
+from worker.delivery.outcomes import expire, sent_result
 from worker.delivery.results import Done, failed_result
 from worker.models import InvalidMessage
 from worker.providers import Driver, SendContext, SendOutcome
+from worker.scheduling.quiet import quiet_due
 from worker.scheduling.rules import check_send_at
 from worker.stores import DeliveryRecord
 
@@ -36,20 +39,31 @@ log = structlog.get_logger(__name__)
 
 PROVIDER_SCHEDULED = "provider_scheduled"
 """Ledger field: "1" when the provider holds the send until ``send_at`` (native scheduling)."""
+SCHEDULED_FOR = "scheduled_for"
+"""Ledger field: when a held delivery is due (``send_at``, or the end of its quiet hours)."""
 SCHEDULED_RESULT = "scheduled_result"
 """Ledger field: the ``sent`` result a natively scheduled delivery gets at its time (JSON)."""
 
 
-def hold_if_early(d: Delivery, record: DeliveryRecord, driver: Driver[Any] | None) -> Done | None:
+def due_at(d: Delivery, now: float) -> float | None:
+    """When this message may leave, if that is later than ``now``: its ``send_at``, moved to
+    the next opening of its channel's quiet hours (``worker.scheduling.quiet``)."""
+    send_at = d.message.send_at.timestamp() if d.message.send_at is not None else None
+    base = max(send_at or now, now)
+    due = quiet_due(d.settings.quiet_hours, d.message, base) or send_at
+    return due if due is not None and due > now else None
+
+
+def hold_if_early(
+    d: Delivery, record: DeliveryRecord, driver: Callable[[], Driver[Any] | None]
+) -> Done | None:
     """Before routing: hold a message whose time has not come (``None``: go on and send).
 
-    ``driver`` is the named provider's (``None`` for a routed email): with one that schedules
+    ``driver()`` is the named provider's (``None`` for a routed email): with one that schedules
     natively and a time it expresses, the run goes on to send now with the schedule fields
     (:func:`native_context`)."""
     send_at = d.message.send_at
-    if send_at is None:
-        return None
-    if "send_at" not in record.fields:
+    if send_at is not None and "send_at" not in record.fields:
         # First sight in a worker: the same clock checks as at enqueue, against when the
         # delivery was enqueued (a message sent by name was never checked).
         try:
@@ -57,18 +71,21 @@ def hold_if_early(d: Delivery, record: DeliveryRecord, driver: Driver[Any] | Non
         except InvalidMessage as exc:
             return _invalid(d, record, exc)
         d.rt.ledger.set_fields(d.delivery_id, send_at=repr(send_at.timestamp()))
-    due = send_at.timestamp()
     now = time.time()
     if record.fields.get(PROVIDER_SCHEDULED) == "1":
-        return _at_provider_run(d, record, due, now)
-    if now >= due:
+        return _at_provider_run(d, record, float(record.fields[SCHEDULED_FOR]), now)
+    due = due_at(d, now)
+    if due is None:
         return None
-    if native_fits(driver, send_at, now) and record.state != "scheduled":
+    if due >= d.deadline():
+        return expire(d, record.attempts, "before its time came (send_at or quiet hours)")
+    when = datetime.fromtimestamp(due, UTC)
+    if record.state != "scheduled" and native_fits(driver(), when, now):
         return None  # sent now with the schedule fields (native_context)
     return _hold(d, record, due)
 
 
-def native_fits(driver: Driver[Any] | None, send_at: Any, now: float) -> bool:
+def native_fits(driver: Driver[Any] | None, send_at: datetime, now: float) -> bool:
     if driver is None or driver.native_schedule_min_lead_s is None:
         return False
     if send_at.timestamp() - now < driver.native_schedule_min_lead_s:
@@ -78,22 +95,26 @@ def native_fits(driver: Driver[Any] | None, send_at: Any, now: float) -> bool:
 
 def native_context(d: Delivery, ctx: SendContext, driver: Driver[Any]) -> SendContext:
     """The send context with the schedule time when this send is natively scheduled."""
-    send_at = d.message.send_at
-    if send_at is None or not native_fits(driver, send_at, time.time()):
+    now = time.time()
+    due = due_at(d, now)
+    if due is None:
         return ctx
-    return replace(ctx, schedule_at=send_at)
+    when = datetime.fromtimestamp(due, UTC)
+    if not native_fits(driver, when, now):
+        return ctx
+    return replace(ctx, schedule_at=when)
 
 
 def held_at_provider(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
     """The provider accepted a natively scheduled send: ``scheduled`` until its time."""
-    assert d.message.send_at is not None
-    due = d.message.send_at.timestamp()
+    due = _scheduled_for(d)
     at_time = sent_result(d, outcome, previous_attempts)
     held = at_time.model_copy(update={"status": "scheduled"})
     d.rt.ledger.hold(
         d.delivery_id,
         due,
         provider_scheduled="1",
+        **{SCHEDULED_FOR: repr(due)},
         attempts=str(at_time.attempts),
         result=held.model_dump_json(),
         **{SCHEDULED_RESULT: at_time.model_dump_json()},
@@ -116,9 +137,16 @@ def _at_provider_run(d: Delivery, record: DeliveryRecord, due: float, now: float
     return Done(_parse(stored))
 
 
+def _scheduled_for(d: Delivery) -> float:
+    due = due_at(d, time.time())
+    assert due is not None, "natively scheduled, so its time is ahead"
+    return due
+
+
 def _hold(d: Delivery, record: DeliveryRecord, due: float) -> Done:
     result = d.result("scheduled", record.attempts)
-    if d.rt.ledger.hold(d.delivery_id, due, result=result.model_dump_json()):
+    fields = {SCHEDULED_FOR: repr(due), "result": result.model_dump_json()}
+    if d.rt.ledger.hold(d.delivery_id, due, **fields):
         log.info("delivery.scheduled", due=due, in_s=round(due - time.time(), 3))
     return Done(result)
 
