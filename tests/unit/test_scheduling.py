@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from worker.runtime import Runtime
 from worker.scheduling import SEND_AT_HORIZON_S, check_send_at
 from worker.scheduling.cancel import cancel_delivery
 from worker.scheduling.mover import move_due
+from worker.scheduling.quiet import quiet_due
 
 from .driver_support import mock_client
 
@@ -346,3 +348,82 @@ def test_the_default_deadline_counts_from_send_at(rt: Runtime, provider: Provide
     run(rt, sms(iso(ahead)))
     record = rt.ledger.get("d1")
     assert record is not None and record.state == "scheduled"  # not expired after one day
+
+
+# -- quiet hours -----------------------------------------------------------------------------------
+
+SMS_WINDOW = '{"sms": {"window": "08:00-20:00", "tz": "recipient", "closed_days": ["sun"]}}'
+
+
+def paris(*args: int) -> float:
+    return datetime(*args, tzinfo=ZoneInfo("Europe/Paris")).timestamp()  # type: ignore[misc]
+
+
+def test_quiet_hours_move_a_message_to_the_next_opening() -> None:
+    message = SmsMessage.model_validate(sms())
+    # Friday 29 Nov 2030, 21:10 Paris: Saturday 08:00. Saturday 21:00: Monday 08:00 (Sunday shut).
+    assert quiet_due(SMS_WINDOW, message, paris(2030, 11, 29, 21, 10)) == paris(2030, 11, 30, 8)
+    assert quiet_due(SMS_WINDOW, message, paris(2030, 11, 30, 21, 0)) == paris(2030, 12, 2, 8)
+    assert quiet_due(SMS_WINDOW, message, paris(2030, 11, 29, 6, 0)) == paris(2030, 11, 29, 8)
+    assert quiet_due(SMS_WINDOW, message, paris(2030, 11, 29, 12, 0)) is None  # open
+    assert quiet_due("", message, paris(2030, 11, 29, 23, 0)) is None  # no quiet hours
+
+
+def test_quiet_hours_in_the_recipients_zones_wait_for_every_one() -> None:
+    both = SmsMessage.model_validate(sms(to=["+33612345678", "+12025550123"]))
+    # 07:00 in New York is 13:00 in Paris: the window opens at 08:00 New York time.
+    ny = datetime(2030, 11, 29, 7, 0, tzinfo=ZoneInfo("America/New_York")).timestamp()
+    opens = datetime(2030, 11, 29, 8, 0, tzinfo=ZoneInfo("America/New_York")).timestamp()
+    assert quiet_due(SMS_WINDOW, both, ny) == opens
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("not json", "not JSON"),
+        ('{"fax": {"window": "08:00-20:00"}}', "not email, sms or voice"),
+        ('{"sms": {"window": "20:00-08:00"}}', "opens after it closes"),
+        ('{"sms": {"window": "8h-20h"}}', "HH:MM-HH:MM"),
+        ('{"sms": {"window": "08:00-20:00", "tz": "Mars/Olympus"}}', "unknown time zone"),
+        ('{"sms": {"window": "08:00-20:00", "closed_days": ["sunday"]}}', "mon … sun"),
+    ],
+)
+def test_bad_quiet_hours_stop_the_worker_at_start(raw: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        Settings(quiet_hours=raw)
+
+
+def test_quiet_hours_hold_in_the_pipeline_or_expire_past_the_deadline(provider: Provider) -> None:
+    today = datetime.now(UTC).weekday()
+    open_day = (today + 2) % 7
+    closed = [
+        d for i, d in enumerate(("mon", "tue", "wed", "thu", "fri", "sat", "sun")) if i != open_day
+    ]
+    raw = json.dumps({"sms": {"window": "00:00-23:59", "tz": "UTC", "closed_days": closed}})
+    settings = Settings(
+        smspartner_api_key="sms-secret-key",
+        smspartner_base_url="http://p.test/sms/v1",
+        quiet_hours=raw,
+    )
+    runtime = Runtime.in_memory(settings, client=mock_client(provider.handler))
+    try:
+        # The opening is two days away: past the default deadline (a day after enqueue), so
+        # this message carries its own.
+        held = run(runtime, sms(deadline=iso(time.time() + 3 * 86400)))
+        assert held.result.status == "scheduled"
+        expected = datetime.combine(
+            datetime.now(UTC).date() + timedelta(days=2), datetime.min.time(), tzinfo=UTC
+        )
+        assert runtime.ledger.next_due() == expected.timestamp()
+        # The opening is a time SMS Partner expresses, far enough ahead: handed over at once.
+        (body,) = provider.bodies()
+        local = expected.astimezone(ZoneInfo("Europe/Paris"))
+        assert (body["scheduledDeliveryDate"], body["time"], body["minute"]) == (
+            local.strftime("%d/%m/%Y"),
+            local.hour,
+            0,
+        )
+        expired = run(runtime, sms(), delivery_id="d2")  # default deadline: a day
+        assert expired.result.status == "expired" and len(provider.requests) == 1
+    finally:
+        runtime.close()
