@@ -205,6 +205,7 @@ class MemoryLedger(Ledger):
             if idempotency_key:
                 self._idem.pop((channel, idempotency_key), None)
             self._active.pop(delivery_id, None)
+            self._schedule.pop(delivery_id, None)
 
     # -- concurrency guard ---------------------------------------------------------------------
 

@@ -136,6 +136,7 @@ class RedisLedger(Ledger):
             keys.append(self.idem_key(channel, idempotency_key))
         self.redis.delete(*keys)
         self.redis.zrem(ACTIVE_KEY, delivery_id)
+        self.redis.zrem(SCHEDULE_KEY, delivery_id)
 
     # -- concurrency guard ---------------------------------------------------------------------
 
