@@ -424,6 +424,11 @@ def test_claim_due_leases_each_entry_to_one_mover(h: Harness) -> None:
     assert h.ledger.claim_due(T0 + 12, 5.0) == []  # leased until T0 + 15
     again = h.ledger.claim_due(T0 + 15, 5.0)  # the lease ended: its run never started
     assert [e.delivery_id for e in again] == ["d0", "d1"]
+    assert [e.claimed_before for e in first] == [0, 0]
+    assert [e.claimed_before for e in again] == [1, 1]
+    h.ledger.hold("d0", T0 + 100)  # held again (an early copy): a new first claim
+    later = {e.delivery_id: e.claimed_before for e in h.ledger.claim_due(T0 + 100, 5.0)}
+    assert later == {"d0": 0, "d1": 2, "d2": 0}
 
 
 def test_leaving_scheduled_takes_the_delivery_off_the_schedule(h: Harness) -> None:

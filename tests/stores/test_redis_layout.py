@@ -133,6 +133,9 @@ def test_schedule_keys(redis_client: redis.Redis) -> None:
     assert redis_client.zrange("dw:scheduled", 0, -1, withscores=True) == [(b"d1", T0 + 30.25)]
     assert redis_client.hget("dw:delivery:d1", "state") == b"scheduled"
     assert redis_client.zscore("dw:active", "d1") is None
+    ledger.claim_due(T0 + 31, 10.0)
+    assert redis_client.hgetall("dw:scheduled:claims") == {b"d1": b"1"}
+    assert redis_client.zscore("dw:scheduled", "d1") == T0 + 41  # leased
     ledger.cancel("d1", result="{}")
-    assert redis_client.exists("dw:scheduled") == 0
+    assert redis_client.exists("dw:scheduled", "dw:scheduled:claims") == 0
     assert redis_client.hget("dw:delivery:d1", "state") == b"cancelled"

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
@@ -192,6 +193,8 @@ def rt(provider: Provider) -> Iterator[Runtime]:
 class Published:
     """A Celery app stand-in recording what the mover publishes, with a result backend."""
 
+    conf = SimpleNamespace(task_default_queue="delivery")
+
     def __init__(self) -> None:
         self.tasks: list[tuple[str, Any, dict[str, Any]]] = []
         self.stored: dict[str, Any] = {}
@@ -246,6 +249,22 @@ def test_a_message_ahead_is_held_then_published_by_the_mover_when_due(
     final = run(rt, args[0])
     assert isinstance(final, Done) and final.result.status == "sent"
     assert len(provider.bodies()) == 1 and "scheduledDeliveryDate" not in provider.bodies()[0]
+
+
+def test_a_lease_that_ends_republishes_only_when_the_queue_is_empty(rt: Runtime) -> None:
+    """A due message whose run has not started when its lease ends is published again only
+    if its queue is empty (lost, or its worker died); behind a backlog it just waits."""
+    run(rt, sms(iso(time.time() + 0.05)))
+    time.sleep(0.1)
+    app, waiting = Published(), {"delivery": 5}
+    now = time.time()
+    assert move_due(app, rt.ledger, now, lease_s=1.0, backlog=waiting.get) == 1  # type: ignore[arg-type]
+    assert len(app.tasks) == 1
+    assert move_due(app, rt.ledger, now + 1.5, lease_s=1.0, backlog=waiting.get) == 1  # type: ignore[arg-type]
+    assert len(app.tasks) == 1  # lease over, but 5 messages wait in its queue: no copy
+    waiting["delivery"] = 0
+    assert move_due(app, rt.ledger, now + 3.0, lease_s=1.0, backlog=waiting.get) == 1  # type: ignore[arg-type]
+    assert len(app.tasks) == 2  # queue empty and still not started: published again
 
 
 def test_a_time_the_provider_expresses_is_handed_over_and_sent_at_its_time(

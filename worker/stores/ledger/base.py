@@ -147,6 +147,9 @@ class DueEntry:
     task_name: str
     message: str
     queue: str
+    claimed_before: int = 0
+    """How often a mover claimed it before: 0 the first time it is due; more when its lease
+    ended before its run started (its worker died, or it still waits in a busy queue)."""
 
 
 @dataclass(frozen=True)

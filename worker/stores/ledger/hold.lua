@@ -1,5 +1,5 @@
 -- Move a record to 'scheduled' and put it on the schedule, unless it is final or missing.
--- KEYS[1] record, KEYS[2] active set, KEYS[3] schedule
+-- KEYS[1] record, KEYS[2] active set, KEYS[3] schedule, KEYS[4] schedule claims
 -- ARGV: due, now, final states (JSON list), delivery_id, then field/value pairs
 -- Returns 1 when held, 0 when not (final), -1 when missing
 local current = redis.call('HGET', KEYS[1], 'state')
@@ -14,4 +14,5 @@ end
 redis.call('HSET', KEYS[1], unpack(args))
 redis.call('ZREM', KEYS[2], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[4])
+redis.call('HDEL', KEYS[4], ARGV[4])
 return 1

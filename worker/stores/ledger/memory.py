@@ -45,6 +45,7 @@ class MemoryLedger(Ledger):
         self._dead: dict[str, str] = {}
         self._tags: dict[tuple[str, str], dict[str, float]] = {}
         self._schedule: dict[str, float] = {}
+        self._claims: dict[str, int] = {}
 
     # -- expiry (what Redis does with EXPIRE) --------------------------------------------------
 
@@ -122,6 +123,7 @@ class MemoryLedger(Ledger):
             record.update({"state": state, "updated_at": repr(now), **fields})
             if state != "scheduled":
                 self._schedule.pop(delivery_id, None)
+                self._claims.pop(delivery_id, None)
             if new_rank == 2 or state in ("parked", "scheduled"):
                 self._active.pop(delivery_id, None)
             else:
@@ -138,6 +140,7 @@ class MemoryLedger(Ledger):
             record.update({"state": "scheduled", "updated_at": repr(self._clock()), **fields})
             self._active.pop(delivery_id, None)
             self._schedule[delivery_id] = due
+            self._claims.pop(delivery_id, None)
             return True
 
     def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
@@ -149,9 +152,13 @@ class MemoryLedger(Ledger):
                 task_name, message = record.get("task_name"), record.get("message")
                 if record.get("state") != "scheduled" or not task_name or not message:
                     self._schedule.pop(delivery_id, None)
+                    self._claims.pop(delivery_id, None)
                     continue
                 self._schedule[delivery_id] = now + lease_s
-                out.append(DueEntry(delivery_id, task_name, message, record.get("queue", "")))
+                before = self._claims.get(delivery_id, 0)
+                self._claims[delivery_id] = before + 1
+                queue = record.get("queue", "")
+                out.append(DueEntry(delivery_id, task_name, message, queue, before))
             return out
 
     def next_due(self) -> float | None:
@@ -184,6 +191,7 @@ class MemoryLedger(Ledger):
             )
             self._active.pop(delivery_id, None)
             self._schedule.pop(delivery_id, None)
+            self._claims.pop(delivery_id, None)
             return CancelAnswer("cancelled", current)
 
     def incr(self, delivery_id: str, counter: str) -> int:
@@ -206,6 +214,7 @@ class MemoryLedger(Ledger):
                 self._idem.pop((channel, idempotency_key), None)
             self._active.pop(delivery_id, None)
             self._schedule.pop(delivery_id, None)
+            self._claims.pop(delivery_id, None)
 
     # -- concurrency guard ---------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ Keys (the layout of deployed data; do not change it):
 * ``dw:dead``: hash, delivery id → JSON dead letter;
 * ``dw:tag:<provider>:<tag>``: sorted set, ``<recipient>|<delivery id>`` scored by send time;
 * ``dw:scheduled``: sorted set, ``scheduled`` deliveries scored by due time (Unix seconds; a
-  claimed entry by the end of its lease). The message itself stays in the record.
+  claimed entry by the end of its lease). The message itself stays in the record;
+* ``dw:scheduled:claims``: hash, delivery id → how often the mover claimed it (gone once it
+  leaves ``scheduled``).
 
 Creation, transitions, holds, claims and cancels are Lua scripts (``create.lua``,
 ``transition.lua``, ``hold.lua``, ``claim_due.lua``, ``cancel.lua``), so a check and its write are
@@ -40,7 +42,7 @@ from worker.stores.ledger.base import (
     set_aside_entry,
 )
 
-__all__ = ["ACTIVE_KEY", "DEAD_KEY", "SCHEDULE_KEY", "RedisLedger"]
+__all__ = ["ACTIVE_KEY", "CLAIMS_KEY", "DEAD_KEY", "SCHEDULE_KEY", "RedisLedger"]
 
 _PREFIX = "dw:delivery:"
 _IDEM_PREFIX = "dw:idem:"
@@ -49,6 +51,7 @@ _TAG_PREFIX = "dw:tag:"
 ACTIVE_KEY = "dw:active"
 DEAD_KEY = "dw:dead"
 SCHEDULE_KEY = "dw:scheduled"
+CLAIMS_KEY = "dw:scheduled:claims"
 _FINAL = json.dumps(sorted(FINAL_STATES))
 _PACKAGE = "worker.stores.ledger"
 
@@ -119,7 +122,7 @@ class RedisLedger(Ledger):
         ]
         for k, v in fields.items():
             argv += [k, v]
-        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY]
+        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
         changed, _previous = self._transition(keys=keys, args=argv)
         return int(changed) == 1
 
@@ -137,6 +140,7 @@ class RedisLedger(Ledger):
         self.redis.delete(*keys)
         self.redis.zrem(ACTIVE_KEY, delivery_id)
         self.redis.zrem(SCHEDULE_KEY, delivery_id)
+        self.redis.hdel(CLAIMS_KEY, delivery_id)
 
     # -- concurrency guard ---------------------------------------------------------------------
 
@@ -171,15 +175,18 @@ class RedisLedger(Ledger):
         argv: list[str] = [repr(due), repr(self._clock()), _FINAL, delivery_id]
         for k, v in fields.items():
             argv += [k, v]
-        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY]
+        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
         return int(self._hold(keys=keys, args=argv)) == 1
 
     def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
         flat = self._claim_due(
-            keys=[SCHEDULE_KEY], args=[repr(now), repr(lease_s), str(limit), _PREFIX]
+            keys=[SCHEDULE_KEY, CLAIMS_KEY], args=[repr(now), repr(lease_s), str(limit), _PREFIX]
         )
         items = [text(x) for x in flat]
-        return [DueEntry(*items[i : i + 4]) for i in range(0, len(items) - 3, 4)]
+        return [
+            DueEntry(items[i], items[i + 1], items[i + 2], items[i + 3], int(items[i + 4]))
+            for i in range(0, len(items) - 4, 5)
+        ]
 
     def next_due(self) -> float | None:
         first = self.redis.zrange(SCHEDULE_KEY, 0, 0, withscores=True)
@@ -190,7 +197,7 @@ class RedisLedger(Ledger):
 
     def cancel(self, delivery_id: str, *, result: str, at_provider: bool = False) -> CancelAnswer:
         outcome, state = self._cancel(
-            keys=[self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY],
+            keys=[self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY],
             args=[repr(self._clock()), _FINAL, delivery_id, "1" if at_provider else "0", result],
         )
         return CancelAnswer(text(outcome), text(state))
