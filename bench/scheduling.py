@@ -12,7 +12,7 @@ Starts its own redis-server, sandbox and ``celery worker`` processes, then
    ``send_at`` (p50, p99, max): from the time, to the send's gate (``first_attempt_at``, right
    before the request leaves) and to the provider's answer (``sent_at``).
 
-    .venv/bin/python bench/scheduling.py                      # 10,000 over 200 s, 2 workers x 4
+    .venv/bin/python bench/scheduling.py                      # 10,000 over 300 s, 2 workers x 4
     .venv/bin/python bench/scheduling.py --messages 2000 --spread 60
 
 It prints one JSON object (the figures) after a human summary. Linux only (``/proc``).
@@ -69,7 +69,7 @@ def percentile(values: list[float], p: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--spread", type=float, default=200.0, help="seconds the times cover")
+    parser.add_argument("--spread", type=float, default=300.0, help="seconds the times cover")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--producers", type=int, default=4, help="enqueueing threads")
