@@ -129,6 +129,7 @@ class DeliveryRecord:
             "dead_reason",
             "task_name",
             "send_at",
+            "scheduled_for",
             "provider_scheduled",
             "cancelled_at",
         ):
