@@ -286,8 +286,10 @@ def test_a_time_the_provider_expresses_is_handed_over_and_sent_at_its_time(
     assert outcome.result.provider_message_ids == {"+3361*****78": "307"}
     # Its time has come (the mover's copy runs): sent, with no second request.
     rt.ledger.set_fields("d1", scheduled_for=repr(time.time() - 1))
-    past = sms(iso(time.time() - 1))
-    assert run(rt, past).result.status == "sent"
+    # Its deadline passing with its time (send_at == deadline) does not expire it: the
+    # provider accepted it while the deadline was ahead.
+    past = iso(time.time() - 1)
+    assert run(rt, sms(past, deadline=past)).result.status == "sent"
     assert len(provider.bodies()) == 1
 
 

@@ -16,7 +16,7 @@ from worker.delivery.reconcile import settle_earlier_send
 from worker.delivery.record import answer_from_ledger, guarded, load
 from worker.delivery.results import Done, Outcome, failed_result
 from worker.delivery.routing import choose_provider
-from worker.delivery.schedule import hold_if_early, native_context
+from worker.delivery.schedule import at_provider_run, hold_if_early, native_context
 from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
@@ -44,6 +44,9 @@ def _attempt(d: Delivery) -> Outcome:
     record = load(d)
     if record.final:
         return answer_from_ledger(d, record)
+    at_provider = at_provider_run(d, record)
+    if at_provider is not None:
+        return at_provider
     stop = check_time(d, record)
     if stop is not None:
         return stop

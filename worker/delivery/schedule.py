@@ -33,7 +33,13 @@ from worker.scheduling.quiet import quiet_due
 from worker.scheduling.rules import check_send_at
 from worker.stores import DeliveryRecord
 
-__all__ = ["PROVIDER_SCHEDULED", "held_at_provider", "hold_if_early", "native_context"]
+__all__ = [
+    "PROVIDER_SCHEDULED",
+    "at_provider_run",
+    "held_at_provider",
+    "hold_if_early",
+    "native_context",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +78,6 @@ def hold_if_early(
             return _invalid(d, record, exc)
         d.rt.ledger.set_fields(d.delivery_id, send_at=repr(send_at.timestamp()))
     now = time.time()
-    if record.fields.get(PROVIDER_SCHEDULED) == "1":
-        return _at_provider_run(d, record, float(record.fields[SCHEDULED_FOR]), now)
     due = due_at(d, now)
     if due is None:
         return None
@@ -124,9 +128,13 @@ def held_at_provider(d: Delivery, outcome: SendOutcome, previous_attempts: int) 
     return Done(held)
 
 
-def _at_provider_run(d: Delivery, record: DeliveryRecord, due: float, now: float) -> Done:
-    """A run of a delivery the provider holds: ``sent`` once its time has come (the provider
-    sends it then; a cancel had to reach the provider before), else held again."""
+def at_provider_run(d: Delivery, record: DeliveryRecord) -> Done | None:
+    """A run of a delivery its provider holds (``None`` for any other): ``sent`` once its time
+    has come (the provider sends it then; a cancel had to reach the provider before), else held
+    again. Before the deadline check: the provider accepted it while its deadline was ahead."""
+    if record.fields.get(PROVIDER_SCHEDULED) != "1":
+        return None
+    due, now = float(record.fields[SCHEDULED_FOR]), time.time()
     stored = record.fields.get(SCHEDULED_RESULT)
     if now < due or not stored:
         d.rt.ledger.hold(d.delivery_id, due)
