@@ -18,26 +18,13 @@ from worker.providers import SendOutcome
 from worker.redaction import scrub
 from worker.tracking.service import track_sent
 
-__all__ = ["expire", "finish", "park", "sent", "wait"]
+__all__ = ["expire", "finish", "park", "sent", "sent_result", "wait"]
 
 log = structlog.get_logger(__name__)
 
 
 def sent(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
-    result = DeliveryResult(
-        status="sent",
-        delivery_id=d.delivery_id,
-        channel=d.channel,
-        provider=d.provider,
-        provider_message_ids=mask_ids(outcome.provider_message_ids),
-        rejected_recipients={
-            k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
-        },
-        attempts=previous_attempts + 1,
-        cost=outcome.cost,
-        currency=outcome.currency,
-        warnings=list(outcome.warnings),
-    )
+    result = sent_result(d, outcome, previous_attempts)
     if outcome.warnings:
         unsent = [w.partition(":")[0] for w in outcome.warnings]
         log.warning("delivery.fields_not_sent", fields=unsent)
@@ -53,6 +40,24 @@ def sent(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
     track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
+
+
+def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> DeliveryResult:
+    """The ``sent`` result of an accepted send (provider ids masked, reasons scrubbed)."""
+    return DeliveryResult(
+        status="sent",
+        delivery_id=d.delivery_id,
+        channel=d.channel,
+        provider=d.provider,
+        provider_message_ids=mask_ids(outcome.provider_message_ids),
+        rejected_recipients={
+            k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
+        },
+        attempts=previous_attempts + 1,
+        cost=outcome.cost,
+        currency=outcome.currency,
+        warnings=list(outcome.warnings),
+    )
 
 
 def finish(d: Delivery, state: str, attempts: int, *, error: ErrorInfo) -> Done:

@@ -16,12 +16,13 @@ from worker.delivery.reconcile import settle_earlier_send
 from worker.delivery.record import answer_from_ledger, guarded, load
 from worker.delivery.results import Done, Outcome, failed_result
 from worker.delivery.routing import choose_provider
+from worker.delivery.schedule import at_provider_run, hold_if_early, native_context
 from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
 from worker.metrics import record as metrics
 from worker.models import InvalidMessage
-from worker.providers import parse_message
+from worker.providers import Driver, parse_message
 from worker.runtime import Runtime
 
 __all__ = ["process"]
@@ -47,9 +48,15 @@ def _attempt(d: Delivery) -> Outcome:
     record = load(d)
     if record.final:
         return answer_from_ledger(d, record)
+    at_provider = at_provider_run(d, record)
+    if at_provider is not None:
+        return at_provider
     stop = check_time(d, record)
     if stop is not None:
         return stop
+    held = hold_if_early(d, record, lambda: _named_driver(d))
+    if held is not None:
+        return held
     structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
     chosen = choose_provider(d, record.attempts)
     if not isinstance(chosen, str):
@@ -62,12 +69,23 @@ def _attempt(d: Delivery) -> Outcome:
         driver = d.rt.driver(chosen)
     except DeliveryError as exc:
         return settle_error(d, Failure(exc, record.attempts))
-    ctx = send_context(d, record, driver)
+    ctx = native_context(d, send_context(d, record, driver), driver)
     stop = settle_earlier_send(d, record, driver, ctx)
     if stop is not None:
         return stop
     assert not d.past_deadline  # settle_earlier_send always ends such a run
     return send(d, record, driver, ctx)
+
+
+def _named_driver(d: Delivery) -> Driver[Any] | None:
+    """The named provider's driver, for native scheduling; ``None`` for a routed email or a
+    provider this worker cannot build (the send step reports that)."""
+    if d.routed:
+        return None
+    try:
+        return d.rt.driver(d.message.provider or d.provider)
+    except DeliveryError:
+        return None
 
 
 def _invalid(
