@@ -18,8 +18,10 @@ from worker.guard.refusals import GUARD_HEADER
 from worker.ops.operations import Operations
 from worker.runtime import get_runtime
 
-__all__ = ["PARKED", "check_balances", "send_email", "send_sms", "send_voice", "sweep"]
+__all__ = ["PARKED", "SCHEDULED", "check_balances", "send_email", "send_sms", "send_voice", "sweep"]
 
+SCHEDULED = "SCHEDULED"
+"""Celery state of a delivery held until its ``send_at`` (in our schedule or at the provider)."""
 PARKED = "PARKED"
 """Celery state of a delivery parked while its provider is paused (out of credit)."""
 
@@ -37,6 +39,10 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
         # Same task id and message; budgets are counted in the ledger, not by Celery.
         raise task.retry(countdown=outcome.delay_s, max_retries=None)
     result = outcome.result.model_dump(mode="json", exclude_none=True)
+    if outcome.result.status == "scheduled":
+        # Held until its send_at (worker.scheduling): not finished, like a parked delivery.
+        task.update_state(state=SCHEDULED, meta=result)
+        raise Ignore()
     if outcome.result.status == "parked":
         # Not a ready state: the result backend keeps SUCCESS final (Celery's dedup guard), and
         # a parked delivery is not finished. ``AsyncResult.state`` reads PARKED with this dict

@@ -136,6 +136,8 @@ app = Celery("delivery-worker", include=["tasks"])
 app.conf.update(celery_config())
 # Every task message is checked before the pool (or Flower's argsrepr) touches it.
 app.conf.worker_consumer = "worker.guard:GuardedConsumer"
+# Each worker's main process publishes due scheduled messages (worker.scheduling.mover).
+app.steps["worker"].add("worker.scheduling.mover:MoverStep")
 
 
 @signals.setup_logging.connect

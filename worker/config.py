@@ -17,6 +17,8 @@ from worker.limits import MessageLimits
 from worker.providers import DRIVERS, PROVIDERS, channel_providers
 from worker.redaction import register_secret
 from worker.redis_client import check_urls as check_redis_urls
+from worker.scheduling.defaults import LEASE_S as SCHEDULE_LEASE_S
+from worker.scheduling.defaults import TICK_S as SCHEDULE_TICK_S
 from worker.stores.health import BreakerConfig
 from worker.stores.limiter import DEFAULT_SAFETY_MARGIN_S, Limit
 from worker.tracking.policy import DEFAULT_POLL, EVENTS_QUEUE, TASK_NAME, PollPolicy
@@ -145,6 +147,13 @@ class Settings(_ProviderSettings):
     is re-enqueued by the sweeper."""
     sweep_queued_after_s: float = Field(default=3600.0, ge=1)
     """A delivery still ``queued`` this long is re-enqueued (lost between broker and worker)."""
+    schedule_tick_s: float = Field(default=SCHEDULE_TICK_S, gt=0, le=1)
+    """The schedule mover's longest sleep between passes (``worker.scheduling.mover``)."""
+    quiet_hours: str = ""
+    """Per-channel sending windows (JSON, ``worker.scheduling.quiet``); empty: none."""
+    schedule_lease_s: float = Field(default=SCHEDULE_LEASE_S, ge=1)
+    """A due message the mover published is published again if its run has not started
+    within this long (its worker died, or the broker lost it)."""
 
     # Delivery status tracking (worker.tracking); defaults in worker.tracking.policy.
     events_task: str | None = None
@@ -214,6 +223,14 @@ class Settings(_ProviderSettings):
     """How long the receiver remembers a Postal envelope ``uuid`` (a retry is applied once)."""
     receiver_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     """Largest request body the receiver reads; a larger one is answered 413."""
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        from worker.scheduling.quiet import parse_quiet_hours
+
+        parse_quiet_hours(value)  # ValueError names the problem
+        return value
 
     @field_validator("providers", "queues", mode="before")
     @classmethod

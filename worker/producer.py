@@ -14,9 +14,10 @@ which, unlike ``AsyncResult.get()``, survives a Redis restart or failover.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.result import AsyncResult
@@ -27,13 +28,20 @@ from worker.models import Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
 from worker.redis_client import shared_redis
+from worker.scheduling.cancel import CancelResult, cancel_delivery
+from worker.scheduling.enqueue import hold_at_enqueue
+from worker.scheduling.rules import check_send_at
 from worker.stores import Ledger, RedisLedger
 from worker.tasknames import TASK_NAMES
+
+if TYPE_CHECKING:
+    from worker.runtime import Runtime
 
 __all__ = [
     "NotReplicated",
     "Producer",
     "WaitTimeout",
+    "cancel",
     "enqueue",
     "lookup",
     "send_email",
@@ -88,10 +96,13 @@ class Producer:
             wait_timeout_ms = get_settings().redis_wait_timeout_ms
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
+        self._cancel_runtime: Runtime | None = None
 
     def validate(self, channel: str, message: Any) -> Message:
         # The size and shape bounds the workers enforce (worker.limits), checked first.
-        return parse_message(channel, message, limits=get_settings().message_limits())
+        model = parse_message(channel, message, limits=get_settings().message_limits())
+        check_send_at(model.send_at, time.time())  # tolerance and horizon (worker.scheduling)
+        return model
 
     def enqueue(self, channel: str, message: Any, **options: Any) -> AsyncResult[Any]:
         model = self.validate(channel, message)
@@ -102,12 +113,23 @@ class Producer:
             channel=channel,
             provider=model.provider or "auto",
             idempotency_key=model.idempotency_key,
-            extra={"task_name": TASK_NAMES[channel], "message": json.dumps(body)},
+            extra={
+                "task_name": TASK_NAMES[channel],
+                "message": json.dumps(body),
+                # Where the schedule mover publishes it when due ("" = the default queue).
+                "queue": str(options.get("queue") or ""),
+            },
         )
         if not created:
             # Same idempotency key as an earlier enqueue: that delivery is the answer.
             self._replicated(existing)
             return AsyncResult(existing, app=self.app)
+        quiet = get_settings().quiet_hours
+        if set(options) <= {"queue"} and hold_at_enqueue(
+            self.app, self.ledger, model, delivery_id, quiet_hours=quiet
+        ):
+            # On the durable schedule at once: no task runs until it is due.
+            return AsyncResult(delivery_id, app=self.app)
         try:
             result = self.app.send_task(
                 TASK_NAMES[channel],
@@ -158,6 +180,26 @@ class Producer:
         """:meth:`wait` for several deliveries at once: id → result."""
         return wait_for_results(self.ledger, delivery_ids, timeout_s, parked=parked)
 
+    def cancel(self, delivery_id: str) -> CancelResult:
+        """Take a delivery back (:mod:`worker.scheduling.cancel`): one answer per id."""
+        if self._cancel_runtime is None:
+            from dataclasses import replace
+
+            from worker.runtime import Runtime
+            from worker.stores import Stores
+
+            # Cancelling uses this producer's ledger and, for a send scheduled at a provider,
+            # that provider's driver (its API key from DELIVERY_*); no other store.
+            stores = replace(Stores.in_memory(), ledger=self.ledger)
+            self._cancel_runtime = Runtime(get_settings(), stores=stores)
+        return cancel_delivery(self._cancel_runtime, self.app, delivery_id)
+
+    def close(self) -> None:
+        """Close what :meth:`cancel` opened (its HTTP client for provider cancels)."""
+        if self._cancel_runtime is not None:
+            self._cancel_runtime.close()
+            self._cancel_runtime = None
+
     def lookup(self, delivery_id: str) -> dict[str, Any] | None:
         """The delivery's ledger record (state, attempts, timestamps, result), or ``None``."""
         record = self.ledger.get(delivery_id)
@@ -176,6 +218,12 @@ def _producer() -> Producer:
 
 def enqueue(channel: str, message: Any, **options: Any) -> AsyncResult[Any]:
     return _producer().enqueue(channel, message, **options)
+
+
+def cancel(delivery_id: str) -> CancelResult:
+    """Cancel a delivery not yet sent, or scheduled at its provider; see
+    :mod:`worker.scheduling.cancel` for the answers (``result.answer``)."""
+    return _producer().cancel(delivery_id)
 
 
 def lookup(delivery_id: str) -> dict[str, Any] | None:

@@ -43,7 +43,13 @@ from datetime import datetime
 from typing import Any
 
 from delivery_sandbox.providers.base import EMAIL_RE, Env, local_part
-from delivery_sandbox.providers.partner import Invalid, PartnerProvider, check_schedule, check_tag
+from delivery_sandbox.providers.partner import (
+    Invalid,
+    PartnerProvider,
+    check_schedule,
+    check_tag,
+    provider_now,
+)
 from delivery_sandbox.ratelimit import Window
 from delivery_sandbox.wire import AcceptedMessage, Reply, Request
 
@@ -110,7 +116,7 @@ class MailPartnerProvider(PartnerProvider):
         problems += check_tag(fields.get("tag"), min_chars=3)
         if problems:
             return self.invalid(problems)
-        _, schedule = check_schedule(fields, datetime.now())  # checked by _first_failure
+        _, schedule = check_schedule(fields, provider_now())  # checked by _first_failure
         recipients = list(dict.fromkeys(e["email"] for e in fields["params"]["to"]))
         sandboxed = fields.get("sandbox") in (1, "1", True)
         now = self.env.now()
@@ -324,7 +330,7 @@ def _check_schedule_codes(fields: dict[str, Any]) -> Failure | None:
         if fields.get("time") not in (None, "") or fields.get("minute") not in (None, ""):
             return 45, "La date est requise"
         return None
-    problems, _ = check_schedule(fields, datetime.now())
+    problems, _ = check_schedule(fields, provider_now())
     for problem in problems:
         if problem.field == "time":
             return 46, problem.message

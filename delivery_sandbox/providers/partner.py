@@ -17,11 +17,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from delivery_sandbox.providers.base import Provider
 from delivery_sandbox.wire import Reply, Request, json_reply
 
-__all__ = ["Invalid", "PartnerProvider", "Schedule", "check_schedule", "check_tag", "element"]
+__all__ = [
+    "PROVIDER_TZ",
+    "Invalid",
+    "PartnerProvider",
+    "Schedule",
+    "check_schedule",
+    "check_tag",
+    "element",
+    "provider_now",
+]
 
 TAG_RE = re.compile(r"^[a-z0-9_-]+$")
 
@@ -35,6 +45,12 @@ class Invalid:
 
     def as_json(self) -> dict[str, str]:
         return {"elementId": element(self.field), "message": self.message}
+
+
+# [INFERRED] providers.md gives the schedule fields (§1.2.2, §2.2) without a time zone; the
+# platform is French and the same company's Voice Partner API names Europe/Paris in its dates
+# (§3.2, audio files' created_at). The sandbox reads them in Paris time, as the worker sends them.
+PROVIDER_TZ = ZoneInfo("Europe/Paris")
 
 
 def element(field: str) -> str:
@@ -120,8 +136,14 @@ def check_tag(value: Any, *, min_chars: int) -> list[Invalid]:
     return []
 
 
+def provider_now() -> datetime:
+    """The platform's wall clock: Paris time (PROVIDER_TZ)."""
+    return datetime.now(PROVIDER_TZ)
+
+
 def check_schedule(fields: dict[str, Any], now: datetime) -> tuple[list[Invalid], Schedule | None]:
-    """``scheduledDeliveryDate`` (dd/mm/YYYY) + ``time`` (0-24) + ``minute`` (0-55, step 5)."""
+    """``scheduledDeliveryDate`` (dd/mm/YYYY) + ``time`` (0-24) + ``minute`` (0-55, step 5),
+    read in Paris time (PROVIDER_TZ); ``now`` is aware."""
     date_text = fields.get("scheduledDeliveryDate")
     if date_text is None or date_text == "":
         return [], None
@@ -143,7 +165,7 @@ def check_schedule(fields: dict[str, Any], now: datetime) -> tuple[list[Invalid]
         problems.append(Invalid("minute", "La minute doit être un multiple de 5 entre 0 et 55"))
     if problems or day is None or hour is None or minute is None:
         return problems, None
-    when = day.replace(hour=min(hour, 23), minute=minute)
+    when = day.replace(hour=min(hour, 23), minute=minute, tzinfo=PROVIDER_TZ)
     if hour == 24:
         when = when.replace(hour=23, minute=59)
     if when < now:

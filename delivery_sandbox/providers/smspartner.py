@@ -46,6 +46,7 @@ from delivery_sandbox.providers.partner import (
     Schedule,
     check_schedule,
     check_tag,
+    provider_now,
 )
 from delivery_sandbox.ratelimit import Window
 from delivery_sandbox.wire import AcceptedMessage, Reply, Request
@@ -540,5 +541,5 @@ def _check_options(fields: dict[str, Any]) -> tuple[list[Invalid], Schedule | No
     for flag in ("isUnicode", "isStopSms", "sandbox"):
         if fields.get(flag) not in (None, 0, 1, "0", "1", True, False):
             problems.append(Invalid(flag, "La valeur doit être 0 ou 1"))
-    schedule_problems, schedule = check_schedule(fields, datetime.now())
+    schedule_problems, schedule = check_schedule(fields, provider_now())
     return problems + schedule_problems, schedule

@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from delivery_sandbox.providers.base import EMAIL_RE, Env, Provider
+from delivery_sandbox.providers.partner import PROVIDER_TZ
 from delivery_sandbox.providers.smspartner import normalize_number
 from delivery_sandbox.ratelimit import Window
 from delivery_sandbox.wire import AcceptedMessage, Reply, Request, json_reply
@@ -150,7 +151,10 @@ class VoicePartnerProvider(Provider):
         campaign_id = "".join(secrets.choice(ID_ALPHABET) for _ in range(10))
         scheduled = fields.get("scheduledDate")
         due = (
-            datetime.strptime(scheduled, "%Y-%m-%d %H:%M:%S").timestamp()
+            # [INFERRED] Paris time, as the Partner platform (delivery_sandbox.providers.partner).
+            datetime.strptime(scheduled, "%Y-%m-%d %H:%M:%S")
+            .replace(tzinfo=PROVIDER_TZ)
+            .timestamp()
             if isinstance(scheduled, str) and scheduled
             else self.env.now()
         )

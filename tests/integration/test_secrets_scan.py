@@ -490,3 +490,98 @@ def test_task_waiting_in_the_worker_is_redacted_in_flowers_worker_view(
     finally:
         # Never leave a send behind for later tests' sandbox.
         assert pending.get(timeout=RESULT_TIMEOUT_S)["status"] == "sent"
+
+
+# -- the tracking receiver ------------------------------------------------------------------------
+
+RECEIVER_SECRET = "scan-tracking-secret-5150-0123456789abcdef"
+RECEIVER_BODY = "BODY-CANARY-HOOK-6093"
+HOOK_TO = ("canary.hook@example.com", "canary.hook.cc@example.com")
+HOOK_NUMBER = "+33677731009"
+
+
+@pytest.fixture(scope="module")
+def receiver(
+    stack_env: dict[str, str], sandbox_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proc]:
+    """``delivery-worker receiver`` on the session's broker, trusting the sandbox's Postal key;
+    the session worker applies what it publishes. DEBUG: it logs all it ever would."""
+    from devstack.receiver import start_receiver
+
+    key = httpx.get(sandbox_url + "/_admin/webhooks", timeout=10).json()["postal"]["public_key"]
+    env = {
+        **stack_env,
+        "DELIVERY_POSTAL_WEBHOOK_PUBLIC_KEY": key,
+        "DELIVERY_TRACKING_SECRET": RECEIVER_SECRET,
+        "DELIVERY_LOG_FORMAT": "json",
+        "DELIVERY_LOG_LEVEL": "DEBUG",
+    }
+    proc = start_receiver(Path(tmp_path_factory.mktemp("receiver")), env)
+    yield proc
+    proc.stop()
+
+
+def test_the_receivers_log_holds_no_key_secret_token_body_or_address(
+    receiver: Proc,
+    worker_proc: Proc,
+    producer: Producer,
+    sandbox: SandboxAdmin,
+    stack_env: dict[str, str],
+) -> None:
+    from delivery_sandbox.webhooks import PostalSigner
+    from worker.tracking.callbacks import callback_token
+
+    url = str(receiver.extra["url"])
+    token = callback_token(RECEIVER_SECRET, "voicepartner", "dlv-scan-1")
+    canaries = {
+        **key_canaries(stack_env),
+        **personal_canaries(RECEIVER_BODY, (*HOOK_TO, SENDER), (HOOK_NUMBER,)),
+        "tracking secret": RECEIVER_SECRET,
+        "hint token": token,
+    }
+    # The real push: a Postal send through the worker; the sandbox signs a MessageSent per
+    # recipient (addresses, subject and message token inside) and posts it to the receiver.
+    sandbox.http.post("/_admin/webhooks", json={"postal_url": url + "/hooks/postal"})
+    message = email("postal", HOOK_TO[0], RECEIVER_BODY, cc=[{"email": HOOK_TO[1]}])
+    assert producer.enqueue("email", message).get(timeout=RESULT_TIMEOUT_S)["status"] == "sent"
+    deadline = time.monotonic() + RESULT_TIMEOUT_S
+    attempts: list[dict[str, Any]] = []
+    while len(attempts) < 2 and time.monotonic() < deadline:
+        attempts = sandbox.http.get("/_admin/webhooks").json()["attempts"]
+        time.sleep(0.1)
+    assert [a["status"] for a in attempts] == [200, 200], attempts
+
+    # A hint with its token and a body full of canaries; refusals that echo nothing back.
+    hostile = {"phoneNumber": HOOK_NUMBER, "text": RECEIVER_BODY, "to": HOOK_TO[0]}
+    assert httpx.post(f"{url}/hooks/voicepartner/dlv-scan-1/{token}", data=hostile).status_code == (
+        200
+    )
+    bad = f"{url}/hooks/voicepartner/{HOOK_TO[0]}/{token}"
+    assert httpx.post(bad, data=hostile).status_code in (403, 404)
+    forged_body = json.dumps({"event": "MessageSent", "uuid": "u-scan", "timestamp": time.time(),
+                              "payload": {"message": {"id": 1, "to": HOOK_TO[0]},
+                                          "details": RECEIVER_BODY}}).encode()  # fmt: skip
+    forged = PostalSigner().headers(forged_body)
+    assert httpx.post(f"{url}/hooks/postal", content=forged_body, headers=forged).status_code == (
+        403
+    )
+    assert httpx.post(f"{url}/hooks/postal", content=forged_body).status_code == 401
+    time.sleep(0.5)
+
+    text = receiver.log_path.read_text(errors="replace")
+    lines = text.splitlines()
+    assert lines[0].startswith("receiver listening on http://127.0.0.1:")
+    logged = [json.loads(line) for line in lines[1:] if line.strip()]  # every other line JSON
+    names = [e["event"] for e in logged]
+    assert names.count("receiver.published") >= 3 and "receiver.refused" in names, names
+    for number, line in enumerate(lines, 1):
+        assert leaks(line, canaries) == [], (number, line)
+    # The worker applied the receiver's events; its log stays clean too.
+    deadline = time.monotonic() + RESULT_TIMEOUT_S
+    worker_log = ""
+    while "Task delivery.track_events[" not in worker_log and time.monotonic() < deadline:
+        time.sleep(0.2)
+        worker_log = worker_proc.log_path.read_text(errors="replace")
+    assert "Task delivery.track_events[" in worker_log
+    for number, line in enumerate(worker_log.splitlines()):
+        assert leaks(line, canaries) == [], (number, line)

@@ -61,16 +61,18 @@ def test_code_22_defers_one_message_while_another_sms_is_sent_at_once(
 
         record = run.ledger.get(refused)
         assert record is not None
-        assert (record.state, record.fields.get("waiting_reason")) == ("waiting", "deferred")
+        # Held on the durable schedule until the slot (worker.scheduling), not polled.
+        assert (record.state, record.fields.get("waiting_reason")) == ("scheduled", "deferred")
         slot = datetime.fromtimestamp(float(record.fields["not_before"]), PROVIDER_TZ)
         assert (slot.hour, slot.minute) == (8, 0) and slot.weekday() != 6
         assert slot.timestamp() > time.time()
         assert (record.attempts, record.throttled) == (0, 0)
 
-        # Runs before the slot wait again without asking the provider: one /send for it only.
-        time.sleep(3)  # > DELIVERY_RETRY_BACKOFF_MAX_S: its task has run again meanwhile
+        # Until the slot nothing runs: no countdown polling, one /send for it only.
+        time.sleep(3)  # > DELIVERY_RETRY_BACKOFF_MAX_S: a Celery countdown would have run
         sends = [r for r in run.admin.requests("smspartner") if r["route"] == "/send"]
         assert len(sends) == 2, sends
         again = run.ledger.get(refused)
-        assert again is not None and again.state == "waiting"
-        assert again.updated_at > record.updated_at  # it did run again, and only waited
+        assert again is not None and again.state == "scheduled"
+        assert again.updated_at == record.updated_at  # it did not run again
+        assert run.ledger.redis.zscore("dw:scheduled", refused) == slot.timestamp()

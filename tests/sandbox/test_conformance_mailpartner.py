@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from delivery_sandbox import DEFAULT_KEYS
+from delivery_sandbox.providers.partner import PROVIDER_TZ
 from worker.models import EmailMessage
 from worker.providers.base import SendContext
 from worker.providers.mailpartner import MailPartnerDriver
@@ -122,7 +123,7 @@ def test_first_failure_only(client):
 
 
 def future(minutes: int) -> dict[str, Any]:
-    when = datetime.now() + timedelta(minutes=minutes)
+    when = datetime.now(PROVIDER_TZ) + timedelta(minutes=minutes)
     when -= timedelta(minutes=when.minute % 5, seconds=when.second)  # 5-minute steps (§2.2)
     return {"scheduledDeliveryDate": when.strftime("%d/%m/%Y"), "time": when.hour,
             "minute": when.minute}  # fmt: skip
@@ -168,7 +169,11 @@ def test_cancel_refused_when_sent_or_too_close(client, sandbox):
     # §2.2 code 7: already sent (an immediate send goes at once).
     assert cancel(client, send(client, body())["messageId"])["code"] == 7
     scheduled = send(client, body(**future(90)))
-    due = datetime.strptime(scheduled["scheduledDeliveryDate"], "%Y-%m-%d %H:%M:%S").timestamp()
+    due = (
+        datetime.strptime(scheduled["scheduledDeliveryDate"], "%Y-%m-%d %H:%M:%S")
+        .replace(tzinfo=PROVIDER_TZ)
+        .timestamp()
+    )
     # The sandbox's clock moved forward: 4 minutes before the time is too close (code 6,
     # "<5 min before the scheduled time"), and after it the mail is sent (code 7).
     sandbox.env.now = lambda: due - 4 * 60  # type: ignore[method-assign]

@@ -14,6 +14,7 @@ import pytest
 from delivery_sandbox import DEFAULT_KEYS
 from delivery_sandbox.__main__ import build_parser
 from delivery_sandbox.config import Limits
+from delivery_sandbox.providers.partner import PROVIDER_TZ
 from worker.errors import AccountBlockedError, PermanentError
 from worker.models import VoiceMessage
 from worker.providers.base import SendContext
@@ -37,7 +38,7 @@ def post(client: httpx.Client, command: str, payload: dict[str, Any]) -> httpx.R
 
 def later(minutes: int) -> str:
     # §3.2 scheduledDate: "YYYY-mm-dd H:m:00".
-    return (datetime.now() + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:00")
+    return (datetime.now(PROVIDER_TZ) + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:00")
 
 
 def test_post_key_goes_in_the_body_and_get_key_in_the_path(client):

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import httpx
 import pytest
 
+from delivery_sandbox.providers.partner import PROVIDER_TZ
 from delivery_sandbox.providers.smspartner import segments
 
 BASE = "/smspartner/v1"
@@ -188,7 +189,7 @@ def test_status_goes_from_waiting_to_delivered(make_sandbox):
 
 
 def test_scheduled_send_can_be_cancelled_and_is_refunded(client):
-    when = datetime.now() + timedelta(days=2)
+    when = datetime.now(PROVIDER_TZ) + timedelta(days=2)
     schedule = {"scheduledDeliveryDate": when.strftime("%d/%m/%Y"), "time": 9, "minute": 30}
     sent = send(client, body(**schedule)).json()
     assert sent["scheduledDeliveryDate"].endswith("09:30:00")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +25,10 @@ from delivery_sandbox.lifecycle import StatusChange
 from delivery_sandbox.webhooks import POSTAL_RETRY_DELAYS_S
 
 POSTAL_KEY = {"X-Server-API-Key": "sandbox-postal-key"}
+QUIET_S = 3600.0
+"""The sandbox's delivery timeline pushes by itself (a Postal send is ``Sent`` at once, an SMS
+``Delivered`` after a second); these tests publish each change by hand, so the timeline's own
+moves are put an hour away and only the hand-made push is seen."""
 MESSAGE_KEYS = {
     "id", "token", "direction", "message_id", "to", "from", "subject", "timestamp",
     "spam_status", "tag",
@@ -38,6 +42,13 @@ STATUS_PAYLOAD_KEYS = {
     "timestamp",
     "time",
 }
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Callable[..., Sandbox]) -> Sandbox:
+    return make_sandbox(
+        config={"postal_delivery_delay_s": QUIET_S, "sms_delivery_delay_s": QUIET_S}
+    )
 
 
 @dataclass

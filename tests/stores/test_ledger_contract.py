@@ -388,3 +388,130 @@ def test_one_creation_wins_a_race_on_an_idempotency_key(h: Harness) -> None:
     winners = [r for r in results if r[1]]
     assert len(winners) == 1
     assert {r[0] for r in results} == {winners[0][0]}
+
+
+# -- the schedule and cancellation (worker.scheduling) -------------------------------------------
+
+MESSAGE = {"task_name": "tasks.send_sms", "message": '{"text": "hi"}', "queue": "delivery"}
+
+
+def test_hold_puts_a_delivery_on_the_schedule_and_out_of_the_sweepers_sight(h: Harness) -> None:
+    new(h.ledger, "d1", MESSAGE)
+    assert h.ledger.hold("d1", T0 + 60, result='{"status": "scheduled"}')
+    record = h.ledger.get("d1")
+    assert record is not None and record.state == "scheduled" and not record.final
+    assert record.fields["result"] == '{"status": "scheduled"}'
+    assert h.ledger.next_due() == T0 + 60 and h.ledger.schedule_size() == 1
+    h.clock.advance(4000)
+    assert h.ledger.stale(0) == []  # the mover watches it, not the sweeper
+    assert not h.ledger.hold("missing", T0)
+
+
+def test_claim_due_leases_each_entry_to_one_mover(h: Harness) -> None:
+    for i in range(3):
+        new(h.ledger, f"d{i}", MESSAGE)
+        h.ledger.hold(f"d{i}", T0 + 10 * i)
+    assert h.ledger.claim_due(T0 - 1, 5.0) == []
+    first = h.ledger.claim_due(T0 + 10, 5.0)
+    assert [e.delivery_id for e in first] == ["d0", "d1"]
+    assert (first[0].task_name, first[0].message, first[0].queue) == (
+        "tasks.send_sms",
+        '{"text": "hi"}',
+        "delivery",
+    )
+    # Another mover's pass (the claim is one atomic step; Redis: another connection would do
+    # the same script) finds nothing until the lease ends.
+    assert h.ledger.claim_due(T0 + 12, 5.0) == []  # leased until T0 + 15
+    again = h.ledger.claim_due(T0 + 15, 5.0)  # the lease ended: its run never started
+    assert [e.delivery_id for e in again] == ["d0", "d1"]
+    assert [e.claimed_before for e in first] == [0, 0]
+    assert [e.claimed_before for e in again] == [1, 1]
+    h.ledger.hold("d0", T0 + 100)  # held again (an early copy): a new first claim
+    later = {e.delivery_id: e.claimed_before for e in h.ledger.claim_due(T0 + 100, 5.0)}
+    assert later == {"d0": 0, "d1": 2, "d2": 0}
+
+
+def test_leaving_scheduled_takes_the_delivery_off_the_schedule(h: Harness) -> None:
+    new(h.ledger, "d1", MESSAGE)
+    h.ledger.hold("d1", T0)
+    assert h.ledger.transition("d1", "sending")
+    assert h.ledger.schedule_size() == 0
+    assert h.ledger.claim_due(T0 + 100, 5.0) == []
+    assert h.ledger.stale(0) == ["d1"]  # in flight: the sweeper's again
+
+
+def test_an_entry_whose_record_is_no_longer_scheduled_is_dropped(h: Harness) -> None:
+    new(h.ledger, "d1", MESSAGE)
+    h.ledger.hold("d1", T0)
+    h.ledger.set_fields("d1", state="sent")  # as if written by an older release
+    assert h.ledger.claim_due(T0 + 1, 5.0) == []
+    assert h.ledger.schedule_size() == 0
+
+
+def test_cancel_is_final_and_refused_once_sending_or_finished(h: Harness) -> None:
+    for name in ("queued", "waiting", "scheduled", "sending", "sent"):
+        new(h.ledger, name, MESSAGE)
+        if name == "scheduled":
+            h.ledger.hold(name, T0 + 60)
+        elif name != "queued":
+            h.ledger.transition(name, name)
+    answers = {
+        n: h.ledger.cancel(n, result='{"status": "cancelled"}')
+        for n in ("queued", "waiting", "scheduled", "sending", "sent", "nope")
+    }
+    assert {n: (a.outcome, a.state) for n, a in answers.items()} == {
+        "queued": ("cancelled", "queued"),
+        "waiting": ("cancelled", "waiting"),
+        "scheduled": ("cancelled", "scheduled"),
+        "sending": ("sending", "sending"),
+        "sent": ("final", "sent"),
+        "nope": ("unknown", ""),
+    }
+    record = h.ledger.get("scheduled")
+    assert record is not None and record.state == "cancelled" and record.final
+    assert record.fields["result"] == '{"status": "cancelled"}' and "cancelled_at" in record.fields
+    assert h.ledger.schedule_size() == 0 and "cancelled" in FINAL_STATES
+    # Final: no send gate can move it on, and a second cancel says so.
+    assert not h.ledger.transition("scheduled", "sending")
+    assert not h.ledger.hold("scheduled", T0)
+    assert h.ledger.cancel("scheduled", result="{}").outcome == "final"
+
+
+def test_a_delivery_scheduled_at_its_provider_is_cancelled_there_first(h: Harness) -> None:
+    new(h.ledger, "d1", MESSAGE)
+    h.ledger.hold("d1", T0 + 600, provider_scheduled="1")
+    assert h.ledger.cancel("d1", result="{}").outcome == "provider"
+    assert h.ledger.get("d1").state == "scheduled"  # type: ignore[union-attr]
+    assert h.ledger.cancel("d1", result="{}", at_provider=True).outcome == "cancelled"
+
+
+def _race(ledger: Ledger, delivery_id: str) -> dict[str, bool]:
+    """A send's gate and a cancel started together on one scheduled delivery."""
+    won: dict[str, bool] = {}
+    barrier = threading.Barrier(2)
+
+    def gate() -> None:
+        barrier.wait()
+        won["send"] = ledger.transition(delivery_id, "sending")
+
+    def cancel() -> None:
+        barrier.wait()
+        won["cancel"] = ledger.cancel(delivery_id, result="{}").outcome == "cancelled"
+
+    threads = [threading.Thread(target=gate), threading.Thread(target=cancel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
+def test_cancel_and_send_gate_race_to_exactly_one_winner(h: Harness) -> None:
+    for round_ in range(30):
+        delivery_id = f"r{round_}"
+        new(h.ledger, delivery_id, MESSAGE)
+        h.ledger.hold(delivery_id, T0)
+        won = _race(h.ledger, delivery_id)
+        assert won["send"] != won["cancel"], won
+        state = h.ledger.get(delivery_id).state  # type: ignore[union-attr]
+        assert state == ("sending" if won["send"] else "cancelled")

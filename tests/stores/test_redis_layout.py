@@ -11,6 +11,7 @@ import json
 import redis
 
 from worker.stores.ledger import ACTIVE_KEY, DEAD_KEY, RedisLedger
+from worker.stores.ledger.redis import SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
 from worker.stores.parking import RedisParking
 
@@ -187,3 +188,21 @@ def test_tracking_keys(redis_client: redis.Redis) -> None:
     assert 0 < redis_client.ttl("dw:track:orphan:smspartner:99") <= 600
     assert store.outbox_lock("d1", "tok", 5)
     assert redis_client.get("dw:track:outlock:d1") == b"tok"
+
+
+def test_schedule_keys(redis_client: redis.Redis) -> None:
+    ledger = RedisLedger(redis_client, clock=FakeClock(T0))
+    ledger.create(
+        "d1", channel="sms", provider="smspartner", extra={"task_name": "t", "message": "{}"}
+    )
+    ledger.hold("d1", T0 + 30.25)
+    assert SCHEDULE_KEY == "dw:scheduled"
+    assert redis_client.zrange("dw:scheduled", 0, -1, withscores=True) == [(b"d1", T0 + 30.25)]
+    assert redis_client.hget("dw:delivery:d1", "state") == b"scheduled"
+    assert redis_client.zscore("dw:active", "d1") is None
+    ledger.claim_due(T0 + 31, 10.0)
+    assert redis_client.hgetall("dw:scheduled:claims") == {b"d1": b"1"}
+    assert redis_client.zscore("dw:scheduled", "d1") == T0 + 41  # leased
+    ledger.cancel("d1", result="{}")
+    assert redis_client.exists("dw:scheduled", "dw:scheduled:claims") == 0
+    assert redis_client.hget("dw:delivery:d1", "state") == b"cancelled"

@@ -480,12 +480,12 @@ def test_marketing_window_defers_this_message_and_holds_no_shared_budget(
     first, second = make_runtime(calls), make_runtime(calls)
     calls.answers.append(refuse(22))
     deferred = run(first, delivery_id="a")
-    assert isinstance(deferred, Retry) and deferred.reason == "deferred"
-    assert deferred.result.status == "waiting"
-    assert 0 < deferred.delay_s <= 30  # capped below the visibility timeout
+    # Held on the durable schedule until its slot (worker.scheduling), no Celery countdown.
+    assert isinstance(deferred, Done) and deferred.result.status == "scheduled"
     record = first.ledger.get("a")
     assert record is not None
     assert float(record.fields["not_before"]) > time.time()
+    assert first.ledger.next_due() == float(record.fields["not_before"])
     assert (record.attempts, record.throttled) == (0, 0)  # no error retry, not a throttle
     assert held_s(first) == 0.0 and held_s(second) == 0.0  # no hold on the shared budget
     # Another message goes out at once, on another worker sharing the SMS budget.
@@ -494,7 +494,8 @@ def test_marketing_window_defers_this_message_and_holds_no_shared_budget(
     assert first.health.allow_request("smspartner").allowed  # the breaker heard no failure
     # Before its slot, the deferred message waits again without calling the provider.
     again = run(first, delivery_id="a")
-    assert isinstance(again, Retry) and again.reason == "deferred"
+    assert isinstance(again, Done) and again.result.status == "scheduled"
+    assert first.ledger.get("a").state == "scheduled"  # type: ignore[union-attr]
     assert calls.paths() == ["/smspartner/v1/send", "/smspartner/v1/send"]
 
 

@@ -195,10 +195,12 @@ def test_defer_waits_for_not_before_on_no_budget(rt: Runtime) -> None:
     outcome = settle_error(
         delivery(rt), Failure(make(DeferredError, not_before=not_before), attempts=0)
     )
-    assert isinstance(outcome, Retry) and outcome.reason == "deferred"
-    assert 15 < outcome.delay_s <= 20
+    # Held on the durable schedule until the slot (worker.scheduling), not a Celery countdown.
+    assert isinstance(outcome, Done) and outcome.result.status == "scheduled"
+    assert rt.ledger.next_due() == pytest.approx(not_before)
     record = rt.ledger.get("d-1")
     assert record is not None and float(record.fields[NOT_BEFORE]) == pytest.approx(not_before)
+    assert (record.state, record.fields["waiting_reason"]) == ("scheduled", "deferred")
     assert counters(rt) == (0, 0)
     assert held_s(rt) == 0.0
     assert rt.metrics.read(P) == {"deferred": 1}

@@ -70,7 +70,11 @@ class Delivery:
     def deadline(self) -> float:
         if self.message.deadline is not None:
             return self.message.deadline.timestamp()
-        return self.created_at + self.settings.default_ttl_s
+        # A scheduled message's default lifetime starts at its time, not at enqueue.
+        start = self.created_at
+        if self.message.send_at is not None:
+            start = max(start, self.message.send_at.timestamp())
+        return start + self.settings.default_ttl_s
 
     def recipients(self) -> list[str]:
         """SMS numbers (the tag bookkeeping of reconciliation is per number)."""

@@ -6,7 +6,7 @@ import time
 
 from worker.delivery.context import NOT_BEFORE, OUTCOME_UNKNOWN, Delivery, as_float
 from worker.delivery.outcomes import expire, wait
-from worker.delivery.results import Outcome
+from worker.delivery.results import Done, Outcome
 from worker.stores import DeliveryRecord
 
 __all__ = ["check_time"]
@@ -20,6 +20,10 @@ def check_time(d: Delivery, record: DeliveryRecord) -> Outcome | None:
         return expire(d, record.attempts, "before the message was sent")
     not_before = as_float(record.fields.get(NOT_BEFORE))
     if not_before is not None and now < not_before:
+        if record.state == "scheduled":
+            # On the durable schedule until then (a deferred message): an early copy leaves
+            # it there (worker.scheduling).
+            return Done(d.result("scheduled", record.attempts))
         # Deferred, or within the grace after an unknown outcome: wait again, no provider call.
         reason = record.fields.get("waiting_reason") or "deferred"
         return wait(d, not_before - now, reason, record.attempts, ask_after_deadline=unknown)

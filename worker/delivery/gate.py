@@ -52,7 +52,13 @@ class SendGate:
     def __call__(self) -> None:
         d, now = self.d, repr(time.time())
         first = {} if FIRST_ATTEMPT_AT in self.record.fields else {FIRST_ATTEMPT_AT: now}
-        d.rt.ledger.transition(d.delivery_id, "sending", attempt_started_at=now, **first)
+        if not d.rt.ledger.transition(d.delivery_id, "sending", attempt_started_at=now, **first):
+            # Final meanwhile (a cancel won the race, atomically in the ledger): nothing leaves.
+            record = d.rt.ledger.get(d.delivery_id)
+            if record is not None and record.final:
+                from worker.delivery.record import answer_from_ledger
+
+                raise NotNow(answer_from_ledger(d, record))
         if self.ctx.tag_is_callers and self.ctx.tag:
             d.rt.ledger.note_tag_use(
                 d.provider, self.ctx.tag, d.recipients(), d.delivery_id, float(now)

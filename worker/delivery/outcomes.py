@@ -19,7 +19,7 @@ from worker.redaction import scrub
 from worker.stores.hotpath import Closing
 from worker.tracking.service import sent_tracking, track_sent
 
-__all__ = ["expire", "finish", "park", "sent", "wait"]
+__all__ = ["expire", "finish", "park", "sent", "sent_result", "wait"]
 
 log = structlog.get_logger(__name__)
 
@@ -28,20 +28,7 @@ def sent(
     d: Delivery, outcome: SendOutcome, previous_attempts: int, *, answered: bool = False
 ) -> Done:
     """``answered``: the provider answered this run's send (its breaker hears a success)."""
-    result = DeliveryResult(
-        status="sent",
-        delivery_id=d.delivery_id,
-        channel=d.channel,
-        provider=d.provider,
-        provider_message_ids=mask_ids(outcome.provider_message_ids),
-        rejected_recipients={
-            k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
-        },
-        attempts=previous_attempts + 1,
-        cost=outcome.cost,
-        currency=outcome.currency,
-        warnings=list(outcome.warnings),
-    )
+    result = sent_result(d, outcome, previous_attempts)
     if outcome.warnings:
         unsent = [w.partition(":")[0] for w in outcome.warnings]
         log.warning("delivery.fields_not_sent", fields=unsent)
@@ -68,6 +55,24 @@ def sent(
     metrics.finished(d.provider, d.channel, "sent", "none")
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
+
+
+def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> DeliveryResult:
+    """The ``sent`` result of an accepted send (provider ids masked, reasons scrubbed)."""
+    return DeliveryResult(
+        status="sent",
+        delivery_id=d.delivery_id,
+        channel=d.channel,
+        provider=d.provider,
+        provider_message_ids=mask_ids(outcome.provider_message_ids),
+        rejected_recipients={
+            k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
+        },
+        attempts=previous_attempts + 1,
+        cost=outcome.cost,
+        currency=outcome.currency,
+        warnings=list(outcome.warnings),
+    )
 
 
 def finish(d: Delivery, state: str, attempts: int, *, error: ErrorInfo) -> Done:

@@ -16,13 +16,14 @@ from worker.delivery.reconcile import settle_earlier_send
 from worker.delivery.record import answer_from_ledger, guarded, load
 from worker.delivery.results import Done, Outcome, failed_result
 from worker.delivery.routing import choose_provider
+from worker.delivery.schedule import at_provider_run, hold_if_early, native_context
 from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
 from worker.guard.refusals import MAIN_MARK_PREFIX
 from worker.metrics import record as metrics
 from worker.models import InvalidMessage
-from worker.providers import parse_message
+from worker.providers import Driver, parse_message
 from worker.runtime import Runtime
 
 __all__ = ["process"]
@@ -44,6 +45,9 @@ def process(
     ``guard_token``: the worker main process that handed this task to the pool holds a mark
     for it under this token (``worker.guard``); the run's first step clears it.
     """
+    # The pool process's previous task (another send, a tracking task) may have bound
+    # ``attempt`` or ``provider``: this attempt's log lines start from its own context only.
+    structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(delivery_id=delivery_id, channel=channel)
     mark = (MAIN_MARK_PREFIX + delivery_id, guard_token) if guard_token else None
     try:
@@ -60,9 +64,15 @@ def _attempt(d: Delivery) -> Outcome:
     record = load(d)
     if record.final:
         return answer_from_ledger(d, record)
+    at_provider = at_provider_run(d, record)
+    if at_provider is not None:
+        return at_provider
     stop = check_time(d, record)
     if stop is not None:
         return stop
+    held = hold_if_early(d, record, lambda: _named_driver(d))
+    if held is not None:
+        return held
     structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
     chosen = choose_provider(d, record.attempts)
     if not isinstance(chosen, str):
@@ -75,12 +85,23 @@ def _attempt(d: Delivery) -> Outcome:
         driver = d.rt.driver(chosen)
     except DeliveryError as exc:
         return settle_error(d, Failure(exc, record.attempts))
-    ctx = send_context(d, record, driver)
+    ctx = native_context(d, send_context(d, record, driver), driver)
     stop = settle_earlier_send(d, record, driver, ctx)
     if stop is not None:
         return stop
     assert not d.past_deadline  # settle_earlier_send always ends such a run
     return send(d, record, driver, ctx)
+
+
+def _named_driver(d: Delivery) -> Driver[Any] | None:
+    """The named provider's driver, for native scheduling; ``None`` for a routed email or a
+    provider this worker cannot build (the send step reports that)."""
+    if d.routed:
+        return None
+    try:
+        return d.rt.driver(d.message.provider or d.provider)
+    except DeliveryError:
+        return None
 
 
 def _invalid(

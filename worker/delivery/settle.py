@@ -20,7 +20,7 @@ import structlog
 
 from worker.delivery.context import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN, Delivery
 from worker.delivery.outcomes import expire, finish, park, wait
-from worker.delivery.results import Outcome, backoff_s
+from worker.delivery.results import Done, Outcome, backoff_s
 from worker.delivery.routing import candidates
 from worker.errors import DeferredError, DeliveryError, Policy
 from worker.metrics import record as metrics
@@ -132,10 +132,20 @@ def _defer(d: Delivery, failure: Failure) -> Outcome:
     if exc.not_before >= d.deadline():
         log.warning("delivery.deferred", **failure.log_fields())
         return expire(d, failure.attempts, "before the next allowed sending time")
-    d.rt.ledger.set_fields(d.delivery_id, **{NOT_BEFORE: repr(exc.not_before)})
     d.rt.metric(d.provider, "deferred")
     log.info("delivery.deferred", **failure.log_fields())
-    return wait(d, exc.not_before - time.time(), "deferred", failure.attempts)
+    # Held on the ledger's durable schedule until the slot (worker.scheduling), not by Celery
+    # countdowns capped below the visibility timeout that would run it every few minutes
+    # until then; the schedule mover publishes it when due.
+    result = d.result("scheduled", failure.attempts)
+    d.rt.ledger.hold(
+        d.delivery_id,
+        exc.not_before,
+        waiting_reason="deferred",
+        result=result.model_dump_json(),
+        **{NOT_BEFORE: repr(exc.not_before), "scheduled_for": repr(exc.not_before)},
+    )
+    return Done(result)
 
 
 def _pause(d: Delivery, failure: Failure) -> Outcome:

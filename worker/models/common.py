@@ -18,6 +18,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
@@ -145,7 +146,12 @@ class CommonFields(Strict):
     deadline: datetime | None = None
     """When the message stops being worth sending; after it, the delivery ends as ``expired``."""
 
-    @field_validator("deadline")
+    send_at: datetime | None = None
+    """Send no earlier than this (aware datetime, or ISO 8601 with an offset); see
+    ``worker.scheduling``. Checked against the clock at enqueue and when a worker first sees the
+    message (``worker.scheduling.rules``); here only its shape and its order with ``deadline``."""
+
+    @field_validator("deadline", "send_at")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is None:
@@ -156,6 +162,12 @@ class CommonFields(Strict):
             return v.astimezone(UTC)
         except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise ValueError("is out of range once converted to UTC") from None
+
+    @model_validator(mode="after")
+    def _send_at_before_deadline(self) -> CommonFields:
+        if self.send_at is not None and self.deadline is not None and self.send_at > self.deadline:
+            raise field_error("send_at", "must not be after deadline")
+        return self
 
 
 def field_error(field: str, message: str) -> ValueError:

@@ -22,7 +22,18 @@ class DeliveryResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: Literal["sent", "failed", "expired", "dead", "parked", "queued", "sending", "waiting"]
+    status: Literal[
+        "sent",
+        "failed",
+        "expired",
+        "dead",
+        "parked",
+        "queued",
+        "sending",
+        "waiting",
+        "scheduled",
+        "cancelled",
+    ]
     delivery_id: str
     channel: Channel
     provider: str | None = None

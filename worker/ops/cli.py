@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.ops.send import add_send_parser
 
     add_send_parser(sub)
+
+    from worker.ops import cancel as cancel_command
+
+    cancel_command.register(sub)
     return parser
 
 

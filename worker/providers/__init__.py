@@ -18,7 +18,14 @@ import httpx
 from worker.limits import MessageLimits
 from worker.models import EmailMessage, InvalidMessage, Message, parse_shape
 from worker.providers.base import Driver
-from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
+from worker.providers.types import (
+    Balance,
+    CancelAtProvider,
+    Gate,
+    RuleViolation,
+    SendContext,
+    SendOutcome,
+)
 from worker.stores.limiter import Limit
 
 __all__ = [
@@ -26,6 +33,7 @@ __all__ = [
     "DRIVERS",
     "PROVIDERS",
     "Balance",
+    "CancelAtProvider",
     "Driver",
     "Gate",
     "RuleViolation",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
@@ -45,12 +46,27 @@ from worker.http import join_url, map_transport_error, parse_retry_after, read_b
 from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
 from worker.providers._util import as_float, provider_id
 from worker.providers.lookup import LookupTarget
-from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
+from worker.providers.types import (
+    Balance,
+    CancelAtProvider,
+    Gate,
+    RuleViolation,
+    SendContext,
+    SendOutcome,
+)
 from worker.redaction import register_secret
 from worker.stores.limiter import Limit
 from worker.tracking.events import DeliveryEvent
 
-__all__ = ["Balance", "Driver", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
+__all__ = [
+    "Balance",
+    "CancelAtProvider",
+    "Driver",
+    "Gate",
+    "RuleViolation",
+    "SendContext",
+    "SendOutcome",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -269,6 +285,30 @@ class Driver(ABC, Generic[M]):
         then decides whether a resend is acceptable.
         """
         return None
+
+    # -- provider-native scheduling and cancel (worker.scheduling) ------------------------------
+
+    native_schedule_min_lead_s: ClassVar[float | None] = None
+    """``None``: the provider cannot schedule a send (the worker holds the message until its
+    ``send_at``). Otherwise the least time ahead a ``send_at`` must be to be handed over; a
+    nearer one is held by the worker, which can still cancel it up to the last moment."""
+
+    @classmethod
+    def native_schedule_fits(cls, when: datetime) -> bool:
+        """Whether the provider's schedule format expresses ``when`` exactly."""
+        return False
+
+    def schedule_fields(self, when: datetime) -> dict[str, Any]:
+        """The request fields that schedule a send at ``when`` (only called when it fits)."""
+        raise NotImplementedError
+
+    def scheduled_payload(self, ctx: SendContext) -> dict[str, Any]:
+        """For ``build_request``: the schedule fields of a natively scheduled send, else ``{}``."""
+        return {} if ctx.schedule_at is None else self.schedule_fields(ctx.schedule_at)
+
+    def cancel_scheduled(self, provider_message_id: str) -> CancelAtProvider:
+        """Cancel a send scheduled at the provider."""
+        return CancelAtProvider("error", f"{self.name} has no cancel endpoint")
 
     # -- helpers for provider modules ----------------------------------------------------------
 

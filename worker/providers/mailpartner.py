@@ -164,6 +164,7 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
         # check_message refuses a tag outside TAG (the whole message would be refused, §2.2).
         if message.tag is not None:
             payload["tag"] = message.tag
+        payload.update(self.scheduled_payload(ctx))  # §2.2 schedule fields (worker.scheduling)
         return self.post_json("send", self.auth_body(payload))
 
     def parse_response(

@@ -29,7 +29,7 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.providers._util import as_float, as_int
-from worker.providers.base import Balance, Driver, M
+from worker.providers.base import Balance, CancelAtProvider, Driver, M
 
 __all__ = ["PROVIDER_TZ", "PartnerDriver", "next_marketing_slot"]
 
@@ -114,6 +114,50 @@ class PartnerDriver(Driver[M]):
             message, provider=self.name, status_code=response.status_code, provider_code=code
         )
 
+    # -- native scheduling and cancel (§1.2.2, §1.2.6, §2.2) ------------------------------------
+
+    # A send can be cancelled until 5 minutes before its time (§1.2.6, §2.2 code 6). A send_at
+    # nearer than 6 minutes is held by the worker instead, which can cancel it to the last
+    # moment; further ahead it is handed over at once and survives our own downtime.
+    native_schedule_min_lead_s: ClassVar[float | None] = 6 * 60.0
+
+    @classmethod
+    def native_schedule_fits(cls, when: datetime) -> bool:
+        """``scheduledDeliveryDate`` (dd/mm/YYYY) + ``time`` (hour) + ``minute`` (0-55, steps of
+        5) express whole 5-minute marks only (§1.2.2, §2.2), in Paris time (PROVIDER_TZ,
+        [INFERRED]). A local time that occurs twice (the autumn DST change) is ambiguous on the
+        wire, so such a message is held by the worker instead (the safe side)."""
+        local = when.astimezone(PROVIDER_TZ)
+        if local.second or local.microsecond or local.minute % 5:
+            return False
+        naive = local.replace(tzinfo=None)
+        first = naive.replace(tzinfo=PROVIDER_TZ, fold=0).timestamp()
+        second = naive.replace(tzinfo=PROVIDER_TZ, fold=1).timestamp()
+        return first == second == when.timestamp()
+
+    def schedule_fields(self, when: datetime) -> dict[str, Any]:
+        local = when.astimezone(PROVIDER_TZ)
+        return {
+            "scheduledDeliveryDate": local.strftime("%d/%m/%Y"),
+            "time": local.hour,
+            "minute": local.minute,
+        }
+
+    def cancel_scheduled(self, provider_message_id: str) -> CancelAtProvider:
+        """``GET /message-cancel?apiKey=…&messageId=…`` (§1.2.6, §2.2): code 200 cancelled, 5
+        already cancelled, 6 less than 5 minutes before the time, 7 already sent, 4 not
+        found; anything else (a key problem, a transport error) is an error to report."""
+        try:
+            request = self.get_request("message-cancel", messageId=provider_message_id)
+            response = self.transmit(request)
+            self.envelope(response)
+        except DeliveryError as exc:
+            outcome = {"5": "cancelled", "6": "too_late", "7": "already_sent", "4": "not_found"}
+            if exc.provider_code in outcome:
+                return CancelAtProvider(outcome[exc.provider_code], exc.message)
+            return CancelAtProvider("error", exc.message)
+        return CancelAtProvider("cancelled")
+
     def check_balance(self) -> Balance | None:
         """``GET /me?apiKey=…`` (providers.md §1.2.1, §2.2)."""
         response = self.transmit(self.get_request("me"))
@@ -134,7 +178,9 @@ class PartnerDriver(Driver[M]):
 
 
 # [INFERRED] The platform is French (api.smspartner.fr, api.mailpartner.fr) and its docs state the
-# legal window without a time zone (providers.md §1.2.2): it is read in Paris time.
+# legal window and the schedule fields without a time zone (providers.md §1.2.2, §2.2): both are
+# read in Paris time, the zone the same company's Voice Partner API names in its own answers
+# (§3.2, audio files' created_at: "timezone":"Europe/Paris").
 PROVIDER_TZ = ZoneInfo("Europe/Paris")
 MARKETING_WINDOW_OPENS_HOUR = 8
 """The legal window for marketing messages opens at 08:00 (providers.md §1.2.2, §1.3 code 22)."""

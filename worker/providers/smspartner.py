@@ -131,6 +131,7 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             # Outside the GSM 7-bit alphabet: without the flag the provider substitutes
             # characters (§1.2.2); billed 70 per SMS, 67 per part (models.sms_segments).
             payload["isUnicode"] = 1
+        payload.update(self.scheduled_payload(ctx))  # §1.2.2 schedule fields (worker.scheduling)
         return self.post_json(
             "send", self.auth_body(payload), headers={"Cache-Control": "no-cache"}
         )

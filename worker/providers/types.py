@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-__all__ = ["Balance", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
+__all__ = ["Balance", "CancelAtProvider", "Gate", "RuleViolation", "SendContext", "SendOutcome"]
 
 Gate = Callable[[], None]
 """Called by :meth:`Driver.send` once the request is built, right before it is transmitted.
@@ -35,6 +36,9 @@ class SendContext:
     """Where the provider may report a status change of this delivery (SMS Partner ``urlDlr``,
     Voice Partner ``notifyUrl``): a tracking hint URL with an auth token, never logged
     (``worker.tracking.callbacks``). None when tracking hints are not configured."""
+    schedule_at: datetime | None = None
+    """Provider-native scheduling: the provider sends at this time (``worker.scheduling``); the
+    driver adds its schedule fields (:meth:`Driver.schedule_fields`)."""
 
 
 @dataclass(frozen=True)
@@ -70,3 +74,15 @@ class RuleViolation(ValueError):
         self.field = field
         self.text = text
         super().__init__(f"{field}: {text}")
+
+
+@dataclass(frozen=True)
+class CancelAtProvider:
+    """A provider's answer to cancelling a scheduled send (:meth:`Driver.cancel_scheduled`).
+
+    ``outcome``: ``cancelled`` (now, or it already was), ``too_late`` (inside the provider's
+    no-cancel window), ``already_sent``, ``not_found`` or ``error`` (``detail`` says why).
+    """
+
+    outcome: str
+    detail: str = ""

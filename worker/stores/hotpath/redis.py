@@ -19,7 +19,7 @@ from worker.stores._redis import composed, lua_source, text
 from worker.stores.health import RedisHealthStore
 from worker.stores.hotpath.base import Begun, Closing, Finished, HotPath
 from worker.stores.ledger import ACTIVE_KEY, FINAL_STATES, STATE_RANK, DeliveryRecord, RedisLedger
-from worker.stores.ledger.redis import LOCK_PREFIX
+from worker.stores.ledger.redis import CLAIMS_KEY, LOCK_PREFIX, SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
 from worker.stores.tracking import RedisTrackingStore
 from worker.stores.tracking.redis import REGISTER_LUA
@@ -119,6 +119,7 @@ class RedisHotPath(HotPath):
         closing: Closing | None = None,
     ) -> Finished:
         keys = [RedisLedger.key(delivery_id), ACTIVE_KEY, LOCK_PREFIX + delivery_id, "", ""]
+        keys += [SCHEDULE_KEY, CLAIMS_KEY]
         args = [token, "1" if reset_runs else "0", "", "0", repr(self._clock()), _RANKS]
         args += [delivery_id, "", "0"]
         reg = None

@@ -2,11 +2,14 @@
 
 States and their rank (a transition never lowers the rank, and a final state never changes)::
 
-    queued (0) → sending / waiting / parked (1) → sent / failed / expired / dead (2, final)
+    queued (0) → sending / waiting / parked / scheduled (1)
+               → sent / failed / expired / dead / cancelled (2, final)
 
 ``waiting`` is a retry scheduled after an error or a throttle; ``parked`` is a message held
-while its provider is paused; ``dead`` is a poison message set aside after it killed its
-worker too often (see :meth:`Ledger.bury`).
+while its provider is paused; ``scheduled`` is a message held until its ``send_at`` (in the
+ledger's schedule, or at the provider); ``dead`` is a poison message set aside after it killed
+its worker too often (see :meth:`Ledger.bury`); ``cancelled`` was taken back before it was sent
+(:meth:`Ledger.cancel`).
 
 Besides the records, the ledger keeps:
 
@@ -16,7 +19,10 @@ Besides the records, the ledger keeps:
 * a short per-delivery lock so two copies of one task (a redelivery, a sweep) never send at
   the same time;
 * the dead letters with their message, for ``delivery-worker dead replay``;
-* notes of caller-chosen provider tags (SMS Partner reconciliation).
+* notes of caller-chosen provider tags (SMS Partner reconciliation);
+* the schedule: ``scheduled`` deliveries by due time, claimed by the schedule mover
+  (``worker.scheduling.mover``) with a lease when due (:meth:`Ledger.claim_due`). Any
+  transition out of ``scheduled`` takes the delivery off the schedule in the same step.
 
 :class:`~worker.stores.ledger.redis.RedisLedger` is the shared ledger of every worker and
 producer; :class:`~worker.stores.ledger.memory.MemoryLedger` the in-process stub with the same
@@ -34,7 +40,9 @@ __all__ = [
     "RECORD_TTL_S",
     "STATE_RANK",
     "TAG_MEMORY_S",
+    "CancelAnswer",
     "DeliveryRecord",
+    "DueEntry",
     "Ledger",
     "buried_entry",
     "set_aside_entry",
@@ -45,10 +53,12 @@ STATE_RANK: dict[str, int] = {
     "sending": 1,
     "waiting": 1,
     "parked": 1,
+    "scheduled": 1,
     "sent": 2,
     "failed": 2,
     "expired": 2,
     "dead": 2,
+    "cancelled": 2,
 }
 FINAL_STATES = frozenset(s for s, rank in STATE_RANK.items() if rank == 2)
 
@@ -118,12 +128,39 @@ class DeliveryRecord:
             "error_kind",
             "dead_reason",
             "task_name",
+            "send_at",
+            "scheduled_for",
+            "provider_scheduled",
+            "cancelled_at",
         ):
             if name in self.fields:
                 out[name] = self.fields[name]
         if self.result is not None:
             out["result"] = self.result
         return out
+
+
+@dataclass(frozen=True)
+class DueEntry:
+    """A due delivery the mover publishes: its task, message (JSON) and queue ("" = default)."""
+
+    delivery_id: str
+    task_name: str
+    message: str
+    queue: str
+    claimed_before: int = 0
+    """How often a mover claimed it before: 0 the first time it is due; more when its lease
+    ended before its run started (its worker died, or it still waits in a busy queue)."""
+
+
+@dataclass(frozen=True)
+class CancelAnswer:
+    """What :meth:`Ledger.cancel` did: ``outcome`` is ``cancelled``, ``final`` (already
+    finished: see ``state``), ``sending`` (a send is under way), ``provider`` (scheduled at the
+    provider: cancel there first) or ``unknown`` (no such delivery)."""
+
+    outcome: str
+    state: str
 
 
 class Ledger(Protocol):
@@ -183,6 +220,34 @@ class Ledger(Protocol):
 
     def untrack(self, delivery_id: str) -> None:
         """Take the delivery out of the active set: nothing for the sweeper to do with it."""
+        ...
+
+    # -- the schedule (``scheduled`` deliveries by due time) -------------------------------------
+
+    def hold(self, delivery_id: str, due: float, **fields: str) -> bool:
+        """Move to ``scheduled`` and put the delivery on the schedule at ``due`` (Unix seconds),
+        in one step; ``False`` (nothing changed) when the record is final or missing."""
+        ...
+
+    def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
+        """Due deliveries for the mover to publish, each leased: its due time moves to
+        ``now + lease_s`` in the same atomic step, so no other mover takes it meanwhile, and a
+        mover that dies before publishing leaves it to be taken again when the lease ends. An
+        entry whose record is gone or no longer ``scheduled`` is dropped."""
+        ...
+
+    def next_due(self) -> float | None:
+        """The earliest due time on the schedule (leases included), or ``None``."""
+        ...
+
+    def schedule_size(self) -> int: ...
+
+    def cancel(self, delivery_id: str, *, result: str, at_provider: bool = False) -> CancelAnswer:
+        """Take the delivery back: ``cancelled`` (final) unless it is final already or a send
+        is under way (``sending``), in one atomic step with the state check, so it races a
+        send's gate (which moves to ``sending`` only from an unfinished state) to exactly one
+        winner. A delivery scheduled *at the provider* (``provider_scheduled``) is refused
+        with ``provider`` unless ``at_provider`` says the provider has cancelled it."""
         ...
 
     # -- dead letters --------------------------------------------------------------------------

@@ -14,10 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.stores.ledger.base import (
+    FINAL_STATES,
     RECORD_TTL_S,
     STATE_RANK,
     TAG_MEMORY_S,
+    CancelAnswer,
     DeliveryRecord,
+    DueEntry,
     Ledger,
     buried_entry,
     set_aside_entry,
@@ -41,6 +44,8 @@ class MemoryLedger(Ledger):
         self._locks: dict[str, tuple[str, float]] = {}
         self._dead: dict[str, str] = {}
         self._tags: dict[tuple[str, str], dict[str, float]] = {}
+        self._schedule: dict[str, float] = {}
+        self._claims: dict[str, int] = {}
 
     # -- expiry (what Redis does with EXPIRE) --------------------------------------------------
 
@@ -116,11 +121,78 @@ class MemoryLedger(Ledger):
                 return False
             now = self._clock()
             record.update({"state": state, "updated_at": repr(now), **fields})
-            if new_rank == 2 or state == "parked":
+            if state != "scheduled":
+                self._schedule.pop(delivery_id, None)
+                self._claims.pop(delivery_id, None)
+            if new_rank == 2 or state in ("parked", "scheduled"):
                 self._active.pop(delivery_id, None)
             else:
                 self._active[delivery_id] = now
             return True
+
+    # -- the schedule --------------------------------------------------------------------------
+
+    def hold(self, delivery_id: str, due: float, **fields: str) -> bool:
+        with self._lock:
+            record = self._record(delivery_id)
+            if record is None or "state" not in record or record["state"] in FINAL_STATES:
+                return False
+            record.update({"state": "scheduled", "updated_at": repr(self._clock()), **fields})
+            self._active.pop(delivery_id, None)
+            self._schedule[delivery_id] = due
+            self._claims.pop(delivery_id, None)
+            return True
+
+    def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
+        with self._lock:
+            due = sorted((t, i) for i, t in self._schedule.items() if t <= now)[:limit]
+            out = []
+            for _, delivery_id in due:
+                record = self._record(delivery_id) or {}
+                task_name, message = record.get("task_name"), record.get("message")
+                if record.get("state") != "scheduled" or not task_name or not message:
+                    self._schedule.pop(delivery_id, None)
+                    self._claims.pop(delivery_id, None)
+                    continue
+                self._schedule[delivery_id] = now + lease_s
+                before = self._claims.get(delivery_id, 0)
+                self._claims[delivery_id] = before + 1
+                queue = record.get("queue", "")
+                out.append(DueEntry(delivery_id, task_name, message, queue, before))
+            return out
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return min(self._schedule.values(), default=None)
+
+    def schedule_size(self) -> int:
+        with self._lock:
+            return len(self._schedule)
+
+    def cancel(self, delivery_id: str, *, result: str, at_provider: bool = False) -> CancelAnswer:
+        with self._lock:
+            record = self._record(delivery_id)
+            current = None if record is None else record.get("state")
+            if record is None or current is None:
+                return CancelAnswer("unknown", "")
+            if current in FINAL_STATES:
+                return CancelAnswer("final", current)
+            if current == "sending":
+                return CancelAnswer("sending", current)
+            if not at_provider and record.get("provider_scheduled") == "1":
+                return CancelAnswer("provider", current)
+            now = repr(self._clock())
+            record.update(
+                state="cancelled",
+                updated_at=now,
+                cancelled_at=now,
+                error_kind="cancelled",
+                result=result,
+            )
+            self._active.pop(delivery_id, None)
+            self._schedule.pop(delivery_id, None)
+            self._claims.pop(delivery_id, None)
+            return CancelAnswer("cancelled", current)
 
     def incr(self, delivery_id: str, counter: str) -> int:
         with self._lock:
@@ -141,6 +213,8 @@ class MemoryLedger(Ledger):
             if idempotency_key:
                 self._idem.pop((channel, idempotency_key), None)
             self._active.pop(delivery_id, None)
+            self._schedule.pop(delivery_id, None)
+            self._claims.pop(delivery_id, None)
 
     # -- concurrency guard ---------------------------------------------------------------------
 

@@ -7,10 +7,15 @@ Keys (the layout of deployed data; do not change it):
 * ``dw:active``: sorted set, unfinished deliveries scored by their last update (Unix seconds);
 * ``dw:lock:<id>``: string, the send lock's token, expiring with the lock;
 * ``dw:dead``: hash, delivery id → JSON dead letter;
-* ``dw:tag:<provider>:<tag>``: sorted set, ``<recipient>|<delivery id>`` scored by send time.
+* ``dw:tag:<provider>:<tag>``: sorted set, ``<recipient>|<delivery id>`` scored by send time;
+* ``dw:scheduled``: sorted set, ``scheduled`` deliveries scored by due time (Unix seconds; a
+  claimed entry by the end of its lease). The message itself stays in the record;
+* ``dw:scheduled:claims``: hash, delivery id → how often the mover claimed it (gone once it
+  leaves ``scheduled``).
 
-Creation and transitions are Lua scripts (``create.lua``, ``transition.lua``), so a check and
-its write are one atomic step across workers. Record times come from ``clock`` (the host's
+Creation, transitions, holds, claims and cancels are Lua scripts (``create.lua``,
+``transition.lua``, ``hold.lua``, ``claim_due.lua``, ``cancel.lua``), so a check and its write are
+one atomic step across workers. Record times come from ``clock`` (the host's
 clock by default, as the service compares them with its own).
 """
 
@@ -25,16 +30,19 @@ import redis
 
 from worker.stores._redis import load_script, text
 from worker.stores.ledger.base import (
+    FINAL_STATES,
     RECORD_TTL_S,
     STATE_RANK,
     TAG_MEMORY_S,
+    CancelAnswer,
     DeliveryRecord,
+    DueEntry,
     Ledger,
     buried_entry,
     set_aside_entry,
 )
 
-__all__ = ["ACTIVE_KEY", "DEAD_KEY", "RedisLedger"]
+__all__ = ["ACTIVE_KEY", "CLAIMS_KEY", "DEAD_KEY", "SCHEDULE_KEY", "RedisLedger"]
 
 _PREFIX = "dw:delivery:"
 _IDEM_PREFIX = "dw:idem:"
@@ -42,6 +50,9 @@ LOCK_PREFIX = "dw:lock:"
 _TAG_PREFIX = "dw:tag:"
 ACTIVE_KEY = "dw:active"
 DEAD_KEY = "dw:dead"
+SCHEDULE_KEY = "dw:scheduled"
+CLAIMS_KEY = "dw:scheduled:claims"
+_FINAL = json.dumps(sorted(FINAL_STATES))
 _PACKAGE = "worker.stores.ledger"
 
 
@@ -59,6 +70,9 @@ class RedisLedger(Ledger):
         self._create = load_script(client, _PACKAGE, "create.lua")
         self._transition = load_script(client, _PACKAGE, "transition.lua")
         self._release = load_script(client, _PACKAGE, "release.lua")
+        self._hold = load_script(client, _PACKAGE, "hold.lua")
+        self._claim_due = load_script(client, _PACKAGE, "claim_due.lua")
+        self._cancel = load_script(client, _PACKAGE, "cancel.lua")
 
     @staticmethod
     def key(delivery_id: str) -> str:
@@ -108,7 +122,8 @@ class RedisLedger(Ledger):
         ]
         for k, v in fields.items():
             argv += [k, v]
-        changed, _previous = self._transition(keys=[self.key(delivery_id), ACTIVE_KEY], args=argv)
+        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
+        changed, _previous = self._transition(keys=keys, args=argv)
         return int(changed) == 1
 
     def incr(self, delivery_id: str, counter: str) -> int:
@@ -124,6 +139,8 @@ class RedisLedger(Ledger):
             keys.append(self.idem_key(channel, idempotency_key))
         self.redis.delete(*keys)
         self.redis.zrem(ACTIVE_KEY, delivery_id)
+        self.redis.zrem(SCHEDULE_KEY, delivery_id)
+        self.redis.hdel(CLAIMS_KEY, delivery_id)
 
     # -- concurrency guard ---------------------------------------------------------------------
 
@@ -151,6 +168,39 @@ class RedisLedger(Ledger):
 
     def untrack(self, delivery_id: str) -> None:
         self.redis.zrem(ACTIVE_KEY, delivery_id)
+
+    # -- the schedule --------------------------------------------------------------------------
+
+    def hold(self, delivery_id: str, due: float, **fields: str) -> bool:
+        argv: list[str] = [repr(due), repr(self._clock()), _FINAL, delivery_id]
+        for k, v in fields.items():
+            argv += [k, v]
+        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
+        return int(self._hold(keys=keys, args=argv)) == 1
+
+    def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
+        flat = self._claim_due(
+            keys=[SCHEDULE_KEY, CLAIMS_KEY], args=[repr(now), repr(lease_s), str(limit), _PREFIX]
+        )
+        items = [text(x) for x in flat]
+        return [
+            DueEntry(items[i], items[i + 1], items[i + 2], items[i + 3], int(items[i + 4]))
+            for i in range(0, len(items) - 4, 5)
+        ]
+
+    def next_due(self) -> float | None:
+        first = self.redis.zrange(SCHEDULE_KEY, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def schedule_size(self) -> int:
+        return int(self.redis.zcard(SCHEDULE_KEY))
+
+    def cancel(self, delivery_id: str, *, result: str, at_provider: bool = False) -> CancelAnswer:
+        outcome, state = self._cancel(
+            keys=[self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY],
+            args=[repr(self._clock()), _FINAL, delivery_id, "1" if at_provider else "0", result],
+        )
+        return CancelAnswer(text(outcome), text(state))
 
     # -- dead letters --------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 -- Move a record to a state if that is forward (a final state never changes).
--- KEYS[1] record, KEYS[2] active set
+-- KEYS[1] record, KEYS[2] active set, KEYS[3] schedule, KEYS[4] schedule claims
 -- ARGV: new_state, new_rank, now, ranks (JSON), delivery_id, then field/value pairs
 -- Returns {1, previous state} when changed, {0, current state} when not, {-1, ''} when missing
 local ranks = cjson.decode(ARGV[4])
@@ -14,8 +14,14 @@ for i = 6, #ARGV, 2 do
   table.insert(args, ARGV[i]); table.insert(args, ARGV[i + 1])
 end
 redis.call('HSET', KEYS[1], unpack(args))
-if new_rank == 2 or ARGV[1] == 'parked' then
-  -- final, or parked (held in the parking store): nothing for the sweeper to look at
+if ARGV[1] ~= 'scheduled' then
+  -- out of 'scheduled' (or never in it): off the schedule in the same step
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  redis.call('HDEL', KEYS[4], ARGV[5])
+end
+if new_rank == 2 or ARGV[1] == 'parked' or ARGV[1] == 'scheduled' then
+  -- final, parked (held in the parking store) or scheduled (held on the schedule, which the
+  -- mover watches): nothing for the sweeper to look at
   redis.call('ZREM', KEYS[2], ARGV[5])
 else
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])

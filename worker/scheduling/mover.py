@@ -1,0 +1,165 @@
+"""The schedule mover: publishes due messages from the ledger's schedule to their queue.
+
+It runs as a small thread in every worker's **main** process (:class:`MoverStep`, a Celery
+worker bootstep), not as a beat entry: beat ticks once a second at best and not reliably
+below that, and a due message must be sent within a second of its time. The mover ticks every
+``TICK_S`` (0.1 s), or sooner when the next entry falls due.
+
+Several workers run a mover at once. Each pass claims due entries atomically
+(:meth:`~worker.stores.Ledger.claim_due`, one Lua script): a claimed entry's due time moves to
+the end of a lease (``LEASE_S``), so no other mover takes it meanwhile. The run it starts takes
+the delivery out of ``scheduled`` (ledger transition, same atomic step as leaving the
+schedule). If the worker dies between the claim and that run (SIGKILL, the broker lost the
+message), the lease ends and a mover publishes the delivery again, once its queue is empty (a
+message still waiting behind others is not lost; see :func:`move_due`). A copy too many is
+harmless: the delivery's send lock and its final ledger state keep it from being sent twice.
+
+Nothing waits in worker memory: a message is published only when due, so the memory a worker
+holds does not grow with the number of future messages (``bench/scheduling.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import structlog
+from celery import Celery, bootsteps
+
+from worker.scheduling.defaults import LEASE_S, TICK_S
+from worker.stores import Ledger
+
+__all__ = ["LEASE_S", "TICK_S", "MoverStep", "ScheduleMover", "move_due"]
+
+log = structlog.get_logger(__name__)
+
+BATCH = 200
+
+
+Backlog = Callable[[str], int]
+"""How many messages wait in a broker queue (by name)."""
+
+
+def move_due(
+    app: Celery,
+    ledger: Ledger,
+    now: float | None = None,
+    *,
+    lease_s: float = LEASE_S,
+    backlog: Backlog | None = None,
+) -> int:
+    """One pass: claim what is due and publish it; returns how many entries were claimed.
+
+    An entry claimed before (its lease ended and its run has not started) is published again
+    only when its queue is empty: a message still waiting behind others in a busy queue is
+    not lost, and a copy would only add to the queue (under a backlog, republishing every
+    lease made the backlog grow without end). With the queue empty and no run started, the
+    first copy is gone or held by a worker that died: publish again.
+    """
+    entries = ledger.claim_due(time.time() if now is None else now, lease_s, limit=BATCH)
+    published = 0
+    waiting: dict[str, int] = {}
+    for entry in entries:
+        queue = entry.queue or str(app.conf.task_default_queue)
+        if entry.claimed_before and backlog is not None:
+            if queue not in waiting:
+                waiting[queue] = backlog(queue)
+            if waiting[queue] > 0:
+                continue  # still queued behind others; its lease was extended
+        options: dict[str, Any] = {"task_id": entry.delivery_id}
+        if entry.queue:
+            options["queue"] = entry.queue
+        app.send_task(entry.task_name, args=[json.loads(entry.message)], **options)
+        published += 1
+        if entry.claimed_before:
+            log.warning("schedule.republished", delivery_id=entry.delivery_id)
+    if published:
+        log.info("schedule.published", count=published)
+    return len(entries)
+
+
+class ScheduleMover(threading.Thread):
+    def __init__(
+        self,
+        app: Celery,
+        ledger: Ledger,
+        *,
+        tick_s: float = TICK_S,
+        lease_s: float = LEASE_S,
+        backlog: Backlog | None = None,
+    ) -> None:
+        super().__init__(name="schedule-mover", daemon=True)
+        self.app = app
+        self.ledger = ledger
+        self.backlog = backlog
+        self.tick_s = tick_s
+        self.lease_s = lease_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                claimed = move_due(
+                    self.app, self.ledger, lease_s=self.lease_s, backlog=self.backlog
+                )
+                if claimed >= BATCH:
+                    continue  # more are due: no sleep
+                next_due = self.ledger.next_due()
+            except (redis.RedisError, OSError) as exc:
+                # Redis or the broker away: try again; nothing was lost (a claimed entry
+                # comes back when its lease ends).
+                log.warning("schedule.mover_error", error=type(exc).__name__)
+                self.stopping.wait(1.0)
+                continue
+            except Exception:
+                log.exception("schedule.mover_failed")
+                self.stopping.wait(1.0)
+                continue
+            tick = self.tick_s
+            pause = tick if next_due is None else min(tick, max(next_due - time.time(), 0.0))
+            self.stopping.wait(pause)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class MoverStep(bootsteps.StartStopStep):
+    """Starts a :class:`ScheduleMover` with the worker (``app.steps["worker"]``)."""
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.mover: ScheduleMover | None = None
+
+    def start(self, parent: Any) -> None:
+        from worker.app import client_app
+        from worker.config import get_settings
+        from worker.stores import RedisLedger
+
+        settings = get_settings()
+        # Its own client app and Redis connection: nothing shared with the consumer's loop.
+        client = client_app(settings.broker_url, settings.result_backend, name="schedule-mover")
+        ledger = RedisLedger(redis.Redis.from_url(settings.shared_redis_url))
+        broker = redis.Redis.from_url(settings.broker_url)
+        self.mover = ScheduleMover(
+            client,
+            ledger,
+            tick_s=settings.schedule_tick_s,
+            lease_s=settings.schedule_lease_s,
+            # kombu's Redis transport keeps a queue's waiting messages in a list of its name.
+            backlog=lambda queue: int(broker.llen(queue)),
+        )
+        self.mover.start()
+        log.info(
+            "schedule.mover_started",
+            tick_s=settings.schedule_tick_s,
+            lease_s=settings.schedule_lease_s,
+        )
+
+    def stop(self, parent: Any) -> None:
+        if self.mover is not None:
+            self.mover.stop()
+            self.mover.join(timeout=2.0)
