@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 from celery import Celery, signals
+from celery.exceptions import Retry
 from celery.worker.request import Request
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
@@ -199,7 +200,9 @@ class RedactedRequest(Request):
     ) -> Any:
         from worker.guard import task_failed
 
-        task_failed(self.id, self._guard_token())
+        exc = getattr(exc_info, "exception", None)
+        if not isinstance(getattr(exc, "exc", exc), Retry):  # a retry's run cleared the mark
+            task_failed(self.id, self._guard_token())
         return super().on_failure(exc_info, send_failed_event, return_ok)
 
     def _guard_token(self) -> str | None:
