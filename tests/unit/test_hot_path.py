@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from worker.config import Settings
 from worker.delivery import Done, process
@@ -17,6 +18,16 @@ from worker.stores.hotpath import ComposedHotPath
 
 SMS = {"provider": "smspartner", "to": ["+33612345678"], "text": "Hello"}
 OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038}
+
+
+@pytest.fixture(autouse=True)
+def _uncached_loggers() -> Iterator[None]:
+    """Leave the pipeline's loggers uncached (an earlier test may have configured logging with
+    caching on): later tests capture their events with ``structlog.testing.capture_logs``."""
+    was = structlog.get_config()["cache_logger_on_first_use"]
+    structlog.configure(cache_logger_on_first_use=False)
+    yield
+    structlog.configure(cache_logger_on_first_use=was)
 
 
 @pytest.fixture

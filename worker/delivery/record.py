@@ -84,7 +84,10 @@ def _closed(d: Delivery, closing: Closing, done: Finished) -> None:
     """What follows a closing write outside Redis: the breaker hears the success (when it has
     state), the application hears of the send (tracking)."""
     if done.breaker_state:
-        d.rt.health.record_success(closing.provider)
+        try:
+            d.rt.health.record_success(closing.provider)
+        except Exception as exc:  # the send is recorded: a lost success only delays a close
+            log.warning("breaker.success_not_recorded", error=type(exc).__name__)
     if closing.tracking is not None:
         registered(d.rt, d.delivery_id, closing.tracking, done.tracking_error)
 
