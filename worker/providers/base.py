@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 import httpx
@@ -44,6 +44,7 @@ from worker.errors import (
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
 from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
 from worker.providers._util import as_float, provider_id
+from worker.providers.batching import BatchSpec
 from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
 from worker.redaction import register_secret
 from worker.stores.limiter import Limit
@@ -83,6 +84,10 @@ class Driver(ABC, Generic[M]):
     default_retry_after_s: ClassVar[float] = 1.0
     """The wait after a 429 that carries no ``Retry-After``."""
     connect_attempts: ClassVar[int] = 3
+    batching: ClassVar[BatchSpec | None] = None
+    """``None``: every message is its own request. Otherwise the provider's bulk endpoint
+    (:class:`~worker.providers.batching.BatchSpec`), used through :meth:`batch_key` and
+    :meth:`send_batch` when ``DELIVERY_BATCHING`` is on."""
 
     def __init__(self, client: httpx.Client, *, api_key: str, base_url: str | None = None) -> None:
         base = base_url or self.default_base_url
@@ -131,6 +136,24 @@ class Driver(ABC, Generic[M]):
     def reconcile_tag(cls, message: M, delivery_id: str) -> str | None:
         """The tag sent on every attempt of a delivery, for :meth:`reconcile`; ``None``: none."""
         return None
+
+    @classmethod
+    def batch_key(cls, message: M) -> Hashable | None:
+        """Messages with equal keys may share one batch request; ``None``: this one goes alone."""
+        return None
+
+    def send_batch(
+        self, messages: Sequence[M], tag: str, gate: Gate, *, bulk: bool = False
+    ) -> list[SendOutcome | DeliveryError | None]:
+        """One request for ``messages`` (equal :meth:`batch_key`, distinct recipients), tagged
+        ``tag``; ``gate`` is called once, right before it leaves.
+
+        Answers one entry per message: accepted, refused (that message only), or ``None`` when
+        the provider refused the request as a whole for some message's sake and accepted
+        nothing (the caller sends those again, with ``bulk=True`` or one by one). An error that
+        concerns the request (transport, envelope, account) is raised.
+        """
+        raise NotImplementedError(f"{self.name} does not batch")
 
     # -- the fixed algorithm -------------------------------------------------------------------
 

@@ -1,0 +1,274 @@
+"""Many attempts, one provider request: the pipeline for a batch of ``send_sms`` tasks.
+
+``worker.batching`` hands a pool process the messages it buffered; :func:`process_batch` answers
+one :data:`Outcome` per message, exactly as :func:`~worker.delivery.process` would have, and
+every guarantee of the single path holds per message:
+
+* each message runs the single path's steps up to the send (``record.enter`` takes its lock and
+  counts the run for the dead letters; ``pipeline.prepare``: ledger, deadline, routing with
+  paused providers and breakers, reconciling an earlier unknown outcome);
+* the messages that would now be sent and whose driver declares ``batching`` are grouped by
+  ``(provider, batch_key)`` into chunks of distinct recipients; the others are sent alone;
+* per request, the gate records every message of the chunk as ``sending`` with the request's
+  tag (``batch_tags``) **before** the request leaves, then takes **one** limiter slot: a worker
+  killed from here on leaves records that the next run reconciles by that tag;
+* the answer is settled per message through the same policy handlers (``settle``): a refusal of
+  one entry fails, defers or retries that message only; an error of the whole request
+  (transport, unknown outcome, 429, no credit) is settled for each message, and the breaker
+  hears the request once;
+* entries the provider refused as a whole for one of them (``None`` from ``send_batch``) are
+  sent again per entry (``bulk=True``), and if that is refused as a whole too, one by one
+  through the single path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from worker.delivery.context import BATCH_TAGS, FIRST_ATTEMPT_AT, Delivery
+from worker.delivery.outcomes import sent, wait
+from worker.delivery.pipeline import invalid, prepare
+from worker.delivery.record import enter, leave
+from worker.delivery.results import Outcome
+from worker.delivery.send import send
+from worker.delivery.settle import POLICY_HANDLERS, Failure, settle_error
+from worker.errors import DeliveryError
+from worker.models import InvalidMessage
+from worker.providers import Driver, SendContext, SendOutcome, parse_message
+from worker.providers.batching import new_batch_tag
+from worker.runtime import Runtime
+from worker.stores import DeliveryRecord, limiter_key
+
+__all__ = ["MAX_TAGS_KEPT", "BatchEntry", "process_batch"]
+
+log = structlog.get_logger(__name__)
+
+MAX_TAGS_KEPT = 12
+"""Batch tags kept per delivery (``batch_tags``): more than ``max_retries`` + a few batches."""
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One task of the batch, as the worker received it."""
+
+    channel: str
+    raw: Any
+    delivery_id: str
+    task_name: str
+
+
+@dataclass
+class _Item:
+    index: int
+    d: Delivery
+    record: DeliveryRecord
+    driver: Driver[Any]
+    ctx: SendContext
+    tags: list[str] = field(default_factory=list)
+
+
+class _Wait(Exception):
+    """The limiter wants the whole request rescheduled (no message of it was sent)."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"{wait_s:.3f}")
+        self.wait_s = wait_s
+
+
+def process_batch(entries: Sequence[BatchEntry], rt: Runtime) -> list[Outcome]:
+    """One outcome per entry, in order."""
+    outcomes: list[Outcome | None] = [None] * len(entries)
+    held: dict[int, tuple[Delivery, str]] = {}
+    ready: list[_Item] = []
+    try:
+        for index, entry in enumerate(entries):
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(
+                delivery_id=entry.delivery_id, channel=entry.channel
+            )
+            item = _prepare(index, entry, rt, outcomes, held)
+            structlog.contextvars.clear_contextvars()
+            if item is not None:
+                ready.append(item)
+        for chunk in _chunks(ready, rt):
+            with structlog.contextvars.bound_contextvars(
+                provider=chunk[0].d.provider, batch=len(chunk)
+            ):
+                for item, outcome in _send_chunk(chunk):
+                    outcomes[item.index] = outcome
+    finally:
+        for index, (d, token) in held.items():
+            leave(d, token, finished=outcomes[index] is not None)
+    assert all(o is not None for o in outcomes)
+    return [o for o in outcomes if o is not None]
+
+
+def _prepare(
+    index: int,
+    entry: BatchEntry,
+    rt: Runtime,
+    outcomes: list[Outcome | None],
+    held: dict[int, tuple[Delivery, str]],
+) -> _Item | None:
+    """The single path's steps up to the send; the item when it is to be sent in a batch."""
+    try:
+        message = parse_message(entry.channel, entry.raw)
+    except InvalidMessage as exc:
+        outcomes[index] = invalid(
+            entry.channel, exc, delivery_id=entry.delivery_id, task_name=entry.task_name, rt=rt
+        )
+        return None
+    d = Delivery(
+        rt, message, entry.raw, entry.delivery_id, entry.task_name, provider=message.provider or ""
+    )
+    entered = enter(d)
+    if entered is None:
+        prepared = prepare(d)  # final: answered from the ledger, no lock needed
+        assert not isinstance(prepared, tuple)
+        outcomes[index] = prepared
+        return None
+    if not isinstance(entered, str):
+        outcomes[index] = entered
+        return None
+    held[index] = (d, entered)
+    prepared = prepare(d)
+    if not isinstance(prepared, tuple):
+        outcomes[index] = prepared
+        return None
+    record, driver, ctx = prepared
+    if driver.batching is None or driver.batch_key(d.message) is None:
+        outcomes[index] = send(d, record, driver, ctx)
+        return None
+    return _Item(index, d, record, driver, ctx, list(ctx.batch_tags))
+
+
+def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
+    """Per ``(provider, batch_key)``, chunks of at most the batch size with distinct recipients
+    (a number twice in one request could not be told apart by a lookup by tag)."""
+    groups: dict[tuple[str, Hashable], list[list[_Item]]] = {}
+    for item in items:
+        spec = item.driver.batching
+        assert spec is not None
+        size = min(spec.max_items, rt.settings.batch_max_items)
+        key = (item.d.provider, item.driver.batch_key(item.d.message))
+        recipients = tuple(item.d.recipients())
+        chunks = groups.setdefault(key, [])
+        for chunk in chunks:
+            if len(chunk) < size and all(tuple(o.d.recipients()) != recipients for o in chunk):
+                chunk.append(item)
+                break
+        else:
+            chunks.append([item])
+    return [chunk for chunks in groups.values() for chunk in chunks]
+
+
+class _BatchGate:
+    """The single path's gate for a request of many messages: every message ``sending`` with
+    the request's tag, then one limiter slot for the request."""
+
+    def __init__(self, items: list[_Item], tag: str) -> None:
+        self.items = items
+        self.tag = tag
+        self.opened = False
+        first = items[0]
+        self.bucket = first.driver.limiter_bucket(first.d.message)
+        settings = first.d.settings
+        self.key = limiter_key(first.d.provider, settings.egress_identity, self.bucket)
+
+    def __call__(self) -> None:
+        now = repr(time.time())
+        for item in self.items:
+            item.tags = [*item.tags, self.tag][-MAX_TAGS_KEPT:]
+            first = {} if FIRST_ATTEMPT_AT in item.record.fields else {FIRST_ATTEMPT_AT: now}
+            item.d.rt.ledger.transition(
+                item.d.delivery_id,
+                "sending",
+                attempt_started_at=now,
+                **{BATCH_TAGS: " ".join(item.tags)},
+                **first,
+            )
+        log.info("delivery.batch_attempt", tag=self.tag)
+        self._acquire()
+        self.opened = True
+
+    def _acquire(self) -> None:
+        d = self.items[0].d
+        limits = d.settings.limits(d.provider, self.bucket)
+        waited = 0.0
+        wait_s = d.rt.limiter.acquire(self.key, limits)
+        while wait_s > 0:
+            if waited + wait_s > d.settings.limiter_max_inline_wait_s:
+                raise _Wait(wait_s)
+            time.sleep(wait_s)
+            waited += wait_s
+            wait_s = d.rt.limiter.acquire(self.key, limits)
+        if waited:
+            d.rt.metric(d.provider, "throttled_ms", int(waited * 1000))
+
+
+def _send_chunk(chunk: list[_Item]) -> list[tuple[_Item, Outcome]]:
+    driver = chunk[0].driver
+    provider = chunk[0].d.provider
+    done: list[tuple[_Item, Outcome]] = []
+    todo, bulk = chunk, False
+    while todo:
+        gate = _BatchGate(todo, new_batch_tag())
+        messages = [item.d.message for item in todo]
+        try:
+            answers = driver.send_batch(messages, gate.tag, gate, bulk=bulk)
+        except _Wait as stop:
+            for item in todo:
+                item.d.rt.ledger.incr(item.d.delivery_id, "throttled")
+                done.append((item, wait(item.d, stop.wait_s, "rate_limited", item.record.attempts)))
+            log.info("delivery.rate_limited", wait_s=round(stop.wait_s, 3))
+            return done
+        except DeliveryError as exc:
+            held_key = gate.key if gate.opened else None
+            log.warning("delivery.batch_failed", kind=exc.kind, error=exc.message)
+            for n, item in enumerate(todo):
+                failure = Failure(exc, item.record.attempts, driver, held_key)
+                # The breaker hears the request once, not once per message.
+                handler = settle_error if n == 0 else POLICY_HANDLERS[exc.policy]
+                with structlog.contextvars.bound_contextvars(delivery_id=item.d.delivery_id):
+                    done.append((item, handler(item.d, failure)))
+            return done
+        if len(answers) != len(todo):  # a driver bug, not a provider answer
+            raise RuntimeError(f"{provider} send_batch answered {len(answers)} of {len(todo)}")
+        chunk[0].d.rt.health.record_success(provider)
+        again: list[_Item] = []
+        for item, answer in zip(todo, answers, strict=True):
+            with structlog.contextvars.bound_contextvars(delivery_id=item.d.delivery_id):
+                if isinstance(answer, SendOutcome):
+                    done.append((item, sent(item.d, answer, item.record.attempts)))
+                elif isinstance(answer, DeliveryError):
+                    failure = Failure(answer, item.record.attempts, driver, gate.key)
+                    done.append((item, POLICY_HANDLERS[answer.policy](item.d, failure)))
+                else:
+                    again.append(item)
+        log.info("delivery.batch_sent", sent=len(todo) - len(again), again=len(again))
+        if again and bulk:
+            # Refused as a whole again: nothing was accepted; each goes alone (single path).
+            for item in again:
+                with structlog.contextvars.bound_contextvars(delivery_id=item.d.delivery_id):
+                    done.append((item, send(item.d, item.record, driver, _with_tags(item))))
+            return done
+        todo, bulk = again, True
+    return done
+
+
+def _with_tags(item: _Item) -> SendContext:
+    ctx = item.ctx
+    return SendContext(
+        delivery_id=ctx.delivery_id,
+        idempotency_key=ctx.idempotency_key,
+        attempt=ctx.attempt,
+        tag=ctx.tag,
+        tag_is_callers=ctx.tag_is_callers,
+        batch_tags=tuple(item.tags),
+        sent_after=ctx.sent_after,
+    )
