@@ -1121,7 +1121,7 @@ def scenario_batch_sigkill(
     kills: int = 4,
     concurrency: int = 2,
     seed: int = 5,
-    latency_ms: int = 1500,
+    latency_ms: int = 600,
     timeout_s: float = 180.0,
 ) -> Figures:
     """Batching on (``worker.batching``): SIGKILL the pool process while it holds a batch of SMS
