@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -83,7 +84,7 @@ def run_phase(
     admin = httpx.Client(base_url=sandbox_url, timeout=30)
     admin.post("/_admin/reset").raise_for_status()
     admin.post("/_admin/balance", json={"provider": "smspartner", "credits": 10**7})
-    rule = {"provider": "smspartner", "action": "latency", "delay_ms": env["_LATENCY_MS"]}
+    rule = {"provider": "smspartner", "action": "latency", "delay_ms": int(env["_LATENCY_MS"])}
     admin.post("/_admin/faults", json={"rules": [rule]}).raise_for_status()
     worker_env = {k: v for k, v in env.items() if not k.startswith("_")}
     worker_env["DELIVERY_BATCHING"] = "1" if phase.batching else "0"
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "DELIVERY_BROKER_URL": f"{redis_url}/0",
         "DELIVERY_RESULT_BACKEND": f"{redis_url}/1",
         "DELIVERY_BATCH_LINGER_S": f"{args.linger_s:g}",
-        "DELIVERY_LOG_LEVEL": "WARNING",
+        "DELIVERY_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         "DELIVERY_VOICEPARTNER_NOTIFICATION_EMAIL": "ops@example.org",
         "_LATENCY_MS": str(args.latency_ms),
         **sandbox_env(sandbox_url),
@@ -191,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sandbox.stop()
         redis_proc.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs in {workdir}")
     print()
     print(
         f"SMS Partner with {args.latency_ms} ms latency, one worker (prefork, concurrency "

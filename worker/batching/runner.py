@@ -16,8 +16,8 @@ from typing import Any
 import structlog
 from celery import states
 
-from worker.delivery.batch import BatchEntry, process_batch
-from worker.delivery.results import Retry
+from worker.delivery.batch import BatchEntry, for_each, process_batch
+from worker.delivery.results import Outcome, Retry
 from worker.runtime import get_runtime
 from worker.tasknames import CHANNEL_OF_TASK
 
@@ -42,23 +42,23 @@ def run_batch(tasks: list[TaskData]) -> list[str]:
         for task_id, name, message, _ in tasks
     ]
     outcomes = process_batch(entries, rt)
-    endings: list[str] = []
-    backend = app.backend
-    for (task_id, name, message, retries), outcome in zip(tasks, outcomes, strict=True):
+
+    def answer(pair: tuple[TaskData, Outcome]) -> str:
+        (task_id, name, message, retries), outcome = pair
         if isinstance(outcome, Retry):
             # As Task.retry publishes it: same id, the countdown, retries + 1.
             options: dict[str, Any] = {"retries": retries + 1}
             app.tasks[name].apply_async(
                 (message,), task_id=task_id, countdown=outcome.delay_s, **options
             )
-            endings.append("retry")
-            continue
+            return "retry"
         result = outcome.result.model_dump(mode="json", exclude_none=True)
         if outcome.result.status == "parked":
-            backend.store_result(task_id, result, PARKED)
-            endings.append("parked")
-        else:
-            backend.store_result(task_id, result, states.SUCCESS)
-            endings.append("done")
+            app.backend.store_result(task_id, result, PARKED)  # thread-local backend
+            return "parked"
+        app.backend.store_result(task_id, result, states.SUCCESS)
+        return "done"
+
+    endings = for_each(rt, answer, list(zip(tasks, outcomes, strict=True)))
     log.info("batch.done", tasks=len(tasks), retries=endings.count("retry"))
     return endings

@@ -24,9 +24,11 @@ every guarantee of the single path holds per message:
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -44,7 +46,7 @@ from worker.providers.batching import new_batch_tag
 from worker.runtime import Runtime
 from worker.stores import DeliveryRecord, limiter_key
 
-__all__ = ["MAX_TAGS_KEPT", "BatchEntry", "process_batch"]
+__all__ = ["MAX_TAGS_KEPT", "BatchEntry", "for_each", "process_batch"]
 
 log = structlog.get_logger(__name__)
 
@@ -81,31 +83,59 @@ class _Wait(Exception):
 
 
 def process_batch(entries: Sequence[BatchEntry], rt: Runtime) -> list[Outcome]:
-    """One outcome per entry, in order."""
+    """One outcome per entry, in order.
+
+    The per-message steps are Redis round trips (ledger, lock, health, metrics); they run on
+    ``DELIVERY_BATCH_THREADS`` threads so a batch waits for Redis about as long as one message
+    does, instead of once per message in turn. Each message is still handled by one thread at
+    a time, under its own lock."""
     outcomes: list[Outcome | None] = [None] * len(entries)
     held: dict[int, tuple[Delivery, str]] = {}
-    ready: list[_Item] = []
+
+    def prepare_one(index: int) -> _Item | None:
+        entry = entries[index]
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(delivery_id=entry.delivery_id, channel=entry.channel)
+        try:
+            return _prepare(index, entry, rt, outcomes, held)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def leave_one(index: int) -> None:
+        d, token = held[index]
+        leave(d, token, finished=outcomes[index] is not None)
+
     try:
-        for index, entry in enumerate(entries):
-            structlog.contextvars.clear_contextvars()
-            structlog.contextvars.bind_contextvars(
-                delivery_id=entry.delivery_id, channel=entry.channel
-            )
-            item = _prepare(index, entry, rt, outcomes, held)
-            structlog.contextvars.clear_contextvars()
-            if item is not None:
-                ready.append(item)
+        prepared = for_each(rt, prepare_one, range(len(entries)))
+        ready = [item for item in prepared if item is not None]
         for chunk in _chunks(ready, rt):
-            with structlog.contextvars.bound_contextvars(
-                provider=chunk[0].d.provider, batch=len(chunk)
-            ):
-                for item, outcome in _send_chunk(chunk):
-                    outcomes[item.index] = outcome
+            structlog.contextvars.bind_contextvars(provider=chunk[0].d.provider, batch=len(chunk))
+            for item, outcome in _send_chunk(chunk, rt):
+                outcomes[item.index] = outcome
+            structlog.contextvars.clear_contextvars()
     finally:
-        for index, (d, token) in held.items():
-            leave(d, token, finished=outcomes[index] is not None)
+        for_each(rt, leave_one, list(held))
     assert all(o is not None for o in outcomes)
     return [o for o in outcomes if o is not None]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def for_each(rt: Runtime, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` over ``items`` on the batch threads (created on first use, in the pool process),
+    in order; the first exception is raised once every call has ended."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(
+            max_workers=rt.settings.batch_threads, thread_name_prefix="batch"
+        )
+    futures = [_executor.submit(fn, item) for item in items]
+    wait_all(futures)
+    return [f.result() for f in futures]
 
 
 def _prepare(
@@ -182,7 +212,8 @@ class _BatchGate:
 
     def __call__(self) -> None:
         now = repr(time.time())
-        for item in self.items:
+
+        def record(item: _Item) -> None:
             item.tags = [*item.tags, self.tag][-MAX_TAGS_KEPT:]
             first = {} if FIRST_ATTEMPT_AT in item.record.fields else {FIRST_ATTEMPT_AT: now}
             item.d.rt.ledger.transition(
@@ -192,6 +223,9 @@ class _BatchGate:
                 **{BATCH_TAGS: " ".join(item.tags)},
                 **first,
             )
+
+        # Every message is on record as sent under this tag before the request leaves.
+        for_each(self.items[0].d.rt, record, self.items)
         log.info("delivery.batch_attempt", tag=self.tag)
         self._acquire()
         self.opened = True
@@ -211,7 +245,7 @@ class _BatchGate:
             d.rt.metric(d.provider, "throttled_ms", int(waited * 1000))
 
 
-def _send_chunk(chunk: list[_Item]) -> list[tuple[_Item, Outcome]]:
+def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
     driver = chunk[0].driver
     provider = chunk[0].d.provider
     done: list[tuple[_Item, Outcome]] = []
@@ -222,34 +256,51 @@ def _send_chunk(chunk: list[_Item]) -> list[tuple[_Item, Outcome]]:
         try:
             answers = driver.send_batch(messages, gate.tag, gate, bulk=bulk)
         except _Wait as stop:
-            for item in todo:
-                item.d.rt.ledger.incr(item.d.delivery_id, "throttled")
-                done.append((item, wait(item.d, stop.wait_s, "rate_limited", item.record.attempts)))
             log.info("delivery.rate_limited", wait_s=round(stop.wait_s, 3))
-            return done
+
+            def later(item: _Item, wait_s: float = stop.wait_s) -> Outcome:
+                item.d.rt.ledger.incr(item.d.delivery_id, "throttled")
+                return wait(item.d, wait_s, "rate_limited", item.record.attempts)
+
+            return done + list(zip(todo, for_each(rt, _logged(later), todo), strict=True))
         except DeliveryError as exc:
             held_key = gate.key if gate.opened else None
             log.warning("delivery.batch_failed", kind=exc.kind, error=exc.message)
-            for n, item in enumerate(todo):
+            # The breaker hears the request once, not once per message.
+            first = todo[0]
+            done.append(
+                (
+                    first,
+                    settle_error(first.d, Failure(exc, first.record.attempts, driver, held_key)),
+                )
+            )
+
+            def settle(
+                item: _Item, exc: DeliveryError = exc, held_key: str | None = held_key
+            ) -> Outcome:
                 failure = Failure(exc, item.record.attempts, driver, held_key)
-                # The breaker hears the request once, not once per message.
-                handler = settle_error if n == 0 else POLICY_HANDLERS[exc.policy]
-                with structlog.contextvars.bound_contextvars(delivery_id=item.d.delivery_id):
-                    done.append((item, handler(item.d, failure)))
-            return done
+                return POLICY_HANDLERS[exc.policy](item.d, failure)
+
+            rest = todo[1:]
+            return done + list(zip(rest, for_each(rt, _logged(settle), rest), strict=True))
         if len(answers) != len(todo):  # a driver bug, not a provider answer
             raise RuntimeError(f"{provider} send_batch answered {len(answers)} of {len(todo)}")
         chunk[0].d.rt.health.record_success(provider)
-        again: list[_Item] = []
-        for item, answer in zip(todo, answers, strict=True):
-            with structlog.contextvars.bound_contextvars(delivery_id=item.d.delivery_id):
-                if isinstance(answer, SendOutcome):
-                    done.append((item, sent(item.d, answer, item.record.attempts)))
-                elif isinstance(answer, DeliveryError):
-                    failure = Failure(answer, item.record.attempts, driver, gate.key)
-                    done.append((item, POLICY_HANDLERS[answer.policy](item.d, failure)))
-                else:
-                    again.append(item)
+        again = [item for item, answer in zip(todo, answers, strict=True) if answer is None]
+        answered = [(i, a) for i, a in zip(todo, answers, strict=True) if a is not None]
+
+        def settle_answer(
+            pair: tuple[_Item, SendOutcome | DeliveryError | None], key: str = gate.key
+        ) -> Outcome:
+            item, answer = pair
+            if isinstance(answer, SendOutcome):
+                return sent(item.d, answer, item.record.attempts)
+            assert isinstance(answer, DeliveryError)
+            failure = Failure(answer, item.record.attempts, driver, key)
+            return POLICY_HANDLERS[answer.policy](item.d, failure)
+
+        settled = for_each(rt, _logged(settle_answer, lambda pair: pair[0]), answered)
+        done += [(item, outcome) for (item, _), outcome in zip(answered, settled, strict=True)]
         log.info("delivery.batch_sent", sent=len(todo) - len(again), again=len(again))
         if again and bulk:
             # Refused as a whole again: nothing was accepted; each goes alone (single path).
@@ -259,6 +310,22 @@ def _send_chunk(chunk: list[_Item]) -> list[tuple[_Item, Outcome]]:
             return done
         todo, bulk = again, True
     return done
+
+
+def _logged(
+    fn: Callable[[Any], Outcome], item_of: Callable[[Any], _Item] = lambda item: item
+) -> Callable[[Any], Outcome]:
+    """``fn`` with the message's delivery id bound in the (batch thread's) log context."""
+
+    def run(arg: Any) -> Outcome:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(delivery_id=item_of(arg).d.delivery_id)
+        try:
+            return fn(arg)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    return run
 
 
 def _with_tags(item: _Item) -> SendContext:
