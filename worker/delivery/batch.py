@@ -268,12 +268,9 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
             log.warning("delivery.batch_failed", kind=exc.kind, error=exc.message)
             # The breaker hears the request once, not once per message.
             first = todo[0]
-            done.append(
-                (
-                    first,
-                    settle_error(first.d, Failure(exc, first.record.attempts, driver, held_key)),
-                )
-            )
+            with structlog.contextvars.bound_contextvars(delivery_id=first.d.delivery_id):
+                failure = Failure(exc, first.record.attempts, driver, held_key)
+                done.append((first, settle_error(first.d, failure)))
 
             def settle(
                 item: _Item, exc: DeliveryError = exc, held_key: str | None = held_key
