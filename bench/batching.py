@@ -164,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=25)
     parser.add_argument("--min-speedup", type=float, default=20.0)
     parser.add_argument("--skip-anchor", action="store_true", help="batched phase only")
+    parser.add_argument(
+        "--no-aof",
+        action="store_true",
+        help="redis-server without its AOF (the stack's default is appendfsync always)",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-batching-"))
-    redis_proc = start_redis(workdir / "redis")
+    redis_proc = start_redis(workdir / "redis", appendonly=not args.no_aof)
     sandbox = start_sandbox(workdir, extra_args=["--quiet"])
     sandbox_url = str(sandbox.extra["url"])
     redis_url = str(redis_proc.extra["url"])
@@ -199,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"SMS Partner with {args.latency_ms} ms latency, one worker (prefork, concurrency "
-        f"{args.concurrency}), linger {args.linger_s:g} s"
+        f"{args.concurrency}), linger {args.linger_s:g} s, Redis "
+        f"{'without AOF' if args.no_aof else 'AOF appendfsync always'}"
     )
     print(table(anchor, batched))
     RESULTS_DIR.mkdir(exist_ok=True)
