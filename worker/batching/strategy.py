@@ -122,7 +122,11 @@ class Batcher:
         def on_error(einfo: Any) -> None:
             # WorkerLostError (SIGKILL, OOM): Celery's own handling per message: requeued
             # (task_reject_on_worker_lost), or acknowledged if its SUCCESS was stored.
-            log.warning("batch.pool_job_failed", tasks=len(batch), error=repr(einfo.exception))
+            log.warning(
+                "batch.pool_job_failed",
+                tasks=len(batch),
+                error=repr(getattr(einfo, "exception", einfo)),
+            )
             for r in batch:
                 r.on_failure(einfo)
             self._give_back(batch)
