@@ -180,7 +180,7 @@ def _prepare(
 def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
     """Per ``(provider, batch_key)``, chunks of at most the batch size with distinct recipients
     (a number twice in one request could not be told apart by a lookup by tag)."""
-    groups: dict[tuple[str, Hashable], list[list[_Item]]] = {}
+    groups: dict[tuple[str, Hashable], list[tuple[list[_Item], set[tuple[str, ...]]]]] = {}
     for item in items:
         spec = item.driver.batching
         assert spec is not None
@@ -188,13 +188,14 @@ def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
         key = (item.d.provider, item.driver.batch_key(item.d.message))
         recipients = tuple(item.d.recipients())
         chunks = groups.setdefault(key, [])
-        for chunk in chunks:
-            if len(chunk) < size and all(tuple(o.d.recipients()) != recipients for o in chunk):
+        for chunk, seen in chunks:
+            if len(chunk) < size and recipients not in seen:
                 chunk.append(item)
+                seen.add(recipients)
                 break
         else:
-            chunks.append([item])
-    return [chunk for chunks in groups.values() for chunk in chunks]
+            chunks.append(([item], {recipients}))
+    return [chunk for chunks in groups.values() for chunk, _ in chunks]
 
 
 class _BatchGate:
