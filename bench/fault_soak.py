@@ -7,7 +7,8 @@ the sandbox *accepted* per delivery:
 
 * EmailMassivo by ``idempotency_key`` (the delivery id; the sandbox answers a resend with the
   same key from its idempotency store, counted apart as ``deduped``: not a second send);
-* SMS Partner by ``tag`` (unique per delivery, used to reconcile unknown outcomes);
+* SMS Partner by ``tag`` (unique per delivery, used to reconcile unknown outcomes); a batch
+  (``/bulk-send``) by the token in each accepted entry's text;
 * Postal by the ``X-Delivery-Id`` header;
 * Mail Partner and Voice Partner by the token in the subject / the spoken text.
 
@@ -44,6 +45,10 @@ the sandbox *accepted* per delivery:
 ``sms-late-accept``
     SMS Partner: the provider accepts every first send only after the worker's read timeout
     (lost answer); asked after the grace, the worker finds each send and never resends.
+``batch-sigkill``
+    Batching on: SMS only; the pool process is SIGKILLed while its ``/bulk-send`` is at the
+    provider. The batch's messages are requeued at once and looked up by the batch's tag:
+    nothing lost, nothing sent twice (``tests/integration/test_batching.py``).
 
 ``tests/integration/test_faults.py`` runs the same scenario functions at CI size. Here, larger::
 
