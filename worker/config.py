@@ -158,7 +158,7 @@ class Settings(_ProviderSettings):
 
     batching: bool = False
     """Coalesce ``send_sms`` tasks into one provider request where the provider module declares
-    a bulk endpoint (``Driver.batching``; SMS Partner ``/send`` and ``/bulk-send``). See
+    a bulk endpoint (``Driver.batch_limit``; SMS Partner ``/send`` and ``/bulk-send``). See
     ``worker.batching``."""
     batch_linger_s: float = Field(default=0.05, ge=0, le=60)
     """How long the first message of a batch waits for others before the batch is sent."""

@@ -69,8 +69,7 @@ def bulk_ok(numbers: list[str], **per: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_module_declares_its_batching_and_which_messages_batch() -> None:
-    spec = SmsPartnerDriver.batching
-    assert spec is not None and spec.max_items == MAX_BATCH == 500
+    assert SmsPartnerDriver.batch_limit == MAX_BATCH == 500
     plain = SmsPartnerDriver.batch_key(sms(NUMBERS[0]))
     assert plain is not None
     assert SmsPartnerDriver.batch_key(sms(NUMBERS[1], "autre texte")) == plain  # bulk-send

@@ -27,7 +27,7 @@ How it works: :mod:`worker.batching.strategy` (main process) buffers ``tasks.sen
 requests and flushes them as one pool job after ``DELIVERY_BATCH_LINGER_S`` from the first, or
 as soon as ``DELIVERY_BATCH_MAX_ITEMS`` are buffered; :mod:`worker.batching.runner` (pool
 process) runs :func:`worker.delivery.batch.process_batch` and answers each task; the provider
-module declares whether and how it batches (``Driver.batching``, ``batch_key``,
+module declares whether and how it batches (``Driver.batch_limit``, ``batch_key``,
 ``send_batch``).
 """
 

@@ -32,7 +32,7 @@ def batching_strategy(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """``Task.Strategy``: Celery's default, feeding a :class:`Batcher` when batching is on."""
     settings = get_settings()
     channel = CHANNEL_OF_TASK.get(task.name)
-    batches = any(cls.channel == channel and cls.batching is not None for cls in DRIVERS.values())
+    batches = any(cls.channel == channel and cls.batch_limit > 0 for cls in DRIVERS.values())
     if not (settings.batching and batches):
         return default(task, app, consumer, **kwargs)
     batcher = Batcher(consumer, settings)

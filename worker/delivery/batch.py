@@ -7,7 +7,7 @@ every guarantee of the single path holds per message:
 * each message runs the single path's steps up to the send (``record.enter`` takes its lock and
   counts the run for the dead letters; ``pipeline.prepare``: ledger, deadline, routing with
   paused providers and breakers, reconciling an earlier unknown outcome);
-* the messages that would now be sent and whose driver declares ``batching`` are grouped by
+* the messages that would now be sent and whose driver declares ``batch_limit`` are grouped by
   ``(provider, batch_key)`` into chunks of distinct recipients; the others are sent alone;
 * per request, the gate records every message of the chunk as ``sending`` with the request's
   tag (``batch_tags``) **before** the request leaves, then takes **one** limiter slot: a worker
@@ -23,6 +23,7 @@ every guarantee of the single path holds per message:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -171,10 +172,10 @@ def _prepare(
         outcomes[index] = prepared
         return None
     record, driver, ctx = prepared
-    if driver.batching is None or driver.batch_key(d.message) is None:
+    if driver.batch_limit <= 0 or driver.batch_key(d.message) is None:
         outcomes[index] = send(d, record, driver, ctx)
         return None
-    return _Item(index, d, record, driver, ctx, list(ctx.batch_tags))
+    return _Item(index, d, record, driver, ctx, record.fields.get(BATCH_TAGS, "").split())
 
 
 def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
@@ -182,9 +183,7 @@ def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
     (a number twice in one request could not be told apart by a lookup by tag)."""
     groups: dict[tuple[str, Hashable], list[tuple[list[_Item], set[tuple[str, ...]]]]] = {}
     for item in items:
-        spec = item.driver.batching
-        assert spec is not None
-        size = min(spec.max_items, rt.settings.batch_max_items)
+        size = min(item.driver.batch_limit, rt.settings.batch_max_items)
         key = (item.d.provider, item.driver.batch_key(item.d.message))
         recipients = tuple(item.d.recipients())
         chunks = groups.setdefault(key, [])
@@ -327,13 +326,4 @@ def _logged(
 
 
 def _with_tags(item: _Item) -> SendContext:
-    ctx = item.ctx
-    return SendContext(
-        delivery_id=ctx.delivery_id,
-        idempotency_key=ctx.idempotency_key,
-        attempt=ctx.attempt,
-        tag=ctx.tag,
-        tag_is_callers=ctx.tag_is_callers,
-        batch_tags=tuple(item.tags),
-        sent_after=ctx.sent_after,
-    )
+    return dataclasses.replace(item.ctx, batch_tags=tuple(item.tags))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from worker.delivery.context import BATCH_TAGS, FIRST_ATTEMPT_AT, Delivery, as_float
+from worker.delivery.context import FIRST_ATTEMPT_AT, Delivery, as_float
 from worker.delivery.gate import NotNow, SendGate
 from worker.delivery.outcomes import sent
 from worker.delivery.results import Outcome
@@ -32,7 +32,6 @@ def send_context(d: Delivery, record: DeliveryRecord, driver: Driver[Any]) -> Se
         tag=driver.reconcile_tag(message, d.delivery_id),
         tag_is_callers=isinstance(message, SmsMessage) and message.tag is not None,
         sent_after=as_float(record.fields.get(FIRST_ATTEMPT_AT)) or time.time(),
-        batch_tags=tuple(record.fields.get(BATCH_TAGS, "").split()),
     )
 
 

@@ -44,7 +44,6 @@ from worker.errors import (
 from worker.http import join_url, map_transport_error, parse_retry_after, read_bounded
 from worker.models import Channel, EmailMessage, SmsMessage, VoiceMessage
 from worker.providers._util import as_float, provider_id
-from worker.providers.batching import BatchSpec
 from worker.providers.types import Balance, Gate, RuleViolation, SendContext, SendOutcome
 from worker.redaction import register_secret
 from worker.stores.limiter import Limit
@@ -79,15 +78,16 @@ class Driver(ABC, Generic[M]):
     """Documented limits per bucket, all per source IP (``DELIVERY_RATE_LIMITS`` overrides)."""
     accepts_raw: ClassVar[bool] = False
     """Email: takes a complete RFC 2822 message (``EmailMessage.raw``)."""
+    batch_limit: ClassVar[int] = 0
+    """Batching (``worker.batching``, with ``DELIVERY_BATCHING`` on): ``0``, every message is its
+    own request; else the most messages one bulk request carries, sent by :meth:`send_batch`
+    for messages of equal :meth:`batch_key`. Declared only where the provider answers per item
+    and can look an item up after a lost answer."""
     supports_reconcile: ClassVar[bool] = False
     supports_idempotency: ClassVar[bool] = False
     default_retry_after_s: ClassVar[float] = 1.0
     """The wait after a 429 that carries no ``Retry-After``."""
     connect_attempts: ClassVar[int] = 3
-    batching: ClassVar[BatchSpec | None] = None
-    """``None``: every message is its own request. Otherwise the provider's bulk endpoint
-    (:class:`~worker.providers.batching.BatchSpec`), used through :meth:`batch_key` and
-    :meth:`send_batch` when ``DELIVERY_BATCHING`` is on."""
 
     def __init__(self, client: httpx.Client, *, api_key: str, base_url: str | None = None) -> None:
         base = base_url or self.default_base_url

@@ -1,30 +1,18 @@
-"""What a provider module declares about batching (``Driver.batching``), and nothing more.
+"""The tag of a batch request (``worker.delivery.batch``).
 
 A provider batches only when its API has a bulk endpoint that answers **per item** (so one
 refusal fails one message) and a way to look an item up after a lost answer (so an unknown
-outcome is reconciled per item, never resent blindly). The delivery side (``worker.batching``,
-``worker.delivery.batch``) reads this declaration; the wire format stays in the driver
-(``Driver.batch_key``, ``Driver.send_batch``).
+outcome is reconciled per item, never resent blindly); it declares so in its module
+(``Driver.batch_limit``, ``Driver.batch_key``, ``Driver.send_batch``).
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
-__all__ = ["BATCH_TAG_PREFIX", "BatchSpec", "new_batch_tag"]
+__all__ = ["BATCH_TAG_PREFIX", "new_batch_tag"]
 
 BATCH_TAG_PREFIX = "dwb"
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """How a provider batches."""
-
-    max_items: int
-    """Messages per request at most (the provider's documented limit)."""
-    endpoints: str
-    """Which endpoints, for the README and logs."""
 
 
 def new_batch_tag() -> str:

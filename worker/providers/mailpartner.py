@@ -74,7 +74,7 @@ def text_to_html(text: str) -> str:
 
 class MailPartnerDriver(PartnerDriver[EmailMessage]):
     name = "mailpartner"
-    # No batching (Driver.batching stays None), though /send takes up to 500 recipients (§2.2):
+    # No batching (Driver.batch_limit stays 0), though /send takes up to 500 recipients (§2.2):
     # one subject and body for all (``variables`` are per request), one ``messageId`` and no
     # per-recipient answer, so one refused address (codes 14, 19) refuses or hides the others;
     # whether each recipient sees the others is not documented; and there is no status by tag

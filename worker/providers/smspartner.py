@@ -18,7 +18,6 @@ from worker.errors import (
 from worker.models import SmsMessage, sms_units
 from worker.providers._util import as_float, as_int, provider_id
 from worker.providers.base import Gate, SendContext, SendOutcome
-from worker.providers.batching import BatchSpec
 from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver
 
 __all__ = ["SmsPartnerDriver"]
@@ -64,6 +63,19 @@ failure. ``992`` (unauthorized sender) concerns the sender, but retrying per ent
 nothing was accepted."""
 
 
+def _number_key(value: Any) -> str | None:
+    """A number compared by its digits, national French ``0X…`` as ``33X…`` (§1.2.2 takes both
+    forms); ``None`` when it is not a string of a number."""
+    if not isinstance(value, str):
+        return None
+    digits = "".join(ch for ch in value[:40] if ch.isdigit())
+    if not digits:
+        return None
+    if value.strip().startswith("0") and not value.strip().startswith("00") and len(digits) == 10:
+        return "33" + digits[1:]
+    return digits.removeprefix("00") if value.strip().startswith("00") else digits
+
+
 def encode_text(text: str) -> str:
     """Apply the provider's in-band markup (providers.md §1.2.2).
 
@@ -82,10 +94,50 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
     # No limit documented for /v1/send (429 is documented only for HLR/lookup, §1.3); a 429
     # would still be honoured through the limiter's hold.
     rate_limits = {"send": ()}
+
+    @classmethod
+    def reconcile_tag(cls, message: SmsMessage, delivery_id: str) -> str | None:
+        # Tags: <= 20 chars, lowercase, no spaces (§1.2.2). The caller's tag reaches the
+        # provider as set (validated at enqueue); without one, a tag unique per delivery makes
+        # an unknown outcome reconcilable by /bulk-status-by-tag (§1.5).
+        if message.tag is not None:
+            return message.tag
+        return "dw" + delivery_id.replace("-", "")[:18].lower()
+
+    def build_request(self, message: SmsMessage, ctx: SendContext) -> httpx.Request:
+        payload: dict[str, Any] = {
+            "phoneNumbers": ",".join(message.to),
+            "message": encode_text(message.text),
+        }
+        if message.sender:
+            payload["sender"] = message.sender
+        # The caller's tag reaches the provider as set (§1.2.2); without one, the delivery's own
+        # tag; the same on every attempt, so a late acceptance is found by tag (§1.5).
+        tag = message.tag or ctx.tag
+        if tag:
+            payload["tag"] = tag
+        if not sms_units(message.text)[1]:
+            # Outside the GSM 7-bit alphabet: without the flag the provider substitutes
+            # characters (§1.2.2); billed 70 per SMS, 67 per part (models.sms_segments).
+            payload["isUnicode"] = 1
+        return self.post_json(
+            "send", self.auth_body(payload), headers={"Cache-Control": "no-cache"}
+        )
+
+    def parse_response(
+        self, response: httpx.Response, message: SmsMessage, ctx: SendContext
+    ) -> SendOutcome:
+        data = self.envelope(response)
+        # One message_id covers every number of the send (§1.2.2); without it, the pipeline
+        # reconciles by tag before any resend (§1.5).
+        return self.one_id_outcome(
+            response, data, data.get("message_id"), message.to, id_field="message_id"
+        )
+
     # §1.2.2: /send takes up to 500 numbers for one text; §1.2.3: /bulk-send up to 500 entries,
     # each with its own text, answered per entry (SMSResponse_List); §1.2.10 finds a lost
     # batch's numbers by its tag.
-    batching = BatchSpec(max_items=MAX_BATCH, endpoints="/send (one text), /bulk-send")
+    batch_limit = MAX_BATCH
 
     @classmethod
     def batch_key(cls, message: SmsMessage) -> Hashable | None:
@@ -181,12 +233,12 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         if isinstance(items, list):
             for item in items[: 4 * MAX_BATCH]:
                 if isinstance(item, dict):
-                    key = _digits(item.get("phoneNumber"))
+                    key = _number_key(item.get("phoneNumber"))
                     if key is not None:
                         by_number.setdefault(key, []).append(item)
         out: list[SendOutcome | DeliveryError | None] = []
         for number in numbers:
-            found = by_number.get(_digits(number) or "", [])
+            found = by_number.get(_number_key(number) or "", [])
             out.append(self._bulk_item(response, number, found, message_id, currency))
         return out
 
@@ -228,44 +280,37 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             status_code=response.status_code,
         )
 
-    @classmethod
-    def reconcile_tag(cls, message: SmsMessage, delivery_id: str) -> str | None:
-        # Tags: <= 20 chars, lowercase, no spaces (§1.2.2). The caller's tag reaches the
-        # provider as set (validated at enqueue); without one, a tag unique per delivery makes
-        # an unknown outcome reconcilable by /bulk-status-by-tag (§1.5).
-        if message.tag is not None:
-            return message.tag
-        return "dw" + delivery_id.replace("-", "")[:18].lower()
-
-    def build_request(self, message: SmsMessage, ctx: SendContext) -> httpx.Request:
-        payload: dict[str, Any] = {
-            "phoneNumbers": ",".join(message.to),
-            "message": encode_text(message.text),
-        }
-        if message.sender:
-            payload["sender"] = message.sender
-        # The caller's tag reaches the provider as set (§1.2.2); without one, the delivery's own
-        # tag; the same on every attempt, so a late acceptance is found by tag (§1.5).
-        tag = message.tag or ctx.tag
-        if tag:
-            payload["tag"] = tag
-        if not sms_units(message.text)[1]:
-            # Outside the GSM 7-bit alphabet: without the flag the provider substitutes
-            # characters (§1.2.2); billed 70 per SMS, 67 per part (models.sms_segments).
-            payload["isUnicode"] = 1
-        return self.post_json(
-            "send", self.auth_body(payload), headers={"Cache-Control": "no-cache"}
-        )
-
-    def parse_response(
-        self, response: httpx.Response, message: SmsMessage, ctx: SendContext
-    ) -> SendOutcome:
-        data = self.envelope(response)
-        # One message_id covers every number of the send (§1.2.2); without it, the pipeline
-        # reconciles by tag before any resend (§1.5).
-        return self.one_id_outcome(
-            response, data, data.get("message_id"), message.to, id_field="message_id"
-        )
+    def _reconcile_batch(self, message: SmsMessage, tag: str) -> SendOutcome | None:
+        """A batch request's tag is unique to that request and a batch never holds a number
+        twice, so this message's number listed under the tag is this message's send; the one
+        top-level ``message_id`` is that request's (§1.2.9, §1.2.10)."""
+        try:
+            response = self.transmit(self.get_request("bulk-status-by-tag", tag=tag))
+            data = self.envelope(response)
+        except PermanentError as exc:
+            if exc.provider_code == "4":
+                return None
+            raise
+        items = data.get("StatutResponse_List")
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise UnknownOutcomeError(
+                "smspartner bulk-status-by-tag answer has no recipient list", provider=self.name
+            )
+        wanted = _number_key(message.to[0])
+        for item in items:
+            if isinstance(item, dict) and _number_key(item.get("phoneNumber")) == wanted:
+                raw = item.get("messageId")
+                text = provider_id(data.get("message_id") if raw is None else raw)
+                ids = {message.to[0]: text} if text is not None else {}
+                return SendOutcome(provider=self.name, provider_message_ids=ids)
+        total = as_int(data.get("total"))
+        if total is not None and total > len(items):
+            raise UnknownOutcomeError(
+                "smspartner bulk-status-by-tag answer has more pages", provider=self.name
+            )
+        return None
 
     def reconcile(self, message: SmsMessage, ctx: SendContext) -> SendOutcome | None:
         """``GET /bulk-status-by-tag``: did an earlier attempt of this delivery get accepted? (§1.5)
@@ -321,51 +366,6 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             if text is not None:
                 ids[number] = text
         return SendOutcome(provider=self.name, provider_message_ids=ids)
-
-    def _reconcile_batch(self, message: SmsMessage, tag: str) -> SendOutcome | None:
-        """A batch request's tag is unique to that request and a batch never holds a number
-        twice, so this message's number listed under the tag is this message's send; the one
-        top-level ``message_id`` is that request's (§1.2.9, §1.2.10)."""
-        try:
-            response = self.transmit(self.get_request("bulk-status-by-tag", tag=tag))
-            data = self.envelope(response)
-        except PermanentError as exc:
-            if exc.provider_code == "4":
-                return None
-            raise
-        items = data.get("StatutResponse_List")
-        if items is None:
-            items = []
-        if not isinstance(items, list):
-            raise UnknownOutcomeError(
-                "smspartner bulk-status-by-tag answer has no recipient list", provider=self.name
-            )
-        wanted = _digits(message.to[0])
-        for item in items:
-            if isinstance(item, dict) and _digits(item.get("phoneNumber")) == wanted:
-                raw = item.get("messageId")
-                text = provider_id(data.get("message_id") if raw is None else raw)
-                ids = {message.to[0]: text} if text is not None else {}
-                return SendOutcome(provider=self.name, provider_message_ids=ids)
-        total = as_int(data.get("total"))
-        if total is not None and total > len(items):
-            raise UnknownOutcomeError(
-                "smspartner bulk-status-by-tag answer has more pages", provider=self.name
-            )
-        return None
-
-
-def _digits(value: Any) -> str | None:
-    """A number compared by its digits, national French ``0X…`` as ``33X…`` (§1.2.2 takes both
-    forms); ``None`` when it is not a string of a number."""
-    if not isinstance(value, str):
-        return None
-    digits = "".join(ch for ch in value[:40] if ch.isdigit())
-    if not digits:
-        return None
-    if value.strip().startswith("0") and not value.strip().startswith("00") and len(digits) == 10:
-        return "33" + digits[1:]
-    return digits.removeprefix("00") if value.strip().startswith("00") else digits
 
 
 def _ours(items: list[Any], wanted: set[str], ctx: SendContext) -> tuple[dict[str, Any], bool]:
