@@ -16,7 +16,7 @@ from worker.errors import (
     UnknownOutcomeError,
 )
 from worker.models import SmsMessage, sms_units
-from worker.providers._util import as_float, as_int, provider_id
+from worker.providers._util import as_int, provider_id
 from worker.providers.base import Gate, SendContext, SendOutcome
 from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver
 
@@ -259,18 +259,14 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         item = found[0]
         success, code = item.get("success"), as_int(item.get("code"))
         if success is True and code in (200, None):
-            if message_id is None:
-                return UnknownOutcomeError(
-                    "smspartner bulk-send success answer has no message_id",
-                    provider=self.name,
-                    status_code=response.status_code,
+            # The request's one message_id covers this entry, with the entry's own cost.
+            priced = {"cost": item.get("cost"), "currency": currency}
+            try:
+                return self.one_id_outcome(
+                    response, priced, message_id, [number], id_field="message_id"
                 )
-            return SendOutcome(
-                provider=self.name,
-                provider_message_ids={number: message_id},
-                cost=as_float(item.get("cost")),
-                currency=currency,
-            )
+            except UnknownOutcomeError as exc:
+                return exc
         if success is False and code is not None and code != 200:
             text = item.get("message")
             return self.classify(code, text[:200] if isinstance(text, str) else "", response)
