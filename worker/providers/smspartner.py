@@ -17,8 +17,9 @@ from worker.errors import (
 )
 from worker.models import SmsMessage, sms_units
 from worker.providers._util import as_int, provider_id
-from worker.providers.base import Gate, SendContext, SendOutcome
+from worker.providers.base import SendContext, SendOutcome
 from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver
+from worker.providers.types import Gate
 
 __all__ = ["SmsPartnerDriver"]
 
