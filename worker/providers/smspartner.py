@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -19,7 +19,6 @@ from worker.models import SmsMessage, sms_units
 from worker.providers._util import as_int, provider_id
 from worker.providers.base import SendContext, SendOutcome
 from worker.providers.partner import COMMON_CODES, PROVIDER_TZ, PartnerDriver
-from worker.providers.types import Gate
 
 __all__ = ["SmsPartnerDriver"]
 
@@ -151,7 +150,12 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         return (message.sender or "", not sms_units(message.text)[1])
 
     def send_batch(
-        self, messages: Sequence[SmsMessage], tag: str, gate: Gate, *, bulk: bool = False
+        self,
+        messages: Sequence[SmsMessage],
+        tag: str,
+        gate: Callable[[], None],  # providers.types.Gate
+        *,
+        bulk: bool = False,
     ) -> list[SendOutcome | DeliveryError | None]:
         """``/send`` when every message has the same text (one request, one ``message_id``),
         else ``/bulk-send`` (§1.2.3, one answer per entry).
