@@ -22,10 +22,11 @@ from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
 from worker.metrics import record as metrics
 from worker.models import InvalidMessage
-from worker.providers import Driver, parse_message
+from worker.providers import Driver, SendContext, parse_message
 from worker.runtime import Runtime
+from worker.stores import DeliveryRecord
 
-__all__ = ["process"]
+__all__ = ["invalid", "prepare", "process"]
 
 log = structlog.get_logger(__name__)
 
@@ -39,12 +40,22 @@ def process(channel: str, raw: Any, *, delivery_id: str, task_name: str, rt: Run
     try:
         message = parse_message(channel, raw)
     except InvalidMessage as exc:
-        return _invalid(channel, exc, delivery_id=delivery_id, task_name=task_name, rt=rt)
+        return invalid(channel, exc, delivery_id=delivery_id, task_name=task_name, rt=rt)
     d = Delivery(rt, message, raw, delivery_id, task_name, provider=message.provider or "")
     return guarded(d, _attempt)
 
 
 def _attempt(d: Delivery) -> Outcome:
+    prepared = prepare(d)
+    if not isinstance(prepared, tuple):
+        return prepared
+    record, driver, ctx = prepared
+    return send(d, record, driver, ctx)
+
+
+def prepare(d: Delivery) -> Outcome | tuple[DeliveryRecord, Driver[Any], SendContext]:
+    """Every step before the send (under the delivery's lock): an outcome when one of them
+    ends the attempt, else what the send needs (the single path and ``worker.delivery.batch``)."""
     record = load(d)
     if record.final:
         return answer_from_ledger(d, record)
@@ -74,7 +85,7 @@ def _attempt(d: Delivery) -> Outcome:
     if stop is not None:
         return stop
     assert not d.past_deadline  # settle_earlier_send always ends such a run
-    return send(d, record, driver, ctx)
+    return record, driver, ctx
 
 
 def _named_driver(d: Delivery) -> Driver[Any] | None:
@@ -88,7 +99,7 @@ def _named_driver(d: Delivery) -> Driver[Any] | None:
         return None
 
 
-def _invalid(
+def invalid(
     channel: str, exc: InvalidMessage, *, delivery_id: str, task_name: str, rt: Runtime
 ) -> Outcome:
     # Defence in depth: producers validate before enqueue, but a message sent by name

@@ -21,13 +21,31 @@ from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.stores import DeliveryRecord
 
-__all__ = ["answer_from_ledger", "guarded", "load"]
+__all__ = ["answer_from_ledger", "enter", "guarded", "leave", "load"]
 
 log = structlog.get_logger(__name__)
 
 
 def guarded(d: Delivery, run: Callable[[Delivery], Outcome]) -> Outcome:
     """``run`` under the delivery's lock, counting runs that never finished."""
+    entered = enter(d)
+    if not isinstance(entered, str):
+        return entered if entered is not None else run(d)
+    finished = False
+    try:
+        outcome = run(d)
+        finished = True
+        return outcome
+    finally:
+        leave(d, entered, finished=finished)
+
+
+def enter(d: Delivery) -> str | Outcome | None:
+    """Create the record, take the delivery's lock and count this run (a batch holds several).
+
+    The lock token to :func:`leave` with; an outcome when this run must not go on (a concurrent
+    copy holds the lock, or the message is buried); ``None`` when the record is already final
+    (no lock needed: the ledger answers)."""
     ledger = d.rt.ledger
     ledger.create(
         d.delivery_id,
@@ -37,7 +55,7 @@ def guarded(d: Delivery, run: Callable[[Delivery], Outcome]) -> Outcome:
     )
     record = _get(d)
     if record.final:
-        return run(d)
+        return None
     token = uuid.uuid4().hex
     busy_s = ledger.lock(d.delivery_id, token, d.settings.send_lock_ttl_s)
     if busy_s > 0:
@@ -46,15 +64,22 @@ def guarded(d: Delivery, run: Callable[[Delivery], Outcome]) -> Outcome:
         log.info("delivery.concurrent_copy", retry_in_s=round(busy_s, 3))
         waiting = d.result(record.state, record.attempts)
         return Retry(busy_s + 0.05, "concurrent_copy", waiting)
-    try:
-        runs = ledger.incr(d.delivery_id, "runs_unfinished")
-        if runs > d.settings.max_unfinished_runs:
+    runs = ledger.incr(d.delivery_id, "runs_unfinished")
+    if runs > d.settings.max_unfinished_runs:
+        try:
             return _bury(d, runs - 1, record.attempts)
-        outcome = run(d)
-        ledger.set_fields(d.delivery_id, runs_unfinished="0")
-        return outcome
+        finally:
+            ledger.unlock(d.delivery_id, token)
+    return token
+
+
+def leave(d: Delivery, token: str, *, finished: bool) -> None:
+    """Release the lock; a run that ``finished`` (reached an outcome) is no longer unfinished."""
+    try:
+        if finished:
+            d.rt.ledger.set_fields(d.delivery_id, runs_unfinished="0")
     finally:
-        ledger.unlock(d.delivery_id, token)
+        d.rt.ledger.unlock(d.delivery_id, token)
 
 
 def load(d: Delivery) -> DeliveryRecord:

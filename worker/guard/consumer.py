@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -23,10 +24,30 @@ _current: MessageGuard | None = None
 """The guard of this worker's consumer (main process only)."""
 
 
+_together: list[str] | None = None
+"""While :func:`accepted_together` runs: the task ids accepted so far."""
+
+
 def task_accepted(task_id: str) -> None:
     """A pool process took the task: the main process is done with it (clears its mark)."""
-    if _current is not None:
+    if _together is not None:
+        _together.append(task_id)
+    elif _current is not None:
         _current.unmark(task_id)
+
+
+@contextlib.contextmanager
+def accepted_together() -> Iterator[None]:
+    """Tasks a pool process accepted together (a batch, ``worker.batching``): their marks are
+    cleared in one Redis round trip instead of one each."""
+    global _together
+    _together = []
+    try:
+        yield
+    finally:
+        ids, _together = _together, None
+        if _current is not None:
+            _current.unmark_many(ids)
 
 
 def redis_errors_as_connection_errors(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
