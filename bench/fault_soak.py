@@ -7,7 +7,8 @@ the sandbox *accepted* per delivery:
 
 * EmailMassivo by ``idempotency_key`` (the delivery id; the sandbox answers a resend with the
   same key from its idempotency store, counted apart as ``deduped``: not a second send);
-* SMS Partner by ``tag`` (unique per delivery, used to reconcile unknown outcomes);
+* SMS Partner by ``tag`` (unique per delivery, used to reconcile unknown outcomes); a batch
+  (``/bulk-send``) by the token in each accepted entry's text;
 * Postal by the ``X-Delivery-Id`` header;
 * Mail Partner and Voice Partner by the token in the subject / the spoken text.
 
@@ -44,6 +45,10 @@ the sandbox *accepted* per delivery:
 ``sms-late-accept``
     SMS Partner: the provider accepts every first send only after the worker's read timeout
     (lost answer); asked after the grace, the worker finds each send and never resends.
+``batch-sigkill``
+    Batching on: SMS only; the pool process is SIGKILLed while its ``/bulk-send`` is at the
+    provider. The batch's messages are requeued at once and looked up by the batch's tag:
+    nothing lost, nothing sent twice (``tests/integration/test_batching.py``).
 
 ``tests/integration/test_faults.py`` runs the same scenario functions at CI size. Here, larger::
 
@@ -100,6 +105,7 @@ __all__ = [
     "base_env",
     "main",
     "scenario_accept_then_drop",
+    "scenario_batch_sigkill",
     "scenario_emailmassivo_lost_answer",
     "scenario_hostile",
     "scenario_poison",
@@ -345,6 +351,14 @@ def tally(
     copies: Counter[str] = Counter()
     for m in admin.messages():
         provider = m["provider"]
+        if provider == "smspartner" and isinstance(m.get("fields", {}).get("SMSList"), list):
+            # A batch (/bulk-send, worker.batching): one copy per accepted entry, its token in
+            # that entry's text. A /send batch has one text: the token of a batch of one.
+            for token in _bulk_tokens(m):
+                copies[token] += 1
+            continue
+        if provider == "smspartner" and "," in str(m.get("fields", {}).get("phoneNumbers", "")):
+            raise AssertionError("tally: a multi-number /send is not attributable by token")
         key: str | None = None
         if provider == "emailmassivo":
             key = m.get("idempotency_key")
@@ -372,6 +386,17 @@ def tally(
         f.duplicated += max(0, n - 1)
     figures["emailmassivo"].deduped = int(stats["emailmassivo"]["duplicates"])
     return {p: f for p, f in figures.items() if f.messages}, dict(copies)
+
+
+def _bulk_tokens(m: dict[str, Any]) -> list[str]:
+    """The tokens of a ``/bulk-send``'s accepted entries (``recipients``: accepted numbers)."""
+    accepted = set(m.get("recipients") or [])
+    out = []
+    for entry in m["fields"]["SMSList"]:
+        if isinstance(entry, dict) and entry.get("phoneNumber") in accepted:
+            found = _TOKEN.findall(str(entry.get("message", "")))
+            out.append(found[0] if len(found) == 1 else f"?{m.get('message_id')}")
+    return out
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -1091,6 +1116,60 @@ def scenario_sms_late_accept(
         return run.figures(planned)
 
 
+BATCH_ENV = {"DELIVERY_BATCHING": "1", "DELIVERY_BATCH_LINGER_S": "0.3"}
+
+
+def scenario_batch_sigkill(
+    stack: Stack,
+    *,
+    messages: int = 400,
+    kills: int = 4,
+    concurrency: int = 2,
+    seed: int = 5,
+    latency_ms: int = 600,
+    timeout_s: float = 180.0,
+) -> Figures:
+    """Batching on (``worker.batching``): SIGKILL the pool process while it holds a batch of SMS
+    whose ``/bulk-send`` is at the provider (answered after ``latency_ms``). The killed batch's
+    messages are requeued at once (Celery's ``on_failure`` for a lost worker); their records
+    say ``sending`` under the batch's tag, so they are looked up by that tag, never resent
+    blindly: nothing lost, nothing sent twice."""
+    with Run(stack, "batch-sigkill", env=BATCH_ENV) as run:
+        procs = run.start_workers(1, concurrency)
+        run.admin.set_faults([{"provider": "*", "action": "latency", "delay_ms": latency_ms}])
+        planned = build_workload(run.run, messages, providers=["smspartner"])
+        run.enqueue(planned)
+        ids = _ids(planned)
+        rng = random.Random(seed)
+        busy_kills = 0
+        deadline = time.monotonic() + timeout_s
+        while run.kills < kills and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.05, 0.3))
+            states = Counter(run.states(ids).values())
+            if sum(states[s] for s in FINAL_STATES) == len(ids):
+                break
+            if states["sending"] == 0:
+                continue  # kill only while a batch is at the provider
+            children = pool_children(procs[0])
+            if not children:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rng.choice(children), signal.SIGKILL)
+                run.kills += 1
+                busy_kills += 1
+                time.sleep(latency_ms / 1000)
+        run.checks["kills_while_sending"] = busy_kills
+        run.wait_final(ids, timeout_s)
+        requests = run.admin.requests("smspartner")
+        run.checks["batch_requests"] = sum(1 for r in requests if r["route"] == "/bulk-send")
+        run.checks["status_checks"] = sum(
+            1 for r in requests if r["route"] == "/bulk-status-by-tag"
+        )
+        run.checks["tasks_interrupted"] = interrupted_tasks(procs)
+        run.checks["workers_alive"] = all(p.alive() for p in procs)
+        return run.figures(planned)
+
+
 SCENARIOS: dict[str, Callable[..., Figures]] = {
     "sigkill": scenario_sigkill,
     "redis-restart": scenario_redis_restart,
@@ -1102,6 +1181,7 @@ SCENARIOS: dict[str, Callable[..., Figures]] = {
     "hostile": scenario_hostile,
     "emailmassivo-lost-answer": scenario_emailmassivo_lost_answer,
     "sms-late-accept": scenario_sms_late_accept,
+    "batch-sigkill": scenario_batch_sigkill,
 }
 
 
@@ -1191,6 +1271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hostile": {"messages": n, "hostile": 5 * n, "raw": max(20, n // 10), "seed": args.seed},
         "emailmassivo-lost-answer": {"messages": max(10, n // 20)},
         "sms-late-accept": {"messages": max(12, n // 20), "timeout_s": 90.0 + n / 10},
+        "batch-sigkill": {"messages": n, "seed": args.seed, "timeout_s": 120.0 + n / 5},
     }
     workdir = Path(tempfile.mkdtemp(prefix="fault-soak-"))
     redis_proc = start_redis(workdir / "redis")

@@ -63,7 +63,15 @@ def send_email(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "email", message)
 
 
-@app.task(bind=True, name="tasks.send_sms", max_retries=None, Request=RedactedRequest)
+# Strategy: with DELIVERY_BATCHING on, the worker coalesces these into provider batches
+# (worker.batching); off, it is Celery's default strategy.
+@app.task(
+    bind=True,
+    name="tasks.send_sms",
+    max_retries=None,
+    Request=RedactedRequest,
+    Strategy="worker.batching.strategy:batching_strategy",
+)
 def send_sms(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "sms", message)
 

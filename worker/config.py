@@ -200,6 +200,17 @@ class Settings(_ProviderSettings):
     """Celery's ``STARTED`` result state (``DELIVERY_TASK_TRACK_STARTED``): five more result
     backend commands per message; the ledger already records ``sending``."""
 
+    batching: bool = False
+    """Coalesce ``send_sms`` tasks into one provider request where the provider module declares
+    a bulk endpoint (``Driver.batch_limit``; SMS Partner ``/send`` and ``/bulk-send``). See
+    ``worker.batching``."""
+    batch_linger_s: float = Field(default=0.05, ge=0, le=60)
+    """How long the first message of a batch waits for others before the batch is sent."""
+    batch_max_items: int = Field(default=500, ge=1, le=500)
+    """Messages per batch at most (and never more than the provider's declared maximum)."""
+    batch_threads: int = Field(default=16, ge=1, le=128)
+    """Threads per pool process for a batch's per-message Redis work (ledger, lock, result)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

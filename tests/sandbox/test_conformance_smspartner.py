@@ -265,3 +265,41 @@ def test_a_send_can_be_accepted_after_the_client_gave_up(client, set_faults):
     time.sleep(0.8)
     later = get(client, "bulk-status-by-tag", tag="late1")["StatutResponse_List"]
     assert [i["phoneNumber"] for i in later] == [N1]
+
+
+def test_bulk_send_refuses_magic_numbers_per_entry(client, messages):
+    # §1.2.3 per-item success/code, with the §1.3 codes [INFERRED]: a marketing refusal (22) and
+    # the queue failure (500) refuse their own entry only; the others are accepted and billed.
+    response = post(
+        client,
+        "bulk-send",
+        tag="lot3",
+        SMSList=[
+            {"phoneNumber": "+33600000022", "message": "promo"},
+            {"phoneNumber": N1, "message": "a"},
+            {"phoneNumber": "+33600000500", "message": "b"},
+        ],
+    )
+    data = response.json()
+    assert (data["success"], data["code"], data["nbSMS"]) == (True, 200, 1)
+    codes = [(i["success"], i["code"]) for i in data["SMSResponse_List"]]
+    assert codes == [(False, 22), (True, 200), (False, 500)]
+    [recorded] = messages("smspartner")
+    assert recorded["recipients"] == [N1]
+
+
+def test_bulk_send_with_no_entry_accepted_answers_the_first_entrys_code(client, messages):
+    # [INFERRED] (sandbox rule): nothing accepted → the request is refused with the first entry's
+    # code and no per-item list; nothing is recorded or billed.
+    response = post(
+        client,
+        "bulk-send",
+        SMSList=[
+            {"phoneNumber": "0600000014", "message": "a"},
+            {"phoneNumber": "+33600000022", "message": "b"},
+        ],
+    )
+    data = response.json()
+    assert (data["success"], data["code"]) == (False, 14)
+    assert "SMSResponse_List" not in data
+    assert messages("smspartner") == []

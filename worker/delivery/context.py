@@ -15,7 +15,15 @@ from worker.models import DeliveryResult, ErrorInfo, Message, SmsMessage
 from worker.runtime import Runtime
 from worker.stores.hotpath import Begun, Closing
 
-__all__ = ["FIRST_ATTEMPT_AT", "GAVE_UP", "NOT_BEFORE", "OUTCOME_UNKNOWN", "Delivery", "as_float"]
+__all__ = [
+    "BATCH_TAGS",
+    "FIRST_ATTEMPT_AT",
+    "GAVE_UP",
+    "NOT_BEFORE",
+    "OUTCOME_UNKNOWN",
+    "Delivery",
+    "as_float",
+]
 
 OUTCOME_UNKNOWN = "outcome_unknown"
 """Ledger field: "1" while an earlier send's outcome could not be reconciled (ask again first)."""
@@ -25,6 +33,9 @@ the grace before reconciling an unknown outcome). Celery countdowns are capped b
 visibility timeout (:func:`worker.delivery.outcomes.wait`), so a run that comes earlier just
 waits again."""
 FIRST_ATTEMPT_AT = "first_attempt_at"
+BATCH_TAGS = "batch_tags"
+"""Ledger field: the tags of the batch requests that carried this delivery, space-separated,
+newest last (``worker.delivery.batch``); an unknown outcome is looked up under each."""
 GAVE_UP = "unknown_outcome_error"
 """Ledger field: the last error (JSON) when retries ran out with the outcome still unknown; the
 delivery fails with it only once the provider, asked after the grace, has not seen the send."""

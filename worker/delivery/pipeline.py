@@ -23,10 +23,11 @@ from worker.errors import DeliveryError
 from worker.guard.refusals import MAIN_MARK_PREFIX
 from worker.metrics import record as metrics
 from worker.models import InvalidMessage
-from worker.providers import Driver, parse_message
+from worker.providers import Driver, SendContext, parse_message
 from worker.runtime import Runtime
+from worker.stores import DeliveryRecord
 
-__all__ = ["process"]
+__all__ = ["invalid", "prepare", "process"]
 
 log = structlog.get_logger(__name__)
 
@@ -55,12 +56,22 @@ def process(
     except InvalidMessage as exc:
         if mark is not None:
             rt.hotpath.clear_mark(mark)
-        return _invalid(channel, exc, delivery_id=delivery_id, task_name=task_name, rt=rt)
+        return invalid(channel, exc, delivery_id=delivery_id, task_name=task_name, rt=rt)
     d = Delivery(rt, message, raw, delivery_id, task_name, provider=message.provider or "")
     return guarded(d, _attempt, mark=mark)
 
 
 def _attempt(d: Delivery) -> Outcome:
+    prepared = prepare(d)
+    if not isinstance(prepared, tuple):
+        return prepared
+    record, driver, ctx = prepared
+    return send(d, record, driver, ctx)
+
+
+def prepare(d: Delivery) -> Outcome | tuple[DeliveryRecord, Driver[Any], SendContext]:
+    """Every step before the send (under the delivery's lock): an outcome when one of them
+    ends the attempt, else what the send needs (the single path and ``worker.delivery.batch``)."""
     record = load(d)
     if record.final:
         return answer_from_ledger(d, record)
@@ -90,7 +101,7 @@ def _attempt(d: Delivery) -> Outcome:
     if stop is not None:
         return stop
     assert not d.past_deadline  # settle_earlier_send always ends such a run
-    return send(d, record, driver, ctx)
+    return record, driver, ctx
 
 
 def _named_driver(d: Delivery) -> Driver[Any] | None:
@@ -104,7 +115,7 @@ def _named_driver(d: Delivery) -> Driver[Any] | None:
         return None
 
 
-def _invalid(
+def invalid(
     channel: str, exc: InvalidMessage, *, delivery_id: str, task_name: str, rt: Runtime
 ) -> Outcome:
     # Defence in depth: producers validate before enqueue, but a message sent by name

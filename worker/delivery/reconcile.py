@@ -8,12 +8,20 @@ it is asked only once the read timeout and the grace have passed since the send 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import structlog
 
-from worker.delivery.context import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN, Delivery, as_float
+from worker.delivery.context import (
+    BATCH_TAGS,
+    GAVE_UP,
+    NOT_BEFORE,
+    OUTCOME_UNKNOWN,
+    Delivery,
+    as_float,
+)
 from worker.delivery.outcomes import expire, finish, sent, wait
 from worker.delivery.results import Outcome
 from worker.delivery.settle import Failure, settle_error
@@ -22,7 +30,7 @@ from worker.models import ErrorInfo
 from worker.providers import Driver, SendContext, SendOutcome
 from worker.stores import DeliveryRecord
 
-__all__ = ["lookup", "settle_earlier_send"]
+__all__ = ["lookup", "settle_earlier_send", "with_batch_tags"]
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +39,7 @@ def settle_earlier_send(
     d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendContext
 ) -> Outcome | None:
     """The outcome when an earlier send decides this run; ``None``: go on and send."""
+    ctx = with_batch_tags(ctx, record)
     if d.past_deadline:
         return _ask_at_deadline(d, record, driver, ctx)
     if record.state == "sending" and driver.supports_reconcile:
@@ -81,6 +90,13 @@ def _ask_at_deadline(
     if found is not None:
         return sent(d, found, record.attempts)
     return expire(d, record.attempts, "before the message was sent")
+
+
+def with_batch_tags(ctx: SendContext, record: DeliveryRecord) -> SendContext:
+    """``ctx`` with the tags of the batch requests that carried this delivery (its ledger
+    ``batch_tags``, ``worker.delivery.batch``): an unknown outcome is looked up under each."""
+    tags = tuple(record.fields.get(BATCH_TAGS, "").split())
+    return dataclasses.replace(ctx, batch_tags=tags) if tags else ctx
 
 
 def lookup(d: Delivery, driver: Driver[Any], ctx: SendContext) -> SendOutcome | None:

@@ -24,7 +24,7 @@ from worker.stores import DeliveryRecord
 from worker.stores.hotpath import Closing, Finished
 from worker.tracking.service import registered
 
-__all__ = ["answer_from_ledger", "guarded", "load"]
+__all__ = ["answer_from_ledger", "enter", "guarded", "leave", "load"]
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +90,48 @@ def _closed(d: Delivery, closing: Closing, done: Finished) -> None:
             log.warning("breaker.success_not_recorded", error=type(exc).__name__)
     if closing.tracking is not None:
         registered(d.rt, d.delivery_id, closing.tracking, done.tracking_error)
+
+
+def enter(d: Delivery) -> str | Outcome | None:
+    """Create the record, take the delivery's lock and count this run (a batch holds several).
+
+    The lock token to :func:`leave` with; an outcome when this run must not go on (a concurrent
+    copy holds the lock, or the message is buried); ``None`` when the record is already final
+    (no lock needed: the ledger answers)."""
+    ledger = d.rt.ledger
+    ledger.create(
+        d.delivery_id,
+        channel=d.channel,
+        provider=d.message.provider or "auto",
+        extra={"task_name": d.task_name, "message": json.dumps(d.raw)},
+    )
+    record = _get(d)
+    if record.final:
+        return None
+    token = uuid.uuid4().hex
+    busy_s = ledger.lock(d.delivery_id, token, d.settings.send_lock_ttl_s)
+    if busy_s > 0:
+        # Another copy of this delivery is running, or died holding the lock: wait for it
+        # (the lock expires) rather than risk sending twice.
+        log.info("delivery.concurrent_copy", retry_in_s=round(busy_s, 3))
+        waiting = d.result(record.state, record.attempts)
+        return Retry(busy_s + 0.05, "concurrent_copy", waiting)
+    runs = ledger.incr(d.delivery_id, "runs_unfinished")
+    if runs > d.settings.max_unfinished_runs:
+        try:
+            return _bury(d, runs - 1, record.attempts)
+        finally:
+            ledger.unlock(d.delivery_id, token)
+    return token
+
+
+def leave(d: Delivery, token: str, *, finished: bool) -> None:
+    """Release the lock; a run that ``finished`` (reached an outcome) is no longer unfinished."""
+    try:
+        if finished:
+            d.rt.ledger.set_fields(d.delivery_id, runs_unfinished="0")
+    finally:
+        d.rt.ledger.unlock(d.delivery_id, token)
 
 
 def load(d: Delivery) -> DeliveryRecord:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -24,10 +25,17 @@ _current: MessageGuard | None = None
 """The guard of this worker's consumer (main process only)."""
 
 
+_together: list[str] | None = None
+"""While :func:`accepted_together` runs: the task ids accepted so far."""
+
+
 def task_accepted(task_id: str, guard_token: str | None = None) -> None:
     """A pool process took the task: the main process is done with it (clears its mark). A
-    send task carrying this guard's token has its mark cleared by its run instead."""
-    if _current is not None:
+    send task carrying this guard's token has its mark cleared by its run instead; a batch's
+    tasks (:func:`accepted_together`) are cleared here, in one round trip."""
+    if _together is not None:
+        _together.append(task_id)
+    elif _current is not None:
         if guard_token is not None and guard_token == _current.token:
             _current.handed(task_id)
         else:
@@ -39,6 +47,20 @@ def task_failed(task_id: str, guard_token: str | None = None) -> None:
     (its run may never have cleared the mark): clear it here."""
     if _current is not None and guard_token is not None and guard_token == _current.token:
         _current.release(task_id)
+
+
+@contextlib.contextmanager
+def accepted_together() -> Iterator[None]:
+    """Tasks a pool process accepted together (a batch, ``worker.batching``): their marks are
+    cleared in one Redis round trip instead of one each."""
+    global _together
+    _together = []
+    try:
+        yield
+    finally:
+        ids, _together = _together, None
+        if _current is not None:
+            _current.unmark_many(ids)
 
 
 def redis_errors_as_connection_errors(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -179,6 +179,21 @@ class MessageGuard:
         self.marked.add(task_id)
         self.unmark(task_id)
 
+    def unmark_many(self, task_ids: list[str]) -> None:
+        """:meth:`unmark` for several tasks, in one round trip; never raises."""
+        ours = [task_id for task_id in task_ids if task_id in self.marked]
+        self.marked.difference_update(ours)
+        if not ours:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in ours:
+                pipe.hdel(MAIN_MARK_PREFIX + task_id, self.token)
+            pipe.execute()
+        except redis.RedisError:
+            self._unmark_pending.update(ours)
+            log.warning("guard.unmark_deferred", marks=len(self._unmark_pending))
+
     def _retry_unmarks(self) -> None:
         for task_id in list(self._unmark_pending):
             self.redis.hdel(MAIN_MARK_PREFIX + task_id, self.token)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -96,6 +96,11 @@ class Driver(ABC, Generic[M]):
     """Documented limits per bucket, all per source IP (``DELIVERY_RATE_LIMITS`` overrides)."""
     accepts_raw: ClassVar[bool] = False
     """Email: takes a complete RFC 2822 message (``EmailMessage.raw``)."""
+    batch_limit: ClassVar[int] = 0
+    """Batching (``worker.batching``, with ``DELIVERY_BATCHING`` on): ``0``, every message is its
+    own request; else the most messages one bulk request carries, sent by :meth:`send_batch`
+    for messages of equal :meth:`batch_key`. Declared only where the provider answers per item
+    and can look an item up after a lost answer."""
     supports_reconcile: ClassVar[bool] = False
     supports_idempotency: ClassVar[bool] = False
     default_retry_after_s: ClassVar[float] = 1.0
@@ -156,6 +161,24 @@ class Driver(ABC, Generic[M]):
     def reconcile_tag(cls, message: M, delivery_id: str) -> str | None:
         """The tag sent on every attempt of a delivery, for :meth:`reconcile`; ``None``: none."""
         return None
+
+    @classmethod
+    def batch_key(cls, message: M) -> Hashable | None:
+        """Messages with equal keys may share one batch request; ``None``: this one goes alone."""
+        return None
+
+    def send_batch(
+        self, messages: Sequence[M], tag: str, gate: Gate, *, bulk: bool = False
+    ) -> list[SendOutcome | DeliveryError | None]:
+        """One request for ``messages`` (equal :meth:`batch_key`, distinct recipients), tagged
+        ``tag``; ``gate`` is called once, right before it leaves.
+
+        Answers one entry per message: accepted, refused (that message only), or ``None`` when
+        the provider refused the request as a whole for some message's sake and accepted
+        nothing (the caller sends those again, with ``bulk=True`` or one by one). An error that
+        concerns the request (transport, envelope, account) is raised.
+        """
+        raise NotImplementedError(f"{self.name} does not batch")
 
     # -- the fixed algorithm -------------------------------------------------------------------
 

@@ -76,6 +76,11 @@ def text_to_html(text: str) -> str:
 
 class MailPartnerDriver(PartnerDriver[EmailMessage]):
     name = "mailpartner"
+    # No batching (Driver.batch_limit stays 0), though /send takes up to 500 recipients (§2.2):
+    # one subject and body for all (``variables`` are per request), one ``messageId`` and no
+    # per-recipient answer, so one refused address (codes 14, 19) refuses or hides the others;
+    # whether each recipient sees the others is not documented; and there is no status by tag
+    # (§2.4 [NOT FOUND]), so a lost answer could not be reconciled per message.
     channel = "email"
     default_base_url = "https://api.mailpartner.fr/v1"
     codes: ClassVar = MAIL_CODES

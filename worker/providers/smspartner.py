@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -52,6 +53,29 @@ SMS_CODES: dict[int, type[DeliveryError]] = {
     992: PermanentError,  # unauthorized sender
     429: ThrottledError,  # documented for HLR/lookup only; honoured if /send ever answers it
 }
+
+
+MAX_BATCH = 500
+"""Numbers per ``/send``, entries per ``/bulk-send`` (§1.2.2, §1.2.3; code 50 beyond)."""
+
+PER_NUMBER_CODES = frozenset({9, 13, 14, 22, 23, 500, 992})
+"""Codes with which ``/send`` may refuse a whole request for one number's sake (§1.3): a
+validation error, an unroutable number, a STOP-listed number, a marketing refusal, the queue
+failure. ``992`` (unauthorized sender) concerns the sender, but retrying per entry is harmless:
+nothing was accepted."""
+
+
+def _number_key(value: Any) -> str | None:
+    """A number compared by its digits, national French ``0X…`` as ``33X…`` (§1.2.2 takes both
+    forms); ``None`` when it is not a string of a number."""
+    if not isinstance(value, str):
+        return None
+    digits = "".join(ch for ch in value[:40] if ch.isdigit())
+    if not digits:
+        return None
+    if value.strip().startswith("0") and not value.strip().startswith("00") and len(digits) == 10:
+        return "33" + digits[1:]
+    return digits.removeprefix("00") if value.strip().startswith("00") else digits
 
 
 def encode_text(text: str) -> str:
@@ -146,6 +170,185 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             response, data, data.get("message_id"), message.to, id_field="message_id"
         )
 
+    # §1.2.2: /send takes up to 500 numbers for one text; §1.2.3: /bulk-send up to 500 entries,
+    # each with its own text, answered per entry (SMSResponse_List); §1.2.10 finds a lost
+    # batch's numbers by its tag.
+    batch_limit = MAX_BATCH
+
+    @classmethod
+    def batch_key(cls, message: SmsMessage) -> Hashable | None:
+        """Single-number messages without the caller's tag batch together when sender and
+        encoding match (the request-wide options, §1.2.2/§1.2.3). A message to several numbers
+        is one ``/send`` already; a caller's tag must reach the provider as set, and one
+        request carries one tag, so those go alone."""
+        if len(message.to) != 1 or message.tag is not None:
+            return None
+        return (message.sender or "", not sms_units(message.text)[1])
+
+    def send_batch(
+        self,
+        messages: Sequence[SmsMessage],
+        tag: str,
+        gate: Callable[[], None],  # providers.types.Gate
+        *,
+        bulk: bool = False,
+    ) -> list[SendOutcome | DeliveryError | None]:
+        """``/send`` when every message has the same text (one request, one ``message_id``),
+        else ``/bulk-send`` (§1.2.3, one answer per entry).
+
+        ``/send`` answers one envelope for all its numbers: when it refuses the request with a
+        code one number can cause (a STOP number, §1.2.12 code 14; a marketing refusal 22/23;
+        the queue failure 500; a validation code 9), nothing was accepted (``success`` false)
+        and which number caused it is not machine-readable, so every entry answers ``None``
+        and the caller asks again through ``/bulk-send``, which answers per entry."""
+        first = messages[0]
+        payload: dict[str, Any] = {"tag": tag}
+        if first.sender:
+            payload["sender"] = first.sender
+        if not sms_units(first.text)[1]:
+            payload["isUnicode"] = 1
+        numbers = [m.to[0] for m in messages]
+        same_text = len({m.text for m in messages}) == 1
+        if same_text and not bulk and len(messages) > 1:
+            payload |= {"phoneNumbers": ",".join(numbers), "message": encode_text(first.text)}
+            path = "send"
+        else:
+            entries = [
+                {"phoneNumber": n, "message": encode_text(m.text)}
+                for n, m in zip(numbers, messages, strict=True)
+            ]
+            payload["SMSList"] = entries
+            path = "bulk-send"
+        request = self.post_json(
+            path, self.auth_body(payload), headers={"Cache-Control": "no-cache"}
+        )
+        gate()
+        response = self.transmit(request)
+        if path == "send":
+            return self._send_answer(response, numbers)
+        return self._bulk_answer(response, numbers)
+
+    def _send_answer(
+        self, response: httpx.Response, numbers: list[str]
+    ) -> list[SendOutcome | DeliveryError | None]:
+        try:
+            data = self.envelope(response)
+        except DeliveryError as exc:
+            if as_int(exc.provider_code) in PER_NUMBER_CODES:
+                return [None] * len(numbers)
+            raise
+        whole = self.one_id_outcome(
+            response, data, data.get("message_id"), numbers, id_field="message_id"
+        )
+        # One cost for the request: the same text per number, so an even share (destination
+        # prices may differ; [INFERRED], §1.2.2 gives only the total).
+        share = None if whole.cost is None else round(whole.cost / len(numbers), 6)
+        return [
+            SendOutcome(
+                provider=self.name,
+                provider_message_ids={n: whole.provider_message_ids[n]},
+                cost=share,
+                currency=whole.currency,
+            )
+            for n in numbers
+        ]
+
+    def _bulk_answer(
+        self, response: httpx.Response, numbers: list[str]
+    ) -> list[SendOutcome | DeliveryError | None]:
+        """Per entry, matched by number (a batch never holds a number twice). An entry the
+        answer does not account for exactly once is an unknown outcome for that message only
+        (reconciled by tag); the others stand."""
+        try:
+            data = self.envelope(response)
+        except DeliveryError as exc:
+            # The sandbox (and, [INFERRED], the provider) answers the first entry's code when
+            # no entry was accepted: nothing was, so each message is sent again on its own.
+            if len(numbers) > 1 and as_int(exc.provider_code) in PER_NUMBER_CODES:
+                return [None] * len(numbers)
+            raise
+        items = data.get("SMSResponse_List")
+        message_id = provider_id(data.get("message_id"))
+        currency = data.get("currency") if isinstance(data.get("currency"), str) else None
+        by_number: dict[str, list[dict[str, Any]]] = {}
+        if isinstance(items, list):
+            for item in items[: 4 * MAX_BATCH]:
+                if isinstance(item, dict):
+                    key = _number_key(item.get("phoneNumber"))
+                    if key is not None:
+                        by_number.setdefault(key, []).append(item)
+        out: list[SendOutcome | DeliveryError | None] = []
+        for number in numbers:
+            found = by_number.get(_number_key(number) or "", [])
+            out.append(self._bulk_item(response, number, found, message_id, currency))
+        return out
+
+    def _bulk_item(
+        self,
+        response: httpx.Response,
+        number: str,
+        found: list[dict[str, Any]],
+        message_id: str | None,
+        currency: str | None,
+    ) -> SendOutcome | DeliveryError:
+        if len(found) != 1:
+            return UnknownOutcomeError(
+                f"smspartner bulk-send answer lists this number {len(found)} times",
+                provider=self.name,
+                status_code=response.status_code,
+            )
+        item = found[0]
+        success, code = item.get("success"), as_int(item.get("code"))
+        if success is True and code in (200, None):
+            # The request's one message_id covers this entry, with the entry's own cost.
+            priced = {"cost": item.get("cost"), "currency": currency}
+            try:
+                return self.one_id_outcome(
+                    response, priced, message_id, [number], id_field="message_id"
+                )
+            except UnknownOutcomeError as exc:
+                return exc
+        if success is False and code is not None and code != 200:
+            text = item.get("message")
+            return self.classify(code, text[:200] if isinstance(text, str) else "", response)
+        return UnknownOutcomeError(
+            "smspartner bulk-send entry has no usable success/code",
+            provider=self.name,
+            status_code=response.status_code,
+        )
+
+    def _reconcile_batch(self, message: SmsMessage, tag: str) -> SendOutcome | None:
+        """A batch request's tag is unique to that request and a batch never holds a number
+        twice, so this message's number listed under the tag is this message's send; the one
+        top-level ``message_id`` is that request's (§1.2.9, §1.2.10)."""
+        try:
+            response = self.transmit(self.get_request("bulk-status-by-tag", tag=tag))
+            data = self.envelope(response)
+        except PermanentError as exc:
+            if exc.provider_code == "4":
+                return None
+            raise
+        items = data.get("StatutResponse_List")
+        if items is None:
+            items = []
+        if not isinstance(items, list):
+            raise UnknownOutcomeError(
+                "smspartner bulk-status-by-tag answer has no recipient list", provider=self.name
+            )
+        wanted = _number_key(message.to[0])
+        for item in items:
+            if isinstance(item, dict) and _number_key(item.get("phoneNumber")) == wanted:
+                raw = item.get("messageId")
+                text = provider_id(data.get("message_id") if raw is None else raw)
+                ids = {message.to[0]: text} if text is not None else {}
+                return SendOutcome(provider=self.name, provider_message_ids=ids)
+        total = as_int(data.get("total"))
+        if total is not None and total > len(items):
+            raise UnknownOutcomeError(
+                "smspartner bulk-status-by-tag answer has more pages", provider=self.name
+            )
+        return None
+
     def reconcile(self, message: SmsMessage, ctx: SendContext) -> SendOutcome | None:
         """``GET /bulk-status-by-tag``: did an earlier attempt of this delivery get accepted? (§1.5)
 
@@ -160,6 +363,10 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         same tag for one of these numbers in that window. Wrongly "not found" means a resend
         (at most one more copy); wrongly "found" would report a message ``sent`` that was not.
         """
+        for tag in reversed(ctx.batch_tags):
+            batched = self._reconcile_batch(message, tag)
+            if batched is not None:
+                return batched
         if not ctx.tag:
             return None
         try:

@@ -29,6 +29,9 @@ class SendContext:
     this delivery; an unknown outcome is reconciled by it (:meth:`Driver.reconcile_tag`)."""
     tag_is_callers: bool = False
     """The tag was chosen by the caller, so other sends may carry it too."""
+    batch_tags: tuple[str, ...] = ()
+    """Tags of the batch requests that carried this delivery (newest last; ``worker.batching``):
+    one tag per request, so an unknown outcome is looked up under each of them, per item."""
     sent_after: float | None = None
     """When the delivery's first attempt started (epoch seconds): a send found by a shared tag
     that is older than this is not this delivery's."""

@@ -1,0 +1,329 @@
+"""Many attempts, one provider request: the pipeline for a batch of ``send_sms`` tasks.
+
+``worker.batching`` hands a pool process the messages it buffered; :func:`process_batch` answers
+one :data:`Outcome` per message, exactly as :func:`~worker.delivery.process` would have, and
+every guarantee of the single path holds per message:
+
+* each message runs the single path's steps up to the send (``record.enter`` takes its lock and
+  counts the run for the dead letters; ``pipeline.prepare``: ledger, deadline, routing with
+  paused providers and breakers, reconciling an earlier unknown outcome);
+* the messages that would now be sent and whose driver declares ``batch_limit`` are grouped by
+  ``(provider, batch_key)`` into chunks of distinct recipients; the others are sent alone;
+* per request, the gate records every message of the chunk as ``sending`` with the request's
+  tag (``batch_tags``) **before** the request leaves, then takes **one** limiter slot: a worker
+  killed from here on leaves records that the next run reconciles by that tag;
+* the answer is settled per message through the same policy handlers (``settle``): a refusal of
+  one entry fails, defers or retries that message only; an error of the whole request
+  (transport, unknown outcome, 429, no credit) is settled for each message, and the breaker
+  hears the request once;
+* entries the provider refused as a whole for one of them (``None`` from ``send_batch``) are
+  sent again per entry (``bulk=True``), and if that is refused as a whole too, one by one
+  through the single path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from worker.delivery.context import BATCH_TAGS, FIRST_ATTEMPT_AT, Delivery
+from worker.delivery.outcomes import sent, wait
+from worker.delivery.pipeline import invalid, prepare
+from worker.delivery.record import enter, leave
+from worker.delivery.results import Outcome
+from worker.delivery.send import send
+from worker.delivery.settle import POLICY_HANDLERS, Failure, settle_error
+from worker.errors import DeliveryError
+from worker.models import InvalidMessage
+from worker.providers import Driver, SendContext, SendOutcome, parse_message
+from worker.providers.batching import new_batch_tag
+from worker.runtime import Runtime
+from worker.stores import DeliveryRecord, limiter_key
+
+__all__ = ["MAX_TAGS_KEPT", "BatchEntry", "for_each", "process_batch"]
+
+log = structlog.get_logger(__name__)
+
+MAX_TAGS_KEPT = 12
+"""Batch tags kept per delivery (``batch_tags``): more than ``max_retries`` + a few batches."""
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One task of the batch, as the worker received it."""
+
+    channel: str
+    raw: Any
+    delivery_id: str
+    task_name: str
+
+
+@dataclass
+class _Item:
+    index: int
+    d: Delivery
+    record: DeliveryRecord
+    driver: Driver[Any]
+    ctx: SendContext
+    tags: list[str] = field(default_factory=list)
+
+
+class _Wait(Exception):
+    """The limiter wants the whole request rescheduled (no message of it was sent)."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"{wait_s:.3f}")
+        self.wait_s = wait_s
+
+
+def process_batch(entries: Sequence[BatchEntry], rt: Runtime) -> list[Outcome]:
+    """One outcome per entry, in order.
+
+    The per-message steps are Redis round trips (ledger, lock, health, metrics); they run on
+    ``DELIVERY_BATCH_THREADS`` threads so a batch waits for Redis about as long as one message
+    does, instead of once per message in turn. Each message is still handled by one thread at
+    a time, under its own lock."""
+    outcomes: list[Outcome | None] = [None] * len(entries)
+    held: dict[int, tuple[Delivery, str]] = {}
+
+    def prepare_one(index: int) -> _Item | None:
+        entry = entries[index]
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(delivery_id=entry.delivery_id, channel=entry.channel)
+        try:
+            return _prepare(index, entry, rt, outcomes, held)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    def leave_one(index: int) -> None:
+        d, token = held[index]
+        leave(d, token, finished=outcomes[index] is not None)
+
+    try:
+        prepared = for_each(rt, prepare_one, range(len(entries)))
+        ready = [item for item in prepared if item is not None]
+        for chunk in _chunks(ready, rt):
+            structlog.contextvars.bind_contextvars(provider=chunk[0].d.provider, batch=len(chunk))
+            for item, outcome in _send_chunk(chunk, rt):
+                outcomes[item.index] = outcome
+            structlog.contextvars.clear_contextvars()
+    finally:
+        for_each(rt, leave_one, list(held))
+    assert all(o is not None for o in outcomes)
+    return [o for o in outcomes if o is not None]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def for_each(rt: Runtime, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``fn`` over ``items`` on the batch threads (created on first use, in the pool process),
+    in order; the first exception is raised once every call has ended."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(
+            max_workers=rt.settings.batch_threads, thread_name_prefix="batch"
+        )
+    futures = [_executor.submit(fn, item) for item in items]
+    wait_all(futures)
+    return [f.result() for f in futures]
+
+
+def _prepare(
+    index: int,
+    entry: BatchEntry,
+    rt: Runtime,
+    outcomes: list[Outcome | None],
+    held: dict[int, tuple[Delivery, str]],
+) -> _Item | None:
+    """The single path's steps up to the send; the item when it is to be sent in a batch."""
+    try:
+        message = parse_message(entry.channel, entry.raw)
+    except InvalidMessage as exc:
+        outcomes[index] = invalid(
+            entry.channel, exc, delivery_id=entry.delivery_id, task_name=entry.task_name, rt=rt
+        )
+        return None
+    d = Delivery(
+        rt, message, entry.raw, entry.delivery_id, entry.task_name, provider=message.provider or ""
+    )
+    entered = enter(d)
+    if entered is None:
+        prepared = prepare(d)  # final: answered from the ledger, no lock needed
+        assert not isinstance(prepared, tuple)
+        outcomes[index] = prepared
+        return None
+    if not isinstance(entered, str):
+        outcomes[index] = entered
+        return None
+    held[index] = (d, entered)
+    prepared = prepare(d)
+    if not isinstance(prepared, tuple):
+        outcomes[index] = prepared
+        return None
+    record, driver, ctx = prepared
+    if driver.batch_limit <= 0 or driver.batch_key(d.message) is None:
+        outcomes[index] = send(d, record, driver, ctx)
+        return None
+    return _Item(index, d, record, driver, ctx, record.fields.get(BATCH_TAGS, "").split())
+
+
+def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
+    """Per ``(provider, batch_key)``, chunks of at most the batch size with distinct recipients
+    (a number twice in one request could not be told apart by a lookup by tag)."""
+    groups: dict[tuple[str, Hashable], list[tuple[list[_Item], set[tuple[str, ...]]]]] = {}
+    for item in items:
+        size = min(item.driver.batch_limit, rt.settings.batch_max_items)
+        key = (item.d.provider, item.driver.batch_key(item.d.message))
+        recipients = tuple(item.d.recipients())
+        chunks = groups.setdefault(key, [])
+        for chunk, seen in chunks:
+            if len(chunk) < size and recipients not in seen:
+                chunk.append(item)
+                seen.add(recipients)
+                break
+        else:
+            chunks.append(([item], {recipients}))
+    return [chunk for chunks in groups.values() for chunk, _ in chunks]
+
+
+class _BatchGate:
+    """The single path's gate for a request of many messages: every message ``sending`` with
+    the request's tag, then one limiter slot for the request."""
+
+    def __init__(self, items: list[_Item], tag: str) -> None:
+        self.items = items
+        self.tag = tag
+        self.opened = False
+        first = items[0]
+        self.bucket = first.driver.limiter_bucket(first.d.message)
+        settings = first.d.settings
+        self.key = limiter_key(first.d.provider, settings.egress_identity, self.bucket)
+
+    def __call__(self) -> None:
+        now = repr(time.time())
+
+        def record(item: _Item) -> None:
+            item.tags = [*item.tags, self.tag][-MAX_TAGS_KEPT:]
+            first = {} if FIRST_ATTEMPT_AT in item.record.fields else {FIRST_ATTEMPT_AT: now}
+            item.d.rt.ledger.transition(
+                item.d.delivery_id,
+                "sending",
+                attempt_started_at=now,
+                **{BATCH_TAGS: " ".join(item.tags)},
+                **first,
+            )
+
+        # Every message is on record as sent under this tag before the request leaves.
+        for_each(self.items[0].d.rt, record, self.items)
+        log.info("delivery.batch_attempt", tag=self.tag)
+        self._acquire()
+        self.opened = True
+
+    def _acquire(self) -> None:
+        d = self.items[0].d
+        limits = d.settings.limits(d.provider, self.bucket)
+        waited = 0.0
+        wait_s = d.rt.limiter.acquire(self.key, limits)
+        while wait_s > 0:
+            if waited + wait_s > d.settings.limiter_max_inline_wait_s:
+                raise _Wait(wait_s)
+            time.sleep(wait_s)
+            waited += wait_s
+            wait_s = d.rt.limiter.acquire(self.key, limits)
+        if waited:
+            d.rt.metric(d.provider, "throttled_ms", int(waited * 1000))
+
+
+def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
+    driver = chunk[0].driver
+    provider = chunk[0].d.provider
+    done: list[tuple[_Item, Outcome]] = []
+    todo, bulk = chunk, False
+    while todo:
+        gate = _BatchGate(todo, new_batch_tag())
+        messages = [item.d.message for item in todo]
+        try:
+            answers = driver.send_batch(messages, gate.tag, gate, bulk=bulk)
+        except _Wait as stop:
+            log.info("delivery.rate_limited", wait_s=round(stop.wait_s, 3))
+
+            def later(item: _Item, wait_s: float = stop.wait_s) -> Outcome:
+                item.d.rt.ledger.incr(item.d.delivery_id, "throttled")
+                return wait(item.d, wait_s, "rate_limited", item.record.attempts)
+
+            return done + list(zip(todo, for_each(rt, _logged(later), todo), strict=True))
+        except DeliveryError as exc:
+            held_key = gate.key if gate.opened else None
+            log.warning("delivery.batch_failed", kind=exc.kind, error=exc.message)
+            # The breaker hears the request once, not once per message.
+            first = todo[0]
+            with structlog.contextvars.bound_contextvars(delivery_id=first.d.delivery_id):
+                failure = Failure(exc, first.record.attempts, driver, held_key)
+                done.append((first, settle_error(first.d, failure)))
+
+            def settle(
+                item: _Item, exc: DeliveryError = exc, held_key: str | None = held_key
+            ) -> Outcome:
+                failure = Failure(exc, item.record.attempts, driver, held_key)
+                return POLICY_HANDLERS[exc.policy](item.d, failure)
+
+            rest = todo[1:]
+            return done + list(zip(rest, for_each(rt, _logged(settle), rest), strict=True))
+        if len(answers) != len(todo):  # a driver bug, not a provider answer
+            raise RuntimeError(f"{provider} send_batch answered {len(answers)} of {len(todo)}")
+        chunk[0].d.rt.health.record_success(provider)
+        again = [item for item, answer in zip(todo, answers, strict=True) if answer is None]
+        answered = [(i, a) for i, a in zip(todo, answers, strict=True) if a is not None]
+
+        def settle_answer(
+            pair: tuple[_Item, SendOutcome | DeliveryError | None], key: str = gate.key
+        ) -> Outcome:
+            item, answer = pair
+            if isinstance(answer, SendOutcome):
+                return sent(item.d, answer, item.record.attempts)
+            assert isinstance(answer, DeliveryError)
+            failure = Failure(answer, item.record.attempts, driver, key)
+            return POLICY_HANDLERS[answer.policy](item.d, failure)
+
+        settled = for_each(rt, _logged(settle_answer, lambda pair: pair[0]), answered)
+        done += [(item, outcome) for (item, _), outcome in zip(answered, settled, strict=True)]
+        log.info("delivery.batch_sent", sent=len(todo) - len(again), again=len(again))
+        if again and bulk:
+            # Refused as a whole again: nothing was accepted; each goes alone (single path).
+            for item in again:
+                with structlog.contextvars.bound_contextvars(delivery_id=item.d.delivery_id):
+                    done.append((item, send(item.d, item.record, driver, _with_tags(item))))
+            return done
+        todo, bulk = again, True
+    return done
+
+
+def _logged(
+    fn: Callable[[Any], Outcome], item_of: Callable[[Any], _Item] = lambda item: item
+) -> Callable[[Any], Outcome]:
+    """``fn`` with the message's delivery id bound in the (batch thread's) log context."""
+
+    def run(arg: Any) -> Outcome:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(delivery_id=item_of(arg).d.delivery_id)
+        try:
+            return fn(arg)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    return run
+
+
+def _with_tags(item: _Item) -> SendContext:
+    return dataclasses.replace(item.ctx, batch_tags=tuple(item.tags))
