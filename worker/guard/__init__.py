@@ -33,8 +33,11 @@ guard adds its process as a holder of ``dw:main:<id>``; the mark is cleared once
 accepted the task (:func:`task_accepted`, from ``RedactedRequest.on_accepted``: the prefork pool
 pickles the job in the event loop *after* the strategy returns, which is where the deep message
 used to fail), right away for a task scheduled for later (ETA, countdown), and for every task
-still waiting for a pool process when the worker stops cleanly. A crash ("Unrecoverable error",
-a signal) leaves the marks. Each main process also beats a liveness key every second
+still waiting for a pool process when the worker stops cleanly. A send task carries this
+process's token in a header (:data:`GUARD_HEADER`): its run clears the mark in its first
+shared-state step (``worker.stores.hotpath``, no command of its own), and the main process
+clears it if the task fails or loses its pool process first (:func:`task_failed`). A crash
+("Unrecoverable error", a signal) leaves the marks. Each main process also beats a liveness key every second
 (``dw:guard:alive:<token>``, gone 3 s after its last beat). A holder that is alive is a
 concurrent copy of the task (a redelivery, a sweep), not a crash: its mark clears as soon as a
 pool process takes that copy, and the guard waits for it. A holder without a liveness key died
