@@ -389,7 +389,13 @@ def wait_ready(app: Celery, stack: Stack, names: Sequence[str], timeout_s: float
 
 
 def start_anchor_worker(
-    logdir: Path, env: dict[str, str], *, name: str, concurrency: int, pool: str
+    logdir: Path,
+    env: dict[str, str],
+    *,
+    name: str,
+    concurrency: int,
+    pool: str,
+    events: bool = False,
 ) -> Proc:
     """``celery -A throughput_app worker`` run from ``bench/``, on the hold queue."""
     argv = [
@@ -400,6 +406,7 @@ def start_anchor_worker(
         "--hostname", f"{name}@%h",
         "--without-gossip", "--without-mingle",
         "-Q", HOLD_QUEUE,
+        *(["-E"] if events else []),
     ]  # fmt: skip
     pythonpath = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
     full_env = {**os.environ, **env, "PYTHONPATH": pythonpath}
@@ -432,7 +439,13 @@ def sms(i: int, tag: str) -> dict[str, Any]:
 
 
 def measure(
-    stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: float, log_level: str
+    stack: Stack,
+    fig: Figures,
+    tag: str,
+    logdir: Path,
+    timeout_s: float,
+    log_level: str,
+    events: bool = False,
 ) -> None:
     stack.reset()
     broker, backend, shared = (stack.url(r) for r in ROLES)
@@ -456,6 +469,7 @@ def measure(
                     concurrency=fig.concurrency,
                     queues=HOLD_QUEUE,
                     extra_args=["--pool", fig.pool],
+                    events=events,
                 )
             )
     else:
@@ -474,7 +488,12 @@ def measure(
         for name in names:
             stack.workers.append(
                 start_anchor_worker(
-                    logdir, env, name=name, concurrency=fig.concurrency, pool=fig.pool
+                    logdir,
+                    env,
+                    name=name,
+                    concurrency=fig.concurrency,
+                    pool=fig.pool,
+                    events=events,
                 )
             )
     try:
@@ -700,6 +719,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement")
     parser.add_argument(
+        "--events",
+        action="store_true",
+        help="start every worker with -E (task events, as while Flower runs); default off",
+    )
+    parser.add_argument(
         "--worker-log-level",
         default="WARNING",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -731,7 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"throughput bench: {args.messages} single-number SMS Partner SMS per measurement, "
         f"{args.latency_ms} ms provider latency, {args.processes} worker processes x "
-        f"concurrency {args.concurrency}, pools {args.pool_list}, {args.runs} run(s)",
+        f"concurrency {args.concurrency}, pools {args.pool_list}, {args.runs} run(s), "
+        f"task events {'on (-E)' if args.events else 'off'}",
         flush=True,
     )
     failed: list[str] = []
@@ -746,7 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fig.log_dir = logdir.name
                     print(f"  run {run}: {fig.label} ...", flush=True)
                     tag = f"{stamp[-7:-1]}{run}{'d' if impl == DELIVERY else 'a'}{pool[0]}"
-                    measure(stack, fig, tag, logdir, timeout_s, args.worker_log_level)
+                    measure(stack, fig, tag, logdir, timeout_s, args.worker_log_level, args.events)
                     figures.append(fig)
                     if fig.ok != fig.messages or fig.timed_out:
                         failed.append(f"run {run}, {fig.label}: {fig.ok} of {fig.messages} sent")
@@ -785,6 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "impls": args.impl_list,
             "runs": args.runs,
             "aof": args.aof,
+            "events": args.events,
             "provider": PROVIDER,
             "delivery_env": {
                 k: v

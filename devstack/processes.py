@@ -191,14 +191,16 @@ def start_worker(
     concurrency: int = 2,
     queues: str | None = None,
     extra_args: list[str] | None = None,
+    events: bool = True,
 ) -> Proc:
-    """A real ``celery -A worker worker`` process with events on."""
+    """A real ``celery -A worker worker`` process, with task events on unless ``events`` is
+    false (Flower turns them on anyway while it runs)."""
     argv = [
         sys.executable, "-m", "celery", "-A", "worker", "worker",
         "--loglevel", "INFO",
         "--concurrency", str(concurrency),
         "--hostname", f"{name}@%h",
-        "-E",
+        *(["-E"] if events else []),
         "--without-gossip", "--without-mingle",
         *(["-Q", queues] if queues else []),
         *(extra_args or []),

@@ -14,6 +14,7 @@ from celery.exceptions import Ignore
 from tasks import tracking  # noqa: F401  (registers the tracking tasks)
 from worker.app import RedactedRequest, app
 from worker.delivery import Retry, process
+from worker.guard.refusals import GUARD_HEADER
 from worker.ops.operations import Operations
 from worker.runtime import get_runtime
 
@@ -32,6 +33,7 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
         delivery_id=str(task.request.id),
         task_name=str(task.name),
         rt=get_runtime(),
+        guard_token=_guard_token(task),
     )
     if isinstance(outcome, Retry):
         # Same task id and message; budgets are counted in the ledger, not by Celery.
@@ -48,6 +50,12 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
         task.update_state(state=PARKED, meta=result)
         raise Ignore()
     return result
+
+
+def _guard_token(task: Task[Any, Any]) -> str | None:
+    """The token of the main process that marked this task (``worker.guard``), if any."""
+    token = getattr(task.request, GUARD_HEADER, None)
+    return token if isinstance(token, str) else None
 
 
 @app.task(bind=True, name="tasks.send_email", max_retries=None, Request=RedactedRequest)

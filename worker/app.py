@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 from celery import Celery, signals
+from celery.exceptions import Retry
 from celery.worker.request import Request
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
@@ -103,10 +104,13 @@ def celery_config() -> dict[str, Any]:
             **celery_sentinel_options(settings, settings.result_backend),
         },
         "broker_connection_retry_on_startup": True,
-        # Flower sees every task.
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "task_track_started": True,
+        # Task events cost ~2 broker commands per message (and the main process's CPU),
+        # ``task-sent`` events 1, the ``STARTED`` state 5: off unless set (the ledger records
+        # ``queued`` and ``sending``). Flower still sees every task: while it runs it turns
+        # worker events on itself (``enable_events``); ``-E`` turns them on too.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_sent_event,
+        "task_track_started": settings.task_track_started,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         # Workers consume every configured queue (``DELIVERY_QUEUES``) unless started with
@@ -189,7 +193,23 @@ class RedactedRequest(Request):
         super().on_accepted(pid, time_accepted)
         from worker.guard import task_accepted
 
-        task_accepted(self.id)
+        task_accepted(self.id, self._guard_token())
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        from worker.guard import task_failed
+
+        exc = getattr(exc_info, "exception", None)
+        if not isinstance(getattr(exc, "exc", exc), Retry):  # a retry's run cleared the mark
+            task_failed(self.id, self._guard_token())
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+    def _guard_token(self) -> str | None:
+        from worker.guard.refusals import GUARD_HEADER
+
+        token = self.request_dict.get(GUARD_HEADER)
+        return token if isinstance(token, str) and self.task_name in CHANNEL_OF_TASK else None
 
 
 def client_app(

@@ -189,6 +189,16 @@ class Settings(_ProviderSettings):
 
     visibility_timeout_s: int = Field(default=3600, ge=60)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
+    task_events: bool = False
+    """Celery task events from workers (``DELIVERY_TASK_EVENTS``, or ``-E``): about 2 broker
+    commands per message and the main process's CPU to publish them. Flower turns them on in
+    every worker while it runs (its ``enable_events``), so it needs neither."""
+    task_sent_event: bool = False
+    """``task-sent`` events at enqueue (``DELIVERY_TASK_SENT_EVENT``): one more broker command
+    per message, for Flower to list tasks before a worker received them."""
+    task_track_started: bool = False
+    """Celery's ``STARTED`` result state (``DELIVERY_TASK_TRACK_STARTED``): five more result
+    backend commands per message; the ledger already records ``sending``."""
 
     batching: bool = False
     """Coalesce ``send_sms`` tasks into one provider request where the provider module declares

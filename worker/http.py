@@ -6,6 +6,7 @@ import email.utils
 import time
 from datetime import UTC
 
+import httpcore  # noqa: F401  (httpx imports it when a client is built: here, before a fork)
 import httpx
 
 from worker.errors import (

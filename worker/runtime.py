@@ -21,7 +21,14 @@ from worker.errors import ConfigurationError
 from worker.http import build_client
 from worker.providers import Driver, make_driver
 from worker.redis_client import shared_redis
-from worker.stores import BreakerConfig, Stores
+from worker.stores import (
+    BreakerConfig,
+    RedisHealthStore,
+    RedisLedger,
+    RedisMetrics,
+    Stores,
+)
+from worker.stores.hotpath import ComposedHotPath, HotPath, RedisHotPath
 from worker.stores.tracking import MemoryTrackingStore, RedisTrackingStore, TrackingStore
 
 __all__ = ["Runtime", "breaker_config", "get_runtime", "reset_runtime"]
@@ -66,6 +73,8 @@ class Runtime:
         self.health = stores.health
         self.parking = stores.parking
         self.metrics = stores.metrics
+        self.hotpath: HotPath = _hotpath(self.redis, stores, tracking)
+        """A run's first and last shared-state steps, one round trip each on Redis."""
         self._drivers: dict[str, Driver[Any]] = {}
         self._lock = threading.Lock()
 
@@ -118,6 +127,24 @@ class Runtime:
         self.client.close()
         if self.redis is not None:
             self.redis.close()
+
+
+def _hotpath(client: redis.Redis | None, stores: Stores, tracking: TrackingStore) -> HotPath:
+    """The one-script hot path when every store it spans is on ``client``; else the stores'
+    own calls (in-memory stores, a mix)."""
+    on_redis = (
+        isinstance(stores.ledger, RedisLedger)
+        and stores.ledger.redis is client
+        and isinstance(stores.health, RedisHealthStore)
+        and isinstance(stores.metrics, RedisMetrics)
+        and isinstance(tracking, RedisTrackingStore)
+    )
+    if client is not None and on_redis:
+        assert isinstance(stores.health, RedisHealthStore)
+        assert isinstance(stores.metrics, RedisMetrics)
+        assert isinstance(tracking, RedisTrackingStore)
+        return RedisHotPath(client, health=stores.health, metrics=stores.metrics, tracking=tracking)
+    return ComposedHotPath(stores.ledger, stores.health, stores.metrics, tracking)
 
 
 def breaker_config(settings: Settings) -> BreakerConfig:

@@ -10,10 +10,15 @@ import json
 
 import redis
 
+from worker.stores.health import RedisHealthStore
+from worker.stores.hotpath import Closing, RedisHotPath
+from worker.stores.hotpath.base import TrackingArgs
+from worker.stores.hotpath.redis import BEGIN_LUA, FINISH_LUA
 from worker.stores.ledger import ACTIVE_KEY, DEAD_KEY, RedisLedger
 from worker.stores.ledger.redis import SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
 from worker.stores.parking import RedisParking
+from worker.stores.tracking import RedisTrackingStore, Tracked
 
 from ._support import FakeClock
 
@@ -141,7 +146,7 @@ def test_balances_key(redis_client: redis.Redis) -> None:
 
 
 def test_tracking_keys(redis_client: redis.Redis) -> None:
-    from worker.stores.tracking import OUTBOX_KEY, POLL_KEY, RedisTrackingStore, Tracked
+    from worker.stores.tracking import OUTBOX_KEY, POLL_KEY
     from worker.tracking import DeliveryEvent, EventType
 
     store = RedisTrackingStore(redis_client, clock=FakeClock(T0))
@@ -206,3 +211,52 @@ def test_schedule_keys(redis_client: redis.Redis) -> None:
     ledger.cancel("d1", result="{}")
     assert redis_client.exists("dw:scheduled", "dw:scheduled:claims") == 0
     assert redis_client.hget("dw:delivery:d1", "state") == b"cancelled"
+
+
+def test_hot_path_writes_only_the_stores_keys(redis_client: redis.Redis) -> None:
+    """``begin.lua`` and ``finish.lua`` (worker.stores.hotpath) own no key: a run through them
+    leaves exactly the keys the ledger, metrics, tracking and guard stores define."""
+    clock = FakeClock(T0)
+    ledger = RedisLedger(redis_client, clock=clock)
+    health = RedisHealthStore(redis_client)
+    tracking = RedisTrackingStore(redis_client, clock=clock)
+    hot = RedisHotPath(
+        redis_client, health=health, metrics=RedisMetrics(redis_client), tracking=tracking
+    )
+    ledger.create("d1", channel="sms", provider="smspartner")
+    redis_client.hset("dw:main:d1", "w1", 1)
+    begun = hot.begin("d1", "tok", 5.0, providers=["smspartner"], mark=("dw:main:d1", "w1"))
+    assert begun.status == "run"
+    assert redis_client.get("dw:lock:d1") == b"tok"
+    assert redis_client.hget("dw:delivery:d1", "runs_unfinished") == b"1"
+    assert redis_client.exists("dw:main:d1") == 0
+    closing = Closing(
+        "sent",
+        {"sent_at": repr(T0), "attempts": "1", "result": "{}"},
+        "smspartner",
+        "sent",
+        True,
+        TrackingArgs("smspartner", [Tracked("+3361****78", "77", None)], T0, T0 + 60, False),
+    )
+    hot.finish("d1", "tok", reset_runs=True, closing=closing)
+    assert sorted(k.decode() for k in redis_client.keys("*")) == [
+        "dw:delivery:d1",
+        "dw:metrics:smspartner",
+        "dw:track:hist:d1",
+        "dw:track:msg:smspartner:77",
+        "dw:track:poll",
+        "dw:track:seen:d1",
+        "dw:track:state:d1",
+        "dw:track:watch:d1",
+    ]
+    assert redis_client.hget("dw:delivery:d1", "state") == b"sent"
+    assert redis_client.hget("dw:delivery:d1", "runs_unfinished") == b"0"
+    assert redis_client.hgetall("dw:metrics:smspartner") == {b"sent": b"1"}
+    assert redis_client.hgetall("dw:track:msg:smspartner:77") == {b"+3361****78": b"d1"}
+
+
+def test_hot_path_scripts_ship_with_the_store() -> None:
+    assert "HDEL" in BEGIN_LUA and "runs_unfinished" in BEGIN_LUA
+    # finish.lua runs the stores' own scripts, composed in unchanged.
+    for name in ("transition", "release", "register", "apply"):
+        assert f"local function {name}(KEYS, ARGV)" in FINISH_LUA

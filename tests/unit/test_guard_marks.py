@@ -110,3 +110,33 @@ def test_a_mark_left_by_a_dead_main_process_is_a_crash(
     assert refusal is not None and refusal.kind == "dead_letter"
     assert "died 1 time(s)" in refusal.reason
     assert holders(redis_client) == 0  # cleared, so a replay is not refused again
+
+
+def test_a_send_handed_with_the_token_is_cleared_by_its_run(
+    redis_client: redis.Redis, guards: Any
+) -> None:
+    """The pool took a send carrying this guard's token: the main process sends nothing (the
+    run's first step clears the mark), and forgets it locally; a redelivery of the same task to
+    this worker is then marked again, not taken for its own earlier copy."""
+    from worker.guard import consumer
+
+    guard, _ = new_guard(redis_client, guards)
+    consumer._current = guard
+    try:
+        assert guard.mark(TASK, Body()) is None
+        consumer.task_accepted(TASK.task_id, guard.token)
+        assert TASK.task_id not in guard.marked
+        assert holders(redis_client) == 1  # left for the run (worker.stores.hotpath.begin)
+        redis_client.hdel(MAIN_MARK_PREFIX + TASK.task_id, guard.token)  # what the run does
+        # Another guard's token (or none): the main process clears the mark itself.
+        assert guard.mark(TASK, Body()) is None
+        consumer.task_accepted(TASK.task_id, "another-worker:1:abc")
+        assert holders(redis_client) == 0
+        # A handed send whose pool process died before its run began: cleared on failure.
+        assert guard.mark(TASK, Body()) is None
+        consumer.task_accepted(TASK.task_id, guard.token)
+        assert holders(redis_client) == 1
+        consumer.task_failed(TASK.task_id, guard.token)
+        assert holders(redis_client) == 0
+    finally:
+        consumer._current = None

@@ -13,6 +13,7 @@ from typing import Any
 from worker.config import Settings
 from worker.models import DeliveryResult, ErrorInfo, Message, SmsMessage
 from worker.runtime import Runtime
+from worker.stores.hotpath import Begun, Closing
 
 __all__ = [
     "BATCH_TAGS",
@@ -55,6 +56,14 @@ class Delivery:
     past_deadline: bool = False
     """The deadline passed while an earlier send's outcome was unknown: this run asks the
     provider once (a late acceptance is ``sent``, not ``expired``) and never sends."""
+    begun: Begun | None = None
+    """What the run's first step found (the record under the lock, providers' pause and
+    breaker presence), read once instead of asking each store again."""
+    closing: Closing | None = None
+    """A ``sent`` transition left for the run's last step (written with the unlock, the
+    counter and the tracking registration in one round trip); ``None``: written already."""
+    defer_closing: bool = False
+    """Set while the run holds the lock (:func:`worker.delivery.record.guarded`)."""
 
     @property
     def settings(self) -> Settings:

@@ -16,28 +16,43 @@ from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import SendOutcome
 from worker.redaction import scrub
-from worker.tracking.service import track_sent
+from worker.stores.hotpath import Closing
+from worker.tracking.service import sent_tracking, track_sent
 
 __all__ = ["expire", "finish", "park", "sent", "sent_result", "wait"]
 
 log = structlog.get_logger(__name__)
 
 
-def sent(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> Done:
+def sent(
+    d: Delivery, outcome: SendOutcome, previous_attempts: int, *, answered: bool = False
+) -> Done:
+    """``answered``: the provider answered this run's send (its breaker hears a success)."""
     result = sent_result(d, outcome, previous_attempts)
     if outcome.warnings:
         unsent = [w.partition(":")[0] for w in outcome.warnings]
         log.warning("delivery.fields_not_sent", fields=unsent)
-    d.rt.ledger.transition(
-        d.delivery_id,
-        "sent",
-        sent_at=repr(time.time()),
-        attempts=str(result.attempts),
-        result=result.model_dump_json(),
-    )
-    d.rt.metric(d.provider, "sent")
+    fields = {
+        "sent_at": repr(time.time()),
+        "attempts": str(result.attempts),
+        "result": result.model_dump_json(),
+    }
+    try:
+        tracking = sent_tracking(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
+    except Exception as exc:  # tracking never changes a send's outcome
+        log.warning("tracking.register_failed", provider=d.provider, error=type(exc).__name__)
+        tracking = None
+    closing = Closing("sent", fields, d.provider, "sent", answered, tracking)
+    if d.defer_closing:
+        # Written by the run's last step with the unlock (worker.delivery.record.guarded).
+        d.closing = closing
+    else:
+        if answered:
+            d.rt.health.record_success(d.provider)
+        d.rt.ledger.transition(d.delivery_id, "sent", **fields)
+        d.rt.metric(d.provider, "sent")
+        track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
     metrics.finished(d.provider, d.channel, "sent", "none")
-    track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
 

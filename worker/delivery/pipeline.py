@@ -20,6 +20,7 @@ from worker.delivery.schedule import at_provider_run, hold_if_early, native_cont
 from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.errors import DeliveryError
+from worker.guard.refusals import MAIN_MARK_PREFIX
 from worker.metrics import record as metrics
 from worker.models import InvalidMessage
 from worker.providers import Driver, SendContext, parse_message
@@ -31,18 +32,33 @@ __all__ = ["invalid", "prepare", "process"]
 log = structlog.get_logger(__name__)
 
 
-def process(channel: str, raw: Any, *, delivery_id: str, task_name: str, rt: Runtime) -> Outcome:
-    """One attempt at one message; the task maps the outcome to Celery."""
+def process(
+    channel: str,
+    raw: Any,
+    *,
+    delivery_id: str,
+    task_name: str,
+    rt: Runtime,
+    guard_token: str | None = None,
+) -> Outcome:
+    """One attempt at one message; the task maps the outcome to Celery.
+
+    ``guard_token``: the worker main process that handed this task to the pool holds a mark
+    for it under this token (``worker.guard``); the run's first step clears it.
+    """
     # The pool process's previous task (another send, a tracking task) may have bound
     # ``attempt`` or ``provider``: this attempt's log lines start from its own context only.
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(delivery_id=delivery_id, channel=channel)
+    mark = (MAIN_MARK_PREFIX + delivery_id, guard_token) if guard_token else None
     try:
         message = parse_message(channel, raw)
     except InvalidMessage as exc:
+        if mark is not None:
+            rt.hotpath.clear_mark(mark)
         return invalid(channel, exc, delivery_id=delivery_id, task_name=task_name, rt=rt)
     d = Delivery(rt, message, raw, delivery_id, task_name, provider=message.provider or "")
-    return guarded(d, _attempt)
+    return guarded(d, _attempt, mark=mark)
 
 
 def _attempt(d: Delivery) -> Outcome:

@@ -17,27 +17,79 @@ import structlog
 
 from worker.delivery.context import Delivery
 from worker.delivery.results import Done, Outcome, Retry
+from worker.delivery.routing import candidates
 from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.stores import DeliveryRecord
+from worker.stores.hotpath import Closing, Finished
+from worker.tracking.service import registered
 
 __all__ = ["answer_from_ledger", "enter", "guarded", "leave", "load"]
 
 log = structlog.get_logger(__name__)
 
 
-def guarded(d: Delivery, run: Callable[[Delivery], Outcome]) -> Outcome:
-    """``run`` under the delivery's lock, counting runs that never finished."""
-    entered = enter(d)
-    if not isinstance(entered, str):
-        return entered if entered is not None else run(d)
-    finished = False
+def guarded(
+    d: Delivery, run: Callable[[Delivery], Outcome], *, mark: tuple[str, str] | None = None
+) -> Outcome:
+    """``run`` under the delivery's lock, counting runs that never finished.
+
+    Two shared-state round trips frame the run (``worker.stores.hotpath``): the first clears
+    the guard's ``mark``, reads the record and, unless it is final, takes the lock, counts the
+    run and reads the candidate providers' health; the last writes a ``sent`` the run left in
+    ``d.closing``, the run count back to 0 (a finished run), and the unlock.
+    """
+    hot = d.rt.hotpath
+    token = uuid.uuid4().hex
+    providers = candidates(d)
+    ttl_s = d.settings.send_lock_ttl_s
+    begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers, mark=mark)
+    if begun.status == "missing":
+        # Sent by name, not through a producer: recorded on first sight (idempotent).
+        d.rt.ledger.create(
+            d.delivery_id,
+            channel=d.channel,
+            provider=d.message.provider or "auto",
+            extra={"task_name": d.task_name, "message": json.dumps(d.raw)},
+        )
+        begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers)
+    record = begun.record
+    assert record is not None
+    d.begun = begun
+    if begun.status == "final":
+        return run(d)
+    if begun.status == "busy":
+        # Another copy of this delivery is running, or died holding the lock: wait for it
+        # (the lock expires) rather than risk sending twice.
+        log.info("delivery.concurrent_copy", retry_in_s=round(begun.busy_s, 3))
+        waiting = d.result(record.state, record.attempts)
+        return Retry(begun.busy_s + 0.05, "concurrent_copy", waiting)
+    finished_run = False
+    d.defer_closing = True
     try:
+        if begun.runs > d.settings.max_unfinished_runs:
+            return _bury(d, begun.runs - 1, record.attempts)
         outcome = run(d)
-        finished = True
+        finished_run = True
         return outcome
     finally:
-        leave(d, entered, finished=finished)
+        d.defer_closing = False
+        closing, d.closing = d.closing, None
+        done = hot.finish(d.delivery_id, token, reset_runs=finished_run, closing=closing)
+        if closing is not None:
+            _closed(d, closing, done)
+
+
+def _closed(d: Delivery, closing: Closing, done: Finished) -> None:
+    """What follows a closing write outside Redis: the breaker hears the success (when it has
+    state), the application hears of the send (tracking)."""
+    if done.breaker_state:
+        try:
+            d.rt.health.record_success(closing.provider)
+        except Exception as exc:  # the send is recorded: a lost success only delays a close
+            log.warning("breaker.success_not_recorded", error=type(exc).__name__)
+    if closing.tracking is not None:
+        registered(d.rt, d.delivery_id, closing.tracking, done.tracking_error)
 
 
 def enter(d: Delivery) -> str | Outcome | None:
@@ -84,7 +136,8 @@ def leave(d: Delivery, token: str, *, finished: bool) -> None:
 
 def load(d: Delivery) -> DeliveryRecord:
     """The record as it stands under the lock; it tells ``d`` its age and chosen provider."""
-    record = _get(d)
+    begun = d.begun
+    record = begun.record if begun is not None and begun.record is not None else _get(d)
     d.created_at = record.created_at
     d.provider = record.provider if record.provider != "auto" else d.provider
     return record

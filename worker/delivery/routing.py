@@ -32,8 +32,16 @@ def choose_provider(d: Delivery, attempts: int) -> str | Outcome:
         return finish(d, "failed", attempts, error=ErrorInfo(kind="configuration", message=message))
     paused: list[str] = []
     waits: list[float] = []
+    begun = d.begun
     for provider in names:
-        if d.rt.health.paused(provider) is not None:
+        if begun is not None and provider in begun.asked:
+            # Read by the run's first step (worker.stores.hotpath), moments ago.
+            if provider in begun.paused:
+                paused.append(provider)
+                continue
+            if provider not in begun.breaker_state:
+                return provider  # a breaker with no state is closed, no failure: allowed
+        elif d.rt.health.paused(provider) is not None:
             paused.append(provider)
             continue
         decision = d.rt.health.allow_request(provider)

@@ -65,12 +65,12 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
     _attempted(d, gate, None, "accepted")
     metrics.enqueue_to_accept(d.provider, d.channel, time.time() - d.created_at)
     metrics.cost(d.provider, outcome.cost, outcome.currency)
-    d.rt.health.record_success(d.provider)
     if ctx.schedule_at is not None:
         from worker.delivery.schedule import held_at_provider
 
+        d.rt.health.record_success(d.provider)
         return held_at_provider(d, outcome, record.attempts)
-    return sent(d, outcome, record.attempts)
+    return sent(d, outcome, record.attempts, answered=True)
 
 
 def _attempted(d: Delivery, gate: SendGate, status_code: int | None, kind: str) -> None:

@@ -27,32 +27,43 @@ keys and types, never content; not replayable). The broker message is acknowledg
 readable id there is nothing to record it under: it is logged (``message.rejected``, no
 content), counted in the ``dw:rejected`` hash and acknowledged.
 
-Fleet containment: a message that passes the checks and still kills the main process (some
-other bug) must not take the fleet down one worker at a time. Before the strategy runs, the
-guard adds its process as a holder of ``dw:main:<id>``; the mark is cleared once a pool process has
+Fleet containment: a message that passes the checks and still kills the main process (some other
+bug) must not take the fleet down one worker at a time. Before the strategy runs, the guard adds
+its process as a holder of ``dw:main:<id>``; the mark is cleared once a pool process has
 accepted the task (:func:`task_accepted`, from ``RedactedRequest.on_accepted``: the prefork pool
 pickles the job in the event loop *after* the strategy returns, which is where the deep message
 used to fail), right away for a task scheduled for later (ETA, countdown), and for every task
-still waiting for a pool process when the worker stops cleanly. A crash ("Unrecoverable error",
-a signal) leaves the marks. Each main process also beats a liveness key every second
-(``dw:guard:alive:<token>``, gone 3 s after its last beat). A holder that is alive is a
-concurrent copy of the task (a redelivery, a sweep), not a crash: its mark clears as soon as a
-pool process takes that copy, and the guard waits for it. A holder without a liveness key died
-with the task in hand: on the next delivery, after ``max_main_process_crashes`` such deaths,
-the message is set aside as a dead letter (state ``dead``, replayable with ``delivery-worker
-dead replay``) without going near the pool.
+still waiting for a pool process when the worker stops cleanly. A send task carries this
+process's token in a header (:data:`GUARD_HEADER`): its run clears the mark in its first
+shared-state step (``worker.stores.hotpath``, no command of its own), and the main process
+clears it if the task fails or loses its pool process first (:func:`task_failed`). A crash
+("Unrecoverable error", a signal) leaves the marks. Each main process also beats a liveness key
+every second (``dw:guard:alive:<token>``, gone 3 s after its last beat). A holder that is alive
+is a concurrent copy of the task (a redelivery, a sweep), not a crash: its mark clears as soon
+as a pool process takes that copy, and the guard waits for it. A holder without a liveness key
+died with the task in hand: on the next delivery, after ``max_main_process_crashes`` such
+deaths, the message is set aside as a dead letter (state ``dead``, replayable with
+``delivery-worker dead replay``) without going near the pool.
 """
 
 from worker.guard.checks import Refusal
-from worker.guard.consumer import GuardedConsumer, task_accepted
-from worker.guard.refusals import ALIVE_PREFIX, MAIN_MARK_PREFIX, REJECTED_KEY, MessageGuard
+from worker.guard.consumer import GuardedConsumer, task_accepted, task_failed
+from worker.guard.refusals import (
+    ALIVE_PREFIX,
+    GUARD_HEADER,
+    MAIN_MARK_PREFIX,
+    REJECTED_KEY,
+    MessageGuard,
+)
 
 __all__ = [
     "ALIVE_PREFIX",
+    "GUARD_HEADER",
     "MAIN_MARK_PREFIX",
     "REJECTED_KEY",
     "GuardedConsumer",
     "MessageGuard",
     "Refusal",
     "task_accepted",
+    "task_failed",
 ]

@@ -14,9 +14,10 @@ from vine import promise
 
 from worker.config import get_settings
 from worker.guard.checks import Refusal
-from worker.guard.refusals import MessageGuard
+from worker.guard.refusals import GUARD_HEADER, MessageGuard
+from worker.tasknames import CHANNEL_OF_TASK
 
-__all__ = ["GuardedConsumer", "redis_errors_as_connection_errors", "task_accepted"]
+__all__ = ["GuardedConsumer", "redis_errors_as_connection_errors", "task_accepted", "task_failed"]
 
 log = structlog.get_logger("worker.guard")
 
@@ -28,12 +29,24 @@ _together: list[str] | None = None
 """While :func:`accepted_together` runs: the task ids accepted so far."""
 
 
-def task_accepted(task_id: str) -> None:
-    """A pool process took the task: the main process is done with it (clears its mark)."""
+def task_accepted(task_id: str, guard_token: str | None = None) -> None:
+    """A pool process took the task: the main process is done with it (clears its mark). A
+    send task carrying this guard's token has its mark cleared by its run instead; a batch's
+    tasks (:func:`accepted_together`) are cleared here, in one round trip."""
     if _together is not None:
         _together.append(task_id)
     elif _current is not None:
-        _current.unmark(task_id)
+        if guard_token is not None and guard_token == _current.token:
+            _current.handed(task_id)
+        else:
+            _current.unmark(task_id)
+
+
+def task_failed(task_id: str, guard_token: str | None = None) -> None:
+    """A send task handed to the pool with this guard's token failed or lost its pool process
+    (its run may never have cleared the mark): clear it here."""
+    if _current is not None and guard_token is not None and guard_token == _current.token:
+        _current.release(task_id)
 
 
 @contextlib.contextmanager
@@ -97,6 +110,9 @@ class GuardedConsumer(Consumer):
             if crashed is not None:
                 guard.refuse(message, crashed)
                 return None
+            if verdict.task_name in CHANNEL_OF_TASK:
+                # The run clears the mark in its first step (no command of its own).
+                message.headers[GUARD_HEADER] = guard.token
             try:
                 outcome = handler(message)
             except connection_errors:

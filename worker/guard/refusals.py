@@ -23,7 +23,14 @@ from worker.redis_client import shared_redis
 from worker.stores import RedisLedger
 from worker.tasknames import CHANNEL_OF_TASK
 
-__all__ = ["ALIVE_PREFIX", "ALIVE_TTL_S", "MAIN_MARK_PREFIX", "REJECTED_KEY", "MessageGuard"]
+__all__ = [
+    "ALIVE_PREFIX",
+    "ALIVE_TTL_S",
+    "GUARD_HEADER",
+    "MAIN_MARK_PREFIX",
+    "REJECTED_KEY",
+    "MessageGuard",
+]
 
 log = structlog.get_logger("worker.guard")
 
@@ -31,6 +38,10 @@ MAIN_MARK_PREFIX = "dw:main:"
 """``dw:main:<task id>``: a hash of the worker main processes (by token) holding this task
 between its arrival and a pool process taking it. A holder whose liveness key is gone died
 with it in hand."""
+GUARD_HEADER = "dw_guard"
+"""Message header the main process sets on a send task it marked: its token. The pool process
+clears the mark in the run's first shared-state step (``worker.stores.hotpath``), so handing a
+send to the pool costs no Redis command of its own."""
 ALIVE_PREFIX = "dw:guard:alive:"
 """``dw:guard:alive:<token>``: set every second by each worker main process, expires after
 :data:`ALIVE_TTL_S`; its absence means that process is gone."""
@@ -156,6 +167,17 @@ class MessageGuard:
             except redis.RedisError:
                 self._unmark_pending.add(task_id)
                 log.warning("guard.unmark_deferred", marks=len(self._unmark_pending))
+
+    def handed(self, task_id: str) -> None:
+        """A pool process took a send task that carries this process's token
+        (:data:`GUARD_HEADER`): its run clears the mark in Redis, this process forgets it."""
+        self.marked.discard(task_id)
+
+    def release(self, task_id: str) -> None:
+        """The task ended without its run clearing the mark (its pool process died, or it
+        failed before the run's first step): clear it; never raises."""
+        self.marked.add(task_id)
+        self.unmark(task_id)
 
     def unmark_many(self, task_ids: list[str]) -> None:
         """:meth:`unmark` for several tasks, in one round trip; never raises."""

@@ -26,6 +26,7 @@ import structlog
 from worker.providers import driver_class
 from worker.providers.lookup import mask_recipient
 from worker.runtime import Runtime
+from worker.stores.hotpath.base import TrackingArgs
 from worker.stores.tracking import Applied, Tracked, notification
 from worker.tracking.events import DeliveryEvent
 
@@ -37,6 +38,8 @@ __all__ = [
     "flush_pending",
     "notification_id",
     "on_sent",
+    "registered",
+    "sent_tracking",
     "track_sent",
 ]
 
@@ -74,6 +77,20 @@ def on_sent(
 ) -> Applied:
     """Index a sent delivery (raw recipient → provider id), start polling it where the provider
     has a status lookup, and tell the application."""
+    t = sent_tracking(rt, delivery_id, provider, provider_message_ids)
+    done = rt.tracking.register(
+        delivery_id, provider, t.recipients, at=t.at, poll_at=t.poll_at, notify=t.notify
+    )
+    if t.notify:
+        flush(rt, delivery_id, publish=publish)
+    return done
+
+
+def sent_tracking(
+    rt: Runtime, delivery_id: str, provider: str, provider_message_ids: dict[str, str]
+) -> TrackingArgs:
+    """What :func:`on_sent` registers (the send pipeline registers it with the ledger's final
+    write, ``worker.stores.hotpath``, then calls :func:`registered`)."""
     cls = driver_class(provider)
     tracked = [
         Tracked(
@@ -85,15 +102,22 @@ def on_sent(
     ]
     tracked = _unique(tracked)
     now = time.time()
-    policy = rt.settings.poll_policy()
-    poll_at = now + policy.first_s if cls.status_lookup else None
+    poll_at = now + rt.settings.poll_policy().first_s if cls.status_lookup else None
     notify = rt.settings.events_task is not None
-    done = rt.tracking.register(
-        delivery_id, provider, tracked, at=now, poll_at=poll_at, notify=notify
-    )
-    if notify:
-        flush(rt, delivery_id, publish=publish)
-    return done
+    return TrackingArgs(provider, tracked, now, poll_at, notify)
+
+
+def registered(rt: Runtime, delivery_id: str, t: TrackingArgs, error: str | None) -> None:
+    """After the pipeline registered a send: tell the application (``notify``), or log why the
+    registration failed (tracking never changes a send's outcome)."""
+    if error is not None:
+        log.warning("tracking.register_failed", provider=t.provider, error=error)
+        return
+    if t.notify:
+        try:
+            flush(rt, delivery_id)
+        except Exception as exc:
+            log.warning("tracking.register_failed", provider=t.provider, error=type(exc).__name__)
 
 
 def track_sent(rt: Runtime, delivery_id: str, provider: str, ids: dict[str, str]) -> None:

@@ -44,7 +44,7 @@ class RedisHealthStore(HealthStore):
         self._redis = redis_client
         self.prefix = prefix
         self.config = config or BreakerConfig()
-        self._paused_key = f"{prefix}:health:paused"
+        self.paused_key = f"{prefix}:health:paused"
         self._pause_script = load_script(redis_client, "worker.stores.health", "pause.lua")
         self._breaker_script = load_script(redis_client, "worker.stores.health", "breaker.lua")
 
@@ -54,23 +54,24 @@ class RedisHealthStore(HealthStore):
     # -- pause --------------------------------------------------------------------------------
 
     def pause(self, provider: str, reason: str, by: str) -> PauseInfo:
-        raw = self._pause_script(keys=[self._paused_key], args=[provider, reason, by])
-        return self._pause_info(provider, raw)
+        raw = self._pause_script(keys=[self.paused_key], args=[provider, reason, by])
+        return self.pause_info(provider, raw)
 
     def resume(self, provider: str) -> bool:
-        return bool(self._redis.hdel(self._paused_key, provider))
+        return bool(self._redis.hdel(self.paused_key, provider))
 
     def paused(self, provider: str) -> PauseInfo | None:
-        raw = self._redis.hget(self._paused_key, provider)
-        return None if raw is None else self._pause_info(provider, raw)
+        raw = self._redis.hget(self.paused_key, provider)
+        return None if raw is None else self.pause_info(provider, raw)
 
     def list_paused(self) -> list[PauseInfo]:
-        entries: dict[Any, Any] = self._redis.hgetall(self._paused_key)
-        infos = [self._pause_info(text(k), v) for k, v in entries.items()]
+        entries: dict[Any, Any] = self._redis.hgetall(self.paused_key)
+        infos = [self.pause_info(text(k), v) for k, v in entries.items()]
         return sorted(infos, key=lambda info: info.provider)
 
     @staticmethod
-    def _pause_info(provider: str, raw: Any) -> PauseInfo:
+    def pause_info(provider: str, raw: Any) -> PauseInfo:
+        """A pause as stored (JSON, the ``paused`` hash's value for ``provider``)."""
         data = json.loads(text(raw))
         since = int(data["since_s"]) + int(data["since_us"]) / _US
         return PauseInfo(provider=provider, reason=data["reason"], since=since, by=data["by"])

@@ -46,7 +46,7 @@ __all__ = ["ACTIVE_KEY", "CLAIMS_KEY", "DEAD_KEY", "SCHEDULE_KEY", "RedisLedger"
 
 _PREFIX = "dw:delivery:"
 _IDEM_PREFIX = "dw:idem:"
-_LOCK_PREFIX = "dw:lock:"
+LOCK_PREFIX = "dw:lock:"
 _TAG_PREFIX = "dw:tag:"
 ACTIVE_KEY = "dw:active"
 DEAD_KEY = "dw:dead"
@@ -145,14 +145,14 @@ class RedisLedger(Ledger):
     # -- concurrency guard ---------------------------------------------------------------------
 
     def lock(self, delivery_id: str, token: str, ttl_s: float) -> float:
-        key = _LOCK_PREFIX + delivery_id
+        key = LOCK_PREFIX + delivery_id
         if self.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))):
             return 0.0
         remaining_ms = int(self.redis.pttl(key))
         return max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
 
     def unlock(self, delivery_id: str, token: str) -> None:
-        self._release(keys=[_LOCK_PREFIX + delivery_id], args=[token])
+        self._release(keys=[LOCK_PREFIX + delivery_id], args=[token])
 
     # -- sweeping ------------------------------------------------------------------------------
 

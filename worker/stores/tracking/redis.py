@@ -16,7 +16,9 @@ Keys (the layout of deployed data; pinned by tests/stores/test_redis_layout.py):
 Every per-delivery key expires :data:`TRACKING_TTL_S` after its last write; orphans after
 :data:`ORPHAN_TTL_S`. Applying an event (dedupe, the forward-only move, the history and the
 outbox entry) is one Lua script (``apply.lua``), so a crash never leaves a state change without
-its notification; claiming due watches is another (``claim.lua``).
+its notification; registering a sent delivery (index, its ``sent`` events through ``apply.lua``,
+the watch, the orphans kept for it) is one more (``register.lua``, one round trip per send);
+claiming due watches is another (``claim.lua``).
 """
 
 from __future__ import annotations
@@ -24,15 +26,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 
-from worker.stores._redis import load_script, text
+from worker.stores._redis import composed, load_script, lua_source, text
 from worker.stores.tracking.base import (
     HISTORY_CAP,
     ORPHAN_CAP,
     ORPHAN_TTL_S,
     TRACKING_TTL_S,
+    Applied,
     DeliveryStatus,
     RecipientState,
     Tracked,
@@ -41,13 +46,14 @@ from worker.stores.tracking.base import (
     history_entry,
     parse_state,
     rules_json,
+    sent_event,
     state_json,
     watch_fields,
     watch_from,
 )
 from worker.tracking.events import DeliveryEvent
 
-__all__ = ["OUTBOX_KEY", "POLL_KEY", "RedisTrackingStore"]
+__all__ = ["OUTBOX_KEY", "POLL_KEY", "REGISTER_LUA", "RedisTrackingStore", "Registration"]
 
 _PACKAGE = "worker.stores.tracking"
 _PROVIDER = "~provider"
@@ -57,6 +63,24 @@ POLL_KEY = "dw:track:poll"
 
 def _key(kind: str, delivery_id: str) -> str:
     return f"dw:track:{kind}:{delivery_id}"
+
+
+REGISTER_LUA = composed(
+    lua_source(_PACKAGE, "register.lua"), apply=lua_source(_PACKAGE, "apply.lua")
+)
+"""``register.lua`` with ``apply.lua`` composed in (also composed into the send's last step,
+``worker.stores.hotpath``)."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One ``register.lua`` call: its keys and arguments, and the events it applies."""
+
+    keys: list[str]
+    args: list[str]
+    events: list[DeliveryEvent]
+    provider: str
+    notify: bool
 
 
 class RedisTrackingStore(TrackingBase):
@@ -73,6 +97,7 @@ class RedisTrackingStore(TrackingBase):
         self._rules = rules_json()
         self._apply = load_script(client, _PACKAGE, "apply.lua")
         self._claim = load_script(client, _PACKAGE, "claim.lua")
+        self._register = client.register_script(REGISTER_LUA)
 
     @staticmethod
     def index_key(provider: str, provider_message_id: str) -> str:
@@ -85,21 +110,99 @@ class RedisTrackingStore(TrackingBase):
     def _now(self) -> float:
         return self._clock()
 
+    # -- registering a send: one script -------------------------------------------------------
+
+    def registration(
+        self,
+        delivery_id: str,
+        provider: str,
+        recipients: Sequence[Tracked],
+        *,
+        at: float,
+        poll_at: float | None,
+        notify: bool,
+    ) -> Registration:
+        """What :meth:`register` runs (``register.lua``), for a caller composing it."""
+        events = [sent_event(delivery_id, provider, t, at) for t in recipients]
+        pmids = sorted({t.provider_message_id for t in recipients})
+        watch = watch_fields(provider, recipients, at) if poll_at is not None else {}
+        keys = [
+            _key("state", delivery_id),
+            _key("hist", delivery_id),
+            _key("seen", delivery_id),
+            _key("out", delivery_id),
+            OUTBOX_KEY,
+            _key("watch", delivery_id),
+            POLL_KEY,
+            *(self.index_key(provider, t.provider_message_id) for t in recipients),
+            *(self.orphan_key(provider, pmid) for pmid in pmids),
+        ]
+        args = [
+            delivery_id,
+            provider,
+            repr(at),
+            str(self.ttl_s),
+            str(HISTORY_CAP),
+            "1" if notify else "0",
+            self._rules,
+            "" if poll_at is None else repr(poll_at),
+            str(len(recipients)),
+            str(len(pmids)),
+            str(len(watch)),
+        ]
+        for name, value in watch.items():
+            args += [name, value]
+        for t, event in zip(recipients, events, strict=True):
+            args += [t.recipient, event.event_id, event.type.value]
+            args += [history_entry(event), state_json(event)]
+        return Registration(keys, args, events, provider, notify)
+
+    def registered(self, reg: Registration, reply: Any) -> Applied:
+        """The :class:`Applied` of a ``register.lua`` reply (orphans kept for the send's ids
+        are applied now, as :meth:`register` of the base does)."""
+        applied, orphans = reply
+        done = Applied()
+        for event, (new, moved) in zip(reg.events, applied, strict=True):
+            if int(new) != 1:
+                done.duplicates += 1
+                continue
+            done.new.append(event)
+            done.moved += int(moved)
+            assert event.delivery_id is not None
+            done.deliveries.add(event.delivery_id)
+        kept = []
+        for raw in orphans:
+            try:
+                kept.append(DeliveryEvent.model_validate_json(raw))
+            except ValueError:
+                continue
+        if kept:
+            more = self.apply(kept, notify=reg.notify)
+            done.new += more.new
+            done.moved += more.moved
+            done.duplicates += more.duplicates
+            done.refused += more.refused
+            done.deliveries |= more.deliveries
+        return done
+
+    def register(
+        self,
+        delivery_id: str,
+        provider: str,
+        recipients: Sequence[Tracked],
+        *,
+        at: float,
+        poll_at: float | None,
+        notify: bool,
+    ) -> Applied:
+        reg = self.registration(
+            delivery_id, provider, recipients, at=at, poll_at=poll_at, notify=notify
+        )
+        return self.registered(reg, self._register(keys=reg.keys, args=reg.args))
+
     def _index(self, provider: str, provider_message_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.index_key(provider, provider_message_id))
         return {text(k): text(v) for k, v in raw.items()}
-
-    def _write_index(
-        self, delivery_id: str, provider: str, recipients: Sequence[Tracked], at: float
-    ) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        for t in recipients:
-            key = self.index_key(provider, t.provider_message_id)
-            pipe.hset(key, t.recipient, delivery_id)
-            pipe.expire(key, self.ttl_s)
-        pipe.hset(_key("state", delivery_id), _PROVIDER, provider)
-        pipe.expire(_key("state", delivery_id), self.ttl_s)
-        pipe.execute()
 
     def _apply_one(
         self, delivery_id: str, event: DeliveryEvent, *, notify: bool, now: float
@@ -135,36 +238,6 @@ class RedisTrackingStore(TrackingBase):
         pipe.ltrim(key, -ORPHAN_CAP, -1)
         pipe.expire(key, int(ORPHAN_TTL_S))
         pipe.execute()
-
-    def _take_orphans(self, provider: str, provider_message_id: str) -> list[DeliveryEvent]:
-        key = self.orphan_key(provider, provider_message_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lrange(key, 0, -1)
-        pipe.delete(key)
-        kept, _ = pipe.execute()
-        out = []
-        for raw in kept:
-            try:
-                out.append(DeliveryEvent.model_validate_json(raw))
-            except ValueError:
-                continue
-        return out
-
-    def _start_watch(
-        self,
-        delivery_id: str,
-        provider: str,
-        recipients: Sequence[Tracked],
-        at: float,
-        poll_at: float,
-    ) -> None:
-        key = _key("watch", delivery_id)
-        if self.redis.hsetnx(key, "provider", provider):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(key, mapping=dict(watch_fields(provider, recipients, at).items()))
-            pipe.expire(key, self.ttl_s)
-            pipe.zadd(POLL_KEY, {delivery_id: poll_at}, nx=True)
-            pipe.execute()
 
     def status(self, delivery_id: str) -> DeliveryStatus | None:
         pipe = self.redis.pipeline(transaction=False)

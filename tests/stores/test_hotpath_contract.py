@@ -1,0 +1,223 @@
+"""The hot path contract: a run's first and last step do what the stores' own calls do.
+
+Run against :class:`ComposedHotPath` on the in-memory stores (the stores' calls one by one, the
+reference) and :class:`RedisHotPath` (one script each), then read back through the stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from worker.stores import (
+    HealthStore,
+    Ledger,
+    MemoryHealthStore,
+    MemoryLedger,
+    MemoryMetrics,
+    Metrics,
+    RedisHealthStore,
+    RedisLedger,
+    RedisMetrics,
+)
+from worker.stores.hotpath import (
+    Closing,
+    ComposedHotPath,
+    HotPath,
+    RedisHotPath,
+)
+from worker.stores.hotpath.base import TrackingArgs
+from worker.stores.tracking import (
+    MemoryTrackingStore,
+    RedisTrackingStore,
+    Tracked,
+    TrackingStore,
+)
+from worker.tracking import DeliveryEvent, EventType
+
+from ._support import FakeClock
+
+T0 = 1_700_000_000.0
+
+
+@dataclass
+class H:
+    hot: HotPath
+    ledger: Ledger
+    health: HealthStore
+    metrics: Metrics
+    tracking: TrackingStore
+    redis: redis.Redis | None
+
+
+@pytest.fixture(params=["memory", "redis"])
+def h(request: pytest.FixtureRequest) -> Iterator[H]:
+    clock = FakeClock(T0)
+    if request.param == "memory":
+        ledger, health = MemoryLedger(clock), MemoryHealthStore(clock)
+        metrics, tracking = MemoryMetrics(), MemoryTrackingStore(clock)
+        yield H(ComposedHotPath(ledger, health, metrics, tracking), ledger, health, metrics,
+                tracking, None)  # fmt: skip
+    else:
+        yield _on_redis(request.getfixturevalue("redis_client"), clock)
+
+
+def _on_redis(client: redis.Redis, clock: FakeClock) -> H:
+    ledger = RedisLedger(client, clock=clock)
+    health, metrics = RedisHealthStore(client), RedisMetrics(client)
+    tracking = RedisTrackingStore(client, clock=clock)
+    hot = RedisHotPath(client, health=health, metrics=metrics, tracking=tracking, clock=clock)
+    return H(hot, ledger, health, metrics, tracking, client)
+
+
+def _sent(provider: str = "smspartner", poll: bool = True) -> Closing:
+    tracking = TrackingArgs(
+        provider, [Tracked("+336****78", "pm-1", "+33612345678")], T0, T0 + 60 if poll else None,
+        notify=False,
+    )  # fmt: skip
+    fields = {"sent_at": repr(T0), "attempts": "1", "result": '{"status": "sent"}'}
+    return Closing("sent", fields, provider, "sent", True, tracking)
+
+
+def test_begin_on_a_missing_record_finds_it_missing(h: H) -> None:
+    begun = h.hot.begin("d1", "tok", 5.0, providers=["smspartner"])
+    assert begun.status == "missing"
+    assert begun.record is None
+    assert h.ledger.lock("d1", "other", 5.0) == 0.0  # no lock taken
+
+
+def test_begin_locks_counts_the_run_and_reads_health(h: H) -> None:
+    h.ledger.create("d1", channel="sms", provider="auto")
+    h.health.pause("postal", "no credit", "w1")
+    h.health.record_failure("voicepartner")
+    providers = ["smspartner", "postal", "voicepartner"]
+    begun = h.hot.begin("d1", "tok", 5.0, providers=providers)
+    assert begun.status == "run"
+    assert begun.record is not None and begun.record.state == "queued"
+    assert begun.runs == 1
+    assert begun.record.fields["runs_unfinished"] == "1"
+    assert set(begun.paused) == {"postal"}
+    assert begun.paused["postal"].reason == "no credit"
+    assert "voicepartner" in begun.breaker_state  # a breaker with state is asked
+    assert begun.asked == frozenset(providers)
+    assert 0 < h.ledger.lock("d1", "other", 5.0) <= 5.0  # locked for this run
+    again = h.hot.begin("d1", "tok2", 5.0)
+    assert again.status == "busy"
+    assert 0 < again.busy_s <= 5.0
+    assert again.record is not None and again.record.fields["runs_unfinished"] == "1"
+
+
+def test_redis_asks_only_breakers_with_state(redis_client: redis.Redis) -> None:
+    """A breaker without state allows everything and ignores a success: not asked (the
+    composed path asks every one)."""
+    h = _on_redis(redis_client, FakeClock(T0))
+    h.ledger.create("d1", channel="sms", provider="auto")
+    h.health.record_failure("voicepartner")
+    begun = h.hot.begin("d1", "tok", 5.0, providers=["smspartner", "voicepartner"])
+    assert begun.breaker_state == frozenset({"voicepartner"})
+
+
+def test_finish_writes_sent_resets_unlocks_counts_and_registers(h: H) -> None:
+    h.ledger.create("d1", channel="sms", provider="smspartner")
+    h.hot.begin("d1", "tok", 5.0, providers=["smspartner"])
+    h.ledger.transition("d1", "sending")
+    done = h.hot.finish("d1", "tok", reset_runs=True, closing=_sent())
+    assert done.changed
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert record.state == "sent"
+    assert record.attempts == 1
+    assert record.fields["sent_at"] == repr(T0)
+    assert record.result == {"status": "sent"}
+    assert record.fields["runs_unfinished"] == "0"
+    assert h.ledger.stale(-1e9) == []  # out of the active set
+    assert h.ledger.lock("d1", "other", 5.0) == 0.0  # unlocked
+    assert h.metrics.read("smspartner") == {"sent": 1}
+    assert done.tracking is not None and len(done.tracking.new) == 1
+    status = h.tracking.status("d1")
+    assert status is not None
+    assert status.provider == "smspartner"
+    assert status.recipients["+336****78"].state == EventType.SENT
+    assert status.polling
+    watch = h.tracking.watch("d1")
+    assert watch is not None and watch.recipients[0].lookup == "+33612345678"
+
+
+def test_finish_is_forward_only_and_keeps_another_runs_lock(h: H) -> None:
+    h.ledger.create("d1", channel="sms", provider="smspartner")
+    h.ledger.transition("d1", "failed", error_kind="x")
+    assert h.ledger.lock("d1", "theirs", 5.0) == 0.0
+    done = h.hot.finish("d1", "mine", reset_runs=False, closing=_sent(poll=False))
+    assert not done.changed
+    record = h.ledger.get("d1")
+    assert record is not None and record.state == "failed"
+    assert "runs_unfinished" not in record.fields
+    assert h.ledger.lock("d1", "other", 5.0) > 0  # their lock stands
+
+
+def test_begin_on_a_final_record_takes_no_lock(h: H) -> None:
+    h.ledger.create("d1", channel="sms", provider="smspartner")
+    h.ledger.transition("d1", "sent")
+    begun = h.hot.begin("d1", "tok", 5.0, providers=["smspartner"])
+    assert begun.status == "final"
+    assert begun.record is not None and begun.record.state == "sent"
+    assert h.ledger.lock("d1", "other", 5.0) == 0.0
+    record = h.ledger.get("d1")
+    assert record is not None and "runs_unfinished" not in record.fields
+
+
+def test_finish_without_closing_resets_and_unlocks_only(h: H) -> None:
+    h.ledger.create("d1", channel="sms", provider="smspartner")
+    h.hot.begin("d1", "tok", 5.0)
+    h.ledger.transition("d1", "waiting", waiting_reason="throttled")
+    done = h.hot.finish("d1", "tok", reset_runs=True)
+    assert not done.changed and done.tracking is None
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert record.state == "waiting" and record.fields["runs_unfinished"] == "0"
+    assert h.ledger.lock("d1", "other", 5.0) == 0.0
+    assert h.metrics.read("smspartner") == {}
+
+
+def test_finish_applies_the_events_kept_for_the_sends_ids(h: H) -> None:
+    early = DeliveryEvent(
+        event_id="e1",
+        type=EventType.DELIVERED,
+        provider="smspartner",
+        provider_message_id="pm-1",
+        occurred_at=T0,
+        source="webhook",
+    )
+    assert h.tracking.apply([early], notify=False).orphaned == 1
+    h.ledger.create("d1", channel="sms", provider="smspartner")
+    h.hot.begin("d1", "tok", 5.0)
+    done = h.hot.finish("d1", "tok", reset_runs=True, closing=_sent())
+    assert done.tracking is not None
+    assert [e.type for e in done.tracking.new] == [EventType.SENT, EventType.DELIVERED]
+    status = h.tracking.status("d1")
+    assert status is not None
+    assert status.recipients["+336****78"].state == EventType.DELIVERED
+
+
+def test_registering_twice_is_idempotent(h: H) -> None:
+    for _ in range(2):
+        h.ledger.create("d1", channel="sms", provider="smspartner")
+        h.hot.begin("d1", "tok", 5.0)
+        done = h.hot.finish("d1", "tok", reset_runs=True, closing=_sent())
+    assert done.tracking is not None
+    assert done.tracking.new == [] and done.tracking.duplicates == 1
+    status = h.tracking.status("d1")
+    assert status is not None and len(status.history) == 1
+
+
+def test_redis_clears_the_guards_mark(redis_client: redis.Redis) -> None:
+    h = _on_redis(redis_client, FakeClock(T0))
+    assert h.redis is not None
+    h.redis.hset("dw:main:d1", mapping={"w1": 1, "w2": 1})
+    assert h.hot.begin("d1", "tok", 5.0, mark=("dw:main:d1", "w1")).status == "missing"
+    assert h.redis.hkeys("dw:main:d1") == [b"w2"]  # only this holder's mark
+    h.hot.clear_mark(("dw:main:d1", "w2"))
+    assert h.redis.exists("dw:main:d1") == 0

@@ -1,0 +1,121 @@
+"""A delivery run's first and last shared-state steps, each as one step.
+
+A run of the send pipeline used to make a dozen separate calls to the stores before and after
+the provider request (create, read, lock, count the run, read again, pause and breaker per
+provider; then the transition, the run count, the unlock, a counter, the breaker, the tracking
+index). :class:`HotPath` does the same work in two calls:
+
+* :meth:`HotPath.begin`: clear the guard's main-process mark, read the record, and unless it is
+  final take the send lock and count the run (``runs_unfinished``), and read each candidate
+  provider's pause and whether its breaker has any state;
+* :meth:`HotPath.finish`: the final transition with its fields (``sent``), the run count back to
+  0, the unlock, the provider's counter and the tracking registration, and whether the breaker
+  has state (then the caller reports the success to it).
+
+Each step does exactly what the separate store calls did, in the same order; the Redis backend
+runs the stores' own Lua scripts composed into one (``worker.stores._redis.composed``), so the
+ledger's forward-only rule, the lock's token check and the tracking store's event logic are the
+same code. :class:`~worker.stores.hotpath.composed.ComposedHotPath` runs the stores' methods
+one by one (in-memory stores, and any mix); ``tests/stores/test_hotpath_contract.py`` runs both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from worker.stores.health import PauseInfo
+from worker.stores.ledger import DeliveryRecord
+from worker.stores.tracking import Applied, Tracked
+
+__all__ = ["Begun", "Closing", "Finished", "HotPath", "TrackingArgs"]
+
+
+@dataclass(frozen=True)
+class Begun:
+    """What :meth:`HotPath.begin` found."""
+
+    status: Literal["missing", "final", "busy", "run"]
+    """``missing``: no record (nothing else done but the mark); ``final``: the record is final
+    (no lock taken); ``busy``: another run holds the lock; ``run``: locked, run counted."""
+    record: DeliveryRecord | None = None
+    """The record as it stands (for ``run``: under the lock, ``runs_unfinished`` counted)."""
+    busy_s: float = 0.0
+    """``busy``: seconds until the lock frees."""
+    runs: int = 0
+    """``run``: ``runs_unfinished`` after this run's count."""
+    paused: dict[str, PauseInfo] = field(default_factory=dict)
+    """``run``: the candidate providers that are paused."""
+    breaker_state: frozenset[str] = frozenset()
+    """``run``: the candidate providers whose breaker has state (ask it). A breaker without
+    state is closed with no recent failure: it allows every request and a success changes
+    nothing."""
+    asked: frozenset[str] = frozenset()
+    """``run``: the providers ``paused`` and ``breaker_state`` speak for."""
+
+
+@dataclass(frozen=True)
+class TrackingArgs:
+    """A sent delivery's tracking registration (``TrackingStore.register``'s arguments)."""
+
+    provider: str
+    recipients: Sequence[Tracked]
+    at: float
+    poll_at: float | None
+    notify: bool
+
+
+@dataclass(frozen=True)
+class Closing:
+    """A final transition left for :meth:`HotPath.finish` to write with the unlock."""
+
+    state: str
+    fields: dict[str, str]
+    provider: str = ""
+    """The provider whose counter ``metric`` counts."""
+    metric: str | None = None
+    breaker: bool = False
+    """The provider answered a send: say whether its breaker has state to hear the success."""
+    tracking: TrackingArgs | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    changed: bool = False
+    """The closing transition changed the record (False without one)."""
+    breaker_state: bool = False
+    """The closing provider's breaker has state: report the success to it."""
+    tracking: Applied | None = None
+    tracking_error: str | None = None
+    """The tracking registration failed after the transition (the send stands)."""
+
+
+class HotPath(Protocol):
+    def begin(
+        self,
+        delivery_id: str,
+        token: str,
+        lock_ttl_s: float,
+        *,
+        providers: Sequence[str] = (),
+        mark: tuple[str, str] | None = None,
+    ) -> Begun:
+        """``mark``: the guard's main-process mark (key, field) to clear first."""
+        ...
+
+    def clear_mark(self, mark: tuple[str, str]) -> None:
+        """Clear the guard's main-process mark (key, field) of a run that never begins."""
+        ...
+
+    def finish(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        reset_runs: bool,
+        closing: Closing | None = None,
+    ) -> Finished:
+        """Write ``closing`` (if any), set ``runs_unfinished`` to 0 if ``reset_runs``, unlock,
+        count ``closing.metric``, register ``closing.tracking``."""
+        ...

@@ -1,0 +1,89 @@
+"""The hot path as the stores' own calls, one after the other (the reference semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.stores.health import HealthStore
+from worker.stores.hotpath.base import Begun, Closing, Finished, HotPath
+from worker.stores.ledger import Ledger
+from worker.stores.metrics import Metrics
+from worker.stores.tracking import TrackingStore
+
+__all__ = ["ComposedHotPath"]
+
+
+class ComposedHotPath(HotPath):
+    """Any stores, no atomicity beyond each store's own: for the in-memory stores (one process)
+    and mixes of backends. Every breaker is reported as having state (always asked)."""
+
+    def __init__(
+        self, ledger: Ledger, health: HealthStore, metrics: Metrics, tracking: TrackingStore
+    ) -> None:
+        self.ledger = ledger
+        self.health = health
+        self.metrics = metrics
+        self.tracking = tracking
+        self.cleared_marks: list[tuple[str, str]] = []
+        """Guard marks asked to be cleared (no guard without Redis: recorded for tests)."""
+
+    def begin(
+        self,
+        delivery_id: str,
+        token: str,
+        lock_ttl_s: float,
+        *,
+        providers: Sequence[str] = (),
+        mark: tuple[str, str] | None = None,
+    ) -> Begun:
+        if mark is not None:
+            self.cleared_marks.append(mark)
+        record = self.ledger.get(delivery_id)
+        if record is None:
+            return Begun("missing")
+        if record.final:
+            return Begun("final", record)
+        busy_s = self.ledger.lock(delivery_id, token, lock_ttl_s)
+        if busy_s > 0:
+            return Begun("busy", record, busy_s=busy_s)
+        runs = self.ledger.incr(delivery_id, "runs_unfinished")
+        record = self.ledger.get(delivery_id) or record
+        paused = {}
+        for provider in providers:
+            info = self.health.paused(provider)
+            if info is not None:
+                paused[provider] = info
+        asked = frozenset(providers)
+        return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked)
+
+    def clear_mark(self, mark: tuple[str, str]) -> None:
+        self.cleared_marks.append(mark)
+
+    def finish(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        reset_runs: bool,
+        closing: Closing | None = None,
+    ) -> Finished:
+        changed = False
+        if closing is not None:
+            changed = self.ledger.transition(delivery_id, closing.state, **closing.fields)
+        if reset_runs:
+            self.ledger.set_fields(delivery_id, runs_unfinished="0")
+        self.ledger.unlock(delivery_id, token)
+        if closing is None:
+            return Finished()
+        if closing.provider and closing.metric:
+            self.metrics.incr(closing.provider, closing.metric)
+        t = closing.tracking
+        if t is None:
+            return Finished(changed, breaker_state=closing.breaker)
+        try:
+            applied = self.tracking.register(
+                delivery_id, t.provider, t.recipients, at=t.at, poll_at=t.poll_at, notify=t.notify
+            )
+        except Exception as exc:  # tracking never changes a send's outcome
+            return Finished(changed, closing.breaker, tracking_error=type(exc).__name__)
+        return Finished(changed, breaker_state=closing.breaker, tracking=applied)

@@ -1,0 +1,28 @@
+-- A run's last step: the closing transition (transition.lua), the run count back to 0, the
+-- unlock (release.lua), the provider's counter, the breaker's presence, and the tracking
+-- registration (register.lua). The composed scripts are local functions (see redis.py).
+-- KEYS[1] record, [2] active set, [3] send lock, [4] metrics hash ('' = none),
+--      [5] breaker hash ('' = none), [6] schedule, [7] schedule claims, then register.lua's
+--      keys (none: no registration)
+-- ARGV[1] lock token, [2] reset runs (1/0), [3] state ('' = no transition), [4] its rank,
+--      [5] now, [6] ranks JSON, [7] delivery id, [8] metric field, [9] field pairs n,
+--      then n field/value pairs, then register.lua's arguments
+-- Returns {changed (1/0), breaker has state (1/0), registered (1/0), register.lua's reply}
+local changed = 0
+local n = tonumber(ARGV[9])
+if ARGV[3] ~= '' then
+  local targv = {ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
+  for i = 1, 2 * n do targv[5 + i] = ARGV[9 + i] end
+  changed = transition({KEYS[1], KEYS[2], KEYS[6], KEYS[7]}, targv)[1]
+  if changed ~= 1 then changed = 0 end
+end
+if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'runs_unfinished', '0') end
+release({KEYS[3]}, {ARGV[1]})
+if KEYS[4] ~= '' and ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[8], 1) end
+local breaker = 0
+if KEYS[5] ~= '' then breaker = redis.call('EXISTS', KEYS[5]) end
+if #KEYS <= 7 then return {changed, breaker, 0, {}} end
+local rkeys, rargv = {}, {}
+for i = 8, #KEYS do table.insert(rkeys, KEYS[i]) end
+for i = 10 + 2 * n, #ARGV do table.insert(rargv, ARGV[i]) end
+return {changed, breaker, 1, register(rkeys, rargv)}
