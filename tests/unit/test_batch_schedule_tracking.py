@@ -176,3 +176,19 @@ def test_a_batch_request_is_one_provider_request_in_the_metrics(make_runtime: An
     assert all(isinstance(o, Done) and o.result.status == "sent" for o in outcomes)
     assert _requests("accepted") - before == 1
     assert _accepted_count() - accepted_before == 3
+
+
+def test_a_batch_refused_as_a_whole_is_one_rejected_request_then_one_accepted(
+    make_runtime: Any,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/send"):  # one STOP number refuses the whole /send
+            return httpx.Response(200, json={"success": False, "code": 14, "message": "STOP"})
+        return bulk_answer(request, {NUMBERS[2]: 14})
+
+    rt = make_runtime(handler)
+    rejected, accepted = _requests("recipient_rejected"), _requests("accepted")
+    outcomes = process_batch(entries(["Same"] * 3), rt)
+    assert [o.result.status for o in outcomes if isinstance(o, Done)] == ["sent", "sent", "failed"]
+    assert _requests("recipient_rejected") - rejected == 1
+    assert _requests("accepted") - accepted == 1

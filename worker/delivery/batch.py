@@ -315,8 +315,12 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
             return done + list(zip(rest, for_each(rt, _logged(settle), rest), strict=True))
         if len(answers) != len(todo):  # a driver bug, not a provider answer
             raise RuntimeError(f"{provider} send_batch answered {len(answers)} of {len(todo)}")
-        # Answered (some entries may be refused: counted per message as they settle).
-        gate.counted(200, "accepted")
+        # Answered: accepted (entries refused one by one settle per message), or refused as a
+        # whole for one of its numbers (every entry ``None``: asked again per entry).
+        # (The driver does not hand back the HTTP status: counted as the 2xx that SMS Partner
+        # answers such refusals with, success false, §1.3.)
+        whole_refusal = all(answer is None for answer in answers)
+        gate.counted(200, "recipient_rejected" if whole_refusal else "accepted")
         chunk[0].d.rt.health.record_success(provider)
         again = [item for item, answer in zip(todo, answers, strict=True) if answer is None]
         answered = [(i, a) for i, a in zip(todo, answers, strict=True) if a is not None]
