@@ -8,7 +8,12 @@ steps it will go through (``[(at, status, detail), ...]``, its own words: SMS Pa
 webhook and callback senders. The initial ``Waiting``/``Pending`` is not a move (nothing has
 happened yet, no provider pushes it) and is not published; an initial ``Held`` is. Listeners run
 on the timeline's thread: they hand slow work (HTTP) to their own. :meth:`Timeline.force`
-replaces what is left of a timeline with one status now (``POST /_admin/status``).
+replaces what is left of a timeline with one status now (``POST /_admin/status``), and
+:meth:`Timeline.cancel` drops what is left of a cancelled message's, silently.
+
+The timeline reads the sandbox's clock (:meth:`~delivery_sandbox.providers.base.Env.now`, bound
+by the ``Env`` that holds it): a scheduled message's steps start at its scheduled time on the
+same clock its provider checks that time and the cancel window with.
 """
 
 from __future__ import annotations
@@ -71,6 +76,12 @@ class Timeline:
             thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=5)
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Read ``clock`` from now on (the ``Env``'s, so its steps and its providers agree)."""
+        with self._cond:
+            self._clock = clock
+            self._cond.notify_all()
 
     def reset(self) -> None:
         with self._cond:
@@ -139,6 +150,21 @@ class Timeline:
         for change in changes:
             self.listeners.publish(change)
         return len(changes)
+
+    def cancel(self, provider: str, message_id: str) -> int:
+        """A cancelled message: every recipient keeps what it showed so far and nothing more is
+        published (a cancelled send is never delivered, and no webhook or callback says it
+        was). Its provider answers ``Cancelled`` to lookups. Returns how many recipients."""
+        now = self._clock()
+        count = 0
+        with self._cond:
+            for key, entry in self._entries.items():
+                if key[0] != provider or key[1] != str(message_id):
+                    continue
+                entry.generation += 1  # its queued moves are skipped by the thread
+                entry.steps = [s for s in entry.steps if s[0] <= now]
+                count += 1
+        return count
 
     # -- the publisher thread ------------------------------------------------------------------
 

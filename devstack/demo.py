@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
 from delivery_sandbox.inbox import INBOX_PATH
 from devstack.demo_batch import BAD_MESSAGE, DEMO_BATCH, OUT_OF_CREDIT, DemoItem
@@ -56,6 +55,7 @@ def run_demo(
     from worker.models import InvalidMessage
     from worker.ops.operations import Operations
     from worker.producer import Producer
+    from worker.redis_client import redis_client
     from worker.stores import RedisLedger
     from worker.stores.tracking import RedisTrackingStore
 
@@ -123,7 +123,7 @@ def run_demo(
         ).raise_for_status()
 
         app = client_app(env["DELIVERY_BROKER_URL"], env["DELIVERY_RESULT_BACKEND"], name="demo")
-        ledger = RedisLedger(redis.Redis.from_url(env["DELIVERY_BROKER_URL"]))
+        ledger = RedisLedger(redis_client(env["DELIVERY_BROKER_URL"]))
         producer = Producer(app=app, ledger=ledger)
         _wait_worker_ready(app, worker)
 

@@ -33,6 +33,7 @@ from redis.sentinel import Sentinel
 __all__ = [
     "DEFAULT_SENTINEL_PORT",
     "SentinelTarget",
+    "broker_redis",
     "celery_sentinel_options",
     "is_sentinel_url",
     "parse_sentinel_url",
@@ -151,6 +152,17 @@ def shared_redis(settings: Settings, **kwargs: Any) -> redis.Redis:
     """The shared-state Redis (ledger, limiter, health, …) of ``settings``."""
     return redis_client(
         settings.shared_redis_url,
+        master_name=settings.redis_master_name,
+        sentinel_password=_sentinel_password(settings),
+        **kwargs,
+    )
+
+
+def broker_redis(settings: Settings, **kwargs: Any) -> redis.Redis:
+    """A plain Redis client on the broker's database (``DELIVERY_BROKER_URL``, either form),
+    for reading kombu's queues (their lengths); publishing goes through Celery."""
+    return redis_client(
+        settings.broker_url,
         master_name=settings.redis_master_name,
         sentinel_password=_sentinel_password(settings),
         **kwargs,

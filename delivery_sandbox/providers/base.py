@@ -36,6 +36,11 @@ class Env:
     timeline: Timeline = field(default_factory=lambda: Timeline(Listeners()))
     """Each accepted message's statuses over time (``delivery_sandbox.timeline``)."""
 
+    def __post_init__(self) -> None:
+        # The timeline's steps on this clock: a scheduled message starts at its time as the
+        # provider reads it (schedule checks, cancel window), not on a clock of its own.
+        self.timeline.use_clock(lambda: self.now())
+
     def now(self) -> float:
         return time.time()
 

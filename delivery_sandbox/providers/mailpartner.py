@@ -191,6 +191,8 @@ class MailPartnerProvider(PartnerProvider):
             if left_s < CANCEL_MARGIN_S:
                 return self.fail(6, "Annulation impossible moins de 5 minutes avant l'envoi")
             message["cancelled"] = True
+            # Nothing more happens to it: no delivery, no push saying it was delivered.
+            self.env.timeline.cancel(self.name, str(message_id))
             if message["units"]:
                 self.env.accounts.refund(self.name, message["units"])
         return self.ok({"message": "The email has been canceled."})

@@ -229,6 +229,8 @@ class VoicePartnerProvider(Provider):
             if campaign["cancelled"] or campaign["due"] <= self.env.now():
                 return _error("CAMPAIGN_NOT_CANCELLABLE", 400)
             campaign["cancelled"] = True
+            # Nothing more happens to it: no delivery, no push saying it was delivered.
+            self.env.timeline.cancel(self.name, campaign_id)
             self.env.accounts.refund(self.name, campaign["units"])
         payload = {
             "success": True,

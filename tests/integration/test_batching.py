@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,10 @@ def test_a_refused_entry_fails_only_its_message(stack: Any) -> None:
         refused = run.client.AsyncResult(ids[3]).get(timeout=10)
         assert (refused["status"], refused["error"]["kind"]) == ("failed", "recipient_rejected")
         assert refused["error"]["code"] == "14"
-        # Code 22 defers only its own message, to the next legal slot (not a failure).
+        # Code 22 defers only its own message, to the next legal slot (not a failure), held on
+        # the durable schedule until then (worker.scheduling).
         deferred = run.ledger.get(ids[4])
-        assert deferred is not None and deferred.state == "waiting"
+        assert deferred is not None and deferred.state == "scheduled"
         assert deferred.fields.get("waiting_reason") == "deferred"
         for delivery_id in ids[:4]:
             record = run.ledger.get(delivery_id)
@@ -159,3 +161,49 @@ def test_sigkill_mid_batch_loses_and_duplicates_nothing(stack: Any) -> None:
     # Batched: far fewer requests than messages, and the killed batches were looked up.
     assert figures.checks["batch_requests"] < 40
     assert figures.checks["status_checks"] >= 1
+
+
+def test_scheduled_at_the_provider_and_cancelled_messages_never_ride_in_a_batch(
+    stack: Any,
+) -> None:
+    """Buffered together with ordinary SMS: two messages the provider is to hold until their
+    time (``send_at``, §1.2.2 schedule fields) go alone with those fields, and one cancelled
+    while it waits in the broker or the batch buffer is never sent."""
+    from datetime import UTC, datetime, timedelta
+
+    t = datetime.now(UTC) + timedelta(minutes=10)
+    when = t.replace(second=0, microsecond=0) + timedelta(minutes=(5 - t.minute % 5) % 5)
+    with soak.Run(stack, "batch-schedule-cancel") as run:
+        run.start_workers(1, 2)
+        text = "Rappel : RDV demain 9h"
+        cancelled = run.producer.enqueue("sms", _sms("+33612000401", text)).id
+        assert run.producer.cancel(cancelled).answer == "cancelled"
+        plain = [
+            run.producer.enqueue("sms", _sms(n, text)).id for n in ("+33612000403", "+33612000405")
+        ]
+        scheduled = {
+            "send_at": when.isoformat(),
+            "deadline": (when + timedelta(hours=1)).isoformat(),
+        }
+        held = [
+            run.producer.enqueue("sms", {**_sms(n, text), **scheduled}).id
+            for n in ("+33612000407", "+33612000409")
+        ]
+        states = run.wait_final([*plain, cancelled], 30)
+        assert list(states.values()) == ["sent", "sent", "cancelled"]
+        for delivery_id in held:
+            record = run.ledger.get(delivery_id)
+            for _ in range(100):
+                if record is not None and record.fields.get("provider_scheduled") == "1":
+                    break
+                time.sleep(0.1)
+                record = run.ledger.get(delivery_id)
+            assert record is not None and record.state == "scheduled"
+            assert record.fields.get("provider_scheduled") == "1"
+        accepted = run.admin.messages("smspartner")
+        by_numbers = {",".join(sorted(m["recipients"])): m["fields"] for m in accepted}
+        assert sorted(by_numbers) == ["+33612000403,+33612000405", "+33612000407", "+33612000409"]
+        assert "scheduledDeliveryDate" not in by_numbers["+33612000403,+33612000405"]
+        for number in ("+33612000407", "+33612000409"):
+            assert by_numbers[number]["minute"] == when.minute  # alone, with its schedule
+        assert all("+33612000401" not in m["recipients"] for m in accepted)

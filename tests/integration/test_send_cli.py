@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,18 @@ def test_exit_status_tells_parked_and_failed(stack_env, sandbox, worker_proc) ->
     assert json.loads(failed.stdout.partition("\n")[2])["result"]["error"]["kind"]
 
 
-def test_wait_times_out_with_status_4(stack_env, sandbox, worker_proc) -> None:
+def test_wait_times_out_with_status_4(stack_env, sandbox, worker_proc, ledger) -> None:
     # A fault that holds the answer longer than --wait waits.
     sandbox.set_faults([{"provider": "smspartner", "action": "latency", "delay_ms": 2500}])
     done = send(stack_env, "sms", "--to", "+33612349005", "--text", "x", "--wait", "--timeout", "1")
     assert done.returncode == 4, done.stdout + done.stderr
     assert done.stdout.startswith("not settled after 1s")
+    # The send goes on in the shared worker: let it end here, not in the next test's sandbox
+    # log (the slow /send would be recorded after that test's reset).
+    delivery_id = done.stderr.rsplit("delivery-worker status ", 1)[1].split()[0]
+    deadline = time.monotonic() + 30
+    record = ledger.get(delivery_id)
+    while (record is None or not record.final) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        record = ledger.get(delivery_id)
+    assert record is not None and record.state == "sent"

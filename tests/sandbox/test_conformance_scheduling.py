@@ -154,3 +154,44 @@ def test_voice_campaign_cancel_until_its_time(client: httpx.Client, shift: Any) 
     bad = {**body, "scheduledDate": when.strftime("%d/%m/%Y %H:%M")}
     refused = client.post(f"{VOICE}/tts/send", json=bad)
     assert refused.status_code == 400 and refused.json()["error"] == "SCHEDULED_DATE_INVALID"
+
+
+def test_scheduled_sends_move_at_their_time_and_cancelled_ones_never(
+    make_sandbox: Any, shift: Any
+) -> None:
+    """The timeline reads the sandbox's clock: each scheduled send (SMS, mail, voice) is
+    published as delivered once its time has come, and a cancelled one never is (no webhook
+    or callback may say a cancelled message was delivered)."""
+    sandbox = make_sandbox(config={"sms_delivery_delay_s": 0.2})
+    heard: list[tuple[str, str, str]] = []
+    sandbox.listeners.subscribe(lambda c: heard.append((c.provider, c.message_id, c.status)))
+    when = mark(10)
+    voice_when = when.strftime("%Y-%m-%d %H:%M:00")
+    ids: dict[str, list[str]] = {}
+    with httpx.Client(base_url=sandbox.url) as client:
+        ids["smspartner"] = [str(sms_send(client, **fields(when))["message_id"]) for _ in "ab"]
+        mail = {"apiKey": MAIL_KEY, "subject": "Rdv", "htmlContent": "<p>Rdv</p>",
+                "params": {"to": [{"email": "ada@example.com"}]}, **fields(when)}  # fmt: skip
+        ids["mailpartner"] = [
+            str(client.post(f"{MAIL}/send", json=mail).json()["messageId"]) for _ in "ab"
+        ]
+        voice = {"apiKey": VOICE_KEY, "phoneNumbers": "+33611112222", "text": "Rdv",
+                 "lang": "fr", "scheduledDate": voice_when}  # fmt: skip
+        ids["voicepartner"] = [
+            str(client.post(f"{VOICE}/tts/send", json=voice).json()["campaignId"]) for _ in "ab"
+        ]
+        assert sms_cancel(client, ids["smspartner"][0])["code"] == 200
+        cancel = {"apiKey": MAIL_KEY, "messageId": ids["mailpartner"][0]}
+        assert client.get(f"{MAIL}/message-cancel", params=cancel).json()["code"] == 200
+        gone = client.delete(f"{VOICE}/campaign/cancel/{VOICE_KEY}/{ids['voicepartner'][0]}")
+        assert gone.status_code == 200
+        time.sleep(0.8)
+        assert heard == []  # nothing before its time
+        shift(when.timestamp() - time.time() + 5)
+        deadline = time.monotonic() + 5
+        while len(heard) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.8)  # anything more would have come by now
+        assert sms_status(client, ids["smspartner"][1]) == "Delivered"
+        assert sms_status(client, ids["smspartner"][0]) == "Cancelled"
+    assert sorted(heard) == sorted((p, kept, "Delivered") for p, (_, kept) in ids.items())

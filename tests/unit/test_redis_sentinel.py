@@ -204,3 +204,43 @@ def test_ledger_wait_times_out_with_what_settled_and_what_did_not() -> None:
     assert set(caught.value.settled) == {"a"}
     assert sleeps[0] == pytest.approx(0.05) and max(sleeps) <= 1.0  # backs off to 1 s
     assert clock[0] == pytest.approx(10)
+
+
+def test_the_schedule_mover_starts_on_sentinel_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mover's ledger and broker-backlog clients and its publishing app, all on sentinel://
+    URLs (it built ``redis.Redis.from_url``, which refuses them, and the worker died at
+    start). Nothing connects here: the clients ask the sentinels on first use."""
+    from redis.sentinel import SentinelConnectionPool
+
+    import worker.redis_client
+    from worker.config import get_settings
+    from worker.scheduling.mover import MoverStep
+
+    monkeypatch.setenv("DELIVERY_BROKER_URL", SENTINELS)
+    monkeypatch.setenv("DELIVERY_RESULT_BACKEND", SENTINELS.replace("/2;", "/3;"))
+    monkeypatch.setenv("DELIVERY_REDIS_MASTER_NAME", "dw-master")
+    get_settings.cache_clear()
+    started: list[Any] = []
+    monkeypatch.setattr(
+        "worker.scheduling.mover.ScheduleMover.start", lambda self: started.append(self)
+    )
+    brokers: list[redis.Redis] = []
+    real_broker_redis = worker.redis_client.broker_redis
+
+    def broker_redis(settings: Any, **kwargs: Any) -> redis.Redis:
+        brokers.append(real_broker_redis(settings, **kwargs))
+        return brokers[-1]
+
+    monkeypatch.setattr(worker.redis_client, "broker_redis", broker_redis)
+    try:
+        step = MoverStep(parent=None)
+        step.start(parent=None)
+    finally:
+        get_settings.cache_clear()
+    assert step.mover is not None and started == [step.mover]
+    pool = step.mover.ledger.redis.connection_pool  # type: ignore[attr-defined]
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "dw-master"
+    assert step.mover.app.conf.broker_transport_options["master_name"] == "dw-master"
+    (broker,) = brokers  # the queue lengths, read on the broker's current master
+    assert isinstance(broker.connection_pool, SentinelConnectionPool)
+    assert broker.connection_pool.connection_kwargs["db"] == 2

@@ -19,6 +19,24 @@ every guarantee of the single path holds per message:
 * entries the provider refused as a whole for one of them (``None`` from ``send_batch``) are
   sent again per entry (``bulk=True``), and if that is refused as a whole too, one by one
   through the single path.
+
+With scheduling and tracking:
+
+* a message sent with a provider-native schedule (``SendContext.schedule_at``) goes alone
+  through the single path, which sends the schedule fields (§1.2.2) and holds it as
+  ``scheduled`` until its time (``held_at_provider``); in a batch request it would leave
+  without them and be delivered at once. (``/bulk-send`` takes the schedule fields request
+  wide, §1.2.3, but only messages due at the very same minute could share a request.)
+* a cancelled message (``cancelled`` is final) is answered from the ledger in ``prepare`` and
+  never joins a request;
+* an accepted message is ``sent`` exactly as on the single path, which registers it for
+  tracking (``track_sent``) with its own number's provider message id;
+* a batch request carries no ``urlDlr``: the DLR callback URL names one delivery
+  (``worker.tracking.callbacks``) and a request carries one URL for all its numbers. Batched
+  messages are tracked by the status poller only (their lookups are registered on sent);
+  the callback is a hint that only triggers that same lookup earlier;
+* the Prometheus metrics count one provider request per batch request (with its duration),
+  and per accepted message its enqueue-to-accept time and cost, as the single path does.
 """
 
 from __future__ import annotations
@@ -41,6 +59,7 @@ from worker.delivery.results import Outcome
 from worker.delivery.send import send
 from worker.delivery.settle import POLICY_HANDLERS, Failure, settle_error
 from worker.errors import DeliveryError
+from worker.metrics import record as metrics
 from worker.models import InvalidMessage
 from worker.providers import Driver, SendContext, SendOutcome, parse_message
 from worker.providers.batching import new_batch_tag
@@ -172,7 +191,9 @@ def _prepare(
         outcomes[index] = prepared
         return None
     record, driver, ctx = prepared
-    if driver.batch_limit <= 0 or driver.batch_key(d.message) is None:
+    # A provider-native schedule needs the single path's schedule fields (see above).
+    alone = ctx.schedule_at is not None
+    if alone or driver.batch_limit <= 0 or driver.batch_key(d.message) is None:
         outcomes[index] = send(d, record, driver, ctx)
         return None
     return _Item(index, d, record, driver, ctx, record.fields.get(BATCH_TAGS, "").split())
@@ -205,6 +226,7 @@ class _BatchGate:
         self.items = items
         self.tag = tag
         self.opened = False
+        self.opened_at = 0.0
         first = items[0]
         self.bucket = first.driver.limiter_bucket(first.d.message)
         settings = first.d.settings
@@ -229,6 +251,16 @@ class _BatchGate:
         log.info("delivery.batch_attempt", tag=self.tag)
         self._acquire()
         self.opened = True
+        self.opened_at = time.perf_counter()
+
+    def counted(self, status_code: int | None, kind: str) -> None:
+        """The request in the metrics, once (``provider_requests``), like the single path's
+        ``delivery.send._attempted``; nothing when it never left (the gate did not open)."""
+        if not self.opened:
+            return
+        d = self.items[0].d
+        duration_s = time.perf_counter() - self.opened_at
+        metrics.provider_request(d.provider, d.channel, status_code, kind, duration_s)
 
     def _acquire(self) -> None:
         d = self.items[0].d
@@ -264,6 +296,7 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
 
             return done + list(zip(todo, for_each(rt, _logged(later), todo), strict=True))
         except DeliveryError as exc:
+            gate.counted(exc.status_code, exc.kind)
             held_key = gate.key if gate.opened else None
             log.warning("delivery.batch_failed", kind=exc.kind, error=exc.message)
             # The breaker hears the request once, not once per message.
@@ -282,6 +315,12 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
             return done + list(zip(rest, for_each(rt, _logged(settle), rest), strict=True))
         if len(answers) != len(todo):  # a driver bug, not a provider answer
             raise RuntimeError(f"{provider} send_batch answered {len(answers)} of {len(todo)}")
+        # Answered: accepted (entries refused one by one settle per message), or refused as a
+        # whole for one of its numbers (every entry ``None``: asked again per entry).
+        # (The driver does not hand back the HTTP status: counted as the 2xx that SMS Partner
+        # answers such refusals with, success false, §1.3.)
+        whole_refusal = all(answer is None for answer in answers)
+        gate.counted(200, "recipient_rejected" if whole_refusal else "accepted")
         chunk[0].d.rt.health.record_success(provider)
         again = [item for item, answer in zip(todo, answers, strict=True) if answer is None]
         answered = [(i, a) for i, a in zip(todo, answers, strict=True) if a is not None]
@@ -291,7 +330,10 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
         ) -> Outcome:
             item, answer = pair
             if isinstance(answer, SendOutcome):
-                return sent(item.d, answer, item.record.attempts)
+                d = item.d
+                metrics.enqueue_to_accept(d.provider, d.channel, time.time() - d.created_at)
+                metrics.cost(d.provider, answer.cost, answer.currency)
+                return sent(d, answer, item.record.attempts)
             assert isinstance(answer, DeliveryError)
             failure = Failure(answer, item.record.attempts, driver, key)
             return POLICY_HANDLERS[answer.policy](item.d, failure)

@@ -11,13 +11,12 @@ __all__ = ["add_commands"]
 
 
 def _registry() -> Any:
-    import redis
-
     from worker.config import get_settings
     from worker.metrics.exporter import MULTIPROC_ENV, build_registry
+    from worker.redis_client import shared_redis
 
     settings = get_settings()
-    client = redis.Redis.from_url(settings.shared_redis_url, health_check_interval=30)
+    client = shared_redis(settings, health_check_interval=30)
     return build_registry(settings, client, os.environ.get(MULTIPROC_ENV))
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import redis
-
 from worker.config import get_settings
+from worker.redis_client import shared_redis
 from worker.stores.tracking import RedisTrackingStore
 from worker.tracking.status import render
 
@@ -12,7 +11,7 @@ __all__ = ["show_tracking"]
 
 
 def show_tracking(delivery_id: str) -> None:
-    store = RedisTrackingStore(redis.Redis.from_url(get_settings().shared_redis_url))
+    store = RedisTrackingStore(shared_redis(get_settings()))
     found = store.status(delivery_id)
     if found is None:
         print("tracking: nothing recorded (not sent yet, or expired)")

@@ -18,17 +18,16 @@ __all__ = ["build_from_env", "serve"]
 
 def build_from_env() -> Any:
     """The app for this process's ``DELIVERY_*`` settings (uvicorn's factory, one per worker)."""
-    import redis
-
     from worker.app import app as celery_app
     from worker.config import get_settings
     from worker.logs import configure_logging
     from worker.receiver.app import ReceiverConfig, create_app
     from worker.receiver.publish import CeleryPublisher, RedisDedupe
+    from worker.redis_client import shared_redis
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    client = redis.Redis.from_url(settings.shared_redis_url, socket_timeout=5)
+    client = shared_redis(settings, socket_timeout=5)
     return create_app(
         ReceiverConfig.from_settings(settings),
         CeleryPublisher(celery_app),

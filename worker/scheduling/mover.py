@@ -137,13 +137,16 @@ class MoverStep(bootsteps.StartStopStep):
     def start(self, parent: Any) -> None:
         from worker.app import client_app
         from worker.config import get_settings
+        from worker.redis_client import broker_redis, shared_redis
         from worker.stores import RedisLedger
 
         settings = get_settings()
         # Its own client app and Redis connection: nothing shared with the consumer's loop.
+        # Both may be sentinel:// (worker.redis_client): client_app gives Celery the
+        # master's name, and the backlog reads the queue on the broker's current master.
         client = client_app(settings.broker_url, settings.result_backend, name="schedule-mover")
-        ledger = RedisLedger(redis.Redis.from_url(settings.shared_redis_url))
-        broker = redis.Redis.from_url(settings.broker_url)
+        ledger = RedisLedger(shared_redis(settings))
+        broker = broker_redis(settings)
         self.mover = ScheduleMover(
             client,
             ledger,
