@@ -12,8 +12,30 @@ from pathlib import Path
 
 import pytest
 import redis
+import structlog
 
 from devstack.processes import Proc, start_redis
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loggers_never_cached() -> Iterator[None]:
+    """Keep structlog from caching loggers for the whole test session.
+
+    The worker configures structlog with ``cache_logger_on_first_use`` (a cached logger skips
+    a config lookup per event). In one test process that is order-dependent: a test that runs
+    ``delivery-worker`` in-process configures logging, the next logger used is cached with that
+    chain, and a later test's ``structlog.testing.capture_logs`` never sees its events.
+    """
+    original = structlog.configure
+
+    def configure(*args: object, **kwargs: object) -> None:
+        kwargs["cache_logger_on_first_use"] = False
+        original(*args, **kwargs)  # type: ignore[arg-type]
+
+    structlog.configure = configure  # type: ignore[assignment]
+    original(cache_logger_on_first_use=False)
+    yield
+    structlog.configure = original  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session")
