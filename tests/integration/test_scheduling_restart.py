@@ -36,6 +36,8 @@ from .conftest import SandboxAdmin, wait_ready
 pytestmark = pytest.mark.integration
 
 MESSAGES = 1000
+_SHOWN = ("state", "attempts", "runs_unfinished", "dead_reason", "error_kind", "sent_at")
+"""Ledger fields printed for a delivery that ended without an attempt (no message content)."""
 SPREAD_S = 60.0
 
 
@@ -105,7 +107,18 @@ def test_1000_scheduled_messages_across_a_sigkilled_worker(
             time.sleep(2.0)
         states = Counter(r.state for r in final.values())
         tags = Counter(m.get("tag") for m in sandbox.messages("smspartner"))
-        early = [i for i, r in final.items() if float(r.fields["first_attempt_at"]) < due[i]]
+        # Every delivery that was attempted carries when its first attempt started (the gate
+        # writes it; SMS Partner reconciliation asks with it as sent_after). One without it
+        # ended without an attempt (dead, expired, ...): report its state, never a KeyError.
+        unstamped = {i: r for i, r in final.items() if "first_attempt_at" not in r.fields}
+        for i, r in unstamped.items():
+            shown = {k: r.fields[k] for k in _SHOWN if k in r.fields}
+            print(f"[schedule-restart] unattempted {i} due=+{due[i] - start:.1f}s {shown}")
+        early = [
+            i
+            for i, r in final.items()
+            if i not in unstamped and float(r.fields["first_attempt_at"]) < due[i]
+        ]
         lateness = sorted(
             float(r.fields["sent_at"]) - due[i] for i, r in final.items() if r.state == "sent"
         )
@@ -116,13 +129,15 @@ def test_1000_scheduled_messages_across_a_sigkilled_worker(
         p99 = lateness[int(len(lateness) * 0.99) - 1] if lateness else 0.0
         line = (
             f"[schedule-restart] messages={MESSAGES} final={len(final)} states={dict(states)} "
-            f"early={len(early)} twice={len(twice)} missing={len(missing)} "
+            f"early={len(early)} unattempted={dict(Counter(r.state for r in unstamped.values()))} "
+            f"twice={len(twice)} missing={len(missing)} "
             f"late>1s={len(late)} p50={p50:.3f}s p99={p99:.3f}s "
             f"max={lateness[-1] if lateness else 0.0:.3f}s killed_at=+{killed_at - start:.1f}s"
         )
         print(line)
         assert states == {"sent": MESSAGES}, line
         assert not early, line
+        assert not unstamped, line
         assert not twice and not missing, line
         assert p99 <= 1.0, line
         # Only what the killed worker had in hand (a pool of 3 plus prefetch) may be late, and
