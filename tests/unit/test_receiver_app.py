@@ -318,4 +318,6 @@ def test_hostile_hints_publish_only_with_the_right_token(
     if answer.status_code == 200:
         assert recorder.hints == [("smspartner", delivery_id)]
     else:
-        assert answer.status_code == 403 and recorder.hints == []
+        # A refused id (403), or one the URL itself cannot carry (``.`` and ``..`` are path
+        # segments a client or router resolves: 404): a 4xx, and nothing published.
+        assert 400 <= answer.status_code < 500 and recorder.hints == []
