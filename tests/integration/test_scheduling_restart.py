@@ -26,6 +26,7 @@ import redis
 
 from devstack.processes import Proc, start_worker
 from worker.app import client_app
+from worker.guard import MAIN_MARK_PREFIX
 from worker.models import SmsMessage
 from worker.producer import Producer
 from worker.providers.smspartner import SmsPartnerDriver
@@ -161,3 +162,67 @@ def _sweep(env: dict[str, str]) -> None:
         capture_output=True,
         timeout=30,
     )
+
+
+def test_a_worker_killed_whole_with_a_received_message_does_not_bury_it(
+    redis_url: str, stack_env: dict[str, str], sandbox: SandboxAdmin, tmp_path: Path
+) -> None:
+    """The OOM killer or a ``kill -9`` at a deploy takes a worker's main process down with the
+    messages it had received and not yet started. Such a message did nothing wrong: on its
+    next delivery it is sent, not set aside as a dead letter (``max_main_process_crashes``)."""
+    env = {
+        **stack_env,
+        "DELIVERY_BROKER_URL": f"{redis_url}/8",
+        "DELIVERY_RESULT_BACKEND": f"{redis_url}/9",
+        "DELIVERY_SCHEDULE_LEASE_S": "2",
+    }
+    shared = redis.Redis.from_url(env["DELIVERY_BROKER_URL"])
+    shared.flushdb()
+    client = client_app(env["DELIVERY_BROKER_URL"], env["DELIVERY_RESULT_BACKEND"], name="kill")
+    ledger = RedisLedger(shared)
+    producer = Producer(app=client, ledger=ledger)
+    first = start_worker(tmp_path, env, name="ka", concurrency=1)
+    second: Proc | None = None
+    try:
+        wait_ready(client, first)
+        # Freeze the pool: the main process receives the due message and marks it, and no pool
+        # process ever starts it. Then the whole worker is killed.
+        children = subprocess.run(
+            ["pgrep", "-P", str(first.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert children
+        for child in children:
+            os.kill(int(child), signal.SIGSTOP)
+        at = time.time() + 3
+        message = {
+            "provider": "smspartner",
+            "to": ["+33670001123"],
+            "text": "Rappel",
+            "send_at": datetime.fromtimestamp(at, UTC).isoformat(),
+        }
+        delivery_id = producer.enqueue("sms", message).id
+        deadline = time.time() + 20
+        while not shared.exists(MAIN_MARK_PREFIX + delivery_id) and time.time() < deadline:
+            time.sleep(0.02)
+        assert shared.hlen(MAIN_MARK_PREFIX + delivery_id) == 1  # held by the frozen worker
+        os.killpg(first.pid, signal.SIGKILL)
+        first.popen.wait(timeout=10)
+
+        second = start_worker(tmp_path, env, name="kb", concurrency=1)
+        wait_ready(client, second)
+        record = None
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            record = ledger.get(delivery_id)
+            if record is not None and record.final:
+                break
+            time.sleep(0.2)
+        assert record is not None and record.state == "sent", record and record.fields
+        assert delivery_id not in ledger.dead_letters()
+        assert float(record.fields["first_attempt_at"]) >= at
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+        producer.close()
+        shared.flushdb()
