@@ -183,9 +183,12 @@ class Settings(_ProviderSettings):
     """Most list items plus object keys in a task body."""
     max_message_string: int = Field(default=DEFAULT_MESSAGE_LIMITS.max_string, ge=1024)
     """Longest string (or object key) in a task body, in characters."""
-    max_main_process_crashes: int = Field(default=1, ge=1, le=100)
+    max_main_process_crashes: int = Field(default=2, ge=1, le=100)
     """A task whose worker *main* process died this many times while handing it to the pool
-    is set aside as a dead letter on its next delivery (``worker.guard``)."""
+    is set aside as a dead letter on its next delivery (``worker.guard``). Two, not one: a
+    worker killed whole (the OOM killer, ``kill -9`` at a deploy) dies with every task it had
+    received and not yet started in hand; with one, each such task would become a dead letter
+    although it did nothing wrong. A task that really kills main processes takes two down."""
 
     visibility_timeout_s: int = Field(default=3600, ge=60)
     worker_prefetch_multiplier: int = Field(default=1, ge=1)
