@@ -154,6 +154,14 @@ class Applied:
     """Named a delivery or recipient the index does not confirm: dropped."""
     deliveries: set[str] = field(default_factory=set)
 
+    def absorb(self, replayed: Applied) -> None:
+        """Add what replaying kept (orphaned) events did; they are no longer orphans."""
+        self.new += replayed.new
+        self.moved += replayed.moved
+        self.duplicates += replayed.duplicates
+        self.refused += replayed.refused
+        self.deliveries |= replayed.deliveries
+
 
 class TrackingStore(Protocol):
     def register(
@@ -403,12 +411,7 @@ class TrackingBase:
         for pmid in sorted({t.provider_message_id for t in recipients}):
             kept = self._take_orphans(provider, pmid)
             if kept:
-                more = self.apply(kept, notify=notify)
-                done.new += more.new
-                done.moved += more.moved
-                done.duplicates += more.duplicates
-                done.refused += more.refused
-                done.deliveries |= more.deliveries
+                done.absorb(self.apply(kept, notify=notify))
         return done
 
     def apply(self, events: Sequence[DeliveryEvent], *, notify: bool) -> Applied:

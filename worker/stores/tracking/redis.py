@@ -177,12 +177,7 @@ class RedisTrackingStore(TrackingBase):
             except ValueError:
                 continue
         if kept:
-            more = self.apply(kept, notify=reg.notify)
-            done.new += more.new
-            done.moved += more.moved
-            done.duplicates += more.duplicates
-            done.refused += more.refused
-            done.deliveries |= more.deliveries
+            done.absorb(self.apply(kept, notify=reg.notify))
         return done
 
     def register(
