@@ -132,8 +132,10 @@ def redis_client(
     }
     if sentinel_password:
         sentinel_kwargs["password"] = sentinel_password
-    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    # Typed as Any: redis-py annotates Sentinel in some releases and not in others.
+    sentinel_cls: Any = Sentinel
+    sentinel = sentinel_cls(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+    client: redis.Redis = sentinel.master_for(
         master_name,
         db=target.db,
         username=target.username,
