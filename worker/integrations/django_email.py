@@ -3,7 +3,7 @@
 ``settings.py``::
 
     EMAIL_BACKEND = "worker.integrations.django_email.EmailBackend"
-    DELIVERY_WORKER_EMAIL_PROVIDER = "postal"   # optional: leave it out to route (README)
+    DELIVERY_WORKER_EMAIL_PROVIDER = "postal"   # optional: leave it out to route (docs/sending.md)
     DELIVERY_WORKER_QUEUE = None                # optional: a queue to publish to
 
 The broker, result backend and Redis come from the usual ``DELIVERY_*`` environment variables.
