@@ -17,6 +17,20 @@ import structlog
 from devstack.processes import Proc, start_redis
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real redis-server ``real_redis``.
+
+    Either it asks for ``redis_proc`` (directly or through ``redis_url``/``redis_client``), or
+    it is the ``redis`` case of a store contract suite (which asks for the client at run time).
+    ``./dev test --fast`` deselects them: the unit and in-memory contract tiers remain.
+    """
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.values() if callspec is not None else ()
+        if "redis_proc" in getattr(item, "fixturenames", ()) or "redis" in params:
+            item.add_marker(pytest.mark.real_redis)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _loggers_never_cached() -> Iterator[None]:
     """Keep structlog from caching loggers for the whole test session.
