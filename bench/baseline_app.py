@@ -1,8 +1,8 @@
 """The baseline for ``bench/rate_limit.py``: a plain Celery task limited by Celery's ``rate_limit``.
 
 This is what a hand-written sender usually looks like: one task, ``rate_limit="10/s"``, late
-acknowledgement, no retries. Celery applies ``rate_limit`` per worker instance (design.md,
-"Traps"; celery/celery#5732), so P worker processes may send P times the provider's limit; a 429
+acknowledgement, no retries. Celery applies ``rate_limit`` per worker instance (docs/design.md
+§9; celery/celery#5732), so P worker processes may send P times the provider's limit; a 429
 from the provider is simply counted as a refusal.
 
 Run by the benchmark as ``celery -A baseline_app worker`` with this directory on ``PYTHONPATH``.

@@ -1019,9 +1019,9 @@ def scenario_emailmassivo_lost_answer(
     """EmailMassivo accepts each message's first send, then drops the connection unanswered.
 
     The worker sees an unknown outcome and resends with the same idempotency key; the sandbox
-    answers the repeat 200 with the first uuid (seed 003, providers.md §5.5), which must count
-    as the same delivery. ``success_status`` is the status of a new send (200 as EmailMassivo
-    documents it, 201 as RuSender does).
+    answers the repeat 200 with the first uuid (seed 003, docs/providers/emailmassivo.md §5.5),
+    which must count as the same delivery. ``success_status`` is the status of a new send (200 as
+    EmailMassivo documents it, 201 as RuSender does).
     """
     # The drops are the fault under test, not an outage: keep the breaker from pacing the run.
     with Run(

@@ -3,8 +3,8 @@
 Each message goes through the real delivery pipeline (``worker.delivery.process``: ledger,
 lock, gate, limiter, driver, outcome) on the Redis stores of a private ``redis-server``, in
 this process. The provider is an ``httpx.MockTransport`` answering SMS Partner's documented
-success (providers.md §1.2.2, with a cost), so the measure is the worker's own CPU, not the
-network or a sandbox sharing the cores. Celery's own per-message work is left out too: both
+success (docs/providers/smspartner.md §1.2.2, with a cost), so the measure is the worker's own CPU,
+not the network or a sandbox sharing the cores. Celery's own per-message work is left out too: both
 make the denominator smaller, so the overhead printed is an upper bound of what a worker sees.
 
 "on" is prometheus-client in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, memory-mapped

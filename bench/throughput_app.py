@@ -1,8 +1,8 @@
 """The anchor for ``bench/throughput.py``: a hand-written Celery task sending one SMS Partner SMS.
 
 What a careful hand-written sender looks like: late acknowledgement, prefetch 1, one httpx
-POST of the SMS Partner ``/send`` JSON (providers.md §1.2.2), the HTTP status as the result.
-No ledger, no limiter, no retries: it measures what Celery and one HTTP request cost, so
+POST of the SMS Partner ``/send`` JSON (docs/providers/smspartner.md §1.2.2), the HTTP status as the
+result. No ledger, no limiter, no retries: it measures what Celery and one HTTP request cost, so
 ``throughput.py`` can show what delivery-worker adds on top.
 
 Run by the benchmark as ``celery -A throughput_app worker`` with this directory on

@@ -2,8 +2,8 @@
 
 Starts a private redis-server (AOF, ``appendfsync always``, as in production) and the receiver
 as a real process (``delivery-worker receiver``, uvicorn), signs N Postal webhook envelopes
-(providers.md §4.6) with a sandbox server key *before* the clock starts, then POSTs them over
-keep-alive connections with C in flight at once (a thread each). Every envelope is verified
+(docs/providers/postal.md §4.6) with a sandbox server key *before* the clock starts, then POSTs them
+over keep-alive connections with C in flight at once (a thread each). Every envelope is verified
 (RSA SHA-256), parsed, deduplicated in Redis and published as a ``delivery.track_events``
 task. Then it
 counts the tasks on the broker queue: each envelope's uuid must be there exactly once. A

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--postal-webhook-url",
         metavar="URL",
-        help="where Postal's signed webhooks go (providers.md §4.6); default none",
+        help="where Postal's signed webhooks go (docs/providers/postal.md §4.6); default none",
     )
     parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
     return parser

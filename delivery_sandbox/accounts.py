@@ -33,7 +33,8 @@ PROVIDERS: tuple[str, ...] = tuple(PREFIXES)
 DEFAULT_KEYS: dict[str, str] = {name: f"sandbox-{name}-key" for name in PROVIDERS}
 
 METERED: tuple[str, ...] = ("emailmassivo", "mailpartner", "smspartner", "voicepartner")
-"""Providers that bill per message. Postal is self-hosted and has no balance (providers.md §6)."""
+"""Providers that bill per message. Postal is self-hosted and has no balance
+(docs/providers/index.md §6)."""
 
 DEFAULT_CREDITS = 1_000_000
 

@@ -206,15 +206,16 @@ def _all_settings(sandbox: Sandbox) -> dict[str, Any]:
 
 
 STATUS_WORDS: dict[str, frozenset[str]] = {
-    # §1.4: the status endpoints' values.
+    # docs/providers/smspartner.md §1.4: the status endpoints' values.
     "smspartner": frozenset({"Waiting", "Delivered", "Not delivered"}),
-    # §2.2: the values are [NOT FOUND]; those S-MIS assumes.
+    # docs/providers/mailpartner.md §2.2: the values are [NOT FOUND]; those S-MIS assumes.
     "mailpartner": frozenset({"Pending", "Delivered", "Bounced", "Opened", "Clicked", "Failed"}),
-    # §4.4: the message statuses in Postal's code.
+    # docs/providers/postal.md §4.4: the message statuses in Postal's code.
     "postal": frozenset(
         {"Pending", "Sent", "SoftFail", "HardFail", "Held", "Bounced", "HoldCancelled", "Error"}
     ),
-    # §3.3: no status lookup nor notifyUrl payload documented; the sandbox's words [INFERRED].
+    # docs/providers/voicepartner.md §3.3: no status lookup nor notifyUrl payload documented; the
+    # sandbox's words [INFERRED].
     "voicepartner": frozenset({"Waiting", "Delivered", "Not delivered"}),
 }
 

@@ -217,7 +217,8 @@ def _size(content: Any) -> int | None:
 
 
 def _postal(view: dict[str, Any], f: dict[str, Any]) -> None:
-    if "data" in f or "mail_from" in f:  # /send/raw (§4.3): a whole RFC 2822 message
+    # /send/raw (docs/providers/postal.md §4.3): a whole RFC 2822 message
+    if "data" in f or "mail_from" in f:
         view["from"] = str(f.get("mail_from", ""))
         view["to"] = _mailboxes(f.get("rcpt_to"))
         raw = _text(view, "data", f.get("data"))
@@ -283,7 +284,8 @@ def _emailmassivo(view: dict[str, Any], f: dict[str, Any]) -> None:
     if mail.get("idTemplateMailUser") is not None:
         view["template"] = {"id": mail["idTemplateMailUser"], "params": mail.get("params")}
     for item in mail.get("attachments") or []:
-        if isinstance(item, dict):  # §5.2: [{"name.ext": "<base64>"}]
+        # docs/providers/emailmassivo.md §5.2: [{"name.ext": "<base64>"}]
+        if isinstance(item, dict):
             for name, content in item.items():
                 view["attachments"].append(
                     {"name": name, "content_type": None, "size": _size(content)}
@@ -293,14 +295,15 @@ def _emailmassivo(view: dict[str, Any], f: dict[str, Any]) -> None:
 def _mailpartner(view: dict[str, Any], f: dict[str, Any]) -> None:
     params = f.get("params") if isinstance(f.get("params"), dict) else {}
     assert isinstance(params, dict)
-    view["from"] = None  # §2.2: the sender is set on the account, not in the request
+    # docs/providers/mailpartner.md §2.2: the sender is set on the account, not in the request
+    view["from"] = None
     view["to"] = _mailboxes(params.get("to"))
     view["reply_to"] = _mailbox(f["replyTo"]) if f.get("replyTo") else None
     view["subject"] = _text(view, "subject", f.get("subject"))
     view["html"] = _text(view, "htmlContent", f.get("htmlContent"))
     view["attachments"] = [
         {
-            # §2.2: the file name travels without its extension.
+            # docs/providers/mailpartner.md §2.2: the file name travels without its extension.
             "name": str(a.get("filename")),
             "content_type": a.get("contentType"),
             "size": _size(a.get("base64Content")),

@@ -1,6 +1,6 @@
 """Sliding-window request limits keyed by (provider, bucket, client IP).
 
-Providers limit per source IP (providers.md §6: EmailMassivo 10 requests/s, Mail Partner
+Providers limit per source IP (docs/providers/index.md §6: EmailMassivo 10 requests/s, Mail Partner
 2000/min, Voice Partner 2000/h and 5/min for campaigns). A window holds the times of **every
 attempt**, admitted or not: the throttler counts a request first and checks afterwards, as
 a provider's edge throttler does. A request refused with 429 therefore counts too, so a client

@@ -4,7 +4,7 @@ Subscribed to the delivery timeline (:class:`~delivery_sandbox.lifecycle.Listene
 :class:`StatusChange` becomes a push, queued and sent by background threads: a slow or dead
 receiver never blocks a sandbox request or the timeline.
 
-Postal (providers.md §4.6) [READ P-SRC ``webhook_delivery_service.rb``, ``http.rb``,
+Postal (docs/providers/postal.md §4.6) [READ P-SRC ``webhook_delivery_service.rb``, ``http.rb``,
 ``signer.rb``]:
 
 * the envelope ``{"event", "timestamp", "payload", "uuid"}``, compact JSON, ``uuid`` kept
@@ -17,13 +17,14 @@ Postal (providers.md §4.6) [READ P-SRC ``webhook_delivery_service.rb``, ``http.
   shows it (base64 DER, the ``p=`` of ``postal default-dkim-record``) on the startup line and
   at ``GET /_admin/webhooks``. The KID is [INFERRED]: the SHA-256 of that DER, in hex.
 
-SMS Partner ``urlDlr`` (§1.4) and Voice Partner ``notifyUrl`` (§3.3): the payloads are
-[NOT FOUND]. The sandbox sends a plausible one, one attempt with a 5 s timeout (retries are
-not documented either): SMS Partner a form POST with ``messageId``, ``phoneNumber``,
-``status``, ``date`` and ``tag`` (the fields S-MIS guesses, §1.4); Voice Partner a JSON POST
-for ``tts/send`` and a GET with query parameters for ``campaign/send`` (the methods §3.2
-documents), with ``campaignId``, ``phoneNumber``, ``status`` and ``date``. The worker trusts
-none of it: a callback is a hint, authenticated by its URL.
+SMS Partner ``urlDlr`` (docs/providers/smspartner.md §1.4) and Voice Partner ``notifyUrl``
+(docs/providers/voicepartner.md §3.3): the payloads are [NOT FOUND]. The sandbox sends a plausible
+one, one attempt with a 5 s timeout (retries are not documented either): SMS Partner a form POST
+with ``messageId``, ``phoneNumber``, ``status``, ``date`` and ``tag`` (the fields S-MIS guesses,
+docs/providers/smspartner.md §1.4); Voice Partner a JSON POST for ``tts/send`` and a GET with query
+parameters for ``campaign/send`` (the methods docs/providers/voicepartner.md §3.2 documents), with
+``campaignId``, ``phoneNumber``, ``status`` and ``date``. The worker trusts none of it: a callback
+is a hint, authenticated by its URL.
 """
 
 from __future__ import annotations
@@ -60,13 +61,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POSTAL_VERSION = "3.3.6"  # P-SRC @8ef8960
-POSTAL_TIMEOUT_S = 5.0  # §4.6: timeout 5 s
-POSTAL_RETRY_DELAYS_S: tuple[float, ...] = (120.0, 180.0, 360.0, 600.0, 900.0)  # §4.6 RETRIES
+POSTAL_TIMEOUT_S = 5.0  # docs/providers/postal.md §4.6: timeout 5 s
+# docs/providers/postal.md §4.6 RETRIES
+POSTAL_RETRY_DELAYS_S: tuple[float, ...] = (120.0, 180.0, 360.0, 600.0, 900.0)
 CALLBACK_TIMEOUT_S = 5.0  # SMS/Voice: [NOT FOUND]; the same as Postal's
 MAX_ATTEMPT_RECORDS = 10_000
 MAX_PENDING = 100_000
 
-# A delivery status (Postal's event name, or its status word) → the webhook event (§4.6).
+# A delivery status (Postal's event name, or its status word) → the webhook event
+# (docs/providers/postal.md §4.6).
 POSTAL_STATUS_EVENTS: dict[str, str] = {
     "MessageSent": "MessageSent",
     "Sent": "MessageSent",
@@ -81,7 +84,8 @@ POSTAL_STATUS_EVENTS: dict[str, str] = {
     "MessageLoaded": "MessageLoaded",
     "MessageLinkClicked": "MessageLinkClicked",
 }
-# The delivery ``status`` each message event carries (§4.6 table) and a plausible SMTP exchange.
+# The delivery ``status`` each message event carries (docs/providers/postal.md §4.6 table) and a
+# plausible SMTP exchange.
 _STATUS_OF_EVENT = {
     "MessageSent": ("Sent", "250 2.0.0 OK queued as 4BwW3x1mZ"),
     "MessageDelayed": ("SoftFail", "451 4.7.1 Greylisted, please try again later"),
@@ -405,7 +409,8 @@ class Webhooks:
         except httpx.HTTPError as exc:
             error = type(exc).__name__
         ok = code is not None and 200 <= code < 300
-        # §4.6: retry after RETRIES[attempts] while one is left (Postal only).
+        # docs/providers/postal.md §4.6: retry after RETRIES[attempts] while one is left (Postal
+        # only).
         retry_in = (
             None if ok or push.attempt > len(push.retries) else push.retries[push.attempt - 1]
         )
@@ -441,7 +446,8 @@ def _is_http_url(value: Any) -> bool:
 
 
 def _token(seed: str) -> str:
-    """A 16-character alphanumeric token (Postal's message token shape, §4.2)."""
+    """A 16-character alphanumeric token (Postal's message token shape,
+    docs/providers/postal.md §4.2)."""
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     digest = hashlib.sha256(seed.encode("utf-8")).digest()
     return "".join(alphabet[b % len(alphabet)] for b in digest[:16])
@@ -459,7 +465,7 @@ def _from_address(message: dict[str, Any]) -> str | None:
 
 
 def _postal_message(change: StatusChange) -> dict[str, Any]:
-    """The ``message`` object of §4.6 for one recipient's message."""
+    """The ``message`` object of docs/providers/postal.md §4.6 for one recipient's message."""
     message = change.message
     ids = message.get("recipient_ids")
     raw_id: Any = change.message_id
@@ -527,7 +533,8 @@ def _voice_push(change: StatusChange) -> _Push | None:
         "date": _date(change.at),
     }
     if change.message.get("mode") == "campaign" or change.message.get("route") == "/campaign/send":
-        # §3.2: a voicemail drop's notifyUrl gets the campaign status "via GET".
+        # docs/providers/voicepartner.md §3.2: a voicemail drop's notifyUrl gets the campaign status
+        # "via GET".
         return _Push(
             provider="voicepartner",
             event=change.status,
@@ -537,7 +544,7 @@ def _voice_push(change: StatusChange) -> _Push | None:
             params=data,
             message_id=change.message_id,
         )
-    # §3.2: a tts/send notifyUrl gets "a POST with a JSON body".
+    # docs/providers/voicepartner.md §3.2: a tts/send notifyUrl gets "a POST with a JSON body".
     return _Push(
         provider="voicepartner",
         event=change.status,

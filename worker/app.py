@@ -90,7 +90,7 @@ def celery_config() -> dict[str, Any]:
         # Never store task arguments (message bodies, addresses) with the result.
         "result_extended": False,
         # Acknowledge after the task finished, and requeue when its process dies (SIGKILL, OOM):
-        # acks_late alone still loses those (design.md, traps).
+        # acks_late alone still loses those (docs/design.md §9).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,

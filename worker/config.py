@@ -232,7 +232,7 @@ class Settings(_ProviderSettings):
     versions send nothing else). Off: ``X-Postal-Signature-256`` is required."""
     postal_webhook_max_age_s: float = Field(default=12 * 3600, ge=60)
     """A Postal envelope whose ``timestamp`` is older than this is refused (a replay past the
-    dedupe window). Postal retries for about 36 minutes (§4.6)."""
+    dedupe window). Postal retries for about 36 minutes (docs/providers/postal.md §4.6)."""
     tracking_dedupe_ttl_s: int = Field(default=24 * 3600, ge=120)
     """How long the receiver remembers a Postal envelope ``uuid`` (a retry is applied once)."""
     receiver_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)

@@ -84,8 +84,8 @@ def register_secret(value: str | None) -> None:
     global _secret_re
     if not value or len(value) < 4:
         return
-    # Also the URL-encoded forms: Partner APIs take the key in GET query strings (providers.md
-    # §1.1), and a logged URL carries it percent-encoded.
+    # Also the URL-encoded forms: Partner APIs take the key in GET query strings
+    # (docs/providers/smspartner.md §1.1), and a logged URL carries it percent-encoded.
     forms = {value, quote(value, safe=""), quote_plus(value)}
     with _secrets_lock:
         if forms <= _secrets:

@@ -1,14 +1,15 @@
 """EmailMassivo (a RuSender white label): ``/api/v1/external-mails/send[-by-template]``.
 
-Wire format (providers.md §5, seed 003): ``X-Api-Key`` header; a new send is HTTP **200**
-``{"uuid"}`` ("200 OK — Email accepted for processing", seed 003), or **201** with
+Wire format (docs/providers/emailmassivo.md §5, seed 003): ``X-Api-Key`` header; a new send is HTTP
+**200** ``{"uuid"}`` ("200 OK — Email accepted for processing", seed 003), or **201** with
 ``--emailmassivo-success-status 201`` (RuSender, RS-DOC); plus ``warning`` when no
 ``idempotencyKey`` was sent and ``additionalRecipients`` when there is a cc/bcc (seed 003). A
-repeat is answered **200 with the first uuid** (seed 003, §5.5). Every error is
-``{"message", "statusCode"}`` with the HTTP status (§5.4); validation messages are joined with
-"," like the RS-DOC example; 429 carries no ``Retry-After`` (none documented, §5.4). Checks run
-in this order: 401 key, 400 JSON and fields, 400 attachments (parse, count, type, decoded size),
-413 body over 5 MB, 403 unverified From domain, 404 unknown template, idempotent replay (200,
+repeat is answered **200 with the first uuid** (seed 003, docs/providers/emailmassivo.md §5.5).
+Every error is ``{"message", "statusCode"}`` with the HTTP status
+(docs/providers/emailmassivo.md §5.4); validation messages are joined with "," like the RS-DOC
+example; 429 carries no ``Retry-After`` (none documented, docs/providers/emailmassivo.md §5.4).
+Checks run in this order: 401 key, 400 JSON and fields, 400 attachments (parse, count, type, decoded
+size), 413 body over 5 MB, 403 unverified From domain, 404 unknown template, idempotent replay (200,
 same uuid), 422 receiver, 402 balance, 200/201.
 
 Sandbox rules ([INFERRED] where the docs are silent):
@@ -18,10 +19,11 @@ Sandbox rules ([INFERRED] where the docs are silent):
   "Email receiver unavailable" is the temporary one.
 - Template ids 1 to 999 exist; any other ``idTemplateMailUser`` is 404 "TemplateMailUser not
   found by id" (seed 003).
-- Idempotency (§5.5): the same ``idempotencyKey`` within the window answers the first answer
-  (uuid and additionalRecipients) and creates nothing; without a key, an equal (from, to,
-  subject, html, text, attachments) - or (from, to, subject, template id, params, attachments)
-  by template - within the window does the same. Keyed requests never match keyless ones.
+- Idempotency (docs/providers/emailmassivo.md §5.5): the same ``idempotencyKey`` within the window
+  answers the first answer (uuid and additionalRecipients) and creates nothing; without a key, an
+  equal (from, to, subject, html, text, attachments) - or (from, to, subject, template id, params,
+  attachments) by template - within the window does the same. Keyed requests never match keyless
+  ones.
 - ``additionalRecipients``: one item per cc then bcc address (comma-separated lists are split),
   in that order, each either ``{"uuid"}`` or ``{"error"}`` for an invalid address. The seed
   gives no other field, so items carry no address: a client must match them by position.
@@ -51,7 +53,7 @@ MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_ATTACHMENTS = 20
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
 MAX_FIELD_CHARS = 255
-# RS-DOC's list of forbidden attachment extensions (§5.2).
+# RS-DOC's list of forbidden attachment extensions (docs/providers/emailmassivo.md §5.2).
 FORBIDDEN_EXTENSIONS = frozenset(
     (  # noqa: SIM905 - RS-DOC's list, kept as it reads
         "ade adp apk appx appxbundle bat cab chm cmd com cpl diagcab diagcfg diagpack dll dmg ex "
@@ -59,7 +61,8 @@ FORBIDDEN_EXTENSIONS = frozenset(
         "nsh pif ps1 scr sct shb sys vb vbe vbs vhd vxd wsc wsf wsh xll"
     ).split()
 )
-# The four receiver 422s of seed 003 (§5.4), by the recipient's local-part prefix.
+# The four receiver 422s of seed 003 (docs/providers/emailmassivo.md §5.4), by the recipient's
+# local-part prefix.
 SUPPRESSED = {
     "unsubscribed": "Email receiver unsubscribed from this API key mails",
     "complained": "Email receiver complained from this API key mails",
@@ -90,12 +93,13 @@ class EmailMassivoProvider(Provider):
             self._by_content.clear()
 
     def windows(self, request: Request) -> Sequence[Window]:
-        # 10 requests per second per IP, every request to the API (§5.4).
+        # 10 requests per second per IP, every request to the API
+        # (docs/providers/emailmassivo.md §5.4).
         return (Window("requests-1s", self.env.config.limits.emailmassivo_per_s, 1.0),)
 
     def throttled(self, request: Request, retry_after: str) -> Reply:
-        # §5.4: "429 Too Many Requests — request limit exceeded"; a Retry-After header is not
-        # documented ([NOT FOUND]), so the strict sandbox sends none.
+        # docs/providers/emailmassivo.md §5.4: "429 Too Many Requests — request limit exceeded"; a
+        # Retry-After header is not documented ([NOT FOUND]), so the strict sandbox sends none.
         return _error(429, "Too Many Requests")
 
     def fault_reply(self, status: int) -> Reply:
@@ -108,7 +112,8 @@ class EmailMassivoProvider(Provider):
         if request.method != "POST" or route not in (SEND, SEND_BY_TEMPLATE):
             return _error(404, f"Cannot {request.method} {request.route}")
         if not self.env.accounts.key_is_valid(self.name, request.header("x-api-key")):
-            return _error(401, "Неверный ключ API")  # RS-DOC's exact text (§5.4)
+            # RS-DOC's exact text (docs/providers/emailmassivo.md §5.4)
+            return _error(401, "Неверный ключ API")
         try:
             body = request.json()
         except (ValueError, UnicodeDecodeError):
@@ -143,8 +148,9 @@ class EmailMassivoProvider(Provider):
             assert lookup is not None
             earlier = cache.get(lookup)
             if earlier is not None and now - earlier[1] < window_s:
-                # Seed 003 / §5.5: "API responds with code 200 and returns the same email uuid
-                # as in the first request, repeated sending does not create a new email".
+                # Seed 003 / docs/providers/emailmassivo.md §5.5: "API responds with code 200 and
+                # returns the same email uuid as in the first request, repeated sending does not
+                # create a new email".
                 reply = json_reply(200, _answer(earlier[0], key), outcome="duplicate")
                 reply.message_id = earlier[0]["uuid"]
                 return reply
@@ -153,7 +159,8 @@ class EmailMassivoProvider(Provider):
                 if local_part(to).startswith(prefix):
                     return _error(422, message)
             if not self.env.accounts.try_charge(self.name, len(recipients)):
-                return _error(402, "Is not enough resource on user Balance")  # RS-DOC (§5.4)
+                # RS-DOC (docs/providers/emailmassivo.md §5.4)
+                return _error(402, "Is not enough resource on user Balance")
             message_id = str(uuid.uuid4())
             first: dict[str, Any] = {"uuid": message_id}
             if additional:
@@ -242,7 +249,8 @@ def _check_party(value: Any, where: str) -> list[str]:
 
 
 def _check_attachments(value: Any) -> str | None:
-    """RS-DOC's attachment refusals (§5.2, §5.4); the count message is [INFERRED]."""
+    """RS-DOC's attachment refusals (docs/providers/emailmassivo.md §5.2, §5.4); the count message
+    is [INFERRED]."""
     if value is None:
         return None
     if not isinstance(value, list):

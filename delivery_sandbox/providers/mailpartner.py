@@ -1,13 +1,15 @@
 """Mail Partner: ``POST /send``, ``GET /me``, ``GET /bulk-status``, ``GET /message-cancel``,
 the unsubscribe list.
 
-Wire format in providers.md §2. Sandbox rules ([INFERRED] where the docs are silent):
-- recipients only as ``params.to[]`` (the seed's and every example's shape, §2.2); a top-level
-  ``to`` (the field table's wording, never shown in an example) is refused with code 22, so a
-  client that sends it cannot pass here and fail against the real API;
-- each field problem answers its documented code (§2.3) as ``{success, code, message}``,
-  the first failing check only, in this order: 2 content (``htmlContent``; a missing
-  ``subject`` too, as no code of its own exists), 22 recipient list, 50 more than 500
+Wire format in docs/providers/mailpartner.md §2. Sandbox rules ([INFERRED] where the docs are
+silent):
+- recipients only as ``params.to[]`` (the seed's and every example's shape,
+  docs/providers/mailpartner.md §2.2); a top-level ``to`` (the field table's wording, never shown in
+  an example) is refused with code 22, so a client that sends it cannot pass here and fail against
+  the real API;
+- each field problem answers its documented code (docs/providers/mailpartner.md §2.3) as ``{success,
+  code, message}``, the first failing check only, in this order: 2 content (``htmlContent``; a
+  missing ``subject`` too, as no code of its own exists), 22 recipient list, 50 more than 500
   recipients (the platform's "max 500" code; 17 "too many recipients" is never produced,
   its limit being undocumented), 18/19/21 recipient email required / invalid / name empty
   (a ``name`` key present but empty), 23/24/25 reply-to email required / invalid / name empty,
@@ -16,20 +18,21 @@ Wire format in providers.md §2. Sandbox rules ([INFERRED] where the docs are si
   not a number, 48 minute not 0-55 in steps of 5, 49 date invalid or past);
 - other constraints (more than 3 attachments, over 5 MB, bad base64, a content type whose
   extension is not allowed - code 9 "attachment extension not allowed" -, tag, variables)
-  answer code 9 with the platform's ``error`` list of ``{elementId, message}`` (§1.2.2);
-- codes 4/5 (sender) are not produced: the sender is not a request field (§2.2 [NOT FOUND]),
-  it belongs to the account;
+  answer code 9 with the platform's ``error`` list of ``{elementId, message}``
+  (docs/providers/smspartner.md §1.2.2);
+- codes 4/5 (sender) are not produced: the sender is not a request field
+  (docs/providers/mailpartner.md §2.2 [NOT FOUND]), it belongs to the account;
 - an address on the unsubscribe list - added with ``/unsubscribe/add``, or any address whose
   local part starts with ``unsubscribed`` - refuses the whole send with code 14;
 - one credit per recipient; ``cost`` is in credits, as in the doc example (``"cost":1`` for one
-  mail); ``sandbox: 1`` sends are recorded but not charged (§2.2);
-- a scheduled mail can be cancelled until 5 minutes before its time (§2.2 ``message-cancel``);
-  its credits are refunded. ``bulk-status`` says ``Pending`` until the mail is due (plus the
-  delivery delay, ``sms_delivery_delay_s``), then ``Delivered``; an address whose local part
-  starts with ``bounce`` says ``Bounced`` instead; a cancelled mail says ``Cancelled`` (status
-  values are [NOT FOUND], §2.2; these are the ones S-MIS assumes). Each address's statuses
-  are its timeline (``delivery_sandbox.timeline``): lookups read it, ``POST /_admin/status``
-  forces it.
+  mail); ``sandbox: 1`` sends are recorded but not charged (docs/providers/mailpartner.md §2.2);
+- a scheduled mail can be cancelled until 5 minutes before its time
+  (docs/providers/mailpartner.md §2.2 ``message-cancel``); its credits are refunded. ``bulk-status``
+  says ``Pending`` until the mail is due (plus the delivery delay, ``sms_delivery_delay_s``), then
+  ``Delivered``; an address whose local part starts with ``bounce`` says ``Bounced`` instead; a
+  cancelled mail says ``Cancelled`` (status values are [NOT FOUND],
+  docs/providers/mailpartner.md §2.2; these are the ones S-MIS assumes). Each address's statuses are
+  its timeline (``delivery_sandbox.timeline``): lookups read it, ``POST /_admin/status`` forces it.
 """
 
 from __future__ import annotations
@@ -59,9 +62,11 @@ MAX_RECIPIENTS = 500
 MAX_ATTACHMENTS = 3
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
 MAX_VARIABLES = 8
-CANCEL_MARGIN_S = 5 * 60  # §2.2: code 6, less than 5 minutes before the scheduled time
-# Content types whose file extension Mail Partner would refuse (code 9, §2.3). The list itself
-# is [NOT FOUND]; these are executables and scripts, which mail providers refuse alike.
+# docs/providers/mailpartner.md §2.2: code 6, less than 5 minutes before the scheduled time
+CANCEL_MARGIN_S = 5 * 60
+# Content types whose file extension Mail Partner would refuse (code 9,
+# docs/providers/mailpartner.md §2.3). The list itself is [NOT FOUND]; these are executables and
+# scripts, which mail providers refuse alike.
 FORBIDDEN_CONTENT_TYPES = frozenset(
     {
         "application/x-msdownload",
@@ -94,7 +99,8 @@ class MailPartnerProvider(PartnerProvider):
             self._unsubscribed.clear()
 
     def windows(self, request: Request) -> Sequence[Window]:
-        # "Too many requests in one minute (limit 2000 requests/minute/IP)" (§2.3).
+        # "Too many requests in one minute (limit 2000 requests/minute/IP)"
+        # (docs/providers/mailpartner.md §2.3).
         return (Window("requests-1m", self.env.config.limits.mailpartner_per_min, 60.0),)
 
     def routes(self) -> dict[tuple[str, str], Any]:
@@ -175,7 +181,8 @@ class MailPartnerProvider(PartnerProvider):
         return reply
 
     def _cancel(self, request: Request, fields: dict[str, Any]) -> Reply:
-        """``GET /message-cancel?apiKey=&messageId=`` (§2.2): codes 3, 4, 5, 6, 7, 200."""
+        """``GET /message-cancel?apiKey=&messageId=`` (docs/providers/mailpartner.md §2.2): codes 3,
+        4, 5, 6, 7, 200."""
         message_id = fields.get("messageId")
         if not message_id:
             return self.fail(3, "L'identifiant du message est requis")
@@ -213,7 +220,8 @@ class MailPartnerProvider(PartnerProvider):
             found = self._messages.get(str(message_id))
         if found is None:
             return self.fail(4, "Message introuvable")
-        # §2.2 StatutResponseList items: email, token, status, cost, stopMail, date - no more.
+        # docs/providers/mailpartner.md §2.2 StatutResponseList items: email, token, status, cost,
+        # stopMail, date - no more.
         items = [
             {
                 "email": address,
@@ -260,7 +268,8 @@ Failure = tuple[int, str]
 
 
 def _first_failure(fields: dict[str, Any]) -> Failure | None:
-    """The first documented field code that applies (§2.3), in the order of the module doc."""
+    """The first documented field code that applies (docs/providers/mailpartner.md §2.3), in the
+    order of the module doc."""
     for check in (_check_content, _check_recipients, _check_reply_to, _check_attachment_fields):
         failure = check(fields)
         if failure is not None:
@@ -282,7 +291,8 @@ def _check_content(fields: dict[str, Any]) -> Failure | None:
 
 def _check_recipients(fields: dict[str, Any]) -> Failure | None:
     if "to" in fields:
-        # §2.2 and the seed: recipients are nested as params.to, never top-level.
+        # docs/providers/mailpartner.md §2.2 and the seed: recipients are nested as params.to, never
+        # top-level.
         return 22, "La liste des destinataires est requise dans params.to (pas de champ to)"
     params = fields.get("params")
     to = params.get("to") if isinstance(params, dict) else None
@@ -326,7 +336,8 @@ def _check_attachment_fields(fields: dict[str, Any]) -> Failure | None:
 
 
 def _check_schedule_codes(fields: dict[str, Any]) -> Failure | None:
-    """Codes 45-49 (§2.2: the SMS schedule fields; §1.3 gives each code's meaning)."""
+    """Codes 45-49 (docs/providers/mailpartner.md §2.2: the SMS schedule fields;
+    docs/providers/smspartner.md §1.3 gives each code's meaning)."""
     date_given = fields.get("scheduledDeliveryDate") not in (None, "")
     if not date_given:
         if fields.get("time") not in (None, "") or fields.get("minute") not in (None, ""):

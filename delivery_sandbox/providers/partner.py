@@ -1,8 +1,9 @@
-"""The envelope shared by SMS Partner and Mail Partner (same platform; providers.md §1.1, §2).
+"""The envelope shared by SMS Partner and Mail Partner (same platform;
+docs/providers/smspartner.md §1.1, docs/providers/mailpartner.md §2).
 
 Every answer is JSON ``{"success": bool, "code": int, ...}``; ``apiKey`` comes in the JSON body
 for POST and in the query string for GET. HTTP status policy (the docs give only one fact: the
-validation fixture is served with HTTP 400, §1.2.2) - [INFERRED]:
+validation fixture is served with HTTP 400, docs/providers/smspartner.md §1.2.2) - [INFERRED]:
 - code 9 (validation, with the ``error`` list of ``{elementId, message}``) and code 90
   (malformed JSON): HTTP 400;
 - code 429 (over the per-IP limit): HTTP 429;
@@ -47,9 +48,10 @@ class Invalid:
         return {"elementId": element(self.field), "message": self.message}
 
 
-# [INFERRED] providers.md gives the schedule fields (§1.2.2, §2.2) without a time zone; the
-# platform is French and the same company's Voice Partner API names Europe/Paris in its dates
-# (§3.2, audio files' created_at). The sandbox reads them in Paris time, as the worker sends them.
+# [INFERRED] The provider docs give the schedule fields (docs/providers/smspartner.md §1.2.2,
+# docs/providers/mailpartner.md §2.2) without a time zone; the platform is French and the same
+# company's Voice Partner API names Europe/Paris in its dates (docs/providers/voicepartner.md §3.2,
+# audio files' created_at). The sandbox reads them in Paris time, as the worker sends them.
 PROVIDER_TZ = ZoneInfo("Europe/Paris")
 
 
@@ -119,12 +121,14 @@ class PartnerProvider(Provider):
         return json_reply(400, payload, outcome="refused")
 
     def credits_text(self) -> str:
-        """The ``balance`` field of ``/me``: money, as a string (§1.2.1)."""
+        """The ``balance`` field of ``/me``: money, as a string
+        (docs/providers/smspartner.md §1.2.1)."""
         return f"{self.env.accounts.balance(self.name) * self.price_eur:.3f}"
 
 
 def check_tag(value: Any, *, min_chars: int) -> list[Invalid]:
-    """Tags are lowercase, without spaces, at most 20 characters (§1.2.2, §2.2)."""
+    """Tags are lowercase, without spaces, at most 20 characters
+    (docs/providers/smspartner.md §1.2.2, docs/providers/mailpartner.md §2.2)."""
     if value is None or value == "":
         return []
     if not isinstance(value, str):

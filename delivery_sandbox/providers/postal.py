@@ -1,6 +1,7 @@
-"""Postal's legacy v1 HTTP API (providers.md §4): always HTTP 200, the outcome in ``status``.
+"""Postal's legacy v1 HTTP API (docs/providers/postal.md §4): always HTTP 200, the outcome in
+``status``.
 
-Quirks reproduced from Postal's source (§4.1 to §4.4):
+Quirks reproduced from Postal's source (docs/providers/postal.md §4.1 to §4.4):
 - every answer is ``{"status", "time", "flags", "data"}`` with HTTP 200, errors included;
 - the key is the ``X-Server-API-Key`` header: ``AccessDenied`` without it,
   ``InvalidServerAPIKey`` (echoing ``token``) when unknown;
@@ -11,22 +12,26 @@ Quirks reproduced from Postal's source (§4.1 to §4.4):
 
 Server settings (``SandboxConfig``, ``--postal-*`` flags, ``/_admin/settings``):
 - authenticated domains: a From domain must be one of them, by exact name, case-insensitive
-  (§4.2 "its domain must be an authenticated domain of the server"); any other domain is
-  ``UnauthenticatedFromAddress``. Defaults: ``config.DEFAULT_POSTAL_DOMAINS``;
+  (docs/providers/postal.md §4.2 "its domain must be an authenticated domain of the server"); any
+  other domain is ``UnauthenticatedFromAddress``. Defaults: ``config.DEFAULT_POSTAL_DOMAINS``;
 - ``send_limit``: messages created in the last 60 minutes (held ones included) beyond which new
-  messages are accepted but **Held** (§4.5); ``None`` is no limit, Postal's default;
-- the suppression list: a message to a suppressed address is accepted but **Held** (§4.5).
+  messages are accepted but **Held** (docs/providers/postal.md §4.5); ``None`` is no limit, Postal's
+  default;
+- the suppression list: a message to a suppressed address is accepted but **Held**
+  (docs/providers/postal.md §4.5).
 Held messages report ``status: Held`` through ``messages/message`` and ``messages/deliveries``
-(§4.4) and expire after 7 days (``default_maximum_hold_expiry_days``, §4.5).
+(docs/providers/postal.md §4.4) and expire after 7 days (``default_maximum_hold_expiry_days``,
+docs/providers/postal.md §4.5).
 
-Delivery timeline (``delivery_sandbox.timeline``; statuses of §4.4, webhook events of §4.6): a
-message is ``Pending``, then ``Sent`` after ``postal_delivery_delay_s`` (0: at once). Magic
-recipients, by local part: ``hold…`` is ``Held`` at once (as a suppressed address is);
-``hardfail…`` ends ``HardFail``; ``softfail…`` is ``SoftFail`` and then ``Sent`` after
-Postal's retry (:data:`SOFT_RETRY_S`, shortened from §4.5's 5 minutes); ``bounce…`` is
-``Sent`` and then ``Bounced`` (:data:`BOUNCE_AFTER_S` later: a bounce received for it).
-``messages/message`` shows the latest status and ``messages/deliveries`` one record per status
-after ``Pending``; ``POST /_admin/status`` forces one.
+Delivery timeline (``delivery_sandbox.timeline``; statuses of docs/providers/postal.md §4.4, webhook
+events of docs/providers/postal.md §4.6): a message is ``Pending``, then ``Sent`` after
+``postal_delivery_delay_s`` (0: at once). Magic recipients, by local part: ``hold…`` is ``Held`` at
+once (as a suppressed address is); ``hardfail…`` ends ``HardFail``; ``softfail…`` is ``SoftFail``
+and then ``Sent`` after Postal's retry (:data:`SOFT_RETRY_S`, shortened from
+docs/providers/postal.md §4.5's 5 minutes); ``bounce…`` is ``Sent`` and then ``Bounced``
+(:data:`BOUNCE_AFTER_S` later: a bounce received for it). ``messages/message`` shows the latest
+status and ``messages/deliveries`` one record per status after ``Pending``; ``POST /_admin/status``
+forces one.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ RETURN_PATH_DOMAIN = "rp.sandbox.test"
 MAX_PER_FIELD = 50
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 
-# send/message validation errors, in Postal's order (§4.2).
+# send/message validation errors, in Postal's order (docs/providers/postal.md §4.2).
 ERROR_MESSAGES = {
     "NoRecipients": "There are no recipients defined to receive this message",
     "TooManyToAddresses": "The maximum number of To addresses has been reached (maximum 50)",
@@ -89,8 +94,9 @@ ALL_EXPANSIONS = (
 SOFT_RETRY_S = 1.0
 BOUNCE_AFTER_S = 0.5
 METHODS = ("GET", "POST", "PATCH", "PUT")  # config/routes.rb: `match ... via: [...]`
-SEND_LIMIT_WINDOW_S = 3600.0  # §4.5: `live_stats.total(60)`, the last 60 minutes
-HOLD_EXPIRY_S = 7 * 86400.0  # §4.5: default_maximum_hold_expiry_days = 7
+# docs/providers/postal.md §4.5: `live_stats.total(60)`, the last 60 minutes
+SEND_LIMIT_WINDOW_S = 3600.0
+HOLD_EXPIRY_S = 7 * 86400.0  # docs/providers/postal.md §4.5: default_maximum_hold_expiry_days = 7
 DEFAULT_SUPPRESSION_REASON = "added by the sandbox operator"
 
 
@@ -114,7 +120,8 @@ class PostalProvider(Provider):
         super().__init__(env)
         self._messages: dict[int, dict[str, Any]] = {}
         self._ids = itertools.count(1)  # ids keep growing across resets, like a real database
-        self._created: list[float] = []  # creation times, for the send limit (§4.5)
+        # creation times, for the send limit (docs/providers/postal.md §4.5)
+        self._created: list[float] = []
         self._domains: set[str] = set()
         self._send_limit: int | None = None
         self._suppressed: dict[str, str] = {}
@@ -177,10 +184,12 @@ class PostalProvider(Provider):
             return bool(domain) and domain in self._domains
 
     def throttled(self, request: Request, retry_after: str) -> Reply:
-        return self.fault_reply(429)  # Postal has no limit (§4.5); only reachable via a fault
+        # Postal has no limit (docs/providers/postal.md §4.5); only reachable via a fault
+        return self.fault_reply(429)
 
     def fault_reply(self, status: int) -> Reply:
-        # Non-200 answers come only from the reverse proxy in front of Postal (§4.1).
+        # Non-200 answers come only from the reverse proxy in front of Postal
+        # (docs/providers/postal.md §4.1).
         reason = phrase(status)
         page = (
             f"<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
@@ -274,7 +283,8 @@ class PostalProvider(Provider):
         headers = BytesHeaderParser().parsebytes(raw.split(b"\r\n\r\n", 1)[0])
         from_header = str(headers.get("From", ""))
         if not from_header or not self._domain_allowed(_domain(from_header)):
-            return _error(started, "UnauthenticatedFromAddress")  # no message here (§4.3)
+            # no message here (docs/providers/postal.md §4.3)
+            return _error(started, "UnauthenticatedFromAddress")
         header_id = str(headers.get("Message-ID", "")).strip().strip("<>")
         message_id = header_id or f"{uuid.uuid4()}@{RETURN_PATH_DOMAIN}"
         recipients = list(dict.fromkeys(str(r) for r in rcpt_to))
@@ -310,7 +320,8 @@ class PostalProvider(Provider):
                 hold = self._hold_reason(rcpt)
                 if hold is None and _local(rcpt).startswith("hold"):
                     hold = f"Recipient ({rcpt}) is held by the sandbox (magic address)"
-                self._created.append(now)  # held messages count too (live stats, §4.5)
+                # held messages count too (live stats, docs/providers/postal.md §4.5)
+                self._created.append(now)
                 self._messages[entry["id"]] = {
                     **details,
                     **entry,
@@ -376,7 +387,8 @@ class PostalProvider(Provider):
         return shown
 
     def _hold_reason(self, rcpt: str) -> str | None:
-        """Why a new message to ``rcpt`` is held (§4.5), or None; caller holds the lock.
+        """Why a new message to ``rcpt`` is held (docs/providers/postal.md §4.5), or None; caller
+        holds the lock.
 
         The API accepts it either way. Which check Postal runs first is [INFERRED]: the
         suppression list (about this recipient) before the server-wide send limit. The limit
@@ -430,9 +442,9 @@ class PostalProvider(Provider):
         found = self._find(params, started)
         if isinstance(found, Reply):
             return found
-        # §4.4: [{id, status, details, output, sent_with_ssl, log_id, time, timestamp}], one
-        # per delivery attempt (every status after Pending). A hold is a delivery record with no
-        # SMTP exchange behind it: no output, log id or time.
+        # docs/providers/postal.md §4.4: [{id, status, details, output, sent_with_ssl, log_id, time,
+        # timestamp}], one per delivery attempt (every status after Pending). A hold is a delivery
+        # record with no SMTP exchange behind it: no output, log id or time.
         out = []
         for index, (at, status, details) in enumerate(self._shown(found)):
             if status == "Pending":
@@ -456,7 +468,8 @@ class PostalProvider(Provider):
 
 
 def _expansion(name: str, m: dict[str, Any]) -> Any:
-    if name == "status":  # §4.4 {status, last_delivery_attempt, held, hold_expiry}
+    # docs/providers/postal.md §4.4 {status, last_delivery_attempt, held, hold_expiry}
+    if name == "status":
         at, status, _details = m["shown"][-1]
         held = status == "Held"
         return {
@@ -510,7 +523,8 @@ def _expansion(name: str, m: dict[str, Any]) -> Any:
 
 
 def _params(request: Request) -> dict[str, Any]:
-    """JSON body, or form field ``params`` holding JSON; anything else is ``{}`` (§4.1)."""
+    """JSON body, or form field ``params`` holding JSON; anything else is ``{}``
+    (docs/providers/postal.md §4.1)."""
     try:
         if request.content_type.startswith("application/json"):
             parsed = request.json()

@@ -1,33 +1,33 @@
 """SMS Partner: send, bulk send, balance, status (single, multi, bulk, by tag), cancel, STOP list.
 
-Wire format in providers.md §1; the simulator contract is §1.6. Sandbox rules ([INFERRED]
-where the docs are silent):
+Wire format in docs/providers/smspartner.md §1; the simulator contract is
+docs/providers/smspartner.md §1.6. Sandbox rules ([INFERRED] where the docs are silent):
 - field problems answer code 9 with the ``error`` list (HTTP 400), more than 500 numbers too;
 - a STOP-listed number refuses the whole send with code 14: numbers added with
   ``/stop-sms/add``, and every number ending in ``0014``;
 - ``+33600000500`` (or ``0600000500``) answers code 500 ("problem adding the SMS to the
   queue"), nothing is charged or recorded;
 - ``+33600000022`` answers code 22 and ``+33600000023`` code 23 (a marketing SMS outside the
-  legal hours / on a Sunday or holiday, §1.2.2, §1.3), nothing is charged or recorded: how a
-  marketing account's refusals look, whatever the time;
-- billing (§1.6): a message of up to 160 characters is 1 SMS, longer ones 1 per 153; in Unicode
-  70 / 67 counted in UTF-16 code units (an emoji counts 2) [67 is INFERRED]; ``:br:`` and
-  ``:euro:`` count 2 characters (1 for ``:euro:`` in Unicode); more
+  legal hours / on a Sunday or holiday, docs/providers/smspartner.md §1.2.2, §1.3), nothing is
+  charged or recorded: how a marketing account's refusals look, whatever the time;
+- billing (docs/providers/smspartner.md §1.6): a message of up to 160 characters is 1 SMS, longer
+  ones 1 per 153; in Unicode 70 / 67 counted in UTF-16 code units (an emoji counts 2) [67 is
+  INFERRED]; ``:br:`` and ``:euro:`` count 2 characters (1 for ``:euro:`` in Unicode); more
   than 10 SMS is code 52; Low Cost (``gamme: 2``) over 160 characters is code 42. Each SMS of
   each number costs one credit (0.038 EUR, the doc example);
 - status is ``Waiting`` until ``sms_delivery_delay_s`` after the send (or its scheduled time),
-  then ``Delivered`` (§1.4, §1.6 "Waiting → Delivered | Not delivered, with a configurable
-  delay"); a number ending in ``0404`` (e.g. ``+33600000404``) ends ``Not delivered`` instead;
-  a cancelled send is ``Cancelled``. Each number's statuses are its timeline
+  then ``Delivered`` (docs/providers/smspartner.md §1.4, §1.6 "Waiting → Delivered | Not delivered,
+  with a configurable delay"); a number ending in ``0404`` (e.g. ``+33600000404``) ends ``Not
+  delivered`` instead; a cancelled send is ``Cancelled``. Each number's statuses are its timeline
   (``delivery_sandbox.timeline``): lookups read it, ``POST /_admin/status`` forces it;
-- ``/bulk-send`` (§1.2.3): up to 500 ``SMSList`` entries, each checked and billed on its own
-  (per-item ``success``/``code``; item failures use the §1.3 codes [INFERRED]); the top level
-  says ``nbSMS``, items ``nbSms``; when no entry is accepted the whole request answers the first
-  entry's code [INFERRED];
-- status lookups answer the documented shapes only (§1.2.7-§1.2.10): ``/bulk-status`` items
-  carry no ``messageId``; ``/bulk-status-by-tag`` answers every recipient of every accepted send
-  with that tag, on one page (the pagination parameter is [NOT FOUND]), with the first send's
-  ``message_id``; an unknown tag gives an empty list.
+- ``/bulk-send`` (docs/providers/smspartner.md §1.2.3): up to 500 ``SMSList`` entries, each checked
+  and billed on its own (per-item ``success``/``code``; item failures use the
+  docs/providers/smspartner.md §1.3 codes [INFERRED]); the top level says ``nbSMS``, items
+  ``nbSms``; when no entry is accepted the whole request answers the first entry's code [INFERRED];
+- status lookups answer the documented shapes only (docs/providers/smspartner.md §1.2.7-§1.2.10):
+  ``/bulk-status`` items carry no ``messageId``; ``/bulk-status-by-tag`` answers every recipient of
+  every accepted send with that tag, on one page (the pagination parameter is [NOT FOUND]), with the
+  first send's ``message_id``; an unknown tag gives an empty list.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ MARKETING_REFUSALS = {
 }
 STOP_SUFFIX = "0014"
 NOT_DELIVERED_SUFFIX = "0404"
-PRICE_EUR = 0.038  # per SMS, from the send example (§1.2.2)
+PRICE_EUR = 0.038  # per SMS, from the send example (docs/providers/smspartner.md §1.2.2)
 SENDER_RE = re.compile(r"^[A-Za-z0-9]+$")
 CANCEL_MARGIN_S = 5 * 60
 
@@ -80,7 +80,7 @@ def normalize_number(raw: str) -> str | None:
 
 
 def segments(text: str, *, unicode: bool) -> int:
-    """SMS billed for one recipient of ``text`` (§1.2.2 and §1.6)."""
+    """SMS billed for one recipient of ``text`` (docs/providers/smspartner.md §1.2.2 and §1.6)."""
     plain = text.replace(":br:", "\n\n").replace(":euro:", "€" if unicode else "€€")
     # UCS-2 counts UTF-16 code units: a character outside the BMP (an emoji) takes two.
     length = len(plain.encode("utf-16-le", "surrogatepass")) // 2 if unicode else len(plain)
@@ -202,7 +202,8 @@ class SmsPartnerProvider(PartnerProvider):
         return reply
 
     def _bulk_send(self, request: Request, fields: dict[str, Any]) -> Reply:
-        """``POST /bulk-send``: a different text per number, each entry on its own (§1.2.3)."""
+        """``POST /bulk-send``: a different text per number, each entry on its own
+        (docs/providers/smspartner.md §1.2.3)."""
         entries = fields.get("SMSList")
         problems: list[Invalid] = []
         if not isinstance(entries, list) or not entries:
@@ -251,7 +252,8 @@ class SmsPartnerProvider(PartnerProvider):
             "message_id": message_id,
             "currency": "EUR",
             "cost": round(total * PRICE_EUR, 3),
-            "nbSMS": total,  # this casing at the top level, ``nbSms`` per item (§1.2.3)
+            # this casing at the top level, ``nbSms`` per item (docs/providers/smspartner.md §1.2.3)
+            "nbSMS": total,
             "SMSResponse_List": results,
         }
         return self._accepted(
@@ -309,7 +311,8 @@ class SmsPartnerProvider(PartnerProvider):
 
     def _timeline(self, message_id: int, message: dict[str, Any], fields: dict[str, Any]) -> None:
         """Each number: ``Waiting`` from its due time, then ``Delivered`` (or ``Not delivered``
-        for a number ending in ``0404``) after ``sms_delivery_delay_s`` (§1.4, §1.6)."""
+        for a number ending in ``0404``) after ``sms_delivery_delay_s``
+        (docs/providers/smspartner.md §1.4, §1.6)."""
         due = message["due"]
         done_at = due + self.env.config.sms_delivery_delay_s
         record = {
@@ -400,7 +403,8 @@ class SmsPartnerProvider(PartnerProvider):
 
     def _recipients(self, message_id: int, message: dict[str, Any]) -> list[dict[str, Any]]:
         return [
-            # §1.2.9: exactly these fields; the id is the answer's top-level message_id.
+            # docs/providers/smspartner.md §1.2.9: exactly these fields; the id is the answer's
+            # top-level message_id.
             {
                 "phoneNumber": number,
                 "status": self._status(message_id, message, number),
@@ -462,7 +466,7 @@ class SmsPartnerProvider(PartnerProvider):
 
     def _stop_add(self, request: Request, fields: dict[str, Any]) -> Reply:
         # The doc and the Go client say phoneNumber; the official Python sample sends
-        # phoneNumbers (§1.2.12). Both are read.
+        # phoneNumbers (docs/providers/smspartner.md §1.2.12). Both are read.
         raw = fields.get("phoneNumber", fields.get("phoneNumbers"))
         if not raw:
             return self.fail(2, "Le numéro de téléphone est requis")
@@ -500,7 +504,8 @@ def _check_numbers(value: Any) -> tuple[list[Invalid], list[str]]:
     if value is None or value == "":
         return [Invalid("phoneNumbers", "Le numéro de téléphone est requis")], []
     if not isinstance(value, str):
-        # Numbers are one comma-separated string (§1.2.2); a JSON list is a client bug.
+        # Numbers are one comma-separated string (docs/providers/smspartner.md §1.2.2); a JSON list
+        # is a client bug.
         return [Invalid("phoneNumbers", "Cette valeur doit être de type string.")], []
     raw_numbers = [part.strip() for part in value.split(",") if part.strip()]
     if len(raw_numbers) > MAX_NUMBERS:
@@ -522,7 +527,7 @@ def _check_numbers(value: Any) -> tuple[list[Invalid], list[str]]:
 
 def _check_sender(value: Any) -> list[Invalid]:
     if value is None or value == "":
-        return []  # an operator short code is used (§1.2.2)
+        return []  # an operator short code is used (docs/providers/smspartner.md §1.2.2)
     if not isinstance(value, str) or not SENDER_RE.match(value):
         return [Invalid("sender", "L'emetteur ne doit pas contenir de caracteres speciaux")]
     if len(value) < 3:
@@ -533,8 +538,9 @@ def _check_sender(value: Any) -> list[Invalid]:
 
 
 def _check_options(fields: dict[str, Any]) -> tuple[list[Invalid], Schedule | None]:
-    """The optional fields ``/send`` and ``/bulk-send`` share (§1.2.2, §1.2.3): sender, tag,
-    gamme, the 0/1 flags and the schedule; returns the problems and the parsed schedule."""
+    """The optional fields ``/send`` and ``/bulk-send`` share (docs/providers/smspartner.md §1.2.2,
+    §1.2.3): sender, tag, gamme, the 0/1 flags and the schedule; returns the problems and the parsed
+    schedule."""
     problems = _check_sender(fields.get("sender"))
     problems += check_tag(fields.get("tag"), min_chars=1)
     gamme = fields.get("gamme", 1)

@@ -1,10 +1,11 @@
 """Voice Partner: ``POST /tts/send``, ``POST /campaign/send``, ``GET /me/{apiKey}``,
-``DELETE /campaign/cancel/{apiKey}/{campaignId}`` (§3).
+``DELETE /campaign/cancel/{apiKey}/{campaignId}`` (docs/providers/voicepartner.md §3).
 
-``apiKey`` travels in the JSON body for POST and in the URL path for GET/DELETE (§3.1).
+``apiKey`` travels in the JSON body for POST and in the URL path for GET/DELETE
+(docs/providers/voicepartner.md §3.1).
 
-The docs give the string error codes (§3.3) but not the error body or HTTP statuses. Sandbox
-choices ([INFERRED] / [NOT FOUND] in providers.md):
+The docs give the string error codes (docs/providers/voicepartner.md §3.3) but not the error body or
+HTTP statuses. Sandbox choices ([INFERRED] / [NOT FOUND] in docs/providers/voicepartner.md):
 - errors are ``{"success": false, "error": "<CODE>"}`` (the Ruby gem reads ``error``), HTTP 400;
 - a missing or unknown ``apiKey`` is HTTP 401 ``INVALID_API_KEY`` (the cancel endpoint documents
   401 "unauthorized"); a body that is not a JSON object is HTTP 400 ``INVALID_JSON``;
@@ -18,12 +19,13 @@ choices ([INFERRED] / [NOT FOUND] in providers.md):
   ``SENDER_NOT_AUTHORIZED``; an audio token starting with ``missing`` is
   ``AUDIO_FILE_NOT_FOUND``;
 - a voicemail ``sender`` must be one of the account's validated callback numbers ("validated
-  beforehand on my.voicepartner.fr", §3.2), else ``SENDER_NOT_AUTHORIZED`` (§3.3); the list is
+  beforehand on my.voicepartner.fr", docs/providers/voicepartner.md §3.2), else
+  ``SENDER_NOT_AUTHORIZED`` (docs/providers/voicepartner.md §3.3); the list is
   ``SandboxConfig.voicepartner_senders`` / ``--voicepartner-sender`` / ``/_admin/settings``;
-- cancel (§3.2) answers ``{"success", "campaignId", "assignedCredit", "currency"}`` for a
-  campaign whose ``scheduledDate`` is still ahead, and refunds its credits; the documented
-  HTTP codes: 401 unknown key, 404 unknown campaign, 400 a campaign that is not scheduled,
-  already due or already cancelled (error bodies as above: ``CAMPAIGN_NOT_FOUND``,
+- cancel (docs/providers/voicepartner.md §3.2) answers ``{"success", "campaignId", "assignedCredit",
+  "currency"}`` for a campaign whose ``scheduledDate`` is still ahead, and refunds its credits; the
+  documented HTTP codes: 401 unknown key, 404 unknown campaign, 400 a campaign that is not
+  scheduled, already due or already cancelled (error bodies as above: ``CAMPAIGN_NOT_FOUND``,
   ``CAMPAIGN_NOT_CANCELLABLE``, names [INFERRED]);
 - one credit per number; ``cost`` is 0.10 EUR per number for TTS and 0.15 for voicemail (the
   doc examples); ``/me`` reports the credits left as the ``credit`` string.
@@ -115,7 +117,8 @@ class VoicePartnerProvider(Provider):
         return json_reply(status, {"success": False, "code": status}, outcome="fault")
 
     def public_route(self, route: str) -> str:
-        # The key travels in the path for GET/DELETE (§3.1); it must not reach the records.
+        # The key travels in the path for GET/DELETE (docs/providers/voicepartner.md §3.1); it must
+        # not reach the records.
         if route.startswith("/me/"):
             return "/me/{apiKey}"
         if route.startswith(CANCEL_PREFIX):
@@ -176,8 +179,9 @@ class VoicePartnerProvider(Provider):
             payload["lang"] = fields["lang"]
         if fields.get("scheduledDate"):
             payload["scheduledDate"] = fields["scheduledDate"]
-        # Voice Partner documents no status lookup and no notifyUrl payload (§3.3): the
-        # timeline only feeds the callback senders ([INFERRED] words: Waiting → Delivered).
+        # Voice Partner documents no status lookup and no notifyUrl payload
+        # (docs/providers/voicepartner.md §3.3): the timeline only feeds the callback senders
+        # ([INFERRED] words: Waiting → Delivered).
         record = {
             "provider": self.name,
             "message_id": campaign_id,
@@ -219,7 +223,8 @@ class VoicePartnerProvider(Provider):
         return json_reply(200, payload)
 
     def _cancel(self, key: str, campaign_id: str) -> Reply:
-        """``DELETE /campaign/cancel/{apiKey}/{campaignId}`` (§3.2): 200, 400, 401, 404."""
+        """``DELETE /campaign/cancel/{apiKey}/{campaignId}`` (docs/providers/voicepartner.md §3.2):
+        200, 400, 401, 404."""
         if not self.env.accounts.key_is_valid(self.name, key):
             return _error("INVALID_API_KEY", 401)
         with self.lock:
@@ -247,7 +252,8 @@ def _check(
     numbers: list[str],
     sender_allowed: Callable[[str], bool],
 ) -> str | None:
-    """The first failing check, in the order of the documented code list (§3.3)."""
+    """The first failing check, in the order of the documented code list
+    (docs/providers/voicepartner.md §3.3)."""
     raw = fields.get("phoneNumbers")
     if raw is None or raw == "" or raw == []:
         return "PHONE_NUMBER_REQUIRED"
@@ -277,7 +283,8 @@ def _check(
         if sender_number is None:
             return "SENDER_INVALID"
         if not sender_allowed(sender_number):
-            return "SENDER_NOT_AUTHORIZED"  # §3.2: validated beforehand on the account
+            # docs/providers/voicepartner.md §3.2: validated beforehand on the account
+            return "SENDER_NOT_AUTHORIZED"
     if isinstance(token, str) and token.lower().startswith("missing"):
         return "AUDIO_FILE_NOT_FOUND"
     if parts is None or not parts:
@@ -302,7 +309,7 @@ def _is_url(value: Any) -> bool:
 
 
 def _is_date(value: Any) -> bool:
-    """``YYYY-mm-dd H:m:00`` (§3.2)."""
+    """``YYYY-mm-dd H:m:00`` (docs/providers/voicepartner.md §3.2)."""
     if not isinstance(value, str) or not re.fullmatch(
         r"\d{4}-\d{2}-\d{2} \d{1,2}:\d{1,2}:\d{2}", value
     ):

@@ -167,8 +167,8 @@ def test_scheduled_at_the_provider_and_cancelled_messages_never_ride_in_a_batch(
     stack: Any,
 ) -> None:
     """Buffered together with ordinary SMS: two messages the provider is to hold until their
-    time (``send_at``, §1.2.2 schedule fields) go alone with those fields, and one cancelled
-    while it waits in the broker or the batch buffer is never sent."""
+    time (``send_at``, docs/providers/smspartner.md §1.2.2 schedule fields) go alone with those
+    fields, and one cancelled while it waits in the broker or the batch buffer is never sent."""
     from datetime import UTC, datetime, timedelta
 
     t = datetime.now(UTC) + timedelta(minutes=10)

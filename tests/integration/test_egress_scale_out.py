@@ -3,7 +3,8 @@
 Two worker groups bound to 127.0.0.1 and 127.0.0.2 (``DELIVERY_LOCAL_ADDRESS``; Linux routes
 all of 127.0.0.0/8 to loopback, so both reach the sandbox on 127.0.0.1 and the sandbox, which
 takes the connection's peer address, sees two client IPs). EmailMassivo allows 10 requests/s
-per IP (providers.md §6, §5.4) and the sandbox counts per client IP.
+per IP (docs/providers/index.md §6, docs/providers/emailmassivo.md §5.4) and the sandbox counts per
+client IP.
 
 At the documented limit, both layouts send everything with 0 x 429 and never more than 10
 requests from one IP in any second. Which budget each group draws from is shown by counts, not

@@ -55,7 +55,8 @@ def test_task_called_by_name_delivers_and_writes_the_result(
 def test_bare_client_send_task_without_queue_is_served(
     worker_proc: Proc, stack_env: dict[str, str], sandbox: SandboxAdmin
 ) -> None:
-    """design.md's by-name call exactly as written: a plain ``Celery`` app, no ``queue``.
+    """The by-name call of docs/design.md §2.1 exactly as written: a plain ``Celery`` app, no
+    ``queue``.
 
     It publishes to Celery's default queue (``celery``), which a worker started without ``-Q``
     consumes besides ``delivery``; before, the message waited there forever with no error.

@@ -197,7 +197,8 @@ def test_metrics_from_real_workers(
         assert value(s, "delivery_provider_request_duration_seconds_count", provider="postal") == 8
         assert value(s, "delivery_enqueue_to_accept_seconds_count", provider="postal") == 8
         assert value(s, "delivery_limiter_wait_seconds_count", provider="emailmassivo") == 3
-        # Mail Partner's cost is credits (one per mail, §2.2), whatever currency it names.
+        # Mail Partner's cost is credits (one per mail, docs/providers/mailpartner.md §2.2),
+        # whatever currency it names.
         assert value(s, "delivery_cost_total", provider="mailpartner", unit="credits") == 1.0
         # Shared state, read from Redis at scrape time.
         assert value(s, "delivery_shared_state_up") == 1

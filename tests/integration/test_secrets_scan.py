@@ -1,8 +1,8 @@
 """Secrets scan: API keys, bodies and addresses stay out of results, logs and Flower.
 
-design.md, semantics 7 and the mher/flower#231 trap. One batch goes through the real worker
-(every provider, a send by name, two permanent failures, a retry after a 503, a send whose
-answer was lost and had to be reconciled), then every place an operator could read is scanned
+docs/design.md §3.7 and the mher/flower#231 trap (docs/design.md §9). One batch goes through the
+real worker (every provider, a send by name, two permanent failures, a retry after a 503, a send
+whose answer was lost and had to be reconciled), then every place an operator could read is scanned
 for canaries: the result backend (through Celery and raw in Redis), the worker's log file, and a
 real Flower process (its JSON API, the task-event fields it keeps, its task and worker pages).
 The scan is also positive: Flower must show every task with its redacted arguments, so a Flower

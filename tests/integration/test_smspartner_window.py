@@ -1,4 +1,5 @@
-"""SMS Partner's marketing window (providers.md §1.2.2, §1.3 codes 22/23), with real processes.
+"""SMS Partner's marketing window (docs/providers/smspartner.md §1.2.2, §1.3 codes 22/23), with real
+processes.
 
 A refusal with code 22 reschedules only that message to the next allowed slot; the shared SMS
 budget is not held, so another SMS enqueued at the same time is sent at once. The sandbox answers

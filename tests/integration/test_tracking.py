@@ -210,7 +210,8 @@ def test_postal_delivered_held_and_failed_by_polling(
     held = found["recipients"]["h***@example.com"]
     assert "held" in (held["reason"] or "")
     assert "hold@example.com" not in json.dumps(found)
-    assert found["polling"]  # a hold is not final: Postal may release it (§4.5)
+    # a hold is not final: Postal may release it (docs/providers/postal.md §4.5)
+    assert found["polling"]
 
 
 def test_receiver_events_duplicates_and_out_of_order(

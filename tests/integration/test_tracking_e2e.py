@@ -352,7 +352,8 @@ def test_a_forged_webhook_changes_nothing_and_a_replay_is_applied_once(
 
 
 def _lookups(sandbox: SandboxAdmin) -> int:
-    """SMS Partner status lookups the sandbox answered (§1.2.7-§1.2.9)."""
+    """SMS Partner status lookups the sandbox answered
+    (docs/providers/smspartner.md §1.2.7-§1.2.9)."""
     paths = ("/message-status", "/multi-status", "/bulk-status", "/bulk-status-by-tag")
     return sum(1 for r in sandbox.requests("smspartner") if r["path"].endswith(paths))
 
@@ -436,8 +437,8 @@ def test_voice_callbacks_are_accepted_but_deliveries_stay_sent(
         f"{stack.receiver_url}/hooks/voicepartner/{delivery_id}/{token}"
     )
     # The sandbox calls notifyUrl after 1 s; the receiver accepts it (200) and publishes a
-    # hint; the worker has no lookup to confirm it with (providers.md §3.3) and trusts no
-    # body, so the delivery stays "sent".
+    # hint; the worker has no lookup to confirm it with (docs/providers/voicepartner.md §3.3) and
+    # trusts no body, so the delivery stays "sent".
     [attempt] = push_attempts(sandbox, "voicepartner", 1)
     assert attempt["status"] == 200
     # The worker took the hint and said why it changes nothing (its task result, logged).

@@ -1,9 +1,9 @@
 """EmailMassivo conformance: the sandbox answers as the documentation says, rule by rule.
 
 Each test names its source: a line of the EmailMassivo page (seed 003, "Email API
-Documentation") or a section of providers.md §5. Where the two disagree the seed wins (200 for
-a new send; RuSender's 201 is an option). The last tests run the real driver against the
-sandbox in both success modes.
+Documentation") or a section of docs/providers/emailmassivo.md §5. Where the two disagree the seed
+wins (200 for a new send; RuSender's 201 is an option). The last tests run the real driver against
+the sandbox in both success modes.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def send(client, body, path=SEND, headers=KEY):
 
 
 def error_shape(response, status):
-    """§5.4: "The error body is {"message": string, "statusCode": int}" (RS-DOC, RS-GO)."""
+    """docs/providers/emailmassivo.md §5.4: "The error body is {"message": string, "statusCode":
+    int}" (RS-DOC, RS-GO)."""
     data = response.json()
     assert response.status_code == status
     assert set(data) == {"message", "statusCode"}
@@ -76,13 +77,14 @@ def test_warning_only_without_an_idempotency_key(client):
 
 
 def test_201_mode_for_rusender(make_sandbox):
-    # providers.md §5.4: "200 (EM seed) / 201 (RS-DOC)"; the sandbox offers both.
+    # docs/providers/emailmassivo.md §5.4: "200 (EM seed) / 201 (RS-DOC)"; the sandbox offers both.
     sandbox = make_sandbox(config={"emailmassivo_success_status": 201})
     with httpx.Client(base_url=sandbox.url) as client:
         first = send(client, {"idempotencyKey": "c-3", "mail": mail()})
         again = send(client, {"idempotencyKey": "c-3", "mail": mail()})
     assert first.status_code == 201
-    # Seed 003 / §5.5: a repeat is answered 200 with the same uuid, in either mode.
+    # Seed 003 / docs/providers/emailmassivo.md §5.5: a repeat is answered 200 with the same uuid,
+    # in either mode.
     assert again.status_code == 200
     assert again.json()["uuid"] == first.json()["uuid"]
 
@@ -100,12 +102,12 @@ def test_success_status_can_be_switched_at_runtime_and_reset(client):
     assert send(client, {"idempotencyKey": "c-5", "mail": mail()}).status_code == 200
 
 
-# -- repeats (seed 003 "Sending Using Idempotency Key"; providers.md §5.5) -------------------------
+# -- repeats (seed 003 "Sending Using Idempotency Key"; docs/providers/emailmassivo.md §5.5) -------
 
 
 def test_repeat_with_the_same_key_is_200_with_the_first_uuid_and_sends_nothing(client, messages):
-    # §5.5 [INFERRED]: "The same key repeated returns the original uuid, with the same one-hour
-    # window"; seed 003: the repeat "does not create a new email".
+    # docs/providers/emailmassivo.md §5.5 [INFERRED]: "The same key repeated returns the original
+    # uuid, with the same one-hour window"; seed 003: the repeat "does not create a new email".
     first = send(client, {"idempotencyKey": "r-1", "mail": mail()})
     again = send(client, {"idempotencyKey": "r-1", "mail": mail()})
     assert (first.status_code, again.status_code) == (200, 200)
@@ -146,7 +148,7 @@ def test_repeat_after_the_window_is_a_new_email(make_sandbox):
     assert later.json()["uuid"] != first.json()["uuid"]
 
 
-# -- additionalRecipients (seed 003; shape [NOT FOUND] §5.2) ------------------------------------
+# -- additionalRecipients (seed 003; shape [NOT FOUND] docs/providers/emailmassivo.md §5.2) --------
 
 
 def test_cc_and_bcc_get_additional_recipients_in_order(client, messages):
@@ -170,7 +172,7 @@ def test_no_additional_recipients_without_cc_or_bcc(client):
     assert "additionalRecipients" not in response.json()
 
 
-# -- errors (seed 003 "Possible Responses"; providers.md §5.4) ------------------------------------
+# -- errors (seed 003 "Possible Responses"; docs/providers/emailmassivo.md §5.4) -------------------
 
 
 @pytest.mark.parametrize(
@@ -187,20 +189,22 @@ def test_400_attachment_messages(client, attachments, text):
 
 
 def test_400_validation_messages_joined_with_commas(client):
-    # §5.4: "mail.to.name must be shorter than or equal to 255 characters,mail.from.email must
-    # be an email" (RS-DOC).
+    # docs/providers/emailmassivo.md §5.4: "mail.to.name must be shorter than or equal to 255
+    # characters,mail.from.email must be an email" (RS-DOC).
     body = {"mail": mail(to={"email": "a@example.com", "name": "n" * 256}, subject="")}
     assert "," in error_shape(send(client, body), 400)
 
 
 def test_401_invalid_key(client):
-    # Seed 003: "401 Unauthorized — Invalid API key"; §5.4: "Неверный ключ API" (RS-DOC).
+    # Seed 003: "401 Unauthorized — Invalid API key"; docs/providers/emailmassivo.md §5.4: "Неверный
+    # ключ API" (RS-DOC).
     response = send(client, {"mail": mail()}, headers={"X-Api-Key": "wrong"})
     assert error_shape(response, 401) == "Неверный ключ API"
 
 
 def test_402_balance(client, set_balance, messages):
-    # Seed 003: "402 Payment Required — Not enough resources on the user balance"; §5.4 text.
+    # Seed 003: "402 Payment Required — Not enough resources on the user balance";
+    # docs/providers/emailmassivo.md §5.4 text.
     set_balance("emailmassivo", 0)
     message = error_shape(send(client, {"mail": mail()}), 402)
     assert message == "Is not enough resource on user Balance"
@@ -208,7 +212,8 @@ def test_402_balance(client, set_balance, messages):
 
 
 def test_403_unverified_sender_domain(client):
-    # §5.4: RS-DOC "ExternalMailApiKey not enabled, or user domain is not verify".
+    # docs/providers/emailmassivo.md §5.4: RS-DOC "ExternalMailApiKey not enabled, or user domain is
+    # not verify".
     body = {"mail": mail(**{"from": {"email": "a@unverified.example.test"}})}
     error_shape(send(client, body), 403)
 
@@ -241,8 +246,9 @@ def test_422_receiver_messages(client, messages, prefix, text):
 
 
 def test_429_past_10_requests_per_second_without_retry_after(client):
-    # Seed 003 Notes: "no more than 10 requests per second from one IP address"; §5.4: whether
-    # a Retry-After header is sent is [NOT FOUND], so none is sent.
+    # Seed 003 Notes: "no more than 10 requests per second from one IP address";
+    # docs/providers/emailmassivo.md §5.4: whether a Retry-After header is sent is [NOT FOUND], so
+    # none is sent.
     statuses = [send(client, {"mail": mail(subject=f"t{i}")}) for i in range(11)]
     assert [r.status_code for r in statuses[:10]] == [200] * 10
     assert error_shape(statuses[10], 429) == "Too Many Requests"
@@ -251,7 +257,7 @@ def test_429_past_10_requests_per_second_without_retry_after(client):
 
 def test_503_shape(client, set_faults):
     # Seed 003: "503 Service Unavailable — Email processing service is temporarily
-    # unavailable"; §5.4 error body.
+    # unavailable"; docs/providers/emailmassivo.md §5.4 error body.
     set_faults({"provider": "emailmassivo", "action": "status", "status": 503, "first_n": 1})
     error_shape(send(client, {"mail": mail()}), 503)
 

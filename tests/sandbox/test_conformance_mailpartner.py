@@ -1,4 +1,5 @@
-"""Mail Partner conformance: each rule the sandbox follows, with the providers.md § or seed line.
+"""Mail Partner conformance: each rule the sandbox follows, with its docs/providers/mailpartner.md
+section or seed line.
 
 Seed = the Mail Partner introduction page (its `POST /v1/send` example nests recipients as
 `"params":{"to":[{"email":...}]}`).
@@ -48,14 +49,15 @@ def cancel(client: httpx.Client, message_id: Any) -> dict[str, Any]:
 
 def test_the_seed_example_is_accepted(client):
     data = send(client, body())
-    # §2.2 send response: success, code 200, camelCase messageId, nbMail, cost, currency.
+    # docs/providers/mailpartner.md §2.2 send response: success, code 200, camelCase messageId,
+    # nbMail, cost, currency.
     assert set(data) == {"success", "code", "messageId", "nbMail", "cost", "currency"}
     assert (data["success"], data["code"], data["nbMail"]) == (True, 200, 1)
 
 
 def test_top_level_to_is_refused(client, messages):
-    # §2.2: "every example nests it under params"; the seed's example too. A top-level `to`
-    # is refused, even next to params.to, so a client cannot rely on it.
+    # docs/providers/mailpartner.md §2.2: "every example nests it under params"; the seed's example
+    # too. A top-level `to` is refused, even next to params.to, so a client cannot rely on it.
     alone = body(to=[{"email": "my@email2.com"}])
     del alone["params"]
     assert (send(client, alone)["success"], send(client, alone)["code"]) == (False, 22)
@@ -67,28 +69,34 @@ def test_top_level_to_is_refused(client, messages):
 @pytest.mark.parametrize(
     ("overrides", "code"),
     [
-        # §2.3 "2 Mail content required" (htmlContent is required, §2.2).
+        # docs/providers/mailpartner.md §2.3 "2 Mail content required" (htmlContent is required,
+        # docs/providers/mailpartner.md §2.2).
         ({"htmlContent": ""}, 2),
-        # §2.3 22 "Recipient list required".
+        # docs/providers/mailpartner.md §2.3 22 "Recipient list required".
         ({"params": {"to": []}}, 22),
         ({"params": {}}, 22),
-        # §2.2 "≤500 recipients"; §2.3 50 "Max 500 mails".
+        # docs/providers/mailpartner.md §2.2 "≤500 recipients"; docs/providers/mailpartner.md §2.3
+        # 50 "Max 500 mails".
         ({"params": {"to": [{"email": f"r{i}@example.com"} for i in range(501)]}}, 50),
-        # §2.3 18 "Recipient email required", 19 "Recipient email invalid".
+        # docs/providers/mailpartner.md §2.3 18 "Recipient email required", 19 "Recipient email
+        # invalid".
         ({"params": {"to": [{"name": "Ann"}]}}, 18),
         ({"params": {"to": [{"email": ""}]}}, 18),
         ({"params": {"to": [{"email": "not-an-address"}]}}, 19),
-        # §2.3 21 "Recipient name empty": a name key present but empty.
+        # docs/providers/mailpartner.md §2.3 21 "Recipient name empty": a name key present but
+        # empty.
         ({"params": {"to": [{"email": "a@example.com", "name": ""}]}}, 21),
         ({"params": {"to": [{"email": "a@example.com", "name": "  "}]}}, 21),
-        # §2.3 23/24/25: reply-to email required / invalid / name empty.
+        # docs/providers/mailpartner.md §2.3 23/24/25: reply-to email required / invalid / name
+        # empty.
         ({"replyTo": {}}, 23),
         ({"replyTo": {"email": "nope"}}, 24),
         ({"replyTo": {"email": "r@example.com", "name": ""}}, 25),
-        # §2.3 16 "Attachment name empty"; 8 (no content: "attachment URL required").
+        # docs/providers/mailpartner.md §2.3 16 "Attachment name empty"; 8 (no content: "attachment
+        # URL required").
         ({"attachments": [{"base64Content": "eA==", "contentType": "text/plain"}]}, 16),
         ({"attachments": [{"filename": "f", "contentType": "text/plain"}]}, 8),
-        # §2.3 9 "Attachment extension not allowed".
+        # docs/providers/mailpartner.md §2.3 9 "Attachment extension not allowed".
         (
             {
                 "attachments": [
@@ -110,7 +118,8 @@ def test_field_codes(client, messages, overrides, code):
 
 
 def test_a_recipient_without_a_name_key_is_fine(client):
-    # §2.2: `{email, name?}`: name is optional; only an empty one is refused (code 21).
+    # docs/providers/mailpartner.md §2.2: `{email, name?}`: name is optional; only an empty one is
+    # refused (code 21).
     data = send(client, body(params={"to": [{"email": "a@example.com", "name": "Ann"}]}))
     assert data["success"] is True
 
@@ -124,7 +133,8 @@ def test_first_failure_only(client):
 
 def future(minutes: int) -> dict[str, Any]:
     when = datetime.now(PROVIDER_TZ) + timedelta(minutes=minutes)
-    when -= timedelta(minutes=when.minute % 5, seconds=when.second)  # 5-minute steps (§2.2)
+    # 5-minute steps (docs/providers/mailpartner.md §2.2)
+    when -= timedelta(minutes=when.minute % 5, seconds=when.second)
     return {"scheduledDeliveryDate": when.strftime("%d/%m/%Y"), "time": when.hour,
             "minute": when.minute}  # fmt: skip
 
@@ -132,7 +142,8 @@ def future(minutes: int) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("overrides", "code"),
     [
-        # §2.2 schedule fields `dd/mm/YYYY`, 0-24, 0-55 in steps of 5; §2.3 45-49.
+        # docs/providers/mailpartner.md §2.2 schedule fields `dd/mm/YYYY`, 0-24, 0-55 in steps of 5;
+        # docs/providers/mailpartner.md §2.3 45-49.
         ({"time": 10, "minute": 0}, 45),
         ({"scheduledDeliveryDate": "01/01/2099", "minute": 0}, 46),
         ({"scheduledDeliveryDate": "01/01/2099", "time": 10}, 47),
@@ -151,7 +162,8 @@ def test_cancel_a_scheduled_mail(client):
     assert scheduled["success"] is True and "scheduledDeliveryDate" in scheduled
     before = client.get(f"{BASE}/me", params={"apiKey": KEY}).json()["credits"]["creditMail"]
 
-    # §2.2: {"success":true,"code":200,"message":"The email has been canceled."}.
+    # docs/providers/mailpartner.md §2.2: {"success":true,"code":200,"message":"The email has been
+    # canceled."}.
     assert cancel(client, scheduled["messageId"]) == {
         "success": True,
         "code": 200,
@@ -159,14 +171,15 @@ def test_cancel_a_scheduled_mail(client):
     }
     after = client.get(f"{BASE}/me", params={"apiKey": KEY}).json()["credits"]["creditMail"]
     assert after == before + 1  # [INFERRED] a cancelled mail's credit is refunded
-    # §2.2 codes: 5 already cancelled, 4 not found, 3 message id required.
+    # docs/providers/mailpartner.md §2.2 codes: 5 already cancelled, 4 not found, 3 message id
+    # required.
     assert cancel(client, scheduled["messageId"])["code"] == 5
     assert cancel(client, "no-such-id")["code"] == 4
     assert cancel(client, None)["code"] == 3
 
 
 def test_cancel_refused_when_sent_or_too_close(client, sandbox):
-    # §2.2 code 7: already sent (an immediate send goes at once).
+    # docs/providers/mailpartner.md §2.2 code 7: already sent (an immediate send goes at once).
     assert cancel(client, send(client, body())["messageId"])["code"] == 7
     scheduled = send(client, body(**future(90)))
     due = (
@@ -185,7 +198,7 @@ def test_cancel_refused_when_sent_or_too_close(client, sandbox):
 
 
 def test_cancel_checks_the_key(client):
-    # §2.2 codes 1 (API key required) and 10 (incorrect API key).
+    # docs/providers/mailpartner.md §2.2 codes 1 (API key required) and 10 (incorrect API key).
     assert client.get(f"{BASE}/message-cancel", params={"messageId": "x"}).json()["code"] == 1
     bad = {"apiKey": "wrong", "messageId": "x"}
     assert client.get(f"{BASE}/message-cancel", params=bad).json()["code"] == 10
@@ -194,7 +207,7 @@ def test_cancel_checks_the_key(client):
 def test_bulk_status_has_the_documented_shape_only(client):
     message_id = send(client, body())["messageId"]
     data = client.get(f"{BASE}/bulk-status", params={"apiKey": KEY, "messageId": message_id}).json()
-    # §2.2 StatutResponseList: no field beyond the documented ones.
+    # docs/providers/mailpartner.md §2.2 StatutResponseList: no field beyond the documented ones.
     assert set(data) == {"success", "code", "messageId", "StatutResponseList"}
     [item] = data["StatutResponseList"]
     assert set(item) == {"email", "token", "status", "cost", "stopMail", "date"}

@@ -1,4 +1,5 @@
-"""Postal conformance: each rule the sandbox follows, with the providers.md § it comes from.
+"""Postal conformance: each rule the sandbox follows, with the docs/providers/postal.md section it
+comes from.
 
 The sandbox must be at least as strict as the documentation, so every rule here is asserted
 over a real socket, and the driver is run against the same rules at the end.
@@ -34,10 +35,10 @@ SEND_LIMIT_TEXT = "Message held because send limit ({n}) has been reached."
 
 def call(client: httpx.Client, path: str, params: dict[str, Any]) -> dict[str, Any]:
     response = client.post(path, json=params, headers={"X-Server-API-Key": KEY})
-    # §4.1: "HTTP status is always 200", the outcome is in `status`.
+    # docs/providers/postal.md §4.1: "HTTP status is always 200", the outcome is in `status`.
     assert response.status_code == 200
     body: dict[str, Any] = response.json()
-    # §4.1: the response envelope is exactly {status, time, flags, data}.
+    # docs/providers/postal.md §4.1: the response envelope is exactly {status, time, flags, data}.
     assert set(body) == {"status", "time", "flags", "data"}
     return body
 
@@ -53,14 +54,15 @@ def sent_id(body: dict[str, Any], address: str) -> int:
     return int(body["data"]["messages"][address]["id"])
 
 
-# -- §4.2 authenticated From domains ---------------------------------------------------------
+# -- docs/providers/postal.md §4.2 authenticated From domains --------------------------------------
 
 
 def test_from_domain_must_be_authenticated(client):
-    # §4.2: "`from` ... Its domain must be an authenticated domain of the server".
+    # docs/providers/postal.md §4.2: "`from` ... Its domain must be an authenticated domain of the
+    # server".
     refused = call(client, SEND, {**GOOD, "from": "app@not-ours.example.io"})
     assert refused["status"] == "error"
-    # §4.2 table: the code and message of UnauthenticatedFromAddress.
+    # docs/providers/postal.md §4.2 table: the code and message of UnauthenticatedFromAddress.
     assert refused["data"] == {
         "code": "UnauthenticatedFromAddress",
         "message": "The From address is not authorised to send mail from this server",
@@ -131,8 +133,8 @@ def test_cli_runs_with_postal_flags():
 
 
 def test_validation_order_answers_the_first_error_only(client):
-    # §4.2 "Validation order ... Only the first error is returned": NoContent comes before
-    # FromAddressMissing and UnauthenticatedFromAddress.
+    # docs/providers/postal.md §4.2 "Validation order ... Only the first error is returned":
+    # NoContent comes before FromAddressMissing and UnauthenticatedFromAddress.
     body = call(client, SEND, {"to": ["a@example.com"], "from": "x@not-ours.example.io"})
     assert body["data"] == {
         "code": "NoContent",
@@ -148,35 +150,39 @@ def test_validation_order_answers_the_first_error_only(client):
 
 
 def test_send_raw_checks_the_from_header_domain(client):
-    # §4.3: the From header must match an authenticated domain; this error has no message.
+    # docs/providers/postal.md §4.3: the From header must match an authenticated domain; this error
+    # has no message.
     raw = base64.b64encode(b"From: a@not-ours.example.io\r\n\r\nhi").decode()
     body = call(client, RAW, {"rcpt_to": ["b@example.com"], "mail_from": "a@x.io", "data": raw})
     assert body["status"] == "error"
     assert body["data"] == {"code": "UnauthenticatedFromAddress"}
 
 
-# -- §4.5 holds: accepted by the API, then Held -----------------------------------------------
+# -- docs/providers/postal.md §4.5 holds: accepted by the API, then Held ---------------------------
 
 
 def test_suppressed_recipient_is_accepted_then_held(client, messages):
     settings(client, suppressed={"ann@example.com": "too many hard fails"})
     body = call(client, SEND, {**GOOD, "to": ["ann@example.com", "bob@example.com"]})
-    # §4.5: "messages are accepted by the API but later Held".
+    # docs/providers/postal.md §4.5: "messages are accepted by the API but later Held".
     held_id = sent_id(body, "ann@example.com")
     sent = sent_id(body, "bob@example.com")
     reason = "Recipient (ann@example.com) is on the suppression list (reason: too many hard fails)"
 
-    # §4.4 messages/message `status:{status,last_delivery_attempt,held,hold_expiry}`.
+    # docs/providers/postal.md §4.4 messages/message
+    # `status:{status,last_delivery_attempt,held,hold_expiry}`.
     status = call(client, MESSAGE, {"id": held_id, "_expansions": ["status"]})["data"]
     assert set(status) == {"id", "token", "status"}
     assert set(status["status"]) == {"status", "last_delivery_attempt", "held", "hold_expiry"}
     assert status["status"]["status"] == "Held"
     assert status["status"]["held"] is True
-    # §4.5: held messages expire after default_maximum_hold_expiry_days (7).
+    # docs/providers/postal.md §4.5: held messages expire after default_maximum_hold_expiry_days
+    # (7).
     expiry = status["status"]["hold_expiry"] - status["status"]["last_delivery_attempt"]
     assert expiry == pytest.approx(7 * 86400)
 
-    # §4.4 messages/deliveries: [{id,status,details,output,sent_with_ssl,log_id,time,timestamp}].
+    # docs/providers/postal.md §4.4 messages/deliveries:
+    # [{id,status,details,output,sent_with_ssl,log_id,time,timestamp}].
     [delivery] = call(client, DELIVERIES, {"id": held_id})["data"]
     assert set(delivery) == {
         "id",
@@ -205,8 +211,9 @@ def test_suppression_matches_the_address_case_insensitively(client):
 
 
 def test_beyond_the_send_limit_messages_are_held(client):
-    # §4.5: send_limit counts outgoing messages over the last 60 minutes; over it, messages are
-    # accepted but Held with "Message held because send limit (N) has been reached."
+    # docs/providers/postal.md §4.5: send_limit counts outgoing messages over the last 60 minutes;
+    # over it, messages are accepted but Held with "Message held because send limit (N) has been
+    # reached."
     settings(client, send_limit=2)
     ids = [
         sent_id(call(client, SEND, {**GOOD, "to": [f"r{i}@example.com"]}), f"r{i}@example.com")
@@ -222,7 +229,7 @@ def test_beyond_the_send_limit_messages_are_held(client):
 
 
 def test_send_limit_applies_per_recipient_message(client):
-    # §4.2: one message per recipient; each counts towards the limit.
+    # docs/providers/postal.md §4.2: one message per recipient; each counts towards the limit.
     settings(client, send_limit=1)
     body = call(client, SEND, {**GOOD, "to": ["a@example.com", "b@example.com"]})
     states = [
@@ -291,7 +298,8 @@ def test_driver_unknown_from_domain_is_a_permanent_error(driver):
 
 
 def test_driver_reports_a_held_message_as_sent(driver, client):
-    # The API accepted it (§4.5), so the send succeeded; delivery tracking is a later step.
+    # The API accepted it (docs/providers/postal.md §4.5), so the send succeeded; delivery tracking
+    # is a later step.
     settings(client, suppressed=["ann@example.com"], send_limit=0)
     outcome = driver.send(email(), CTX)
     message_id = outcome.provider_message_ids["ann@example.com"]
@@ -302,6 +310,6 @@ def test_driver_reports_a_held_message_as_sent(driver, client):
 def test_driver_reports_preview_text_as_not_sent(driver):
     outcome = driver.send(email(preview_text="Short teaser"), CTX)
     assert outcome.warnings == (
-        "preview_text: not sent; Postal has no preheader field (providers.md §4.2)",
+        "preview_text: not sent; Postal has no preheader field (docs/providers/postal.md §4.2)",
     )
     assert driver.send(email(), CTX).warnings == ()

@@ -1,13 +1,15 @@
 """Scheduling and cancellation in the sandbox, as strict as the provider documentation.
 
 - SMS Partner / Mail Partner: ``scheduledDeliveryDate`` (dd/mm/YYYY) + ``time`` + ``minute``
-  (0-55 in steps of 5), read in Paris time ([INFERRED]: providers.md gives no zone; the same
-  company's Voice Partner dates say Europe/Paris, §3.2); a date in the past is refused (§1.2.2
-  fixture, §1.6), bad formats with their codes (§1.3 45-49 for mail); ``message-cancel`` refuses
-  less than 5 minutes before the time (code 6, §1.2.6, §2.2) and after it (7); a scheduled
-  message is ``Waiting`` until its time, then delivered.
+  (0-55 in steps of 5), read in Paris time ([INFERRED]: the provider docs give no zone; the same
+  company's Voice Partner dates say Europe/Paris, docs/providers/voicepartner.md §3.2); a date in
+  the past is refused (docs/providers/smspartner.md §1.2.2 fixture,
+  docs/providers/smspartner.md §1.6), bad formats with their codes
+  (docs/providers/smspartner.md §1.3 45-49 for mail); ``message-cancel`` refuses less than 5 minutes
+  before the time (code 6, docs/providers/smspartner.md §1.2.6, docs/providers/mailpartner.md §2.2)
+  and after it (7); a scheduled message is ``Waiting`` until its time, then delivered.
 - Voice Partner: ``scheduledDate`` ``"YYYY-mm-dd H:m:00"`` (Paris time, [INFERRED]); a campaign
-  can be cancelled until its time, not after (400, §3.2).
+  can be cancelled until its time, not after (400, docs/providers/voicepartner.md §3.2).
 
 The sandbox's clock (``Env.now``) is moved forward to reach a send's time without waiting.
 """
@@ -73,7 +75,8 @@ def test_sms_schedule_is_paris_time_and_echoed(client: httpx.Client) -> None:
     when = mark(10)
     sent = sms_send(client, **fields(when))
     assert sent["success"] is True
-    # §1.2.2 scheduled-send fixture: "scheduledDeliveryDate":"2018-08-18 20:00:00".
+    # docs/providers/smspartner.md §1.2.2 scheduled-send fixture:
+    # "scheduledDeliveryDate":"2018-08-18 20:00:00".
     assert sent["scheduledDeliveryDate"] == when.strftime("%Y-%m-%d %H:%M:00")
 
 
@@ -130,13 +133,15 @@ def test_mail_schedule_codes_cancel_window_and_delivery(client: httpx.Client, sh
         return str(data["StatutResponseList"][0]["status"])
 
     when = mark(10)
-    assert send(**{**fields(when), "minute": 7})["code"] == 48  # §1.3: 5..55 in steps of 5
+    # docs/providers/smspartner.md §1.3: 5..55 in steps of 5
+    assert send(**{**fields(when), "minute": 7})["code"] == 48
     assert send(**{**fields(when), "scheduledDeliveryDate": "2099-01-01"})["code"] == 49
     sent = send(**fields(when))
     assert sent["scheduledDeliveryDate"] == when.strftime("%Y-%m-%d %H:%M:00")
     left = when.timestamp() - time.time()
     shift(left - 60)
-    assert cancel(sent["messageId"]) == 6  # §2.2: less than 5 minutes before
+    # docs/providers/mailpartner.md §2.2: less than 5 minutes before
+    assert cancel(sent["messageId"]) == 6
     assert status(sent["messageId"]) == "Pending"
     shift(left + 5)
     assert status(sent["messageId"]) == "Delivered"

@@ -1,4 +1,4 @@
-"""SMS Partner conformance: the sandbox against providers.md §1, one rule per test.
+"""SMS Partner conformance: the sandbox against docs/providers/smspartner.md §1, one rule per test.
 
 Each test names the section its rule comes from; the sandbox must be at least as strict as the
 documentation, with no convenience fields a real provider does not send.
@@ -29,31 +29,36 @@ def send(client, **fields):
     return post(client, "send", **fields).json()
 
 
-# -- §1.1 transport and authentication ------------------------------------------------------------
+# -- docs/providers/smspartner.md §1.1 transport and authentication --------------------------------
 
 
 def test_api_key_in_the_body_for_post_and_the_query_for_get(client):
-    # §1.1: no auth header; apiKey in the JSON body (POST) or the query string (GET).
+    # docs/providers/smspartner.md §1.1: no auth header; apiKey in the JSON body (POST) or the query
+    # string (GET).
     assert send(client)["success"] is True
     assert get(client, "me")["success"] is True
     no_key = client.post(f"{BASE}/send", json={"phoneNumbers": N1, "message": "x"}).json()
-    assert (no_key["success"], no_key["code"]) == (False, 1)  # §1.3 code 1
+    # docs/providers/smspartner.md §1.3 code 1
+    assert (no_key["success"], no_key["code"]) == (False, 1)
     wrong = client.get(f"{BASE}/me", params={"apiKey": "nope"}).json()
-    assert (wrong["success"], wrong["code"]) == (False, 10)  # §1.3 code 10
+    # docs/providers/smspartner.md §1.3 code 10
+    assert (wrong["success"], wrong["code"]) == (False, 10)
 
 
-# -- §1.2.2 send ----------------------------------------------------------------------------------
+# -- docs/providers/smspartner.md §1.2.2 send ------------------------------------------------------
 
 
 def test_send_success_has_exactly_the_documented_fields(client):
-    # §1.2.2 success fixture: success, code, message_id (an integer), nb_sms, cost, currency.
+    # docs/providers/smspartner.md §1.2.2 success fixture: success, code, message_id (an integer),
+    # nb_sms, cost, currency.
     data = send(client)
     assert set(data) == {"success", "code", "message_id", "nb_sms", "cost", "currency"}
     assert isinstance(data["message_id"], int)
 
 
 def test_validation_is_code_9_with_an_error_list_over_http_400(client):
-    # §1.2.2 validation fixture (served with HTTP 400 in the Go client's test).
+    # docs/providers/smspartner.md §1.2.2 validation fixture (served with HTTP 400 in the Go
+    # client's test).
     response = post(client, "send", phoneNumbers="922264", message="")
     assert response.status_code == 400
     data = response.json()
@@ -66,7 +71,7 @@ def test_validation_is_code_9_with_an_error_list_over_http_400(client):
 
 @pytest.mark.parametrize("tag", ["Upper", "with space", "x" * 21])
 def test_tag_is_at_most_20_lowercase_characters_without_spaces(client, tag):
-    # §1.2.2: tag <= 20 characters, no spaces, lowercase.
+    # docs/providers/smspartner.md §1.2.2: tag <= 20 characters, no spaces, lowercase.
     response = post(client, "send", phoneNumbers=N1, message="x", tag=tag)
     assert response.json()["code"] == 9
     assert response.json()["error"][0]["elementId"] == "children[tag].data"
@@ -75,10 +80,10 @@ def test_tag_is_at_most_20_lowercase_characters_without_spaces(client, tag):
 @pytest.mark.parametrize(
     ("text", "unicode", "nb_sms"),
     [
-        ("a" * 160, 0, 1),  # §1.2.2: 160 characters per SMS
+        ("a" * 160, 0, 1),  # docs/providers/smspartner.md §1.2.2: 160 characters per SMS
         ("a" * 161, 0, 2),  # then 1 SMS per 153
-        ("ê" * 70, 1, 1),  # §1.2.2 isUnicode: 70 characters per SMS
-        ("ê" * 134, 1, 2),  # §1.6: 67 per part [INFERRED]
+        ("ê" * 70, 1, 1),  # docs/providers/smspartner.md §1.2.2 isUnicode: 70 characters per SMS
+        ("ê" * 134, 1, 2),  # docs/providers/smspartner.md §1.6: 67 per part [INFERRED]
         ("ê" * 135, 1, 3),
         ("😀" * 35, 1, 1),  # UCS-2: an emoji is two code units
         ("😀" * 36, 1, 2),
@@ -90,19 +95,21 @@ def test_billing_by_segments_gsm_and_unicode(client, text, unicode, nb_sms):
 
 
 def test_more_than_10_parts_is_code_52(client):
-    # §1.3 code 52, §1.6: more than 10 concatenated SMS.
+    # docs/providers/smspartner.md §1.3 code 52, docs/providers/smspartner.md §1.6: more than 10
+    # concatenated SMS.
     assert send(client, message="a" * (153 * 10 + 1))["code"] == 52
 
 
 def test_more_than_500_numbers_is_refused(client):
-    # §1.2.2: max 500 numbers per request.
+    # docs/providers/smspartner.md §1.2.2: max 500 numbers per request.
     numbers = ",".join(f"+336{i:08d}" for i in range(501))
     assert send(client, phoneNumbers=numbers)["code"] == 9
 
 
 @pytest.mark.parametrize(("number", "code"), [("+33600000022", 22), ("+33600000023", 23)])
 def test_marketing_window_refusals_are_codes_22_and_23(client, messages, number, code):
-    # §1.2.2 legal window, §1.3 codes 22/23 (sandbox magic numbers): nothing sent or charged.
+    # docs/providers/smspartner.md §1.2.2 legal window, docs/providers/smspartner.md §1.3 codes
+    # 22/23 (sandbox magic numbers): nothing sent or charged.
     before = get(client, "me")["credits"]["creditSms"]
     data = send(client, phoneNumbers=f"{N1},{number}")
     assert (data["success"], data["code"]) == (False, code)
@@ -111,21 +118,22 @@ def test_marketing_window_refusals_are_codes_22_and_23(client, messages, number,
 
 
 def test_stop_listed_number_is_code_14(client):
-    # §1.2.12: sending to a STOP-listed number gives code 14.
+    # docs/providers/smspartner.md §1.2.12: sending to a STOP-listed number gives code 14.
     assert send(client, phoneNumbers="+33600000014")["code"] == 14
 
 
 def test_insufficient_credit_is_code_11(client, set_balance):
-    # §1.3 code 11, §1.6: credits < cost.
+    # docs/providers/smspartner.md §1.3 code 11, docs/providers/smspartner.md §1.6: credits < cost.
     set_balance("smspartner", 1)
     assert send(client)["code"] == 11
 
 
-# -- §1.2.3 bulk send -----------------------------------------------------------------------------
+# -- docs/providers/smspartner.md §1.2.3 bulk send -------------------------------------------------
 
 
 def test_bulk_send_answers_per_item_with_its_own_key_casing(client, messages):
-    # §1.2.3: nbSMS at the top level, nbSms per item; per-item success/code (partial failure).
+    # docs/providers/smspartner.md §1.2.3: nbSMS at the top level, nbSms per item; per-item
+    # success/code (partial failure).
     response = post(
         client,
         "bulk-send",
@@ -158,7 +166,7 @@ def test_bulk_send_answers_per_item_with_its_own_key_casing(client, messages):
 
 
 def test_bulk_send_takes_at_most_500_entries(client):
-    # §1.2.3: "par lot de 500".
+    # docs/providers/smspartner.md §1.2.3: "par lot de 500".
     entries = [{"phoneNumber": f"+336{i:08d}", "message": "x"} for i in range(501)]
     assert post(client, "bulk-send", SMSList=entries).json()["code"] == 9
 
@@ -174,11 +182,11 @@ def test_bulk_send_status_by_tag_lists_its_accepted_numbers(client):
     assert [i["phoneNumber"] for i in found["StatutResponse_List"]] == [N1, N2]
 
 
-# -- §1.2.7-§1.2.10 status lookups: the documented shapes only ------------------------------------
+# -- docs/providers/smspartner.md §1.2.7-§1.2.10 status lookups: the documented shapes only --------
 
 
 def test_message_status_shape(client):
-    # §1.2.7: "statut" (French), messageId as a string.
+    # docs/providers/smspartner.md §1.2.7: "statut" (French), messageId as a string.
     message_id = send(client)["message_id"]
     data = get(client, "message-status", messageId=message_id, phoneNumber=N1)
     assert set(data) == {
@@ -197,7 +205,8 @@ def test_message_status_shape(client):
 
 
 def test_multi_status_shape(client):
-    # §1.2.8: SMSStatut_List in; StatutResponse_List out, "status" (not "statut") per item.
+    # docs/providers/smspartner.md §1.2.8: SMSStatut_List in; StatutResponse_List out, "status" (not
+    # "statut") per item.
     message_id = send(client)["message_id"]
     data = post(
         client,
@@ -224,7 +233,8 @@ def test_multi_status_shape(client):
 
 
 def test_bulk_status_shape(client):
-    # §1.2.9: message_id at the top level (a string); items phoneNumber, status, stopSMS, date.
+    # docs/providers/smspartner.md §1.2.9: message_id at the top level (a string); items
+    # phoneNumber, status, stopSMS, date.
     message_id = send(client)["message_id"]
     data = get(client, "bulk-status", messageId=message_id)
     assert set(data) == {"success", "code", "message_id", "StatutResponse_List"}
@@ -235,7 +245,8 @@ def test_bulk_status_shape(client):
 
 
 def test_bulk_status_by_tag_shape(client):
-    # §1.2.10: the §1.2.9 answer plus currentPage and total.
+    # docs/providers/smspartner.md §1.2.10: the docs/providers/smspartner.md §1.2.9 answer plus
+    # currentPage and total.
     send(client, tag="conf")
     data = get(client, "bulk-status-by-tag", tag="conf")
     assert set(data) == {
@@ -251,12 +262,12 @@ def test_bulk_status_by_tag_shape(client):
         assert set(item) == {"phoneNumber", "status", "stopSMS", "date"}
 
 
-# -- §1.5 late acceptance -------------------------------------------------------------------------
+# -- docs/providers/smspartner.md §1.5 late acceptance ---------------------------------------------
 
 
 def test_a_send_can_be_accepted_after_the_client_gave_up(client, set_faults):
-    # §1.5: a status-by-tag check right after a timeout can see nothing yet; the send shows up
-    # later (fault "timeout": the provider waits, then processes).
+    # docs/providers/smspartner.md §1.5: a status-by-tag check right after a timeout can see nothing
+    # yet; the send shows up later (fault "timeout": the provider waits, then processes).
     set_faults({"provider": "smspartner", "path": "/send", "action": "timeout", "delay_ms": 600})
     payload = {"apiKey": KEY, "phoneNumbers": N1, "message": "x", "tag": "late1"}
     with pytest.raises(httpx.ReadTimeout):
@@ -268,8 +279,9 @@ def test_a_send_can_be_accepted_after_the_client_gave_up(client, set_faults):
 
 
 def test_bulk_send_refuses_magic_numbers_per_entry(client, messages):
-    # §1.2.3 per-item success/code, with the §1.3 codes [INFERRED]: a marketing refusal (22) and
-    # the queue failure (500) refuse their own entry only; the others are accepted and billed.
+    # docs/providers/smspartner.md §1.2.3 per-item success/code, with the
+    # docs/providers/smspartner.md §1.3 codes [INFERRED]: a marketing refusal (22) and the queue
+    # failure (500) refuse their own entry only; the others are accepted and billed.
     response = post(
         client,
         "bulk-send",

@@ -1,5 +1,5 @@
-"""Voice Partner conformance: each rule the sandbox follows, with the providers.md § it
-comes from."""
+"""Voice Partner conformance: each rule the sandbox follows, with the
+docs/providers/voicepartner.md section it comes from."""
 
 from __future__ import annotations
 
@@ -37,12 +37,13 @@ def post(client: httpx.Client, command: str, payload: dict[str, Any]) -> httpx.R
 
 
 def later(minutes: int) -> str:
-    # §3.2 scheduledDate: "YYYY-mm-dd H:m:00".
+    # docs/providers/voicepartner.md §3.2 scheduledDate: "YYYY-mm-dd H:m:00".
     return (datetime.now(PROVIDER_TZ) + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:00")
 
 
 def test_post_key_goes_in_the_body_and_get_key_in_the_path(client):
-    # §3.1: apiKey in the JSON body for POST, in the URL path for GET/DELETE.
+    # docs/providers/voicepartner.md §3.1: apiKey in the JSON body for POST, in the URL path for
+    # GET/DELETE.
     assert post(client, "tts/send", TTS).json()["success"] is True
     in_query = client.post(f"{BASE}/tts/send", params={"apiKey": KEY}, json={**TTS, "apiKey": ""})
     assert in_query.status_code == 401
@@ -51,26 +52,28 @@ def test_post_key_goes_in_the_body_and_get_key_in_the_path(client):
 
 
 def test_more_than_500_numbers(client):
-    # §3.2 campaign "≤500 numbers per request"; §3.3 PHONE_NUMBER_SIZE_ERROR.
+    # docs/providers/voicepartner.md §3.2 campaign "≤500 numbers per request";
+    # docs/providers/voicepartner.md §3.3 PHONE_NUMBER_SIZE_ERROR.
     numbers = ",".join(f"06{i:08d}" for i in range(501))
     response = post(client, "campaign/send", {**CAMPAIGN, "phoneNumbers": numbers})
     assert response.json() == {"success": False, "error": "PHONE_NUMBER_SIZE_ERROR"}
 
 
 def test_not_enough_credit(client, set_balance):
-    # §3.3 NOT_CREDIT (insufficient credit).
+    # docs/providers/voicepartner.md §3.3 NOT_CREDIT (insufficient credit).
     set_balance("voicepartner", 1)
     response = post(client, "tts/send", {**TTS, "phoneNumbers": "0600000001,0600000002"})
     assert response.json()["error"] == "NOT_CREDIT"
 
 
 def test_sender_must_be_validated_on_the_account(client):
-    # §3.2: `sender` is "a callback number validated beforehand on my.voicepartner.fr";
-    # §3.3 SENDER_NOT_AUTHORIZED. The default validated number is +33123456789.
+    # docs/providers/voicepartner.md §3.2: `sender` is "a callback number validated beforehand on
+    # my.voicepartner.fr"; docs/providers/voicepartner.md §3.3 SENDER_NOT_AUTHORIZED. The default
+    # validated number is +33123456789.
     refused = post(client, "campaign/send", {**CAMPAIGN, "sender": "+33999999999"})
     assert (refused.status_code, refused.json()["error"]) == (400, "SENDER_NOT_AUTHORIZED")
     assert post(client, "campaign/send", {**CAMPAIGN, "sender": "0123456789"}).json()["success"]
-    # §3.3 SENDER_INVALID: not a phone number at all.
+    # docs/providers/voicepartner.md §3.3 SENDER_INVALID: not a phone number at all.
     assert post(client, "campaign/send", {**CAMPAIGN, "sender": "Shop"}).json()["error"] == (
         "SENDER_INVALID"
     )
@@ -87,13 +90,14 @@ def test_senders_are_configurable(client):
 
 
 def test_campaign_limit_is_5_per_minute(client):
-    # §3.2 campaign/send: "2000 requests/hour, 5 requests/minute".
+    # docs/providers/voicepartner.md §3.2 campaign/send: "2000 requests/hour, 5 requests/minute".
     statuses = [post(client, "campaign/send", CAMPAIGN).status_code for _ in range(6)]
     assert statuses == [200] * 5 + [429]
 
 
 def test_hourly_limit_is_2000(make_sandbox):
-    # §3.2 tts/send: 2000 requests/hour (a small value stands in for it here).
+    # docs/providers/voicepartner.md §3.2 tts/send: 2000 requests/hour (a small value stands in for
+    # it here).
     sandbox = make_sandbox(limits={"voicepartner_per_hour": 3})
     with httpx.Client(base_url=sandbox.url) as client:
         statuses = [post(client, "tts/send", TTS).status_code for _ in range(4)]
@@ -103,18 +107,20 @@ def test_hourly_limit_is_2000(make_sandbox):
 
 
 def test_cancel_a_scheduled_campaign(client, requests_of):
-    # §3.2 DELETE /v1/campaign/cancel/{apiKey}/{campaignId}.
+    # docs/providers/voicepartner.md §3.2 DELETE /v1/campaign/cancel/{apiKey}/{campaignId}.
     sent = post(client, "campaign/send", {**CAMPAIGN, "scheduledDate": later(60)}).json()
     before = client.get(f"{BASE}/me/{KEY}").json()["credit"]
     response = client.delete(f"{BASE}/campaign/cancel/{KEY}/{sent['campaignId']}")
     assert response.status_code == 200
-    # §3.2: {"success":true,"campaignId":"D572M","assignedCredit":"1.8","currency":"EUR"}.
+    # docs/providers/voicepartner.md §3.2:
+    # {"success":true,"campaignId":"D572M","assignedCredit":"1.8","currency":"EUR"}.
     data = response.json()
     assert set(data) == {"success", "campaignId", "assignedCredit", "currency"}
     assert (data["success"], data["campaignId"]) == (True, sent["campaignId"])
     assert float(data["assignedCredit"]) == pytest.approx(0.15)
     assert int(client.get(f"{BASE}/me/{KEY}").json()["credit"]) == int(before) + 1
-    # §3.2 documented HTTP codes: 400 bad request (already cancelled), 401, 404.
+    # docs/providers/voicepartner.md §3.2 documented HTTP codes: 400 bad request (already
+    # cancelled), 401, 404.
     again = client.delete(f"{BASE}/campaign/cancel/{KEY}/{sent['campaignId']}")
     assert again.status_code == 400
     assert client.delete(f"{BASE}/campaign/cancel/wrong/{sent['campaignId']}").status_code == 401

@@ -151,7 +151,8 @@ def test_eleventh_request_in_one_second_is_429(client):
     throttled = statuses[10]
     assert throttled.status_code == 429
     assert throttled.json() == {"message": "Too Many Requests", "statusCode": 429}
-    assert "Retry-After" not in throttled.headers  # none documented (§5.4)
+    # none documented (docs/providers/emailmassivo.md §5.4)
+    assert "Retry-After" not in throttled.headers
     stats = client.get("/_admin/stats").json()["providers"]["emailmassivo"]
     assert (stats["accepted"], stats["throttled"]) == (10, 1)
 

@@ -138,7 +138,8 @@ def test_accept_then_drop_keeps_the_message(client, set_faults, messages, reques
         "accepted",
         "accept_then_drop",
     )
-    # The documented way to reconcile: status by tag finds the accepted send (providers.md §1.5).
+    # The documented way to reconcile: status by tag finds the accepted send
+    # (docs/providers/smspartner.md §1.5).
     found = client.get(
         f"{SMS}/bulk-status-by-tag", params={"apiKey": SMS_KEY, "tag": "lost"}
     ).json()

@@ -69,8 +69,9 @@ def test_bad_or_missing_key(client, messages, key, code):
 @pytest.mark.parametrize(
     ("payload", "code"),
     [
-        # providers.md §2.3: each field problem has its own code (this test used to expect the
-        # SMS Partner code 9 list for all of them; Mail Partner documents specific codes).
+        # docs/providers/mailpartner.md §2.3: each field problem has its own code (this test used to
+        # expect the SMS Partner code 9 list for all of them; Mail Partner documents specific
+        # codes).
         (body(subject=""), 2),
         ({k: v for k, v in body().items() if k != "htmlContent"}, 2),
         (body(params={"to": []}), 22),

@@ -20,7 +20,8 @@ GOOD = {"to": ["ann@example.com"], "from": "app@example.test", "plain_body": "hi
 def post(client, path, params, key="sandbox-postal-key"):
     headers = {} if key is None else {"X-Server-API-Key": key}
     response = client.post(path, json=params, headers=headers)
-    assert response.status_code == 200  # Postal answers 200 for errors too (providers.md §4.1)
+    # Postal answers 200 for errors too (docs/providers/postal.md §4.1)
+    assert response.status_code == 200
     body = response.json()
     assert set(body) == {"status", "time", "flags", "data"}
     assert isinstance(body["time"], float) and body["flags"] == {}
@@ -121,7 +122,8 @@ def test_send_raw_parameter_and_from_errors(client):
     raw = base64.b64encode(b"From: x@unverified.spam.example\r\n\r\nhi").decode()
     body = post(client, RAW, {"rcpt_to": ["a@b.test"], "mail_from": "a@b.test", "data": raw})
     assert body["status"] == "error"
-    assert body["data"] == {"code": "UnauthenticatedFromAddress"}  # no message here (§4.3)
+    # no message here (docs/providers/postal.md §4.3)
+    assert body["data"] == {"code": "UnauthenticatedFromAddress"}
 
 
 def test_message_lookup_with_expansions(client):

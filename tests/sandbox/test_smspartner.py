@@ -162,7 +162,8 @@ def test_bulk_status_by_tag_finds_accepted_sends(client):
         "+33600000001",
         "+33600000002",
     ]
-    # §1.2.9: items carry no messageId (was a sandbox convenience field); the id is top-level.
+    # docs/providers/smspartner.md §1.2.9: items carry no messageId (was a sandbox convenience
+    # field); the id is top-level.
     assert all("messageId" not in i for i in found["StatutResponse_List"])
     assert found["total"] == 2
 

@@ -1,10 +1,10 @@
 """The sandbox's delivery timeline: statuses over time, magic recipients, forced statuses, the
 status-change publications, and each driver's status lookup against it over a real socket.
 
-Status words and shapes: SMS Partner §1.2.7-§1.2.9 and §1.4 (``statut`` in message-status,
-``status`` in multi-status, ``Waiting`` → ``Delivered`` | ``Not delivered``); Mail Partner §2.2
-(``StatutResponseList``); Postal §4.4 (``messages/message`` status expansion,
-``messages/deliveries``).
+Status words and shapes: SMS Partner docs/providers/smspartner.md §1.2.7-§1.2.9 and §1.4 (``statut``
+in message-status, ``status`` in multi-status, ``Waiting`` → ``Delivered`` | ``Not delivered``);
+Mail Partner docs/providers/mailpartner.md §2.2 (``StatutResponseList``); Postal
+docs/providers/postal.md §4.4 (``messages/message`` status expansion, ``messages/deliveries``).
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def test_sms_waiting_then_delivered_or_not_delivered(make_sandbox: Callable[...,
     with httpx.Client(base_url=sandbox.url) as client:
         message_id = sms_send(client, "+33611000001,+33600000404")
         first = message_status(client, message_id, "+33611000001")
-        assert first["statut"] == "Waiting"  # §1.2.7: the field is spelled statut
+        # docs/providers/smspartner.md §1.2.7: the field is spelled statut
+        assert first["statut"] == "Waiting"
         changes = heard.wait(2)
         good = message_status(client, message_id, "+33611000001")
         bad = message_status(client, message_id, "+33600000404")

@@ -1,5 +1,6 @@
-"""The pushes the sandbox sends: Postal's signed webhooks (providers.md §4.6) and SMS/Voice
-Partner callbacks (§1.4, §3.3), to a real HTTP server over a socket."""
+"""The pushes the sandbox sends: Postal's signed webhooks (docs/providers/postal.md §4.6) and
+SMS/Voice Partner callbacks (docs/providers/smspartner.md §1.4,
+docs/providers/voicepartner.md §3.3), to a real HTTP server over a socket."""
 
 from __future__ import annotations
 
@@ -268,7 +269,7 @@ def test_a_failed_push_is_retried_with_the_same_uuid_then_dropped(
     sandbox.listeners.publish(_change("postal", recorded, "MessageHeld", "ann@example.com", "1"))
     catcher.wait_for(3 + 6)
     time.sleep(0.4)
-    assert len(catcher.seen) == 9  # §4.6: 6 attempts in all, then dropped
+    assert len(catcher.seen) == 9  # docs/providers/postal.md §4.6: 6 attempts in all, then dropped
     last = _attempts(client, 9)[-1]
     assert last["attempt"] == 6 and last["will_retry"] is False
 

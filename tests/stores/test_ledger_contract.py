@@ -341,7 +341,7 @@ def test_a_message_set_aside_is_kept_redacted_and_never_replayed(h: Harness) -> 
     assert list(h.ledger.dead_letters()) == ["bad"]
 
 
-# -- caller-chosen tags (SMS Partner reconciliation, providers.md §1.5) ---------------------------
+# -- caller-chosen tags (SMS Partner reconciliation, docs/providers/smspartner.md §1.5) ------------
 
 
 def test_a_tag_used_by_another_delivery_to_the_same_number_is_seen(h: Harness) -> None:

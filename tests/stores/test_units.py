@@ -17,7 +17,8 @@ from worker.stores.limiter import (
     limiter_key,
 )
 
-# Two limits on one key, as Voice Partner's campaign bucket declares them (providers.md §3.2).
+# Two limits on one key, as Voice Partner's campaign bucket declares them
+# (docs/providers/voicepartner.md §3.2).
 TWO_LIMITS = (Limit(5, 60.0), Limit(2000, 3600.0))
 
 

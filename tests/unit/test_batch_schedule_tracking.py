@@ -1,7 +1,8 @@
 """The batch pipeline with scheduling, cancel, tracking and metrics (``worker.delivery.batch``),
 on the in-memory stores with SMS Partner's documented answers over ``httpx.MockTransport``.
 
-- a provider-native schedule (§1.2.2 fields) never leaves in a batch request that drops it;
+- a provider-native schedule (docs/providers/smspartner.md §1.2.2 fields) never leaves in a batch
+  request that drops it;
 - a cancelled message in the batch buffer is not sent;
 - a batched message is registered for tracking on sent with its own number's message id, and
   its request carries no per-delivery ``urlDlr`` (tracked by polling);
@@ -70,7 +71,8 @@ def test_a_natively_scheduled_sms_goes_alone_with_its_schedule_fields(make_runti
     states = [o.result.status for o in outcomes if isinstance(o, Done)]
     assert states == ["scheduled", "scheduled", "sent"]
     with_schedule = [r for r in seen if "scheduledDeliveryDate" in r]
-    # One request per scheduled message, each with its number only and the §1.2.2 fields.
+    # One request per scheduled message, each with its number only and the
+    # docs/providers/smspartner.md §1.2.2 fields.
     assert sorted(r["phoneNumbers"] for r in with_schedule) == NUMBERS[:2]
     assert all(r["path"].endswith("/send") and r["minute"] == when.minute for r in with_schedule)
     # The unscheduled one did not carry anyone's schedule, nor a scheduled number.

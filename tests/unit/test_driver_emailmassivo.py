@@ -1,4 +1,5 @@
-"""EmailMassivo driver: the wire format of providers.md §5, against a MockTransport fake."""
+"""EmailMassivo driver: the wire format of docs/providers/emailmassivo.md §5, against a
+MockTransport fake."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .driver_support import Handler, mock_client, recorder
 API_KEY = "emailmassivo-test-key-41d2"
 BASE = "http://sandbox.test/prefix/emailmassivo"
 CTX = SendContext(delivery_id="dlv-0002", idempotency_key="idem-5b1e")
-UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"  # providers.md §5.4
+UUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"  # docs/providers/emailmassivo.md §5.4
 
 
 def make_driver(handler: Handler, base_url: str | None = BASE) -> EmailMassivoDriver:
@@ -161,15 +162,15 @@ def test_201_uuid_is_success() -> None:
 def test_anything_but_200_or_201_with_uuid_is_an_unknown_outcome(
     response: httpx.Response,
 ) -> None:
-    # providers.md §5.4 (corrected): success is 200 or 201 with a uuid; for anything else the
-    # idempotency key makes a resend safe. (A 200 with a uuid was here until seed 003 showed
-    # that EmailMassivo answers 200.)
+    # docs/providers/emailmassivo.md §5.4 (corrected): success is 200 or 201 with a uuid; for
+    # anything else the idempotency key makes a resend safe. (A 200 with a uuid was here until seed
+    # 003 showed that EmailMassivo answers 200.)
     _, handler = recorder(response)
     with pytest.raises(UnknownOutcomeError):
         make_driver(handler).send(message(), CTX)
 
 
-# -- errors (providers.md §5.4) -----------------------------------------------------------------
+# -- errors (docs/providers/emailmassivo.md §5.4) --------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -276,7 +277,7 @@ def test_hostile_answers_are_classified(
     assert len(str(info.value)) < 1000
 
 
-# -- 200 or 201 (seed 003, providers.md §5.4 corrected) -------------------------------------------
+# -- 200 or 201 (seed 003, docs/providers/emailmassivo.md §5.4 corrected) --------------------------
 
 
 @pytest.mark.parametrize("status", [200, 201])
@@ -291,7 +292,8 @@ def test_200_or_201_with_uuid_is_success(status: int) -> None:
 
 
 def test_repeat_answered_200_with_the_first_uuid_is_the_same_delivery() -> None:
-    # Seed 003 / §5.5: a repeat within 1 h is answered 200 with the same uuid, nothing new sent.
+    # Seed 003 / docs/providers/emailmassivo.md §5.5: a repeat within 1 h is answered 200 with the
+    # same uuid, nothing new sent.
     answers = [httpx.Response(201, json={"uuid": UUID}), httpx.Response(200, json={"uuid": UUID})]
     seen: list[httpx.Request] = []
 
@@ -306,7 +308,8 @@ def test_repeat_answered_200_with_the_first_uuid_is_the_same_delivery() -> None:
     assert [json.loads(r.content)["idempotencyKey"] for r in seen] == ["k", "k"]
 
 
-# -- error kinds by message text (seed 003 "Possible messages"; providers.md §5.4) -------------
+# -- error kinds by message text (seed 003 "Possible messages"; docs/providers/emailmassivo.md §5.4)
+# -------------
 
 
 @pytest.mark.parametrize(
@@ -358,7 +361,8 @@ def test_recipient_deferred_is_retryable_and_not_a_provider_fault() -> None:
 
 
 def test_429_without_retry_after_on_a_json_or_empty_body_waits_one_second() -> None:
-    # §5.4: EmailMassivo documents no Retry-After; the sandbox sends none.
+    # docs/providers/emailmassivo.md §5.4: EmailMassivo documents no Retry-After; the sandbox sends
+    # none.
     for response in (error(429, "Too Many Requests"), httpx.Response(429)):
         _, handler = recorder(response)
         with pytest.raises(ThrottledError) as info:
@@ -366,7 +370,7 @@ def test_429_without_retry_after_on_a_json_or_empty_body_waits_one_second() -> N
         assert info.value.retry_after_s == 1.0
 
 
-# -- additionalRecipients (seed 003; item shape [NOT FOUND] §5.2) ---------------------------------
+# -- additionalRecipients (seed 003; item shape [NOT FOUND] docs/providers/emailmassivo.md §5.2) ---
 
 CC_UUID = "11111111-2222-3333-4444-555555555555"
 

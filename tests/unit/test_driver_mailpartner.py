@@ -1,4 +1,5 @@
-"""Mail Partner driver: the wire format of providers.md §2, against a MockTransport fake."""
+"""Mail Partner driver: the wire format of docs/providers/mailpartner.md §2, against a MockTransport
+fake."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ API_KEY = "mailpartner-test-key-9e0c"
 BASE = "http://sandbox.test/prefix/mailpartner/v1"
 CTX = SendContext(delivery_id="dlv-0003", idempotency_key="idem-0003")
 
-# providers.md §2.2, send response.
+# docs/providers/mailpartner.md §2.2, send response.
 SUCCESS = {
     "success": True,
     "code": 200,
@@ -39,7 +40,7 @@ SUCCESS = {
     "currency": "EUR",
     "scheduledDeliveryDate": "2020-09-25 12:00:00",
 }
-# providers.md §2.2, credits.
+# docs/providers/mailpartner.md §2.2, credits.
 ME = {
     "success": True,
     "code": 200,
@@ -104,7 +105,7 @@ def test_send_request_shape() -> None:
         },
         "replyTo": {"email": "help@example.com", "name": "Help"},
         "attachments": [
-            # providers.md §2.2: the filename is given without extension.
+            # docs/providers/mailpartner.md §2.2: the filename is given without extension.
             {"base64Content": txt, "contentType": "text/plain", "filename": "test"},
             {"base64Content": txt, "contentType": "application/gzip", "filename": "archive.tar"},
             {
@@ -118,7 +119,7 @@ def test_send_request_shape() -> None:
 
 
 def test_sender_is_not_sent() -> None:
-    # providers.md §2.2: the sender is not a documented request field [NOT FOUND].
+    # docs/providers/mailpartner.md §2.2: the sender is not a documented request field [NOT FOUND].
     seen, handler = recorder(httpx.Response(200, json=SUCCESS))
     make_driver(handler).send(message(), CTX)
     body = json.loads(seen[0].content)
@@ -170,7 +171,7 @@ def test_success_without_message_id_is_an_unknown_outcome(message_id: Any) -> No
         make_driver(handler).send(message(), CTX)
 
 
-# -- the code table (providers.md §2.3) -----------------------------------------------------------
+# -- the code table (docs/providers/mailpartner.md §2.3) -------------------------------------------
 
 EXPECTED_CLASS: dict[int, type[DeliveryError]] = {
     **{code: PermanentError for code in MAIL_CODES},
@@ -316,7 +317,8 @@ def test_hostile_answers_are_classified(
 
 
 def test_unsent_fields_name_each_field_and_why() -> None:
-    # §2.2: no sender field [NOT FOUND], no preheader, one HTML body: each is reported.
+    # docs/providers/mailpartner.md §2.2: no sender field [NOT FOUND], no preheader, one HTML body:
+    # each is reported.
     full = message(text="plain", preview_text="teaser")
     assert [w.partition(":")[0] for w in unsent_fields(full)] == ["from", "text", "preview_text"]
     assert all("shop@example.com" not in w and "teaser" not in w for w in unsent_fields(full))

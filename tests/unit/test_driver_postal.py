@@ -1,4 +1,4 @@
-"""Postal driver: the wire format of providers.md §4, against a MockTransport fake."""
+"""Postal driver: the wire format of docs/providers/postal.md §4, against a MockTransport fake."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ API_KEY = "postal-test-key-7f3a9c"
 BASE = "http://sandbox.test/prefix/postal"
 CTX = SendContext(delivery_id="dlv-0001", idempotency_key="idem-0001")
 
-# providers.md §4.2, success example.
+# docs/providers/postal.md §4.2, success example.
 SUCCESS = {
     "status": "success",
     "time": 0.05,
@@ -189,12 +189,13 @@ def test_postal_has_no_balance_and_no_reconcile() -> None:
 
 @pytest.mark.parametrize("code", sorted(CONFIG_CODES))
 def test_auth_codes_are_configuration_errors(code: str) -> None:
-    # providers.md §4.1: InvalidServerAPIKey echoes the token; it must not reach the error text.
+    # docs/providers/postal.md §4.1: InvalidServerAPIKey echoes the token; it must not reach the
+    # error text.
     data = {"code": code, "message": "The API token provided in X-Server-API-Key was not valid."}
     if code == "InvalidServerAPIKey":
         data["token"] = API_KEY
     if code == "ServerSuspended":
-        data = {"code": code}  # no message (§4.1)
+        data = {"code": code}  # no message (docs/providers/postal.md §4.1)
     _, handler = recorder(envelope("error", data))
     with pytest.raises(ConfigurationError) as info:
         make_driver(handler).send(message(), CTX)
@@ -215,7 +216,7 @@ def test_validation_and_unknown_codes_are_permanent(code: str) -> None:
 
 
 def test_no_recipients_example_is_permanent_not_sent() -> None:
-    # The trap in design.md: HTTP 200 with status "error" must not be reported as sent.
+    # The trap in docs/design.md §9: HTTP 200 with status "error" must not be reported as sent.
     body = {
         "status": "error",
         "time": 0.01,

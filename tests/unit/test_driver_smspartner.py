@@ -1,4 +1,5 @@
-"""SMS Partner driver: the wire format of providers.md §1, against a MockTransport fake."""
+"""SMS Partner driver: the wire format of docs/providers/smspartner.md §1, against a MockTransport
+fake."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ BASE = "http://sandbox.test/prefix/smspartner/v1"
 CTX = SendContext(delivery_id="dlv-0004", idempotency_key="idem-0004", tag="dwabc123")
 NUMBERS = ["+33612345678", "+33698765432"]
 
-# providers.md §1.2.2, success and validation-error fixtures (the latter served with HTTP 400).
+# docs/providers/smspartner.md §1.2.2, success and validation-error fixtures (the latter served with
+# HTTP 400).
 SUCCESS = {
     "success": True,
     "code": 200,
@@ -53,7 +55,7 @@ VALIDATION = {
         },
     ],
 }
-# providers.md §1.2.1, both shapes.
+# docs/providers/smspartner.md §1.2.1, both shapes.
 ME_DOC = {
     "success": True,
     "code": 200,
@@ -112,8 +114,9 @@ def test_send_request_shape() -> None:
         "phoneNumbers": "+33612345678,+33698765432",
         "message": 'Total 5:euro::br:Merci "Bob"',
         "sender": "MyShop",
-        # The caller's tag reaches the provider as set (§1.2.2); the service then reconciles
-        # by it with the stricter rules for shared tags (was: replaced by the delivery's tag).
+        # The caller's tag reaches the provider as set (docs/providers/smspartner.md §1.2.2); the
+        # service then reconciles by it with the stricter rules for shared tags (was: replaced by
+        # the delivery's tag).
         "tag": "user-tag",
     }
 
@@ -161,7 +164,7 @@ def test_success_without_message_id_is_an_unknown_outcome() -> None:
         make_driver(handler).send(message(), CTX)
 
 
-# -- errors (providers.md §1.3) -----------------------------------------------------------------
+# -- errors (docs/providers/smspartner.md §1.3) ----------------------------------------------------
 
 EXPECTED_CLASS: dict[int, type[DeliveryError]] = {
     **{code: PermanentError for code in SMS_CODES},
@@ -229,8 +232,9 @@ def test_simple_error_shape() -> None:
 
 @pytest.mark.parametrize("code", [22, 23])
 def test_marketing_window_codes_defer_this_message_to_the_next_slot(code: int) -> None:
-    # §1.3 codes 22/23 are "deferrable" (§1.2.2: held until the next business day at 08:00):
-    # not a provider-wide throttle (was ThrottledError with a 60 s Retry-After).
+    # docs/providers/smspartner.md §1.3 codes 22/23 are "deferrable"
+    # (docs/providers/smspartner.md §1.2.2: held until the next business day at 08:00): not a
+    # provider-wide throttle (was ThrottledError with a 60 s Retry-After).
     _, handler = recorder(httpx.Response(200, json={"success": False, "code": code}))
     before = time.time()
     with pytest.raises(DeferredError) as info:
@@ -274,7 +278,7 @@ def test_check_balance_without_credits_object() -> None:
         make_driver(handler).check_balance()
 
 
-# -- reconcile (providers.md §1.2.10, §1.5) -------------------------------------------------------
+# -- reconcile (docs/providers/smspartner.md §1.2.10, §1.5) ----------------------------------------
 
 BY_TAG = {
     "success": True,
@@ -385,7 +389,7 @@ def test_hostile_answers_are_classified(
     assert len(str(info.value)) < 1000
 
 
-# -- unicode (providers.md §1.2.2) --------------------------------------------------------------
+# -- unicode (docs/providers/smspartner.md §1.2.2) -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -403,7 +407,8 @@ def test_text_outside_gsm7_is_sent_with_is_unicode(text: str, flag: int | None) 
     assert json.loads(seen[0].content).get("isUnicode") == flag
 
 
-# -- marketing window: the next allowed slot (providers.md §1.2.2, §1.3 codes 22/23) -------------
+# -- marketing window: the next allowed slot (docs/providers/smspartner.md §1.2.2, §1.3 codes 22/23)
+# -------------
 
 
 def paris(text: str) -> float:
@@ -426,7 +431,7 @@ def test_next_marketing_slot(now: str, code: int, slot: str) -> None:
     assert next_marketing_slot(paris(now), code) == paris(slot)
 
 
-# -- reconcile under a caller's tag (providers.md §1.2.10, §1.5) ---------------------------------
+# -- reconcile under a caller's tag (docs/providers/smspartner.md §1.2.10, §1.5) -------------------
 
 SENT_AFTER = 1_700_000_000.0
 CALLER_CTX = SendContext(
@@ -477,7 +482,8 @@ def test_caller_tag_send_needs_every_number_and_a_readable_date() -> None:
 
 
 def test_caller_tag_date_in_paris_wall_time_is_read() -> None:
-    # §1.2.7 shows dates as "Y-m-d H:i:s" too; Paris time is [INFERRED].
+    # docs/providers/smspartner.md §1.2.7 shows dates as "Y-m-d H:i:s" too; Paris time is
+    # [INFERRED].
     when = datetime.fromtimestamp(SENT_AFTER + 60, PROVIDER_TZ).strftime("%Y-%m-%d %H:%M:%S")
     assert reconcile_with(by_tag((NUMBERS[0], when), (NUMBERS[1], when))) is not None
 

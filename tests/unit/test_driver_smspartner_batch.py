@@ -1,6 +1,7 @@
-"""SMS Partner batches (providers.md §1.2.2 ``/send``, §1.2.3 ``/bulk-send``, §1.2.10 status by
-tag), against a MockTransport fake: the requests built, the per-entry answers parsed, and
-hostile bulk answers classified per message, never a crash."""
+"""SMS Partner batches (docs/providers/smspartner.md §1.2.2 ``/send``,
+docs/providers/smspartner.md §1.2.3 ``/bulk-send``, docs/providers/smspartner.md §1.2.10 status by
+tag), against a MockTransport fake: the requests built, the per-entry answers parsed, and hostile
+bulk answers classified per message, never a crash."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_batch_tags_are_unique_and_valid_provider_tags() -> None:
     tags = {new_batch_tag() for _ in range(200)}
     assert len(tags) == 200
     for tag in tags:
-        # §1.2.2: <= 20 characters, lowercase, no spaces.
+        # docs/providers/smspartner.md §1.2.2: <= 20 characters, lowercase, no spaces.
         assert len(tag) <= 20 and tag == tag.lower() and " " not in tag
 
 

@@ -1,4 +1,5 @@
-"""Voice Partner driver: the wire format of providers.md §3, against a MockTransport fake."""
+"""Voice Partner driver: the wire format of docs/providers/voicepartner.md §3, against a
+MockTransport fake."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ BASE = "http://sandbox.test/prefix/voicepartner/v1"
 CTX = SendContext(delivery_id="dlv-0005", idempotency_key="idem-0005")
 NUMBERS = ["+33612345678", "+33698765432"]
 
-# providers.md §3.2 examples.
+# docs/providers/voicepartner.md §3.2 examples.
 TTS_SUCCESS = {
     "success": True,
     "campaignId": "Ff1tbu0lax",
@@ -196,7 +197,7 @@ def test_success_without_campaign_id_is_an_unknown_outcome(campaign_id: Any) -> 
         make_driver(handler).send(tts(), CTX)
 
 
-# -- errors (providers.md §3.3: body shape NOT FOUND, so several shapes) --------------------------
+# -- errors (docs/providers/voicepartner.md §3.3: body shape NOT FOUND, so several shapes) ---------
 
 
 def _shapes(code: str) -> list[dict[str, Any]]:
@@ -280,7 +281,7 @@ def test_429_without_retry_after_waits_a_minute() -> None:
     assert info.value.retry_after_s == 60.0
 
 
-# -- balance (providers.md §3.2: key in the path) -------------------------------------------------
+# -- balance (docs/providers/voicepartner.md §3.2: key in the path) --------------------------------
 
 
 def test_check_balance_puts_the_key_in_the_path() -> None:

@@ -69,7 +69,7 @@ MESSAGES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
-# Each provider's documented success shapes (providers.md), as seeds for mutation.
+# Each provider's documented success shapes (docs/providers/), as seeds for mutation.
 ENVELOPES: list[dict[str, Any]] = [
     {"status": "success", "time": 0.1, "flags": {}, "data": {"message_id": "m", "messages": {}}},
     {"status": "error", "time": 0.1, "flags": {}, "data": {"code": "NoRecipients"}},
@@ -84,7 +84,7 @@ ENVELOPES: list[dict[str, Any]] = [
     {"success": True, "code": 200, "StatutResponse_List": [{"phoneNumber": "+33612345678"}]},
 ]
 
-# Each provider's success answer (providers.md), and the fields that mark it as a success.
+# Each provider's success answer (docs/providers/), and the fields that mark it as a success.
 SUCCESS: dict[str, tuple[int, dict[str, Any], frozenset[str]]] = {
     "postal": (
         200,

@@ -1,4 +1,5 @@
-"""check-config's egress notes: one rate budget per public source IP (providers.md §6)."""
+"""check-config's egress notes: one rate budget per public source IP
+(docs/providers/index.md §6)."""
 
 from __future__ import annotations
 

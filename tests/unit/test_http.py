@@ -76,7 +76,8 @@ def test_setup_failures_are_configuration_errors(cls: type[httpx.TransportError]
 
 
 def test_transport_error_text_never_reaches_the_message() -> None:
-    # httpx texts can carry URLs (and Voice Partner puts its key in URL paths, §3.1).
+    # httpx texts can carry URLs (and Voice Partner puts its key in URL paths,
+    # docs/providers/voicepartner.md §3.1).
     error = map_transport_error(
         httpx.ConnectError("http://h/v1/me/SECRETKEY123 refused"), provider="voicepartner"
     )

@@ -49,9 +49,9 @@ def test_size_is_measured_on_the_encoded_body() -> None:
 
 
 def biggest_valid_email() -> dict[str, Any]:
-    """At the contract's maxima (Mail Partner, §2.2): 500 named recipients, 10 MiB of
-    attachments (two of 5 MiB; 10 MiB in total is the model's cap), html and text of 2 M
-    characters that JSON escapes to 12 and 6 bytes each."""
+    """At the contract's maxima (Mail Partner, docs/providers/mailpartner.md §2.2): 500 named
+    recipients, 10 MiB of attachments (two of 5 MiB; 10 MiB in total is the model's cap), html and
+    text of 2 M characters that JSON escapes to 12 and 6 bytes each."""
     blob = base64.b64encode(b"\0" * (5 * 1024 * 1024 - 1)).decode()
     return {
         "provider": "mailpartner",

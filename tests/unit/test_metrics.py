@@ -71,7 +71,8 @@ def test_cost_is_money_with_a_currency_and_credits_without() -> None:
     assert _value(record.COST, provider="voicepartner", unit="credits", currency="") == (
         before_credits + 2
     )
-    # Mail Partner's cost is credits whatever currency it names (§2.2).
+    # Mail Partner's cost is credits whatever currency it names
+    # (docs/providers/mailpartner.md §2.2).
     before_mail = _value(record.COST, provider="mailpartner", unit="credits", currency="")
     record.cost("mailpartner", 1, "EUR")
     assert _value(record.COST, provider="mailpartner", unit="credits", currency="") == (
@@ -217,7 +218,7 @@ def test_balance_check_records_active_providers_within_five_a_minute() -> None:
     assert "postal" not in got
     for _ in range(10):
         ops.check_balances(drivers.__getitem__)
-    # 5 a minute per provider (§3.2), whatever the beat interval.
+    # 5 a minute per provider (docs/providers/voicepartner.md §3.2), whatever the beat interval.
     assert drivers["voicepartner"].calls == 5
     assert drivers["smspartner"].calls == 5
 

@@ -1,7 +1,7 @@
 """The message contract: what each channel and provider accepts, and how a refusal reads.
 
 Every refusal names the field (``InvalidMessage.errors[*].field``, also in ``str(exc)``) and says
-what is expected. Provider limits cite ``providers.md``.
+what is expected. Provider limits cite their page under ``docs/providers/``.
 """
 
 from __future__ import annotations

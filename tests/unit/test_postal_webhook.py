@@ -1,4 +1,5 @@
-"""Postal webhooks (providers.md §4.6): signature check and envelope parsing, hostile input too."""
+"""Postal webhooks (docs/providers/postal.md §4.6): signature check and envelope parsing, hostile
+input too."""
 
 from __future__ import annotations
 

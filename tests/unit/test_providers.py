@@ -103,7 +103,8 @@ def test_a_message_picks_its_bucket_from_its_provider() -> None:
 def test_only_sms_partner_tags_a_delivery_for_reconciliation() -> None:
     sms = driver_class("smspartner")
     tag = sms.reconcile_tag(MESSAGES["smspartner"], "0f9e-8d7c-6b5a-4938-2716-aaaa")
-    # <= 20 chars, lowercase, no spaces (providers.md §1.2.2), unique per delivery (§1.5).
+    # <= 20 chars, lowercase, no spaces (docs/providers/smspartner.md §1.2.2), unique per delivery
+    # (docs/providers/smspartner.md §1.5).
     assert tag == "dw0f9e8d7c6b5a493827"
     tagged = SmsMessage.model_validate({"to": ["+33612345678"], "text": "hi", "tag": "promo"})
     assert sms.reconcile_tag(tagged, "d-1") == "promo"
@@ -245,7 +246,8 @@ SHARED: dict[int, type[DeliveryError]] = {
     503: TransientError,
 }
 QUIRKS: dict[str, dict[int, type[DeliveryError]]] = {
-    # providers.md §4.1/§4.7: Postal answers 200 for everything; other statuses are a proxy.
+    # docs/providers/postal.md §4.1/§4.7: Postal answers 200 for everything; other statuses are a
+    # proxy.
     "postal": {
         301: TransientError,
         401: TransientError,
@@ -253,7 +255,8 @@ QUIRKS: dict[str, dict[int, type[DeliveryError]]] = {
         404: TransientError,
         418: TransientError,
     },
-    # §5.4: a 404 without a template message is the key or the domain.
+    # docs/providers/emailmassivo.md §5.4: a 404 without a template message is the key or the
+    # domain.
     "emailmassivo": {404: ConfigurationError},
 }
 
@@ -288,5 +291,6 @@ def test_429_waits_retry_after_else_the_providers_default(provider: str) -> None
         with pytest.raises(ThrottledError) as info:
             driver.send(MESSAGES[provider], CTX)
         waits.append(info.value.retry_after_s)
-    # Voice Partner: a minute (§3.2, [NOT FOUND] Retry-After); the others: 1 s.
+    # Voice Partner: a minute (docs/providers/voicepartner.md §3.2, [NOT FOUND] Retry-After); the
+    # others: 1 s.
     assert waits == [9.0, 60.0 if provider == "voicepartner" else 1.0]

@@ -1,8 +1,9 @@
 """Scheduled sends and cancellation, in one process: the ``send_at`` rules, the pipeline's hold
 step (held by us, or handed to the provider), the mover, the sweeper and ``cancel``.
 
-Providers are an ``httpx.MockTransport`` speaking the Partner envelope (providers.md §1.2.2,
-§1.2.6, §2.2) and Voice Partner's answers (§3.2).
+Providers are an ``httpx.MockTransport`` speaking the Partner envelope
+(docs/providers/smspartner.md §1.2.2, §1.2.6, docs/providers/mailpartner.md §2.2) and Voice
+Partner's answers (docs/providers/voicepartner.md §3.2).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def test_send_at_tolerance_and_horizon_name_the_field() -> None:
         assert exc.value.errors[0]["field"] == "send_at" and words in exc.value.errors[0]["message"]
 
 
-# -- provider formats (providers.md §1.2.2, §2.2, §3.2) -----------------------------------------
+# -- provider formats (docs/providers/smspartner.md §1.2.2, docs/providers/mailpartner.md §2.2,
+# docs/providers/voicepartner.md §3.2) -------------------------------------------------------------
 
 
 def test_partner_schedule_fields_are_paris_time_in_5_minute_steps() -> None:

@@ -1,8 +1,8 @@
 """The delivery pipeline: one attempt and what comes next, on the in-memory stores.
 
 The provider is an ``httpx.MockTransport`` speaking SMS Partner's documented envelope
-(providers.md §1.2.2); the stores are the in-memory stubs (``worker.stores``), whose contract
-suites (``tests/stores``) hold them to the Redis stores' behaviour, so these tests need no
+(docs/providers/smspartner.md §1.2.2); the stores are the in-memory stubs (``worker.stores``), whose
+contract suites (``tests/stores``) hold them to the Redis stores' behaviour, so these tests need no
 redis-server. Several runtimes built in one test share one set of stores, as workers share
 Redis. The service on the Redis stores is exercised end to end by ``tests/integration``.
 """
@@ -123,7 +123,7 @@ def test_sent_result_masks_recipients_and_records_ledger(calls: Calls, make_runt
     assert record is not None and record.state == "sent"
     assert calls.paths() == ["/smspartner/v1/send"]
     body = json.loads(calls.requests[0].content)
-    # A tag unique to the delivery, for reconciliation by tag (providers.md §1.5).
+    # A tag unique to the delivery, for reconciliation by tag (docs/providers/smspartner.md §1.5).
     assert body["tag"].startswith("dw") and len(body["tag"]) <= 20 and body["tag"].islower()
     assert rt.metrics.read("smspartner") == {"sent": 1}
 
@@ -348,7 +348,8 @@ def test_mask_ids_keeps_colliding_recipients_apart() -> None:
 
 def test_fields_the_provider_does_not_receive_are_reported(calls: Calls, make_runtime: Any) -> None:
     # The issue's rule: a field reaches the provider, is reported in the result, or is refused.
-    # Mail Partner has no sender field (providers.md §2.2 [NOT FOUND]): reported, not dropped.
+    # Mail Partner has no sender field (docs/providers/mailpartner.md §2.2 [NOT FOUND]): reported,
+    # not dropped.
     rt = make_runtime(
         calls,
         mailpartner_api_key="mail-secret-key",
@@ -376,7 +377,8 @@ def test_fields_the_provider_does_not_receive_are_reported(calls: Calls, make_ru
     assert [e["fields"] for e in events] == [["from"]]
 
 
-# -- EmailMassivo: recipient deferred, cc/bcc results, a lost answer (providers.md §5.4) -------
+# -- EmailMassivo: recipient deferred, cc/bcc results, a lost answer
+# (docs/providers/emailmassivo.md §5.4) ------------------------------------------------------------
 
 EM_MAIL = {
     "provider": "emailmassivo",
@@ -455,7 +457,8 @@ class DropFirst(Calls):
 
 def test_lost_answer_then_200_with_the_first_uuid_is_sent_once(make_runtime: Any) -> None:
     # The provider accepted, the answer was lost; the resend with the same key is answered 200
-    # with the first uuid (seed 003, §5.5): sent, not an unknown outcome until retries run out.
+    # with the first uuid (seed 003, docs/providers/emailmassivo.md §5.5): sent, not an unknown
+    # outcome until retries run out.
     calls = DropFirst()
     rt = em_runtime(make_runtime, calls, max_retries=2)
     first = em_run(rt)
@@ -467,7 +470,8 @@ def test_lost_answer_then_200_with_the_first_uuid_is_sent_once(make_runtime: Any
     assert len(calls.requests) == 2 and len(keys) == 1
 
 
-# -- marketing window: only this message waits (providers.md §1.2.2, §1.3 codes 22/23) -----------
+# -- marketing window: only this message waits (docs/providers/smspartner.md §1.2.2, §1.3 codes
+# 22/23) -------------------------------------------------------------------------------------------
 
 
 def refuse(code: int) -> httpx.Response:
@@ -511,7 +515,8 @@ def test_marketing_slot_after_the_deadline_expires_the_message(
     assert outcome.result.error is not None and "next allowed" in outcome.result.error.message
 
 
-# -- late acceptance: reconcile after a grace, before any resend (providers.md §1.5) -------------
+# -- late acceptance: reconcile after a grace, before any resend (docs/providers/smspartner.md §1.5)
+# -------------
 
 
 class Script(Calls):
@@ -617,7 +622,7 @@ def test_past_the_deadline_a_send_the_provider_never_saw_expires_without_a_resen
     assert calls.paths() == [SEND, BY_TAG]  # asked, not resent
 
 
-# -- the caller's tag (providers.md §1.2.2, §1.2.10, §1.5) ---------------------------------------
+# -- the caller's tag (docs/providers/smspartner.md §1.2.2, §1.2.10, §1.5) -------------------------
 
 
 def test_the_callers_tag_reaches_the_provider(calls: Calls, make_runtime: Any) -> None:

@@ -83,7 +83,8 @@ def test_sms_message_status_reads_statut_and_both_date_forms() -> None:
     )
     (failed,) = driver("smspartner", handler).lookup_status([SMS1])
     assert failed.type is EventType.FAILED and failed.reason == "Not delivered"
-    assert failed.occurred_at == pytest.approx(1423345186.0)  # Paris time (§1.2.7 [INFERRED])
+    # Paris time (docs/providers/smspartner.md §1.2.7 [INFERRED])
+    assert failed.occurred_at == pytest.approx(1423345186.0)
 
 
 def test_sms_multi_status_batches_and_matches_pairs() -> None:

@@ -1,4 +1,5 @@
-"""Callback hint URLs (SMS Partner urlDlr §1.4, Voice Partner notifyUrl §3.3) and their settings."""
+"""Callback hint URLs (SMS Partner urlDlr docs/providers/smspartner.md §1.4, Voice Partner notifyUrl
+docs/providers/voicepartner.md §3.3) and their settings."""
 
 from __future__ import annotations
 

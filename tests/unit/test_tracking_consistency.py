@@ -35,7 +35,8 @@ TOKEN = "Xk2PqT9rLm4sWz7B"  # Postal's per-message token: opens the message's pu
 SUBJECT = "Your order BODY-CANARY-991"
 NUMBER = "+33611223344"
 
-# providers.md §4.6: each message event carries the delivery status word (§4.4) it reports.
+# docs/providers/postal.md §4.6: each message event carries the delivery status word
+# (docs/providers/postal.md §4.4) it reports.
 EVENT_STATUS = {
     "MessageSent": "Sent",
     "MessageDelayed": "SoftFail",
@@ -128,7 +129,8 @@ def test_webhook_and_lookup_agree_on_each_postal_word(event: str, word: str) -> 
 
 
 def test_postal_sent_is_delivered_on_both_paths() -> None:
-    # Sent is the handover to the recipient's mail server ("250 OK"): delivered (§4.4, §4.6).
+    # Sent is the handover to the recipient's mail server ("250 OK"): delivered
+    # (docs/providers/postal.md §4.4, §4.6).
     assert webhook("MessageSent", 10.0).type is EventType.DELIVERED
     assert lookup("Sent", 10.0).type is EventType.DELIVERED
 

@@ -23,10 +23,11 @@ every guarantee of the single path holds per message:
 With scheduling and tracking:
 
 * a message sent with a provider-native schedule (``SendContext.schedule_at``) goes alone
-  through the single path, which sends the schedule fields (§1.2.2) and holds it as
-  ``scheduled`` until its time (``held_at_provider``); in a batch request it would leave
+  through the single path, which sends the schedule fields (docs/providers/smspartner.md §1.2.2) and
+  holds it as ``scheduled`` until its time (``held_at_provider``); in a batch request it would leave
   without them and be delivered at once. (``/bulk-send`` takes the schedule fields request
-  wide, §1.2.3, but only messages due at the very same minute could share a request.)
+  wide, docs/providers/smspartner.md §1.2.3, but only messages due at the very same minute could
+  share a request.)
 * a cancelled message (``cancelled`` is final) is answered from the ledger in ``prepare`` and
   never joins a request;
 * an accepted message is ``sent`` exactly as on the single path, which registers it for
@@ -318,7 +319,7 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
         # Answered: accepted (entries refused one by one settle per message), or refused as a
         # whole for one of its numbers (every entry ``None``: asked again per entry).
         # (The driver does not hand back the HTTP status: counted as the 2xx that SMS Partner
-        # answers such refusals with, success false, §1.3.)
+        # answers such refusals with, success false, docs/providers/smspartner.md §1.3.)
         whole_refusal = all(answer is None for answer in answers)
         gate.counted(200, "recipient_rejected" if whole_refusal else "accepted")
         chunk[0].d.rt.health.record_success(provider)

@@ -122,10 +122,10 @@ def lookup(d: Delivery, driver: Driver[Any], ctx: SendContext) -> SendOutcome | 
 
 def _tag_is_ambiguous(d: Delivery, ctx: SendContext) -> bool:
     """A tag the caller chose may be on another of our deliveries to the same number in the
-    window where its send could show up as ours (providers.md §1.2.10 lists no per-send text or
-    id; §1.5 wants a unique tag). Then the lookup proves nothing: resend, as for a provider
-    without a lookup (at most one extra copy), rather than report ``sent`` for a message that
-    may not have been."""
+    window where its send could show up as ours (docs/providers/smspartner.md §1.2.10 lists no
+    per-send text or id; docs/providers/smspartner.md §1.5 wants a unique tag). Then the lookup
+    proves nothing: resend, as for a provider without a lookup (at most one extra copy), rather than
+    report ``sent`` for a message that may not have been."""
     if not (ctx.tag_is_callers and ctx.tag and ctx.sent_after is not None):
         return False
     settings = d.settings

@@ -122,7 +122,8 @@ def _throttle(d: Delivery, failure: Failure) -> Outcome:
 
 
 def _defer(d: Delivery, failure: Failure) -> Outcome:
-    """Only this message waits for ``not_before`` (a legal sending window, §1.3 codes 22/23).
+    """Only this message waits for ``not_before`` (a legal sending window,
+    docs/providers/smspartner.md §1.3 codes 22/23).
 
     Not a throttle: the shared limiter is not held, so other messages keep flowing; no error
     retry is consumed.

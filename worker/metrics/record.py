@@ -146,8 +146,9 @@ def enqueue_to_accept(provider: str, channel: str, seconds: float) -> None:
 
 COST_IN_CREDITS = frozenset({"mailpartner"})
 """Providers whose send ``cost`` counts credits whatever currency comes with it: Mail Partner's
-documented answer is ``"cost":1,"currency":"EUR"`` for one mail (providers.md §2.2), one credit
-per mail [INFERRED]; counting it as 1 EUR a mail would overstate spend."""
+documented answer is ``"cost":1,"currency":"EUR"`` for one mail
+(docs/providers/mailpartner.md §2.2), one credit per mail [INFERRED]; counting it as 1 EUR a mail
+would overstate spend."""
 
 
 def cost(provider: str, amount: float | None, currency: str | None) -> None:

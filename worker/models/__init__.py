@@ -4,7 +4,7 @@ A message is validated at the producer (nothing invalid reaches Redis) and again
 This module holds the channel shapes; the rules a provider adds to them (recipient counts,
 attachment limits, tag formats) live in that provider's module and are applied by
 :func:`worker.providers.parse_message`, which callers use. Each rule cites the provider
-reference (``providers.md`` section) it comes from.
+reference (a section under ``docs/providers/``) it comes from.
 """
 
 from worker.models.common import MAX_BODY_CHARS, Channel, InvalidMessage

@@ -151,7 +151,7 @@ class EmailMessage(CommonFields):
     @model_validator(mode="after")
     def _content(self) -> Self:
         if self.raw is not None:
-            # providers.md §4.3: /send/raw takes rcpt_to, mail_from and data only (which
+            # docs/providers/postal.md §4.3: /send/raw takes rcpt_to, mail_from and data only (which
             # providers accept raw is theirs to say: Driver.accepts_raw).
             if self.from_ is None:
                 raise field_error("from", "is required (used as the envelope sender)")

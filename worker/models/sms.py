@@ -26,7 +26,7 @@ def sms_units(text: str) -> tuple[int, bool]:
 
     GSM-7: extension characters count 2. Otherwise UCS-2: UTF-16 code units, so an emoji
     counts 2. Either way a line break counts 2, since SMS Partner sends it as ``:br:``
-    (providers.md §1.2.2).
+    (docs/providers/smspartner.md §1.2.2).
     """
     text = text.replace("\r\n", "\n")
     breaks = text.count("\n")
@@ -36,7 +36,8 @@ def sms_units(text: str) -> tuple[int, bool]:
 
 
 def sms_segments(text: str) -> int:
-    """Billed SMS parts: 160/153 units in GSM-7, 70/67 otherwise (providers.md §1.2.2, §1.6)."""
+    """Billed SMS parts: 160/153 units in GSM-7, 70/67 otherwise
+    (docs/providers/smspartner.md §1.2.2, §1.6)."""
     units, gsm7 = sms_units(text)
     single, multi = (160, 153) if gsm7 else (70, 67)
     return 1 if units <= single else math.ceil(units / multi)
@@ -56,7 +57,8 @@ class SmsMessage(CommonFields):
         ]
         | None
     ) = None
-    """Alphanumeric sender, 3-11 characters (providers.md §1.2.2); omitted: a short code is used."""
+    """Alphanumeric sender, 3-11 characters (docs/providers/smspartner.md §1.2.2); omitted: a short
+    code is used."""
     tag: (
         Annotated[
             str,
@@ -66,12 +68,12 @@ class SmsMessage(CommonFields):
         ]
         | None
     ) = None
-    """providers.md §1.2.2: <= 20 characters, lowercase, no spaces."""
+    """docs/providers/smspartner.md §1.2.2: <= 20 characters, lowercase, no spaces."""
 
     @field_validator("text")
     @classmethod
     def _segments(cls, v: str) -> str:
-        # providers.md §1.3 code 52: at most 10 concatenated SMS.
+        # docs/providers/smspartner.md §1.3 code 52: at most 10 concatenated SMS.
         units, gsm7 = sms_units(v)
         parts = sms_segments(v)
         if parts > MAX_SMS_SEGMENTS:

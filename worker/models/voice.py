@@ -1,4 +1,5 @@
-"""The voice message: a text-to-speech call or a voicemail drop (providers.md §3.2)."""
+"""The voice message: a text-to-speech call or a voicemail drop
+(docs/providers/voicepartner.md §3.2)."""
 
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ class VoiceMessage(CommonFields):
         str, matching(r"[a-z]{2}(-[A-Za-z]{2})?", "must be a language code such as fr or en-GB")
     ] = "fr"
     sender: E164 | None = None
-    """Voicemail callback number, validated beforehand on the provider's site (§3.2)."""
+    """Voicemail callback number, validated beforehand on the provider's site
+    (docs/providers/voicepartner.md §3.2)."""
     notification_email: EmailStr | None = None
-    """Voicemail drops require an address for the campaign report (§3.2, emailForNotification)."""
+    """Voicemail drops require an address for the campaign report
+    (docs/providers/voicepartner.md §3.2, emailForNotification)."""
     speech_rate: Annotated[float, Field(ge=0.5, le=2.0)] | None = None
 
     @model_validator(mode="after")

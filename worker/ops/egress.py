@@ -1,8 +1,8 @@
 """What ``check-config`` says about the egress identity: the key of the shared rate budget.
 
-Providers limit per source IP (providers.md §6: EmailMassivo 10 requests/s per IP, Mail Partner
-2000/min per IP, Voice Partner per IP). delivery-worker draws every send from one Redis budget
-per provider and ``DELIVERY_EGRESS_IDENTITY``, so the rule for a fleet is: **one identity per
+Providers limit per source IP (docs/providers/index.md §6: EmailMassivo 10 requests/s per IP, Mail
+Partner 2000/min per IP, Voice Partner per IP). delivery-worker draws every send from one Redis
+budget per provider and ``DELIVERY_EGRESS_IDENTITY``, so the rule for a fleet is: **one identity per
 public source IP**. Two groups on different IPs with one identity are safe (they share one IP's
 budget, so they send at most the limit together); two groups whose requests leave through the
 same public IP under different identities each draw a full budget, and together overrun the

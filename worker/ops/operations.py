@@ -41,22 +41,24 @@ __all__ = ["Operations", "ProviderStatus"]
 log = structlog.get_logger("worker.ops.operations")
 
 BALANCE_UNITS: dict[str, BalanceUnit] = {
-    # providers.md §1.2.1: `credits.creditSms` is a count of SMS (the `currency` beside it is
-    # that of `credits.balance`, which the driver reads only when creditSms is missing).
+    # docs/providers/smspartner.md §1.2.1: `credits.creditSms` is a count of SMS (the `currency`
+    # beside it is that of `credits.balance`, which the driver reads only when creditSms is
+    # missing).
     "smspartner": "credits",
-    # §2.2 Credits: `credits.creditMail`, a count of mails.
+    # docs/providers/mailpartner.md §2.2 Credits: `credits.creditMail`, a count of mails.
     "mailpartner": "credits",
-    # §3.2 Credits: `{"credit": "19", "currency": "€"}`: an amount of money.
+    # docs/providers/voicepartner.md §3.2 Credits: `{"credit": "19", "currency": "€"}`: an amount of
+    # money.
     "voicepartner": "money",
 }
 """What each provider's ``/me`` figure counts; a provider not listed reads as credits."""
 
 BALANCE_CHECK_LIMITS = (Limit(5, 60.0),)
 """At most 5 balance checks a minute per provider and egress identity for the providers that
-are not paused: Voice Partner documents 5/min for ``/me`` (providers.md §3.2); SMS and Mail
-Partner document no limit for it [NOT FOUND], so the safe reading is the same 5/min (and
-Mail Partner's 2000 requests/min/IP, §2.3, is never approached). A paused provider's check is
-not limited here: its resume must not wait for a budget."""
+are not paused: Voice Partner documents 5/min for ``/me`` (docs/providers/voicepartner.md §3.2); SMS
+and Mail Partner document no limit for it [NOT FOUND], so the safe reading is the same 5/min (and
+Mail Partner's 2000 requests/min/IP, docs/providers/mailpartner.md §2.3, is never approached). A
+paused provider's check is not limited here: its resume must not wait for a budget."""
 
 
 @dataclass(frozen=True)

@@ -48,11 +48,11 @@ __all__ = [
 
 # One line per provider module, in reference order: routing tries a channel's providers in it.
 _MODULES: tuple[str, ...] = (
-    "postal",  # email, the operator's own server (providers.md §4)
-    "emailmassivo",  # email (§5)
-    "mailpartner",  # email (§2)
-    "smspartner",  # sms (§1)
-    "voicepartner",  # voice (§3)
+    "postal",  # email, the operator's own server (docs/providers/postal.md §4)
+    "emailmassivo",  # email (docs/providers/emailmassivo.md §5)
+    "mailpartner",  # email (docs/providers/mailpartner.md §2)
+    "smspartner",  # sms (docs/providers/smspartner.md §1)
+    "voicepartner",  # voice (docs/providers/voicepartner.md §3)
 )
 
 

@@ -62,8 +62,9 @@ def as_float(value: Any) -> float | None:
 
 
 def address_object(address: Address) -> dict[str, str]:
-    """``{"email", "name"}`` with the name only when known (EmailMassivo §5.2, Mail Partner
-    §2.2: whether an empty name is accepted is not stated)."""
+    """``{"email", "name"}`` with the name only when known (EmailMassivo
+    docs/providers/emailmassivo.md §5.2, Mail Partner docs/providers/mailpartner.md §2.2: whether an
+    empty name is accepted is not stated)."""
     out = {"email": address.email}
     if address.name:
         out["name"] = address.name

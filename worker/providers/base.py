@@ -6,7 +6,7 @@ documented rate limits (``rate_limits``, :meth:`Driver.limiter_bucket`), the mes
 to the channel shape (:meth:`Driver.check_message`) and, for reconciliation,
 :meth:`Driver.reconcile_tag` / :meth:`Driver.reconcile`. It fills in the wire format:
 :meth:`Driver.build_request` and :meth:`Driver.parse_response`, and overrides
-:meth:`Driver.classify_status` only for a documented quirk (citing providers.md).
+:meth:`Driver.classify_status` only for a documented quirk (citing its page under docs/providers/).
 
 :meth:`Driver.send` is the algorithm every delivery follows: check the rules → build the
 request → pass the delivery pipeline's gate (``worker.delivery.gate``: ledger ``sending``, then
@@ -148,7 +148,7 @@ class Driver(ABC, Generic[M]):
         """Raise :class:`RuleViolation` for a message this provider would refuse.
 
         The rules the provider adds to the channel shape (recipient counts, attachment limits,
-        tag formats), each citing providers.md. Checked at enqueue for the named provider (or to
+        tag formats), each citing docs/providers/. Checked at enqueue for the named provider (or to
         route), and again by :meth:`send`.
         """
 
@@ -247,7 +247,7 @@ class Driver(ABC, Generic[M]):
     ) -> DeliveryError:
         """The error for an answer whose HTTP status says it failed: the shared mapping.
 
-        A provider overrides this only for a documented quirk, citing providers.md, and falls
+        A provider overrides this only for a documented quirk, citing docs/providers/, and falls
         back to ``super()`` for everything else.
         """
         status = response.status_code

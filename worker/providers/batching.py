@@ -17,5 +17,6 @@ BATCH_TAG_PREFIX = "dwb"
 
 def new_batch_tag() -> str:
     """A tag unique to one batch request: ``dwb`` + 17 lowercase hex characters (20 in all, the
-    SMS Partner limit: <= 20 characters, lowercase, no spaces, providers.md §1.2.2)."""
+    SMS Partner limit: <= 20 characters, lowercase, no spaces,
+    docs/providers/smspartner.md §1.2.2)."""
     return BATCH_TAG_PREFIX + secrets.token_hex(9)[:17]

@@ -3,10 +3,11 @@
 A driver that declares ``status_lookup = True`` implements :meth:`Driver.lookup_status` for
 one group of :class:`LookupTarget` (one provider request, or two for Postal's details);
 :meth:`Driver.lookup_groups` says how targets are batched (SMS Partner: up to 500 per
-``/multi-status``, §1.2.8; Mail Partner: one ``/bulk-status`` per send, §2.2; Postal: one
-message per request, §4.4). A lookup answer is read defensively: a request-level problem is a
-classified :class:`~worker.errors.DeliveryError`; an item that cannot be read becomes an
-``unknown`` event or is skipped, never an exception.
+``/multi-status``, docs/providers/smspartner.md §1.2.8; Mail Partner: one ``/bulk-status`` per send,
+docs/providers/mailpartner.md §2.2; Postal: one message per request, docs/providers/postal.md §4.4).
+A lookup answer is read defensively: a request-level problem is a classified
+:class:`~worker.errors.DeliveryError`; an item that cannot be read becomes an ``unknown`` event or
+is skipped, never an exception.
 """
 
 from __future__ import annotations

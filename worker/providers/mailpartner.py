@@ -1,9 +1,9 @@
-"""Mail Partner: ``POST /send`` on the Partner platform; providers.md §2.
+"""Mail Partner: ``POST /send`` on the Partner platform; docs/providers/mailpartner.md §2.
 
 Same envelope as SMS Partner (``success``/``code``, ``apiKey`` in the body), see
 :mod:`worker.providers.partner`. Differences that matter here: the body is ``htmlContent`` only,
 recipients are nested under ``params.to``, attachment file names go without their extension,
-and the success id is ``messageId`` in camelCase (§2.2).
+and the success id is ``messageId`` in camelCase (docs/providers/mailpartner.md §2.2).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = ["MailPartnerDriver", "text_to_html", "unsent_fields"]
 
-# providers.md §2.3 "Email sending" codes, on top of the shared ones (1/3/10/20/30/40/96
-# configuration, 11 account, 14 unsubscribed, 500 queue problem). Classification [INFERRED]:
-# 429/500 transient, 11 account, 14 a suppression, the rest permanent.
+# docs/providers/mailpartner.md §2.3 "Email sending" codes, on top of the shared ones
+# (1/3/10/20/30/40/96 configuration, 11 account, 14 unsubscribed, 500 queue problem). Classification
+# [INFERRED]: 429/500 transient, 11 account, 14 a suppression, the rest permanent.
 MAIL_CODES: dict[int, type[DeliveryError]] = {
     **COMMON_CODES,
     2: PermanentError,  # mail content required
@@ -58,17 +58,18 @@ MAIL_CODES: dict[int, type[DeliveryError]] = {
 }
 
 TAG = re.compile(r"[a-z0-9_\-]{3,20}")
-"""§2.2: tags are lowercase, no spaces, 3-20 characters."""
+"""docs/providers/mailpartner.md §2.2: tags are lowercase, no spaces, 3-20 characters."""
 MAX_ATTACHMENTS = 3
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
-"""§2.2: at most 3 attachments of 5 MB each."""
+"""docs/providers/mailpartner.md §2.2: at most 3 attachments of 5 MB each."""
 
 
 def text_to_html(text: str) -> str:
     """A plain-text body as HTML: escaped, line breaks kept as ``<br>``.
 
-    ``htmlContent`` is the only documented body field and it is required (§2.2), so a text-only
-    message must become HTML; escaping keeps ``<``/``&`` in the text from being read as markup.
+    ``htmlContent`` is the only documented body field and it is required
+    (docs/providers/mailpartner.md §2.2), so a text-only message must become HTML; escaping keeps
+    ``<``/``&`` in the text from being read as markup.
     """
     normalised = text.replace("\r\n", "\n").replace("\r", "\n")
     return html.escape(normalised).replace("\n", "<br>\n")
@@ -76,29 +77,33 @@ def text_to_html(text: str) -> str:
 
 class MailPartnerDriver(PartnerDriver[EmailMessage]):
     name = "mailpartner"
-    # No batching (Driver.batch_limit stays 0), though /send takes up to 500 recipients (§2.2):
-    # one subject and body for all (``variables`` are per request), one ``messageId`` and no
-    # per-recipient answer, so one refused address (codes 14, 19) refuses or hides the others;
-    # whether each recipient sees the others is not documented; and there is no status by tag
-    # (§2.4 [NOT FOUND]), so a lost answer could not be reconciled per message.
+    # No batching (Driver.batch_limit stays 0), though /send takes up to 500 recipients
+    # (docs/providers/mailpartner.md §2.2): one subject and body for all (``variables`` are per
+    # request), one ``messageId`` and no per-recipient answer, so one refused address (codes 14, 19)
+    # refuses or hides the others; whether each recipient sees the others is not documented; and
+    # there is no status by tag (docs/providers/mailpartner.md §2.4 [NOT FOUND]), so a lost answer
+    # could not be reconciled per message.
     channel = "email"
     default_base_url = "https://api.mailpartner.fr/v1"
     codes: ClassVar = MAIL_CODES
     balance_field = "creditMail"
-    # §2.2: 2000 requests/minute/IP, code 429 beyond.
+    # docs/providers/mailpartner.md §2.2: 2000 requests/minute/IP, code 429 beyond.
     rate_limits = {"send": (Limit(2000, 60.0),)}
-    # §2.2 "Status by message": GET /bulk-status?messageId= answers every recipient of one send;
-    # the 2000/min of §2.3 is per IP, so lookups draw on the send bucket.
+    # docs/providers/mailpartner.md §2.2 "Status by message": GET /bulk-status?messageId= answers
+    # every recipient of one send; the 2000/min of docs/providers/mailpartner.md §2.3 is per IP, so
+    # lookups draw on the send bucket.
     status_lookup = True
 
     @classmethod
     def lookup_groups(cls, targets: list[LookupTarget]) -> list[list[LookupTarget]]:
-        return lookup_groups_by_message(targets)  # one request per send (§2.2)
+        # one request per send (docs/providers/mailpartner.md §2.2)
+        return lookup_groups_by_message(targets)
 
     def lookup_status(
         self, targets: list[LookupTarget], gate: Gate | None = None
     ) -> list[DeliveryEvent]:
-        """``GET /bulk-status?messageId=`` (§2.2): every recipient of one send."""
+        """``GET /bulk-status?messageId=`` (docs/providers/mailpartner.md §2.2): every recipient of
+        one send."""
         if not targets:
             return []
         if gate is not None:
@@ -119,7 +124,7 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
 
     @classmethod
     def check_message(cls, message: EmailMessage) -> None:
-        # providers.md §2.2: params.to <= 500 (the channel shape); no documented
+        # docs/providers/mailpartner.md §2.2: params.to <= 500 (the channel shape); no documented
         # cc/bcc/headers/templates.
         for name in ("cc", "bcc"):
             if getattr(message, name):
@@ -146,14 +151,15 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
         payload: dict[str, Any] = {
             "subject": message.subject,
             "htmlContent": body,
-            # §2.2: the field table says `to`, but every example nests it under `params`.
+            # docs/providers/mailpartner.md §2.2: the field table says `to`, but every example nests
+            # it under `params`.
             "params": {"to": [address_object(a) for a in message.to]},
         }
-        # The sender is not a documented request field (§2.2, [NOT FOUND]): it is most likely
-        # configured on the account, so message.from_ is not sent, and neither is preview_text
-        # (no field). Refusing them at enqueue would stop routing email to Mail Partner, so the
-        # result reports each as a warning instead (unsent_fields). Custom headers are refused
-        # at enqueue (check_message).
+        # The sender is not a documented request field (docs/providers/mailpartner.md §2.2, [NOT
+        # FOUND]): it is most likely configured on the account, so message.from_ is not sent, and
+        # neither is preview_text (no field). Refusing them at enqueue would stop routing email to
+        # Mail Partner, so the result reports each as a warning instead (unsent_fields). Custom
+        # headers are refused at enqueue (check_message).
         if message.reply_to is not None:
             payload["replyTo"] = address_object(message.reply_to)
         if message.attachments:
@@ -161,22 +167,25 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
                 {
                     "base64Content": a.content,
                     "contentType": a.content_type,
-                    # §2.2: "the filename is given without extension".
+                    # docs/providers/mailpartner.md §2.2: "the filename is given without extension".
                     "filename": posixpath.splitext(a.filename)[0],
                 }
                 for a in message.attachments
             ]
-        # check_message refuses a tag outside TAG (the whole message would be refused, §2.2).
+        # check_message refuses a tag outside TAG (the whole message would be refused,
+        # docs/providers/mailpartner.md §2.2).
         if message.tag is not None:
             payload["tag"] = message.tag
-        payload.update(self.scheduled_payload(ctx))  # §2.2 schedule fields (worker.scheduling)
+        # docs/providers/mailpartner.md §2.2 schedule fields (worker.scheduling)
+        payload.update(self.scheduled_payload(ctx))
         return self.post_json("send", self.auth_body(payload))
 
     def parse_response(
         self, response: httpx.Response, message: EmailMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self.envelope(response)
-        # §2.2: camelCase `messageId` (unlike SMS Partner's `message_id`); accept either.
+        # docs/providers/mailpartner.md §2.2: camelCase `messageId` (unlike SMS Partner's
+        # `message_id`); accept either.
         return self.one_id_outcome(
             response,
             data,
@@ -187,8 +196,9 @@ class MailPartnerDriver(PartnerDriver[EmailMessage]):
         )
 
 
-# §2.2: the status values are [NOT FOUND]; S-MIS assumes these [READ-3P]. Anything else is
-# ``unknown`` (kept in the history, never applied), so a new word cannot fail a delivery.
+# docs/providers/mailpartner.md §2.2: the status values are [NOT FOUND]; S-MIS assumes these
+# [READ-3P]. Anything else is ``unknown`` (kept in the history, never applied), so a new word cannot
+# fail a delivery.
 MAIL_STATUSES: dict[str, EventType] = {
     "delivered": EventType.DELIVERED,
     "bounced": EventType.BOUNCED,
@@ -196,10 +206,12 @@ MAIL_STATUSES: dict[str, EventType] = {
     "clicked": EventType.CLICKED,
     "failed": EventType.FAILED,
     "pending": EventType.QUEUED,
-    "cancelled": EventType.FAILED,  # a cancelled scheduled mail (§2.2 message-cancel)
+    # a cancelled scheduled mail (docs/providers/mailpartner.md §2.2 message-cancel)
+    "cancelled": EventType.FAILED,
 }
 MAX_STATUS_ITEMS = 1000
-"""A send has at most 500 recipients (§2.2); a longer list is read no further."""
+"""A send has at most 500 recipients (docs/providers/mailpartner.md §2.2); a longer list is read no
+further."""
 
 
 def lookup_groups_by_message(targets: list[LookupTarget]) -> list[list[LookupTarget]]:
@@ -244,7 +256,7 @@ def parse_bulk_status(
 
 
 def _date(value: Any) -> float | None:
-    """``date`` is an epoch-seconds string in the example (§2.2)."""
+    """``date`` is an epoch-seconds string in the example (docs/providers/mailpartner.md §2.2)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -262,16 +274,19 @@ def unsent_fields(message: EmailMessage) -> tuple[str, ...]:
     warnings: list[str] = []
     if message.from_ is not None:
         warnings.append(
-            "from: not sent; Mail Partner has no documented sender field (providers.md §2.2), "
-            "the sender configured on the account is used"
+            "from: not sent; Mail Partner has no documented sender field "
+            "(docs/providers/mailpartner.md §2.2), the sender configured on the account is used"
         )
     if message.html and message.text:
         warnings.append(
-            "text: not sent; Mail Partner takes one HTML body (htmlContent, §2.2) and html "
-            "was given"
+            "text: not sent; Mail Partner takes one HTML body "
+            "(htmlContent, docs/providers/mailpartner.md §2.2) and html was given"
         )
     if message.preview_text is not None:
-        warnings.append("preview_text: not sent; Mail Partner has no preheader field (§2.2)")
+        warnings.append(
+            "preview_text: not sent; Mail Partner has no preheader field "
+            "(docs/providers/mailpartner.md §2.2)"
+        )
     return tuple(warnings)
 
 

@@ -1,10 +1,10 @@
 """The envelope shared by SMS Partner and Mail Partner (same company, same platform).
 
 Every answer is JSON with ``success`` (bool) and ``code`` (int, 200 = OK), whatever the HTTP
-status (providers.md §1.1: the validation fixture is served with HTTP 400). The ``apiKey`` goes
-in the JSON body for POST and in the query string for GET. Validation details come as a list
-under ``error`` (Go client, Ruby gem, FR docs) or ``errors`` (EN draft): both are accepted
-(§1.2.2, [INFERRED]).
+status (docs/providers/smspartner.md §1.1: the validation fixture is served with HTTP 400). The
+``apiKey`` goes in the JSON body for POST and in the query string for GET. Validation details come
+as a list under ``error`` (Go client, Ruby gem, FR docs) or ``errors`` (EN draft): both are accepted
+(docs/providers/smspartner.md §1.2.2, [INFERRED]).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ __all__ = ["PROVIDER_TZ", "PartnerDriver", "next_marketing_slot"]
 
 T = TypeVar("T", bound=DeliveryError)
 
-# Codes with the same meaning on both platforms (providers.md §1.3 and §2.3).
+# Codes with the same meaning on both platforms (docs/providers/smspartner.md §1.3 and
+# docs/providers/mailpartner.md §2.3).
 COMMON_CODES: dict[int, type[DeliveryError]] = {
     1: ConfigurationError,  # API key required
     3: ConfigurationError,  # API key required (mail)
@@ -114,19 +115,22 @@ class PartnerDriver(Driver[M]):
             message, provider=self.name, status_code=response.status_code, provider_code=code
         )
 
-    # -- native scheduling and cancel (§1.2.2, §1.2.6, §2.2) ------------------------------------
+    # -- native scheduling and cancel (docs/providers/smspartner.md §1.2.2, §1.2.6,
+    # docs/providers/mailpartner.md §2.2) ----------------------------------------------------------
 
-    # A send can be cancelled until 5 minutes before its time (§1.2.6, §2.2 code 6). A send_at
-    # nearer than 6 minutes is held by the worker instead, which can cancel it to the last
-    # moment; further ahead it is handed over at once and survives our own downtime.
+    # A send can be cancelled until 5 minutes before its time (docs/providers/smspartner.md §1.2.6,
+    # docs/providers/mailpartner.md §2.2 code 6). A send_at nearer than 6 minutes is held by the
+    # worker instead, which can cancel it to the last moment; further ahead it is handed over at
+    # once and survives our own downtime.
     native_schedule_min_lead_s: ClassVar[float | None] = 6 * 60.0
 
     @classmethod
     def native_schedule_fits(cls, when: datetime) -> bool:
         """``scheduledDeliveryDate`` (dd/mm/YYYY) + ``time`` (hour) + ``minute`` (0-55, steps of
-        5) express whole 5-minute marks only (§1.2.2, §2.2), in Paris time (PROVIDER_TZ,
-        [INFERRED]). A local time that occurs twice (the autumn DST change) is ambiguous on the
-        wire, so such a message is held by the worker instead (the safe side)."""
+        5) express whole 5-minute marks only (docs/providers/smspartner.md §1.2.2,
+        docs/providers/mailpartner.md §2.2), in Paris time (PROVIDER_TZ, [INFERRED]). A local time
+        that occurs twice (the autumn DST change) is ambiguous on the wire, so such a message is
+        held by the worker instead (the safe side)."""
         local = when.astimezone(PROVIDER_TZ)
         if local.second or local.microsecond or local.minute % 5:
             return False
@@ -144,9 +148,10 @@ class PartnerDriver(Driver[M]):
         }
 
     def cancel_scheduled(self, provider_message_id: str) -> CancelAtProvider:
-        """``GET /message-cancel?apiKey=…&messageId=…`` (§1.2.6, §2.2): code 200 cancelled, 5
-        already cancelled, 6 less than 5 minutes before the time, 7 already sent, 4 not
-        found; anything else (a key problem, a transport error) is an error to report."""
+        """``GET /message-cancel?apiKey=…&messageId=…`` (docs/providers/smspartner.md §1.2.6,
+        docs/providers/mailpartner.md §2.2): code 200 cancelled, 5 already cancelled, 6 less than 5
+        minutes before the time, 7 already sent, 4 not found; anything else (a key problem, a
+        transport error) is an error to report."""
         try:
             request = self.get_request("message-cancel", messageId=provider_message_id)
             response = self.transmit(request)
@@ -159,7 +164,8 @@ class PartnerDriver(Driver[M]):
         return CancelAtProvider("cancelled")
 
     def check_balance(self) -> Balance | None:
-        """``GET /me?apiKey=…`` (providers.md §1.2.1, §2.2)."""
+        """``GET /me?apiKey=…`` (docs/providers/smspartner.md §1.2.1,
+        docs/providers/mailpartner.md §2.2)."""
         response = self.transmit(self.get_request("me"))
         data = self.envelope(response)
         credits = data.get("credits")
@@ -178,22 +184,24 @@ class PartnerDriver(Driver[M]):
 
 
 # [INFERRED] The platform is French (api.smspartner.fr, api.mailpartner.fr) and its docs state the
-# legal window and the schedule fields without a time zone (providers.md §1.2.2, §2.2): both are
-# read in Paris time, the zone the same company's Voice Partner API names in its own answers
-# (§3.2, audio files' created_at: "timezone":"Europe/Paris").
+# legal window and the schedule fields without a time zone (docs/providers/smspartner.md §1.2.2,
+# docs/providers/mailpartner.md §2.2): both are read in Paris time, the zone the same company's
+# Voice Partner API names in its own answers (docs/providers/voicepartner.md §3.2, audio files'
+# created_at: "timezone":"Europe/Paris").
 PROVIDER_TZ = ZoneInfo("Europe/Paris")
 MARKETING_WINDOW_OPENS_HOUR = 8
-"""The legal window for marketing messages opens at 08:00 (providers.md §1.2.2, §1.3 code 22)."""
+"""The legal window for marketing messages opens at 08:00 (docs/providers/smspartner.md §1.2.2, §1.3
+code 22)."""
 
 
 def next_marketing_slot(now: float, code: int) -> float:
     """When a marketing message refused with code 22 or 23 may be sent again (epoch seconds).
 
-    Marketing sends are "held until the next business day at 08:00" (providers.md §1.2.2).
-    Code 22 (outside the hours): the next 08:00, Paris time. Code 23 (Sunday or a public
-    holiday): 08:00 on the next day that is not a Sunday. Sundays are never allowed, so code 22
-    skips them too. Public holidays are unknown here: if the provider refuses again on one, the
-    next slot is simply computed again from that refusal.
+    Marketing sends are "held until the next business day at 08:00"
+    (docs/providers/smspartner.md §1.2.2). Code 22 (outside the hours): the next 08:00, Paris time.
+    Code 23 (Sunday or a public holiday): 08:00 on the next day that is not a Sunday. Sundays are
+    never allowed, so code 22 skips them too. Public holidays are unknown here: if the provider
+    refuses again on one, the next slot is simply computed again from that refusal.
     """
     local = datetime.fromtimestamp(now, PROVIDER_TZ)
     day = local.date()

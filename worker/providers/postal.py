@@ -1,9 +1,10 @@
-"""Postal (self-hosted): the legacy v1 HTTP API; providers.md §4.
+"""Postal (self-hosted): the legacy v1 HTTP API; docs/providers/postal.md §4.
 
 Postal answers HTTP 200 for every outcome and puts it in the JSON ``status`` field
 (``success`` | ``error`` | ``parameter-error``), so the body decides, never the status code
-(§4.1). Postal has no idempotency and no search endpoint (§4.7): an unknown outcome cannot be
-reconciled, only traced through the ``X-Delivery-Id`` header this driver adds.
+(docs/providers/postal.md §4.1). Postal has no idempotency and no search endpoint
+(docs/providers/postal.md §4.7): an unknown outcome cannot be reconciled, only traced through the
+``X-Delivery-Id`` header this driver adds.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ from worker.tracking.events import DeliveryEvent, EventType
 __all__ = ["PostalDriver"]
 
 DELIVERY_ID_HEADER = "X-Delivery-Id"
-PREVIEW_TEXT_WARNING = "preview_text: not sent; Postal has no preheader field (providers.md §4.2)"
+PREVIEW_TEXT_WARNING = (
+    "preview_text: not sent; Postal has no preheader field (docs/providers/postal.md §4.2)"
+)
 
-# providers.md §4.1 (authentication errors) and §4.7 (classification, [INFERRED]).
+# docs/providers/postal.md §4.1 (authentication errors) and docs/providers/postal.md §4.7
+# (classification, [INFERRED]).
 CONFIG_CODES = frozenset({"InvalidServerAPIKey", "AccessDenied", "ServerSuspended"})
-# providers.md §4.2 validation codes and §4.4 MessageNotFound; §4.7 classes them permanent.
-# Codes not listed here are permanent too (see _error).
+# docs/providers/postal.md §4.2 validation codes and docs/providers/postal.md §4.4 MessageNotFound;
+# docs/providers/postal.md §4.7 classes them permanent. Codes not listed here are permanent too (see
+# _error).
 PERMANENT_CODES = frozenset(
     {
         "NoRecipients",
@@ -53,7 +58,8 @@ PERMANENT_CODES = frozenset(
 
 
 def _mailbox(address: Address) -> str:
-    """``"Name" <addr>`` or the bare address (§4.2: entries may be ``Name <addr>``).
+    """``"Name" <addr>`` or the bare address (docs/providers/postal.md §4.2: entries may be ``Name
+    <addr>``).
 
     ``formataddr`` quotes names with commas or specials and RFC 2047-encodes non-ASCII names,
     so one entry can never be read as two addresses when Postal joins them into a header.
@@ -66,17 +72,19 @@ def _mailbox(address: Address) -> str:
 class PostalDriver(Driver[EmailMessage]):
     name = "postal"
     channel = "email"
-    default_base_url = None  # the operator's own server (design.md, "public contract")
-    accepts_raw = True  # /send/raw (§4.3)
-    # The operator's own server: no API rate limit (providers.md "Rate limits" table).
+    default_base_url = None  # the operator's own server (docs/design.md §2.3)
+    accepts_raw = True  # /send/raw (docs/providers/postal.md §4.3)
+    # The operator's own server: no API rate limit (docs/providers/index.md §6).
     rate_limits = {"send": ()}
-    status_lookup = True  # messages/message and messages/deliveries (§4.4)
+    status_lookup = True  # messages/message and messages/deliveries (docs/providers/postal.md §4.4)
 
     @classmethod
     def check_message(cls, message: EmailMessage) -> None:
         if message.raw is not None:
-            return  # /send/raw (§4.3) takes rcpt_to, mail_from and data only: no field limits
-        # providers.md §4.2: 50 each for To, CC and BCC; from is required; no templates.
+            # /send/raw (docs/providers/postal.md §4.3) takes rcpt_to, mail_from and data only: no
+            # field limits
+            return
+        # docs/providers/postal.md §4.2: 50 each for To, CC and BCC; from is required; no templates.
         for name in ("to", "cc", "bcc"):
             if len(getattr(message, name)) > 50:
                 raise RuleViolation(name, "postal accepts at most 50 addresses per field")
@@ -105,13 +113,14 @@ class PostalDriver(Driver[EmailMessage]):
             payload["plain_body"] = message.text
         if message.html is not None:
             payload["html_body"] = message.html
-        # preview_text is not sent: Postal has no preheader field (§4.2 parameter table). The
-        # result reports it (PREVIEW_TEXT_WARNING) rather than refusing it, which would stop
-        # routing such messages to Postal.
+        # preview_text is not sent: Postal has no preheader field (docs/providers/postal.md §4.2
+        # parameter table). The result reports it (PREVIEW_TEXT_WARNING) rather than refusing it,
+        # which would stop routing such messages to Postal.
         if message.tag is not None:
             payload["tag"] = message.tag
-        # Postal stores custom headers (§4.2 "headers"); §4.7 suggests X-Delivery-Id so a send
-        # whose answer was lost can be traced by hand. Ours replaces any caller-supplied copy.
+        # Postal stores custom headers (docs/providers/postal.md §4.2 "headers");
+        # docs/providers/postal.md §4.7 suggests X-Delivery-Id so a send whose answer was lost can
+        # be traced by hand. Ours replaces any caller-supplied copy.
         custom = {
             k: v for k, v in message.headers.items() if k.lower() != DELIVERY_ID_HEADER.lower()
         }
@@ -125,7 +134,8 @@ class PostalDriver(Driver[EmailMessage]):
         return self.post_json("api/v1/send/message", payload, headers)
 
     def _raw_payload(self, message: EmailMessage) -> dict[str, Any]:
-        """``/send/raw`` (§4.3): envelope sender, every recipient, and the base64 message.
+        """``/send/raw`` (docs/providers/postal.md §4.3): envelope sender, every recipient, and the
+        base64 message.
 
         The raw message carries its own headers, so no X-Delivery-Id can be added here.
         """
@@ -167,8 +177,9 @@ class PostalDriver(Driver[EmailMessage]):
     def classify_status(
         self, response: httpx.Response, message: str, *, provider_code: str | None = None
     ) -> DeliveryError:
-        # Postal itself always answers 200 (§4.1): any other status comes from a proxy or a
-        # crash and is transient (§4.7 [INFERRED]), except a 429, throttled as everywhere.
+        # Postal itself always answers 200 (docs/providers/postal.md §4.1): any other status comes
+        # from a proxy or a crash and is transient (docs/providers/postal.md §4.7 [INFERRED]),
+        # except a 429, throttled as everywhere.
         if response.status_code == 429:
             return super().classify_status(response, message, provider_code=provider_code)
         return TransientError(
@@ -192,7 +203,8 @@ class PostalDriver(Driver[EmailMessage]):
                 if message_id is not None:
                     ids[str(address)] = message_id
         if not ids:
-            # "success" without per-recipient ids (§4.2): accepted, but nothing to record.
+            # "success" without per-recipient ids (docs/providers/postal.md §4.2): accepted, but
+            # nothing to record.
             raise UnknownOutcomeError(
                 "postal success answer has no message ids",
                 provider=self.name,
@@ -205,10 +217,11 @@ class PostalDriver(Driver[EmailMessage]):
         code = data.get("code")
         # DeliveryError scrubs its message but not provider_code: scrub it here.
         code_text = scrub(code[:100]) if isinstance(code, str) and code else "unknown"
-        # ServerSuspended has no message (§4.1); the code alone is enough then.
+        # ServerSuspended has no message (docs/providers/postal.md §4.1); the code alone is enough
+        # then.
         text = short_text(data.get("message")) or code_text
         # PERMANENT_CODES and any unknown code are permanent: resending an unexplained refusal
-        # would only repeat it (§4.7).
+        # would only repeat it (docs/providers/postal.md §4.7).
         error_type: type[DeliveryError] = (
             ConfigurationError if code_text in CONFIG_CODES else PermanentError
         )
@@ -219,14 +232,15 @@ class PostalDriver(Driver[EmailMessage]):
             provider_code=code_text,
         )
 
-    # -- status lookup (§4.4) -------------------------------------------------------------------
+    # -- status lookup (docs/providers/postal.md §4.4) ---------------------------------------------
 
     def lookup_status(
         self, targets: list[LookupTarget], gate: Gate | None = None
     ) -> list[DeliveryEvent]:
         """``messages/message`` with the ``status`` expansion for each target (one per request,
-        §4.4); for a status that is not a plain success, ``messages/deliveries`` too, whose last
-        entry's ``details`` is the reason (a hold's reason, a bounce's SMTP answer)."""
+        docs/providers/postal.md §4.4); for a status that is not a plain success,
+        ``messages/deliveries`` too, whose last entry's ``details`` is the reason (a hold's reason,
+        a bounce's SMTP answer)."""
         events: list[DeliveryEvent] = []
         for target in targets:
             message_id = _lookup_id(target.provider_message_id)
@@ -308,10 +322,11 @@ class PostalDriver(Driver[EmailMessage]):
         )
 
 
-# §4.4 message statuses; the mapping follows django-anymail's for the webhook words (§4.6):
-# Sent → delivered (handed to the recipient's server), SoftFail → deferred, HardFail → failed,
-# Held → held. ``Error`` is an internal error Postal retries (deferred); ``HoldCancelled``
-# means it will never be sent (failed). Anything else is ``unknown``.
+# docs/providers/postal.md §4.4 message statuses; the mapping follows django-anymail's for the
+# webhook words (docs/providers/postal.md §4.6): Sent → delivered (handed to the recipient's
+# server), SoftFail → deferred, HardFail → failed, Held → held. ``Error`` is an internal error
+# Postal retries (deferred); ``HoldCancelled`` means it will never be sent (failed). Anything else
+# is ``unknown``.
 POSTAL_STATUSES: dict[str, EventType] = {
     "Pending": EventType.QUEUED,
     "Sent": EventType.DELIVERED,
@@ -338,7 +353,8 @@ def last_delivery(data: Any) -> tuple[str | None, Any]:
 
 
 def _lookup_id(value: str) -> int | None:
-    """Postal's per-recipient message ids are integers (§4.2 ``messages[rcpt].id``)."""
+    """Postal's per-recipient message ids are integers (docs/providers/postal.md §4.2
+    ``messages[rcpt].id``)."""
     return int(value) if value.isdigit() and len(value) < 19 else None
 
 

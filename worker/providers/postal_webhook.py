@@ -1,4 +1,5 @@
-"""Postal's webhooks (providers.md §4.6): signature check and envelope → :class:`DeliveryEvent`.
+"""Postal's webhooks (docs/providers/postal.md §4.6): signature check and envelope →
+:class:`DeliveryEvent`.
 
 The Postal provider's push side, beside its driver (``worker.providers.postal``): the receiver
 (``worker.receiver``) calls :func:`verify_signature` on the raw body, then
@@ -52,9 +53,9 @@ SIGNATURE_HEADER = "x-postal-signature-256"
 SIGNATURE_HEADER_SHA1 = "x-postal-signature"
 _MAX_SIGNATURE_CHARS = 2048  # base64 of a 8192-bit RSA signature is 1368 characters
 
-# §4.6 events → our event types. MessageSent is Postal's delivery to the recipient's mail
-# server ("250 OK" in ``output``): delivered, as P-ANY maps it. Held is our own type (P-ANY
-# has none and says queued). DomainDNSError, SendLimitApproaching/Exceeded are about the
+# docs/providers/postal.md §4.6 events → our event types. MessageSent is Postal's delivery to the
+# recipient's mail server ("250 OK" in ``output``): delivered, as P-ANY maps it. Held is our own
+# type (P-ANY has none and says queued). DomainDNSError, SendLimitApproaching/Exceeded are about the
 # server, not a message: acknowledged and ignored.
 EVENT_TYPES: dict[str, EventType] = {
     "MessageSent": EventType.DELIVERED,
@@ -130,7 +131,8 @@ def verify_signature(
     """
     for name, algorithm in (
         (SIGNATURE_HEADER, hashes.SHA256()),
-        (SIGNATURE_HEADER_SHA1, hashes.SHA1()),  # noqa: S303 - Postal's legacy header (§4.6)
+        # Postal's legacy header (docs/providers/postal.md §4.6)
+        (SIGNATURE_HEADER_SHA1, hashes.SHA1()),  # noqa: S303
     ):
         value = headers.get(name)
         if value is None:
@@ -186,7 +188,8 @@ def _masked_address(value: Any) -> str | None:
 
 
 def _message_id(message: dict[str, Any]) -> str:
-    """Postal's per-recipient message id (an integer, §4.2), as the driver records it."""
+    """Postal's per-recipient message id (an integer, docs/providers/postal.md §4.2), as the driver
+    records it."""
     value = message.get("id")
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise WebhookRejected(400, "message.id missing")

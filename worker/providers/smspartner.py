@@ -1,4 +1,4 @@
-"""SMS Partner: ``POST /send`` (one text, many numbers); providers.md §1."""
+"""SMS Partner: ``POST /send`` (one text, many numbers); docs/providers/smspartner.md §1."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = ["SmsPartnerDriver"]
 
-# providers.md §1.3, "SMS-send codes"; the class column there is [INFERRED].
+# docs/providers/smspartner.md §1.3, "SMS-send codes"; the class column there is [INFERRED].
 SMS_CODES: dict[int, type[DeliveryError]] = {
     **COMMON_CODES,
     2: PermanentError,  # phoneNumbers required
@@ -32,9 +32,9 @@ SMS_CODES: dict[int, type[DeliveryError]] = {
     9: PermanentError,  # validation constraints, details in error[]
     13: PermanentError,  # no default price: unroutable destination
     15: PermanentError,  # number already in the list
-    # 22/23: marketing SMS outside the legal window (§1.2.2) or on Sundays/holidays (§1.3,
-    # "deferrable"). Only this message waits, until the next allowed slot
-    # (partner.next_marketing_slot); it is not a provider-wide throttle.
+    # 22/23: marketing SMS outside the legal window (docs/providers/smspartner.md §1.2.2) or on
+    # Sundays/holidays (docs/providers/smspartner.md §1.3, "deferrable"). Only this message waits,
+    # until the next allowed slot (partner.next_marketing_slot); it is not a provider-wide throttle.
     22: DeferredError,
     23: DeferredError,
     42: PermanentError,
@@ -56,18 +56,20 @@ SMS_CODES: dict[int, type[DeliveryError]] = {
 
 
 MAX_BATCH = 500
-"""Numbers per ``/send``, entries per ``/bulk-send`` (§1.2.2, §1.2.3; code 50 beyond)."""
+"""Numbers per ``/send``, entries per ``/bulk-send`` (docs/providers/smspartner.md §1.2.2, §1.2.3;
+code 50 beyond)."""
 
 PER_NUMBER_CODES = frozenset({9, 13, 14, 22, 23, 500, 992})
-"""Codes with which ``/send`` may refuse a whole request for one number's sake (§1.3): a
-validation error, an unroutable number, a STOP-listed number, a marketing refusal, the queue
-failure. ``992`` (unauthorized sender) concerns the sender, but retrying per entry is harmless:
-nothing was accepted."""
+"""Codes with which ``/send`` may refuse a whole request for one number's sake
+(docs/providers/smspartner.md §1.3): a validation error, an unroutable number, a STOP-listed number,
+a marketing refusal, the queue failure. ``992`` (unauthorized sender) concerns the sender, but
+retrying per entry is harmless: nothing was accepted."""
 
 
 def _number_key(value: Any) -> str | None:
-    """A number compared by its digits, national French ``0X…`` as ``33X…`` (§1.2.2 takes both
-    forms); ``None`` when it is not a string of a number."""
+    """A number compared by its digits, national French ``0X…`` as ``33X…``
+    (docs/providers/smspartner.md §1.2.2 takes both forms); ``None`` when it is not a string of a
+    number."""
     if not isinstance(value, str):
         return None
     digits = "".join(ch for ch in value[:40] if ch.isdigit())
@@ -79,7 +81,7 @@ def _number_key(value: Any) -> str | None:
 
 
 def encode_text(text: str) -> str:
-    """Apply the provider's in-band markup (providers.md §1.2.2).
+    """Apply the provider's in-band markup (docs/providers/smspartner.md §1.2.2).
 
     A line break is written ``:br:`` and the euro sign ``:euro:``; ``"`` is escaped by JSON.
     """
@@ -87,12 +89,13 @@ def encode_text(text: str) -> str:
 
 
 MULTI_STATUS_MAX = 500
-"""§1.2.8: multi-status takes at most 500 pairs."""
+"""docs/providers/smspartner.md §1.2.8: multi-status takes at most 500 pairs."""
 
-# §1.4: the status endpoints answer Delivered / Not delivered / Waiting; the error-code page
-# lists the lower-case forms and ``ko`` ("not sent, contact support"); S-MIS also maps
-# ``Sent``; the operator DLR codes (DELIVRD, UNDELIV, EXPIRED, REJECTD...) may show through.
-# Anything else (free text such as "Numéro introuvable") is ``unknown``: kept, never applied.
+# docs/providers/smspartner.md §1.4: the status endpoints answer Delivered / Not delivered /
+# Waiting; the error-code page lists the lower-case forms and ``ko`` ("not sent, contact support");
+# S-MIS also maps ``Sent``; the operator DLR codes (DELIVRD, UNDELIV, EXPIRED, REJECTD...) may show
+# through. Anything else (free text such as "Numéro introuvable") is ``unknown``: kept, never
+# applied.
 SMS_STATUSES: dict[str, EventType] = {
     "delivered": EventType.DELIVERED,
     "delivrd": EventType.DELIVERED,
@@ -101,7 +104,8 @@ SMS_STATUSES: dict[str, EventType] = {
     "expired": EventType.FAILED,
     "ko": EventType.FAILED,
     "rejectd": EventType.REJECTED,
-    "cancelled": EventType.FAILED,  # the sandbox's word for a cancelled send (§1.2.6)
+    # the sandbox's word for a cancelled send (docs/providers/smspartner.md §1.2.6)
+    "cancelled": EventType.FAILED,
     "waiting": EventType.QUEUED,
     "pending": EventType.QUEUED,
     "enroute": EventType.SENT,
@@ -117,20 +121,22 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
     codes: ClassVar = SMS_CODES
     balance_field = "creditSms"
     supports_reconcile = True
-    # No limit documented for /v1/send (429 is documented only for HLR/lookup, §1.3); a 429
-    # would still be honoured through the limiter's hold.
+    # No limit documented for /v1/send (429 is documented only for HLR/lookup,
+    # docs/providers/smspartner.md §1.3); a 429 would still be honoured through the limiter's hold.
     rate_limits = {"send": ()}
-    # Status lookups (§1.2.7, §1.2.8): up to 500 (number, message id) pairs per /multi-status;
-    # no limit is documented for them (the 360/min of §1.3 is HLR/number lookup), so they
-    # share the send bucket's (empty) budget.
+    # Status lookups (docs/providers/smspartner.md §1.2.7, §1.2.8): up to 500 (number, message id)
+    # pairs per /multi-status; no limit is documented for them (the 360/min of
+    # docs/providers/smspartner.md §1.3 is HLR/number lookup), so they share the send bucket's
+    # (empty) budget.
     status_lookup = True
     status_batch_size = MULTI_STATUS_MAX
 
     @classmethod
     def reconcile_tag(cls, message: SmsMessage, delivery_id: str) -> str | None:
-        # Tags: <= 20 chars, lowercase, no spaces (§1.2.2). The caller's tag reaches the
-        # provider as set (validated at enqueue); without one, a tag unique per delivery makes
-        # an unknown outcome reconcilable by /bulk-status-by-tag (§1.5).
+        # Tags: <= 20 chars, lowercase, no spaces (docs/providers/smspartner.md §1.2.2). The
+        # caller's tag reaches the provider as set (validated at enqueue); without one, a tag unique
+        # per delivery makes an unknown outcome reconcilable by /bulk-status-by-tag
+        # (docs/providers/smspartner.md §1.5).
         if message.tag is not None:
             return message.tag
         return "dw" + delivery_id.replace("-", "")[:18].lower()
@@ -142,20 +148,24 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         }
         if message.sender:
             payload["sender"] = message.sender
-        # The caller's tag reaches the provider as set (§1.2.2); without one, the delivery's own
-        # tag; the same on every attempt, so a late acceptance is found by tag (§1.5).
+        # The caller's tag reaches the provider as set (docs/providers/smspartner.md §1.2.2);
+        # without one, the delivery's own tag; the same on every attempt, so a late acceptance is
+        # found by tag (docs/providers/smspartner.md §1.5).
         tag = message.tag or ctx.tag
         if tag:
             payload["tag"] = tag
         if ctx.callback_url:
-            # §1.4: the DLR callback; its payload is [NOT FOUND], so the receiver takes it as a
-            # hint only (worker.tracking.callbacks) and the status lookup decides.
+            # docs/providers/smspartner.md §1.4: the DLR callback; its payload is [NOT FOUND], so
+            # the receiver takes it as a hint only (worker.tracking.callbacks) and the status lookup
+            # decides.
             payload["urlDlr"] = ctx.callback_url
         if not sms_units(message.text)[1]:
             # Outside the GSM 7-bit alphabet: without the flag the provider substitutes
-            # characters (§1.2.2); billed 70 per SMS, 67 per part (models.sms_segments).
+            # characters (docs/providers/smspartner.md §1.2.2); billed 70 per SMS, 67 per part
+            # (models.sms_segments).
             payload["isUnicode"] = 1
-        payload.update(self.scheduled_payload(ctx))  # §1.2.2 schedule fields (worker.scheduling)
+        # docs/providers/smspartner.md §1.2.2 schedule fields (worker.scheduling)
+        payload.update(self.scheduled_payload(ctx))
         return self.post_json(
             "send", self.auth_body(payload), headers={"Cache-Control": "no-cache"}
         )
@@ -164,23 +174,25 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         self, response: httpx.Response, message: SmsMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self.envelope(response)
-        # One message_id covers every number of the send (§1.2.2); without it, the pipeline
-        # reconciles by tag before any resend (§1.5).
+        # One message_id covers every number of the send (docs/providers/smspartner.md §1.2.2);
+        # without it, the pipeline reconciles by tag before any resend
+        # (docs/providers/smspartner.md §1.5).
         return self.one_id_outcome(
             response, data, data.get("message_id"), message.to, id_field="message_id"
         )
 
-    # §1.2.2: /send takes up to 500 numbers for one text; §1.2.3: /bulk-send up to 500 entries,
-    # each with its own text, answered per entry (SMSResponse_List); §1.2.10 finds a lost
+    # docs/providers/smspartner.md §1.2.2: /send takes up to 500 numbers for one text;
+    # docs/providers/smspartner.md §1.2.3: /bulk-send up to 500 entries, each with its own text,
+    # answered per entry (SMSResponse_List); docs/providers/smspartner.md §1.2.10 finds a lost
     # batch's numbers by its tag.
     batch_limit = MAX_BATCH
 
     @classmethod
     def batch_key(cls, message: SmsMessage) -> Hashable | None:
         """Single-number messages without the caller's tag batch together when sender and
-        encoding match (the request-wide options, §1.2.2/§1.2.3). A message to several numbers
-        is one ``/send`` already; a caller's tag must reach the provider as set, and one
-        request carries one tag, so those go alone."""
+        encoding match (the request-wide options, docs/providers/smspartner.md §1.2.2/§1.2.3). A
+        message to several numbers is one ``/send`` already; a caller's tag must reach the provider
+        as set, and one request carries one tag, so those go alone."""
         if len(message.to) != 1 or message.tag is not None:
             return None
         return (message.sender or "", not sms_units(message.text)[1])
@@ -194,13 +206,14 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         bulk: bool = False,
     ) -> list[SendOutcome | DeliveryError | None]:
         """``/send`` when every message has the same text (one request, one ``message_id``),
-        else ``/bulk-send`` (§1.2.3, one answer per entry).
+        else ``/bulk-send`` (docs/providers/smspartner.md §1.2.3, one answer per entry).
 
         ``/send`` answers one envelope for all its numbers: when it refuses the request with a
-        code one number can cause (a STOP number, §1.2.12 code 14; a marketing refusal 22/23;
-        the queue failure 500; a validation code 9), nothing was accepted (``success`` false)
-        and which number caused it is not machine-readable, so every entry answers ``None``
-        and the caller asks again through ``/bulk-send``, which answers per entry."""
+        code one number can cause (a STOP number, docs/providers/smspartner.md §1.2.12 code 14; a
+        marketing refusal 22/23; the queue failure 500; a validation code 9), nothing was accepted
+        (``success`` false) and which number caused it is not machine-readable, so every entry
+        answers ``None`` and the caller asks again through ``/bulk-send``, which answers per
+        entry."""
         first = messages[0]
         payload: dict[str, Any] = {"tag": tag}
         if first.sender:
@@ -241,7 +254,7 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             response, data, data.get("message_id"), numbers, id_field="message_id"
         )
         # One cost for the request: the same text per number, so an even share (destination
-        # prices may differ; [INFERRED], §1.2.2 gives only the total).
+        # prices may differ; [INFERRED], docs/providers/smspartner.md §1.2.2 gives only the total).
         share = None if whole.cost is None else round(whole.cost / len(numbers), 6)
         return [
             SendOutcome(
@@ -320,7 +333,8 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
     def _reconcile_batch(self, message: SmsMessage, tag: str) -> SendOutcome | None:
         """A batch request's tag is unique to that request and a batch never holds a number
         twice, so this message's number listed under the tag is this message's send; the one
-        top-level ``message_id`` is that request's (§1.2.9, §1.2.10)."""
+        top-level ``message_id`` is that request's (docs/providers/smspartner.md §1.2.9,
+        §1.2.10)."""
         try:
             response = self.transmit(self.get_request("bulk-status-by-tag", tag=tag))
             data = self.envelope(response)
@@ -350,18 +364,20 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         return None
 
     def reconcile(self, message: SmsMessage, ctx: SendContext) -> SendOutcome | None:
-        """``GET /bulk-status-by-tag``: did an earlier attempt of this delivery get accepted? (§1.5)
+        """``GET /bulk-status-by-tag``: did an earlier attempt of this delivery get accepted?
+        (docs/providers/smspartner.md §1.5)
 
         The answer lists the recipients of every send under the tag, with one top-level
-        ``message_id`` and no per-item id (§1.2.9, §1.2.10). With the delivery's own tag (unique
-        per delivery) any listed number of this message is this delivery's send. A tag the caller
-        chose may also name older or other sends (§1.5 wants a *unique* tag to reconcile), so a
-        send counts as this delivery's only when it lists *every* number of the message (one
-        ``/send`` covers them all) dated no earlier than the delivery's first attempt
-        (``ctx.sent_after``, less a clock margin); an undated item cannot be attributed. The
-        service additionally refuses to trust the lookup when another delivery of ours used the
-        same tag for one of these numbers in that window. Wrongly "not found" means a resend
-        (at most one more copy); wrongly "found" would report a message ``sent`` that was not.
+        ``message_id`` and no per-item id (docs/providers/smspartner.md §1.2.9, §1.2.10). With the
+        delivery's own tag (unique per delivery) any listed number of this message is this
+        delivery's send. A tag the caller chose may also name older or other sends
+        (docs/providers/smspartner.md §1.5 wants a *unique* tag to reconcile), so a send counts as
+        this delivery's only when it lists *every* number of the message (one ``/send`` covers them
+        all) dated no earlier than the delivery's first attempt (``ctx.sent_after``, less a clock
+        margin); an undated item cannot be attributed. The service additionally refuses to trust the
+        lookup when another delivery of ours used the same tag for one of these numbers in that
+        window. Wrongly "not found" means a resend (at most one more copy); wrongly "found" would
+        report a message ``sent`` that was not.
         """
         for tag in reversed(ctx.batch_tags):
             batched = self._reconcile_batch(message, tag)
@@ -389,8 +405,8 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         if not found:
             total = as_int(data.get("total"))
             if total is not None and total > len(items):
-                # More pages than we can read (the page parameter is [NOT FOUND], §1.2.10):
-                # "not on the first page" is not "not sent".
+                # More pages than we can read (the page parameter is [NOT FOUND],
+                # docs/providers/smspartner.md §1.2.10): "not on the first page" is not "not sent".
                 raise UnknownOutcomeError(
                     "smspartner bulk-status-by-tag answer has more pages", provider=self.name
                 )
@@ -399,20 +415,23 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         fallback = None if foreign else data.get("message_id")
         ids: dict[str, str] = {}
         for number, item_id in matched.items():
-            text = provider_id(fallback if item_id is None else item_id)  # items: no id (§1.2.9)
+            # items: no id (docs/providers/smspartner.md §1.2.9)
+            text = provider_id(fallback if item_id is None else item_id)
             if text is not None:
                 ids[number] = text
         return SendOutcome(provider=self.name, provider_message_ids=ids)
 
     @classmethod
     def lookup_ref(cls, recipient: str) -> str | None:
-        return recipient  # both status endpoints ask by number (§1.2.7, §1.2.8)
+        # both status endpoints ask by number (docs/providers/smspartner.md §1.2.7, §1.2.8)
+        return recipient
 
     def lookup_status(
         self, targets: list[LookupTarget], gate: Gate | None = None
     ) -> list[DeliveryEvent]:
-        """``GET /message-status`` for one recipient (§1.2.7, the field is ``statut``), else
-        ``POST /multi-status`` with up to 500 pairs (§1.2.8, the field is ``status``)."""
+        """``GET /message-status`` for one recipient (docs/providers/smspartner.md §1.2.7, the field
+        is ``statut``), else ``POST /multi-status`` with up to 500 pairs
+        (docs/providers/smspartner.md §1.2.8, the field is ``status``)."""
         asked = [t for t in targets if t.lookup][:MULTI_STATUS_MAX]
         if not asked:
             return []
@@ -464,7 +483,8 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
                 continue  # not a pair we asked about
             status = item.get("status", item.get("statut"))
             if item.get("success") is False:
-                # e.g. code 4 "Numéro introuvable" (§1.2.8): not known (yet), never a failure.
+                # e.g. code 4 "Numéro introuvable" (docs/providers/smspartner.md §1.2.8): not known
+                # (yet), never a failure.
                 events.append(self._event(target, EventType.UNKNOWN, status, None))
                 continue
             kind = status_type(SMS_STATUSES, status)
@@ -493,7 +513,8 @@ def _safe_epoch(value: Any) -> float | None:
 
 
 def _wire_id(message_id: str) -> int | str:
-    """The send answers ``message_id`` as an integer and the samples post it so (§1.2.8)."""
+    """The send answers ``message_id`` as an integer and the samples post it so
+    (docs/providers/smspartner.md §1.2.8)."""
     return int(message_id) if message_id.isdigit() and len(message_id) < 19 else message_id
 
 
@@ -530,11 +551,12 @@ def _ours(items: list[Any], wanted: set[str], ctx: SendContext) -> tuple[dict[st
 
 RECONCILE_CLOCK_MARGIN_S = 5.0
 """Tolerance between our clock and the provider's when dating a send found by tag; the dates
-are whole seconds (§1.2.9)."""
+are whole seconds (docs/providers/smspartner.md §1.2.9)."""
 
 
 def _epoch(value: Any) -> float | None:
-    """A status ``date``: epoch seconds (a string or a number) or ``"Y-m-d H:i:s"`` (§1.2.7).
+    """A status ``date``: epoch seconds (a string or a number) or ``"Y-m-d H:i:s"``
+    (docs/providers/smspartner.md §1.2.7).
 
     [INFERRED] The provider does not state the time zone of the second form; it is French, so
     Paris time is assumed.

@@ -1,9 +1,10 @@
-"""Voice Partner: text-to-speech calls and voicemail drops; providers.md §3.
+"""Voice Partner: text-to-speech calls and voicemail drops; docs/providers/voicepartner.md §3.
 
-``apiKey`` goes in the JSON body for POST and in the URL **path** for GET (§3.1). Success is
-``{"success": true, "campaignId": …}``. The error body shape is [NOT FOUND] (§3.3): the string
-codes are looked for under ``error`` (as the third-party Ruby gem reads them), ``code`` and
-``message``, whichever is present.
+``apiKey`` goes in the JSON body for POST and in the URL **path** for GET
+(docs/providers/voicepartner.md §3.1). Success is ``{"success": true, "campaignId": …}``. The error
+body shape is [NOT FOUND] (docs/providers/voicepartner.md §3.3): the string codes are looked for
+under ``error`` (as the third-party Ruby gem reads them), ``code`` and ``message``, whichever is
+present.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from worker.stores.limiter import Limit
 
 __all__ = ["VoicePartnerDriver"]
 
-# providers.md §3.3 (VMS string codes) and §3.2 (code 10 on /me); classes [INFERRED].
+# docs/providers/voicepartner.md §3.3 (VMS string codes) and docs/providers/voicepartner.md §3.2
+# (code 10 on /me); classes [INFERRED].
 ERROR_CODES: dict[str, type[DeliveryError]] = {
     "NOT_CREDIT": AccountBlockedError,
     "PHONE_NUMBER_REQUIRED": PermanentError,
@@ -54,16 +56,19 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
     channel = "voice"
     default_base_url = "https://api.voicepartner.fr/v1"
     extra_settings = {
-        "notification_email": "default emailForNotification for voicemail drops (§3.2)",
+        "notification_email": (
+            "default emailForNotification for voicemail drops (docs/providers/voicepartner.md §3.2)"
+        ),
     }
-    # §3.2: tts/send 2000/hour; campaign/send (voicemail drop) 2000/hour AND 5/minute.
+    # docs/providers/voicepartner.md §3.2: tts/send 2000/hour; campaign/send (voicemail drop)
+    # 2000/hour AND 5/minute.
     rate_limits = {
         "tts": (Limit(2000, 3600.0),),
         "campaign": (Limit(5, 60.0), Limit(2000, 3600.0)),
     }
-    # §3.2: whether a 429 carries Retry-After is [NOT FOUND]; the x-ratelimit-reset header
-    # (§3.1, [INFERRED]) has undocumented units. Without Retry-After, wait a minute: a 1 s retry
-    # would only burn the per-minute budget.
+    # docs/providers/voicepartner.md §3.2: whether a 429 carries Retry-After is [NOT FOUND]; the
+    # x-ratelimit-reset header (docs/providers/voicepartner.md §3.1, [INFERRED]) has undocumented
+    # units. Without Retry-After, wait a minute: a 1 s retry would only burn the per-minute budget.
     default_retry_after_s = 60.0
 
     def __init__(
@@ -90,7 +95,8 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
             "phoneNumbers": numbers,
             "lang": message.lang,
         }
-        # §3.2: with tokenAudio, text is ignored; send only one of them.
+        # docs/providers/voicepartner.md §3.2: with tokenAudio, text is ignored; send only one of
+        # them.
         if message.audio_token:
             payload["tokenAudio"] = message.audio_token
         elif message.text:
@@ -100,9 +106,11 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         if message.speech_rate is not None:
             payload["speechRate"] = message.speech_rate
         if ctx.callback_url:
-            # §3.2/§3.3: the campaign status is POSTed there (payload [NOT FOUND]): a hint only.
+            # docs/providers/voicepartner.md §3.2/§3.3: the campaign status is POSTed there (payload
+            # [NOT FOUND]): a hint only.
             payload["notifyUrl"] = ctx.callback_url
-        payload.update(self.scheduled_payload(ctx))  # §3.2 scheduledDate (worker.scheduling)
+        # docs/providers/voicepartner.md §3.2 scheduledDate (worker.scheduling)
+        payload.update(self.scheduled_payload(ctx))
         return self.post_json("tts/send", payload)
 
     def _voicemail(self, message: VoiceMessage, numbers: str, ctx: SendContext) -> httpx.Request:
@@ -110,7 +118,8 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
             raise PermanentError("voicemail drops need audio_token", provider=self.name)
         email = message.notification_email or self.notification_email
         if not email:
-            # §3.2: emailForNotification is required for /campaign/send.
+            # docs/providers/voicepartner.md §3.2: emailForNotification is required for
+            # /campaign/send.
             raise ConfigurationError(
                 "voicemail drops need notification_email on the message or "
                 "DELIVERY_VOICEPARTNER_NOTIFICATION_EMAIL",
@@ -125,33 +134,36 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         if message.sender:
             payload["sender"] = message.sender
         if ctx.callback_url:
-            # §3.2/§3.3: the campaign status arrives by GET (payload [NOT FOUND]): a hint only.
+            # docs/providers/voicepartner.md §3.2/§3.3: the campaign status arrives by GET (payload
+            # [NOT FOUND]): a hint only.
             payload["notifyUrl"] = ctx.callback_url
-        payload.update(self.scheduled_payload(ctx))  # §3.2 scheduledDate (worker.scheduling)
+        # docs/providers/voicepartner.md §3.2 scheduledDate (worker.scheduling)
+        payload.update(self.scheduled_payload(ctx))
         return self.post_json("campaign/send", payload)
 
     def parse_response(
         self, response: httpx.Response, message: VoiceMessage, ctx: SendContext
     ) -> SendOutcome:
         data = self._answer(response)
-        # One campaign covers every number of the request (§3.2).
+        # One campaign covers every number of the request (docs/providers/voicepartner.md §3.2).
         return self.one_id_outcome(
             response, data, data.get("campaignId"), message.to, id_field="campaignId"
         )
 
-    # -- native scheduling and cancel (§3.2) ---------------------------------------------------
+    # -- native scheduling and cancel (docs/providers/voicepartner.md §3.2) ------------------------
 
-    # §3.2 documents no cancel window for DELETE /campaign/cancel [NOT FOUND]; the safe side is
-    # the Partner platform's 5 minutes (same company): a send_at nearer than 6 minutes is held
-    # by the worker, which can cancel it to the last moment.
+    # docs/providers/voicepartner.md §3.2 documents no cancel window for DELETE /campaign/cancel
+    # [NOT FOUND]; the safe side is the Partner platform's 5 minutes (same company): a send_at
+    # nearer than 6 minutes is held by the worker, which can cancel it to the last moment.
     native_schedule_min_lead_s: ClassVar[float | None] = 6 * 60.0
 
     @classmethod
     def native_schedule_fits(cls, when: datetime) -> bool:
-        """``scheduledDate`` is ``"YYYY-mm-dd H:m:00"`` (§3.2): whole minutes only. Its time zone
-        is not stated; the API's own dates name Europe/Paris (§3.2 audio ``created_at``), so
-        [INFERRED] Paris time, and a local time that occurs twice (autumn DST change) is held
-        by the worker instead (the safe side)."""
+        """``scheduledDate`` is ``"YYYY-mm-dd H:m:00"`` (docs/providers/voicepartner.md §3.2): whole
+        minutes only. Its time zone is not stated; the API's own dates name Europe/Paris
+        (docs/providers/voicepartner.md §3.2 audio ``created_at``), so [INFERRED] Paris time, and a
+        local time that occurs twice (autumn DST change) is held by the worker instead (the safe
+        side)."""
         local = when.astimezone(_PARIS)
         if local.second or local.microsecond:
             return False
@@ -164,10 +176,10 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         return {"scheduledDate": when.astimezone(_PARIS).strftime("%Y-%m-%d %H:%M:00")}
 
     def cancel_scheduled(self, provider_message_id: str) -> CancelAtProvider:
-        """``DELETE /campaign/cancel/{apiKey}/{campaignId}`` (§3.2): 200 with ``success: true``
-        cancelled; 404 not found; 400 (a campaign that is not cancellable: already due, sent
-        or cancelled, the codes are HTTP-style only) is read as too late; 401 and anything
-        else is an error to report."""
+        """``DELETE /campaign/cancel/{apiKey}/{campaignId}`` (docs/providers/voicepartner.md §3.2):
+        200 with ``success: true`` cancelled; 404 not found; 400 (a campaign that is not
+        cancellable: already due, sent or cancelled, the codes are HTTP-style only) is read as too
+        late; 401 and anything else is an error to report."""
         path = "campaign/cancel/" + quote(self._api_key, safe="") + "/"
         request = self.client.build_request(
             "DELETE", self.url(path + quote(provider_message_id, safe=""))
@@ -188,7 +200,8 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         )
 
     def check_balance(self) -> Balance | None:
-        """``GET /me/{apiKey}`` (§3.2): the key is a path segment, quoted."""
+        """``GET /me/{apiKey}`` (docs/providers/voicepartner.md §3.2): the key is a path segment,
+        quoted."""
         request = self.client.build_request("GET", self.url("me/" + quote(self._api_key, safe="")))
         data = self._answer(self.transmit(request))
         credit = as_float(data.get("credit"))  # a string in the doc example: "19"
@@ -227,12 +240,14 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
             raise PermanentError(
                 message, provider=self.name, status_code=status, provider_code=code
             )
-        # The shared mapping; an undocumented 402 reads as NOT_CREDIT, the safe side (§3.3).
+        # The shared mapping; an undocumented 402 reads as NOT_CREDIT, the safe side
+        # (docs/providers/voicepartner.md §3.3).
         raise self.classify_status(response, message, provider_code=code)
 
 
 def _error_code(data: dict[str, Any]) -> tuple[str | None, str]:
-    """The string error code and a readable text from an error body of unknown shape (§3.3).
+    """The string error code and a readable text from an error body of unknown shape
+    (docs/providers/voicepartner.md §3.3).
 
     Accepts ``{"error": "NOT_CREDIT"}``, ``{"code": "NOT_CREDIT", "message": …}``,
     ``{"message": "NOT_CREDIT"}``, ``{"error": {"code": …, "message": …}}`` and numeric codes.

@@ -3,14 +3,15 @@
 Routes (every answer is JSON ``{"status": …}``, with ``"error"`` on a refusal):
 
 * ``GET /health``: 200 when Redis (dedupe) and the broker answer, else 503.
-* ``POST /hooks/postal``: a Postal webhook (providers.md §4.6). 401 unsigned, 403 forged,
-  400 malformed or stale, 413 too large, 404 when no Postal key is configured; 200
+* ``POST /hooks/postal``: a Postal webhook (docs/providers/postal.md §4.6). 401 unsigned, 403
+  forged, 400 malformed or stale, 413 too large, 404 when no Postal key is configured; 200
   ``published`` / ``duplicate`` (same envelope ``uuid`` already published) / ``ignored``
   (a server event, an incoming message); 409 while the same uuid is being published; 503
-  when the broker is down (Postal retries, §4.6).
+  when the broker is down (Postal retries, docs/providers/postal.md §4.6).
 * ``GET|POST /hooks/{smspartner|voicepartner}/{delivery_id}/{token}``: a callback hint
-  (§1.4, §3.3). 403 for a wrong token, 404 when hints are not configured; the body is read
-  (bounded) and ignored; 200 ``published`` after ``TRACK_HINT_TASK`` is on the broker.
+  (docs/providers/smspartner.md §1.4, docs/providers/voicepartner.md §3.3). 403 for a wrong token,
+  404 when hints are not configured; the body is read (bounded) and ignored; 200 ``published`` after
+  ``TRACK_HINT_TASK`` is on the broker.
 
 Nothing is published for a refused request. Logs name the route, never the path (the hint
 URLs carry their token) and never a body.
@@ -140,7 +141,8 @@ def create_app(
             return JSONResponse({"status": "duplicate"})
         if answer == "pending":
             return _refuse(409, "this event is being processed; retry later")
-        if answer != "published":  # Redis or the broker refused: Postal retries (§4.6)
+        # Redis or the broker refused: Postal retries (docs/providers/postal.md §4.6)
+        if answer != "published":
             log.error("receiver.publish_failed", route="postal", error=answer)
             return _refuse(503, "could not queue the event; retry later")
         log.info("receiver.published", route="postal", postal_event=hook.event, uuid=hook.uuid)
@@ -183,8 +185,9 @@ def create_app(
             log.info("receiver.refused", route="hint", provider=provider, status=403)
             return _refuse(403, "callback token does not match")
         try:
-            # Read (bounded) and dropped: the payload is undocumented and not trusted (§1.4,
-            # §3.3); the worker asks the provider's status lookup instead.
+            # Read (bounded) and dropped: the payload is undocumented and not trusted
+            # (docs/providers/smspartner.md §1.4, docs/providers/voicepartner.md §3.3); the worker
+            # asks the provider's status lookup instead.
             await _read_body(request, config.max_body_bytes)
         except _TooLarge:
             return _refuse(413, f"body larger than {config.max_body_bytes} bytes")

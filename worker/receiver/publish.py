@@ -7,7 +7,7 @@ short "pending" lifetime) and marks it done after, so
 
 * a retry after our 2xx got lost is answered "duplicate" and publishes nothing;
 * a retry while the first request is still publishing is answered 409 (Postal tries again
-  later, §4.6);
+  later, docs/providers/postal.md §4.6);
 * a receiver that dies between claim and publish loses nothing: the pending claim expires
   and Postal's next retry publishes.
 """

@@ -10,8 +10,8 @@ Each id gets one answer (:class:`CancelResult`, ``answer`` below):
 * ``cancelled_at_provider``: it was scheduled at its provider, which cancelled it;
 * ``already_sent``: sent (or, scheduled at the provider, past its time): cannot be cancelled;
 * ``too_late_at_provider``: scheduled at the provider, inside the provider's no-cancel window
-  (SMS and Mail Partner: less than 5 minutes before its time, providers.md §1.2.6 / §2.2); it
-  will be sent;
+  (SMS and Mail Partner: less than 5 minutes before its time, docs/providers/smspartner.md §1.2.6 /
+  docs/providers/mailpartner.md §2.2); it will be sent;
 * ``already_final``: it ended otherwise (failed, expired, dead, or cancelled before);
 * ``in_flight``: a send was under way for the whole wait; ask again (the send decides);
 * ``provider_error``: the provider could not be asked; nothing changed, ask again;

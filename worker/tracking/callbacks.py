@@ -1,10 +1,11 @@
 """Per-delivery callback URLs for providers whose status push is only a hint.
 
-SMS Partner's ``urlDlr`` (providers.md §1.4) and Voice Partner's ``notifyUrl`` (§3.3) post a
-payload nobody documents, so the receiver trusts nothing in it: the URL itself says which
-delivery it is about, and carries a token only this deployment can make,
-``HMAC-SHA256(secret, provider + "\\n" + delivery_id)`` (base64url, unpadded). The receiver
-recomputes it and compares in constant time, then asks the worker to look the status up.
+SMS Partner's ``urlDlr`` (docs/providers/smspartner.md §1.4) and Voice Partner's ``notifyUrl``
+(docs/providers/voicepartner.md §3.3) post a payload nobody documents, so the receiver trusts
+nothing in it: the URL itself says which delivery it is about, and carries a token only this
+deployment can make, ``HMAC-SHA256(secret, provider + "\\n" + delivery_id)`` (base64url, unpadded).
+The receiver recomputes it and compares in constant time, then asks the worker to look the status
+up.
 
 The token is in the URL path (``/hooks/<provider>/<delivery_id>/<token>``), so whatever query
 string a provider appends cannot disturb it. The URL goes to the provider in the send request;

@@ -50,8 +50,9 @@ class EventType(StrEnum):
 EVENT_RANK: dict[EventType, int] = {
     EventType.QUEUED: 0,
     # A delivery starts at "sent" (the provider accepted it, worker.tracking.service); a hold or
-    # a temporary failure is news after that (Postal holds accepted messages, §4.5), so they
-    # outrank it. A "sent" after them changes nothing; "delivered" still follows them.
+    # a temporary failure is news after that (Postal holds accepted messages,
+    # docs/providers/postal.md §4.5), so they outrank it. A "sent" after them changes nothing;
+    # "delivered" still follows them.
     EventType.SENT: 1,
     EventType.DEFERRED: 2,
     EventType.HELD: 2,

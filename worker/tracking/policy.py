@@ -21,11 +21,13 @@ EVENTS_QUEUE = "delivery-events"
 class PollPolicy:
     first_s: float = 60.0
     """The first lookup, this long after the send: most providers report within seconds
-    (SMS Partner and Mail Partner: "usually a few seconds", §1.4, §2.2)."""
+    (SMS Partner and Mail Partner: "usually a few seconds", docs/providers/smspartner.md §1.4,
+    docs/providers/mailpartner.md §2.2)."""
     max_backoff_s: float = 1800.0
     """Each later lookup waits twice as long as the one before, up to this."""
     max_s: float = 48 * 3600.0
-    """Polling stops this long after the send: a report can take up to 48 h (§1.4, §2.2)."""
+    """Polling stops this long after the send: a report can take up to 48 h
+    (docs/providers/smspartner.md §1.4, docs/providers/mailpartner.md §2.2)."""
     interval_s: float = 15.0
     """How often beat runs a polling round (``tasks.track_poll``)."""
     batch: int = 2000

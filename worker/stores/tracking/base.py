@@ -18,8 +18,9 @@ Events for a provider message id the index does not know yet are kept for
 :data:`ORPHAN_TTL_S` (a webhook can arrive before our ``sent`` write: Postal posts
 ``MessageSent`` as soon as it hands the mail on) and replayed by :meth:`TrackingStore.register`;
 after that they are gone, counted by the caller. Recipients are masked everywhere except in a
-watch's ``lookup`` values (SMS Partner's status lookup needs the full number, §1.2.7-§1.2.8),
-which live only while the delivery is polled and never reach a result, event or log.
+watch's ``lookup`` values (SMS Partner's status lookup needs the full number,
+docs/providers/smspartner.md §1.2.7-§1.2.8), which live only while the delivery is polled and never
+reach a result, event or log.
 
 Standalone like the other stores: nothing here imports settings, Celery or the rest of the
 worker; the event model comes from ``worker.tracking.events`` (pydantic only).
