@@ -102,7 +102,8 @@ def check_text(citing: Path, text: str, root: Path = ROOT) -> list[str]:
             cache[page] = headings(page)
         if section not in cache[page]:
             problems.append(f"{where}: {page_name} {SIGN}{section}: no heading {section} there")
-    if not rel.startswith("docs/"):
+    # mkdocs.yml names pages relative to docs/ (its nav), as the pages themselves do.
+    if not rel.startswith("docs/") and rel != "mkdocs.yml":
         for match in OLD_PAGE.finditer(text):
             if match.group(0) != "docs/design.md":
                 where = f"{rel}:{line_of(match.start())}"
