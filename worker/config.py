@@ -237,6 +237,19 @@ class Settings(_ProviderSettings):
     """How long the receiver remembers a Postal envelope ``uuid`` (a retry is applied once)."""
     receiver_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     """Largest request body the receiver reads; a larger one is answered 413."""
+    # The receiver's deadlines and caps (docs/threat-model-receiver.md says why each number).
+    receiver_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """From a connection's first byte (or its opening) to a complete request head: else closed."""
+    receiver_body_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """The whole body must arrive within this; a trickled body is answered 408 and closed."""
+    receiver_keep_alive_s: int = Field(default=5, ge=1, le=300)
+    """An idle keep-alive connection is closed after this many seconds."""
+    receiver_max_connections: int = Field(default=256, ge=1, le=100_000)
+    """Open connections per server process; a request past the cap is answered 503."""
+    receiver_max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    """Largest request head (request line + headers); a larger one is answered 400."""
+    receiver_backlog: int = Field(default=128, ge=1, le=65_535)
+    """Connections the kernel queues before the server accepts them."""
 
     @field_validator("quiet_hours")
     @classmethod

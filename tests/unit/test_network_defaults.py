@@ -41,7 +41,7 @@ def test_procfile_processes_bind_loopback_by_default() -> None:
     ]
     assert lines
     for line in lines:
-        assert "0.0.0.0" not in line, line
+        assert "0.0.0.0" not in line, line  # noqa: S104 - the string looked for
     procfile = "\n".join(lines)
     # The metrics exporter and Flower: loopback unless METRICS_HOST / FLOWER_HOST opt in.
     assert re.search(r"^metrics: .*--host \$\{METRICS_HOST:-127\.0\.0\.1\}", procfile, re.M)
