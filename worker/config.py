@@ -96,6 +96,9 @@ class Settings(_ProviderSettings):
     """A producer's enqueue returns only once this many replicas hold it (``WAIT``); 0: off."""
     redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     """How long an enqueue waits for those replicas before it raises ``NotReplicated``."""
+    allow_eviction: bool = False
+    """Run on a Redis whose ``maxmemory-policy`` evicts keys (a loud warning instead of a
+    refusal): evicted ledger records, idempotency keys and locks mean duplicates or losses."""
 
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Providers this worker must be able to use; each needs an API key. Empty: those with a key."""

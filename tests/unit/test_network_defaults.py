@@ -48,3 +48,12 @@ def test_procfile_processes_bind_loopback_by_default() -> None:
     assert re.search(r"^flower: .*--address=\$\{FLOWER_HOST:-127\.0\.0\.1\}", procfile, re.M)
     assert re.search(r"^receiver: .*--host 127\.0\.0\.1", procfile, re.M)
     assert re.search(r"^sandbox: .*--host 127\.0\.0\.1", procfile, re.M)
+
+
+def test_compose_redis_never_evicts() -> None:
+    """Ledger records, idempotency keys and locks carry TTLs: an evicting Redis drops them."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    for name in ("redis", "redis-replica"):
+        command = compose["services"][name]["command"]
+        at = command.index("--maxmemory-policy")
+        assert command[at + 1] == "noeviction", name
