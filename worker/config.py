@@ -238,6 +238,10 @@ class Settings(_ProviderSettings):
     dedupe window). Postal retries for about 36 minutes (§4.6)."""
     tracking_dedupe_ttl_s: int = Field(default=24 * 3600, ge=120)
     """How long the receiver remembers a Postal envelope ``uuid`` (a retry is applied once)."""
+    tracking_hint_interval_s: float = Field(default=15.0, ge=1, le=24 * 3600)
+    """At most one SMS/Voice Partner callback hint per delivery is published in this window
+    (each costs a task and a provider lookup); the callback token itself expires after
+    ``tracking_poll_max_s`` (the tracking horizon)."""
     receiver_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     """Largest request body the receiver reads; a larger one is answered 413."""
     # The receiver's deadlines and caps (docs/threat-model-receiver.md says why each number).
