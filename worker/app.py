@@ -243,6 +243,34 @@ def client_app(
     return client
 
 
+@signals.worker_init.connect
+def _refuse_an_evicting_redis(**_kwargs: Any) -> None:
+    """In the worker's main process, before the pool: a Redis that may evict TTL keys (ledger,
+    idempotency keys, locks) is refused (``worker.redis_memory``). ``SystemExit``: Celery logs
+    and swallows an ordinary exception raised by a signal receiver."""
+    import structlog
+
+    from worker.errors import ConfigurationError
+    from worker.redis_client import shared_redis
+    from worker.redis_memory import check_eviction_policy
+
+    log = structlog.get_logger("worker.app")
+    settings = get_settings()
+    client = shared_redis(settings, socket_timeout=10)
+    try:
+        check = check_eviction_policy(client, allow_eviction=settings.allow_eviction)
+    except ConfigurationError as exc:
+        log.critical("worker.redis_evicts", error=exc.message)
+        raise SystemExit(f"refusing to start: {exc.message}") from None
+    except (redis.RedisError, OSError) as exc:  # down for now: the worker's own retries apply
+        log.warning("worker.redis_eviction_unchecked", error=type(exc).__name__)
+        return
+    finally:
+        client.close()
+    if check.warning:
+        log.warning("worker.redis_eviction_unchecked", warning=check.warning)
+
+
 @signals.worker_process_init.connect
 def _warm_process(**_kwargs: Any) -> None:
     """Build this pool process's runtime (HTTP client, Redis pool, drivers) before any task.

@@ -96,6 +96,9 @@ class Settings(_ProviderSettings):
     """A producer's enqueue returns only once this many replicas hold it (``WAIT``); 0: off."""
     redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     """How long an enqueue waits for those replicas before it raises ``NotReplicated``."""
+    allow_eviction: bool = False
+    """Run on a Redis whose ``maxmemory-policy`` evicts keys (a loud warning instead of a
+    refusal): evicted ledger records, idempotency keys and locks mean duplicates or losses."""
 
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Providers this worker must be able to use; each needs an API key. Empty: those with a key."""
@@ -235,8 +238,25 @@ class Settings(_ProviderSettings):
     dedupe window). Postal retries for about 36 minutes (docs/providers/postal.md §4.6)."""
     tracking_dedupe_ttl_s: int = Field(default=24 * 3600, ge=120)
     """How long the receiver remembers a Postal envelope ``uuid`` (a retry is applied once)."""
+    tracking_hint_interval_s: float = Field(default=15.0, ge=1, le=24 * 3600)
+    """At most one SMS/Voice Partner callback hint per delivery is published in this window
+    (each costs a task and a provider lookup); the callback token itself expires after
+    ``tracking_poll_max_s`` (the tracking horizon)."""
     receiver_max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     """Largest request body the receiver reads; a larger one is answered 413."""
+    # The receiver's deadlines and caps (docs/threat-model-receiver.md says why each number).
+    receiver_header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """From a connection's first byte (or its opening) to a complete request head: else closed."""
+    receiver_body_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """The whole body must arrive within this; a trickled body is answered 408 and closed."""
+    receiver_keep_alive_s: int = Field(default=5, ge=1, le=300)
+    """An idle keep-alive connection is closed after this many seconds."""
+    receiver_max_connections: int = Field(default=256, ge=1, le=100_000)
+    """Open connections per server process; a request past the cap is answered 503."""
+    receiver_max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    """Largest request head (request line + headers); a larger one is answered 400."""
+    receiver_backlog: int = Field(default=128, ge=1, le=65_535)
+    """Connections the kernel queues before the server accepts them."""
 
     @field_validator("quiet_hours")
     @classmethod

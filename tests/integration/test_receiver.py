@@ -229,3 +229,22 @@ def test_the_startup_line_and_a_receiver_with_nothing_to_receive(receiver: Proc)
     )
     assert done.returncode == 2
     assert "DELIVERY_POSTAL_WEBHOOK_PUBLIC_KEY" in done.stderr
+
+
+def test_a_replayed_hint_url_publishes_one_task_per_interval(
+    receiver: Proc, http: httpx.Client, broker: redis.Redis
+) -> None:
+    """Each hint costs a task and a provider lookup: replays within the interval (15 s by
+    default, kept in Redis with SET NX PX, shared by every receiver process) publish nothing."""
+    token = callback_token(SECRET, "smspartner", "dlv-replay")
+    answers = [http.post(f"/hooks/smspartner/dlv-replay/{token}").json() for _ in range(5)]
+    assert answers == [{"status": "published"}] + [{"status": "throttled"}] * 4
+    assert _wait_tasks(broker, 1) == [(TRACK_HINT_TASK, ["smspartner", "dlv-replay"])]
+    ttl_ms = broker.pttl("dw:track:seen:hint:smspartner:dlv-replay")
+    assert 0 < ttl_ms <= 15_000
+
+
+def test_an_expired_hint_url_is_refused(receiver: Proc, http: httpx.Client) -> None:
+    issued = time.time() - 48 * 3600 - 60  # past the tracking horizon
+    token = callback_token(SECRET, "smspartner", "dlv-old", issued_at=issued)
+    assert http.post(f"/hooks/smspartner/dlv-old/{token}").status_code == 403

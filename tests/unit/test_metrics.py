@@ -316,6 +316,7 @@ def test_alert_rules_parse_and_cover_what_operators_watch() -> None:
         "DeliveryLimiterSaturated",
         "DeliveryCreditLow",
         "DeliveryQueueAgeGrowing",
+        "DeliveryRedisMemoryHigh",
     } <= names
     assert len(names) == len(rules)
     for rule in rules:

@@ -236,9 +236,45 @@ def test_a_hint_with_its_token_is_published_whatever_the_body(
     assert url is not None
     path = url.removeprefix("https://hooks.example.com")
     response = client.post(path, content=b'{"status": "Delivered", "messageId": 1}')
-    assert response.status_code == 200
-    assert client.get(path + "?status=whatever").status_code == 200
-    assert recorder.hints == [(provider, "d-123"), (provider, "d-123")]
+    assert response.status_code == 200 and response.json()["status"] == "published"
+    assert client.get(path.replace("d-123", "d-124") + "?status=whatever").status_code == 403
+    assert recorder.hints == [(provider, "d-123")]
+
+
+def test_hints_are_published_once_per_delivery_per_interval(recorder: Recorder) -> None:
+    """A replayed (or chatty) callback costs a task and a provider lookup: one per window."""
+    now = [1_764_230_000.0]
+    config = ReceiverConfig(tracking_secret=SECRET, hint_interval_s=60.0)
+    dedupe = MemoryDedupe(clock=lambda: now[0])
+    with AppClient(create_app(config, recorder, dedupe, clock=lambda: now[0])) as client:
+        sms = "/hooks/smspartner/d-1/" + callback_token(
+            SECRET, "smspartner", "d-1", issued_at=now[0]
+        )
+        other = "/hooks/smspartner/d-2/" + callback_token(
+            SECRET, "smspartner", "d-2", issued_at=now[0]
+        )
+        answers = [client.post(sms).json()["status"] for _ in range(5)]
+        assert answers == ["published"] + ["throttled"] * 4
+        assert client.post(other).json()["status"] == "published"  # per delivery
+        now[0] += 61
+        assert client.post(sms).json()["status"] == "published"
+    assert recorder.hints == [("smspartner", "d-1"), ("smspartner", "d-2"), ("smspartner", "d-1")]
+
+
+def test_an_expired_callback_token_is_refused(recorder: Recorder) -> None:
+    issued = 1_764_230_000.0
+    now = [issued + 48 * 3600 - 1]
+    config = ReceiverConfig(tracking_secret=SECRET, hint_max_age_s=48 * 3600, hint_interval_s=1)
+    dedupe = MemoryDedupe(clock=lambda: now[0])
+    url = "/hooks/voicepartner/d-9/" + callback_token(
+        SECRET, "voicepartner", "d-9", issued_at=issued
+    )
+    with AppClient(create_app(config, recorder, dedupe, clock=lambda: now[0])) as client:
+        assert client.post(url).status_code == 200
+        now[0] = issued + 48 * 3600 + 2
+        refused = client.post(url)
+        assert refused.status_code == 403
+    assert recorder.hints == [("voicepartner", "d-9")]
 
 
 def test_hints_with_a_wrong_token_are_refused(client: AppClient, recorder: Recorder) -> None:
@@ -315,8 +351,10 @@ def test_hostile_hints_publish_only_with_the_right_token(
     good = callback_token(SECRET, "smspartner", delivery_id)
     answer = client.post(f"/hooks/smspartner/{delivery_id}/{good}", content=body)
     # …and the right one works for any id the producer could make (ours are UUIDs).
-    if answer.status_code == 200:
+    if answer.status_code == 200 and answer.json()["status"] == "published":
         assert recorder.hints == [("smspartner", delivery_id)]
+    elif answer.status_code == 200:  # the same id drawn again within the hint interval
+        assert answer.json()["status"] == "throttled" and recorder.hints == []
     else:
         # A refused id (403), or one the URL itself cannot carry (``.`` and ``..`` are path
         # segments a client or router resolves: 404): a 4xx, and nothing published.

@@ -25,20 +25,46 @@ from worker.tracking.callbacks import callback_token, callback_url, verify_token
 from .driver_support import mock_client, recorder
 
 SECRET = "k" * 32
-URL = callback_url("https://hooks.example.com/", SECRET, "smspartner", "dlv-1")
+ISSUED = 1_764_230_000.0
+URL = callback_url("https://hooks.example.com/", SECRET, "smspartner", "dlv-1", issued_at=ISSUED)
 SMS_OK = {"success": True, "code": 200, "message_id": 307, "nb_sms": 1, "cost": 0.038}
 VOICE_OK = {"success": True, "campaignId": "Ff1tbu0lax", "cost": 0.1, "currency": "EUR"}
 
 
 def test_the_url_names_the_delivery_and_carries_its_token() -> None:
-    token = callback_token(SECRET, "smspartner", "dlv-1")
+    token = callback_token(SECRET, "smspartner", "dlv-1", issued_at=ISSUED)
     assert f"https://hooks.example.com/hooks/smspartner/dlv-1/{token}" == URL
-    assert len(token) == 43  # 32 bytes, base64url, unpadded
-    assert verify_token(SECRET, "smspartner", "dlv-1", token)
-    assert not verify_token(SECRET, "smspartner", "dlv-2", token)
-    assert not verify_token(SECRET, "voicepartner", "dlv-1", token)
-    assert not verify_token("j" * 32, "smspartner", "dlv-1", token)
-    assert not verify_token(SECRET, "smspartner", "dlv-1", token + "é")
+    issued, _, mac = token.partition(".")
+    assert int(issued, 16) == int(ISSUED) and len(mac) == 43  # 32 bytes, base64url, unpadded
+    now = ISSUED + 60
+    assert verify_token(SECRET, "smspartner", "dlv-1", token, now=now)
+    assert not verify_token(SECRET, "smspartner", "dlv-2", token, now=now)
+    assert not verify_token(SECRET, "voicepartner", "dlv-1", token, now=now)
+    assert not verify_token("j" * 32, "smspartner", "dlv-1", token, now=now)
+    assert not verify_token(SECRET, "smspartner", "dlv-1", token + "é", now=now)
+
+
+def test_a_token_expires_after_the_tracking_horizon() -> None:
+    token = callback_token(SECRET, "smspartner", "dlv-1", issued_at=ISSUED)
+    horizon = 48 * 3600
+    assert verify_token(SECRET, "smspartner", "dlv-1", token, now=ISSUED + horizon)
+    assert not verify_token(SECRET, "smspartner", "dlv-1", token, now=ISSUED + horizon + 1)
+    assert verify_token(SECRET, "smspartner", "dlv-1", token, now=ISSUED + 10, max_age_s=60)
+    assert not verify_token(SECRET, "smspartner", "dlv-1", token, now=ISSUED + 61, max_age_s=60)
+    # Issued far in the future (a forged or broken clock): refused too.
+    assert not verify_token(SECRET, "smspartner", "dlv-1", token, now=ISSUED - 3600)
+
+
+def test_the_issued_at_is_signed_and_old_style_tokens_are_refused() -> None:
+    token = callback_token(SECRET, "smspartner", "dlv-1", issued_at=ISSUED)
+    _, _, mac = token.partition(".")
+    # Moving the date forward to revive an expired URL breaks the MAC.
+    revived = f"{int(ISSUED) + 100 * 3600:x}.{mac}"
+    assert not verify_token(SECRET, "smspartner", "dlv-1", revived, now=ISSUED + 100 * 3600)
+    # A token without an issued-at (as made before they expired) never verifies.
+    assert not verify_token(SECRET, "smspartner", "dlv-1", mac, now=ISSUED)
+    assert not verify_token(SECRET, "smspartner", "dlv-1", f".{mac}", now=ISSUED)
+    assert not verify_token(SECRET, "smspartner", "dlv-1", f"zz.{mac}", now=ISSUED)
 
 
 @pytest.mark.parametrize(

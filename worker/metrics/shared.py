@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from worker.config import Settings
 from worker.providers import DRIVERS, PROVIDERS
+from worker.redis_memory import memory_usage
 from worker.stores import Limit, Stores, limiter_key
 
 __all__ = ["BREAKER_STATES", "SharedStateCollector", "queue_names"]
@@ -103,6 +104,24 @@ class SharedStateCollector(Collector):
         yield from self._queues()
         yield self._limiter_usage()
         yield from self._balances()
+        yield from self._redis_memory()
+
+    def _redis_memory(self) -> Iterator[GaugeMetricFamily]:
+        """How close the shared Redis is to ``maxmemory`` (worker.redis_memory): a
+        ``noeviction`` Redis refuses writes there, so the alert fires before."""
+        usage = memory_usage(self.redis)
+        headroom = GaugeMetricFamily(
+            "delivery_redis_memory_headroom_bytes",
+            "Bytes the shared Redis may still use before maxmemory (+Inf: no maxmemory set).",
+        )
+        headroom.add_metric([], usage.headroom_bytes)
+        ratio = GaugeMetricFamily(
+            "delivery_redis_memory_used_ratio",
+            "used_memory / maxmemory of the shared Redis (0 when no maxmemory is set).",
+        )
+        ratio.add_metric([], usage.used_bytes / usage.max_bytes if usage.max_bytes > 0 else 0.0)
+        yield headroom
+        yield ratio
 
     def _queues(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from worker.config import PROVIDERS
 
 if TYPE_CHECKING:
+    from worker.config import Settings
     from worker.ops.operations import Operations
     from worker.runtime import Runtime
 
@@ -156,6 +157,33 @@ def _cmd_check_config(_args: argparse.Namespace) -> int:
     )
     for note in egress_notes(settings):
         print(f"warning: {note}", file=sys.stderr)
+    return _check_redis_policy(settings)
+
+
+def _check_redis_policy(settings: Settings) -> int:
+    """Redis must not evict (``worker.redis_memory``): 1 when it may, unless opted in."""
+    import redis
+
+    from worker.errors import ConfigurationError
+    from worker.redis_client import shared_redis
+    from worker.redis_memory import check_eviction_policy
+
+    client = shared_redis(settings, socket_timeout=10)
+    try:
+        check = check_eviction_policy(client, allow_eviction=settings.allow_eviction)
+    except ConfigurationError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except (redis.RedisError, OSError) as exc:
+        reason = type(exc).__name__
+        print(f"warning: Redis unreachable, maxmemory-policy unchecked ({reason})", file=sys.stderr)
+        return 0
+    finally:
+        client.close()
+    if check.warning:
+        print(f"warning: {check.warning}", file=sys.stderr)
+    else:
+        print(f"redis maxmemory-policy: {check.policy}")
     return 0
 
 

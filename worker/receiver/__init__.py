@@ -22,16 +22,22 @@ def build_from_env() -> Any:
     from worker.config import get_settings
     from worker.logs import configure_logging
     from worker.receiver.app import ReceiverConfig, create_app
+    from worker.receiver.limits import BodyDeadline
     from worker.receiver.publish import CeleryPublisher, RedisDedupe
     from worker.redis_client import shared_redis
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     client = shared_redis(settings, socket_timeout=5)
-    return create_app(
+    app = create_app(
         ReceiverConfig.from_settings(settings),
         CeleryPublisher(celery_app),
         RedisDedupe(client, settings.tracking_dedupe_ttl_s),
+    )
+    return BodyDeadline(
+        app,
+        timeout_s=settings.receiver_body_timeout_s,
+        max_body_bytes=settings.receiver_max_body_bytes,
     )
 
 
@@ -39,19 +45,29 @@ def serve(host: str, port: int, *, workers: int = 1) -> None:
     """Run the receiver until SIGTERM/SIGINT (uvicorn handles both gracefully).
 
     uvicorn's access log is off: hint URLs carry their token in the path. The app logs each
-    request itself, by route.
+    request itself, by route. Every deadline and cap comes from the ``DELIVERY_RECEIVER_*``
+    settings (docs/threat-model-receiver.md); the request-head deadline lives in the protocol
+    class (``worker.receiver.limits``), the body deadline in the app's middleware.
     """
     import uvicorn
 
+    from worker.config import get_settings
+    from worker.receiver.limits import HeaderDeadlineH11Protocol
+
+    settings = get_settings()
     uvicorn.run(
         "worker.receiver:build_from_env",
         factory=True,
         host=host,
         port=port,
         workers=workers,
+        http=HeaderDeadlineH11Protocol,
         access_log=False,
         server_header=False,
         proxy_headers=False,
         log_level="warning",
-        timeout_keep_alive=5,
+        timeout_keep_alive=settings.receiver_keep_alive_s,
+        limit_concurrency=settings.receiver_max_connections,
+        h11_max_incomplete_event_size=settings.receiver_max_header_bytes,
+        backlog=settings.receiver_backlog,
     )

@@ -9,9 +9,16 @@ Routes (every answer is JSON ``{"status": …}``, with ``"error"`` on a refusal)
   (a server event, an incoming message); 409 while the same uuid is being published; 503
   when the broker is down (Postal retries, docs/providers/postal.md §4.6).
 * ``GET|POST /hooks/{smspartner|voicepartner}/{delivery_id}/{token}``: a callback hint
+<<<<<<< HEAD
   (docs/providers/smspartner.md §1.4, docs/providers/voicepartner.md §3.3). 403 for a wrong token,
   404 when hints are not configured; the body is read (bounded) and ignored; 200 ``published`` after
   ``TRACK_HINT_TASK`` is on the broker.
+=======
+  (§1.4, §3.3). 403 for a wrong or expired token, 404 when hints are not configured; the body
+  is read (bounded) and ignored; 200 ``published`` after ``TRACK_HINT_TASK`` is on the broker,
+  200 ``throttled`` (nothing published) for a second hint about a delivery within
+  ``hint_interval_s``.
+>>>>>>> recv
 
 Nothing is published for a refused request. Logs name the route, never the path (the hint
 URLs carry their token) and never a body.
@@ -57,6 +64,10 @@ class ReceiverConfig:
     postal_max_age_s: float = 12 * 3600
     tracking_secret: str | None = None
     max_body_bytes: int = 1024 * 1024
+    hint_max_age_s: float = 48 * 3600.0
+    """A callback token older than this is refused (the tracking horizon)."""
+    hint_interval_s: float = 15.0
+    """At most one hint per delivery is published in this window; the rest are answered 200."""
 
     @classmethod
     def from_settings(cls, settings: Any) -> ReceiverConfig:
@@ -67,6 +78,8 @@ class ReceiverConfig:
             postal_max_age_s=settings.postal_webhook_max_age_s,
             tracking_secret=(secret.get_secret_value() or None) if secret is not None else None,
             max_body_bytes=settings.receiver_max_body_bytes,
+            hint_max_age_s=settings.tracking_poll_max_s,
+            hint_interval_s=settings.tracking_hint_interval_s,
         )
 
 
@@ -180,7 +193,14 @@ def create_app(
         if (
             not valid_delivery_id(delivery_id)
             or len(token) > 100
-            or not verify_token(config.tracking_secret, provider, delivery_id, token)
+            or not verify_token(
+                config.tracking_secret,
+                provider,
+                delivery_id,
+                token,
+                now=clock(),
+                max_age_s=config.hint_max_age_s,
+            )
         ):
             log.info("receiver.refused", route="hint", provider=provider, status=403)
             return _refuse(403, "callback token does not match")
@@ -192,6 +212,14 @@ def create_app(
         except _TooLarge:
             return _refuse(413, f"body larger than {config.max_body_bytes} bytes")
         try:
+            # A replayed (or chatty) callback costs a task and a provider lookup: one per
+            # delivery per window; the lookup reads the latest status anyway.
+            due = await run_in_threadpool(
+                dedupe.hint_due, f"{provider}:{delivery_id}", config.hint_interval_s
+            )
+            if not due:
+                log.info("receiver.hint_throttled", provider=provider, delivery_id=delivery_id)
+                return JSONResponse({"status": "throttled"})
             await run_in_threadpool(publisher.publish_hint, provider, delivery_id)
         except Exception as exc:
             log.error("receiver.publish_failed", route="hint", error=type(exc).__name__)

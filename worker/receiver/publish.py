@@ -52,6 +52,10 @@ class Dedupe(Protocol):
 
     def release(self, key: str) -> None: ...
 
+    def hint_due(self, key: str, interval_s: float) -> bool:
+        """True at most once per ``interval_s`` for ``key`` (a delivery's hints)."""
+        ...
+
     def ping(self) -> None: ...
 
 
@@ -98,6 +102,10 @@ class RedisDedupe:
     def release(self, key: str) -> None:
         self.redis.delete(self.PREFIX + key)
 
+    def hint_due(self, key: str, interval_s: float) -> bool:
+        name = f"{self.PREFIX}hint:{key}"
+        return bool(self.redis.set(name, b"1", nx=True, px=max(1, int(interval_s * 1000))))
+
     def ping(self) -> None:
         self.redis.ping()
 
@@ -108,6 +116,7 @@ class MemoryDedupe:
     def __init__(self, ttl_s: float = 3600.0, clock: Callable[[], float] = time.monotonic):
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[str, float]] = {}
+        self._hints: dict[str, float] = {}
         self.ttl_s = ttl_s
         self.clock = clock
 
@@ -127,6 +136,15 @@ class MemoryDedupe:
     def release(self, key: str) -> None:
         with self._lock:
             self._seen.pop(key, None)
+
+    def hint_due(self, key: str, interval_s: float) -> bool:
+        now = self.clock()
+        with self._lock:
+            until = self._hints.get(key)
+            if until is not None and until > now:
+                return False
+            self._hints[key] = now + interval_s
+            return True
 
     def ping(self) -> None:
         return None

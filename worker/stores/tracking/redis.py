@@ -18,7 +18,8 @@ Every per-delivery key expires :data:`TRACKING_TTL_S` after its last write; orph
 outbox entry) is one Lua script (``apply.lua``), so a crash never leaves a state change without
 its notification; registering a sent delivery (index, its ``sent`` events through ``apply.lua``,
 the watch, the orphans kept for it) is one more (``register.lua``, one round trip per send);
-claiming due watches is another (``claim.lua``).
+claiming due watches is another (``claim.lua``); releasing the outbox lock compares and deletes
+in one (``unlock.lua``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class RedisTrackingStore(TrackingBase):
         self._rules = rules_json()
         self._apply = load_script(client, _PACKAGE, "apply.lua")
         self._claim = load_script(client, _PACKAGE, "claim.lua")
+        self._unlock = load_script(client, _PACKAGE, "unlock.lua")
         self._register = client.register_script(REGISTER_LUA)
 
     @staticmethod
@@ -326,6 +328,6 @@ class RedisTrackingStore(TrackingBase):
         return bool(self.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
 
     def outbox_unlock(self, delivery_id: str, token: str) -> None:
-        key = _key("outlock", delivery_id)
-        if self.redis.get(key) in (token, token.encode()):
-            self.redis.delete(key)
+        # Compare and delete in one script: a GET then a DEL could delete another worker's lock
+        # taken in between (ours having expired).
+        self._unlock(keys=[_key("outlock", delivery_id)], args=[token])
