@@ -9,16 +9,10 @@ Routes (every answer is JSON ``{"status": …}``, with ``"error"`` on a refusal)
   (a server event, an incoming message); 409 while the same uuid is being published; 503
   when the broker is down (Postal retries, docs/providers/postal.md §4.6).
 * ``GET|POST /hooks/{smspartner|voicepartner}/{delivery_id}/{token}``: a callback hint
-<<<<<<< HEAD
-  (docs/providers/smspartner.md §1.4, docs/providers/voicepartner.md §3.3). 403 for a wrong token,
-  404 when hints are not configured; the body is read (bounded) and ignored; 200 ``published`` after
-  ``TRACK_HINT_TASK`` is on the broker.
-=======
-  (§1.4, §3.3). 403 for a wrong or expired token, 404 when hints are not configured; the body
-  is read (bounded) and ignored; 200 ``published`` after ``TRACK_HINT_TASK`` is on the broker,
-  200 ``throttled`` (nothing published) for a second hint about a delivery within
-  ``hint_interval_s``.
->>>>>>> recv
+  (docs/providers/smspartner.md §1.4, docs/providers/voicepartner.md §3.3). 403 for a wrong
+  or expired token, 404 when hints are not configured; the body is read (bounded) and ignored;
+  200 ``published`` after ``TRACK_HINT_TASK`` is on the broker, 200 ``throttled`` (nothing
+  published) for a second hint about a delivery within ``hint_interval_s``.
 
 Nothing is published for a refused request. Logs name the route, never the path (the hint
 URLs carry their token) and never a body.

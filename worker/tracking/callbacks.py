@@ -1,15 +1,14 @@
 """Per-delivery callback URLs for providers whose status push is only a hint.
 
 SMS Partner's ``urlDlr`` (docs/providers/smspartner.md §1.4) and Voice Partner's ``notifyUrl``
-(docs/providers/voicepartner.md §3.3) post a
-payload nobody documents, so the receiver trusts nothing in it: the URL itself says which
-delivery it is about, and carries a token only this deployment can make:
-``<issued_at>.<mac>``, the send's Unix time in hex and
+(docs/providers/voicepartner.md §3.3) post a payload nobody documents, so the receiver trusts
+nothing in it: the URL itself says which delivery it is about, and carries a token only this
+deployment can make: ``<issued_at>.<mac>``, the send's Unix time in hex and
 ``HMAC-SHA256(secret, provider + "\\n" + delivery_id + "\\n" + issued_at)`` (base64url,
 unpadded). The receiver recomputes it, compares in constant time and accepts it only within a
 bounded window after ``issued_at`` (the tracking horizon, 48 h by default: a report can take that
-long, docs/providers/smspartner.md §1.4), so a captured URL cannot be replayed for ever; then it asks the worker to look the
-status up.
+long, docs/providers/smspartner.md §1.4), so a captured URL cannot be replayed for ever; then
+it asks the worker to look the status up.
 
 The token is in the URL path (``/hooks/<provider>/<delivery_id>/<token>``), so whatever query
 string a provider appends cannot disturb it. The URL goes to the provider in the send request;
