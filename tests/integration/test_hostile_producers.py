@@ -23,6 +23,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from hypothesis import strategies as st
 from devstack.processes import Proc, _spawn, start_worker
 from worker.app import client_app
 from worker.guard import MAIN_MARK_PREFIX, REJECTED_KEY
+from worker.guard.refusals import REFUSED_COPY_SUFFIX
+from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
 
 from .conftest import wait_ready
@@ -500,3 +503,42 @@ def test_compression_bombs_are_refused_before_they_expand_and_the_main_process_s
     finally:
         proc.stop()
 
+
+def test_a_malformed_copy_of_a_scheduled_delivery_is_refused_beside_it_and_the_sms_is_sent(
+    hostile_env: dict[str, str], hostile_client: Celery, sandbox: Any, tmp_path: Path
+) -> None:
+    ledger = RedisLedger(redis.Redis.from_url(hostile_env["DELIVERY_BROKER_URL"]))
+    producer = Producer(app=hostile_client, ledger=ledger)
+    proc = start_worker(tmp_path, hostile_env, name="copies", concurrency=1)
+    try:
+        wait_ready(hostile_client, proc)
+        due = datetime.fromtimestamp(time.time() + 4.0, UTC).isoformat()
+        message = {"provider": "smspartner", "to": ["+33612345678"], "text": "Hi", "send_at": due}
+        result = producer.enqueue("sms", message)
+        deadline = time.monotonic() + 10
+        while (record := ledger.get(result.id)) is None or record.state != "scheduled":
+            assert time.monotonic() < deadline, record
+            time.sleep(0.05)
+        copies = [  # the same delivery id: bad arguments, another content type, an unknown task
+            {"kind": "task", "id": result.id, "name": TASKS["sms"], "args": [message, 1],
+             "kwargs": {}},
+            {"kind": "raw", "id": result.id, "headers": headers(result.id, TASKS["sms"]),
+             "body_b64": base64.b64encode(b"[[], {}, {}]").decode(),
+             "content_type": "text/plain", "content_encoding": "utf-8"},
+            {"kind": "task", "id": result.id, "name": "tasks.nope", "args": [], "kwargs": {}},
+        ]  # fmt: skip
+        send_bare(hostile_env, copies)
+        deadline = time.monotonic() + 30
+        while result.id + REFUSED_COPY_SUFFIX not in ledger.dead_letters():
+            assert time.monotonic() < deadline, "the copies were never refused"
+            time.sleep(0.05)
+        assert result.get(timeout=30)["status"] == "sent"
+        record = ledger.get(result.id)
+        assert record is not None and record.state == "sent", record
+        assert result.id not in ledger.dead_letters()
+        letter = ledger.dead_letters()[result.id + REFUSED_COPY_SUFFIX]
+        assert letter["redacted"] is True
+        assert len(sandbox.messages("smspartner")) == 1
+        assert proc.alive(), proc.log_tail()
+    finally:
+        proc.stop()
