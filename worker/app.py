@@ -10,14 +10,58 @@ from celery.exceptions import Retry
 from celery.worker.request import Request
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Message as VirtualMessage
 
 from worker.config import Settings, get_settings
+from worker.guard.inflate import InflateRefused, register_bounded_decompression
 from worker.logs import configure_logging
 from worker.redaction import redacted_repr
 from worker.redis_client import celery_sentinel_options
 from worker.tasknames import CHANNEL_OF_TASK
 
 __all__ = ["RedisTransport", "app", "celery_config"]
+
+
+class GuardedRedisMessage(VirtualMessage):
+    """kombu's Redis message, whose unreadable body is refused by the guard with a recorded
+    outcome.
+
+    kombu inflates a ``compression`` header's body in ``Message.__init__`` (bounded here:
+    :mod:`worker.guard.inflate`) and keeps any error of that step in ``errors``; Celery's
+    consumer then logs the body and drops the message with no outcome anywhere. The error
+    moves to :attr:`read_refusal` instead (the body stays as it came, compressed and small),
+    and the guard's checks refuse the message under its task id like any other bad message.
+    """
+
+    read_refusal: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.errors:
+            error = self.errors[0][1]
+            if isinstance(error, InflateRefused):
+                self.read_refusal = error.reason
+            elif self.headers.get("compression") is not None:
+                self.read_refusal = (
+                    f"the compressed body cannot be inflated ({type(error).__name__})"
+                )
+            else:
+                self.read_refusal = f"the body cannot be read ({type(error).__name__})"
+            self.errors = []
+
+    def serializable(self) -> Any:
+        """What kombu keeps in Redis's unacked hash (and restores): a compressed message as it
+        came, not kombu's re-encoding of its inflated body (another ~1.3 times the body in
+        this process, and in Redis)."""
+        if self.headers.get("compression") is None:
+            return super().serializable()
+        return {
+            "body": getattr(self, "_raw", {}).get("body"),
+            "properties": self.properties,
+            "content-type": self.content_type,
+            "content-encoding": self.content_encoding,
+            "headers": dict(self.headers),
+        }
 
 
 class _RedisChannel(kombu_redis.Channel):
@@ -34,6 +78,8 @@ class _RedisChannel(kombu_redis.Channel):
     the ledger, or Redis redelivers them after ``visibility_timeout``).
     """
 
+    Message = GuardedRedisMessage
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise redis.ConnectionError("broker connection already collected")
@@ -49,6 +95,8 @@ class RedisTransport(kombu_redis.Transport):
 class _SentinelChannel(kombu_redis.SentinelChannel):
     """kombu's Sentinel channel with :class:`_RedisChannel`'s fix (a connection error where
     kombu raises AttributeError after the connection was collected)."""
+
+    Message = GuardedRedisMessage
 
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
@@ -132,6 +180,9 @@ def celery_config() -> dict[str, Any]:
         "enable_utc": True,
     }
 
+
+# Compressed bodies inflate to at most the body-size limit, before any hook sees them.
+register_bounded_decompression(get_settings().message_limits().max_bytes)
 
 app = Celery("delivery-worker", include=["tasks"])
 app.conf.update(celery_config())

@@ -25,6 +25,7 @@ addresses, html and text of 2,000,000 characters each even when JSON escapes eve
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "MessageLimits",
     "body_of",
     "check_encoded_size",
+    "check_encoded_structure",
     "check_message",
     "check_structure",
     "shape",
@@ -53,6 +55,55 @@ DEFAULT_LIMITS = MessageLimits()
 def check_encoded_size(size: int, limits: MessageLimits) -> str | None:
     if size > limits.max_bytes:
         return f"message size {size} bytes exceeds the limit of {limits.max_bytes} bytes"
+    return None
+
+
+# One token of a JSON text for :func:`check_encoded_structure`: a whole string (escapes included,
+# matched in C; an unterminated one runs to the end, so every attempt succeeds and the scan stays
+# linear), a bracket, or a comma.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\[\s\S]?[^"\\]*)*(?:"|\Z)|[\[\]{},]')
+_EMPTY = re.compile(rb"[ \t\r\n]*[\]}]")
+_OPENING, _CLOSING, _COMMA = frozenset(b"[{"), frozenset(b"]}"), ord(",")
+
+
+def check_encoded_structure(body: bytes | str, limits: MessageLimits) -> str | None:
+    """:func:`check_structure`'s item bound, read off the encoded JSON *before* it is decoded;
+    ``None`` when within it (a body also too deep says so in the reason).
+
+    Decoding is what costs: a 90 MiB body of empty lists (a 4 KiB bz2 bomb) decodes into tens
+    of millions of list objects, gigabytes in the worker's main process, before any check of
+    the decoded value can run. This scan walks the text's tokens (strings matched whole by a
+    regular expression, so commas and brackets inside them do not count) and stops once
+    ``max_items`` is passed, so its work is bounded whatever the body. Items are counted as
+    :func:`check_structure` counts them: a non-empty container holds one more item than it has
+    commas. Strings are not items, but valid JSON has at most two per item (a key and its
+    value) and a bracket pair per container: more than ``5 * max_items + 8`` tokens is more
+    items than allowed, which bounds the work on a body of many strings too. Not a validator:
+    a body that is not JSON is left to the decoder.
+    """
+    data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    depth = deepest = items = 0
+    most_tokens = 5 * limits.max_items + 8
+    for scanned, match in enumerate(_TOKEN.finditer(data)):
+        token = data[match.start()]
+        if token in _OPENING:
+            depth += 1
+            deepest = max(deepest, depth)
+            if not _EMPTY.match(data, match.end()):
+                items += 1
+        elif token in _CLOSING:
+            depth -= 1
+        elif token == _COMMA:
+            items += 1
+        if items > limits.max_items or scanned > most_tokens:
+            if deepest > limits.max_depth:
+                return (
+                    f"nesting depth of at least {deepest} exceeds the limit of "
+                    f"{limits.max_depth} (refused before decoding)"
+                )
+            return f"more than {limits.max_items} items (list items and object keys)"
+    # Within the item bound decoding is cheap: a depth over the limit is left to
+    # check_structure on the decoded value, whose refusal carries the message's outline.
     return None
 
 

@@ -13,13 +13,17 @@ from a body or an address, and no "Unrecoverable error".
 from __future__ import annotations
 
 import base64
+import bz2
 import json
+import lzma
 import os
 import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,8 @@ from hypothesis import strategies as st
 from devstack.processes import Proc, _spawn, start_worker
 from worker.app import client_app
 from worker.guard import MAIN_MARK_PREFIX, REJECTED_KEY
+from worker.guard.refusals import REFUSED_COPY_SUFFIX
+from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
 
 from .conftest import wait_ready
@@ -321,7 +327,8 @@ def test_a_storm_of_hostile_messages_by_name_leaves_every_one_final_and_the_work
             "kind": "invalid_message",
             "message": "nesting depth 503 exceeds the limit of 32",
         }
-        assert "too deep to decode" in reasons[deep]["message"]
+        # Refused by the scan of the encoded body, before the decoder recursed into it.
+        assert reasons[deep]["message"].startswith("nesting depth of at least ")
         assert "application/x-python-serialize" in reasons[pickled]["message"]
         assert reasons[deep_headers]["message"].startswith("headers: nesting depth")
         letters = ledger.dead_letters()
@@ -422,3 +429,116 @@ def test_a_message_that_kills_the_main_process_is_a_dead_letter_on_its_next_deli
         assert "Unrecoverable error" not in second.log_path.read_text()
     finally:
         second.stop()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size so far (``VmHWM``), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def send_good_sms(env: dict[str, str]) -> str:
+    """A valid SMS by name; its id."""
+    good_id = str(uuid.uuid4())
+    message = {"provider": "smspartner", "to": ["+33612345678"], "text": "Code 1234"}
+    send_bare(
+        env,
+        [{"kind": "task", "id": good_id, "name": TASKS["sms"], "args": [message], "kwargs": {}}],
+    )
+    return good_id
+
+
+def test_compression_bombs_are_refused_before_they_expand_and_the_main_process_stays_small(
+    hostile_env: dict[str, str], hostile_client: Celery, sandbox: Any, tmp_path: Path
+) -> None:
+    # The default limits (a 96 MiB body), as the issue reproduced it: a 4 KiB bz2 body that
+    # inflates to 90 MiB of nested lists peaked the main process at 2.6 GB.
+    env = {k: v for k, v in hostile_env.items() if k not in LIMITS_ENV}
+    lists = b"[" + b"[[]]," * (90 * 1024 * 1024 // 5) + b"[]]"
+    bombs = {
+        "bz2 lists": ("bzip2", bz2.compress(lists)),
+        "zlib zeros": ("zlib", zlib.compress(b"0" * (200 * 1024 * 1024), 9)),
+        "lzma lists": ("application/x-lzma", lzma.compress(lists)),
+        "unknown": ("snappy", b"\x00" * 64),
+    }
+    assert len(bombs["bz2 lists"][1]) < 64 * 1024
+    ids = {name: str(uuid.uuid4()) for name in bombs}
+    cases = [
+        {
+            "kind": "raw",
+            "id": ids[name],
+            "headers": {**headers(ids[name], TASKS["sms"]), "compression": method},
+            "body_b64": base64.b64encode(data).decode(),
+            "content_type": "application/json",
+            "content_encoding": "utf-8",
+        }
+        for name, (method, data) in bombs.items()
+    ]
+    del lists
+    proc = start_worker(tmp_path, env, name="bombs", concurrency=1)
+    try:
+        wait_ready(hostile_client, proc)
+        idle = peak_rss_mb(proc.pid)
+        send_bare(env, cases)
+        good_id = send_good_sms(env)
+        ledger = RedisLedger(redis.Redis.from_url(env["DELIVERY_BROKER_URL"]))
+        outcomes = wait_final(ledger, hostile_client, list(ids.values()), timeout_s=120)
+        reasons = {name: outcomes[ids[name]][1]["error"]["message"] for name in bombs}
+        assert {outcomes[i][0] for i in ids.values()} == {"failed"}, outcomes
+        assert reasons["bz2 lists"] == "more than 20000 items (list items and object keys)"
+        assert reasons["lzma lists"] == reasons["bz2 lists"]
+        assert reasons["zlib zeros"].startswith(
+            "the compressed body inflates beyond the limit of 100663296 bytes"
+        )
+        assert reasons["unknown"] == "the compressed body cannot be inflated (KeyError)"
+        assert set(ids.values()) <= set(ledger.dead_letters())
+        assert hostile_client.AsyncResult(good_id).get(timeout=60)["status"] == "sent"
+        peak = peak_rss_mb(proc.pid)
+        print(f"[bombs] main process peak RSS {peak:.0f} MB (idle {idle:.0f} MB)")
+        assert peak < 400, f"main process peaked at {peak:.0f} MB"
+        assert proc.alive(), proc.log_tail()
+        assert "Unrecoverable error" not in proc.log_path.read_text(errors="replace")
+    finally:
+        proc.stop()
+
+
+def test_a_malformed_copy_of_a_scheduled_delivery_is_refused_beside_it_and_the_sms_is_sent(
+    hostile_env: dict[str, str], hostile_client: Celery, sandbox: Any, tmp_path: Path
+) -> None:
+    ledger = RedisLedger(redis.Redis.from_url(hostile_env["DELIVERY_BROKER_URL"]))
+    producer = Producer(app=hostile_client, ledger=ledger)
+    proc = start_worker(tmp_path, hostile_env, name="copies", concurrency=1)
+    try:
+        wait_ready(hostile_client, proc)
+        due = datetime.fromtimestamp(time.time() + 4.0, UTC).isoformat()
+        message = {"provider": "smspartner", "to": ["+33612345678"], "text": "Hi", "send_at": due}
+        result = producer.enqueue("sms", message)
+        deadline = time.monotonic() + 10
+        while (record := ledger.get(result.id)) is None or record.state != "scheduled":
+            assert time.monotonic() < deadline, record
+            time.sleep(0.05)
+        copies = [  # the same delivery id: bad arguments, another content type, an unknown task
+            {"kind": "task", "id": result.id, "name": TASKS["sms"], "args": [message, 1],
+             "kwargs": {}},
+            {"kind": "raw", "id": result.id, "headers": headers(result.id, TASKS["sms"]),
+             "body_b64": base64.b64encode(b"[[], {}, {}]").decode(),
+             "content_type": "text/plain", "content_encoding": "utf-8"},
+            {"kind": "task", "id": result.id, "name": "tasks.nope", "args": [], "kwargs": {}},
+        ]  # fmt: skip
+        send_bare(hostile_env, copies)
+        deadline = time.monotonic() + 30
+        while result.id + REFUSED_COPY_SUFFIX not in ledger.dead_letters():
+            assert time.monotonic() < deadline, "the copies were never refused"
+            time.sleep(0.05)
+        assert result.get(timeout=30)["status"] == "sent"
+        record = ledger.get(result.id)
+        assert record is not None and record.state == "sent", record
+        assert result.id not in ledger.dead_letters()
+        letter = ledger.dead_letters()[result.id + REFUSED_COPY_SUFFIX]
+        assert letter["redacted"] is True
+        assert len(sandbox.messages("smspartner")) == 1
+        assert proc.alive(), proc.log_tail()
+    finally:
+        proc.stop()

@@ -12,7 +12,13 @@ from typing import Any
 
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 
-from worker.limits import MessageLimits, check_encoded_size, check_structure, shape
+from worker.limits import (
+    MessageLimits,
+    check_encoded_size,
+    check_encoded_structure,
+    check_structure,
+    shape,
+)
 
 __all__ = ["Accepted", "Refusal", "inspect_message", "is_body"]
 
@@ -60,6 +66,9 @@ def inspect_message(
     reason = check_structure(headers, limits)
     if reason is not None:
         return refuse(f"headers: {reason}")
+    read_refusal = getattr(message, "read_refusal", None)
+    if isinstance(read_refusal, str):  # worker.app.GuardedRedisMessage: bounded inflation
+        return refuse(read_refusal)
     for name in ("eta", "expires"):
         if not _valid_time(headers.get(name)):
             # Celery's Request would raise InvalidTaskError on it and drop the message with no
@@ -76,6 +85,10 @@ def inspect_message(
         return refuse(
             f"content type {_printable(message.content_type)!r} is not accepted (JSON only)"
         )
+    # Bounded before decoding: the decoded value of a small body can be gigabytes.
+    reason = check_encoded_structure(body, limits) if isinstance(body, bytes | str) else None
+    if reason is not None:
+        return refuse(reason)
     try:
         payload = message.decode()
     except Exception as exc:

@@ -28,6 +28,7 @@ __all__ = [
     "ALIVE_TTL_S",
     "GUARD_HEADER",
     "MAIN_MARK_PREFIX",
+    "REFUSED_COPY_SUFFIX",
     "REJECTED_KEY",
     "MessageGuard",
 ]
@@ -64,6 +65,9 @@ if alive == 0 or ARGV[4] == '1' then
 end
 return {alive, dead}
 """
+REFUSED_COPY_SUFFIX = ":refused-copy"
+"""A refused message whose id is a live delivery's is set aside as the dead letter
+``<id>:refused-copy``, leaving the delivery's own record, result and dead letter alone."""
 REJECTED_KEY = "dw:rejected"
 """Hash of counts of messages refused without a readable task id, by kind."""
 _MARK_TTL_S = 24 * 3600
@@ -225,6 +229,25 @@ class MessageGuard:
         if record is not None and record.final:
             # Already finished (a stale copy): its outcome stands.
             log.info("delivery.already_final", delivery_id=task_id, state=record.state)
+            return
+        if record is not None and refusal.kind != "dead_letter":
+            # A malformed copy carrying a live delivery's id (a replay, a hostile producer): it
+            # is not that delivery, so its refusal never touches the delivery's record or
+            # result. It is set aside beside it (REFUSED_COPY_SUFFIX) and the delivery goes on.
+            self.ledger.set_aside(
+                task_id + REFUSED_COPY_SUFFIX,
+                reason=refusal.reason,
+                task_name=task_name,
+                outline=refusal.outline,
+            )
+            log.warning(
+                "delivery.refused_copy",
+                delivery_id=task_id,
+                state=record.state,
+                task=task_name[:100],
+                kind=refusal.kind,
+                reason=refusal.reason,
+            )
             return
         state = "dead" if refusal.kind == "dead_letter" else "failed"
         error = {"kind": refusal.kind, "message": refusal.reason[:500]}
