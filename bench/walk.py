@@ -76,7 +76,8 @@ def main() -> None:
     returns = sum(1 for i, name in enumerate(seq) if name in seq[:i])
     for n, name in enumerate(files, 1):
         print(f"{n:3d}  {name}")
-    print(f"files: {len(files)}  moves: {len(seq) - 1}  returns into a file already left: {returns}")
+    moves = len(seq) - 1
+    print(f"files: {len(files)}  moves: {moves}  returns into a file already left: {returns}")
 
 
 if __name__ == "__main__":
