@@ -14,17 +14,17 @@ from typing import Any
 
 import structlog
 
+from worker.delivery import writer
 from worker.delivery.context import (
     BATCH_TAGS,
     GAVE_UP,
-    NOT_BEFORE,
     OUTCOME_UNKNOWN,
     Delivery,
     as_float,
 )
-from worker.delivery.outcomes import expire, finish, sent, wait
 from worker.delivery.results import Outcome
 from worker.delivery.settle import Failure, settle_error
+from worker.delivery.writer import expire, finish, sent, wait
 from worker.errors import DeliveryError
 from worker.models import ErrorInfo
 from worker.providers import Driver, SendContext, SendOutcome
@@ -46,9 +46,7 @@ def settle_earlier_send(
         started = as_float(record.fields.get("attempt_started_at")) or 0.0
         ask_at = started + d.settings.http_read_timeout_s + d.settings.reconcile_grace_s
         if time.time() < ask_at:
-            d.rt.ledger.set_fields(
-                d.delivery_id, **{OUTCOME_UNKNOWN: "1", NOT_BEFORE: repr(ask_at)}
-            )
+            writer.outcome_unknown(d, ask_at=ask_at)
             return wait(
                 d, ask_at - time.time(), "reconcile_grace", record.attempts, ask_after_deadline=True
             )
@@ -59,7 +57,7 @@ def settle_earlier_send(
     try:
         found = lookup(d, driver, ctx)
     except DeliveryError as exc:
-        d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "1"})
+        writer.outcome_unknown(d)
         return settle_error(d, Failure(exc, record.attempts))
     if found is not None:
         return sent(d, found, record.attempts)
@@ -70,7 +68,7 @@ def settle_earlier_send(
         error = ErrorInfo.model_validate_json(gave_up)
         return finish(d, "failed", record.attempts, error=error)
     if unknown:
-        d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "0"})
+        writer.outcome_known(d)
     return None
 
 

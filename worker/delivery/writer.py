@@ -1,0 +1,336 @@
+"""The outcome writer: the only code of the delivery flow that writes shared state.
+
+The steps of the flow (``record``, ``deadline``, ``routing``, ``reconcile``, ``send``, ``gate``,
+``settle``, ``schedule``, ``batch``) read and decide; every write their decisions lead to is a
+call here: the ledger, the hot-path scripts (``worker.stores.hotpath``), the tracking
+registration, the parking lot and the Redis counters. A run is a chunk of deliveries (a single
+send is a chunk of one, a provider batch a chunk of many): :func:`begin` and :func:`finish_run`
+frame it, :func:`mark_sending` records the chunk's request before it leaves.
+``tests/unit/test_layout.py`` pins that no other module of the flow writes the ledger.
+
+The ends of an attempt: ``sent``, ``finish`` (failed or expired), ``expire``, ``park`` and
+``wait`` (reschedule, never past the deadline). Every other step ends through one of these.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from worker.delivery.context import (
+    BATCH_TAGS,
+    FIRST_ATTEMPT_AT,
+    GAVE_UP,
+    NOT_BEFORE,
+    OUTCOME_UNKNOWN,
+    Delivery,
+)
+from worker.delivery.results import Done, Retry, mask_ids
+from worker.metrics import record as metrics
+from worker.models import DeliveryResult, ErrorInfo
+from worker.providers import SendOutcome
+from worker.redaction import scrub
+from worker.runtime import Runtime
+from worker.stores import DeliveryRecord
+from worker.stores.hotpath import Begun, Closing
+from worker.tracking.service import registered, sent_tracking, track_sent
+
+__all__ = [
+    "Sending",
+    "begin",
+    "bury",
+    "chose_provider",
+    "clear_mark",
+    "count_attempt",
+    "count_throttle",
+    "counter",
+    "expire",
+    "failed_unread",
+    "finish",
+    "finish_run",
+    "hold",
+    "invalid",
+    "mark_sending",
+    "note_tag_use",
+    "outcome_known",
+    "outcome_unknown",
+    "park",
+    "send_at_seen",
+    "sent",
+    "sent_at_provider_time",
+    "sent_result",
+    "wait",
+]
+
+log = structlog.get_logger(__name__)
+
+
+def sent(
+    d: Delivery, outcome: SendOutcome, previous_attempts: int, *, answered: bool = False
+) -> Done:
+    """``answered``: the provider answered this run's send (its breaker hears a success)."""
+    result = sent_result(d, outcome, previous_attempts)
+    if outcome.warnings:
+        unsent = [w.partition(":")[0] for w in outcome.warnings]
+        log.warning("delivery.fields_not_sent", fields=unsent)
+    fields = {
+        "sent_at": repr(time.time()),
+        "attempts": str(result.attempts),
+        "result": result.model_dump_json(),
+    }
+    try:
+        tracking = sent_tracking(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
+    except Exception as exc:  # tracking never changes a send's outcome
+        log.warning("tracking.register_failed", provider=d.provider, error=type(exc).__name__)
+        tracking = None
+    closing = Closing("sent", fields, d.provider, "sent", answered, tracking)
+    if d.defer_closing:
+        # Written by the run's last step with the unlock (finish_run).
+        d.closing = closing
+    else:
+        if answered:
+            d.rt.health.record_success(d.provider)
+        d.rt.ledger.transition(d.delivery_id, "sent", **fields)
+        d.rt.metric(d.provider, "sent")
+        track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
+    metrics.finished(d.provider, d.channel, "sent", "none")
+    log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
+    return Done(result)
+
+
+def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> DeliveryResult:
+    """The ``sent`` result of an accepted send (provider ids masked, reasons scrubbed)."""
+    return DeliveryResult(
+        status="sent",
+        delivery_id=d.delivery_id,
+        channel=d.channel,
+        provider=d.provider,
+        provider_message_ids=mask_ids(outcome.provider_message_ids),
+        rejected_recipients={
+            k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
+        },
+        attempts=previous_attempts + 1,
+        cost=outcome.cost,
+        currency=outcome.currency,
+        warnings=list(outcome.warnings),
+    )
+
+
+def finish(d: Delivery, state: str, attempts: int, *, error: ErrorInfo) -> Done:
+    """A final state other than ``sent`` (``failed``, ``expired``), with its error."""
+    result = d.result(state, attempts, error=error)
+    d.rt.ledger.transition(
+        d.delivery_id,
+        state,
+        attempts=str(attempts),
+        error_kind=error.kind,
+        result=result.model_dump_json(),
+    )
+    if d.provider:
+        d.rt.metric(d.provider, f"{state}:{error.kind}")
+    metrics.finished(d.provider, d.channel, state, error.kind)
+    return Done(result)
+
+
+def expire(d: Delivery, attempts: int, when: str) -> Done:
+    log.warning("delivery.expired", when=when)
+    error = ErrorInfo(kind="expired", message=f"deadline passed {when}")
+    return finish(d, "expired", attempts, error=error)
+
+
+def park(d: Delivery, provider: str, attempts: int, reason: str) -> Done:
+    """Hold the message until the provider is resumed; neither failed nor retried."""
+    d.rt.parking.park(provider, d.delivery_id, d.task_name, d.raw)
+    result = d.result("parked", attempts, provider=provider)
+    d.rt.ledger.transition(
+        d.delivery_id, "parked", parked_reason=reason[:200], result=result.model_dump_json()
+    )
+    d.rt.metric(provider, "parked")
+    metrics.parked(provider, d.channel)
+    log.warning("delivery.parked", provider=provider)
+    return Done(result)
+
+
+def wait(
+    d: Delivery, delay_s: float, reason: str, attempts: int, *, ask_after_deadline: bool = False
+) -> Done | Retry:
+    """Reschedule this delivery after ``delay_s``; expire it if its deadline has passed."""
+    remaining = d.deadline() - time.time()
+    if ask_after_deadline:
+        # An earlier send's outcome is unknown: the run after the grace asks the provider,
+        # past the deadline too, and then ends sent or expired, never resent
+        # (worker.delivery.deadline). Still never beyond the broker's visibility timeout.
+        delay_s = min(delay_s, d.settings.retry_backoff_max_s)
+    elif remaining <= 0:
+        return expire(d, attempts, f"while {reason.replace('_', ' ')}")
+    else:
+        # Never past the deadline, nor beyond the broker's visibility timeout.
+        delay_s = min(delay_s, d.settings.retry_backoff_max_s, remaining)
+    d.rt.ledger.transition(d.delivery_id, "waiting", waiting_reason=reason)
+    return Retry(max(delay_s, 0.0), reason, d.result("waiting", attempts))
+
+
+# -- the frame of a run: the hot path's first and last scripts ----------------------------------
+
+
+def begin(d: Delivery, token: str, providers: Sequence[str], mark: tuple[str, str] | None) -> Begun:
+    """The run's first script (``HotPath.begin``); a delivery sent by name, never seen by a
+    producer, is recorded on first sight (idempotent) and begun again."""
+    hot, ttl_s = d.rt.hotpath, d.settings.send_lock_ttl_s
+    begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers, mark=mark)
+    if begun.status == "missing":
+        d.rt.ledger.create(
+            d.delivery_id,
+            channel=d.channel,
+            provider=d.message.provider or "auto",
+            extra={"task_name": d.task_name, "message": json.dumps(d.raw)},
+        )
+        begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers)
+    return begun
+
+
+def clear_mark(rt: Runtime, mark: tuple[str, str]) -> None:
+    """The guard's main-process mark of a run that never begins (its message is unreadable)."""
+    rt.hotpath.clear_mark(mark)
+
+
+def finish_run(d: Delivery, token: str, *, finished: bool) -> None:
+    """The run's last script: the ``sent`` left in ``d.closing`` (if any), the run count back to
+    0 when the run ``finished`` (reached an outcome), and the unlock; then what follows a
+    closing write outside Redis: the breaker hears the success (when it has state), the
+    application hears of the send (tracking)."""
+    closing, d.closing = d.closing, None
+    d.defer_closing = False
+    done = d.rt.hotpath.finish(d.delivery_id, token, reset_runs=finished, closing=closing)
+    if closing is None:
+        return
+    if done.breaker_state:
+        try:
+            d.rt.health.record_success(closing.provider)
+        except Exception as exc:  # the send is recorded: a lost success only delays a close
+            log.warning("breaker.success_not_recorded", error=type(exc).__name__)
+    if closing.tracking is not None:
+        registered(d.rt, d.delivery_id, closing.tracking, done.tracking_error)
+
+
+def bury(d: Delivery, crashed_runs: int, attempts: int) -> Done:
+    """A poison message: its worker died in ``crashed_runs`` runs in a row."""
+    reason = f"its worker died in {crashed_runs} runs in a row"
+    d.rt.ledger.bury(d.delivery_id, reason=reason, task_name=d.task_name, message=d.raw)
+    log.error("delivery.dead_letter", reason=reason, action="delivery-worker dead replay ID")
+    result = d.result("dead", attempts, error=ErrorInfo(kind="dead_letter", message=reason))
+    d.rt.ledger.set_fields(d.delivery_id, result=result.model_dump_json())
+    metrics.finished(d.provider, d.channel, "dead", "dead_letter")
+    return Done(result)
+
+
+def invalid(rt: Runtime, delivery_id: str, task_name: str, result: DeliveryResult) -> Done:
+    """An unreadable message, final in the ledger too (a by-name message has no record yet):
+    no content kept."""
+    channel = result.channel
+    rt.ledger.create(delivery_id, channel=channel, provider="auto", extra={"task_name": task_name})
+    rt.ledger.transition(
+        delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
+    )
+    metrics.finished("", channel, "failed", "invalid_message")
+    return Done(result)
+
+
+# -- the request of a chunk -------------------------------------------------------------------
+
+
+@dataclass
+class Sending:
+    """One delivery of a chunk whose request is about to leave."""
+
+    d: Delivery
+    record: DeliveryRecord
+    batch_tags: list[str] | None = None
+    """The tags of the batch requests that carried it, this one last (``None``: alone)."""
+
+
+def mark_sending(chunk: Sequence[Sending], now: str) -> list[bool]:
+    """Every delivery of the chunk ``sending`` before its request leaves (a worker dying from
+    here on leaves records to reconcile); per delivery, whether it changed (``False``: final
+    meanwhile, a cancel won the race)."""
+    changed = []
+    for item in chunk:
+        fields = {"attempt_started_at": now}
+        if FIRST_ATTEMPT_AT not in item.record.fields:
+            fields[FIRST_ATTEMPT_AT] = now
+        if item.batch_tags is not None:
+            fields[BATCH_TAGS] = " ".join(item.batch_tags)
+        changed.append(item.d.rt.ledger.transition(item.d.delivery_id, "sending", **fields))
+    return changed
+
+
+def note_tag_use(d: Delivery, tag: str, at: float) -> None:
+    """The caller's own tag, used for these numbers (reconciliation tells them apart)."""
+    d.rt.ledger.note_tag_use(d.provider, tag, d.recipients(), d.delivery_id, at)
+
+
+# -- counters and marks -------------------------------------------------------------------------
+
+
+def chose_provider(d: Delivery, provider: str) -> None:
+    d.rt.ledger.set_fields(d.delivery_id, provider=provider)
+
+
+def count_attempt(d: Delivery) -> int:
+    """One more error attempt; the count after it."""
+    return d.rt.ledger.incr(d.delivery_id, "attempts")
+
+
+def count_throttle(d: Delivery) -> None:
+    """One more wait that is not an error (a limiter, a breaker, a provider's Retry-After)."""
+    d.rt.ledger.incr(d.delivery_id, "throttled")
+
+
+def counter(provider: str, name: str, rt: Runtime, by: int = 1) -> None:
+    """A provider's Redis counter (``delivery-worker stats``)."""
+    rt.metric(provider, name, by)
+
+
+def outcome_unknown(
+    d: Delivery, *, ask_at: float | None = None, gave_up: str | None = None
+) -> None:
+    """An earlier send's outcome is unknown: ask the provider (after ``ask_at``) before any
+    resend; ``gave_up``: the error (JSON) to fail with if the provider has not seen it."""
+    marks = {OUTCOME_UNKNOWN: "1"}
+    if ask_at is not None:
+        marks[NOT_BEFORE] = repr(ask_at)
+    if gave_up is not None:
+        marks[GAVE_UP] = gave_up
+    d.rt.ledger.set_fields(d.delivery_id, **marks)
+
+
+def outcome_known(d: Delivery) -> None:
+    """The provider was asked and has not seen the earlier send: it may be sent again."""
+    d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "0"})
+
+
+def send_at_seen(d: Delivery, send_at: float) -> None:
+    d.rt.ledger.set_fields(d.delivery_id, send_at=repr(send_at))
+
+
+def hold(d: Delivery, due: float, **fields: str) -> bool:
+    """On the ledger's durable schedule until ``due`` (state ``scheduled``)."""
+    return d.rt.ledger.hold(d.delivery_id, due, **fields)
+
+
+def sent_at_provider_time(d: Delivery, provider: str, due: float, stored: str) -> None:
+    """A send the provider held for its time: ``sent`` once that time has come."""
+    d.rt.ledger.transition(d.delivery_id, "sent", sent_at=repr(due), result=stored)
+    d.rt.metric(provider, "sent")
+
+
+def failed_unread(d: Delivery, result: DeliveryResult) -> Done:
+    """Failed before any send: the message cannot be sent as it stands."""
+    d.rt.ledger.transition(
+        d.delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
+    )
+    return Done(result)
