@@ -262,3 +262,24 @@ def test_receiver_events_duplicates_and_out_of_order(
         ("bounced", "bounced"), ("sent", "bounced"), ("sent", "sent")]  # fmt: skip
     ids = [e["event_id"] for e in events]
     assert len(ids) == len(set(ids))
+
+
+def test_send_cli_waits_until_delivered(
+    track_env: dict[str, str], tracked: RedisTrackingStore
+) -> None:
+    """``delivery-worker send --wait --until delivered``, a real subprocess: the first line is
+    the state the poller found, not the send outcome."""
+    import os
+    import subprocess
+
+    argv = [sys.executable, "-m", "worker.ops.cli", "send", "sms", "--to", "+33611000012"]
+    argv += ["--text", "hi", "--wait", "--until", "delivered", "--timeout", str(TIMEOUT_S)]
+    done = subprocess.run(
+        argv, env={**os.environ, **track_env}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, _, rest = done.stdout.partition("\n")
+    assert first == "delivered"
+    report = json.loads(rest)
+    assert report["result"]["status"] == "sent"
+    assert report["delivery_state"]["recipients"]["+3361*****12"]["state"] == "delivered"
