@@ -33,10 +33,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if record is None:
         print(f"no delivery {args.delivery_id}", file=sys.stderr)
         return 1
-    print(json.dumps(record.to_dict(), indent=2, sort_keys=True))
     from worker.ops.tracking import show_tracking
+    from worker.tracking.status import readable_record
 
-    show_tracking(args.delivery_id)
+    print(json.dumps(readable_record(record.to_dict(), utc=args.utc), indent=2, sort_keys=True))
+    show_tracking(args.delivery_id, utc=args.utc)
     return 0
 
 
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a delivery's ledger record")
     status.add_argument("delivery_id")
+    status.add_argument(
+        "--utc", action="store_true", help="show times in UTC (default: the local time zone)"
+    )
     status.set_defaults(func=_cmd_status)
 
     check = sub.add_parser("check-config", help="validate DELIVERY_* settings")
