@@ -120,3 +120,25 @@ def test_the_demo_what_next_command_runs_in_a_new_shell(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "--until" in done.stdout
+
+
+def test_unreachable_redis_exits_69_naming_the_url_without_its_password() -> None:
+    """A stack that is down is not invalid input: exit 69 (EX_UNAVAILABLE), not 2."""
+    import os
+    import socket
+    import sys
+
+    with socket.socket() as s:  # a loopback port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://:s3cret-pw@127.0.0.1:{port}"
+    env = {**os.environ, "DELIVERY_BROKER_URL": f"{url}/0", "DELIVERY_RESULT_BACKEND": f"{url}/1"}
+    env.pop("DELIVERY_REDIS_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.ops.cli", "send", "sms", "--to", "+33612345678",
+         "--text", "hi"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 69, done.stderr
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout

@@ -20,7 +20,11 @@ if TYPE_CHECKING:
     from worker.ops.operations import Operations
     from worker.runtime import Runtime
 
-__all__ = ["main"]
+__all__ = ["EXIT_UNAVAILABLE", "main"]
+
+EXIT_UNAVAILABLE = 69
+"""Redis (the broker, the shared store) cannot be reached: ``EX_UNAVAILABLE`` of sysexits.h,
+apart from 2 (invalid input), so a script can tell a bad message from a stack that is down."""
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -293,18 +297,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (the demo keeps even those quiet: its table says what happened).
     configure_logging("ERROR" if args.command == "demo" else "WARNING", "console")
 
+    from kombu.exceptions import OperationalError
+
     try:
         code: int = args.func(args)
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, OperationalError) as exc:
         from worker.config import get_settings
         from worker.redaction import safe_url
 
+        settings = get_settings()
+        urls = dict.fromkeys(
+            safe_url(u) for u in (settings.shared_redis_url, settings.broker_url) if u
+        )
         print(
-            f"cannot reach Redis at {safe_url(get_settings().shared_redis_url)} ({exc}); "
-            "set DELIVERY_REDIS_URL or DELIVERY_BROKER_URL",
+            f"cannot reach Redis at {' or '.join(urls)} ({safe_url(str(exc))}); "
+            "is it running? set DELIVERY_REDIS_URL or DELIVERY_BROKER_URL",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_UNAVAILABLE
     return code
 
 

@@ -15,6 +15,7 @@ Exit status (also in ``delivery-worker send --help``):
 3     parked: the provider is paused (e.g. out of credit); resumed later, not failed
 4     ``--wait`` timed out before the delivery settled (or, with ``--until delivered``,
       before tracking saw a final state); it goes on in the workers
+69    Redis (broker or shared store) unreachable: nothing was enqueued (``EX_UNAVAILABLE``)
 ====  =============================================================================
 """
 
@@ -58,7 +59,8 @@ EXIT_CODES = {
 _EPILOG = """\
 exit status: 0 enqueued (or sent, with --wait; delivered, with --until delivered);
 1 failed, expired or dead (or bounced, failed, rejected); 2 invalid input;
-3 parked (provider paused, resumed later); 4 --wait timed out (the delivery goes on).
+3 parked (provider paused, resumed later); 4 --wait timed out (the delivery goes on);
+69 Redis unreachable (nothing enqueued).
 Flags override the fields of a --json message."""
 
 _DEFAULT_PROVIDER = {"sms": "smspartner", "voice": "voicepartner"}
