@@ -443,3 +443,28 @@ def test_compose_runs_the_exporter_prometheus_and_grafana() -> None:
         assert yaml.safe_load(path.read_text())["apiVersion"] == 1
     procfile = (ROOT / "Procfile").read_text()
     assert re.search(r"^metrics: .*delivery-worker metrics", procfile, re.M)
+
+
+def test_the_exporter_serves_the_workers_series_not_flowers(tmp_path: Path) -> None:
+    """A program sharing PROMETHEUS_MULTIPROC_DIR (Flower, started with the workers'
+    environment) writes flower_* files there: the exporter leaves them out."""
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker.metrics.exporter import OwnSeries
+
+    script = (
+        "from prometheus_client import Counter\n"
+        "Counter('flower_events', 'Flower', ['task']).labels('tasks.send_sms').inc()\n"
+        "Counter('delivery_messages_parked', 'worker', ['provider']).labels('postal').inc()\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    registry = CollectorRegistry()
+    registry.register(OwnSeries(str(tmp_path)))
+    text = generate_latest(registry).decode()
+    assert 'delivery_messages_parked_total{provider="postal"} 1.0' in text
+    assert "flower_" not in text
