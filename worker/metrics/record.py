@@ -28,6 +28,7 @@ __all__ = [
     "NO_PROVIDER",
     "attempt_fields",
     "cost",
+    "currency_label",
     "enqueue_to_accept",
     "finished",
     "limiter_hold",
@@ -157,18 +158,25 @@ def cost(provider: str, amount: float | None, currency: str | None) -> None:
     if provider in COST_IN_CREDITS:
         currency = None
     unit = "money" if currency else "credits"
-    COST.labels(provider, unit, _currency_label(currency)).inc(amount)
+    COST.labels(provider, unit, currency_label(currency)).inc(amount)
 
 
-_CURRENCY = re.compile(r"[A-Za-z]{3}|[€$£¥]")
+_ISO_4217 = re.compile(r"[A-Za-z]{3}")
+_SIGNS = {"€": "EUR", "$": "USD", "£": "GBP", "¥": "JPY"}
+"""Signs providers write instead of a code (Voice Partner's ``/me`` says ``€``, its sends
+``EUR``): one series per currency needs one spelling."""
 
 
-def _currency_label(currency: str | None) -> str:
-    """An ISO code or a currency sign as the provider wrote it; anything else is ``other`` (a
-    hostile answer cannot mint label values)."""
+def currency_label(currency: str | None) -> str:
+    """The ``currency`` label of every money series: the ISO 4217 code (``EUR``), a sign
+    mapped to its code; anything else is ``other`` (a hostile answer cannot mint label
+    values); ``""`` when none was given."""
     if not currency:
         return ""
-    return currency.upper() if _CURRENCY.fullmatch(currency) else "other"
+    text = currency.strip()
+    if text in _SIGNS:
+        return _SIGNS[text]
+    return text.upper() if _ISO_4217.fullmatch(text) else "other"
 
 
 def limiter_wait(provider: str, seconds: float) -> None:
