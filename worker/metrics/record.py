@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 
 # Multiprocess mode opens a file in the directory when a labelled value is first used: make
 # sure it exists before prometheus_client is imported (it reads the variable at import).
@@ -36,6 +37,7 @@ __all__ = [
     "limiter_wait",
     "parked",
     "provider_request",
+    "start_provider_series",
     "status_class",
 ]
 
@@ -177,6 +179,18 @@ def currency_label(currency: str | None) -> str:
     if text in _SIGNS:
         return _SIGNS[text]
     return text.upper() if _ISO_4217.fullmatch(text) else "other"
+
+
+def start_provider_series(providers: Iterable[tuple[str, str]]) -> None:
+    """Create the throttle and hold series of each ``(provider, channel)`` at 0.
+
+    A counter's labelled series exists only once it is touched: until a provider's first
+    throttle, ``rate()`` over it has no series and dashboards say "No data" instead of 0.
+    """
+    for provider, channel in providers:
+        PROVIDER_THROTTLED.labels(provider, channel)
+        LIMITER_HOLDS.labels(provider)
+        LIMITER_HOLD_SECONDS.labels(provider)
 
 
 def limiter_wait(provider: str, seconds: float) -> None:
