@@ -282,10 +282,11 @@ def test_the_committed_dashboard_is_the_generated_one() -> None:
     assert (ROOT / dashboard.DASHBOARD_PATH).read_text(encoding="utf-8") == dashboard.render()
 
 
-def test_the_dashboard_has_one_row_per_provider_and_a_sound_grid() -> None:
+def test_the_dashboard_has_a_fleet_row_a_provider_row_and_a_sound_grid() -> None:
     data = json.loads((ROOT / dashboard.DASHBOARD_PATH).read_text(encoding="utf-8"))
-    rows = [p["title"] for p in data["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet", *PROVIDERS]
+    rows = [p for p in data["panels"] if p["type"] == "row"]
+    assert [r["title"] for r in rows] == ["Fleet", "$provider"]
+    assert rows[1]["repeat"] == "provider"  # one row per selected provider
     ids = [p["id"] for p in data["panels"]]
     assert len(ids) == len(set(ids))
     for panel in data["panels"]:
@@ -293,14 +294,39 @@ def test_the_dashboard_has_one_row_per_provider_and_a_sound_grid() -> None:
         assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
         for target in panel.get("targets", []):
             assert _balanced(target["expr"]), target["expr"]
-    # Each provider's row filters on that provider only.
+    # Each panel of the provider row filters on the row's provider.
     current = None
     for panel in data["panels"]:
         if panel["type"] == "row":
             current = panel["title"]
-        elif current in PROVIDERS:
+        elif current == "$provider":
             for target in panel["targets"]:
-                assert f'provider="{current}"' in target["expr"]
+                assert 'provider=~"$provider"' in target["expr"], target["expr"]
+
+
+def test_the_dashboard_names_no_data_source_and_imports_anywhere() -> None:
+    """Every panel and target queries ${datasource} (a datasource variable over Prometheus), a
+    provider variable feeds the provider row, and __inputs/__requires allow an import."""
+    data = json.loads((ROOT / dashboard.DASHBOARD_PATH).read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["provider"]["datasource"]["uid"] == "${datasource}"
+    assert variables["provider"]["includeAll"] and variables["provider"]["multi"]
+    panels = [p for p in data["panels"] if p["type"] != "row"]
+    assert panels
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", (panel["title"], target)
+    assert '"prometheus"' not in json.dumps([p.get("datasource") for p in data["panels"]]).replace(
+        '"type": "prometheus"', ""
+    )
+    [ds_input] = data["__inputs"]
+    assert (ds_input["type"], ds_input["pluginId"]) == ("datasource", "prometheus")
+    required = {(r["type"], r["id"]) for r in data["__requires"]}
+    assert {("grafana", "grafana"), ("datasource", "prometheus")} <= required
+    assert {("panel", p["type"]) for p in panels} <= required
 
 
 _DURATION = re.compile(r"^\d+[smhd]$")
