@@ -343,8 +343,13 @@ def test_alert_rules_parse_and_cover_what_operators_watch() -> None:
         "DeliveryLimiterSaturated",
         "DeliveryCreditLow",
         "DeliveryQueueAgeGrowing",
+        "DeliveryScrapeTargetDown",
     } <= names
     assert len(names) == len(rules)
+    # A target that cannot be scraped silences every other rule: it alerts on its own.
+    [down] = [r for r in rules if r["expr"].replace(" ", "") == "up==0"]
+    assert down["for"] == "2m" and down["labels"]["severity"] == "page"
+    assert "$labels.instance" in down["annotations"]["summary"]
     for rule in rules:
         assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
         assert _DURATION.match(rule["for"]), rule["alert"]
