@@ -333,10 +333,14 @@ def _warm_process(**_kwargs: Any) -> None:
     import structlog
 
     from worker.errors import DeliveryError
+    from worker.metrics import record
+    from worker.providers import DRIVERS
     from worker.runtime import get_runtime
 
     rt = get_runtime()
-    for provider in rt.settings.enabled_providers():
+    enabled = rt.settings.enabled_providers()
+    record.start_provider_series((p, DRIVERS[p].channel) for p in enabled if p in DRIVERS)
+    for provider in enabled:
         try:
             rt.driver(provider)
         except DeliveryError as exc:
