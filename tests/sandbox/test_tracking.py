@@ -275,7 +275,8 @@ def test_sms_status_dates_are_paris_time_on_a_utc_host(
     make_sandbox: Callable[..., Sandbox], monkeypatch: Any
 ) -> None:
     """message-status's ``Y-m-d H:i:s`` date is Paris time, as the driver reads it
-    (docs/providers/smspartner.md §1.2.7): on a UTC host the delivered event must not be dated an hour before its send."""
+    (docs/providers/smspartner.md §1.2.7): on a UTC host the delivered event must not be dated
+    an hour before its send."""
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
     try:
