@@ -160,3 +160,20 @@ def test_raw_items_that_are_not_envelopes_are_set_aside_and_the_worker_keeps_con
         assert "Unrecoverable error" not in text
     finally:
         proc.stop()
+
+
+def test_a_get_reads_past_items_that_are_not_envelopes(
+    raw_env: dict[str, str], raw_client: Celery
+) -> None:
+    """``basic_get`` (kombu's ``_get``, ``RPOP``): the foreign items are set aside on the way to
+    the next envelope, which is returned."""
+    broker = redis.Redis.from_url(raw_env["DELIVERY_BROKER_URL"])
+    good = envelope()
+    broker.lpush("q", b"not json", b"[1]")
+    with raw_client.connection_for_write() as conn:
+        channel = conn.default_channel
+        channel._put("q", good)
+        assert channel._get("q") == good
+    reasons = [json.loads(r)["reason"] for r in broker.lrange(REJECTED_ITEMS_KEY, 0, -1)]
+    assert reasons == ["not_an_object", "not_json"]
+    assert broker.llen("q") == 0

@@ -83,3 +83,16 @@ def test_an_item_that_is_not_an_envelope_is_refused_with_its_reason(
 ) -> None:
     assert read_envelope(item, CODECS) == ItemRefusal(reason, detail)
     assert reason in REASONS
+
+
+def test_both_broker_channels_read_raw_items_through_the_check() -> None:
+    from kombu.transport import redis as kombu_redis
+
+    from worker.app import RedisTransport, SentinelTransport, _RawItemReading
+
+    for transport in (RedisTransport, SentinelTransport):
+        channel = transport.Channel
+        assert issubclass(channel, _RawItemReading)
+        assert channel._brpop_read is _RawItemReading._brpop_read
+        assert channel._get is _RawItemReading._get
+        assert channel._brpop_read is not kombu_redis.Channel._brpop_read
