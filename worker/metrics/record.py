@@ -37,6 +37,7 @@ __all__ = [
     "limiter_wait",
     "parked",
     "provider_request",
+    "queue_item_rejected",
     "start_provider_series",
     "status_class",
 ]
@@ -75,6 +76,12 @@ LIMITER_HOLD_SECONDS = Counter(
     "delivery_limiter_hold_seconds_total",
     "Seconds of hold put on the shared limiter after a provider throttled us.",
     ["provider"],
+)
+QUEUE_ITEMS_REJECTED = Counter(
+    "delivery_queue_items_rejected_total",
+    "Raw queue items that were not kombu envelopes, set aside before kombu read them "
+    "(reason: not_json, not_an_object, not_an_envelope, bad_body_encoding).",
+    ["reason"],
 )
 LIMITER_RESCHEDULED = Counter(
     "delivery_limiter_rescheduled_total",
@@ -205,3 +212,7 @@ def limiter_rescheduled(provider: str) -> None:
 def limiter_hold(provider: str, seconds: float) -> None:
     LIMITER_HOLDS.labels(provider).inc()
     LIMITER_HOLD_SECONDS.labels(provider).inc(max(seconds, 0.0))
+
+
+def queue_item_rejected(reason: str) -> None:
+    QUEUE_ITEMS_REJECTED.labels(reason).inc()
