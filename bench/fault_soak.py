@@ -36,8 +36,9 @@ the sandbox *accepted* per delivery:
     delivery must not be sent twice.
 ``hostile``
     A hostile producer: thousands of malformed messages by name (deep, huge, wrong types,
-    extra arguments, unknown tasks) and corrupt raw bodies, mixed with valid messages: no
-    worker exits, no valid message lost, every malformed one final.
+    extra arguments, unknown tasks), corrupt raw bodies and raw list items that are not kombu
+    envelopes, mixed with valid messages: no worker exits, no valid message lost, every
+    malformed one final, every foreign item set aside.
 ``emailmassivo-lost-answer``
     EmailMassivo accepts the first send of every message, then drops the connection; the
     resend with the same idempotency key is answered 200 with the first uuid: every result
@@ -93,6 +94,7 @@ from devstack.processes import (
 )
 from worker.app import client_app
 from worker.config import PROVIDERS, Settings
+from worker.guard.raw_items import REJECTED_ITEMS_KEY
 from worker.ops.operations import Operations
 from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
@@ -911,12 +913,32 @@ def _hostile_message(rng: random.Random, n: int) -> tuple[str, list[Any], dict[s
     return task, args, kwargs
 
 
+_FOREIGN_ITEMS = [
+    b"not json",
+    b"[1, 2, 3]",
+    b'{"foreign": "producer"}',
+    json.dumps(
+        {
+            "body": "e30=",
+            "headers": {},
+            "properties": {
+                "body_encoding": "rot13",
+                "delivery_tag": "t",
+                "delivery_info": {"exchange": "", "routing_key": "delivery"},
+            },
+        }
+    ).encode(),
+]
+"""Raw list items a foreign producer's bug may push (``scenario_hostile``)."""
+
+
 def scenario_hostile(
     stack: Stack,
     *,
     messages: int = 200,
     hostile: int = 2000,
     raw: int = 50,
+    items: int = 10,
     workers: int = 2,
     concurrency: int = 2,
     seed: int = 13,
@@ -927,9 +949,12 @@ def scenario_hostile(
     ``hostile`` generated messages (deeply nested, huge, wrong types, header injections,
     non-dict and extra arguments, unknown task names) are sent by name, and ``raw`` corrupt
     bodies (bad JSON, pickle content type, a body nested 100,000 levels, some without a task
-    id) are published as bytes, interleaved with ``messages`` valid ones from the producer.
-    The promise: 0 worker exits, 0 valid messages lost, every malformed one final (ledger and
-    result backend) or, without a readable id, counted in ``dw:rejected``.
+    id) are published as bytes, and ``items`` raw list items that are not kombu envelopes are
+    pushed with ``LPUSH`` (not JSON, JSON that is not an object, an object without the
+    envelope's keys, an unknown body encoding), interleaved with ``messages`` valid ones from
+    the producer. The promise: 0 worker exits, 0 valid messages lost, every malformed one final
+    (ledger and result backend) or, without a readable id, counted in ``dw:rejected``; every
+    foreign item set aside in ``dw:rejected:items`` (worker.guard.raw_items).
     """
     limits_env = {
         "DELIVERY_MAX_MESSAGE_BYTES": str(1024 * 1024),
@@ -946,7 +971,8 @@ def scenario_hostile(
         batches = max(1, messages // 10)
         per_batch_hostile = hostile // batches + 1
         per_batch_raw = raw // batches + 1
-        sent_hostile = sent_raw = 0
+        per_batch_items = items // batches + 1
+        sent_hostile = sent_raw = sent_items = 0
         with run.client.producer_or_acquire() as producer:
             for b in range(batches):
                 run.enqueue(
@@ -987,6 +1013,9 @@ def scenario_hostile(
                         content_encoding="utf-8",
                     )
                     sent_raw += 1
+                for _ in range(min(per_batch_items, items - sent_items)):
+                    run.redis.lpush("delivery", _FOREIGN_ITEMS[sent_items % len(_FOREIGN_ITEMS)])
+                    sent_items += 1
         ids = _ids(planned)
         run.wait_final(ids + hostile_ids, timeout_s)
         hostile_states = run.states(hostile_ids)
@@ -1001,6 +1030,8 @@ def scenario_hostile(
         run.checks["hostile_in_backend"] = in_backend
         run.checks["rejected_without_id"] = sum(int(v) for v in rejected.values())
         run.checks["expected_without_id"] = no_id
+        run.checks["items_pushed"] = sent_items
+        run.checks["items_set_aside"] = run.redis.llen(REJECTED_ITEMS_KEY)
         run.checks["worker_exits"] = sum(1 for p in procs if not p.alive())
         run.checks["same_processes"] = pids == {p.pid: sorted(pool_children(p)) for p in procs}
         run.checks["unrecoverable_logged"] = sum(
@@ -1268,7 +1299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "poison": {"max_runs": 3},
         "sweeper": {"messages": max(10, n // 20)},
         "sms-reconcile": {"messages": max(3, n // 100)},
-        "hostile": {"messages": n, "hostile": 5 * n, "raw": max(20, n // 10), "seed": args.seed},
+        "hostile": {
+            "messages": n,
+            "hostile": 5 * n,
+            "raw": max(20, n // 10),
+            "items": 10,
+            "seed": args.seed,
+        },
         "emailmassivo-lost-answer": {"messages": max(10, n // 20)},
         "sms-late-accept": {"messages": max(12, n // 20), "timeout_s": 90.0 + n / 10},
         "batch-sigkill": {"messages": n, "seed": args.seed, "timeout_s": 120.0 + n / 5},

@@ -1,7 +1,12 @@
-"""Writes the Grafana dashboard: one row per provider, a fleet row on top.
+"""Writes the Grafana dashboard: a fleet row on top, then a row per provider.
 
 ``python -m devstack.dashboard`` regenerates ``monitoring/grafana/dashboards/delivery-worker.json``
 (a test checks the committed file is this output, and that every metric it uses is scraped).
+
+Nothing in it names one Grafana's data source: every panel queries ``${datasource}`` (a
+variable of type datasource, any Prometheus), and the provider row repeats for each value of
+``$provider``. ``__inputs``/``__requires`` let "Dashboards → Import" take it into an existing
+Grafana; the compose stack provisions it as it is (the variable picks the default Prometheus).
 """
 
 from __future__ import annotations
@@ -11,12 +16,64 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker.providers import PROVIDERS
-
-__all__ = ["DASHBOARD_PATH", "build", "main"]
+__all__ = ["DASHBOARD_PATH", "PROVIDER_SELECTOR", "build", "main"]
 
 DASHBOARD_PATH = Path("monitoring/grafana/dashboards/delivery-worker.json")
-_DS = {"type": "prometheus", "uid": "prometheus"}
+_DS = {"type": "prometheus", "uid": "${datasource}"}
+PROVIDER_SELECTOR = 'provider=~"$provider"'
+"""Every provider panel's selector: inside the repeated row, ``$provider`` is that row's one."""
+
+_TEMPLATING = [
+    {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0,
+        "refresh": 1,
+        "regex": "",
+        "includeAll": False,
+        "multi": False,
+    },
+    {
+        "name": "provider",
+        "label": "Provider",
+        "type": "query",
+        "datasource": _DS,
+        # Exported for every provider the workers know, paused or not (worker.metrics.shared).
+        "definition": "label_values(delivery_provider_paused, provider)",
+        "query": {
+            "query": "label_values(delivery_provider_paused, provider)",
+            "refId": "provider",
+        },
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "refresh": 2,
+        "sort": 0,
+        "regex": "",
+        "hide": 0,
+        "includeAll": True,
+        "multi": True,
+        "options": [],
+    },
+]
+
+_INPUTS = [
+    {
+        "name": "DS_PROMETHEUS",
+        "label": "Prometheus",
+        "description": "The Prometheus that scrapes delivery-worker metrics",
+        "type": "datasource",
+        "pluginId": "prometheus",
+        "pluginName": "Prometheus",
+    }
+]
+_REQUIRES = [
+    {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+    {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
+    {"type": "panel", "id": "stat", "name": "Stat", "version": ""},
+    {"type": "panel", "id": "timeseries", "name": "Time series", "version": ""},
+]
 
 
 class _Layout:
@@ -26,7 +83,7 @@ class _Layout:
         self.x = 0
         self.next_id = 1
 
-    def row(self, title: str) -> None:
+    def row(self, title: str, **extra: Any) -> None:
         if self.x:
             self.y += 8
             self.x = 0
@@ -38,6 +95,7 @@ class _Layout:
                 "collapsed": False,
                 "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
                 "panels": [],
+                **extra,
             }
         )
         self.y += 1
@@ -122,104 +180,104 @@ def build() -> dict[str, Any]:
         [("min(delivery_shared_state_up)", "up")],
         **_mapping({"0": ("NO", "red"), "1": ("yes", "green")}),
     )
-    for p in PROVIDERS:
-        sel = f'provider="{p}"'
-        lay.row(p)
-        lay.panel(
-            "stat",
-            "State",
-            3,
-            [(f"max(delivery_provider_paused{{{sel}}})", "paused")],
-            **_mapping({"0": ("active", "green"), "1": ("PAUSED", "red")}),
-        )
-        lay.panel(
-            "stat",
-            "Breaker",
-            3,
-            [(f"max(delivery_breaker_state{{{sel}}})", "breaker")],
-            **_mapping(
-                {"0": ("closed", "green"), "1": ("half-open", "orange"), "2": ("OPEN", "red")}
+    sel = PROVIDER_SELECTOR
+    # One row, repeated by Grafana for each selected provider.
+    lay.row("$provider", repeat="provider")
+    lay.panel(
+        "stat",
+        "State",
+        3,
+        [(f"max(delivery_provider_paused{{{sel}}})", "paused")],
+        **_mapping({"0": ("active", "green"), "1": ("PAUSED", "red")}),
+    )
+    lay.panel(
+        "stat",
+        "Breaker",
+        3,
+        [(f"max(delivery_breaker_state{{{sel}}})", "breaker")],
+        **_mapping({"0": ("closed", "green"), "1": ("half-open", "orange"), "2": ("OPEN", "red")}),
+    )
+    lay.panel(
+        "timeseries",
+        "Messages finished /s",
+        9,
+        [
+            (
+                f"sum by (status, kind) (rate(delivery_messages_finished_total{{{sel}}}[5m]))",
+                "{{status}} {{kind}}",
             ),
-        )
-        lay.panel(
-            "timeseries",
-            "Messages finished /s",
-            9,
-            [
-                (
-                    f"sum by (status, kind) (rate(delivery_messages_finished_total{{{sel}}}[5m]))",
-                    "{{status}} {{kind}}",
-                ),
-                (f"sum(rate(delivery_messages_parked_total{{{sel}}}[5m]))", "parked"),
-            ],
-        )
-        lay.panel(
-            "timeseries",
-            "Requests /s by status class and outcome",
-            9,
-            [
-                (
-                    f"sum by (status, kind) (rate(delivery_provider_requests_total{{{sel}}}[5m]))",
-                    "{{status}} {{kind}}",
-                ),
-                (f"sum(rate(delivery_provider_throttled_total{{{sel}}}[5m]))", "429 / throttled"),
-                (f"sum(rate(delivery_limiter_holds_total{{{sel}}}[5m]))", "limiter holds"),
-            ],
-        )
-        lay.panel(
-            "timeseries",
-            "Latency (p95)",
-            8,
-            [
-                (
-                    "histogram_quantile(0.95, sum by (le) "
-                    f"(rate(delivery_provider_request_duration_seconds_bucket{{{sel}}}[5m])))",
-                    "provider request",
-                ),
-                (
-                    "histogram_quantile(0.95, sum by (le) "
-                    f"(rate(delivery_enqueue_to_accept_seconds_bucket{{{sel}}}[5m])))",
-                    "enqueue to accepted",
-                ),
-                (
-                    "histogram_quantile(0.95, sum by (le) "
-                    f"(rate(delivery_limiter_wait_seconds_bucket{{{sel}}}[5m])))",
-                    "limiter wait",
-                ),
-            ],
-            **_unit("s"),
-        )
-        lay.panel(
-            "timeseries",
-            "Limiter usage",
-            6,
-            [(f"max by (limit) (delivery_limiter_usage_ratio{{{sel}}})", "{{limit}}")],
-            **_unit("percentunit"),
-        )
-        lay.panel("stat", "Parked", 3, [(f"max(delivery_parked_messages{{{sel}}})", "parked")])
-        lay.panel(
-            "stat",
-            "Balance",
-            3,
-            [
-                (
-                    f"max by (unit, currency) (delivery_credit_balance{{{sel}}})",
-                    "{{unit}} {{currency}}",
-                )
-            ],
-        )
-        lay.panel(
-            "timeseries",
-            "Cost per hour",
-            4,
-            [
-                (
-                    f"sum by (unit, currency) (increase(delivery_cost_total{{{sel}}}[1h]))",
-                    "{{unit}} {{currency}}",
-                )
-            ],
-        )
+            (f"sum(rate(delivery_messages_parked_total{{{sel}}}[5m]))", "parked"),
+        ],
+    )
+    lay.panel(
+        "timeseries",
+        "Requests /s by status class and outcome",
+        9,
+        [
+            (
+                f"sum by (status, kind) (rate(delivery_provider_requests_total{{{sel}}}[5m]))",
+                "{{status}} {{kind}}",
+            ),
+            (f"sum(rate(delivery_provider_throttled_total{{{sel}}}[5m]))", "429 / throttled"),
+            (f"sum(rate(delivery_limiter_holds_total{{{sel}}}[5m]))", "limiter holds"),
+        ],
+    )
+    lay.panel(
+        "timeseries",
+        "Latency (p95)",
+        8,
+        [
+            (
+                "histogram_quantile(0.95, sum by (le) "
+                f"(rate(delivery_provider_request_duration_seconds_bucket{{{sel}}}[5m])))",
+                "provider request",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (le) "
+                f"(rate(delivery_enqueue_to_accept_seconds_bucket{{{sel}}}[5m])))",
+                "enqueue to accepted",
+            ),
+            (
+                "histogram_quantile(0.95, sum by (le) "
+                f"(rate(delivery_limiter_wait_seconds_bucket{{{sel}}}[5m])))",
+                "limiter wait",
+            ),
+        ],
+        **_unit("s"),
+    )
+    lay.panel(
+        "timeseries",
+        "Limiter usage",
+        6,
+        [(f"max by (limit) (delivery_limiter_usage_ratio{{{sel}}})", "{{limit}}")],
+        **_unit("percentunit"),
+    )
+    lay.panel("stat", "Parked", 3, [(f"max(delivery_parked_messages{{{sel}}})", "parked")])
+    lay.panel(
+        "stat",
+        "Balance",
+        3,
+        [
+            (
+                f"max by (unit, currency) (delivery_credit_balance{{{sel}}})",
+                "{{unit}} {{currency}}",
+            )
+        ],
+    )
+    lay.panel(
+        "timeseries",
+        "Cost per hour",
+        4,
+        [
+            (
+                f"sum by (unit, currency) (increase(delivery_cost_total{{{sel}}}[1h]))",
+                "{{unit}} {{currency}}",
+            )
+        ],
+    )
     return {
+        "__inputs": _INPUTS,
+        "__requires": _REQUIRES,
         "uid": "delivery-worker",
         "title": "delivery-worker: providers",
         "tags": ["delivery-worker"],
@@ -230,7 +288,7 @@ def build() -> dict[str, Any]:
         "time": {"from": "now-6h", "to": "now"},
         "editable": True,
         "panels": lay.panels,
-        "templating": {"list": []},
+        "templating": {"list": _TEMPLATING},
         "annotations": {"list": []},
     }
 

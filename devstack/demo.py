@@ -7,6 +7,7 @@ runs out of credit, and ends with a table of outcomes. Ctrl-C stops every proces
 
 from __future__ import annotations
 
+import os
 import secrets
 import shlex
 import signal
@@ -177,14 +178,17 @@ def run_demo(
         print(f"\nwall time: {time.monotonic() - started:.1f}s; logs in {root}")
         counts = Counter(r[2] for r in rows)
         print("outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        print(
-            f"\nMetrics: {exporter.extra['url']}  "
-            f"(live view: delivery-worker top --url {exporter.extra['url']})"
-        )
-        if flower:
-            user, password = flower_auth.split(":", 1)
-            print(f"\nFlower: http://127.0.0.1:{flower_port}  (user {user}, password {password})")
-        if stay:
+        if stay:  # with --exit they are stopped next: their URLs would lead nowhere
+            cli = cli_command()
+            print(
+                f"\nMetrics: {exporter.extra['url']}  "
+                f"(live view: {cli} top --url {exporter.extra['url']})"
+            )
+            if flower:
+                user, password = flower_auth.split(":", 1)
+                print(
+                    f"\nFlower: http://127.0.0.1:{flower_port}  (user {user}, password {password})"
+                )
             handover = handover_env(env, sandbox_url)
             print(f"\nsandbox inbox (what each provider received): {sandbox_url}{INBOX_PATH}")
             print("to send your own messages through this stack, in another shell:")
@@ -194,7 +198,7 @@ def run_demo(
                 print(f"  source {env_file}    # written: {written}")
             else:
                 print("\n".join(f"  {line}" for line in env_lines(handover)))
-            print('  delivery-worker send sms --to +33612345678 --text "Hello" --wait')
+            print(f'  {cli} send sms --to +33612345678 --text "Hello" --wait')
             print("everything keeps running; press Ctrl-C to stop all processes")
             while all(p.alive() for p in procs):
                 time.sleep(0.5)
@@ -206,6 +210,18 @@ def run_demo(
         return 0
     finally:
         stop_all()
+
+
+def cli_command(cwd: str | None = None) -> str:
+    """How a new shell runs this CLI without activating the virtualenv: the script beside
+    the running interpreter (``.venv/bin/delivery-worker`` from the project's folder)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "delivery-worker")
+    if not os.access(script, os.X_OK):
+        return "delivery-worker"  # installed some other way: on PATH
+    relative = os.path.relpath(script, os.path.abspath(cwd or os.getcwd()))
+    if relative.startswith(".."):
+        return shlex.quote(script)
+    return shlex.quote(relative if os.sep in relative else os.path.join(".", relative))
 
 
 def handover_env(env: dict[str, str], sandbox_url: str) -> dict[str, str]:

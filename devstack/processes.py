@@ -215,7 +215,10 @@ def start_flower(workdir: Path, env: Mapping[str, str], *, port: int, basic_auth
         sys.executable, "-m", "celery", "-A", "worker", "flower",
         f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}",
     ]  # fmt: skip
-    proc = _spawn("flower", argv, workdir / "flower.log", {**os.environ, **env})
+    # Not the workers' PROMETHEUS_MULTIPROC_DIR: Flower's flower_* series would land in the
+    # files the workers' exporter serves. Flower keeps them in memory for its own /metrics.
+    full_env = {k: v for k, v in {**os.environ, **env}.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    proc = _spawn("flower", argv, workdir / "flower.log", full_env)
     proc.extra["port"] = port
     return proc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from queue import Empty
 from typing import Any
 
 import redis
@@ -11,9 +12,11 @@ from celery.worker.request import Request
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Message as VirtualMessage
+from kombu.utils.encoding import bytes_to_str
 
 from worker.config import Settings, get_settings
 from worker.guard.inflate import InflateRefused, register_bounded_decompression
+from worker.guard.raw_items import ItemRefusal, read_envelope, set_aside
 from worker.logs import configure_logging
 from worker.redaction import redacted_repr
 from worker.redis_client import celery_sentinel_options
@@ -64,8 +67,76 @@ class GuardedRedisMessage(VirtualMessage):
         }
 
 
-class _RedisChannel(kombu_redis.Channel):
-    """kombu's Redis channel, with a connection error where kombu raises AttributeError.
+class _RawItemReading:
+    """A channel's decode of a raw queue item, that sets aside what is not a kombu envelope.
+
+    kombu decodes each popped item with a bare ``loads`` (``_brpop_read``, ``_get``): an item
+    pushed by anything but kombu (``LPUSH delivery 'not json'``) raised there, before any hook
+    of ours, and the worker process exited; the item was already popped, so each push took
+    down one worker. These two methods are kombu 5.7's with that ``loads`` replaced by
+    :meth:`_decode_item` (:mod:`worker.guard.raw_items`): a refused item is set aside and the
+    channel reads on (the next ``BRPOP``; the next item for ``_get``).
+    """
+
+    # Given by kombu's Redis channel.
+    client: Any
+    codecs: Any
+    connection: Any
+    priority_steps: Any
+    sep: str
+    _queue_cycle: Any
+    _in_poll: Any
+    connection_errors: Any
+    conn_or_acquire: Any
+    _q_for_pri: Any
+    _maybe_update_queues_expire: Any
+    _flush_brpop_reauth: Any
+
+    def _decode_item(self, item: bytes, queue: str) -> dict[str, Any] | None:
+        decoded = read_envelope(item, self.codecs)
+        if isinstance(decoded, ItemRefusal):
+            with self.conn_or_acquire() as client:
+                set_aside(client, queue, item, decoded)
+            return None
+        return decoded
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                # kombu: disconnect so that the next iteration reconnects.
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            payload = self._decode_item(item, dest)
+            if payload is None:
+                raise Empty()
+            self.connection._deliver(payload, dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        with self.conn_or_acquire() as client:
+            for pri in self.priority_steps:
+                while item := client.rpop(self._q_for_pri(queue, pri)):
+                    payload = self._decode_item(item, queue)
+                    if payload is not None:
+                        self._maybe_update_queues_expire(client, queue)
+                        return payload
+            self._maybe_update_queues_expire(client, queue)
+            raise Empty()
+
+
+class _RedisChannel(_RawItemReading, kombu_redis.Channel):
+    """kombu's Redis channel, with a connection error where kombu raises AttributeError, and
+    raw items that are not kombu envelopes set aside (:class:`_RawItemReading`).
 
     After a broker connection loss, Celery (5.7) first *collects* the broken connection, which
     drops ``transport.client``, and then closes it. Closing the default channel restores its
@@ -92,9 +163,10 @@ class RedisTransport(kombu_redis.Transport):
     Channel = _RedisChannel
 
 
-class _SentinelChannel(kombu_redis.SentinelChannel):
-    """kombu's Sentinel channel with :class:`_RedisChannel`'s fix (a connection error where
-    kombu raises AttributeError after the connection was collected)."""
+class _SentinelChannel(_RawItemReading, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel with :class:`_RedisChannel`'s fixes (a connection error where
+    kombu raises AttributeError after the connection was collected; raw items that are not
+    kombu envelopes set aside)."""
 
     Message = GuardedRedisMessage
 
@@ -333,10 +405,14 @@ def _warm_process(**_kwargs: Any) -> None:
     import structlog
 
     from worker.errors import DeliveryError
+    from worker.metrics import record
+    from worker.providers import DRIVERS
     from worker.runtime import get_runtime
 
     rt = get_runtime()
-    for provider in rt.settings.enabled_providers():
+    enabled = rt.settings.enabled_providers()
+    record.start_provider_series((p, DRIVERS[p].channel) for p in enabled if p in DRIVERS)
+    for provider in enabled:
         try:
             rt.driver(provider)
         except DeliveryError as exc:

@@ -42,7 +42,6 @@ import binascii
 import itertools
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from delivery_sandbox.providers.base import EMAIL_RE, Env, local_part
@@ -251,7 +250,7 @@ class MailPartnerProvider(PartnerProvider):
             if email.lower() in self._unsubscribed:
                 return self.fail(3, "L'email est déjà dans la liste")
             stop_id = next(self._stop_ids)
-            created = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+            created = provider_now().strftime("%Y-%m-%d %H:%M:%S")
             self._unsubscribed[email.lower()] = (stop_id, created)
         return self.ok({"stopId": stop_id})
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from delivery_sandbox.providers.base import Env
 from delivery_sandbox.providers.partner import (
+    PROVIDER_TZ,
     Invalid,
     PartnerProvider,
     Schedule,
@@ -362,7 +363,11 @@ class SmsPartnerProvider(PartnerProvider):
                 "number": number,
                 "messageId": str(message_id),
                 "stopSms": False,
-                "date": datetime.fromtimestamp(message["time"]).strftime("%Y-%m-%d %H:%M:%S"),
+                # Paris wall-clock time, whatever the host's zone: the platform is French
+                # and the driver reads this form as Europe/Paris (PROVIDER_TZ).
+                "date": datetime.fromtimestamp(message["time"], PROVIDER_TZ).strftime(
+                    "%Y-%m-%d %H:%M:%S"
+                ),
                 "statut": self._status(message_id, message, number or ""),
                 "cost": round(
                     message.get("per_number", {}).get(number, message["segments"]) * PRICE_EUR, 3
@@ -477,7 +482,7 @@ class SmsPartnerProvider(PartnerProvider):
             if number in self._stops:
                 return self.fail(15, "Le numéro est déjà dans la liste")
             stop_id = next(self._stop_ids)
-            self._stops[number] = (stop_id, datetime.now().strftime("%Y-%m-%d %H:%M:%S"))
+            self._stops[number] = (stop_id, provider_now().strftime("%Y-%m-%d %H:%M:%S"))
         return self.ok({"stopId": stop_id})
 
     def _stop_list(self, request: Request, fields: dict[str, Any]) -> Reply:

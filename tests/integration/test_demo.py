@@ -46,6 +46,8 @@ def test_demo_delivers_through_every_provider(tmp_path: Path) -> None:
     assert "sent (parked, resumed)" in table
     assert "ran out of credit" in table
     assert "settled" in done.stderr  # the live progress line
+    # --exit stops the exporter (and Flower): no URL of a stopped process is printed.
+    assert "Metrics:" not in table and "http://127.0.0.1" not in table, table
     assert processes_mentioning(str(workdir)) == []
 
 

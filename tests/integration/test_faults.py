@@ -143,7 +143,7 @@ def test_sms_unknown_outcome_with_a_failed_status_check_is_not_resent(stack: Any
 
 
 def test_hostile_producer_stops_no_worker_and_loses_no_valid_message(stack: Any) -> None:
-    f = soak.scenario_hostile(stack, messages=60, hostile=400, raw=20, timeout_s=120)
+    f = soak.scenario_hostile(stack, messages=60, hostile=400, raw=20, items=8, timeout_s=120)
     line = report(f)
     assert f.checks["worker_exits"] == 0, line
     assert f.checks["same_processes"], line
@@ -155,6 +155,8 @@ def test_hostile_producer_stops_no_worker_and_loses_no_valid_message(stack: Any)
     assert f.checks["hostile_final"] == sent - without_id, line
     assert f.checks["hostile_in_backend"] == sent - without_id, line
     assert f.checks["rejected_without_id"] == without_id, line
+    assert f.checks["items_pushed"] == 8, line
+    assert f.checks["items_set_aside"] == 8, line
 
 
 @pytest.mark.parametrize("success_status", [200, 201])

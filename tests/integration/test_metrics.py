@@ -309,3 +309,31 @@ def metric_names_in_rules() -> set[str]:
     data = yaml.safe_load((ROOT / "monitoring" / "alerts.yml").read_text())
     exprs = [r["expr"] for g in data["groups"] for r in g["rules"]]
     return {m for e in exprs for m in _METRIC.findall(e)}
+
+
+def test_throttle_and_hold_series_exist_at_zero_from_worker_start(
+    metrics_env: dict[str, str], exporter: Proc, client: Celery, tmp_path: Path
+) -> None:
+    """Dashboards show 0, not "No data", for a provider that was never throttled: a freshly
+    started worker has each configured provider's throttle and hold series."""
+    from worker.providers import DRIVERS
+
+    url = str(exporter.extra["url"])
+    wanted = set()
+    for provider, driver in DRIVERS.items():
+        wanted |= {
+            ("delivery_provider_throttled_total", frozenset(
+                {"provider": provider, "channel": driver.channel}.items())),
+            ("delivery_limiter_holds_total", frozenset({"provider": provider}.items())),
+            ("delivery_limiter_hold_seconds_total", frozenset({"provider": provider}.items())),
+        }  # fmt: skip
+    worker = start_metrics_worker(metrics_env, client, tmp_path, "metrics0")
+    try:
+        deadline = time.monotonic() + 30  # the pool's children start after the ping answers
+        missing = wanted - scrape(url).keys()
+        while missing and time.monotonic() < deadline:
+            time.sleep(0.2)
+            missing = wanted - scrape(url).keys()
+    finally:
+        worker.stop()
+    assert not missing, sorted(missing)

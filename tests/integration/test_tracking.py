@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,3 +264,55 @@ def test_receiver_events_duplicates_and_out_of_order(
         ("bounced", "bounced"), ("sent", "bounced"), ("sent", "sent")]  # fmt: skip
     ids = [e["event_id"] for e in events]
     assert len(ids) == len(set(ids))
+
+
+def test_send_cli_waits_until_delivered(
+    track_env: dict[str, str], tracked: RedisTrackingStore
+) -> None:
+    """``delivery-worker send --wait --until delivered``, a real subprocess: the first line is
+    the state the poller found, not the send outcome."""
+    import os
+    import subprocess
+
+    argv = [sys.executable, "-m", "worker.ops.cli", "send", "sms", "--to", "+33611000012"]
+    argv += ["--text", "hi", "--wait", "--until", "delivered", "--timeout", str(TIMEOUT_S)]
+    done = subprocess.run(
+        argv, env={**os.environ, **track_env}, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, _, rest = done.stdout.partition("\n")
+    assert first == "delivered"
+    report = json.loads(rest)
+    assert report["result"]["status"] == "sent"
+    assert report["delivery_state"]["recipients"]["+3361*****12"]["state"] == "delivered"
+
+
+def test_poll_rounds_send_no_task_events(
+    track_client: Celery, shared: redis.Redis, tracked: RedisTrackingStore
+) -> None:
+    """Flower lists what task events say: the sends, not beat's polling rounds (twice a second
+    here). The worker runs with -E; an SMS is followed to delivered, which takes poll rounds."""
+    seen: list[dict[str, Any]] = []
+    with track_client.connection_for_read() as conn:
+        receiver = track_client.events.Receiver(conn, handlers={"*": seen.append})
+        thread = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + TIMEOUT_S
+            while not seen:  # the worker's heartbeat: the receiver's queue is bound
+                assert time.monotonic() < deadline, "no event from the worker"
+                time.sleep(0.05)
+            producer = producer_for(track_client, shared)
+            result = producer.enqueue("sms", {"provider": "smspartner", "to": ["+33611000013"],
+                                              "text": "hi"})  # fmt: skip
+            delivery_id = str(result.id)
+            wait_states(tracked, delivery_id, {"+3361*****13": "delivered"})
+            deadline = time.monotonic() + TIMEOUT_S
+            while not any(e.get("uuid") == delivery_id for e in seen):
+                assert time.monotonic() < deadline, "the send's task-received event never came"
+                time.sleep(0.1)
+        finally:
+            receiver.should_stop = True
+            thread.join(timeout=10)
+    names = {e.get("name") for e in seen if e.get("type") == "task-received"}
+    assert "tasks.track_poll" not in names, names

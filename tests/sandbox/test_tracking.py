@@ -269,3 +269,32 @@ def test_drivers_read_the_sandbox_lookups(make_sandbox: Callable[..., Sandbox]) 
         ("b***@example.com", EventType.BOUNCED),
     ]
     http.close()
+
+
+def test_sms_status_dates_are_paris_time_on_a_utc_host(
+    make_sandbox: Callable[..., Sandbox], monkeypatch: Any
+) -> None:
+    """message-status's ``Y-m-d H:i:s`` date is Paris time, as the driver reads it
+    (docs/providers/smspartner.md §1.2.7): on a UTC host the delivered event must not be dated
+    an hour before its send."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        sandbox = make_sandbox(config={"sms_delivery_delay_s": 0.0})
+        sent_at = float(int(time.time()))  # the provider's dates are whole seconds
+        with httpx.Client(base_url=sandbox.url) as client:
+            sms_id = str(sms_send(client, "+33611000005"))
+            assert len(message_status(client, int(sms_id), "+33611000005")["date"]) == 19
+        with httpx.Client() as http:
+            driver = make_driver(
+                "smspartner", http, api_key=DEFAULT_KEYS["smspartner"],
+                base_url=sandbox.provider_url("smspartner"),
+            )  # fmt: skip
+            [event] = driver.lookup_status(
+                [LookupTarget("d", "+3361*****05", sms_id, "+33611000005")]
+            )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert event.type is EventType.DELIVERED
+    assert sent_at <= event.occurred_at <= time.time() + 1

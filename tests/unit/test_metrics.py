@@ -64,8 +64,9 @@ def test_cost_is_money_with_a_currency_and_credits_without() -> None:
     before_eur = _value(record.COST, provider="smspartner", unit="money", currency="EUR")
     record.cost("smspartner", 0.038, "EUR")
     record.cost("smspartner", 0.038, "eur")
+    record.cost("smspartner", 0.038, "€")  # a sign is its ISO 4217 code: one series
     after = _value(record.COST, provider="smspartner", unit="money", currency="EUR")
-    assert after == pytest.approx(before_eur + 0.076)
+    assert after == pytest.approx(before_eur + 0.114)
     before_credits = _value(record.COST, provider="voicepartner", unit="credits", currency="")
     record.cost("voicepartner", 2, None)
     assert _value(record.COST, provider="voicepartner", unit="credits", currency="") == (
@@ -155,7 +156,8 @@ def test_shared_gauges_read_the_redis_stores(redis_client: redis.Redis) -> None:
     em = {dict(ls)["limit"] for n, ls in s if n == "delivery_limiter_usage_ratio"
           and dict(ls)["provider"] == "emailmassivo"}  # fmt: skip
     assert em == {"send:10/1s"}
-    assert g("delivery_credit_balance", provider="voicepartner", unit="money", currency="€") == 19
+    # Voice Partner's /me writes the sign; the label is the ISO code, as on delivery_cost_total.
+    assert g("delivery_credit_balance", provider="voicepartner", unit="money", currency="EUR") == 19
     assert g("delivery_credit_balance_checked_timestamp_seconds", provider="voicepartner") == (
         1_700_000_000.0
     )
@@ -281,10 +283,11 @@ def test_the_committed_dashboard_is_the_generated_one() -> None:
     assert (ROOT / dashboard.DASHBOARD_PATH).read_text(encoding="utf-8") == dashboard.render()
 
 
-def test_the_dashboard_has_one_row_per_provider_and_a_sound_grid() -> None:
+def test_the_dashboard_has_a_fleet_row_a_provider_row_and_a_sound_grid() -> None:
     data = json.loads((ROOT / dashboard.DASHBOARD_PATH).read_text(encoding="utf-8"))
-    rows = [p["title"] for p in data["panels"] if p["type"] == "row"]
-    assert rows == ["Fleet", *PROVIDERS]
+    rows = [p for p in data["panels"] if p["type"] == "row"]
+    assert [r["title"] for r in rows] == ["Fleet", "$provider"]
+    assert rows[1]["repeat"] == "provider"  # one row per selected provider
     ids = [p["id"] for p in data["panels"]]
     assert len(ids) == len(set(ids))
     for panel in data["panels"]:
@@ -292,14 +295,39 @@ def test_the_dashboard_has_one_row_per_provider_and_a_sound_grid() -> None:
         assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
         for target in panel.get("targets", []):
             assert _balanced(target["expr"]), target["expr"]
-    # Each provider's row filters on that provider only.
+    # Each panel of the provider row filters on the row's provider.
     current = None
     for panel in data["panels"]:
         if panel["type"] == "row":
             current = panel["title"]
-        elif current in PROVIDERS:
+        elif current == "$provider":
             for target in panel["targets"]:
-                assert f'provider="{current}"' in target["expr"]
+                assert 'provider=~"$provider"' in target["expr"], target["expr"]
+
+
+def test_the_dashboard_names_no_data_source_and_imports_anywhere() -> None:
+    """Every panel and target queries ${datasource} (a datasource variable over Prometheus), a
+    provider variable feeds the provider row, and __inputs/__requires allow an import."""
+    data = json.loads((ROOT / dashboard.DASHBOARD_PATH).read_text(encoding="utf-8"))
+    variables = {v["name"]: v for v in data["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["provider"]["datasource"]["uid"] == "${datasource}"
+    assert variables["provider"]["includeAll"] and variables["provider"]["multi"]
+    panels = [p for p in data["panels"] if p["type"] != "row"]
+    assert panels
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", (panel["title"], target)
+    assert '"prometheus"' not in json.dumps([p.get("datasource") for p in data["panels"]]).replace(
+        '"type": "prometheus"', ""
+    )
+    [ds_input] = data["__inputs"]
+    assert (ds_input["type"], ds_input["pluginId"]) == ("datasource", "prometheus")
+    required = {(r["type"], r["id"]) for r in data["__requires"]}
+    assert {("grafana", "grafana"), ("datasource", "prometheus")} <= required
+    assert {("panel", p["type"]) for p in panels} <= required
 
 
 _DURATION = re.compile(r"^\d+[smhd]$")
@@ -317,8 +345,13 @@ def test_alert_rules_parse_and_cover_what_operators_watch() -> None:
         "DeliveryCreditLow",
         "DeliveryQueueAgeGrowing",
         "DeliveryRedisMemoryHigh",
+        "DeliveryScrapeTargetDown",
     } <= names
     assert len(names) == len(rules)
+    # A target that cannot be scraped silences every other rule: it alerts on its own.
+    [down] = [r for r in rules if r["expr"].replace(" ", "") == "up==0"]
+    assert down["for"] == "2m" and down["labels"]["severity"] == "page"
+    assert "$labels.instance" in down["annotations"]["summary"]
     for rule in rules:
         assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
         assert _DURATION.match(rule["for"]), rule["alert"]
@@ -445,3 +478,28 @@ def test_compose_runs_the_exporter_prometheus_and_grafana() -> None:
         assert yaml.safe_load(path.read_text())["apiVersion"] == 1
     procfile = (ROOT / "Procfile").read_text()
     assert re.search(r"^metrics: .*delivery-worker metrics", procfile, re.M)
+
+
+def test_the_exporter_serves_the_workers_series_not_flowers(tmp_path: Path) -> None:
+    """A program sharing PROMETHEUS_MULTIPROC_DIR (Flower, started with the workers'
+    environment) writes flower_* files there: the exporter leaves them out."""
+    import os
+    import subprocess
+    import sys
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker.metrics.exporter import OwnSeries
+
+    script = (
+        "from prometheus_client import Counter\n"
+        "Counter('flower_events', 'Flower', ['task']).labels('tasks.send_sms').inc()\n"
+        "Counter('delivery_messages_parked', 'worker', ['provider']).labels('postal').inc()\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
+    registry = CollectorRegistry()
+    registry.register(OwnSeries(str(tmp_path)))
+    text = generate_latest(registry).decode()
+    assert 'delivery_messages_parked_total{provider="postal"} 1.0' in text
+    assert "flower_" not in text

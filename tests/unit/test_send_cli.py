@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.demo import env_lines, handover_env, write_env_file
+from devstack.demo import cli_command, env_lines, handover_env, write_env_file
 from worker.ops.cli import build_parser
 from worker.ops.send import InputError, build_message, run_send
 
@@ -104,3 +104,41 @@ def test_the_demo_env_file_is_sourceable(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert out == "key with 'quotes' and spaces|http://127.0.0.1:5678"
+
+
+def test_the_demo_what_next_command_runs_in_a_new_shell(tmp_path: Path) -> None:
+    """The printed command works in a fresh shell whose PATH has no virtualenv on it, from
+    the folder the demo was started in."""
+    root = Path(__file__).resolve().parents[2]
+    command = cli_command(str(root))
+    assert command != "delivery-worker"
+    path = write_env_file(tmp_path / ".demo.env", {"DELIVERY_SANDBOX_URL": "http://127.0.0.1:1"})
+    done = subprocess.run(
+        ["env", "-i", "PATH=/usr/bin:/bin", "HOME=" + str(tmp_path), "bash", "--norc", "-c",
+         f". {path} && {command} send sms --help"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "--until" in done.stdout
+
+
+def test_unreachable_redis_exits_69_naming_the_url_without_its_password() -> None:
+    """A stack that is down is not invalid input: exit 69 (EX_UNAVAILABLE), not 2."""
+    import os
+    import socket
+    import sys
+
+    with socket.socket() as s:  # a loopback port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"redis://:s3cret-pw@127.0.0.1:{port}"
+    env = {**os.environ, "DELIVERY_BROKER_URL": f"{url}/0", "DELIVERY_RESULT_BACKEND": f"{url}/1"}
+    env.pop("DELIVERY_REDIS_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.ops.cli", "send", "sms", "--to", "+33612345678",
+         "--text", "hi"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 69, done.stderr
+    assert f"cannot reach Redis at redis://:***@127.0.0.1:{port}/0" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout

@@ -17,16 +17,44 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest, make_wsgi_app
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from worker.config import Settings
 from worker.metrics.shared import SharedStateCollector
 from worker.runtime import breaker_config
 from worker.stores import Stores
 
-__all__ = ["MULTIPROC_ENV", "build_registry", "make_metrics_server", "render"]
+__all__ = [
+    "MULTIPROC_ENV",
+    "OWN_PREFIX",
+    "OwnSeries",
+    "build_registry",
+    "make_metrics_server",
+    "render",
+]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+OWN_PREFIX = "delivery_"
+"""Every series the workers define starts with this (``worker.metrics.record``)."""
+
+
+class OwnSeries(Collector):
+    """The workers' series from the multiprocess files, and only theirs.
+
+    Any other program started with the workers' environment writes its own files into the same
+    directory (Flower: ``flower_*``); they are not this endpoint's to serve, and Flower serves
+    them on its own ``/metrics``.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._files = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._files.collect():  # type: ignore[no-untyped-call]
+            if family.name.startswith(OWN_PREFIX):
+                yield family
 
 
 def build_registry(
@@ -37,7 +65,7 @@ def build_registry(
     registry = CollectorRegistry()
     if multiproc_dir:
         os.makedirs(multiproc_dir, exist_ok=True)
-        MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
+        registry.register(OwnSeries(multiproc_dir))
     stores = Stores.on_redis(
         client,
         breaker=breaker_config(settings),

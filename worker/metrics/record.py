@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 
 # Multiprocess mode opens a file in the directory when a labelled value is first used: make
 # sure it exists before prometheus_client is imported (it reads the variable at import).
@@ -28,6 +29,7 @@ __all__ = [
     "NO_PROVIDER",
     "attempt_fields",
     "cost",
+    "currency_label",
     "enqueue_to_accept",
     "finished",
     "limiter_hold",
@@ -35,6 +37,8 @@ __all__ = [
     "limiter_wait",
     "parked",
     "provider_request",
+    "queue_item_rejected",
+    "start_provider_series",
     "status_class",
 ]
 
@@ -72,6 +76,12 @@ LIMITER_HOLD_SECONDS = Counter(
     "delivery_limiter_hold_seconds_total",
     "Seconds of hold put on the shared limiter after a provider throttled us.",
     ["provider"],
+)
+QUEUE_ITEMS_REJECTED = Counter(
+    "delivery_queue_items_rejected_total",
+    "Raw queue items that were not kombu envelopes, set aside before kombu read them "
+    "(reason: not_json, not_an_object, not_an_envelope, bad_body_encoding).",
+    ["reason"],
 )
 LIMITER_RESCHEDULED = Counter(
     "delivery_limiter_rescheduled_total",
@@ -158,18 +168,37 @@ def cost(provider: str, amount: float | None, currency: str | None) -> None:
     if provider in COST_IN_CREDITS:
         currency = None
     unit = "money" if currency else "credits"
-    COST.labels(provider, unit, _currency_label(currency)).inc(amount)
+    COST.labels(provider, unit, currency_label(currency)).inc(amount)
 
 
-_CURRENCY = re.compile(r"[A-Za-z]{3}|[€$£¥]")
+_ISO_4217 = re.compile(r"[A-Za-z]{3}")
+_SIGNS = {"€": "EUR", "$": "USD", "£": "GBP", "¥": "JPY"}
+"""Signs providers write instead of a code (Voice Partner's ``/me`` says ``€``, its sends
+``EUR``): one series per currency needs one spelling."""
 
 
-def _currency_label(currency: str | None) -> str:
-    """An ISO code or a currency sign as the provider wrote it; anything else is ``other`` (a
-    hostile answer cannot mint label values)."""
+def currency_label(currency: str | None) -> str:
+    """The ``currency`` label of every money series: the ISO 4217 code (``EUR``), a sign
+    mapped to its code; anything else is ``other`` (a hostile answer cannot mint label
+    values); ``""`` when none was given."""
     if not currency:
         return ""
-    return currency.upper() if _CURRENCY.fullmatch(currency) else "other"
+    text = currency.strip()
+    if text in _SIGNS:
+        return _SIGNS[text]
+    return text.upper() if _ISO_4217.fullmatch(text) else "other"
+
+
+def start_provider_series(providers: Iterable[tuple[str, str]]) -> None:
+    """Create the throttle and hold series of each ``(provider, channel)`` at 0.
+
+    A counter's labelled series exists only once it is touched: until a provider's first
+    throttle, ``rate()`` over it has no series and dashboards say "No data" instead of 0.
+    """
+    for provider, channel in providers:
+        PROVIDER_THROTTLED.labels(provider, channel)
+        LIMITER_HOLDS.labels(provider)
+        LIMITER_HOLD_SECONDS.labels(provider)
 
 
 def limiter_wait(provider: str, seconds: float) -> None:
@@ -183,3 +212,7 @@ def limiter_rescheduled(provider: str) -> None:
 def limiter_hold(provider: str, seconds: float) -> None:
     LIMITER_HOLDS.labels(provider).inc()
     LIMITER_HOLD_SECONDS.labels(provider).inc(max(seconds, 0.0))
+
+
+def queue_item_rejected(reason: str) -> None:
+    QUEUE_ITEMS_REJECTED.labels(reason).inc()

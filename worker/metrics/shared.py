@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker.config import Settings
+from worker.metrics.record import currency_label
 from worker.providers import DRIVERS, PROVIDERS
 from worker.redis_memory import memory_usage
 from worker.stores import Limit, Stores, limiter_key
@@ -193,7 +194,7 @@ class SharedStateCollector(Collector):
             labels=["provider"],
         )
         for provider, item in sorted(self.stores.balances.read_all().items()):
-            balance.add_metric([provider, item.unit, item.currency], item.amount)
+            balance.add_metric([provider, item.unit, currency_label(item.currency)], item.amount)
             checked.add_metric([provider], item.checked_at)
         yield balance
         yield checked

@@ -21,7 +21,11 @@ if TYPE_CHECKING:
     from worker.ops.operations import Operations
     from worker.runtime import Runtime
 
-__all__ = ["main"]
+__all__ = ["EXIT_UNAVAILABLE", "main"]
+
+EXIT_UNAVAILABLE = 69
+"""Redis (the broker, the shared store) cannot be reached: ``EX_UNAVAILABLE`` of sysexits.h,
+apart from 2 (invalid input), so a script can tell a bad message from a stack that is down."""
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -34,10 +38,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if record is None:
         print(f"no delivery {args.delivery_id}", file=sys.stderr)
         return 1
-    print(json.dumps(record.to_dict(), indent=2, sort_keys=True))
     from worker.ops.tracking import show_tracking
+    from worker.tracking.status import readable_record
 
-    show_tracking(args.delivery_id)
+    print(json.dumps(readable_record(record.to_dict(), utc=args.utc), indent=2, sort_keys=True))
+    show_tracking(args.delivery_id, utc=args.utc)
     return 0
 
 
@@ -256,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show a delivery's ledger record")
     status.add_argument("delivery_id")
+    status.add_argument(
+        "--utc", action="store_true", help="show times in UTC (default: the local time zone)"
+    )
     status.set_defaults(func=_cmd_status)
 
     check = sub.add_parser("check-config", help="validate DELIVERY_* settings")
@@ -317,18 +325,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (the demo keeps even those quiet: its table says what happened).
     configure_logging("ERROR" if args.command == "demo" else "WARNING", "console")
 
+    from kombu.exceptions import OperationalError
+
     try:
         code: int = args.func(args)
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, OperationalError) as exc:
         from worker.config import get_settings
         from worker.redaction import safe_url
 
+        settings = get_settings()
+        urls = dict.fromkeys(
+            safe_url(u) for u in (settings.shared_redis_url, settings.broker_url) if u
+        )
         print(
-            f"cannot reach Redis at {safe_url(get_settings().shared_redis_url)} ({exc}); "
-            "set DELIVERY_REDIS_URL or DELIVERY_BROKER_URL",
+            f"cannot reach Redis at {' or '.join(urls)} ({safe_url(str(exc))}); "
+            "is it running? set DELIVERY_REDIS_URL or DELIVERY_BROKER_URL",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_UNAVAILABLE
     return code
 
 

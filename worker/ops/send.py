@@ -7,11 +7,15 @@ application gets, each error naming its field), enqueued through the public prod
 Exit status (also in ``delivery-worker send --help``):
 
 ====  =============================================================================
-0     enqueued (without ``--wait``), or sent
-1     failed, expired or dead: the result's ``error`` says why
+0     enqueued (without ``--wait``), or sent; with ``--until delivered``: delivered, or
+      sent to a provider without a status lookup (``sent (no lookup)``)
+1     failed, expired or dead: the result's ``error`` says why; with ``--until
+      delivered``, also bounced, failed or rejected after the send
 2     invalid input: a bad flag, an unreadable JSON file, or a message the rules refuse
 3     parked: the provider is paused (e.g. out of credit); resumed later, not failed
-4     ``--wait`` timed out before the delivery settled; it goes on in the workers
+4     ``--wait`` timed out before the delivery settled (or, with ``--until delivered``,
+      before tracking saw a final state); it goes on in the workers
+69    Redis (broker or shared store) unreachable: nothing was enqueued (``EX_UNAVAILABLE``)
 ====  =============================================================================
 """
 
@@ -28,7 +32,15 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXIT_CODES", "add_send_parser", "build_message", "delivery_state"]
+__all__ = [
+    "EXIT_CODES",
+    "add_send_parser",
+    "build_message",
+    "delivery_state",
+    "has_status_lookup",
+    "settled_state",
+    "wait",
+]
 
 EXIT_SENT = 0
 EXIT_FAILED = 1
@@ -45,11 +57,20 @@ EXIT_CODES = {
 }
 
 _EPILOG = """\
-exit status: 0 enqueued (or sent, with --wait); 1 failed, expired or dead; 2 invalid input;
-3 parked (provider paused, resumed later); 4 --wait timed out (the delivery goes on).
+exit status: 0 enqueued (or sent, with --wait; delivered, with --until delivered);
+1 failed, expired or dead (or bounced, failed, rejected); 2 invalid input;
+3 parked (provider paused, resumed later); 4 --wait timed out (the delivery goes on);
+69 Redis unreachable (nothing enqueued).
 Flags override the fields of a --json message."""
 
 _DEFAULT_PROVIDER = {"sms": "smspartner", "voice": "voicepartner"}
+
+_TIMEOUT_S = {"sent": 60.0, "delivered": 180.0}
+"""``--wait``'s default bound. A delivery report comes from the provider's status lookup,
+first asked ``DELIVERY_TRACKING_POLL_FIRST_S`` (60 s by default) after the send, or from a
+push: the delivered wait must outlast that first lookup."""
+
+_POLL_S = 0.1
 
 
 class InputError(ValueError):
@@ -82,7 +103,18 @@ def add_send_parser(sub: Any) -> None:
         p.add_argument("--queue", help="publish to this queue (default: the first DELIVERY_QUEUES)")
         p.add_argument("--wait", action="store_true", help="wait for the outcome and print it")
         p.add_argument(
-            "--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)"
+            "--until",
+            choices=["sent", "delivered"],
+            default="sent",
+            help="with --wait: the send outcome (default), or the delivery state tracking "
+            "reports afterwards (delivered, bounced, failed, ...)",
+        )
+        p.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help=f"seconds --wait waits in all (default {_TIMEOUT_S['sent']:g}; "
+            f"{_TIMEOUT_S['delivered']:g} with --until delivered)",
         )
         p.set_defaults(func=run_send)
         return p
@@ -211,12 +243,42 @@ def build_message(channel: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def delivery_state(delivery_id: str) -> dict[str, Any] | None:
-    """The delivery's state as the provider reported it (delivered, bounced, …).
+    """The delivery's state as tracking recorded it (delivered, bounced, …), or ``None``
+    before the send is recorded (:func:`worker.tracking.status.delivery_status`)."""
+    from worker.config import get_settings
+    from worker.redis_client import shared_redis
+    from worker.stores.tracking import RedisTrackingStore
 
-    The place for delivery tracking (``worker.tracking``) to answer once it records events;
-    until then there is nothing to show and ``--wait`` prints the send result alone.
+    found = RedisTrackingStore(shared_redis(get_settings())).status(delivery_id)
+    return None if found is None else found.as_dict()
+
+
+def settled_state(tracked: dict[str, Any] | None) -> str | None:
+    """The delivery's final state once every recipient has one, else ``None``.
+
+    ``delivered`` when every recipient was delivered (engagement after it counts as
+    delivered); otherwise the first failure (``bounced``, ``failed``, ``rejected``).
     """
-    return None
+    from worker.tracking import ENGAGEMENT_EVENTS, FINAL_EVENTS, EventType
+
+    if not tracked or not tracked.get("recipients"):
+        return None
+    states = [EventType(r["state"]) for r in tracked["recipients"].values()]
+    failures = [s for s in states if s in FINAL_EVENTS]
+    done = all(
+        s is EventType.DELIVERED or s in ENGAGEMENT_EVENTS or s in FINAL_EVENTS for s in states
+    )
+    if not done:
+        return None
+    return failures[0].value if failures else EventType.DELIVERED.value
+
+
+def has_status_lookup(provider: str) -> bool:
+    """Whether the poller asks this provider what became of a message."""
+    from worker.providers import DRIVERS
+
+    driver = DRIVERS.get(provider)
+    return bool(driver and driver.status_lookup)
 
 
 def run_send(args: argparse.Namespace) -> int:
@@ -244,17 +306,35 @@ def run_send(args: argparse.Namespace) -> int:
     if not args.wait:
         print(delivery_id)
         return EXIT_SENT
-    return _wait(result, delivery_id, args.timeout, producer.lookup, delivery_state)
+    until: str = args.until
+    timeout_s: float = args.timeout if args.timeout is not None else _TIMEOUT_S[until]
+    return wait(
+        result,
+        delivery_id,
+        timeout_s,
+        producer.lookup,
+        delivery_state,
+        until=until,
+        has_lookup=has_status_lookup,
+    )
 
 
-def _wait(
+def wait(
     result: Any,
     delivery_id: str,
     timeout_s: float,
     lookup: Callable[[str], dict[str, Any] | None],
     state_of: Callable[[str], dict[str, Any] | None],
+    *,
+    until: str = "sent",
+    has_lookup: Callable[[str], bool] = has_status_lookup,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Poll the result backend until the task is final or parked; print what it says."""
+    """Poll the result backend until the task is final or parked; print what it says.
+
+    With ``until="delivered"`` a sent delivery is then followed in tracking until every
+    recipient has a final state, within the same ``timeout_s``.
+    """
     from tasks import PARKED
 
     deadline = time.monotonic() + timeout_s
@@ -268,17 +348,62 @@ def _wait(
             else:  # an exception or an unexpected payload: say what the backend holds
                 outcome = {"status": "failed", "error": {"kind": "task", "message": repr(info)}}
             break
-        time.sleep(0.1)
+        sleep(_POLL_S)
     if outcome is None:
         record = lookup(delivery_id) or {}
         print(f"not settled after {timeout_s:g}s (ledger state: {record.get('state', 'unknown')})")
         print(f"follow it with: delivery-worker status {delivery_id}", file=sys.stderr)
         return EXIT_TIMEOUT
     status = str(outcome.get("status", "unknown"))
-    print(status)
+    if until == "delivered" and status == "sent":
+        return _follow_tracking(
+            outcome, delivery_id, deadline, timeout_s, state_of, has_lookup, sleep
+        )
+    _report(status, outcome, state_of(delivery_id))
+    return EXIT_CODES.get(status, EXIT_FAILED)
+
+
+def _report(first_line: str, outcome: dict[str, Any], tracked: dict[str, Any] | None) -> None:
+    print(first_line)
     report: dict[str, Any] = {"result": outcome}
-    tracked = state_of(delivery_id)
     if tracked is not None:
         report["delivery_state"] = tracked
     print(json.dumps(report, indent=2, sort_keys=True))
-    return EXIT_CODES.get(status, EXIT_FAILED)
+
+
+def _follow_tracking(
+    outcome: dict[str, Any],
+    delivery_id: str,
+    deadline: float,
+    timeout_s: float,
+    state_of: Callable[[str], dict[str, Any] | None],
+    has_lookup: Callable[[str], bool],
+    sleep: Callable[[float], None],
+) -> int:
+    """After ``sent``: wait for tracking's final state (delivered, bounced, failed, ...)."""
+    tracked = state_of(delivery_id)
+    final = settled_state(tracked)
+    provider = str(outcome.get("provider", ""))
+    if final is None and not has_lookup(provider):
+        # Nothing will ask this provider; a push (webhook, callback) may still come later.
+        _report("sent (no lookup)", outcome, tracked)
+        print(
+            f"{provider} has no status lookup: follow pushes with "
+            f"delivery-worker status {delivery_id}",
+            file=sys.stderr,
+        )
+        return EXIT_SENT
+    while final is None and time.monotonic() < deadline:
+        sleep(_POLL_S * 5)
+        tracked = state_of(delivery_id)
+        final = settled_state(tracked)
+    if final is None:
+        states = sorted({r["state"] for r in (tracked or {}).get("recipients", {}).values()})
+        print(
+            f"sent, no final delivery state after {timeout_s:g}s "
+            f"(tracking: {', '.join(states) or 'nothing recorded'})"
+        )
+        print(f"follow it with: delivery-worker status {delivery_id}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    _report(final, outcome, tracked)
+    return EXIT_SENT if final == "delivered" else EXIT_FAILED

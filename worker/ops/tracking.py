@@ -10,11 +10,11 @@ from worker.tracking.status import render
 __all__ = ["show_tracking"]
 
 
-def show_tracking(delivery_id: str) -> None:
+def show_tracking(delivery_id: str, *, utc: bool = False) -> None:
     store = RedisTrackingStore(shared_redis(get_settings()))
     found = store.status(delivery_id)
     if found is None:
         print("tracking: nothing recorded (not sent yet, or expired)")
         return
     print("tracking:")
-    print(render(found.as_dict()))
+    print(render(found.as_dict(), utc=utc))
