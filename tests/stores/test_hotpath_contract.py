@@ -24,8 +24,10 @@ from worker.stores import (
     RedisMetrics,
 )
 from worker.stores.hotpath import (
+    Begin,
     Closing,
     ComposedHotPath,
+    Finish,
     HotPath,
     RedisHotPath,
 )
@@ -221,3 +223,32 @@ def test_redis_clears_the_guards_mark(redis_client: redis.Redis) -> None:
     assert h.redis.hkeys("dw:main:d1") == [b"w2"]  # only this holder's mark
     h.hot.clear_mark(("dw:main:d1", "w2"))
     assert h.redis.exists("dw:main:d1") == 0
+
+
+def test_a_chunk_begins_and_finishes_each_delivery_as_one_call_would(h: H) -> None:
+    """``begin_chunk``/``finish_chunk``: one answer per delivery, in order, each what ``begin``
+    and ``finish`` answer for it alone (missing, final, busy and run in one chunk)."""
+    h.ledger.create("run", channel="sms", provider="smspartner")
+    h.ledger.create("final", channel="sms", provider="smspartner")
+    h.ledger.transition("final", "failed", error_kind="x")
+    h.ledger.create("busy", channel="sms", provider="smspartner")
+    assert h.ledger.lock("busy", "theirs", 5.0) == 0.0
+    h.health.pause("smspartner", "no credit", "w1")
+    ids = ["missing", "final", "busy", "run"]
+    begun = h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ids])
+    assert [b.status for b in begun] == ["missing", "final", "busy", "run"]
+    assert begun[3].runs == 1 and set(begun[3].paused) == {"smspartner"}
+    assert begun[3].record is not None and begun[3].record.delivery_id == "run"
+    assert 0 < begun[2].busy_s <= 5.0
+    assert h.ledger.lock("run", "other", 5.0) > 0  # locked for this run
+    done = h.hot.finish_chunk(
+        [Finish("busy", "tok", reset_runs=True), Finish("run", "tok", True, _sent())]
+    )
+    assert [d.changed for d in done] == [False, True]
+    assert done[1].tracking is not None and len(done[1].tracking.new) == 1
+    run, busy = h.ledger.get("run"), h.ledger.get("busy")
+    assert run is not None and run.state == "sent" and run.fields["runs_unfinished"] == "0"
+    assert busy is not None and busy.state == "queued"
+    assert h.ledger.lock("run", "other", 5.0) == 0.0  # unlocked
+    assert h.ledger.lock("busy", "other", 5.0) > 0  # their lock stands
+    assert h.metrics.read("smspartner") == {"sent": 1}

@@ -4,11 +4,12 @@
 one :data:`Outcome` per message, exactly as :func:`~worker.delivery.process` would have, and
 every guarantee of the single path holds per message:
 
-* each message runs the single path's steps up to the send (``record.open_run``: the hot path's
-  first script takes its lock and counts the run for the dead letters; ``pipeline.prepare``:
+* each message runs the single path's steps up to the send (``record.open_runs``: the hot
+  path's first script, for the whole batch in one round trip, takes each lock and counts each
+  run for the dead letters; ``pipeline.prepare``:
   ledger, deadline, routing with paused providers and breakers, reconciling an earlier unknown
-  outcome), and its run ends with the single path's last script (``record.close_run``), which
-  writes a ``sent`` with the unlock;
+  outcome), and its run ends with the single path's last script (``record.close_runs``, one
+  round trip for the batch), which writes a ``sent`` with the unlock;
 * the messages that would now be sent and whose driver declares ``batch_limit`` are grouped by
   ``(provider, batch_key)`` into chunks of distinct recipients; the others are sent alone;
 * per request, the single path's gate (``worker.delivery.gate``, given the chunk) records
@@ -57,7 +58,7 @@ import structlog
 from worker.delivery.context import BATCH_TAGS, Delivery
 from worker.delivery.gate import Gate, Later
 from worker.delivery.pipeline import invalid, prepare
-from worker.delivery.record import answer_from_ledger, close_run, load, open_run
+from worker.delivery.record import answer_from_ledger, close_runs, load, open_runs
 from worker.delivery.results import Outcome
 from worker.delivery.send import accepted, later, send
 from worker.delivery.settle import POLICY_HANDLERS, Failure, settle_error
@@ -100,28 +101,41 @@ class _Item:
 def process_batch(entries: Sequence[BatchEntry], rt: Runtime) -> list[Outcome]:
     """One outcome per entry, in order.
 
-    The per-message steps are Redis round trips (ledger, lock, health, metrics); they run on
-    ``DELIVERY_BATCH_THREADS`` threads so a batch waits for Redis about as long as one message
-    does, instead of once per message in turn. Each message is still handled by one thread at
-    a time, under its own lock."""
+    The batch's runs begin in one round trip (the hot path's first script per message) and
+    end in one (its last script per message, writing each ``sent`` with the unlock). The
+    per-message steps between are Redis round trips too (deadline, routing, reconcile); they
+    run on ``DELIVERY_BATCH_THREADS`` threads so a batch waits for Redis about as long as one
+    message does. Each message is still handled by one thread at a time, under its own lock."""
     outcomes: list[Outcome | None] = [None] * len(entries)
+    read: dict[int, Delivery] = {}
+    for index, entry in enumerate(entries):
+        with structlog.contextvars.bound_contextvars(delivery_id=entry.delivery_id):
+            d = _read(entry, rt)
+        if isinstance(d, Delivery):
+            read[index] = d
+        else:
+            outcomes[index] = d
     held: dict[int, tuple[Delivery, str]] = {}
+    for (index, d), opened in zip(read.items(), open_runs(list(read.values())), strict=True):
+        if opened is None:
+            # Final: answered from the ledger, no lock needed.
+            outcomes[index] = answer_from_ledger(d, load(d))
+        elif isinstance(opened, str):
+            held[index] = (d, opened)
+        else:
+            outcomes[index] = opened
 
     def prepare_one(index: int) -> _Item | None:
-        entry = entries[index]
+        d = held[index][0]
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(delivery_id=entry.delivery_id, channel=entry.channel)
+        structlog.contextvars.bind_contextvars(delivery_id=d.delivery_id, channel=d.channel)
         try:
-            return _prepare(index, entry, rt, outcomes, held)
+            return _prepare(index, d, outcomes)
         finally:
             structlog.contextvars.clear_contextvars()
 
-    def leave_one(index: int) -> None:
-        d, token = held[index]
-        close_run(d, token, finished=outcomes[index] is not None)
-
     try:
-        prepared = for_each(rt, prepare_one, range(len(entries)))
+        prepared = for_each(rt, prepare_one, list(held))
         ready = [item for item in prepared if item is not None]
         for chunk in _chunks(ready, rt):
             structlog.contextvars.bind_contextvars(provider=chunk[0].d.provider, batch=len(chunk))
@@ -129,9 +143,22 @@ def process_batch(entries: Sequence[BatchEntry], rt: Runtime) -> list[Outcome]:
                 outcomes[item.index] = outcome
             structlog.contextvars.clear_contextvars()
     finally:
-        for_each(rt, leave_one, list(held))
+        close_runs([(d, token, outcomes[i] is not None) for i, (d, token) in held.items()])
     assert all(o is not None for o in outcomes)
     return [o for o in outcomes if o is not None]
+
+
+def _read(entry: BatchEntry, rt: Runtime) -> Delivery | Outcome:
+    """The message, validated once into its model (or its ``invalid_message`` outcome)."""
+    try:
+        message = parse_message(entry.channel, entry.raw)
+    except InvalidMessage as exc:
+        return invalid(
+            entry.channel, exc, delivery_id=entry.delivery_id, task_name=entry.task_name, rt=rt
+        )
+    return Delivery(
+        rt, message, entry.raw, entry.delivery_id, entry.task_name, provider=message.provider or ""
+    )
 
 
 T = TypeVar("T")
@@ -153,33 +180,8 @@ def for_each(rt: Runtime, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     return [f.result() for f in futures]
 
 
-def _prepare(
-    index: int,
-    entry: BatchEntry,
-    rt: Runtime,
-    outcomes: list[Outcome | None],
-    held: dict[int, tuple[Delivery, str]],
-) -> _Item | None:
+def _prepare(index: int, d: Delivery, outcomes: list[Outcome | None]) -> _Item | None:
     """The single path's steps up to the send; the item when it is to be sent in a batch."""
-    try:
-        message = parse_message(entry.channel, entry.raw)
-    except InvalidMessage as exc:
-        outcomes[index] = invalid(
-            entry.channel, exc, delivery_id=entry.delivery_id, task_name=entry.task_name, rt=rt
-        )
-        return None
-    d = Delivery(
-        rt, message, entry.raw, entry.delivery_id, entry.task_name, provider=message.provider or ""
-    )
-    entered = open_run(d)
-    if entered is None:
-        # Final: answered from the ledger, no lock needed.
-        outcomes[index] = answer_from_ledger(d, load(d))
-        return None
-    if not isinstance(entered, str):
-        outcomes[index] = entered
-        return None
-    held[index] = (d, entered)
     prepared = prepare(d)
     if not isinstance(prepared, tuple):
         outcomes[index] = prepared

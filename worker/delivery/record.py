@@ -10,6 +10,7 @@ letter instead of killing more workers.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import structlog
 
@@ -19,14 +20,23 @@ from worker.delivery.results import Done, Outcome, Retry
 from worker.delivery.routing import candidates
 from worker.models import DeliveryResult
 from worker.stores import DeliveryRecord
+from worker.stores.hotpath import Begun
 
-__all__ = ["answer_from_ledger", "close_run", "load", "open_run"]
+__all__ = ["answer_from_ledger", "close_run", "close_runs", "load", "open_run", "open_runs"]
 
 log = structlog.get_logger(__name__)
 
 
 def open_run(d: Delivery, *, mark: tuple[str, str] | None = None) -> str | Outcome | None:
-    """Begin one delivery's run (one of a chunk, or a chunk of one): the lock token to
+    """:func:`open_runs` for a chunk of one."""
+    return open_runs([d], [mark])[0]
+
+
+def open_runs(
+    chunk: Sequence[Delivery], marks: Sequence[tuple[str, str] | None] | None = None
+) -> list[str | Outcome | None]:
+    """Begin the run of each delivery of a chunk, in one round trip; per delivery: the lock
+    token to
     :func:`close_run` with; an outcome when this run must not go on (a concurrent copy holds
     the lock, or the message is buried); ``None`` when the record is already final (no lock:
     the ledger answers).
@@ -35,8 +45,16 @@ def open_run(d: Delivery, *, mark: tuple[str, str] | None = None) -> str | Outco
     final, takes the lock, counts the run and reads the candidate providers' health
     (``worker.delivery.writer.begin``). While the run holds the lock, a ``sent`` is left in
     ``d.closing`` for the last script, with the run count back to 0 and the unlock."""
-    token = uuid.uuid4().hex
-    begun = writer.begin(d, token, candidates(d), mark)
+    marks = marks or [None] * len(chunk)
+    opening = [
+        writer.Opening(d, uuid.uuid4().hex, candidates(d), mark)
+        for d, mark in zip(chunk, marks, strict=True)
+    ]
+    begun = writer.begin(opening)
+    return [_opened(o.d, o.token, b) for o, b in zip(opening, begun, strict=True)]
+
+
+def _opened(d: Delivery, token: str, begun: Begun) -> str | Outcome | None:
     record = begun.record
     assert record is not None
     d.begun = begun
@@ -58,9 +76,14 @@ def open_run(d: Delivery, *, mark: tuple[str, str] | None = None) -> str | Outco
 
 
 def close_run(d: Delivery, token: str, *, finished: bool) -> None:
-    """The run's last script (``worker.delivery.writer.finish_run``); a run that ``finished``
+    """The run's last script (``worker.delivery.writer.finish_runs``); a run that ``finished``
     (reached an outcome) is no longer counted as unfinished."""
     writer.finish_run(d, token, finished=finished)
+
+
+def close_runs(chunk: Sequence[tuple[Delivery, str, bool]]) -> None:
+    """:func:`close_run` for every (delivery, token, finished) of a chunk, in one round trip."""
+    writer.finish_runs(chunk)
 
 
 def load(d: Delivery) -> DeliveryRecord:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -36,10 +36,11 @@ from worker.providers import SendOutcome
 from worker.redaction import scrub
 from worker.runtime import Runtime
 from worker.stores import DeliveryRecord
-from worker.stores.hotpath import Begun, Closing
+from worker.stores.hotpath import Begin, Begun, Closing, Finish, Finished
 from worker.tracking.service import registered, sent_tracking, track_sent
 
 __all__ = [
+    "Opening",
     "Sending",
     "begin",
     "bury",
@@ -52,6 +53,7 @@ __all__ = [
     "failed_unread",
     "finish",
     "finish_run",
+    "finish_runs",
     "hold",
     "invalid",
     "mark_sending",
@@ -177,19 +179,38 @@ def wait(
 # -- the frame of a run: the hot path's first and last scripts ----------------------------------
 
 
-def begin(d: Delivery, token: str, providers: Sequence[str], mark: tuple[str, str] | None) -> Begun:
-    """The run's first script (``HotPath.begin``); a delivery sent by name, never seen by a
-    producer, is recorded on first sight (idempotent) and begun again."""
-    hot, ttl_s = d.rt.hotpath, d.settings.send_lock_ttl_s
-    begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers, mark=mark)
-    if begun.status == "missing":
+@dataclass(frozen=True)
+class Opening:
+    """One delivery of a chunk whose run begins."""
+
+    d: Delivery
+    token: str
+    providers: Sequence[str]
+    mark: tuple[str, str] | None = None
+
+
+def begin(chunk: Sequence[Opening]) -> list[Begun]:
+    """The chunk's first script (``HotPath.begin_chunk``, one round trip); a delivery sent by
+    name, never seen by a producer, is recorded on first sight (idempotent) and begun again."""
+    if not chunk:
+        return []
+    rt = chunk[0].d.rt
+    ttl_s = rt.settings.send_lock_ttl_s
+    args = [Begin(o.d.delivery_id, o.token, ttl_s, o.providers, o.mark) for o in chunk]
+    begun = rt.hotpath.begin_chunk(args)
+    missing = [i for i, b in enumerate(begun) if b.status == "missing"]
+    for i in missing:
+        d = chunk[i].d
         d.rt.ledger.create(
             d.delivery_id,
             channel=d.channel,
             provider=d.message.provider or "auto",
             extra={"task_name": d.task_name, "message": json.dumps(d.raw)},
         )
-        begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers)
+    if missing:
+        again = rt.hotpath.begin_chunk([replace(args[i], mark=None) for i in missing])
+        for i, b in zip(missing, again, strict=True):
+            begun[i] = b
     return begun
 
 
@@ -199,15 +220,30 @@ def clear_mark(rt: Runtime, mark: tuple[str, str]) -> None:
 
 
 def finish_run(d: Delivery, token: str, *, finished: bool) -> None:
-    """The run's last script: the ``sent`` left in ``d.closing`` (if any), the run count back to
-    0 when the run ``finished`` (reached an outcome), and the unlock; then what follows a
-    closing write outside Redis: the breaker hears the success (when it has state), the
-    application hears of the send (tracking)."""
-    closing, d.closing = d.closing, None
-    d.defer_closing = False
-    done = d.rt.hotpath.finish(d.delivery_id, token, reset_runs=finished, closing=closing)
-    if closing is None:
+    """:func:`finish_runs` for a chunk of one."""
+    finish_runs([(d, token, finished)])
+
+
+def finish_runs(chunk: Sequence[tuple[Delivery, str, bool]]) -> None:
+    """The chunk's last script (``HotPath.finish_chunk``, one round trip), per delivery: the
+    ``sent`` left in ``d.closing`` (if any), the run count back to 0 when the run finished
+    (reached an outcome), and the unlock; then what follows a closing write outside Redis."""
+    if not chunk:
         return
+    args = []
+    for d, token, finished in chunk:
+        closing, d.closing = d.closing, None
+        d.defer_closing = False
+        args.append(Finish(d.delivery_id, token, finished, closing))
+    done = chunk[0][0].rt.hotpath.finish_chunk(args)
+    for (d, _, _), f, answer in zip(chunk, args, done, strict=True):
+        if f.closing is not None:
+            _closed(d, f.closing, answer)
+
+
+def _closed(d: Delivery, closing: Closing, done: Finished) -> None:
+    """The breaker hears the success (when it has state), the application hears of the send
+    (tracking)."""
     if done.breaker_state:
         try:
             d.rt.health.record_success(closing.provider)

@@ -17,6 +17,9 @@ runs the stores' own Lua scripts composed into one (``worker.stores._redis.compo
 ledger's forward-only rule, the lock's token check and the tracking store's event logic are the
 same code. :class:`~worker.stores.hotpath.composed.ComposedHotPath` runs the stores' methods
 one by one (in-memory stores, and any mix); ``tests/stores/test_hotpath_contract.py`` runs both.
+
+A run works on a chunk of deliveries (a single send is a chunk of one): :meth:`HotPath.begin_chunk`
+and :meth:`HotPath.finish_chunk` run each delivery's script, all in one round trip.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from worker.stores.health import PauseInfo
 from worker.stores.ledger import DeliveryRecord
 from worker.stores.tracking import Applied, Tracked
 
-__all__ = ["Begun", "Closing", "Finished", "HotPath", "TrackingArgs"]
+__all__ = ["Begin", "Begun", "Closing", "Finish", "Finished", "HotPath", "TrackingArgs"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,29 @@ class Finished:
     """The tracking registration failed after the transition (the send stands)."""
 
 
+@dataclass(frozen=True)
+class Begin:
+    """One delivery of a chunk's :meth:`HotPath.begin_chunk` (:meth:`HotPath.begin`'s
+    arguments)."""
+
+    delivery_id: str
+    token: str
+    lock_ttl_s: float
+    providers: Sequence[str] = ()
+    mark: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One delivery of a chunk's :meth:`HotPath.finish_chunk` (:meth:`HotPath.finish`'s
+    arguments)."""
+
+    delivery_id: str
+    token: str
+    reset_runs: bool
+    closing: Closing | None = None
+
+
 class HotPath(Protocol):
     def begin(
         self,
@@ -118,4 +144,12 @@ class HotPath(Protocol):
     ) -> Finished:
         """Write ``closing`` (if any), set ``runs_unfinished`` to 0 if ``reset_runs``, unlock,
         count ``closing.metric``, register ``closing.tracking``."""
+        ...
+
+    def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
+        """:meth:`begin` for every delivery of a chunk, in one round trip; one answer each."""
+        ...
+
+    def finish_chunk(self, chunk: Sequence[Finish]) -> list[Finished]:
+        """:meth:`finish` for every delivery of a chunk, in one round trip; one answer each."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker.stores.health import HealthStore
-from worker.stores.hotpath.base import Begun, Closing, Finished, HotPath
+from worker.stores.hotpath.base import Begin, Begun, Closing, Finish, Finished, HotPath
 from worker.stores.ledger import Ledger
 from worker.stores.metrics import Metrics
 from worker.stores.tracking import TrackingStore
@@ -55,6 +55,18 @@ class ComposedHotPath(HotPath):
                 paused[provider] = info
         asked = frozenset(providers)
         return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked)
+
+    def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
+        return [
+            self.begin(b.delivery_id, b.token, b.lock_ttl_s, providers=b.providers, mark=b.mark)
+            for b in chunk
+        ]
+
+    def finish_chunk(self, chunk: Sequence[Finish]) -> list[Finished]:
+        return [
+            self.finish(f.delivery_id, f.token, reset_runs=f.reset_runs, closing=f.closing)
+            for f in chunk
+        ]
 
     def clear_mark(self, mark: tuple[str, str]) -> None:
         self.cleared_marks.append(mark)

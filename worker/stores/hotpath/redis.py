@@ -17,7 +17,7 @@ import redis
 
 from worker.stores._redis import composed, lua_source, text
 from worker.stores.health import RedisHealthStore
-from worker.stores.hotpath.base import Begun, Closing, Finished, HotPath
+from worker.stores.hotpath.base import Begin, Begun, Closing, Finish, Finished, HotPath
 from worker.stores.ledger import ACTIVE_KEY, FINAL_STATES, STATE_RANK, DeliveryRecord, RedisLedger
 from worker.stores.ledger.redis import CLAIMS_KEY, LOCK_PREFIX, SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
@@ -66,6 +66,30 @@ class RedisHotPath(HotPath):
         providers: Sequence[str] = (),
         mark: tuple[str, str] | None = None,
     ) -> Begun:
+        b = Begin(delivery_id, token, lock_ttl_s, providers, mark)
+        keys, args = self._begin_call(b)
+        return _begun(b, self._begin(keys=keys, args=args))
+
+    def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
+        if len(chunk) == 1:
+            return [
+                self.begin(
+                    chunk[0].delivery_id,
+                    chunk[0].token,
+                    chunk[0].lock_ttl_s,
+                    providers=chunk[0].providers,
+                    mark=chunk[0].mark,
+                )
+            ]
+        pipe = self.redis.pipeline(transaction=False)
+        for b in chunk:
+            keys, args = self._begin_call(b)
+            self._begin(keys=keys, args=args, client=pipe)
+        return [_begun(b, reply) for b, reply in zip(chunk, pipe.execute(), strict=True)]
+
+    def _begin_call(self, b: Begin) -> tuple[list[str], list[str]]:
+        delivery_id, token, providers, mark = b.delivery_id, b.token, b.providers, b.mark
+        lock_ttl_s = b.lock_ttl_s
         keys = [
             RedisLedger.key(delivery_id),
             LOCK_PREFIX + delivery_id,
@@ -75,37 +99,7 @@ class RedisHotPath(HotPath):
         ]
         ttl_ms = max(1, int(lock_ttl_s * 1000))
         args = [token, str(ttl_ms), mark[1] if mark else "", _FINALS, *providers]
-        reply: list[Any] = self._begin(keys=keys, args=args)
-        status = text(reply[0])
-        if status == "missing":
-            return Begun("missing")
-        fields = _fields(reply[1])
-        if status == "final":
-            return Begun("final", DeliveryRecord.from_fields(delivery_id, fields))
-        if status == "busy":
-            remaining_ms = int(reply[2])
-            busy_s = max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
-            record = DeliveryRecord.from_fields(delivery_id, fields)
-            return Begun("busy", record, busy_s=busy_s)
-        runs = int(reply[2])
-        fields["runs_unfinished"] = str(runs)
-        health = reply[3]
-        paused, breakers = {}, set()
-        for i, provider in enumerate(providers):
-            raw, has_state = health[2 * i], int(health[2 * i + 1])
-            if text(raw):
-                paused[provider] = RedisHealthStore.pause_info(provider, raw)
-            if has_state:
-                breakers.add(provider)
-        record = DeliveryRecord.from_fields(delivery_id, fields)
-        return Begun(
-            "run",
-            record,
-            runs=runs,
-            paused=paused,
-            breaker_state=frozenset(breakers),
-            asked=frozenset(providers),
-        )
+        return keys, args
 
     def clear_mark(self, mark: tuple[str, str]) -> None:
         self.redis.hdel(mark[0], mark[1])
@@ -118,6 +112,24 @@ class RedisHotPath(HotPath):
         reset_runs: bool,
         closing: Closing | None = None,
     ) -> Finished:
+        keys, args, reg = self._finish_call(Finish(delivery_id, token, reset_runs, closing))
+        return self._finished(reg, self._finish(keys=keys, args=args))
+
+    def finish_chunk(self, chunk: Sequence[Finish]) -> list[Finished]:
+        if len(chunk) == 1:
+            f = chunk[0]
+            return [self.finish(f.delivery_id, f.token, reset_runs=f.reset_runs, closing=f.closing)]
+        pipe = self.redis.pipeline(transaction=False)
+        regs = []
+        for f in chunk:
+            keys, args, reg = self._finish_call(f)
+            regs.append(reg)
+            self._finish(keys=keys, args=args, client=pipe)
+        replies = pipe.execute()
+        return [self._finished(reg, reply) for reg, reply in zip(regs, replies, strict=True)]
+
+    def _finish_call(self, f: Finish) -> tuple[list[str], list[str], Any]:
+        delivery_id, token, reset_runs, closing = f.delivery_id, f.token, f.reset_runs, f.closing
         keys = [RedisLedger.key(delivery_id), ACTIVE_KEY, LOCK_PREFIX + delivery_id, "", ""]
         keys += [SCHEDULE_KEY, CLAIMS_KEY]
         args = [token, "1" if reset_runs else "0", "", "0", repr(self._clock()), _RANKS]
@@ -145,7 +157,10 @@ class RedisHotPath(HotPath):
                 )
                 keys += reg.keys
                 args += reg.args
-        changed, breaker, registered, reply = self._finish(keys=keys, args=args)
+        return keys, args, reg
+
+    def _finished(self, reg: Any, raw: list[Any]) -> Finished:
+        changed, breaker, registered, reply = raw
         done = Finished(changed=int(changed) == 1, breaker_state=int(breaker) == 1)
         if reg is None or int(registered) != 1:
             return done
@@ -154,6 +169,40 @@ class RedisHotPath(HotPath):
         except Exception as exc:  # orphans applied after: tracking never changes the send
             return Finished(done.changed, done.breaker_state, tracking_error=type(exc).__name__)
         return Finished(done.changed, done.breaker_state, tracking=applied)
+
+
+def _begun(b: Begin, reply: list[Any]) -> Begun:
+    delivery_id, providers = b.delivery_id, b.providers
+    status = text(reply[0])
+    if status == "missing":
+        return Begun("missing")
+    fields = _fields(reply[1])
+    if status == "final":
+        return Begun("final", DeliveryRecord.from_fields(delivery_id, fields))
+    if status == "busy":
+        remaining_ms = int(reply[2])
+        busy_s = max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
+        record = DeliveryRecord.from_fields(delivery_id, fields)
+        return Begun("busy", record, busy_s=busy_s)
+    runs = int(reply[2])
+    fields["runs_unfinished"] = str(runs)
+    health = reply[3]
+    paused, breakers = {}, set()
+    for i, provider in enumerate(providers):
+        raw, has_state = health[2 * i], int(health[2 * i + 1])
+        if text(raw):
+            paused[provider] = RedisHealthStore.pause_info(provider, raw)
+        if has_state:
+            breakers.add(provider)
+    record = DeliveryRecord.from_fields(delivery_id, fields)
+    return Begun(
+        "run",
+        record,
+        runs=runs,
+        paused=paused,
+        breaker_state=frozenset(breakers),
+        asked=frozenset(providers),
+    )
 
 
 def _fields(raw: list[Any]) -> dict[str, str]:
