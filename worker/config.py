@@ -15,7 +15,7 @@ from worker.http import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S
 from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
 from worker.limits import MessageLimits
 from worker.providers import DRIVERS, PROVIDERS, channel_providers
-from worker.redaction import register_secret
+from worker.redaction import register_secret, register_url_password
 from worker.redis_client import check_urls as check_redis_urls
 from worker.scheduling.defaults import LEASE_S as SCHEDULE_LEASE_S
 from worker.scheduling.defaults import TICK_S as SCHEDULE_TICK_S
@@ -286,6 +286,8 @@ class Settings(_ProviderSettings):
             if key:
                 register_secret(key)
         check_redis_urls(self)
+        for url in (self.broker_url, self.result_backend, self.redis_url):
+            register_url_password(url)
         if self.redis_sentinel_password is not None:
             register_secret(self.redis_sentinel_password.get_secret_value())
         missing = [p for p in self.providers if not self.api_key(p)]
