@@ -93,6 +93,12 @@ def celery_config() -> dict[str, Any]:
         # acks_late alone still loses those (design.md, traps).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # The last net under the send lock (docs/threat-model-sending.md): every provider request
+        # ends by its whole-request deadline (worker.http), so a task still running at the soft
+        # limit is stalled; it raises SoftTimeLimitExceeded, which tasks/ turns into a retry
+        # that settles the attempt before any resend. The hard limit kills the process after.
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         # Sentinel URLs (worker.redis_client) add the master's name and the sentinels' options.
         "broker_transport_options": {

@@ -107,6 +107,10 @@ class Settings(_ProviderSettings):
 
     http_connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     http_read_timeout_s: float = Field(default=DEFAULT_READ_TIMEOUT_S, gt=0)
+    http_total_timeout_s: float | None = Field(default=None, gt=0)
+    """The most one provider request may take, connect to last byte (``worker.http``); None:
+    connect + read timeout (35 s). The read timeout bounds each read only: an answer trickled
+    byte by byte would outlive the send lock (``send_lock_ttl_s``), which it must stay below."""
 
     reconcile_grace_s: float = Field(default=60.0, ge=0)
     """After a send whose outcome is unknown (read timeout, dropped answer), how long to wait
@@ -313,6 +317,11 @@ class Settings(_ProviderSettings):
                 "events_queue must be a queue name that delivery workers do not consume "
                 "(not one of DELIVERY_QUEUES)"
             )
+        if self.send_worst_case_s + 5.0 > self.send_lock_ttl_s:
+            raise ValueError(
+                f"http_total_timeout_s ({self.http_deadline_s:g}) leaves a send running past "
+                f"its lock ({self.send_lock_ttl_s:g} s): keep it at most connect + read timeout"
+            )
         if self.reconcile_grace_s >= self.visibility_timeout_s:
             raise ValueError(
                 f"reconcile_grace_s ({self.reconcile_grace_s:g}) must stay below "
@@ -338,6 +347,35 @@ class Settings(_ProviderSettings):
             if k.startswith("DELIVERY_")
         }
         return cls(**values)
+
+    @property
+    def http_deadline_s(self) -> float:
+        """The whole-request deadline each provider request gets (``http_total_timeout_s``)."""
+        if self.http_total_timeout_s is not None:
+            return self.http_total_timeout_s
+        return self.http_connect_timeout_s + self.http_read_timeout_s
+
+    @property
+    def send_worst_case_s(self) -> float:
+        """The longest one attempt can hold the lock before its final write: the limiter's
+        inline wait, two connect failures retried in-attempt, then one request to its deadline,
+        plus 1 s for the tenacity waits between them (at most 0.55 s each)."""
+        return (
+            self.limiter_max_inline_wait_s
+            + 2 * self.http_connect_timeout_s
+            + self.http_deadline_s
+            + 1.0
+        )
+
+    @property
+    def task_soft_time_limit_s(self) -> float:
+        """Celery's soft limit: past every send's deadline, before the lock expires."""
+        return self.send_lock_ttl_s - 2.0
+
+    @property
+    def task_time_limit_s(self) -> float:
+        """Celery's hard limit: the last net, after the soft limit's handling had its chance."""
+        return self.send_lock_ttl_s + 30.0
 
     @property
     def send_lock_ttl_s(self) -> float:

@@ -24,6 +24,7 @@ from worker.config import Settings
 from worker.delivery import Done, Retry, backoff_s, mask_ids, process
 from worker.runtime import Runtime, breaker_config
 from worker.stores import MemoryRateLimiter, Stores, limiter_key
+from worker.stores.hotpath import Closing
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -640,3 +641,24 @@ def test_a_callers_tag_shared_with_another_delivery_is_not_trusted_to_reconcile(
     done = run(rt, tagged, delivery_id="a")
     assert isinstance(done, Done) and done.result.status == "sent"
     assert calls.paths() == [SEND, SEND, SEND]  # no lookup trusted: resent
+
+
+def test_a_late_runs_kept_sent_is_adopted_and_nothing_is_sent_again(
+    calls: Calls, make_runtime: Any
+) -> None:
+    """A run was accepted by the provider after its lock expired; its final write was kept
+    aside (``late_outcome``). The next run (the sweeper's resend) answers from it."""
+    rt = make_runtime(calls)
+    rt.ledger.create("d-1", channel="sms", provider="smspartner")
+    assert rt.hotpath.begin("d-1", "late", 5.0).status == "run"
+    rt.ledger.transition("d-1", "sending")
+    rt.ledger.unlock("d-1", "late")  # the lock expired under the late run
+    result = '{"status": "sent", "delivery_id": "d-1", "channel": "sms", "attempts": 1}'
+    closing = Closing("sent", {"attempts": "1", "sent_at": "1.0", "result": result})
+    assert rt.hotpath.finish("d-1", "late", reset_runs=True, closing=closing).lock_lost
+    assert rt.ledger.get("d-1").state == "sending"  # type: ignore[union-attr]
+    outcome = run(rt)
+    assert isinstance(outcome, Done) and outcome.result.status == "sent"
+    assert calls.requests == []  # neither asked nor sent again
+    record = rt.ledger.get("d-1")
+    assert record is not None and record.state == "sent"

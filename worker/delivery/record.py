@@ -76,7 +76,15 @@ def guarded(
         d.defer_closing = False
         closing, d.closing = d.closing, None
         done = hot.finish(d.delivery_id, token, reset_runs=finished_run, closing=closing)
-        if closing is not None:
+        if done.lock_lost:
+            # The run outlived its send lock (worker.http bounds a request well below it, so
+            # this takes a stalled process). Its closing was kept for the next run to adopt.
+            log.warning(
+                "delivery.lock_lost",
+                state=closing.state if closing is not None else None,
+                lock_ttl_s=ttl_s,
+            )
+        elif closing is not None:
             _closed(d, closing, done)
 
 

@@ -208,6 +208,10 @@ class Ledger(Protocol):
         """Release the lock if ``token`` still holds it."""
         ...
 
+    def holds(self, delivery_id: str, token: str) -> bool:
+        """Whether ``token`` still holds the delivery's send lock (it has not expired)."""
+        ...
+
     # -- sweeping ------------------------------------------------------------------------------
 
     def stale(self, older_than_s: float, *, limit: int = 500) -> list[str]:

@@ -228,6 +228,11 @@ class MemoryLedger(Ledger):
                 return 0.0
             return max(int((held[1] - now) * 1000), 1) / 1000
 
+    def holds(self, delivery_id: str, token: str) -> bool:
+        with self._lock:
+            held = self._locks.get(delivery_id)
+            return held is not None and held[0] == token and held[1] > self._clock()
+
     def unlock(self, delivery_id: str, token: str) -> None:
         with self._lock:
             held = self._locks.get(delivery_id)

@@ -151,6 +151,9 @@ class RedisLedger(Ledger):
         remaining_ms = int(self.redis.pttl(key))
         return max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
 
+    def holds(self, delivery_id: str, token: str) -> bool:
+        return text(self.redis.get(LOCK_PREFIX + delivery_id) or b"") == token
+
     def unlock(self, delivery_id: str, token: str) -> None:
         self._release(keys=[LOCK_PREFIX + delivery_id], args=[token])
 
