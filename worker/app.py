@@ -271,3 +271,19 @@ def _warm_process(**_kwargs: Any) -> None:
                 "worker.driver_unavailable", provider=provider, error=exc.message
             )
     rt.ping()
+    _replay_spool(rt)
+
+
+def _replay_spool(rt: Any) -> None:
+    """Final writes Redis refused in an earlier run (worker.delivery.spool) go to the ledger
+    first, before the sweeper could take their ``sending`` records for interrupted sends."""
+    import structlog
+
+    from worker.delivery.spool import FinalWriteSpool
+
+    try:
+        FinalWriteSpool(rt.settings.spool_dir).replay(rt.ledger)
+    except Exception as exc:  # a worker starts regardless; the file stays for the next start
+        structlog.get_logger("worker.app").error(
+            "delivery.spool_replay_failed", error=type(exc).__name__
+        )

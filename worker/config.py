@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -111,6 +113,13 @@ class Settings(_ProviderSettings):
     """The most one provider request may take, connect to last byte (``worker.http``); None:
     connect + read timeout (35 s). The read timeout bounds each read only: an answer trickled
     byte by byte would outlive the send lock (``send_lock_ttl_s``), which it must stay below."""
+
+    final_write_retry_s: float = Field(default=30.0, ge=0, le=600)
+    """How long a run keeps retrying its final ledger write while Redis refuses it (OOM,
+    READONLY during a failover, a restart) before it keeps the write in the local spool."""
+    spool_dir: str = Field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "dw-spool"))
+    """Where final writes Redis refused are kept until the next worker start replays them
+    (``worker.delivery.spool``); a persistent volume keeps them across container restarts."""
 
     reconcile_grace_s: float = Field(default=60.0, ge=0)
     """After a send whose outcome is unknown (read timeout, dropped answer), how long to wait
@@ -369,8 +378,9 @@ class Settings(_ProviderSettings):
 
     @property
     def task_soft_time_limit_s(self) -> float:
-        """Celery's soft limit: past every send's deadline, before the lock expires."""
-        return self.send_lock_ttl_s - 2.0
+        """Celery's soft limit: past the lock and the final write's retries, so it only ever
+        interrupts a stalled run (``tasks._deliver`` turns it into a settling retry)."""
+        return self.send_lock_ttl_s + self.final_write_retry_s + 5.0
 
     @property
     def task_time_limit_s(self) -> float:
