@@ -385,7 +385,7 @@ class Settings(_ProviderSettings):
     @property
     def task_time_limit_s(self) -> float:
         """Celery's hard limit: the last net, after the soft limit's handling had its chance."""
-        return self.send_lock_ttl_s + 30.0
+        return self.task_soft_time_limit_s + 30.0
 
     @property
     def send_lock_ttl_s(self) -> float:

@@ -18,6 +18,7 @@ import redis
 from celery import Celery
 
 from devstack.processes import Proc, start_redis, start_worker
+from worker.app import client_app
 from worker.producer import Producer
 from worker.stores import RedisLedger
 
@@ -41,20 +42,37 @@ def shared_redis(tmp_path: Path) -> Iterator[tuple[Proc, redis.Redis]]:
 
 
 @pytest.fixture
+def own_env(stack_env: dict[str, str], redis_url: str) -> dict[str, str]:
+    """A broker and result database of its own: the session's worker must not take the task."""
+    return {
+        **stack_env,
+        "DELIVERY_BROKER_URL": f"{redis_url}/7",
+        "DELIVERY_RESULT_BACKEND": f"{redis_url}/8",
+    }
+
+
+@pytest.fixture
+def own_client(own_env: dict[str, str]) -> Celery:
+    return client_app(
+        own_env["DELIVERY_BROKER_URL"], own_env["DELIVERY_RESULT_BACKEND"], name="oom-tests"
+    )
+
+
+@pytest.fixture
 def oom_worker(
-    stack_env: dict[str, str],
-    client: Celery,
+    own_env: dict[str, str],
+    own_client: Celery,
     shared_redis: tuple[Proc, redis.Redis],
     tmp_path: Path,
 ) -> Iterator[Proc]:
     env = {
-        **stack_env,
+        **own_env,
         "DELIVERY_REDIS_URL": str(shared_redis[0].extra["url"]) + "/0",
         "DELIVERY_SPOOL_DIR": str(tmp_path / "spool"),
         "DELIVERY_HTTP_READ_TIMEOUT_S": "10",
     }
     proc = start_worker(tmp_path / "worker", env, name="oom", concurrency=1, events=False)
-    wait_ready(client, proc)
+    wait_ready(own_client, proc)
     yield proc
     proc.stop()
 
@@ -70,13 +88,13 @@ def _wait_for(predicate: object, timeout_s: float, what: str) -> None:
 
 def test_a_send_accepted_while_redis_refuses_writes_is_reported_and_recorded_sent(
     oom_worker: Proc,
-    client: Celery,
+    own_client: Celery,
     shared_redis: tuple[Proc, redis.Redis],
     sandbox: SandboxAdmin,
 ) -> None:
     _, shared = shared_redis
     ledger = RedisLedger(shared)
-    producer = Producer(app=client, ledger=ledger)
+    producer = Producer(app=own_client, ledger=ledger)
     sandbox.set_faults(
         [{"provider": "smspartner", "action": "latency", "delay_ms": ANSWER_DELAY_MS}]
     )
