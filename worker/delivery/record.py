@@ -10,21 +10,39 @@ letter instead of killing more workers.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 
+import redis
 import structlog
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
 from worker.delivery.context import Delivery
 from worker.delivery.results import Done, Outcome, Retry
 from worker.delivery.routing import candidates
+from worker.delivery.spool import FinalWriteSpool
 from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.stores import DeliveryRecord
 from worker.stores.hotpath import Closing, Finished
 from worker.tracking.service import registered
 
-__all__ = ["answer_from_ledger", "enter", "guarded", "leave", "load"]
+__all__ = [
+    "answer_from_ledger",
+    "enter",
+    "final_write",
+    "guarded",
+    "leave",
+    "load",
+    "redis_unavailable",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +93,89 @@ def guarded(
     finally:
         d.defer_closing = False
         closing, d.closing = d.closing, None
-        done = hot.finish(d.delivery_id, token, reset_runs=finished_run, closing=closing)
-        if closing is not None:
+        done = final_write(d, token, reset_runs=finished_run, closing=closing)
+        if done.lock_lost:
+            # The run outlived its send lock (worker.http bounds a request well below it, so
+            # this takes a stalled process). Its closing was kept for the next run to adopt.
+            log.warning(
+                "delivery.lock_lost",
+                state=closing.state if closing is not None else None,
+                lock_ttl_s=ttl_s,
+            )
+        elif closing is not None:
             _closed(d, closing, done)
+
+
+_REDIS_PASSING = (
+    redis.ConnectionError,  # includes BusyLoadingError (LOADING after a restart)
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # OOM: maxmemory reached with noeviction
+    redis.exceptions.ReadOnlyError,  # READONLY: a replica, before or during a failover
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterDownError,
+)
+_REDIS_PASSING_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN")
+"""Error replies that pass (memory freed, a failover's new master, a restart's load); redis-py
+maps most to the classes above and strips the code, the rest are matched by their code."""
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Redis cannot take a write now but will: connection lost, timeout, or a passing refusal."""
+    if isinstance(exc, _REDIS_PASSING):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_REDIS_PASSING_REPLIES)
+
+
+def final_write(
+    d: Delivery,
+    token: str,
+    *,
+    reset_runs: bool,
+    closing: Closing | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Finished:
+    """The run's last step, retried while Redis is unavailable (``final_write_retry_s``).
+
+    A ``sent`` the provider accepted must not turn into a failed task because Redis refused
+    the write: if it still refuses after the retries, the write is kept in the local spool
+    (replayed at the next worker start) and the run's outcome stands.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(redis_unavailable),
+        stop=stop_after_delay(d.settings.final_write_retry_s),
+        wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
+        sleep=sleep,
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "delivery.final_write_retry",
+            try_number=state.attempt_number,
+            error=type(state.outcome.exception()).__name__ if state.outcome else None,
+        ),
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                return d.rt.hotpath.finish(
+                    d.delivery_id, token, reset_runs=reset_runs, closing=closing
+                )
+    except Exception as exc:
+        if not redis_unavailable(exc):
+            raise
+        if closing is None:
+            # Nothing final to lose: the lock expires on its own, the run counts as unfinished.
+            log.warning("delivery.final_write_failed", error=type(exc).__name__)
+            return Finished()
+        kept = FinalWriteSpool(d.settings.spool_dir).keep(
+            d.delivery_id, closing.state, closing.fields
+        )
+        log.error(
+            "delivery.final_write_spooled" if kept else "delivery.final_write_lost",
+            state=closing.state,
+            error=type(exc).__name__,
+        )
+        return Finished()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _closed(d: Delivery, closing: Closing, done: Finished) -> None:

@@ -145,7 +145,9 @@ class RedisHotPath(HotPath):
                 )
                 keys += reg.keys
                 args += reg.args
-        changed, breaker, registered, reply = self._finish(keys=keys, args=args)
+        changed, breaker, registered, reply, lost = self._finish(keys=keys, args=args)
+        if int(lost) == 1:
+            return Finished(lock_lost=True)
         done = Finished(changed=int(changed) == 1, breaker_state=int(breaker) == 1)
         if reg is None or int(registered) != 1:
             return done
