@@ -103,7 +103,8 @@ def test_a_send_accepted_while_redis_refuses_writes_is_reported_and_recorded_sen
     delivery_id = str(async_result.id)
 
     # ``sending`` (the gate) is the last shared write before the request leaves: SMS Partner
-    # has no limiter budget (docs/providers/index.md §6), so nothing else is written until the final write.
+    # has no limiter budget (docs/providers/index.md §6), so nothing else is written until the
+    # final write.
     def sending() -> bool:
         record = ledger.get(delivery_id)
         return record is not None and record.state == "sending"
