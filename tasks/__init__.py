@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from tasks import tracking  # noqa: F401  (registers the tracking tasks)
 from worker.app import RedactedRequest, app
@@ -20,6 +21,8 @@ from worker.runtime import get_runtime
 
 __all__ = ["PARKED", "SCHEDULED", "check_balances", "send_email", "send_sms", "send_voice", "sweep"]
 
+log = structlog.get_logger(__name__)
+
 SCHEDULED = "SCHEDULED"
 """Celery state of a delivery held until its ``send_at`` (in our schedule or at the provider)."""
 PARKED = "PARKED"
@@ -27,14 +30,22 @@ PARKED = "PARKED"
 
 
 def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]:
-    outcome = process(
-        channel,
-        message,
-        delivery_id=str(task.request.id),
-        task_name=str(task.name),
-        rt=get_runtime(),
-        guard_token=_guard_token(task),
-    )
+    rt = get_runtime()
+    try:
+        outcome = process(
+            channel,
+            message,
+            delivery_id=str(task.request.id),
+            task_name=str(task.name),
+            rt=rt,
+            guard_token=_guard_token(task),
+        )
+    except SoftTimeLimitExceeded:
+        # A stalled run (worker.app, task_soft_time_limit): its send may have reached the
+        # provider. The retry runs after the reconcile grace and settles it (the record is
+        # still ``sending``) before anything is sent again; never a FAILURE for a maybe-sent.
+        log.error("delivery.soft_time_limit", retry_in_s=rt.settings.reconcile_grace_s)
+        raise task.retry(countdown=rt.settings.reconcile_grace_s, max_retries=None) from None
     if isinstance(outcome, Retry):
         # Same task id and message; budgets are counted in the ledger, not by Celery.
         raise task.retry(countdown=outcome.delay_s, max_retries=None)

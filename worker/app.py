@@ -213,6 +213,12 @@ def celery_config() -> dict[str, Any]:
         # acks_late alone still loses those (docs/design.md §9).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # The last net under the send lock (docs/threat-model-sending.md): every provider request
+        # ends by its whole-request deadline (worker.http), so a task still running at the soft
+        # limit is stalled; it raises SoftTimeLimitExceeded, which tasks/ turns into a retry
+        # that settles the attempt before any resend. The hard limit kills the process after.
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
         # Sentinel URLs (worker.redis_client) add the master's name and the sentinels' options.
         "broker_transport_options": {
@@ -420,3 +426,19 @@ def _warm_process(**_kwargs: Any) -> None:
                 "worker.driver_unavailable", provider=provider, error=exc.message
             )
     rt.ping()
+    _replay_spool(rt)
+
+
+def _replay_spool(rt: Any) -> None:
+    """Final writes Redis refused in an earlier run (worker.delivery.spool) go to the ledger
+    first, before the sweeper could take their ``sending`` records for interrupted sends."""
+    import structlog
+
+    from worker.delivery.spool import FinalWriteSpool
+
+    try:
+        FinalWriteSpool(rt.settings.spool_dir).replay(rt.ledger)
+    except Exception as exc:  # a worker starts regardless; the file stays for the next start
+        structlog.get_logger("worker.app").error(
+            "delivery.spool_replay_failed", error=type(exc).__name__
+        )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -15,7 +17,7 @@ from worker.http import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S
 from worker.limits import DEFAULT_LIMITS as DEFAULT_MESSAGE_LIMITS
 from worker.limits import MessageLimits
 from worker.providers import DRIVERS, PROVIDERS, channel_providers
-from worker.redaction import register_secret
+from worker.redaction import register_secret, register_url_password
 from worker.redis_client import check_urls as check_redis_urls
 from worker.scheduling.defaults import LEASE_S as SCHEDULE_LEASE_S
 from worker.scheduling.defaults import TICK_S as SCHEDULE_TICK_S
@@ -110,6 +112,17 @@ class Settings(_ProviderSettings):
 
     http_connect_timeout_s: float = Field(default=DEFAULT_CONNECT_TIMEOUT_S, gt=0)
     http_read_timeout_s: float = Field(default=DEFAULT_READ_TIMEOUT_S, gt=0)
+    http_total_timeout_s: float | None = Field(default=None, gt=0)
+    """The most one provider request may take, connect to last byte (``worker.http``); None:
+    connect + read timeout (35 s). The read timeout bounds each read only: an answer trickled
+    byte by byte would outlive the send lock (``send_lock_ttl_s``), which it must stay below."""
+
+    final_write_retry_s: float = Field(default=30.0, ge=0, le=600)
+    """How long a run keeps retrying its final ledger write while Redis refuses it (OOM,
+    READONLY during a failover, a restart) before it keeps the write in the local spool."""
+    spool_dir: str = Field(default_factory=lambda: str(Path(tempfile.gettempdir()) / "dw-spool"))
+    """Where final writes Redis refused are kept until the next worker start replays them
+    (``worker.delivery.spool``); a persistent volume keeps them across container restarts."""
 
     reconcile_grace_s: float = Field(default=60.0, ge=0)
     """After a send whose outcome is unknown (read timeout, dropped answer), how long to wait
@@ -306,6 +319,8 @@ class Settings(_ProviderSettings):
             if key:
                 register_secret(key)
         check_redis_urls(self)
+        for url in (self.broker_url, self.result_backend, self.redis_url):
+            register_url_password(url)
         if self.redis_sentinel_password is not None:
             register_secret(self.redis_sentinel_password.get_secret_value())
         missing = [p for p in self.providers if not self.api_key(p)]
@@ -330,6 +345,11 @@ class Settings(_ProviderSettings):
             raise ValueError(
                 "events_queue must be a queue name that delivery workers do not consume "
                 "(not one of DELIVERY_QUEUES)"
+            )
+        if self.send_worst_case_s + 5.0 > self.send_lock_ttl_s:
+            raise ValueError(
+                f"http_total_timeout_s ({self.http_deadline_s:g}) leaves a send running past "
+                f"its lock ({self.send_lock_ttl_s:g} s): keep it at most connect + read timeout"
             )
         if self.reconcile_grace_s >= self.visibility_timeout_s:
             raise ValueError(
@@ -356,6 +376,36 @@ class Settings(_ProviderSettings):
             if k.startswith("DELIVERY_")
         }
         return cls(**values)
+
+    @property
+    def http_deadline_s(self) -> float:
+        """The whole-request deadline each provider request gets (``http_total_timeout_s``)."""
+        if self.http_total_timeout_s is not None:
+            return self.http_total_timeout_s
+        return self.http_connect_timeout_s + self.http_read_timeout_s
+
+    @property
+    def send_worst_case_s(self) -> float:
+        """The longest one attempt can hold the lock before its final write: the limiter's
+        inline wait, two connect failures retried in-attempt, then one request to its deadline,
+        plus 1 s for the tenacity waits between them (at most 0.55 s each)."""
+        return (
+            self.limiter_max_inline_wait_s
+            + 2 * self.http_connect_timeout_s
+            + self.http_deadline_s
+            + 1.0
+        )
+
+    @property
+    def task_soft_time_limit_s(self) -> float:
+        """Celery's soft limit: past the lock and the final write's retries, so it only ever
+        interrupts a stalled run (``tasks._deliver`` turns it into a settling retry)."""
+        return self.send_lock_ttl_s + self.final_write_retry_s + 5.0
+
+    @property
+    def task_time_limit_s(self) -> float:
+        """Celery's hard limit: the last net, after the soft limit's handling had its chance."""
+        return self.task_soft_time_limit_s + 30.0
 
     @property
     def send_lock_ttl_s(self) -> float:

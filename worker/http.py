@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
+import ssl
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC
+from typing import Any
 
-import httpcore  # noqa: F401  (httpx imports it when a client is built: here, before a fork)
+import httpcore  # also imported here so it is loaded before a fork
 import httpx
 
 from worker.errors import (
@@ -21,6 +25,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_READ_TIMEOUT_S",
     "MAX_RESPONSE_BYTES",
+    "DeadlineTransport",
     "build_client",
     "join_url",
     "map_transport_error",
@@ -48,19 +53,155 @@ under load that jitter passed the 40 ms margin and the provider saw 11 requests 
 noticed before reuse (httpcore checks that the socket is not readable) and replaced."""
 
 
+# -- the whole-request deadline ---------------------------------------------------------------
+#
+# httpx's timeouts bound each socket operation, not a request: an answer trickled one byte per
+# read timeout keeps a send alive forever, past the send lock that makes it the only one. The
+# deadline below bounds the whole request (connect, write, headers, body). It is set when
+# DeadlineTransport starts a request and cleared when its response is closed; the network
+# backend, httpcore's extension point for sockets, gives each socket operation at most what is
+# left of it, so a late byte ends the request with httpcore's own timeout (ReadTimeout once the
+# request left: an unknown outcome, never a 200).
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "delivery_http_deadline", default=None
+)
+
+
+def _left(timeout: float | None, *, exc: type[Exception]) -> float | None:
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise exc("the request's total deadline has passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _left(timeout, exc=httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _left(timeout, exc=httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, exc=httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, exc=httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _left(timeout, exc=httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _ClearOnClose(httpx.SyncByteStream):
+    def __init__(self, inner: httpx.SyncByteStream) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            _deadline.set(None)
+
+
+class DeadlineTransport(httpx.BaseTransport):
+    """An HTTP transport whose every request ends within ``total_timeout_s``, body included.
+
+    The sockets come from a network backend that caps each operation at the time left (see
+    above); requests through any other transport are not bounded.
+    """
+
+    def __init__(self, *, total_timeout_s: float, **kwargs: Any) -> None:
+        self.total_timeout_s = total_timeout_s
+        self._inner = httpx.HTTPTransport(**kwargs)
+        limits: httpx.Limits = kwargs.get("limits", httpx.Limits())
+        # httpx does not pass a network backend through; the pool it builds without a proxy is
+        # replaced by the same pool over the bounded backend.
+        self._inner._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            local_address=kwargs.get("local_address"),
+            retries=kwargs.get("retries", 0),
+            network_backend=_DeadlineBackend(httpcore.SyncBackend()),
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        _deadline.set(time.monotonic() + self.total_timeout_s)
+        try:
+            response = self._inner.handle_request(request)
+        except BaseException:
+            _deadline.set(None)
+            raise
+        assert isinstance(response.stream, httpx.SyncByteStream)
+        response.stream = _ClearOnClose(response.stream)
+        return response
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def build_client(
     *,
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+    total_timeout_s: float | None = None,
     local_address: str | None = None,
     max_connections: int = 20,
 ) -> httpx.Client:
     """One client per worker process, reused for keep-alive and pooling.
 
     ``local_address`` binds outgoing connections to one source IP: the egress identity that
-    providers rate-limit on.
+    providers rate-limit on. ``total_timeout_s`` bounds each request as a whole (connect to
+    last byte; default: connect + read timeouts), which the per-operation timeouts do not.
     """
-    transport = httpx.HTTPTransport(
+    total = total_timeout_s if total_timeout_s is not None else connect_timeout_s + read_timeout_s
+    transport = DeadlineTransport(
+        total_timeout_s=total,
         local_address=local_address,
         limits=httpx.Limits(
             max_connections=max_connections,

@@ -5,12 +5,15 @@ Three layers, applied everywhere text leaves the worker:
 * registered secrets (every configured API key) are replaced by ``[secret]`` wherever they occur;
 * email addresses are masked to ``j***@example.com`` (the domain helps operators, the local part
   is personal);
-* phone numbers (runs of 8+ digits, optionally with ``+`` and spaces) keep their first 4 and
-  last 2 digits. Digit runs glued to letters, hyphens or a decimal point are left alone, so
-  UUIDs, ISO timestamps and decimals pass through unchanged.
+* phone numbers (8 to 20 characters of digits, optionally with ``+`` and spaces, or groups of
+  at most 4 digits written with ``-``, ``.``, spaces or ``(...)``: ``06-12-34-56-78``,
+  ``(555) 123.4567``) keep their first 4 and last 2 digits. Digit runs glued to letters,
+  hyphens or a decimal point are left alone, and so are ISO dates (``2026-11-23``) and dotted
+  IPv4 addresses, so UUIDs, timestamps and decimals pass through unchanged.
 
-Field names that always hold a secret or a body (``api_key``, ``html``, ``text``, ...) are
-dropped entirely by :func:`redact_mapping`.
+Field names that always hold a secret or a body (``api_key``, ``audio_token``, ``html``,
+``raw``, ...) are dropped entirely by :func:`redact_mapping`; a display ``name`` keeps only its
+first letter.
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 __all__ = [
     "BODY_FIELDS",
+    "NAME_FIELDS",
     "SECRET_FIELDS",
     "mask_email",
+    "mask_name",
     "mask_phone",
     "redact_mapping",
     "redacted_repr",
     "register_secret",
+    "register_url_password",
     "scrub",
 ]
 
@@ -60,8 +66,11 @@ BODY_FIELDS = frozenset(
         "htmlcontent",
         "plain_body",
         "html_body",
+        "raw",  # a whole RFC 2822 message (EmailMessage.raw)
     }
 )
+NAME_FIELDS = frozenset({"name", "display_name", "from_name", "to_name", "reply_to_name"})
+"""Fields that hold a person's name (an address's display name): only the initial is kept."""
 
 # The local part is taken whole (the lookbehind stops a match from starting mid-way, which also
 # keeps the scan linear); \w covers internationalised addresses.
@@ -70,6 +79,15 @@ _EMAIL_RE = re.compile(r"(?<![\w.%+\-])[\w.%+\-]+@(?:[\w\-]+\.)+[^\W\d_]{2,63}")
 # part on the right: "3fa85f64-5717-..." and "2026-11-23T04:08:27Z" are not phone numbers, but
 # "call +33612345678." is.
 _PHONE_RE = re.compile(r"(?<![\w.\-])\+?\d[\d ]{6,18}\d(?![\w\-]|[.,]\d)")
+# Written phone numbers: the same edges (and not followed by ":", a clock time), starting with a
+# digit or a "(area)" group, then digits, spaces, "-", "." and parentheses. A candidate is only
+# masked if _is_written_phone says so; otherwise the plain pattern above runs inside it.
+_WRITTEN_PHONE_RE = re.compile(
+    r"(?<![\w.\-])\+?(?:\(\d{1,4}\)|\d)[\d ().\-]{5,24}\d(?![\w\-:]|[.,]\d)"
+)
+_DIGIT_GROUP_RE = re.compile(r"\d+")
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_IPV4_RE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _MAX_STRING = 2000
 _MAX_ITEMS = 50
 _MAX_DEPTH = 6
@@ -110,13 +128,35 @@ def mask_phone(number: str) -> str:
     return f"{prefix}{digits[:4]}{'*' * (len(digits) - 6)}{digits[-2:]}"
 
 
+def _is_written_phone(candidate: str) -> bool:
+    """8 to 15 digits in groups of at most 4 (``06-12-34-56-78``), not a date nor an IPv4.
+
+    The group bound keeps decimals (``12345678.90``) and long ids out; plain runs of digits and
+    spaces are :data:`_PHONE_RE`'s, which allows longer groups.
+    """
+    if _DATE_RE.fullmatch(candidate) or _IPV4_RE.fullmatch(candidate):
+        return False
+    if "--" in candidate or ".." in candidate:
+        return False
+    groups = _DIGIT_GROUP_RE.findall(candidate)
+    digits = sum(len(g) for g in groups)
+    return 8 <= digits <= 15 and max(len(g) for g in groups) <= 4
+
+
+def _mask_written(match: re.Match[str]) -> str:
+    candidate = match.group(0)
+    if _is_written_phone(candidate):
+        return mask_phone(candidate)
+    return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), candidate)
+
+
 def scrub(text: str) -> str:
     """Hide registered secrets, mask email addresses and phone numbers in free text."""
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub("[secret]", text)
     text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
-    return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
+    return _WRITTEN_PHONE_RE.sub(_mask_written, text)
 
 
 def _redact_value(value: Any, depth: int) -> Any:
@@ -148,7 +188,15 @@ def _is_secret_field(name: str) -> bool:
         or "secret" in squashed
         or "password" in squashed
         or "authorization" in squashed
+        or squashed.endswith("token")  # audio_token, tracking_token, ...
+        or squashed.startswith("token")  # Voice Partner's tokenAudio
     )
+
+
+def mask_name(name: str) -> str:
+    """A display name reduced to its initial: ``Ada Lovelace`` -> ``A***``."""
+    stripped = name.strip()
+    return f"{stripped[:1]}***" if stripped else name
 
 
 def _is_empty(value: Any) -> bool:
@@ -164,9 +212,29 @@ def redact_mapping(data: Mapping[Any, Any], *, _depth: int = 0) -> dict[str, Any
             out[name] = "[secret]"
         elif name.lower() in BODY_FIELDS:
             out[name] = value if _is_empty(value) else "[redacted]"
+        elif name.lower() in NAME_FIELDS and isinstance(value, str):
+            out[name] = mask_name(value)
         else:
             out[name] = _redact_value(value, _depth)
     return out
+
+
+def register_url_password(url: str | None) -> None:
+    """Register the password of each URL in ``url`` (``;``-separated for Sentinel) as a secret.
+
+    ``safe_url`` hides it where a URL is printed whole; this hides it anywhere else it turns up
+    (a redis-py error that quotes it, a traceback's repr of a connection's arguments).
+    """
+    if not url:
+        return
+    for chunk in url.split(";"):
+        try:
+            password = urlsplit(chunk.strip()).password
+        except ValueError:
+            continue
+        if password:
+            register_secret(password)
+            register_secret(unquote(password))
 
 
 def safe_url(url: str) -> str:

@@ -49,6 +49,7 @@ class Runtime:
         self.client = client or build_client(
             connect_timeout_s=settings.http_connect_timeout_s,
             read_timeout_s=settings.http_read_timeout_s,
+            total_timeout_s=settings.http_deadline_s,
             local_address=settings.local_address,
         )
         self.redis: redis.Redis | None = None

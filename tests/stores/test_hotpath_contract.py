@@ -6,6 +6,7 @@ reference) and :class:`RedisHotPath` (one script each), then read back through t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from worker.stores.hotpath import (
     HotPath,
     RedisHotPath,
 )
-from worker.stores.hotpath.base import TrackingArgs
+from worker.stores.hotpath.base import LATE_OUTCOME, TrackingArgs
 from worker.stores.tracking import (
     MemoryTrackingStore,
     RedisTrackingStore,
@@ -208,6 +209,7 @@ def test_registering_twice_is_idempotent(h: H) -> None:
     for _ in range(2):
         h.ledger.create("d1", channel="sms", provider="smspartner")
         h.hot.begin("d1", "tok", 5.0)
+        h.ledger.lock("d1", "tok", 5.0)  # the second begin finds it final and takes no lock
         done = h.hot.finish("d1", "tok", reset_runs=True, closing=_sent())
     assert done.tracking is not None
     assert done.tracking.new == [] and done.tracking.duplicates == 1
@@ -245,6 +247,7 @@ def test_a_chunk_begins_and_finishes_each_delivery_as_one_call_would(h: H) -> No
         [Finish("busy", "tok", reset_runs=True), Finish("run", "tok", True, _sent())]
     )
     assert [d.changed for d in done] == [False, True]
+    assert [d.lock_lost for d in done] == [True, False]  # "tok" never held busy's lock
     assert done[1].tracking is not None and len(done[1].tracking.new) == 1
     run, busy = h.ledger.get("run"), h.ledger.get("busy")
     assert run is not None and run.state == "sent" and run.fields["runs_unfinished"] == "0"
@@ -252,3 +255,38 @@ def test_a_chunk_begins_and_finishes_each_delivery_as_one_call_would(h: H) -> No
     assert h.ledger.lock("run", "other", 5.0) == 0.0  # unlocked
     assert h.ledger.lock("busy", "other", 5.0) > 0  # their lock stands
     assert h.metrics.read("smspartner") == {"sent": 1}
+
+
+def test_finish_with_a_stale_token_keeps_its_observation_and_overwrites_nothing(h: H) -> None:
+    """A run that outlived its lock: another run took the lock (and may be resending). The late
+    run's ``sent`` is kept aside on the record, not written over the other run's state."""
+    h.ledger.create("d1", channel="sms", provider="smspartner")
+    h.hot.begin("d1", "late", 5.0, providers=["smspartner"])
+    h.ledger.transition("d1", "sending")
+    h.ledger.unlock("d1", "late")  # the lock expired...
+    assert h.ledger.lock("d1", "next", 5.0) == 0.0  # ...and the next run holds it
+    assert not h.ledger.holds("d1", "late") and h.ledger.holds("d1", "next")
+    done = h.hot.finish("d1", "late", reset_runs=True, closing=_sent())
+    assert done.lock_lost and not done.changed and done.tracking is None
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert record.state == "sending"  # not overwritten
+    assert record.fields["runs_unfinished"] == "1"  # not reset by the late run
+    seen = json.loads(record.fields[LATE_OUTCOME])
+    assert seen["state"] == "sent"
+    assert seen["fields"]["result"] == '{"status": "sent"}'
+    assert h.ledger.holds("d1", "next")  # the next run's lock stands
+    assert h.metrics.read("smspartner") == {}
+    assert h.tracking.status("d1") is None
+
+
+def test_finish_after_the_lock_expired_unheld_writes_nothing(h: H) -> None:
+    h.ledger.create("d1", channel="sms", provider="smspartner")
+    h.hot.begin("d1", "late", 5.0)
+    h.ledger.transition("d1", "sending")
+    h.ledger.unlock("d1", "late")
+    done = h.hot.finish("d1", "late", reset_runs=True, closing=_sent())
+    assert done.lock_lost
+    record = h.ledger.get("d1")
+    assert record is not None and record.state == "sending"
+    assert LATE_OUTCOME in record.fields

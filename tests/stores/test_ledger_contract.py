@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from worker.stores.ledger import FINAL_STATES, Ledger, MemoryLedger, RedisLedger
-from worker.stores.ledger.base import TAG_MEMORY_S
+from worker.stores.ledger.base import DEAD_LETTER_TTL_S, TAG_MEMORY_S
 
 from ._support import FakeClock
 
@@ -515,3 +515,60 @@ def test_cancel_and_send_gate_race_to_exactly_one_winner(h: Harness) -> None:
         assert won["send"] != won["cancel"], won
         state = h.ledger.get(delivery_id).state  # type: ignore[union-attr]
         assert state == ("sending" if won["send"] else "cancelled")
+
+
+# -- nothing grows forever -----------------------------------------------------------------------
+
+
+def test_writes_to_an_expired_record_never_bring_it_back(h: Harness) -> None:
+    """``touch``, ``incr`` and ``set_fields`` after the record expired would recreate it with no
+    TTL (HSET, HINCRBY): a key that never goes away."""
+    ledger = h.make(ttl_s=1)
+    new(ledger, "d1")
+    h.sleep(1.2)
+    ledger.touch("d1")
+    assert ledger.incr("d1", "attempts") == 0
+    ledger.set_fields("d1", runs_unfinished="0")
+    assert ledger.get("d1") is None
+
+
+def test_a_revived_record_that_had_expired_expires_again(h: Harness) -> None:
+    ledger = h.make(ttl_s=1)
+    new(ledger, "d1")
+    assert ledger.bury("d1", reason="r", task_name="tasks.send_sms", message=SMS)
+    h.sleep(1.2)
+    assert ledger.get("d1") is None
+    assert ledger.revive("d1") is not None
+    revived = ledger.get("d1")
+    assert revived is not None and revived.state == "queued"
+    h.sleep(1.2)
+    assert ledger.get("d1") is None
+
+
+def test_dead_letters_are_capped_oldest_first(h: Harness) -> None:
+    h.ledger.dead_letter_cap = 3  # type: ignore[attr-defined]
+    for i in range(5):
+        h.ledger.set_aside(f"d{i}", reason="r", task_name="tasks.send_sms", outline={})
+        h.clock.advance(1)
+    assert sorted(h.ledger.dead_letters()) == ["d2", "d3", "d4"]
+
+
+def test_dead_letters_are_purged_by_age_or_all(h: Harness) -> None:
+    for i in range(3):
+        h.ledger.set_aside(f"d{i}", reason="r", task_name="tasks.send_sms", outline={})
+        h.clock.advance(3600)
+    # Set aside at T0, T0+1h, T0+2h; now T0+3h.
+    assert h.ledger.purge_dead(older_than_s=2 * 3600) == 2
+    assert sorted(h.ledger.dead_letters()) == ["d2"]
+    assert h.ledger.purge_dead(older_than_s=2 * 3600) == 0
+    assert h.ledger.purge_dead() == 1
+    assert h.ledger.dead_letters() == {}
+
+
+def test_the_dead_letters_key_expires_in_redis(redis_client: redis.Redis) -> None:
+    ledger = RedisLedger(redis_client)
+    ledger.set_aside("d1", reason="r", task_name="tasks.send_sms", outline={})
+    assert 0 < redis_client.ttl("dw:dead") <= DEAD_LETTER_TTL_S
+    ledger.set_fields("gone", state="x")
+    ledger.touch("gone")
+    assert redis_client.exists(RedisLedger.key("gone")) == 0

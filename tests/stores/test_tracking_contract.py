@@ -273,3 +273,16 @@ def test_the_state_is_the_fold_of_advances(h: Harness, kinds: list[EventType]) -
     if kinds and kinds[-1] is not EventType.UNKNOWN:
         assert notes[-1]["current_state"] == expected.value
     assert json.dumps(notes)  # plain JSON for the application's task
+
+
+def test_an_outbox_whose_list_expired_is_no_longer_indexed(redis_client: redis.Redis) -> None:
+    """The list expires with the delivery's tracking keys; its id in the index must not stay
+    there (and be asked about) forever."""
+    from worker.stores.tracking import RedisTrackingStore
+    from worker.stores.tracking.redis import OUTBOX_KEY
+
+    store = RedisTrackingStore(redis_client)
+    redis_client.rpush("dw:track:out:live", "delivered\n{}")
+    redis_client.zadd(OUTBOX_KEY, {"live": 1.0, "expired": 1.0})  # expired: its list is gone
+    assert store.outbox_pending(older_than=10.0, limit=10) == ["live"]
+    assert [m.decode() for m in redis_client.zrange(OUTBOX_KEY, 0, -1)] == ["live"]

@@ -128,3 +128,22 @@ def test_setting_defaults_are_the_parts_own_defaults() -> None:
     assert breaker_config(settings) == BreakerConfig()
     assert settings.http_connect_timeout_s == DEFAULT_CONNECT_TIMEOUT_S
     assert settings.http_read_timeout_s == DEFAULT_READ_TIMEOUT_S
+
+
+def test_every_send_ends_before_its_lock_and_celery_limits_sit_above_it() -> None:
+    from worker.app import app
+
+    settings = Settings()
+    # Defaults: 2 s limiter + 2 x 5 s connect failures + 35 s request + 1 s waits < 57 s lock.
+    assert settings.http_deadline_s == 35.0
+    assert settings.send_worst_case_s < settings.send_lock_ttl_s
+    # The soft limit waits out the lock and the final write's retries: it only stops a stall.
+    assert settings.task_soft_time_limit_s > settings.send_lock_ttl_s + settings.final_write_retry_s
+    assert app.conf.task_soft_time_limit == settings.task_soft_time_limit_s
+    assert app.conf.task_time_limit == settings.task_time_limit_s
+    assert app.conf.task_time_limit > app.conf.task_soft_time_limit  # Celery refuses otherwise
+
+
+def test_a_total_timeout_that_outlives_the_lock_is_refused() -> None:
+    with pytest.raises(ValueError, match="http_total_timeout_s"):
+        Settings(http_total_timeout_s=120.0)

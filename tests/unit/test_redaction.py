@@ -259,7 +259,7 @@ def test_addresses_are_masked_in_values() -> None:
     }
     assert redact_mapping(message) == {
         "provider": "postal",
-        "to": [{"email": "a***@example.com", "name": "Ada"}],
+        "to": [{"email": "a***@example.com", "name": "A***"}],
         "from": {"email": "n***@shop.example"},
         "subject": "[redacted]",
         "text": "[redacted]",
@@ -286,8 +286,8 @@ def test_lists_are_truncated() -> None:
 
 
 def test_sets_and_bytes_are_scrubbed_too() -> None:
-    out = redact_mapping({"rcpt": {"ada@example.com"}, "raw": b"to ada@example.com"})
-    assert out == {"rcpt": ["a***@example.com"], "raw": "to a***@example.com"}
+    out = redact_mapping({"rcpt": {"ada@example.com"}, "blob": b"to ada@example.com"})
+    assert out == {"rcpt": ["a***@example.com"], "blob": "to a***@example.com"}
 
 
 def test_long_strings_are_truncated_after_scrubbing(isolated_secrets: None) -> None:
@@ -336,3 +336,89 @@ def test_self_referencing_structures_terminate() -> None:
 def test_redact_mapping_accepts_any_json(value: Any) -> None:
     out = redact_mapping({"value": value})
     assert set(out) == {"value"}
+
+
+# -- written phone numbers, bodies, names, tokens, URL passwords ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("call 06-12-34-56-78", "call 0612****78"),
+        ("call 06.12.34.56.78.", "call 0612****78."),
+        ("call (555) 123-4567 now", "call 5551****67 now"),
+        ("to +1 (555) 123.4567", "to +1555*****67"),
+        ("to +33 (0)6 12 34 56 78", "to +3306******78"),
+        ("+44-20-7946-0958", "+4420******58"),
+    ],
+)
+def test_scrub_masks_phone_numbers_written_with_separators(text: str, expected: str) -> None:
+    assert scrub(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["on 2026-11-23 at noon", "host 192.168.100.200 refused", "version 1.2.3.4", "v 12345678.90"],
+)
+def test_dates_ips_and_decimals_are_not_phone_numbers(text: str) -> None:
+    assert scrub(text) == text
+
+
+written_phone = st.tuples(
+    st.sampled_from(["", "+"]),
+    st.lists(st.text("0123456789", min_size=2, max_size=4), min_size=3, max_size=5),
+    st.sampled_from(["-", ".", " "]),
+).filter(
+    # An ISO date (2026-11-23) is left alone on purpose.
+    lambda t: (
+        8 <= sum(len(g) for g in t[1]) <= 15
+        and not (t[2] == "-" and [len(g) for g in t[1]] == [4, 2, 2])
+    )
+)
+
+
+@FAST
+@given(written_phone)
+def test_scrub_never_lets_a_written_phone_number_through(parts: tuple[str, list[str], str]) -> None:
+    plus, groups, sep = parts
+    number = plus + sep.join(groups)
+    out = scrub(f"call {number} now")
+    assert out == f"call {mask_phone(number)} now"
+    assert number not in out
+
+
+def test_raw_bodies_names_and_audio_tokens_are_hidden() -> None:
+    message = {
+        "raw": "From: ada@example.com\r\n\r\nYour code is 1234",
+        "to": [{"email": "ada@example.com", "name": "Ada Lovelace"}],
+        "audio_token": "aud-5f1c2d3e4b",
+        "tokenAudio": "aud-5f1c2d3e4b",
+    }
+    out = redact_mapping(message)
+    assert out == {
+        "raw": "[redacted]",
+        "to": [{"email": "a***@example.com", "name": "A***"}],
+        "audio_token": "[secret]",
+        "tokenAudio": "[secret]",
+    }
+    assert "Lovelace" not in repr(out)
+
+
+def test_redis_url_passwords_and_tracking_secret_are_scrubbed(isolated_secrets: None) -> None:
+    from worker.config import Settings
+
+    tracking = "t" * 16 + "S3cretTrackingValue!"
+    Settings(
+        broker_url="redis://:br0ker-pa%24s@redis:6379/0",
+        result_backend="redis://user:r3sult-pass@redis:6379/1",
+        redis_url="sentinel://:sh4red-pass@s1:26379/0;sentinel://s2:26379",
+        redis_master_name="mymaster",
+        tracking_secret=tracking,
+    )
+    text = (
+        "Error: AUTH br0ker-pa$s failed; r3sult-pass; br0ker-pa%24s; sh4red-pass; "
+        f"token for {tracking}"
+    )
+    out = scrub(text)
+    for secret in ("br0ker-pa$s", "br0ker-pa%24s", "r3sult-pass", "sh4red-pass", tracking):
+        assert secret not in out

@@ -18,12 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from structlog.testing import capture_logs
 
 from worker.config import Settings
 from worker.delivery import Done, Retry, backoff_s, mask_ids, process
+from worker.delivery.spool import FinalWriteSpool
 from worker.runtime import Runtime, breaker_config
 from worker.stores import MemoryRateLimiter, Stores, limiter_key
+from worker.stores.hotpath import Closing
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -645,3 +648,64 @@ def test_a_callers_tag_shared_with_another_delivery_is_not_trusted_to_reconcile(
     done = run(rt, tagged, delivery_id="a")
     assert isinstance(done, Done) and done.result.status == "sent"
     assert calls.paths() == [SEND, SEND, SEND]  # no lookup trusted: resent
+
+
+def test_a_late_runs_kept_sent_is_adopted_and_nothing_is_sent_again(
+    calls: Calls, make_runtime: Any
+) -> None:
+    """A run was accepted by the provider after its lock expired; its final write was kept
+    aside (``late_outcome``). The next run (the sweeper's resend) answers from it."""
+    rt = make_runtime(calls)
+    rt.ledger.create("d-1", channel="sms", provider="smspartner")
+    assert rt.hotpath.begin("d-1", "late", 5.0).status == "run"
+    rt.ledger.transition("d-1", "sending")
+    rt.ledger.unlock("d-1", "late")  # the lock expired under the late run
+    result = '{"status": "sent", "delivery_id": "d-1", "channel": "sms", "attempts": 1}'
+    closing = Closing("sent", {"attempts": "1", "sent_at": "1.0", "result": result})
+    assert rt.hotpath.finish("d-1", "late", reset_runs=True, closing=closing).lock_lost
+    assert rt.ledger.get("d-1").state == "sending"  # type: ignore[union-attr]
+    outcome = run(rt)
+    assert isinstance(outcome, Done) and outcome.result.status == "sent"
+    assert calls.requests == []  # neither asked nor sent again
+    record = rt.ledger.get("d-1")
+    assert record is not None and record.state == "sent"
+
+
+class _RefusingHotPath:
+    """The real hot path, whose last step Redis refuses (a connection lost mid-failover)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.finish_calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def finish(self, *args: Any, **kwargs: Any) -> Any:
+        self.finish_calls += 1
+        raise redis.ConnectionError("Connection refused")
+
+
+def test_a_send_whose_final_write_redis_refuses_is_still_sent_and_spooled(
+    calls: Calls, make_runtime: Any, tmp_path: Any
+) -> None:
+    rt = make_runtime(calls, final_write_retry_s=0.3, spool_dir=str(tmp_path / "spool"))
+    refusing = _RefusingHotPath(rt.hotpath)
+    rt.hotpath = refusing
+    outcome = run(rt)
+    assert isinstance(outcome, Done) and outcome.result.status == "sent"  # not a failure
+    assert refusing.finish_calls > 1  # retried
+    record = rt.ledger.get("d-1")
+    assert record is not None and record.state == "sending"  # Redis never took it
+    # The next worker start replays it; the ledger then says sent, with the run's result.
+    assert FinalWriteSpool(tmp_path / "spool").replay(rt.ledger) == 1
+    record = rt.ledger.get("d-1")
+    assert record is not None and record.state == "sent"
+    assert record.result is not None and record.result["status"] == "sent"
+    assert FinalWriteSpool(tmp_path / "spool").replay(rt.ledger) == 0  # replayed once
+
+
+def test_a_full_spool_refuses_more_writes(tmp_path: Any) -> None:
+    spool = FinalWriteSpool(tmp_path, max_bytes=200)
+    assert spool.keep("d-1", "sent", {"attempts": "1"})
+    assert not spool.keep("d-2", "sent", {"result": "x" * 300})

@@ -9,6 +9,7 @@ it is asked only once the read timeout and the grace have passed since the send 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any
 
@@ -22,13 +23,14 @@ from worker.delivery.context import (
     Delivery,
     as_float,
 )
-from worker.delivery.results import Outcome
+from worker.delivery.results import Done, Outcome
 from worker.delivery.settle import Failure, settle_error
 from worker.delivery.writer import expire, finish, sent, wait
 from worker.errors import DeliveryError
-from worker.models import ErrorInfo
+from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import Driver, SendContext, SendOutcome
 from worker.stores import DeliveryRecord
+from worker.stores.hotpath.base import LATE_OUTCOME
 
 __all__ = ["lookup", "settle_earlier_send", "with_batch_tags"]
 
@@ -39,12 +41,15 @@ def settle_earlier_send(
     d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendContext
 ) -> Outcome | None:
     """The outcome when an earlier send decides this run; ``None``: go on and send."""
+    adopted = _adopt_late_outcome(d, record)
+    if adopted is not None:
+        return adopted
     ctx = with_batch_tags(ctx, record)
     if d.past_deadline:
         return _ask_at_deadline(d, record, driver, ctx)
     if record.state == "sending" and driver.supports_reconcile:
         started = as_float(record.fields.get("attempt_started_at")) or 0.0
-        ask_at = started + d.settings.http_read_timeout_s + d.settings.reconcile_grace_s
+        ask_at = started + d.settings.http_deadline_s + d.settings.reconcile_grace_s
         if time.time() < ask_at:
             writer.outcome_unknown(d, ask_at=ask_at)
             return wait(
@@ -70,6 +75,27 @@ def settle_earlier_send(
     if unknown:
         writer.outcome_known(d)
     return None
+
+
+def _adopt_late_outcome(d: Delivery, record: DeliveryRecord) -> Outcome | None:
+    """An earlier run was accepted by the provider but outlived its send lock, so its final
+    write was kept aside (``LATE_OUTCOME``) instead of written: it is this run's answer, and
+    the message is not sent again."""
+    raw = record.fields.get(LATE_OUTCOME)
+    if not raw or record.final:
+        return None
+    try:
+        seen = json.loads(raw)
+        fields = {str(k): str(v) for k, v in seen["fields"].items()}
+        result = DeliveryResult.model_validate_json(fields["result"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("delivery.late_outcome_unreadable")
+        return None
+    if seen.get("state") != "sent":
+        return None
+    log.warning("delivery.late_outcome_adopted", state="sent")
+    writer.adopt_sent(d, fields)
+    return Done(result)
 
 
 def _ask_at_deadline(

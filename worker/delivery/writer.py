@@ -16,10 +16,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import redis
 import structlog
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
 from worker.delivery.context import (
     BATCH_TAGS,
@@ -30,6 +38,7 @@ from worker.delivery.context import (
     Delivery,
 )
 from worker.delivery.results import Done, Retry, mask_ids
+from worker.delivery.spool import FinalWriteSpool
 from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import SendOutcome
@@ -42,6 +51,7 @@ from worker.tracking.service import registered, sent_tracking, track_sent
 __all__ = [
     "Opening",
     "Sending",
+    "adopt_sent",
     "begin",
     "bury",
     "chose_provider",
@@ -51,6 +61,7 @@ __all__ = [
     "counter",
     "expire",
     "failed_unread",
+    "final_write",
     "finish",
     "finish_run",
     "finish_runs",
@@ -61,6 +72,7 @@ __all__ = [
     "outcome_known",
     "outcome_unknown",
     "park",
+    "redis_unavailable",
     "send_at_seen",
     "sent",
     "sent_at_provider_time",
@@ -227,7 +239,11 @@ def finish_run(d: Delivery, token: str, *, finished: bool) -> None:
 def finish_runs(chunk: Sequence[tuple[Delivery, str, bool]]) -> None:
     """The chunk's last script (``HotPath.finish_chunk``, one round trip), per delivery: the
     ``sent`` left in ``d.closing`` (if any), the run count back to 0 when the run finished
-    (reached an outcome), and the unlock; then what follows a closing write outside Redis."""
+    (reached an outcome), and the unlock, all only while the run still holds its lock; then
+    what follows a closing write outside Redis.
+
+    Redis unavailable: each delivery's write is retried on its own (:func:`final_write`), then
+    kept in the local spool; a sent message is never reported failed."""
     if not chunk:
         return
     args = []
@@ -235,10 +251,106 @@ def finish_runs(chunk: Sequence[tuple[Delivery, str, bool]]) -> None:
         closing, d.closing = d.closing, None
         d.defer_closing = False
         args.append(Finish(d.delivery_id, token, finished, closing))
-    done = chunk[0][0].rt.hotpath.finish_chunk(args)
+    rt = chunk[0][0].rt
+    if len(chunk) == 1:
+        d, f = chunk[0][0], args[0]
+        done = [final_write(d, f.token, reset_runs=f.reset_runs, closing=f.closing)]
+    else:
+        try:
+            done = rt.hotpath.finish_chunk(args)
+        except Exception as exc:
+            if not redis_unavailable(exc):
+                raise
+            # A write of the chunk may have landed before the connection failed: its retry
+            # finds the lock released and keeps its closing aside (late_outcome), never sent
+            # again (worker.delivery.reconcile adopts it).
+            done = [
+                final_write(d, f.token, reset_runs=f.reset_runs, closing=f.closing)
+                for (d, _, _), f in zip(chunk, args, strict=True)
+            ]
     for (d, _, _), f, answer in zip(chunk, args, done, strict=True):
-        if f.closing is not None:
+        if answer.lock_lost:
+            # The run outlived its send lock (worker.http bounds a request well below it, so
+            # this takes a stalled process). Its closing was kept for the next run to adopt.
+            log.warning(
+                "delivery.lock_lost",
+                state=f.closing.state if f.closing is not None else None,
+                lock_ttl_s=d.settings.send_lock_ttl_s,
+            )
+        elif f.closing is not None:
             _closed(d, f.closing, answer)
+
+
+_REDIS_PASSING = (
+    redis.ConnectionError,  # includes BusyLoadingError (LOADING after a restart)
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # OOM: maxmemory reached with noeviction
+    redis.exceptions.ReadOnlyError,  # READONLY: a replica, before or during a failover
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.ClusterDownError,
+)
+_REDIS_PASSING_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "BUSY", "TRYAGAIN")
+"""Error replies that pass (memory freed, a failover's new master, a restart's load); redis-py
+maps most to the classes above and strips the code, the rest are matched by their code."""
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """Redis cannot take a write now but will: connection lost, timeout, or a passing refusal."""
+    if isinstance(exc, _REDIS_PASSING):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_REDIS_PASSING_REPLIES)
+
+
+def final_write(
+    d: Delivery,
+    token: str,
+    *,
+    reset_runs: bool,
+    closing: Closing | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Finished:
+    """The run's last step, retried while Redis is unavailable (``final_write_retry_s``).
+
+    A ``sent`` the provider accepted must not turn into a failed task because Redis refused
+    the write: if it still refuses after the retries, the write is kept in the local spool
+    (replayed at the next worker start) and the run's outcome stands.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(redis_unavailable),
+        stop=stop_after_delay(d.settings.final_write_retry_s),
+        wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
+        sleep=sleep,
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "delivery.final_write_retry",
+            try_number=state.attempt_number,
+            error=type(state.outcome.exception()).__name__ if state.outcome else None,
+        ),
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                return d.rt.hotpath.finish(
+                    d.delivery_id, token, reset_runs=reset_runs, closing=closing
+                )
+    except Exception as exc:
+        if not redis_unavailable(exc):
+            raise
+        if closing is None:
+            # Nothing final to lose: the lock expires on its own, the run counts as unfinished.
+            log.warning("delivery.final_write_failed", error=type(exc).__name__)
+            return Finished()
+        kept = FinalWriteSpool(d.settings.spool_dir).keep(
+            d.delivery_id, closing.state, closing.fields
+        )
+        log.error(
+            "delivery.final_write_spooled" if kept else "delivery.final_write_lost",
+            state=closing.state,
+            error=type(exc).__name__,
+        )
+        return Finished()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _closed(d: Delivery, closing: Closing, done: Finished) -> None:
@@ -356,6 +468,16 @@ def send_at_seen(d: Delivery, send_at: float) -> None:
 def hold(d: Delivery, due: float, **fields: str) -> bool:
     """On the ledger's durable schedule until ``due`` (state ``scheduled``)."""
     return d.rt.ledger.hold(d.delivery_id, due, **fields)
+
+
+def adopt_sent(d: Delivery, fields: dict[str, str]) -> None:
+    """An earlier run's ``sent``, kept aside when it outlived its lock, written by this run
+    (with its unlock, while it holds the lock)."""
+    closing = Closing("sent", fields, d.provider, "sent")
+    if d.defer_closing:
+        d.closing = closing
+    else:
+        d.rt.ledger.transition(d.delivery_id, "sent", **fields)
 
 
 def sent_at_provider_time(d: Delivery, provider: str, due: float, stored: str) -> None:

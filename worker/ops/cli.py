@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -88,8 +89,41 @@ def _cmd_pause(args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_s(value: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds, as seconds (argparse type)."""
+    match = _DURATION.fullmatch(value.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {value!r} (e.g. 30d, 12h, 90m)")
+    return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+
+
+def _human(seconds: float) -> str:
+    """The largest unit that divides ``seconds`` whole: 2592000 -> ``30d``."""
+    for unit in ("w", "d", "h", "m"):
+        count = seconds / _UNIT_S[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds:g}s"
+
+
 def _cmd_dead(args: argparse.Namespace) -> int:
     ops, rt = _operations()
+    if args.action == "purge":
+        if args.older_than is None and not args.all:
+            print("say what to purge: --older-than DURATION or --all", file=sys.stderr)
+            return 1
+        if args.older_than is not None and args.all:
+            print("--older-than and --all exclude each other", file=sys.stderr)
+            return 1
+        purged = rt.ledger.purge_dead(None if args.all else args.older_than)
+        left = len(rt.ledger.dead_letters())
+        scope = "all" if args.all else f"set aside over {_human(args.older_than)} ago"
+        print(f"purged {purged} dead letter{'s' if purged != 1 else ''} ({scope}); {left} left")
+        return 0
     if args.action == "replay":
         ids = list(rt.ledger.dead_letters()) if args.all else args.ids
         if not ids:
@@ -291,10 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     balances = sub.add_parser("check-balances", help="resume paused providers that have credit")
     balances.set_defaults(func=_cmd_check_balances)
 
-    dead = sub.add_parser("dead", help="list dead letters, or replay them")
-    dead.add_argument("action", nargs="?", choices=["list", "replay"], default="list")
+    dead = sub.add_parser("dead", help="list dead letters, replay or purge them")
+    dead.add_argument("action", nargs="?", choices=["list", "replay", "purge"], default="list")
     dead.add_argument("ids", nargs="*", help="delivery ids to replay")
-    dead.add_argument("--all", action="store_true", help="replay every dead letter")
+    dead.add_argument("--all", action="store_true", help="replay (or purge) every dead letter")
+    dead.add_argument(
+        "--older-than",
+        type=duration_s,
+        default=None,
+        metavar="DURATION",
+        help="purge: only letters set aside longer ago than this (30d, 12h, 90m, 45s)",
+    )
     dead.set_defaults(func=_cmd_dead)
 
     from worker.metrics.commands import add_commands as add_metrics_commands

@@ -32,7 +32,16 @@ from worker.stores.health import PauseInfo
 from worker.stores.ledger import DeliveryRecord
 from worker.stores.tracking import Applied, Tracked
 
-__all__ = ["Begin", "Begun", "Closing", "Finish", "Finished", "HotPath", "TrackingArgs"]
+__all__ = [
+    "LATE_OUTCOME",
+    "Begin",
+    "Begun",
+    "Closing",
+    "Finish",
+    "Finished",
+    "HotPath",
+    "TrackingArgs",
+]
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,14 @@ class Finished:
     tracking: Applied | None = None
     tracking_error: str | None = None
     """The tracking registration failed after the transition (the send stands)."""
+    lock_lost: bool = False
+    """The run's token no longer held the send lock: nothing was written but the closing, kept
+    as the record's ``late_outcome`` (``LATE_OUTCOME``) for the next run to settle from."""
+
+
+LATE_OUTCOME = "late_outcome"
+"""Record field: JSON ``{"state", "at", "fields"}`` of a closing its run wrote after losing
+the send lock (``worker.delivery.reconcile`` adopts a ``sent`` instead of sending again)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +160,9 @@ class HotPath(Protocol):
         closing: Closing | None = None,
     ) -> Finished:
         """Write ``closing`` (if any), set ``runs_unfinished`` to 0 if ``reset_runs``, unlock,
-        count ``closing.metric``, register ``closing.tracking``."""
+        count ``closing.metric``, register ``closing.tracking``: all only while ``token`` still
+        holds the send lock. Otherwise only ``closing`` is kept, as ``LATE_OUTCOME``, and the
+        answer says ``lock_lost``."""
         ...
 
     def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:

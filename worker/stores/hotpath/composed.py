@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 
 from worker.stores.health import HealthStore
-from worker.stores.hotpath.base import Begin, Begun, Closing, Finish, Finished, HotPath
+from worker.stores.hotpath.base import (
+    LATE_OUTCOME,
+    Begin,
+    Begun,
+    Closing,
+    Finish,
+    Finished,
+    HotPath,
+)
 from worker.stores.ledger import Ledger
 from worker.stores.metrics import Metrics
 from worker.stores.tracking import TrackingStore
@@ -79,6 +89,11 @@ class ComposedHotPath(HotPath):
         reset_runs: bool,
         closing: Closing | None = None,
     ) -> Finished:
+        if not self.ledger.holds(delivery_id, token):
+            if closing is not None and self.ledger.get(delivery_id) is not None:
+                seen = {"state": closing.state, "at": repr(time.time()), "fields": closing.fields}
+                self.ledger.set_fields(delivery_id, **{LATE_OUTCOME: json.dumps(seen)})
+            return Finished(lock_lost=True)
         changed = False
         if closing is not None:
             changed = self.ledger.transition(delivery_id, closing.state, **closing.fields)

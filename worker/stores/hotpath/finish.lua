@@ -7,9 +7,22 @@
 -- ARGV[1] lock token, [2] reset runs (1/0), [3] state ('' = no transition), [4] its rank,
 --      [5] now, [6] ranks JSON, [7] delivery id, [8] metric field, [9] field pairs n,
 --      then n field/value pairs, then register.lua's arguments
--- Returns {changed (1/0), breaker has state (1/0), registered (1/0), register.lua's reply}
+-- Returns {changed (1/0), breaker has state (1/0), registered (1/0), register.lua's reply,
+--          lock lost (1/0)}
 local changed = 0
 local n = tonumber(ARGV[9])
+-- Only the run whose token still holds the send lock writes. A run that outlived its lock
+-- (another run may hold it now, or resend after it expired) keeps what it saw on the record,
+-- for the next run to settle from (late_outcome), and changes nothing else.
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+    local seen = {}
+    for i = 1, n do seen[ARGV[8 + 2 * i]] = ARGV[9 + 2 * i] end
+    redis.call('HSET', KEYS[1], 'late_outcome',
+      cjson.encode({state = ARGV[3], at = ARGV[5], fields = seen}))
+  end
+  return {0, 0, 0, {}, 1}
+end
 if ARGV[3] ~= '' then
   local targv = {ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
   for i = 1, 2 * n do targv[5 + i] = ARGV[9 + i] end
@@ -21,8 +34,8 @@ release({KEYS[3]}, {ARGV[1]})
 if KEYS[4] ~= '' and ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[8], 1) end
 local breaker = 0
 if KEYS[5] ~= '' then breaker = redis.call('EXISTS', KEYS[5]) end
-if #KEYS <= 7 then return {changed, breaker, 0, {}} end
+if #KEYS <= 7 then return {changed, breaker, 0, {}, 0} end
 local rkeys, rargv = {}, {}
 for i = 8, #KEYS do table.insert(rkeys, KEYS[i]) end
 for i = 10 + 2 * n, #ARGV do table.insert(rargv, ARGV[i]) end
-return {changed, breaker, 1, register(rkeys, rargv)}
+return {changed, breaker, 1, register(rkeys, rargv), 0}

@@ -160,7 +160,9 @@ class RedisHotPath(HotPath):
         return keys, args, reg
 
     def _finished(self, reg: Any, raw: list[Any]) -> Finished:
-        changed, breaker, registered, reply = raw
+        changed, breaker, registered, reply, lost = raw
+        if int(lost) == 1:
+            return Finished(lock_lost=True)
         done = Finished(changed=int(changed) == 1, breaker_state=int(breaker) == 1)
         if reg is None or int(registered) != 1:
             return done

@@ -208,6 +208,10 @@ class Ledger(Protocol):
         """Release the lock if ``token`` still holds it."""
         ...
 
+    def holds(self, delivery_id: str, token: str) -> bool:
+        """Whether ``token`` still holds the delivery's send lock (it has not expired)."""
+        ...
+
     # -- sweeping ------------------------------------------------------------------------------
 
     def stale(self, older_than_s: float, *, limit: int = 500) -> list[str]:
@@ -263,6 +267,10 @@ class Ledger(Protocol):
 
     def dead_letters(self) -> dict[str, dict[str, Any]]: ...
 
+    def purge_dead(self, older_than_s: float | None = None) -> int:
+        """Drop dead letters set aside more than ``older_than_s`` ago (None: all); how many."""
+        ...
+
     def revive(self, delivery_id: str) -> dict[str, Any] | None:
         """Take a dead letter back for a replay: the record starts again at ``queued``.
 
@@ -284,6 +292,20 @@ class Ledger(Protocol):
     ) -> bool:
         """Whether another delivery sent to one of ``recipients`` under ``tag`` since ``since``."""
         ...
+
+
+DEAD_LETTER_CAP = 10_000
+"""Dead letters kept at most; adding one more drops the oldest."""
+DEAD_LETTER_TTL_S = 30 * 24 * 3600
+"""The dead letters expire together once none was added for this long (30 days)."""
+
+
+def dead_letter_at(entry: dict[str, Any]) -> float:
+    """When a dead letter was set aside (0 for an entry without a readable time)."""
+    try:
+        return float(entry.get("at", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def buried_entry(*, task_name: str, message: Any, reason: str, at: float) -> str:

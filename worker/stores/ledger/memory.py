@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.stores.ledger.base import (
+    DEAD_LETTER_CAP,
     FINAL_STATES,
     RECORD_TTL_S,
     STATE_RANK,
@@ -23,6 +24,7 @@ from worker.stores.ledger.base import (
     DueEntry,
     Ledger,
     buried_entry,
+    dead_letter_at,
     set_aside_entry,
 )
 
@@ -35,6 +37,7 @@ class MemoryLedger(Ledger):
     ) -> None:
         self._clock = clock
         self.ttl_s = ttl_s
+        self.dead_letter_cap = DEAD_LETTER_CAP
         self._lock = threading.RLock()
         self._records: dict[str, dict[str, str]] = {}
         self._expires: dict[str, float] = {}
@@ -196,7 +199,9 @@ class MemoryLedger(Ledger):
 
     def incr(self, delivery_id: str, counter: str) -> int:
         with self._lock:
-            fields = self._fields(delivery_id)
+            fields = self._record(delivery_id)
+            if fields is None:
+                return 0  # never recreated without its TTL (as if_exists.lua)
             value = int(fields.get(counter, "0")) + 1
             fields[counter] = str(value)
             return value
@@ -204,7 +209,9 @@ class MemoryLedger(Ledger):
     def set_fields(self, delivery_id: str, **fields: str) -> None:
         if fields:
             with self._lock:
-                self._fields(delivery_id).update(fields)
+                found = self._record(delivery_id)
+                if found is not None:
+                    found.update(fields)
 
     def forget(self, delivery_id: str, *, channel: str, idempotency_key: str | None) -> None:
         with self._lock:
@@ -228,6 +235,11 @@ class MemoryLedger(Ledger):
                 return 0.0
             return max(int((held[1] - now) * 1000), 1) / 1000
 
+    def holds(self, delivery_id: str, token: str) -> bool:
+        with self._lock:
+            held = self._locks.get(delivery_id)
+            return held is not None and held[0] == token and held[1] > self._clock()
+
     def unlock(self, delivery_id: str, token: str) -> None:
         with self._lock:
             held = self._locks.get(delivery_id)
@@ -245,7 +257,10 @@ class MemoryLedger(Ledger):
     def touch(self, delivery_id: str) -> None:
         with self._lock:
             now = self._clock()
-            self._fields(delivery_id)["updated_at"] = repr(now)
+            found = self._record(delivery_id)
+            if found is None:
+                return
+            found["updated_at"] = repr(now)
             if delivery_id in self._active:
                 self._active[delivery_id] = now
 
@@ -261,16 +276,42 @@ class MemoryLedger(Ledger):
                 delivery_id, "dead", error_kind="dead_letter", dead_reason=reason
             )
             if changed:
-                self._dead[delivery_id] = buried_entry(
-                    task_name=task_name, message=message, reason=reason, at=self._clock()
+                self._keep_dead(
+                    delivery_id,
+                    buried_entry(
+                        task_name=task_name, message=message, reason=reason, at=self._clock()
+                    ),
                 )
             return changed
 
     def set_aside(self, delivery_id: str, *, reason: str, task_name: str, outline: Any) -> None:
         with self._lock:
-            self._dead[delivery_id] = set_aside_entry(
-                task_name=task_name, outline=outline, reason=reason, at=self._clock()
+            self._keep_dead(
+                delivery_id,
+                set_aside_entry(
+                    task_name=task_name, outline=outline, reason=reason, at=self._clock()
+                ),
             )
+
+    def _keep_dead(self, delivery_id: str, entry: str) -> None:
+        self._dead[delivery_id] = entry
+        if len(self._dead) > self.dead_letter_cap:
+            letters = {k: json.loads(v) for k, v in self._dead.items()}
+            oldest = sorted(letters, key=lambda i: dead_letter_at(letters[i]))
+            for gone in oldest[: len(self._dead) - self.dead_letter_cap]:
+                del self._dead[gone]
+
+    def purge_dead(self, older_than_s: float | None = None) -> int:
+        with self._lock:
+            if older_than_s is None:
+                count = len(self._dead)
+                self._dead.clear()
+                return count
+            cutoff = self._clock() - older_than_s
+            old = [k for k, v in self._dead.items() if dead_letter_at(json.loads(v)) <= cutoff]
+            for gone in old:
+                del self._dead[gone]
+            return len(old)
 
     def dead_letters(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -285,6 +326,9 @@ class MemoryLedger(Ledger):
             if entry.get("redacted"):
                 return None  # refused by the checks and kept without its content
             now = self._clock()
+            if self._record(delivery_id) is None:
+                # Expired meanwhile: recreated with a TTL, as create gives one.
+                self._expires[delivery_id] = now + self.ttl_s
             fields = self._fields(delivery_id)
             fields.update(
                 {

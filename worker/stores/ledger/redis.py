@@ -6,7 +6,8 @@ Keys (the layout of deployed data; do not change it):
 * ``dw:idem:<channel>:<key>``: string, the delivery id of an idempotency key, same expiry;
 * ``dw:active``: sorted set, unfinished deliveries scored by their last update (Unix seconds);
 * ``dw:lock:<id>``: string, the send lock's token, expiring with the lock;
-* ``dw:dead``: hash, delivery id → JSON dead letter;
+* ``dw:dead``: hash, delivery id → JSON dead letter; at most ``DEAD_LETTER_CAP`` letters (the
+  oldest are dropped) and expiring ``DEAD_LETTER_TTL_S`` after the last one was added;
 * ``dw:tag:<provider>:<tag>``: sorted set, ``<recipient>|<delivery id>`` scored by send time;
 * ``dw:scheduled``: sorted set, ``scheduled`` deliveries scored by due time (Unix seconds; a
   claimed entry by the end of its lease). The message itself stays in the record;
@@ -30,6 +31,8 @@ import redis
 
 from worker.stores._redis import load_script, text
 from worker.stores.ledger.base import (
+    DEAD_LETTER_CAP,
+    DEAD_LETTER_TTL_S,
     FINAL_STATES,
     RECORD_TTL_S,
     STATE_RANK,
@@ -39,6 +42,7 @@ from worker.stores.ledger.base import (
     DueEntry,
     Ledger,
     buried_entry,
+    dead_letter_at,
     set_aside_entry,
 )
 
@@ -66,6 +70,7 @@ class RedisLedger(Ledger):
     ) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.dead_letter_cap = DEAD_LETTER_CAP
         self._clock = clock
         self._create = load_script(client, _PACKAGE, "create.lua")
         self._transition = load_script(client, _PACKAGE, "transition.lua")
@@ -73,6 +78,7 @@ class RedisLedger(Ledger):
         self._hold = load_script(client, _PACKAGE, "hold.lua")
         self._claim_due = load_script(client, _PACKAGE, "claim_due.lua")
         self._cancel = load_script(client, _PACKAGE, "cancel.lua")
+        self._if_exists = load_script(client, _PACKAGE, "if_exists.lua")
 
     @staticmethod
     def key(delivery_id: str) -> str:
@@ -127,11 +133,15 @@ class RedisLedger(Ledger):
         return int(changed) == 1
 
     def incr(self, delivery_id: str, counter: str) -> int:
-        return int(self.redis.hincrby(self.key(delivery_id), counter, 1))
+        value = self._if_exists(keys=[self.key(delivery_id), ACTIVE_KEY], args=["incr", counter])
+        return int(value) if value is not None else 0
 
     def set_fields(self, delivery_id: str, **fields: str) -> None:
         if fields:
-            self.redis.hset(self.key(delivery_id), mapping=dict(fields.items()))
+            args = ["set"]
+            for k, v in fields.items():
+                args += [k, v]
+            self._if_exists(keys=[self.key(delivery_id), ACTIVE_KEY], args=args)
 
     def forget(self, delivery_id: str, *, channel: str, idempotency_key: str | None) -> None:
         keys = [self.key(delivery_id)]
@@ -151,6 +161,9 @@ class RedisLedger(Ledger):
         remaining_ms = int(self.redis.pttl(key))
         return max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
 
+    def holds(self, delivery_id: str, token: str) -> bool:
+        return text(self.redis.get(LOCK_PREFIX + delivery_id) or b"") == token
+
     def unlock(self, delivery_id: str, token: str) -> None:
         self._release(keys=[LOCK_PREFIX + delivery_id], args=[token])
 
@@ -162,9 +175,8 @@ class RedisLedger(Ledger):
         return [text(i) for i in ids]
 
     def touch(self, delivery_id: str) -> None:
-        now = self._clock()
-        self.redis.hset(self.key(delivery_id), "updated_at", repr(now))
-        self.redis.zadd(ACTIVE_KEY, {delivery_id: now}, xx=True)
+        args = ["touch", repr(self._clock()), delivery_id]
+        self._if_exists(keys=[self.key(delivery_id), ACTIVE_KEY], args=args)
 
     def untrack(self, delivery_id: str) -> None:
         self.redis.zrem(ACTIVE_KEY, delivery_id)
@@ -210,14 +222,37 @@ class RedisLedger(Ledger):
             entry = buried_entry(
                 task_name=task_name, message=message, reason=reason, at=self._clock()
             )
-            self.redis.hset(DEAD_KEY, delivery_id, entry)
+            self._keep_dead(delivery_id, entry)
         return changed
 
     def set_aside(self, delivery_id: str, *, reason: str, task_name: str, outline: Any) -> None:
         entry = set_aside_entry(
             task_name=task_name, outline=outline, reason=reason, at=self._clock()
         )
-        self.redis.hset(DEAD_KEY, delivery_id, entry)
+        self._keep_dead(delivery_id, entry)
+
+    def _keep_dead(self, delivery_id: str, entry: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(DEAD_KEY, delivery_id, entry)
+        pipe.expire(DEAD_KEY, DEAD_LETTER_TTL_S)
+        pipe.hlen(DEAD_KEY)
+        *_, size = pipe.execute()
+        if int(size) > self.dead_letter_cap:
+            letters = self.dead_letters()
+            oldest = sorted(letters, key=lambda i: dead_letter_at(letters[i]))
+            self.redis.hdel(DEAD_KEY, *oldest[: int(size) - self.dead_letter_cap])
+
+    def purge_dead(self, older_than_s: float | None = None) -> int:
+        if older_than_s is None:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hlen(DEAD_KEY)
+            pipe.delete(DEAD_KEY)
+            size, _ = pipe.execute()
+            return int(size)
+        cutoff = self._clock() - older_than_s
+        letters = self.dead_letters()
+        old = [i for i, entry in letters.items() if dead_letter_at(entry) <= cutoff]
+        return int(self.redis.hdel(DEAD_KEY, *old)) if old else 0
 
     def dead_letters(self) -> dict[str, dict[str, Any]]:
         raw = self.redis.hgetall(DEAD_KEY)
@@ -237,6 +272,8 @@ class RedisLedger(Ledger):
             mapping={"state": "queued", "updated_at": now, "runs_unfinished": "0", "attempts": "0"},
         )
         pipe.hdel(self.key(delivery_id), "result")
+        # A record that expired meanwhile is recreated here: with a TTL, as create gives one.
+        pipe.expire(self.key(delivery_id), self.ttl_s, nx=True)
         pipe.zadd(ACTIVE_KEY, {delivery_id: float(now)})
         pipe.hdel(DEAD_KEY, delivery_id)
         pipe.execute()

@@ -320,8 +320,22 @@ class RedisTrackingStore(TrackingBase):
                 self.redis.zadd(OUTBOX_KEY, {delivery_id: self._clock()}, nx=True)
 
     def outbox_pending(self, older_than: float, limit: int) -> list[str]:
-        ids = self.redis.zrangebyscore(OUTBOX_KEY, "-inf", older_than, start=0, num=limit)
-        return [text(i) for i in ids]
+        ids = [
+            text(i)
+            for i in self.redis.zrangebyscore(OUTBOX_KEY, "-inf", older_than, start=0, num=limit)
+        ]
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery_id in ids:
+            pipe.exists(_key("out", delivery_id))
+        present = pipe.execute()
+        # A list that expired with its delivery's tracking keys leaves its id indexed: drop it
+        # (an entry written meanwhile re-adds the id, apply.lua's ZADD NX).
+        gone = [d for d, there in zip(ids, present, strict=True) if not there]
+        if gone:
+            self.redis.zrem(OUTBOX_KEY, *gone)
+        return [d for d, there in zip(ids, present, strict=True) if there]
 
     def outbox_lock(self, delivery_id: str, token: str, ttl_s: float) -> bool:
         key = _key("outlock", delivery_id)
