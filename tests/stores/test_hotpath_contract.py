@@ -290,3 +290,27 @@ def test_finish_after_the_lock_expired_unheld_writes_nothing(h: H) -> None:
     record = h.ledger.get("d1")
     assert record is not None and record.state == "sending"
     assert LATE_OUTCOME in record.fields
+
+
+def _script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def test_redis_runs_a_chunk_in_one_script_call_per_phase(redis_client: redis.Redis) -> None:
+    """``chunk.lua``: a chunk of three begins in one script call and finishes in one."""
+    h = _on_redis(redis_client, FakeClock(T0))
+    ids = ["c1", "c2", "c3"]
+    for i in ["warm", *ids]:
+        h.ledger.create(i, channel="sms", provider="smspartner")
+    h.hot.begin_chunk([Begin("warm", "t", 5.0), Begin("missing", "t", 5.0)])  # script loaded
+    before = _script_calls(redis_client)
+    begun = h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ids])
+    assert [b.status for b in begun] == ["run"] * 3
+    assert _script_calls(redis_client) - before == 1
+    h.hot.finish_chunk([Finish("warm", "t", True), Finish("missing", "t", True)])
+    before = _script_calls(redis_client)
+    done = h.hot.finish_chunk([Finish(i, "tok", True, _sent(poll=False)) for i in ids])
+    assert [d.changed for d in done] == [True] * 3
+    assert _script_calls(redis_client) - before == 1
+    assert all(h.ledger.lock(i, "other", 5.0) == 0.0 for i in ids)  # each unlocked

@@ -1,4 +1,5 @@
-"""The hot path in Redis: ``begin.lua`` and ``finish.lua``, one round trip each.
+"""The hot path in Redis: ``begin.lua`` and ``finish.lua``, one round trip each; for a chunk of
+deliveries, ``chunk.lua`` runs either for every delivery in one call.
 
 ``finish.lua`` runs the ledger's ``transition.lua`` and ``release.lua`` and the tracking store's
 ``register.lua`` (with ``apply.lua``) as local functions of one script, unchanged; ``begin.lua``
@@ -24,7 +25,7 @@ from worker.stores.metrics import RedisMetrics
 from worker.stores.tracking import RedisTrackingStore
 from worker.stores.tracking.redis import REGISTER_LUA
 
-__all__ = ["BEGIN_LUA", "FINISH_LUA", "RedisHotPath"]
+__all__ = ["BEGIN_CHUNK_LUA", "BEGIN_LUA", "FINISH_CHUNK_LUA", "FINISH_LUA", "RedisHotPath"]
 
 _PACKAGE = "worker.stores.hotpath"
 _LEDGER = "worker.stores.ledger"
@@ -35,6 +36,8 @@ FINISH_LUA = composed(
     release=lua_source(_LEDGER, "release.lua"),
     register=REGISTER_LUA,
 )
+BEGIN_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=BEGIN_LUA)
+FINISH_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=FINISH_LUA)
 _FINALS = "," + ",".join(sorted(FINAL_STATES)) + ","
 _RANKS = json.dumps(STATE_RANK)
 
@@ -56,6 +59,8 @@ class RedisHotPath(HotPath):
         self._clock = clock
         self._begin = client.register_script(BEGIN_LUA)
         self._finish = client.register_script(FINISH_LUA)
+        self._begin_chunk = client.register_script(BEGIN_CHUNK_LUA)
+        self._finish_chunk = client.register_script(FINISH_CHUNK_LUA)
 
     def begin(
         self,
@@ -81,11 +86,9 @@ class RedisHotPath(HotPath):
                     mark=chunk[0].mark,
                 )
             ]
-        pipe = self.redis.pipeline(transaction=False)
-        for b in chunk:
-            keys, args = self._begin_call(b)
-            self._begin(keys=keys, args=args, client=pipe)
-        return [_begun(b, reply) for b, reply in zip(chunk, pipe.execute(), strict=True)]
+        keys, args = _chunk_call([self._begin_call(b) for b in chunk])
+        replies = self._begin_chunk(keys=keys, args=args)
+        return [_begun(b, reply) for b, reply in zip(chunk, replies, strict=True)]
 
     def _begin_call(self, b: Begin) -> tuple[list[str], list[str]]:
         delivery_id, token, providers, mark = b.delivery_id, b.token, b.providers, b.mark
@@ -119,13 +122,10 @@ class RedisHotPath(HotPath):
         if len(chunk) == 1:
             f = chunk[0]
             return [self.finish(f.delivery_id, f.token, reset_runs=f.reset_runs, closing=f.closing)]
-        pipe = self.redis.pipeline(transaction=False)
-        regs = []
-        for f in chunk:
-            keys, args, reg = self._finish_call(f)
-            regs.append(reg)
-            self._finish(keys=keys, args=args, client=pipe)
-        replies = pipe.execute()
+        calls = [self._finish_call(f) for f in chunk]
+        keys, args = _chunk_call([(k, a) for k, a, _ in calls])
+        replies = self._finish_chunk(keys=keys, args=args)
+        regs = [reg for _, _, reg in calls]
         return [self._finished(reg, reply) for reg, reply in zip(regs, replies, strict=True)]
 
     def _finish_call(self, f: Finish) -> tuple[list[str], list[str], Any]:
@@ -171,6 +171,18 @@ class RedisHotPath(HotPath):
         except Exception as exc:  # orphans applied after: tracking never changes the send
             return Finished(done.changed, done.breaker_state, tracking_error=type(exc).__name__)
         return Finished(done.changed, done.breaker_state, tracking=applied)
+
+
+def _chunk_call(calls: list[tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+    """chunk.lua's keys and arguments for one script call per delivery."""
+    keys: list[str] = []
+    counts = [str(len(calls))]
+    args: list[str] = []
+    for k, a in calls:
+        keys += k
+        counts += [str(len(k)), str(len(a))]
+        args += a
+    return keys, counts + args
 
 
 def _begun(b: Begin, reply: list[Any]) -> Begun:
