@@ -1,0 +1,52 @@
+"""Every Redis key family the worker (and Celery's Redis transport under it) writes.
+
+A key either expires by itself (a TTL set by whoever writes it) or belongs to an owner that
+keeps it bounded: removes its entries as they finish, caps it, or holds one small key per
+provider or per queue. :data:`NO_TTL_OWNERS` lists the families that live without a TTL, with
+their owner and what bounds them; anything else must carry a TTL. The integration test
+``tests/integration/test_key_owners.py`` runs a mixed workload over real processes and fails
+on any key that has neither. ``docs/operations.md`` shows the same table to operators.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+
+__all__ = ["NO_TTL_OWNERS", "owner_of"]
+
+NO_TTL_OWNERS: dict[str, str] = {
+    # Celery's Redis transport (kombu): queues, bindings and the unacknowledged set.
+    "_kombu.binding*": "kombu: one set per queue and exchange (bounded by the queues)",
+    "delivery": "kombu: the send queue; consumers pop it",
+    "celery": "kombu: Celery's default queue; consumers pop it",
+    "delivery\x06\x16*": "kombu: a priority step of the send queue; consumers pop it",
+    "unacked": "kombu: messages being worked on; acked or restored after the visibility timeout",
+    "unacked_index": "kombu: the index of `unacked`, cleaned with it",
+    "unacked_mutex": "kombu: a short lock with its own expiry",
+    # The worker's own families without a TTL.
+    "dw:active": "ledger: live deliveries; an entry leaves when its delivery ends, the sweeper "
+    "finishes stragglers",
+    "dw:scheduled": "scheduler: due times of held messages; the mover takes each when due, "
+    "cancel removes it",
+    "dw:scheduled:claims": "scheduler: leases of the mover, removed on publish",
+    "dw:track:poll": "tracking: deliveries being followed; an entry leaves at a final state or "
+    "after the tracking horizon (48 h)",
+    "dw:track:outbox": "tracking: index of outboxes waiting to publish; an expired outbox is "
+    "dropped from it",
+    "dw:metrics:*": "metrics: one hash of counters per provider (bounded by the providers)",
+    "dw:balances": "balances: one hash, one field per provider",
+    "dw:health:paused": "health: one hash, one field per paused provider; resume removes it",
+    "dw:health:breaker:*": "health: one hash per provider whose breaker has state",
+    "dw:parked:*": "parking: one hash per paused provider; resume empties it",
+    "dw:rejected": "guard: one hash of refusal counts by reason (bounded by the reasons)",
+    "dw:repl:fence": "producer: one key, the replication fence",
+}
+"""Key pattern (``fnmatch``, case-sensitive) → its owner and what keeps it bounded."""
+
+
+def owner_of(key: str) -> str | None:
+    """The owner of a key that lives without a TTL, or None when it must carry one."""
+    for pattern, owner in NO_TTL_OWNERS.items():
+        if fnmatchcase(key, pattern):
+            return owner
+    return None
