@@ -314,3 +314,22 @@ def test_redis_runs_a_chunk_in_one_script_call_per_phase(redis_client: redis.Red
     assert [d.changed for d in done] == [True] * 3
     assert _script_calls(redis_client) - before == 1
     assert all(h.ledger.lock(i, "other", 5.0) == 0.0 for i in ids)  # each unlocked
+
+
+def test_a_chunk_goes_sending_in_one_step_forward_only(h: H) -> None:
+    """``sending_chunk``: each delivery ``sending`` with its own fields, as the ledger's
+    ``transition`` does it; a final one (a cancel won) is left as it is and answers False."""
+    for i in ("s1", "s2", "done"):
+        h.ledger.create(i, channel="sms", provider="smspartner")
+    h.ledger.transition("done", "cancelled")
+    before = _script_calls(h.redis) if h.redis is not None else 0
+    changed = h.hot.sending_chunk(
+        [("s1", {"batch_tags": "dwb1"}), ("done", {"batch_tags": "dwb1"}), ("s2", {"a": "1"})]
+    )
+    assert changed == [True, False, True]
+    if h.redis is not None:
+        assert _script_calls(h.redis) - before <= 2  # one call (and a load on first use)
+    s1, s2, done = h.ledger.get("s1"), h.ledger.get("s2"), h.ledger.get("done")
+    assert s1 is not None and s1.state == "sending" and s1.fields["batch_tags"] == "dwb1"
+    assert s2 is not None and s2.state == "sending" and s2.fields["a"] == "1"
+    assert done is not None and done.state == "cancelled" and "batch_tags" not in done.fields

@@ -229,7 +229,12 @@ def test_only_the_outcome_writer_runs_the_hot_path_scripts_and_the_counters() ->
     """The run's first and last scripts, the parking lot, the Redis counters and the tracking
     registration of a send are written by the outcome writer only."""
     writes = {
-        ("hotpath", frozenset({"begin", "finish", "clear_mark"})),
+        (
+            "hotpath",
+            frozenset(
+                {"begin", "finish", "clear_mark", "begin_chunk", "sending_chunk", "finish_chunk"}
+            ),
+        ),
         ("parking", frozenset({"park"})),
         ("rt", frozenset({"metric"})),
     }

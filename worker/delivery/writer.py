@@ -405,15 +405,16 @@ def mark_sending(chunk: Sequence[Sending], now: str) -> list[bool]:
     """Every delivery of the chunk ``sending`` before its request leaves (a worker dying from
     here on leaves records to reconcile); per delivery, whether it changed (``False``: final
     meanwhile, a cancel won the race)."""
-    changed = []
+    calls = []
     for item in chunk:
         fields = {"attempt_started_at": now}
         if FIRST_ATTEMPT_AT not in item.record.fields:
             fields[FIRST_ATTEMPT_AT] = now
         if item.batch_tags is not None:
             fields[BATCH_TAGS] = " ".join(item.batch_tags)
-        changed.append(item.d.rt.ledger.transition(item.d.delivery_id, "sending", **fields))
-    return changed
+        calls.append((item.d.delivery_id, fields))
+    # The chunk's second script (begin, sending, finish): one call for the whole chunk.
+    return chunk[0].d.rt.hotpath.sending_chunk(calls)
 
 
 def note_tag_use(d: Delivery, tag: str, at: float) -> None:

@@ -165,6 +165,12 @@ class HotPath(Protocol):
         answer says ``lock_lost``."""
         ...
 
+    def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
+        """Every (delivery id, fields) of a chunk to ``sending`` with its fields (the ledger's
+        forward-only ``transition``), in one round trip; per delivery, whether it changed
+        (``False``: final meanwhile, a cancel won the race)."""
+        ...
+
     def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
         """:meth:`begin` for every delivery of a chunk, in one round trip; one answer each."""
         ...

@@ -66,6 +66,9 @@ class ComposedHotPath(HotPath):
         asked = frozenset(providers)
         return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked)
 
+    def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
+        return [self.ledger.transition(i, "sending", **fields) for i, fields in chunk]
+
     def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
         return [
             self.begin(b.delivery_id, b.token, b.lock_ttl_s, providers=b.providers, mark=b.mark)

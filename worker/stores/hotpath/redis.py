@@ -25,7 +25,14 @@ from worker.stores.metrics import RedisMetrics
 from worker.stores.tracking import RedisTrackingStore
 from worker.stores.tracking.redis import REGISTER_LUA
 
-__all__ = ["BEGIN_CHUNK_LUA", "BEGIN_LUA", "FINISH_CHUNK_LUA", "FINISH_LUA", "RedisHotPath"]
+__all__ = [
+    "BEGIN_CHUNK_LUA",
+    "BEGIN_LUA",
+    "FINISH_CHUNK_LUA",
+    "FINISH_LUA",
+    "SENDING_CHUNK_LUA",
+    "RedisHotPath",
+]
 
 _PACKAGE = "worker.stores.hotpath"
 _LEDGER = "worker.stores.ledger"
@@ -38,6 +45,9 @@ FINISH_LUA = composed(
 )
 BEGIN_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=BEGIN_LUA)
 FINISH_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=FINISH_LUA)
+SENDING_CHUNK_LUA = composed(
+    lua_source(_PACKAGE, "chunk.lua"), step=lua_source(_LEDGER, "transition.lua")
+)
 _FINALS = "," + ",".join(sorted(FINAL_STATES)) + ","
 _RANKS = json.dumps(STATE_RANK)
 
@@ -60,6 +70,7 @@ class RedisHotPath(HotPath):
         self._begin = client.register_script(BEGIN_LUA)
         self._finish = client.register_script(FINISH_LUA)
         self._begin_chunk = client.register_script(BEGIN_CHUNK_LUA)
+        self._sending_chunk = client.register_script(SENDING_CHUNK_LUA)
         self._finish_chunk = client.register_script(FINISH_CHUNK_LUA)
 
     def begin(
@@ -89,6 +100,19 @@ class RedisHotPath(HotPath):
         keys, args = _chunk_call([self._begin_call(b) for b in chunk])
         replies = self._begin_chunk(keys=keys, args=args)
         return [_begun(b, reply) for b, reply in zip(chunk, replies, strict=True)]
+
+    def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
+        """``transition.lua`` for each delivery, as ``RedisLedger.transition`` calls it."""
+        now, calls = repr(self._clock()), []
+        for delivery_id, fields in chunk:
+            args = ["sending", str(STATE_RANK["sending"]), now, _RANKS, delivery_id]
+            for name, value in fields.items():
+                args += [name, value]
+            keys = [RedisLedger.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
+            calls.append((keys, args))
+        keys, args = _chunk_call(calls)
+        replies = self._sending_chunk(keys=keys, args=args)
+        return [int(changed) == 1 for changed, _previous in replies]
 
     def _begin_call(self, b: Begin) -> tuple[list[str], list[str]]:
         delivery_id, token, providers, mark = b.delivery_id, b.token, b.providers, b.mark
