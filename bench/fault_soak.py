@@ -59,6 +59,7 @@ the sandbox *accepted* per delivery:
 from __future__ import annotations
 
 import argparse
+import bz2
 import contextlib
 import json
 import logging
@@ -402,6 +403,19 @@ def _bulk_tokens(m: dict[str, Any]) -> list[str]:
 
 
 # -- processes ----------------------------------------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory so far (``VmHWM`` in ``/proc/<pid>/status``), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# A compression bomb: 81 bytes of bzip2 that inflate to 50 MB of ``[`` (a nesting bomb too),
+# sent with a ``compression`` header so kombu inflates it before any hook (docs/threat-model.md).
+_BOMB = bz2.compress(b"[" * 50_000_000)
 
 
 def pool_children(proc: Proc) -> list[int]:
@@ -948,9 +962,9 @@ def scenario_hostile(
 
     ``hostile`` generated messages (deeply nested, huge, wrong types, header injections,
     non-dict and extra arguments, unknown task names) are sent by name, and ``raw`` corrupt
-    bodies (bad JSON, pickle content type, a body nested 100,000 levels, some without a task
-    id) are published as bytes, and ``items`` raw list items that are not kombu envelopes are
-    pushed with ``LPUSH`` (not JSON, JSON that is not an object, an object without the
+    bodies (bad JSON, pickle content type, a body nested 100,000 levels, a bzip2 bomb, some
+    without a task id) are published as bytes, and ``items`` raw list items that are not kombu
+    envelopes are pushed with ``LPUSH`` (not JSON, JSON that is not an object, an object without the
     envelope's keys, an unknown body encoding), interleaved with ``messages`` valid ones from
     the producer. The promise: 0 worker exits, 0 valid messages lost, every malformed one final
     (ledger and result backend) or, without a readable id, counted in ``dw:rejected``; every
@@ -987,7 +1001,7 @@ def scenario_hostile(
                     hostile_ids.append(task_id)
                     sent_hostile += 1
                 for _ in range(min(per_batch_raw, raw - sent_raw)):
-                    kind = sent_raw % 4
+                    kind = sent_raw % 5
                     task_id = str(uuid.uuid4()) if kind != 3 else None
                     headers: dict[str, Any] = {"lang": "py", "task": "tasks.send_email"}
                     if task_id is not None:
@@ -1000,7 +1014,10 @@ def scenario_hostile(
                         b"[" * 100_000 + b"]" * 100_000,
                         b"\x80\x04\x95 pickled",
                         b"[[], {}, {}]",
+                        _BOMB,
                     ][kind]
+                    if kind == 4:
+                        headers["compression"] = "application/x-bz2"
                     content_type = (
                         "application/x-python-serialize" if kind == 2 else "application/json"
                     )
@@ -1034,6 +1051,7 @@ def scenario_hostile(
         run.checks["items_set_aside"] = run.redis.llen(REJECTED_ITEMS_KEY)
         run.checks["worker_exits"] = sum(1 for p in procs if not p.alive())
         run.checks["same_processes"] = pids == {p.pid: sorted(pool_children(p)) for p in procs}
+        run.checks["main_peak_rss_mb"] = round(max(peak_rss_mb(p.pid) for p in procs), 1)
         run.checks["unrecoverable_logged"] = sum(
             p.log_path.read_text(errors="replace").count("Unrecoverable error") for p in procs
         )

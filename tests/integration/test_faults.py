@@ -157,6 +157,8 @@ def test_hostile_producer_stops_no_worker_and_loses_no_valid_message(stack: Any)
     assert f.checks["rejected_without_id"] == without_id, line
     assert f.checks["items_pushed"] == 8, line
     assert f.checks["items_set_aside"] == 8, line
+    # Four bzip2 bombs (50 MB each once inflated) were among the raw bodies.
+    assert f.checks["main_peak_rss_mb"] < 400, line
 
 
 @pytest.mark.parametrize("success_status", [200, 201])
