@@ -791,8 +791,13 @@ def scenario_poison(
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             record = run.ledger.get(delivery_id)
+            # The record turns dead, then the letter is written (a second round trip): wait
+            # for both, so a slow machine does not read between them.
             if record is not None and record.state == "dead":
-                break
+                if delivery_id in run.ledger.dead_letters():
+                    break
+                time.sleep(0.02)
+                continue
             started = record.fields.get("attempt_started_at") if record else None
             if record is not None and record.state == "sending" and started != seen_attempt:
                 seen_attempt = started

@@ -66,6 +66,14 @@ def _results_released_while_servers_run(request: pytest.FixtureRequest) -> Itera
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _own_spool_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Worker processes started by this session spool final writes (``DELIVERY_SPOOL_DIR``)
+    into a folder of their own, never the host's default shared by every worker on it: a
+    spool left by one test session is not replayed by another's workers."""
+    os.environ["DELIVERY_SPOOL_DIR"] = str(tmp_path_factory.mktemp("spool"))
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _loggers_never_cached() -> Iterator[None]:
     """Keep structlog from caching loggers for the whole test session.
 
