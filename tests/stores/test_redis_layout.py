@@ -258,5 +258,8 @@ def test_hot_path_writes_only_the_stores_keys(redis_client: redis.Redis) -> None
 def test_hot_path_scripts_ship_with_the_store() -> None:
     assert "HDEL" in BEGIN_LUA and "runs_unfinished" in BEGIN_LUA
     # finish.lua runs the stores' own scripts, composed in unchanged.
-    for name in ("transition", "release", "register", "apply"):
+    for name in ("transition", "register", "apply"):
         assert f"local function {name}(KEYS, ARGV)" in FINISH_LUA
+    # release.lua's compare-and-delete: the compare is finish.lua's first step, then the delete.
+    assert "redis.call('GET', KEYS[3]) ~= ARGV[1]" in FINISH_LUA
+    assert "redis.call('DEL', KEYS[3])" in FINISH_LUA

@@ -1,5 +1,5 @@
 -- A run's last step: the closing transition (transition.lua), the run count back to 0, the
--- unlock (release.lua), the provider's counter, the breaker's presence, and the tracking
+-- unlock (release.lua's compare-and-delete, its compare done first), the provider's counter, the breaker's presence, and the tracking
 -- registration (register.lua). The composed scripts are local functions (see redis.py).
 -- KEYS[1] record, [2] active set, [3] send lock, [4] metrics hash ('' = none),
 --      [5] breaker hash ('' = none), [6] schedule, [7] schedule claims, then register.lua's
@@ -26,11 +26,15 @@ end
 if ARGV[3] ~= '' then
   local targv = {ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
   for i = 1, 2 * n do targv[5 + i] = ARGV[9 + i] end
+  -- the run count back to 0 in the transition's own HSET (one write of the record)
+  if ARGV[2] == '1' then table.insert(targv, 'runs_unfinished'); table.insert(targv, '0') end
   changed = transition({KEYS[1], KEYS[2], KEYS[6], KEYS[7]}, targv)[1]
   if changed ~= 1 then changed = 0 end
 end
-if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'runs_unfinished', '0') end
-release({KEYS[3]}, {ARGV[1]})
+if ARGV[2] == '1' and changed == 0 then redis.call('HSET', KEYS[1], 'runs_unfinished', '0') end
+-- The unlock: this script checked above that the token holds the lock (release.lua's check,
+-- atomically in the same call), so the lock goes without reading it again.
+redis.call('DEL', KEYS[3])
 if KEYS[4] ~= '' and ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[8], 1) end
 local breaker = 0
 if KEYS[5] ~= '' then breaker = redis.call('EXISTS', KEYS[5]) end

@@ -1,8 +1,9 @@
 """The hot path in Redis: ``begin.lua`` and ``finish.lua``, one round trip each; for a chunk of
 deliveries, ``chunk.lua`` runs either for every delivery in one call.
 
-``finish.lua`` runs the ledger's ``transition.lua`` and ``release.lua`` and the tracking store's
-``register.lua`` (with ``apply.lua``) as local functions of one script, unchanged; ``begin.lua``
+``finish.lua`` runs the ledger's ``transition.lua`` and the tracking store's ``register.lua``
+(with ``apply.lua``) as local functions of one script, unchanged, and ``release.lua``'s
+compare-and-delete with its compare made once at the top; ``begin.lua``
 does what ``RedisLedger.get``/``lock``/``incr`` and ``RedisHealthStore.paused`` do, on the same
 keys. It writes no key of its own (the layout is the stores'; tests/stores/test_redis_layout.py).
 """
@@ -40,7 +41,6 @@ BEGIN_LUA = lua_source(_PACKAGE, "begin.lua")
 FINISH_LUA = composed(
     lua_source(_PACKAGE, "finish.lua"),
     transition=lua_source(_LEDGER, "transition.lua"),
-    release=lua_source(_LEDGER, "release.lua"),
     register=REGISTER_LUA,
 )
 BEGIN_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=BEGIN_LUA)

@@ -14,8 +14,11 @@ for i = 6, #ARGV, 2 do
   table.insert(args, ARGV[i]); table.insert(args, ARGV[i + 1])
 end
 redis.call('HSET', KEYS[1], unpack(args))
-if ARGV[1] ~= 'scheduled' then
-  -- out of 'scheduled' (or never in it): off the schedule in the same step
+if current == 'scheduled' and ARGV[1] ~= 'scheduled' then
+  -- out of 'scheduled': off the schedule in the same step. A record enters the schedule only
+  -- as 'scheduled' (hold.lua) and every script that moves it out takes it off, so a record in
+  -- another state has nothing there to remove (and claim_due.lua drops an entry whose record
+  -- is not 'scheduled' anyway): two commands saved on every other transition.
   redis.call('ZREM', KEYS[3], ARGV[5])
   redis.call('HDEL', KEYS[4], ARGV[5])
 end

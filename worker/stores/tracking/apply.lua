@@ -25,8 +25,10 @@ if moved then
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[5])
   after = new
 end
-redis.call('RPUSH', KEYS[2], ARGV[4])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
+-- trimmed only once past the cap (RPUSH answers the length): the same list, one command less
+if redis.call('RPUSH', KEYS[2], ARGV[4]) > tonumber(ARGV[8]) then
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[8]), -1)
+end
 local ttl = tonumber(ARGV[7])
 if ARGV[9] == '1' and new ~= 'unknown' then
   redis.call('RPUSH', KEYS[4], after .. '\n' .. ARGV[4])

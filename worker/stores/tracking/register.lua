@@ -18,7 +18,8 @@ for i = 1, n do
   redis.call('EXPIRE', key, ttl)
 end
 redis.call('HSET', KEYS[1], '~provider', provider)
-redis.call('EXPIRE', KEYS[1], ttl)
+-- each recipient's apply() below sets the state hash's TTL in this same call
+if n == 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 local applied = {}
 local akeys = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}
 for i = 1, n do
@@ -41,7 +42,8 @@ end
 local orphans = {}
 for j = 1, k do
   local key = KEYS[7 + n + j]
-  for _, e in ipairs(redis.call('LRANGE', key, 0, -1)) do table.insert(orphans, e) end
-  redis.call('DEL', key)
+  -- taken whole in one command (LPOP with a count past any orphan list's length; the list
+  -- goes with its last element)
+  for _, e in ipairs(redis.call('LPOP', key, 1000000000) or {}) do table.insert(orphans, e) end
 end
 return {applied, orphans}
