@@ -30,7 +30,7 @@ from worker.stores import (
     Stores,
 )
 from worker.stores.hotpath import ComposedHotPath, HotPath, RedisHotPath
-from worker.stores.suppression import RecipientHasher
+from worker.stores.suppression import RecipientHasher, RedisSuppressionStore
 from worker.stores.tracking import MemoryTrackingStore, RedisTrackingStore, TrackingStore
 
 __all__ = ["Runtime", "breaker_config", "get_runtime", "reset_runtime", "suppression_policy"]
@@ -151,8 +151,17 @@ def _hotpath(client: redis.Redis | None, stores: Stores, tracking: TrackingStore
         assert isinstance(stores.health, RedisHealthStore)
         assert isinstance(stores.metrics, RedisMetrics)
         assert isinstance(tracking, RedisTrackingStore)
-        return RedisHotPath(client, health=stores.health, metrics=stores.metrics, tracking=tracking)
-    return ComposedHotPath(stores.ledger, stores.health, stores.metrics, tracking)
+        supp = stores.suppression
+        return RedisHotPath(
+            client,
+            health=stores.health,
+            metrics=stores.metrics,
+            tracking=tracking,
+            suppression=supp if isinstance(supp, RedisSuppressionStore) else None,
+        )
+    return ComposedHotPath(
+        stores.ledger, stores.health, stores.metrics, tracking, stores.suppression
+    )
 
 
 def suppression_policy(settings: Settings) -> SoftBouncePolicy:

@@ -31,6 +31,13 @@ from worker.stores.hotpath import (
     RedisHotPath,
 )
 from worker.stores.hotpath.base import LATE_OUTCOME, TrackingArgs
+from worker.stores.suppression import (
+    Entry,
+    MemorySuppressionStore,
+    RecipientHasher,
+    RedisSuppressionStore,
+    SuppressionStore,
+)
 from worker.stores.tracking import (
     MemoryTrackingStore,
     RedisTrackingStore,
@@ -52,6 +59,7 @@ class H:
     metrics: Metrics
     tracking: TrackingStore
     redis: redis.Redis | None
+    suppression: SuppressionStore
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -60,8 +68,9 @@ def h(request: pytest.FixtureRequest) -> Iterator[H]:
     if request.param == "memory":
         ledger, health = MemoryLedger(clock), MemoryHealthStore(clock)
         metrics, tracking = MemoryMetrics(), MemoryTrackingStore(clock)
-        yield H(ComposedHotPath(ledger, health, metrics, tracking), ledger, health, metrics,
-                tracking, None)  # fmt: skip
+        supp = MemorySuppressionStore(clock)
+        yield H(ComposedHotPath(ledger, health, metrics, tracking, supp), ledger, health, metrics,
+                tracking, None, supp)  # fmt: skip
     else:
         yield _on_redis(request.getfixturevalue("redis_client"), clock)
 
@@ -70,8 +79,10 @@ def _on_redis(client: redis.Redis, clock: FakeClock) -> H:
     ledger = RedisLedger(client, clock=clock)
     health, metrics = RedisHealthStore(client), RedisMetrics(client)
     tracking = RedisTrackingStore(client, clock=clock)
-    hot = RedisHotPath(client, health=health, metrics=metrics, tracking=tracking, clock=clock)
-    return H(hot, ledger, health, metrics, tracking, client)
+    supp = RedisSuppressionStore(client, clock=clock)
+    hot = RedisHotPath(client, health=health, metrics=metrics, tracking=tracking,
+                       suppression=supp, clock=clock)  # fmt: skip
+    return H(hot, ledger, health, metrics, tracking, client, supp)
 
 
 def _sent(provider: str = "smspartner", poll: bool = True) -> Closing:
@@ -109,6 +120,25 @@ def test_begin_locks_counts_the_run_and_reads_health(h: H) -> None:
     assert again.status == "busy"
     assert 0 < again.busy_s <= 5.0
     assert again.record is not None and again.record.fields["runs_unfinished"] == "1"
+
+
+def test_begin_answers_which_recipients_are_suppressed(h: H) -> None:
+    hasher = RecipientHasher(b"k" * 32)
+    a, b, c = (hasher.key("sms", n) for n in ("+33612345678", "+33612345679", "+33612345670"))
+    h.suppression.add(Entry("sms", a, "stop", "send", "smspartner", masked="+336****78"))
+    h.suppression.add(Entry("sms", c, "manual", "manual", expires_at=T0 - 1))  # expired
+    h.suppression.add(Entry("email", b, "hard_bounce", "tracking"))  # another channel
+    h.ledger.create("d1", channel="sms", provider="auto")
+    h.health.pause("postal", "no credit", "w1")
+    begun = h.hot.begin("d1", "tok", 5.0, providers=["smspartner", "postal"],
+                        suppress=("sms", [a, b, c]))  # fmt: skip
+    assert begun.status == "run"
+    assert set(begun.suppressed) == {a}
+    assert begun.suppressed[a].reason == "stop"
+    assert begun.suppressed[a].masked == "+336****78"
+    assert set(begun.paused) == {"postal"}  # the providers' health still read alongside
+    h.hot.finish("d1", "tok", reset_runs=True)
+    assert h.hot.begin("d1", "tok", 5.0, suppress=("sms", [b])).suppressed == {}
 
 
 def test_redis_asks_only_breakers_with_state(redis_client: redis.Redis) -> None:

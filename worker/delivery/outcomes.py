@@ -68,6 +68,7 @@ def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> De
         rejected_recipients={
             k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
         },
+        suppressed_recipients=dict(d.suppressed),
         attempts=previous_attempts + 1,
         cost=outcome.cost,
         currency=outcome.currency,

@@ -28,6 +28,7 @@ from worker.delivery.context import Delivery
 from worker.delivery.results import Done, Outcome, Retry
 from worker.delivery.routing import candidates
 from worker.delivery.spool import FinalWriteSpool
+from worker.delivery.suppress import lookup
 from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.stores import DeliveryRecord
@@ -61,7 +62,10 @@ def guarded(
     token = uuid.uuid4().hex
     providers = candidates(d)
     ttl_s = d.settings.send_lock_ttl_s
-    begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers, mark=mark)
+    suppress = lookup(d)
+    begun = hot.begin(
+        d.delivery_id, token, ttl_s, providers=providers, mark=mark, suppress=suppress
+    )
     if begun.status == "missing":
         # Sent by name, not through a producer: recorded on first sight (idempotent).
         d.rt.ledger.create(
@@ -70,7 +74,7 @@ def guarded(
             provider=d.message.provider or "auto",
             extra={"task_name": d.task_name, "message": json.dumps(d.raw)},
         )
-        begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers)
+        begun = hot.begin(d.delivery_id, token, ttl_s, providers=providers, suppress=suppress)
     record = begun.record
     assert record is not None
     d.begun = begun

@@ -10,6 +10,7 @@ from worker.stores.health import HealthStore
 from worker.stores.hotpath.base import LATE_OUTCOME, Begun, Closing, Finished, HotPath
 from worker.stores.ledger import Ledger
 from worker.stores.metrics import Metrics
+from worker.stores.suppression import SuppressionStore
 from worker.stores.tracking import TrackingStore
 
 __all__ = ["ComposedHotPath"]
@@ -20,9 +21,15 @@ class ComposedHotPath(HotPath):
     and mixes of backends. Every breaker is reported as having state (always asked)."""
 
     def __init__(
-        self, ledger: Ledger, health: HealthStore, metrics: Metrics, tracking: TrackingStore
+        self,
+        ledger: Ledger,
+        health: HealthStore,
+        metrics: Metrics,
+        tracking: TrackingStore,
+        suppression: SuppressionStore | None = None,
     ) -> None:
         self.ledger = ledger
+        self.suppression = suppression
         self.health = health
         self.metrics = metrics
         self.tracking = tracking
@@ -37,6 +44,7 @@ class ComposedHotPath(HotPath):
         *,
         providers: Sequence[str] = (),
         mark: tuple[str, str] | None = None,
+        suppress: tuple[str, Sequence[str]] | None = None,
     ) -> Begun:
         if mark is not None:
             self.cleared_marks.append(mark)
@@ -56,7 +64,11 @@ class ComposedHotPath(HotPath):
             if info is not None:
                 paused[provider] = info
         asked = frozenset(providers)
-        return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked)
+        suppressed = {}
+        if suppress is not None and self.suppression is not None:
+            suppressed = self.suppression.check(*suppress)
+        return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked,
+                     suppressed=suppressed)  # fmt: skip
 
     def clear_mark(self, mark: tuple[str, str]) -> None:
         self.cleared_marks.append(mark)

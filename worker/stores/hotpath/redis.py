@@ -21,6 +21,7 @@ from worker.stores.hotpath.base import Begun, Closing, Finished, HotPath
 from worker.stores.ledger import ACTIVE_KEY, FINAL_STATES, STATE_RANK, DeliveryRecord, RedisLedger
 from worker.stores.ledger.redis import CLAIMS_KEY, LOCK_PREFIX, SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
+from worker.stores.suppression import RedisSuppressionStore
 from worker.stores.tracking import RedisTrackingStore
 from worker.stores.tracking.redis import REGISTER_LUA
 
@@ -47,9 +48,11 @@ class RedisHotPath(HotPath):
         health: RedisHealthStore,
         metrics: RedisMetrics,
         tracking: RedisTrackingStore,
+        suppression: RedisSuppressionStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = client
+        self.suppression = suppression
         self.health = health
         self.metrics = metrics
         self.tracking = tracking
@@ -65,16 +68,20 @@ class RedisHotPath(HotPath):
         *,
         providers: Sequence[str] = (),
         mark: tuple[str, str] | None = None,
+        suppress: tuple[str, Sequence[str]] | None = None,
     ) -> Begun:
+        channel, recipients = suppress if suppress and self.suppression else ("", ())
         keys = [
             RedisLedger.key(delivery_id),
             LOCK_PREFIX + delivery_id,
             self.health.paused_key,
             mark[0] if mark else "",
+            self.suppression.key(channel) if self.suppression and recipients else "",
             *(self.health.breaker_key(p) for p in providers),
         ]
         ttl_ms = max(1, int(lock_ttl_s * 1000))
-        args = [token, str(ttl_ms), mark[1] if mark else "", _FINALS, *providers]
+        args = [token, str(ttl_ms), mark[1] if mark else "", _FINALS, str(len(recipients))]
+        args += [*recipients, *providers]
         reply: list[Any] = self._begin(keys=keys, args=args)
         status = text(reply[0])
         if status == "missing":
@@ -98,6 +105,9 @@ class RedisHotPath(HotPath):
             if has_state:
                 breakers.add(provider)
         record = DeliveryRecord.from_fields(delivery_id, fields)
+        suppressed = RedisSuppressionStore.decode_live(
+            channel, recipients, reply[4] if recipients else [], self._clock()
+        )
         return Begun(
             "run",
             record,
@@ -105,6 +115,7 @@ class RedisHotPath(HotPath):
             paused=paused,
             breaker_state=frozenset(breakers),
             asked=frozenset(providers),
+            suppressed=suppressed,
         )
 
     def clear_mark(self, mark: tuple[str, str]) -> None:
