@@ -112,3 +112,51 @@ def test_a_number_written_otherwise_is_the_same_entry(rt: Runtime, provider: Pro
     rt.suppression.add(Entry("sms", rt.hasher.key("sms", "0033 6 12 34 56 78"), "manual", "manual"))
     assert run(rt, [A]).result.status == "failed"
     assert provider.requests == []
+
+
+def test_a_stop_refusal_suppresses_the_number_for_the_next_send(rt: Runtime) -> None:
+    answers = [httpx.Response(200, json={"success": False, "code": 14, "message": "STOP"})]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers.pop(0) if answers else httpx.Response(200, json=OK)
+
+    rt.client = httpx.Client(transport=httpx.MockTransport(handler))
+    first = run(rt, [A]).result
+    assert first.status == "failed" and first.error is not None
+    assert first.error.kind == "recipient_rejected"
+    entry = rt.suppression.check("sms", [rt.hasher.key("sms", A)])[rt.hasher.key("sms", A)]
+    assert (entry.reason, entry.source, entry.provider) == ("stop", "send", "smspartner")
+    message = {"provider": "smspartner", "to": [A], "text": "Hello"}
+    second = process("sms", message, delivery_id="d-2", task_name="tasks.send_sms", rt=rt)
+    assert isinstance(second, Done) and second.result.error is not None
+    assert second.result.error.kind == "suppressed"
+    assert len(seen) == 1  # no request for the second send
+
+
+def test_a_bounce_event_suppresses_its_recipient_and_a_soft_one_counts(rt: Runtime) -> None:
+    from worker.tracking import DeliveryEvent, EventType
+    from worker.tracking.service import suppress_from_events
+
+    msg = {"provider": "smspartner", "to": [A, B], "text": "Hello"}
+    rt.ledger.create("d-9", channel="sms", provider="smspartner",
+                     extra={"message": json.dumps(msg)})  # fmt: skip
+
+    def event(kind: EventType, masked: str, n: int) -> DeliveryEvent:
+        return DeliveryEvent(event_id=f"e{n}", type=kind, provider="smspartner",
+                             provider_message_id="1", delivery_id="d-9", recipient=masked,
+                             occurred_at=1.0, source="webhook")  # fmt: skip
+
+    suppress_from_events(rt, [event(EventType.BOUNCED, "+3361*****78", 1)])
+    key_a, key_b = rt.hasher.key("sms", A), rt.hasher.key("sms", B)
+    found = rt.suppression.check("sms", [key_a, key_b])
+    assert set(found) == {key_a}
+    assert (found[key_a].reason, found[key_a].source) == ("hard_bounce", "tracking")
+    threshold = rt.settings.suppression_soft_threshold
+    for n in range(threshold - 1):
+        suppress_from_events(rt, [event(EventType.DEFERRED, "+3369*****32", 10 + n)])
+    assert rt.suppression.check("sms", [key_b]) == {}
+    suppress_from_events(rt, [event(EventType.DEFERRED, "+3369*****32", 99)])
+    entry = rt.suppression.check("sms", [key_b])[key_b]
+    assert entry.reason == "soft_bounce" and entry.expires_at is not None

@@ -22,6 +22,7 @@ from worker.delivery.context import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN, Delive
 from worker.delivery.outcomes import expire, finish, park, wait
 from worker.delivery.results import Done, Outcome, backoff_s
 from worker.delivery.routing import candidates
+from worker.delivery.suppress import from_refusal
 from worker.errors import DeferredError, DeliveryError, Policy
 from worker.metrics import record as metrics
 from worker.models import ErrorInfo
@@ -171,6 +172,7 @@ def _fail(d: Delivery, failure: Failure) -> Outcome:
     exc = failure.exc
     emit = log.error if exc.log_level == "error" else log.warning
     emit("delivery.failed", kind=exc.kind, error=exc.message, **failure.log_fields())
+    from_refusal(d, exc)
     attempts = d.rt.ledger.incr(d.delivery_id, "attempts")
     return finish(d, "failed", attempts, error=_info(exc))
 

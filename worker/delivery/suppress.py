@@ -13,6 +13,7 @@ provider is chosen, so failover never reaches a suppressed recipient either.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -20,11 +21,14 @@ import structlog
 from worker.delivery.context import Delivery
 from worker.delivery.outcomes import finish
 from worker.delivery.results import Outcome
+from worker.errors import DeliveryError, RecipientRejectedError
 from worker.metrics import record as metrics
 from worker.models import EmailMessage, ErrorInfo
 from worker.redaction import mask_email, mask_phone
+from worker.runtime import Runtime
+from worker.stores.suppression import Entry, Reason, Source
 
-__all__ = ["apply", "lookup", "recipients"]
+__all__ = ["apply", "from_refusal", "lookup", "recipients", "remember"]
 
 log = structlog.get_logger(__name__)
 
@@ -93,3 +97,54 @@ def apply(d: Delivery, attempts: int) -> Outcome | None:
     d.message = m.model_copy(update=update)
     log.info("delivery.partly_suppressed", suppressed=len(left_out), kept=len(kept))
     return None
+
+
+def _refusal_reason(exc: DeliveryError) -> Reason:
+    """What a provider's refusal of the recipient says: SMS Partner code 14 is its STOP list
+    (docs/providers/smspartner.md §1.2.12); EmailMassivo names unsubscribed, complained or
+    nonexistent receivers in a 422's text (docs/providers/emailmassivo.md §5.4)."""
+    text = exc.message.lower()
+    if str(exc.provider_code) == "14":
+        return "stop"
+    if "unsubscrib" in text:
+        return "unsubscribed"
+    if "complain" in text:
+        return "complaint"
+    if "exist" in text:
+        return "invalid"
+    return "manual"
+
+
+def from_refusal(d: Delivery, exc: DeliveryError) -> None:
+    """A permanent refusal of the recipient (``RecipientRejectedError``) suppresses it on the
+    channel. Only a message to one recipient: a refusal of several does not say which."""
+    if not isinstance(exc, RecipientRejectedError) or not d.settings.suppression:
+        return
+    everyone = recipients(d)
+    if len(everyone) != 1:
+        return
+    remember(d.rt, d.channel, everyone[0], _refusal_reason(exc), "send", d.provider)
+
+
+def remember(
+    rt: Runtime, channel: str, recipient: str, reason: Reason, source: Source, provider: str
+) -> None:
+    """Suppress ``recipient`` (never raises: a lost entry only costs a refused send)."""
+    key = rt.hasher.key(channel, recipient)
+    masked = mask(channel, recipient)
+    try:
+        if reason == "soft_bounce":
+            added = rt.suppression.soft_bounce(
+                channel, key, source=source, provider=provider, masked=masked
+            )
+            if added is None:
+                return
+        else:
+            entry = Entry(channel, key, reason, source, provider, time.time(), masked=masked)
+            if not rt.suppression.add(entry):
+                return
+    except Exception as exc:
+        log.warning("suppression.not_recorded", error=type(exc).__name__)
+        return
+    metrics.suppression_added(channel, reason, source)
+    log.info("suppression.added", reason=reason, source=source, recipient=masked)
