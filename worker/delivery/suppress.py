@@ -13,7 +13,6 @@ provider is chosen, so failover never reaches a suppressed recipient either.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import structlog
@@ -24,9 +23,8 @@ from worker.delivery.results import Outcome
 from worker.errors import DeliveryError, RecipientRejectedError
 from worker.metrics import record as metrics
 from worker.models import EmailMessage, ErrorInfo
-from worker.redaction import mask_email, mask_phone
-from worker.runtime import Runtime
-from worker.stores.suppression import Entry, Reason, Source
+from worker.stores.suppression import Reason
+from worker.suppression import mask, remember
 
 __all__ = ["apply", "from_refusal", "lookup", "recipients", "remember"]
 
@@ -47,10 +45,6 @@ def lookup(d: Delivery) -> tuple[str, Sequence[str]] | None:
         return None
     hasher = d.rt.hasher
     return d.channel, [hasher.key(d.channel, r) for r in recipients(d)]
-
-
-def mask(channel: str, recipient: str) -> str:
-    return mask_email(recipient) if channel == "email" else mask_phone(recipient)
 
 
 def apply(d: Delivery, attempts: int) -> Outcome | None:
@@ -124,27 +118,3 @@ def from_refusal(d: Delivery, exc: DeliveryError) -> None:
     if len(everyone) != 1:
         return
     remember(d.rt, d.channel, everyone[0], _refusal_reason(exc), "send", d.provider)
-
-
-def remember(
-    rt: Runtime, channel: str, recipient: str, reason: Reason, source: Source, provider: str
-) -> None:
-    """Suppress ``recipient`` (never raises: a lost entry only costs a refused send)."""
-    key = rt.hasher.key(channel, recipient)
-    masked = mask(channel, recipient)
-    try:
-        if reason == "soft_bounce":
-            added = rt.suppression.soft_bounce(
-                channel, key, source=source, provider=provider, masked=masked
-            )
-            if added is None:
-                return
-        else:
-            entry = Entry(channel, key, reason, source, provider, time.time(), masked=masked)
-            if not rt.suppression.add(entry):
-                return
-    except Exception as exc:
-        log.warning("suppression.not_recorded", error=type(exc).__name__)
-        return
-    metrics.suppression_added(channel, reason, source)
-    log.info("suppression.added", reason=reason, source=source, recipient=masked)

@@ -31,6 +31,7 @@ from worker.runtime import Runtime
 from worker.stores.hotpath.base import TrackingArgs
 from worker.stores.suppression import Reason
 from worker.stores.tracking import Applied, Tracked, notification
+from worker.suppression import mask, remember
 from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = [
@@ -211,8 +212,6 @@ def suppress_from_events(rt: Runtime, events: Sequence[DeliveryEvent]) -> None:
     """Bounces, complaints and unsubscribes suppress their recipient on the channel. An event
     names its recipient masked: the delivery's message (kept on its ledger record) says which
     address it was."""
-    from worker.delivery.suppress import mask, remember  # the delivery package imports us
-
     for event in events:
         reason = _SUPPRESSING.get(event.type)
         if reason is None or event.delivery_id is None or event.recipient is None:
