@@ -25,8 +25,10 @@ from worker.stores import (
     RedisMetrics,
 )
 from worker.stores.hotpath import (
+    Begin,
     Closing,
     ComposedHotPath,
+    Finish,
     HotPath,
     RedisHotPath,
 )
@@ -255,6 +257,36 @@ def test_redis_clears_the_guards_mark(redis_client: redis.Redis) -> None:
     assert h.redis.exists("dw:main:d1") == 0
 
 
+def test_a_chunk_begins_and_finishes_each_delivery_as_one_call_would(h: H) -> None:
+    """``begin_chunk``/``finish_chunk``: one answer per delivery, in order, each what ``begin``
+    and ``finish`` answer for it alone (missing, final, busy and run in one chunk)."""
+    h.ledger.create("run", channel="sms", provider="smspartner")
+    h.ledger.create("final", channel="sms", provider="smspartner")
+    h.ledger.transition("final", "failed", error_kind="x")
+    h.ledger.create("busy", channel="sms", provider="smspartner")
+    assert h.ledger.lock("busy", "theirs", 5.0) == 0.0
+    h.health.pause("smspartner", "no credit", "w1")
+    ids = ["missing", "final", "busy", "run"]
+    begun = h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ids])
+    assert [b.status for b in begun] == ["missing", "final", "busy", "run"]
+    assert begun[3].runs == 1 and set(begun[3].paused) == {"smspartner"}
+    assert begun[3].record is not None and begun[3].record.delivery_id == "run"
+    assert 0 < begun[2].busy_s <= 5.0
+    assert h.ledger.lock("run", "other", 5.0) > 0  # locked for this run
+    done = h.hot.finish_chunk(
+        [Finish("busy", "tok", reset_runs=True), Finish("run", "tok", True, _sent())]
+    )
+    assert [d.changed for d in done] == [False, True]
+    assert [d.lock_lost for d in done] == [True, False]  # "tok" never held busy's lock
+    assert done[1].tracking is not None and len(done[1].tracking.new) == 1
+    run, busy = h.ledger.get("run"), h.ledger.get("busy")
+    assert run is not None and run.state == "sent" and run.fields["runs_unfinished"] == "0"
+    assert busy is not None and busy.state == "queued"
+    assert h.ledger.lock("run", "other", 5.0) == 0.0  # unlocked
+    assert h.ledger.lock("busy", "other", 5.0) > 0  # their lock stands
+    assert h.metrics.read("smspartner") == {"sent": 1}
+
+
 def test_finish_with_a_stale_token_keeps_its_observation_and_overwrites_nothing(h: H) -> None:
     """A run that outlived its lock: another run took the lock (and may be resending). The late
     run's ``sent`` is kept aside on the record, not written over the other run's state."""
@@ -288,3 +320,68 @@ def test_finish_after_the_lock_expired_unheld_writes_nothing(h: H) -> None:
     record = h.ledger.get("d1")
     assert record is not None and record.state == "sending"
     assert LATE_OUTCOME in record.fields
+
+
+def _script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def test_redis_runs_a_chunk_in_one_script_call_per_phase(redis_client: redis.Redis) -> None:
+    """``chunk.lua``: a chunk of three begins in one script call and finishes in one."""
+    h = _on_redis(redis_client, FakeClock(T0))
+    ids = ["c1", "c2", "c3"]
+    for i in ["warm", *ids]:
+        h.ledger.create(i, channel="sms", provider="smspartner")
+    h.hot.begin_chunk([Begin("warm", "t", 5.0), Begin("missing", "t", 5.0)])  # script loaded
+    before = _script_calls(redis_client)
+    begun = h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ids])
+    assert [b.status for b in begun] == ["run"] * 3
+    assert _script_calls(redis_client) - before == 1
+    h.hot.finish_chunk([Finish("warm", "t", True), Finish("missing", "t", True)])
+    before = _script_calls(redis_client)
+    done = h.hot.finish_chunk([Finish(i, "tok", True, _sent(poll=False)) for i in ids])
+    assert [d.changed for d in done] == [True] * 3
+    assert _script_calls(redis_client) - before == 1
+    assert all(h.ledger.lock(i, "other", 5.0) == 0.0 for i in ids)  # each unlocked
+
+
+def test_a_chunk_goes_sending_in_one_step_forward_only(h: H) -> None:
+    """``sending_chunk``: each delivery ``sending`` with its own fields, as the ledger's
+    ``transition`` does it; a final one (a cancel won) is left as it is and answers False."""
+    for i in ("s1", "s2", "done"):
+        h.ledger.create(i, channel="sms", provider="smspartner")
+    h.ledger.transition("done", "cancelled")
+    before = _script_calls(h.redis) if h.redis is not None else 0
+    changed = h.hot.sending_chunk(
+        [("s1", {"batch_tags": "dwb1"}), ("done", {"batch_tags": "dwb1"}), ("s2", {"a": "1"})]
+    )
+    assert changed == [True, False, True]
+    if h.redis is not None:
+        assert _script_calls(h.redis) - before <= 2  # one call (and a load on first use)
+    s1, s2, done = h.ledger.get("s1"), h.ledger.get("s2"), h.ledger.get("done")
+    assert s1 is not None and s1.state == "sending" and s1.fields["batch_tags"] == "dwb1"
+    assert s2 is not None and s2.state == "sending" and s2.fields["a"] == "1"
+    assert done is not None and done.state == "cancelled" and "batch_tags" not in done.fields
+
+
+def test_a_chunk_looks_up_each_deliverys_own_recipients(h: H) -> None:
+    """``begin_chunk``: each delivery's suppression key and recipient keys travel with it."""
+    hasher = RecipientHasher(b"k" * 32)
+    a, b = (hasher.key("sms", n) for n in ("+33612345678", "+33612345679"))
+    mail = hasher.key("email", "j@example.com")
+    h.suppression.add(Entry("sms", a, "stop", "send", "smspartner"))
+    h.suppression.add(Entry("email", mail, "hard_bounce", "tracking", "postal"))
+    for i in ("c1", "c2", "c3", "c4"):
+        h.ledger.create(i, channel="sms", provider="auto")
+    begun = h.hot.begin_chunk(
+        [
+            Begin("c1", "t", 5.0, ["smspartner"], suppress=("sms", [b, a])),
+            Begin("c2", "t", 5.0, ["smspartner"], suppress=("sms", [b])),
+            Begin("c3", "t", 5.0, ["postal"], suppress=("email", [mail, a])),
+            Begin("c4", "t", 5.0, ["smspartner"]),
+        ]
+    )
+    assert [x.status for x in begun] == ["run"] * 4
+    assert [set(x.suppressed) for x in begun] == [{a}, set(), {mail}, set()]
+    assert begun[2].suppressed[mail].reason == "hard_bounce"

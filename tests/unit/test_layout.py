@@ -137,3 +137,113 @@ def test_worker_imports_without_sandbox_or_devstack(tmp_path: Path) -> None:
     assert "'devstack.demo'" in done.stderr or "'devstack'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "demo").exists()  # nothing was started
+
+
+LEDGER_WRITES = frozenset(
+    {
+        "bury",
+        "cancel",
+        "claim_due",
+        "create",
+        "forget",
+        "hold",
+        "incr",
+        "lock",
+        "note_tag_use",
+        "revive",
+        "set_aside",
+        "set_fields",
+        "touch",
+        "transition",
+        "unlock",
+        "untrack",
+    }
+)
+"""The ``Ledger`` methods that change shared state (``worker.stores.ledger.base``)."""
+
+FLOW_WRITER = "worker/delivery/writer.py"
+OUTSIDE_THE_FLOW = {
+    # The outcome writer's local spool: a final write Redis refused after its retries
+    # (worker.delivery.writer.final_write), replayed into the ledger at the next start.
+    ("worker/delivery/spool.py", "transition"),
+    # The producer records a delivery before it is published, and forgets it when the publish
+    # failed (no task will ever run for it).
+    ("worker/producer.py", "create"),
+    ("worker/producer.py", "forget"),
+    # The worker main process's guard: refused and undecodable queue items, before any run.
+    ("worker/guard/refusals.py", "create"),
+    ("worker/guard/refusals.py", "bury"),
+    ("worker/guard/refusals.py", "set_aside"),
+    ("worker/guard/refusals.py", "set_fields"),
+    ("worker/guard/refusals.py", "transition"),
+    # Cancel, the durable schedule at enqueue and its mover, the operator's commands.
+    ("worker/scheduling/cancel.py", "cancel"),
+    ("worker/scheduling/cancel.py", "lock"),
+    ("worker/scheduling/cancel.py", "unlock"),
+    ("worker/scheduling/enqueue.py", "hold"),
+    ("worker/scheduling/mover.py", "claim_due"),
+    ("worker/ops/operations.py", "revive"),
+    ("worker/ops/operations.py", "touch"),
+    ("worker/ops/operations.py", "untrack"),
+}
+
+
+def _store_calls(path: Path, store: str, methods: frozenset[str]) -> Iterator[str]:
+    """The ``methods`` called on ``<...>.<store>`` or a name containing ``store`` in ``path``."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        target = node.func.value
+        name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+        if store in name.lower() and node.func.attr in methods:
+            yield node.func.attr
+
+
+def _sources(*packages: str) -> Iterator[tuple[str, Path]]:
+    for package in packages:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if not rel.startswith("worker/stores/"):  # the stores implement the writes
+                yield rel, path
+
+
+def test_only_the_outcome_writer_writes_the_ledger() -> None:
+    """In the delivery flow (tasks, ``worker.delivery``, ``worker.batching``) only the outcome
+    writer writes the ledger; outside it, only the producer's create and the features listed
+    (the guard, cancel, the schedule, the operator's commands) do."""
+    found = set()
+    for rel, path in _sources("worker", "tasks"):
+        for method in _store_calls(path, "ledger", LEDGER_WRITES):
+            found.add((rel, method))
+    assert {m for rel, m in found if rel == FLOW_WRITER} >= {"transition", "create", "incr"}
+    outside = {(rel, m) for rel, m in found if rel != FLOW_WRITER}
+    assert outside <= OUTSIDE_THE_FLOW, (
+        f"ledger written outside the writer: {outside - OUTSIDE_THE_FLOW}"
+    )
+    flow = ("tasks/", "worker/delivery/", "worker/batching/")
+    in_flow = {(rel, m) for rel, m in outside if rel.startswith(flow)}
+    assert in_flow <= {("worker/delivery/spool.py", "transition")}, in_flow
+
+
+def test_only_the_outcome_writer_runs_the_hot_path_scripts_and_the_counters() -> None:
+    """The run's first and last scripts, the parking lot, the Redis counters, the tracking
+    registration of a send and the suppression list are written by the outcome writer only."""
+    writes = {
+        (
+            "hotpath",
+            frozenset(
+                {"begin", "finish", "clear_mark", "begin_chunk", "sending_chunk", "finish_chunk"}
+            ),
+        ),
+        ("parking", frozenset({"park"})),
+        ("rt", frozenset({"metric"})),
+        ("suppression", frozenset({"add", "soft_bounce", "remove"})),
+    }
+    found = set()
+    for rel, path in _sources("tasks", "worker/delivery", "worker/batching"):
+        for store, methods in writes:
+            found |= {(rel, m) for m in _store_calls(path, store, methods)}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Name) and node.id in {"track_sent", "registered", "remember"}:
+                found.add((rel, node.id))
+    assert {rel for rel, _ in found} == {FLOW_WRITER}, found

@@ -10,12 +10,16 @@ One attempt, step by step (design semantics 2-6), one module each::
     deadline    deadline passed → expired; before ``not_before`` → wait again
     routing     choose a provider: skip paused ones (park if none is left), skip open breakers
     reconcile   an earlier send's outcome unknown? → ask the provider before resending
-    send        the driver builds the request, passes the gate, transmits and classifies
-    gate        ledger ``sending``, then the global limiter slot (wait briefly, or reschedule)
+    send        the driver builds the request; the gate; the driver transmits and classifies
+    gate        ledger ``sending`` for the chunk, then one global limiter slot (wait briefly,
+                or reschedule)
     settle      an error → its policy (retry, reconcile, throttle, defer, pause, fail), read
                 from the error class itself (``worker.errors``), plus breaker feedback
-    outcomes    the ends: sent, failed, expired, parked, waiting (ledger, result, metric)
+    writer      the only writer of shared state: the run's first and last scripts, the
+                ends (sent, failed, expired, parked, waiting), counters and marks
 
+A run works on a chunk of deliveries: a single send is a chunk of one, and
+``worker.delivery.batch`` runs chunks of many through the same steps, gate and writer.
 ``pipeline`` runs the steps in this order; ``context`` holds the delivery they share and
 ``results`` the values they answer with.
 

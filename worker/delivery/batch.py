@@ -4,12 +4,16 @@
 one :data:`Outcome` per message, exactly as :func:`~worker.delivery.process` would have, and
 every guarantee of the single path holds per message:
 
-* each message runs the single path's steps up to the send (``record.enter`` takes its lock and
-  counts the run for the dead letters; ``pipeline.prepare``: ledger, deadline, routing with
-  paused providers and breakers, reconciling an earlier unknown outcome);
+* each message runs the single path's steps up to the send (``record.open_runs``: the hot
+  path's first script, for the whole batch in one round trip, takes each lock and counts each
+  run for the dead letters; ``pipeline.prepare``:
+  ledger, deadline, routing with paused providers and breakers, reconciling an earlier unknown
+  outcome), and its run ends with the single path's last script (``record.close_runs``, one
+  round trip for the batch), which writes a ``sent`` with the unlock;
 * the messages that would now be sent and whose driver declares ``batch_limit`` are grouped by
   ``(provider, batch_key)`` into chunks of distinct recipients; the others are sent alone;
-* per request, the gate records every message of the chunk as ``sending`` with the request's
+* per request, the single path's gate (``worker.delivery.gate``, given the chunk) records
+  every message of the chunk as ``sending`` with the request's
   tag (``batch_tags``) **before** the request leaves, then takes **one** limiter slot: a worker
   killed from here on leaves records that the next run reconciles by that tag;
 * the answer is settled per message through the same policy handlers (``settle``): a refusal of
@@ -43,7 +47,6 @@ With scheduling and tracking:
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
@@ -52,20 +55,20 @@ from typing import Any, TypeVar
 
 import structlog
 
-from worker.delivery.context import BATCH_TAGS, FIRST_ATTEMPT_AT, Delivery
-from worker.delivery.outcomes import sent, wait
+from worker.delivery.context import BATCH_TAGS, Delivery
+from worker.delivery.gate import Gate, Later
 from worker.delivery.pipeline import invalid, prepare
-from worker.delivery.record import enter, leave
+from worker.delivery.record import answer_from_ledger, close_runs, load, open_runs
 from worker.delivery.results import Outcome
-from worker.delivery.send import send
+from worker.delivery.send import accepted, later, send
 from worker.delivery.settle import POLICY_HANDLERS, Failure, settle_error
+from worker.delivery.writer import Sending, sent
 from worker.errors import DeliveryError
-from worker.metrics import record as metrics
 from worker.models import InvalidMessage
 from worker.providers import Driver, SendContext, SendOutcome, parse_message
 from worker.providers.batching import new_batch_tag
 from worker.runtime import Runtime
-from worker.stores import DeliveryRecord, limiter_key
+from worker.stores import DeliveryRecord
 
 __all__ = ["MAX_TAGS_KEPT", "BatchEntry", "for_each", "process_batch"]
 
@@ -95,39 +98,44 @@ class _Item:
     tags: list[str] = field(default_factory=list)
 
 
-class _Wait(Exception):
-    """The limiter wants the whole request rescheduled (no message of it was sent)."""
-
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(f"{wait_s:.3f}")
-        self.wait_s = wait_s
-
-
 def process_batch(entries: Sequence[BatchEntry], rt: Runtime) -> list[Outcome]:
     """One outcome per entry, in order.
 
-    The per-message steps are Redis round trips (ledger, lock, health, metrics); they run on
-    ``DELIVERY_BATCH_THREADS`` threads so a batch waits for Redis about as long as one message
-    does, instead of once per message in turn. Each message is still handled by one thread at
-    a time, under its own lock."""
+    The batch's runs begin in one round trip (the hot path's first script per message) and
+    end in one (its last script per message, writing each ``sent`` with the unlock). The
+    per-message steps between are Redis round trips too (deadline, routing, reconcile); they
+    run on ``DELIVERY_BATCH_THREADS`` threads so a batch waits for Redis about as long as one
+    message does. Each message is still handled by one thread at a time, under its own lock."""
     outcomes: list[Outcome | None] = [None] * len(entries)
+    read: dict[int, Delivery] = {}
+    for index, entry in enumerate(entries):
+        with structlog.contextvars.bound_contextvars(delivery_id=entry.delivery_id):
+            d = _read(entry, rt)
+        if isinstance(d, Delivery):
+            read[index] = d
+        else:
+            outcomes[index] = d
     held: dict[int, tuple[Delivery, str]] = {}
+    for (index, d), opened in zip(read.items(), open_runs(list(read.values())), strict=True):
+        if opened is None:
+            # Final: answered from the ledger, no lock needed.
+            outcomes[index] = answer_from_ledger(d, load(d))
+        elif isinstance(opened, str):
+            held[index] = (d, opened)
+        else:
+            outcomes[index] = opened
 
     def prepare_one(index: int) -> _Item | None:
-        entry = entries[index]
+        d = held[index][0]
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(delivery_id=entry.delivery_id, channel=entry.channel)
+        structlog.contextvars.bind_contextvars(delivery_id=d.delivery_id, channel=d.channel)
         try:
-            return _prepare(index, entry, rt, outcomes, held)
+            return _prepare(index, d, outcomes)
         finally:
             structlog.contextvars.clear_contextvars()
 
-    def leave_one(index: int) -> None:
-        d, token = held[index]
-        leave(d, token, finished=outcomes[index] is not None)
-
     try:
-        prepared = for_each(rt, prepare_one, range(len(entries)))
+        prepared = for_each(rt, prepare_one, list(held))
         ready = [item for item in prepared if item is not None]
         for chunk in _chunks(ready, rt):
             structlog.contextvars.bind_contextvars(provider=chunk[0].d.provider, batch=len(chunk))
@@ -135,9 +143,22 @@ def process_batch(entries: Sequence[BatchEntry], rt: Runtime) -> list[Outcome]:
                 outcomes[item.index] = outcome
             structlog.contextvars.clear_contextvars()
     finally:
-        for_each(rt, leave_one, list(held))
+        close_runs([(d, token, outcomes[i] is not None) for i, (d, token) in held.items()])
     assert all(o is not None for o in outcomes)
     return [o for o in outcomes if o is not None]
+
+
+def _read(entry: BatchEntry, rt: Runtime) -> Delivery | Outcome:
+    """The message, validated once into its model (or its ``invalid_message`` outcome)."""
+    try:
+        message = parse_message(entry.channel, entry.raw)
+    except InvalidMessage as exc:
+        return invalid(
+            entry.channel, exc, delivery_id=entry.delivery_id, task_name=entry.task_name, rt=rt
+        )
+    return Delivery(
+        rt, message, entry.raw, entry.delivery_id, entry.task_name, provider=message.provider or ""
+    )
 
 
 T = TypeVar("T")
@@ -159,34 +180,8 @@ def for_each(rt: Runtime, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
     return [f.result() for f in futures]
 
 
-def _prepare(
-    index: int,
-    entry: BatchEntry,
-    rt: Runtime,
-    outcomes: list[Outcome | None],
-    held: dict[int, tuple[Delivery, str]],
-) -> _Item | None:
+def _prepare(index: int, d: Delivery, outcomes: list[Outcome | None]) -> _Item | None:
     """The single path's steps up to the send; the item when it is to be sent in a batch."""
-    try:
-        message = parse_message(entry.channel, entry.raw)
-    except InvalidMessage as exc:
-        outcomes[index] = invalid(
-            entry.channel, exc, delivery_id=entry.delivery_id, task_name=entry.task_name, rt=rt
-        )
-        return None
-    d = Delivery(
-        rt, message, entry.raw, entry.delivery_id, entry.task_name, provider=message.provider or ""
-    )
-    entered = enter(d)
-    if entered is None:
-        prepared = prepare(d)  # final: answered from the ledger, no lock needed
-        assert not isinstance(prepared, tuple)
-        outcomes[index] = prepared
-        return None
-    if not isinstance(entered, str):
-        outcomes[index] = entered
-        return None
-    held[index] = (d, entered)
     prepared = prepare(d)
     if not isinstance(prepared, tuple):
         outcomes[index] = prepared
@@ -219,85 +214,30 @@ def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
     return [chunk for chunks in groups.values() for chunk, _ in chunks]
 
 
-class _BatchGate:
-    """The single path's gate for a request of many messages: every message ``sending`` with
-    the request's tag, then one limiter slot for the request."""
-
-    def __init__(self, items: list[_Item], tag: str) -> None:
-        self.items = items
-        self.tag = tag
-        self.opened = False
-        self.opened_at = 0.0
-        first = items[0]
-        self.bucket = first.driver.limiter_bucket(first.d.message)
-        settings = first.d.settings
-        self.key = limiter_key(first.d.provider, settings.egress_identity, self.bucket)
-
-    def __call__(self) -> None:
-        now = repr(time.time())
-
-        def record(item: _Item) -> None:
-            item.tags = [*item.tags, self.tag][-MAX_TAGS_KEPT:]
-            first = {} if FIRST_ATTEMPT_AT in item.record.fields else {FIRST_ATTEMPT_AT: now}
-            item.d.rt.ledger.transition(
-                item.d.delivery_id,
-                "sending",
-                attempt_started_at=now,
-                **{BATCH_TAGS: " ".join(item.tags)},
-                **first,
-            )
-
-        # Every message is on record as sent under this tag before the request leaves.
-        for_each(self.items[0].d.rt, record, self.items)
-        log.info("delivery.batch_attempt", tag=self.tag)
-        self._acquire()
-        self.opened = True
-        self.opened_at = time.perf_counter()
-
-    def counted(self, status_code: int | None, kind: str) -> None:
-        """The request in the metrics, once (``provider_requests``), like the single path's
-        ``delivery.send._attempted``; nothing when it never left (the gate did not open)."""
-        if not self.opened:
-            return
-        d = self.items[0].d
-        duration_s = time.perf_counter() - self.opened_at
-        metrics.provider_request(d.provider, d.channel, status_code, kind, duration_s)
-
-    def _acquire(self) -> None:
-        d = self.items[0].d
-        limits = d.settings.limits(d.provider, self.bucket)
-        waited = 0.0
-        wait_s = d.rt.limiter.acquire(self.key, limits)
-        while wait_s > 0:
-            if waited + wait_s > d.settings.limiter_max_inline_wait_s:
-                raise _Wait(wait_s)
-            time.sleep(wait_s)
-            waited += wait_s
-            wait_s = d.rt.limiter.acquire(self.key, limits)
-        if waited:
-            d.rt.metric(d.provider, "throttled_ms", int(waited * 1000))
-
-
 def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
     driver = chunk[0].driver
     provider = chunk[0].d.provider
     done: list[tuple[_Item, Outcome]] = []
     todo, bulk = chunk, False
     while todo:
-        gate = _BatchGate(todo, new_batch_tag())
+        tag = new_batch_tag()
+        for item in todo:
+            item.tags = [*item.tags, tag][-MAX_TAGS_KEPT:]
+        gate = Gate([Sending(i.d, i.record, i.tags) for i in todo], driver, tag=tag)
         messages = [item.d.message for item in todo]
         try:
-            answers = driver.send_batch(messages, gate.tag, gate, bulk=bulk)
-        except _Wait as stop:
-            log.info("delivery.rate_limited", wait_s=round(stop.wait_s, 3))
+            request = driver.build_batch_request(messages, tag, bulk=bulk)
+            # Every message is on record as sent under this tag before the request leaves.
+            gate()
+            answers = driver.parse_batch_response(driver.transmit(request), messages, request)
+        except Later as stop:
 
-            def later(item: _Item, wait_s: float = stop.wait_s) -> Outcome:
-                item.d.rt.ledger.incr(item.d.delivery_id, "throttled")
-                return wait(item.d, wait_s, "rate_limited", item.record.attempts)
+            def rescheduled(item: _Item, wait_s: float = stop.wait_s) -> Outcome:
+                return later(item.d, item.record, wait_s)
 
-            return done + list(zip(todo, for_each(rt, _logged(later), todo), strict=True))
+            return done + list(zip(todo, for_each(rt, _logged(rescheduled), todo), strict=True))
         except DeliveryError as exc:
-            gate.counted(exc.status_code, exc.kind)
+            gate.attempted(exc.status_code, exc.kind)
             held_key = gate.key if gate.opened else None
             log.warning("delivery.batch_failed", kind=exc.kind, error=exc.message)
             # The breaker hears the request once, not once per message.
@@ -321,7 +261,7 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
         # (The driver does not hand back the HTTP status: counted as the 2xx that SMS Partner
         # answers such refusals with, success false, docs/providers/smspartner.md §1.3.)
         whole_refusal = all(answer is None for answer in answers)
-        gate.counted(200, "recipient_rejected" if whole_refusal else "accepted")
+        gate.attempted(200, "recipient_rejected" if whole_refusal else "accepted")
         chunk[0].d.rt.health.record_success(provider)
         again = [item for item, answer in zip(todo, answers, strict=True) if answer is None]
         answered = [(i, a) for i, a in zip(todo, answers, strict=True) if a is not None]
@@ -331,10 +271,8 @@ def _send_chunk(chunk: list[_Item], rt: Runtime) -> list[tuple[_Item, Outcome]]:
         ) -> Outcome:
             item, answer = pair
             if isinstance(answer, SendOutcome):
-                d = item.d
-                metrics.enqueue_to_accept(d.provider, d.channel, time.time() - d.created_at)
-                metrics.cost(d.provider, answer.cost, answer.currency)
-                return sent(d, answer, item.record.attempts)
+                accepted(item.d, answer)
+                return sent(item.d, answer, item.record.attempts)
             assert isinstance(answer, DeliveryError)
             failure = Failure(answer, item.record.attempts, driver, key)
             return POLICY_HANDLERS[answer.policy](item.d, failure)

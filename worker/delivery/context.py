@@ -30,7 +30,7 @@ OUTCOME_UNKNOWN = "outcome_unknown"
 NOT_BEFORE = "not_before"
 """Ledger field: epoch seconds before which the provider is not called (a deferred message, or
 the grace before reconciling an unknown outcome). Celery countdowns are capped below the
-visibility timeout (:func:`worker.delivery.outcomes.wait`), so a run that comes earlier just
+visibility timeout (:func:`worker.delivery.writer.wait`), so a run that comes earlier just
 waits again."""
 FIRST_ATTEMPT_AT = "first_attempt_at"
 BATCH_TAGS = "batch_tags"
@@ -65,7 +65,7 @@ class Delivery:
     suppressed: dict[str, str] = field(default_factory=dict)
     """Recipients left out as suppressed, masked → reason (``worker.delivery.suppress``)."""
     defer_closing: bool = False
-    """Set while the run holds the lock (:func:`worker.delivery.record.guarded`)."""
+    """Set while the run holds the lock (:func:`worker.delivery.record.open_runs`)."""
 
     @property
     def settings(self) -> Settings:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from worker.delivery.context import NOT_BEFORE, OUTCOME_UNKNOWN, Delivery, as_float
-from worker.delivery.outcomes import expire, wait
 from worker.delivery.results import Done, Outcome
+from worker.delivery.writer import expire, wait
 from worker.stores import DeliveryRecord
 
 __all__ = ["check_time"]

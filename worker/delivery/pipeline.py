@@ -10,11 +10,12 @@ from typing import Any
 
 import structlog
 
+from worker.delivery import writer
 from worker.delivery.context import Delivery
 from worker.delivery.deadline import check_time
 from worker.delivery.reconcile import settle_earlier_send
-from worker.delivery.record import answer_from_ledger, guarded, load
-from worker.delivery.results import Done, Outcome, failed_result
+from worker.delivery.record import answer_from_ledger, close_run, load, open_run
+from worker.delivery.results import Outcome, failed_result
 from worker.delivery.routing import choose_provider
 from worker.delivery.schedule import at_provider_run, hold_if_early, native_context
 from worker.delivery.send import send, send_context
@@ -22,7 +23,6 @@ from worker.delivery.settle import Failure, settle_error
 from worker.delivery.suppress import apply as suppression
 from worker.errors import DeliveryError
 from worker.guard.refusals import MAIN_MARK_PREFIX
-from worker.metrics import record as metrics
 from worker.models import InvalidMessage
 from worker.providers import Driver, SendContext, parse_message
 from worker.runtime import Runtime
@@ -56,10 +56,21 @@ def process(
         message = parse_message(channel, raw)
     except InvalidMessage as exc:
         if mark is not None:
-            rt.hotpath.clear_mark(mark)
+            writer.clear_mark(rt, mark)
         return invalid(channel, exc, delivery_id=delivery_id, task_name=task_name, rt=rt)
     d = Delivery(rt, message, raw, delivery_id, task_name, provider=message.provider or "")
-    return guarded(d, _attempt, mark=mark)
+    opened = open_run(d, mark=mark)
+    if opened is None:
+        return answer_from_ledger(d, load(d))
+    if not isinstance(opened, str):
+        return opened
+    finished = False
+    try:
+        outcome = _attempt(d)
+        finished = True
+        return outcome
+    finally:
+        close_run(d, opened, finished=finished)
 
 
 def _attempt(d: Delivery) -> Outcome:
@@ -95,7 +106,7 @@ def prepare(d: Delivery) -> Outcome | tuple[DeliveryRecord, Driver[Any], SendCon
     d.provider = chosen
     structlog.contextvars.bind_contextvars(provider=chosen)
     if d.routed:
-        d.rt.ledger.set_fields(d.delivery_id, provider=chosen)
+        writer.chose_provider(d, chosen)
     try:
         driver = d.rt.driver(chosen)
     except DeliveryError as exc:
@@ -126,10 +137,4 @@ def invalid(
     # from elsewhere may not have been.
     log.warning("delivery.invalid_message", fields=[e["field"] for e in exc.errors])
     result = failed_result(delivery_id, channel, "invalid_message", str(exc))
-    # Final in the ledger too (a by-name message has no record yet): no content kept.
-    rt.ledger.create(delivery_id, channel=channel, provider="auto", extra={"task_name": task_name})
-    rt.ledger.transition(
-        delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
-    )
-    metrics.finished("", channel, "failed", "invalid_message")
-    return Done(result)
+    return writer.invalid(rt, delivery_id, task_name, result)

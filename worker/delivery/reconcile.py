@@ -15,22 +15,21 @@ from typing import Any
 
 import structlog
 
+from worker.delivery import writer
 from worker.delivery.context import (
     BATCH_TAGS,
     GAVE_UP,
-    NOT_BEFORE,
     OUTCOME_UNKNOWN,
     Delivery,
     as_float,
 )
-from worker.delivery.outcomes import expire, finish, sent, wait
 from worker.delivery.results import Done, Outcome
 from worker.delivery.settle import Failure, settle_error
+from worker.delivery.writer import expire, finish, sent, wait
 from worker.errors import DeliveryError
 from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import Driver, SendContext, SendOutcome
 from worker.stores import DeliveryRecord
-from worker.stores.hotpath import Closing
 from worker.stores.hotpath.base import LATE_OUTCOME
 
 __all__ = ["lookup", "settle_earlier_send", "with_batch_tags"]
@@ -52,9 +51,7 @@ def settle_earlier_send(
         started = as_float(record.fields.get("attempt_started_at")) or 0.0
         ask_at = started + d.settings.http_deadline_s + d.settings.reconcile_grace_s
         if time.time() < ask_at:
-            d.rt.ledger.set_fields(
-                d.delivery_id, **{OUTCOME_UNKNOWN: "1", NOT_BEFORE: repr(ask_at)}
-            )
+            writer.outcome_unknown(d, ask_at=ask_at)
             return wait(
                 d, ask_at - time.time(), "reconcile_grace", record.attempts, ask_after_deadline=True
             )
@@ -65,7 +62,7 @@ def settle_earlier_send(
     try:
         found = lookup(d, driver, ctx)
     except DeliveryError as exc:
-        d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "1"})
+        writer.outcome_unknown(d)
         return settle_error(d, Failure(exc, record.attempts))
     if found is not None:
         return sent(d, found, record.attempts)
@@ -76,7 +73,7 @@ def settle_earlier_send(
         error = ErrorInfo.model_validate_json(gave_up)
         return finish(d, "failed", record.attempts, error=error)
     if unknown:
-        d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "0"})
+        writer.outcome_known(d)
     return None
 
 
@@ -97,11 +94,7 @@ def _adopt_late_outcome(d: Delivery, record: DeliveryRecord) -> Outcome | None:
     if seen.get("state") != "sent":
         return None
     log.warning("delivery.late_outcome_adopted", state="sent")
-    closing = Closing("sent", fields, d.provider, "sent")
-    if d.defer_closing:
-        d.closing = closing
-    else:
-        d.rt.ledger.transition(d.delivery_id, "sent", **fields)
+    writer.adopt_sent(d, fields)
     return Done(result)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import structlog
 
+from worker.delivery import writer
 from worker.delivery.context import Delivery
-from worker.delivery.outcomes import finish, park, wait
 from worker.delivery.results import Outcome
+from worker.delivery.writer import finish, park, wait
 from worker.models import ErrorInfo
 from worker.providers import eligible_providers
 
@@ -51,6 +52,6 @@ def choose_provider(d: Delivery, attempts: int) -> str | Outcome:
             return provider
         waits.append(decision.wait_s)
     if waits:
-        d.rt.ledger.incr(d.delivery_id, "throttled")
+        writer.count_throttle(d)
         return wait(d, max(min(waits), 0.05), "breaker_open", attempts)
     return park(d, paused[0], attempts, "provider paused")

@@ -24,9 +24,10 @@ from typing import Any
 
 import structlog
 
+from worker.delivery import writer
 from worker.delivery.context import Delivery
-from worker.delivery.outcomes import expire, sent_result
 from worker.delivery.results import Done, failed_result
+from worker.delivery.writer import expire, sent_result
 from worker.models import InvalidMessage
 from worker.providers import Driver, SendContext, SendOutcome
 from worker.scheduling.quiet import quiet_due
@@ -76,7 +77,7 @@ def hold_if_early(
             check_send_at(send_at, record.created_at)
         except InvalidMessage as exc:
             return _invalid(d, record, exc)
-        d.rt.ledger.set_fields(d.delivery_id, send_at=repr(send_at.timestamp()))
+        writer.send_at_seen(d, send_at.timestamp())
     now = time.time()
     due = due_at(d, now)
     if due is None:
@@ -114,8 +115,8 @@ def held_at_provider(d: Delivery, outcome: SendOutcome, previous_attempts: int) 
     due = _scheduled_for(d)
     at_time = sent_result(d, outcome, previous_attempts)
     held = at_time.model_copy(update={"status": "scheduled"})
-    d.rt.ledger.hold(
-        d.delivery_id,
+    writer.hold(
+        d,
         due,
         provider_scheduled="1",
         **{SCHEDULED_FOR: repr(due)},
@@ -123,7 +124,7 @@ def held_at_provider(d: Delivery, outcome: SendOutcome, previous_attempts: int) 
         result=held.model_dump_json(),
         **{SCHEDULED_RESULT: at_time.model_dump_json()},
     )
-    d.rt.metric(d.provider, "scheduled_at_provider")
+    writer.counter(d.provider, "scheduled_at_provider", d.rt)
     log.info("delivery.scheduled_at_provider", due=due)
     return Done(held)
 
@@ -137,10 +138,9 @@ def at_provider_run(d: Delivery, record: DeliveryRecord) -> Done | None:
     due, now = float(record.fields[SCHEDULED_FOR]), time.time()
     stored = record.fields.get(SCHEDULED_RESULT)
     if now < due or not stored:
-        d.rt.ledger.hold(d.delivery_id, due)
+        writer.hold(d, due)
         return Done(d.result("scheduled", record.attempts))
-    d.rt.ledger.transition(d.delivery_id, "sent", sent_at=repr(due), result=stored)
-    d.rt.metric(d.provider or record.provider, "sent")
+    writer.sent_at_provider_time(d, d.provider or record.provider, due, stored)
     log.info("delivery.sent", scheduled_at_provider=True)
     return Done(_parse(stored))
 
@@ -154,18 +154,15 @@ def _scheduled_for(d: Delivery) -> float:
 def _hold(d: Delivery, record: DeliveryRecord, due: float) -> Done:
     result = d.result("scheduled", record.attempts)
     fields = {SCHEDULED_FOR: repr(due), "result": result.model_dump_json()}
-    if d.rt.ledger.hold(d.delivery_id, due, **fields):
+    if writer.hold(d, due, **fields):
         log.info("delivery.scheduled", due=due, in_s=round(due - time.time(), 3))
     return Done(result)
 
 
 def _invalid(d: Delivery, record: DeliveryRecord, exc: InvalidMessage) -> Done:
     result = failed_result(d.delivery_id, d.channel, "invalid_message", str(exc))
-    d.rt.ledger.transition(
-        d.delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
-    )
     log.warning("delivery.invalid_message", fields=["send_at"])
-    return Done(result)
+    return writer.failed_unread(d, result)
 
 
 def _parse(raw: str) -> Any:

@@ -18,11 +18,12 @@ from typing import Any
 
 import structlog
 
-from worker.delivery.context import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN, Delivery
-from worker.delivery.outcomes import expire, finish, park, wait
+from worker.delivery import writer
+from worker.delivery.context import NOT_BEFORE, Delivery
 from worker.delivery.results import Done, Outcome, backoff_s
 from worker.delivery.routing import candidates
 from worker.delivery.suppress import from_refusal
+from worker.delivery.writer import expire, finish, park, wait
 from worker.errors import DeferredError, DeliveryError, Policy
 from worker.metrics import record as metrics
 from worker.models import ErrorInfo
@@ -70,7 +71,7 @@ def _feed_breaker(d: Delivery, exc: DeliveryError) -> None:
 
 
 def _retry(d: Delivery, failure: Failure) -> Outcome:
-    attempts = d.rt.ledger.incr(d.delivery_id, "attempts")
+    attempts = writer.count_attempt(d)
     return _backoff_or_fail(d, failure, attempts)
 
 
@@ -98,14 +99,14 @@ def _reconcile(d: Delivery, failure: Failure) -> Outcome:
     """The provider may accept this request after we gave up (late acceptance): asked now, it
     shows nothing yet and a resend would duplicate the message. Where the driver can look the
     send up, ask after the grace, before anything is resent; otherwise retry as usual."""
-    attempts = d.rt.ledger.incr(d.delivery_id, "attempts")
+    attempts = writer.count_attempt(d)
     if failure.driver is None or not failure.driver.supports_reconcile:
         return _backoff_or_fail(d, failure, attempts)
     grace_s = d.settings.reconcile_grace_s
-    marks = {OUTCOME_UNKNOWN: "1", NOT_BEFORE: repr(time.time() + grace_s)}
+    gave_up = None
     if attempts > d.settings.max_retries:
-        marks[GAVE_UP] = _info(failure.exc).model_dump_json()
-    d.rt.ledger.set_fields(d.delivery_id, **marks)
+        gave_up = _info(failure.exc).model_dump_json()
+    writer.outcome_unknown(d, ask_at=time.time() + grace_s, gave_up=gave_up)
     log.warning("delivery.outcome_unknown", ask_in_s=grace_s)
     return wait(d, grace_s, "reconcile_grace", attempts, ask_after_deadline=True)
 
@@ -116,8 +117,8 @@ def _throttle(d: Delivery, failure: Failure) -> Outcome:
         # Every worker sharing this budget holds back, not just this one.
         d.rt.limiter.hold_for(failure.held_key, delay)
         metrics.limiter_hold(d.provider, delay)
-    d.rt.ledger.incr(d.delivery_id, "throttled")
-    d.rt.metric(d.provider, "throttled_by_provider")
+    writer.count_throttle(d)
+    writer.counter(d.provider, "throttled_by_provider", d.rt)
     log.info("delivery.throttled", **{**failure.log_fields(), "retry_after_s": delay})
     return wait(d, delay, "throttled", failure.attempts)
 
@@ -134,14 +135,14 @@ def _defer(d: Delivery, failure: Failure) -> Outcome:
     if exc.not_before >= d.deadline():
         log.warning("delivery.deferred", **failure.log_fields())
         return expire(d, failure.attempts, "before the next allowed sending time")
-    d.rt.metric(d.provider, "deferred")
+    writer.counter(d.provider, "deferred", d.rt)
     log.info("delivery.deferred", **failure.log_fields())
     # Held on the ledger's durable schedule until the slot (worker.scheduling), not by Celery
     # countdowns capped below the visibility timeout that would run it every few minutes
     # until then; the schedule mover publishes it when due.
     result = d.result("scheduled", failure.attempts)
-    d.rt.ledger.hold(
-        d.delivery_id,
+    writer.hold(
+        d,
         exc.not_before,
         waiting_reason="deferred",
         result=result.model_dump_json(),
@@ -161,7 +162,7 @@ def _pause(d: Delivery, failure: Failure) -> Outcome:
         action=f"top up, then run: delivery-worker resume {provider}",
         **failure.log_fields(),
     )
-    d.rt.metric(provider, "payment_failures")
+    writer.counter(provider, "payment_failures", d.rt)
     if d.routed and len(candidates(d)) > 1:
         log.warning("delivery.failover", away_from=provider)
         return wait(d, 0.0, "failover", failure.attempts)
@@ -173,7 +174,7 @@ def _fail(d: Delivery, failure: Failure) -> Outcome:
     emit = log.error if exc.log_level == "error" else log.warning
     emit("delivery.failed", kind=exc.kind, error=exc.message, **failure.log_fields())
     from_refusal(d, exc)
-    attempts = d.rt.ledger.incr(d.delivery_id, "attempts")
+    attempts = writer.count_attempt(d)
     return finish(d, "failed", attempts, error=_info(exc))
 
 

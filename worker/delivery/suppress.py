@@ -17,16 +17,16 @@ from collections.abc import Sequence
 
 import structlog
 
+from worker.delivery import writer
 from worker.delivery.context import Delivery
-from worker.delivery.outcomes import finish
 from worker.delivery.results import Outcome
 from worker.errors import DeliveryError, RecipientRejectedError
 from worker.metrics import record as metrics
 from worker.models import EmailMessage, ErrorInfo
 from worker.stores.suppression import Reason
-from worker.suppression import mask, remember
+from worker.suppression import mask
 
-__all__ = ["apply", "from_refusal", "lookup", "recipients", "remember"]
+__all__ = ["apply", "from_refusal", "lookup", "recipients"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,8 +57,9 @@ def apply(d: Delivery, attempts: int) -> Outcome | None:
     asked = lookup(d)
     if asked is None:
         return None
-    # The run's first script looked them up; a batch's runs begin without it (one lookup).
-    found = d.begun.suppressed if d.begun is not None else d.rt.suppression.check(*asked)
+    # The run's first script looked them up (a batch's too: one script call for its chunk,
+    # ``worker.delivery.record.open_runs``); no other lookup is made.
+    found = d.begun.suppressed if d.begun is not None else {}
     if not found:
         return None
     hasher = d.rt.hasher
@@ -87,7 +88,7 @@ def apply(d: Delivery, attempts: int) -> Outcome | None:
         log.info("delivery.suppressed", recipients=len(left_out), reasons=reasons)
         message = "every recipient is on the suppression list (" + ", ".join(reasons) + ")"
         error = ErrorInfo(kind="suppressed", code=reasons[0], message=message)
-        return finish(d, "failed", attempts, error=error)
+        return writer.finish(d, "failed", attempts, error=error)
     d.message = m.model_copy(update=update)
     log.info("delivery.partly_suppressed", suppressed=len(left_out), kept=len(kept))
     return None
@@ -117,4 +118,4 @@ def from_refusal(d: Delivery, exc: DeliveryError) -> None:
     everyone = recipients(d)
     if len(everyone) != 1:
         return
-    remember(d.rt, d.channel, everyone[0], _refusal_reason(exc), "send", d.provider)
+    writer.suppress(d, everyone[0], _refusal_reason(exc))

@@ -9,10 +9,12 @@ to the channel shape (:meth:`Driver.check_message`) and, for reconciliation,
 :meth:`Driver.classify_status` only for a documented quirk (citing its page under docs/providers/).
 
 :meth:`Driver.send` is the algorithm every delivery follows: check the rules → build the
-request → pass the delivery pipeline's gate (``worker.delivery.gate``: ledger ``sending``, then
-the limiter slot) → transmit → parse and classify the answer. Transmission, bounded reads,
-connection-level retries, the mapping of httpx errors and the shared status mapping live here
-once.
+request → pass a gate → transmit → parse and classify the answer. The delivery flow runs the
+same steps itself (:meth:`Driver.build`, its own gate ``worker.delivery.gate``, :meth:`transmit`,
+:meth:`parse_response`; for a batch :meth:`build_batch_request` and
+:meth:`parse_batch_response`), so a driver never calls back into the flow. Transmission,
+bounded reads, connection-level retries, the mapping of httpx errors and the shared status
+mapping live here once.
 """
 
 from __future__ import annotations
@@ -178,6 +180,20 @@ class Driver(ABC, Generic[M]):
         nothing (the caller sends those again, with ``bulk=True`` or one by one). An error that
         concerns the request (transport, envelope, account) is raised.
         """
+        request = self.build_batch_request(messages, tag, bulk=bulk)
+        gate()
+        return self.parse_batch_response(self.transmit(request), messages, request)
+
+    def build_batch_request(
+        self, messages: Sequence[M], tag: str, *, bulk: bool = False
+    ) -> httpx.Request:
+        """The one request of :meth:`send_batch` (a provider that batches fills this in)."""
+        raise NotImplementedError(f"{self.name} does not batch")
+
+    def parse_batch_response(
+        self, response: httpx.Response, messages: Sequence[M], request: httpx.Request
+    ) -> list[SendOutcome | DeliveryError | None]:
+        """One answer per message of :meth:`build_batch_request`'s ``request``."""
         raise NotImplementedError(f"{self.name} does not batch")
 
     # -- the fixed algorithm -------------------------------------------------------------------
@@ -188,16 +204,22 @@ class Driver(ABC, Generic[M]):
         ``gate`` runs last before the bytes leave: the provider counts arrivals, so any work
         between the limiter's grant and the send would only add jitter to our spacing.
         """
+        request = self.build(message, ctx)
+        if gate is not None:
+            gate()
+        response = self.transmit(request)
+        return self.parse_response(response, message, ctx)
+
+    def build(self, message: M, ctx: SendContext) -> httpx.Request:
+        """Check, then build: the request :meth:`send` would transmit. The delivery flow calls
+        ``build``, passes its own gate, then :meth:`transmit` and :meth:`parse_response`: the
+        driver never calls back into the flow."""
         try:
             self.check_message(message)
         except RuleViolation as exc:
             # A message routed or enqueued under other rules must not lose content silently.
             raise PermanentError(f"{self.name}: {exc}", provider=self.name) from None
-        request = self.build_request(message, ctx)
-        if gate is not None:
-            gate()
-        response = self.transmit(request)
-        return self.parse_response(response, message, ctx)
+        return self.build_request(message, ctx)
 
     def transmit(self, request: httpx.Request) -> httpx.Response:
         """Send with a short in-attempt retry for failures that happen before the request leaves.

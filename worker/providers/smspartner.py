@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -197,14 +197,9 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             return None
         return (message.sender or "", not sms_units(message.text)[1])
 
-    def send_batch(
-        self,
-        messages: Sequence[SmsMessage],
-        tag: str,
-        gate: Callable[[], None],  # providers.types.Gate
-        *,
-        bulk: bool = False,
-    ) -> list[SendOutcome | DeliveryError | None]:
+    def build_batch_request(
+        self, messages: Sequence[SmsMessage], tag: str, *, bulk: bool = False
+    ) -> httpx.Request:
         """``/send`` when every message has the same text (one request, one ``message_id``),
         else ``/bulk-send`` (docs/providers/smspartner.md §1.2.3, one answer per entry).
 
@@ -232,12 +227,13 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
             ]
             payload["SMSList"] = entries
             path = "bulk-send"
-        request = self.post_json(
-            path, self.auth_body(payload), headers={"Cache-Control": "no-cache"}
-        )
-        gate()
-        response = self.transmit(request)
-        if path == "send":
+        return self.post_json(path, self.auth_body(payload), headers={"Cache-Control": "no-cache"})
+
+    def parse_batch_response(
+        self, response: httpx.Response, messages: Sequence[SmsMessage], request: httpx.Request
+    ) -> list[SendOutcome | DeliveryError | None]:
+        numbers = [m.to[0] for m in messages]
+        if request.url.path.endswith("/send"):
             return self._send_answer(response, numbers)
         return self._bulk_answer(response, numbers)
 

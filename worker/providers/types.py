@@ -11,9 +11,9 @@ __all__ = ["Balance", "CancelAtProvider", "Gate", "RuleViolation", "SendContext"
 Gate = Callable[[], None]
 """Called by :meth:`Driver.send` once the request is built, right before it is transmitted.
 
-The delivery pipeline (``worker.delivery.gate``) passes one that records the attempt (ledger
-``sending``) and takes the global limiter slot, sleeping briefly; whatever it raises ends the
-send unchanged."""
+Status lookups pass one that takes the limiter slot; whatever it raises ends the call
+unchanged. The delivery flow does not pass one to the driver: it calls its own gate
+(``worker.delivery.gate``) between :meth:`Driver.build` and :meth:`Driver.transmit`."""
 
 
 @dataclass(frozen=True)

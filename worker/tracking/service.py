@@ -1,6 +1,6 @@
 """Delivery tracking in the worker: register a send, apply events, tell the application.
 
-``on_sent`` runs when a send ends ``sent`` (``worker.delivery.outcomes``); ``apply_events``
+``on_sent`` runs when a send ends ``sent`` (``worker.delivery.writer``); ``apply_events``
 runs for the receiver's events (``delivery.track_events``) and the poller's lookups. Each new
 event is written to the delivery's outbox in the same atomic step as its state change
 (``worker.stores.tracking``) and then published to the application's events task

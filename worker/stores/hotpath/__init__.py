@@ -4,8 +4,17 @@ Interface (:mod:`.base`), Redis backend (composed Lua scripts), and the composit
 stores' own methods (:class:`ComposedHotPath`, the in-memory stub and the reference).
 """
 
-from worker.stores.hotpath.base import Begun, Closing, Finished, HotPath
+from worker.stores.hotpath.base import Begin, Begun, Closing, Finish, Finished, HotPath
 from worker.stores.hotpath.composed import ComposedHotPath
 from worker.stores.hotpath.redis import RedisHotPath
 
-__all__ = ["Begun", "Closing", "ComposedHotPath", "Finished", "HotPath", "RedisHotPath"]
+__all__ = [
+    "Begin",
+    "Begun",
+    "Closing",
+    "ComposedHotPath",
+    "Finish",
+    "Finished",
+    "HotPath",
+    "RedisHotPath",
+]

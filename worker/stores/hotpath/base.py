@@ -18,6 +18,9 @@ runs the stores' own Lua scripts composed into one (``worker.stores._redis.compo
 ledger's forward-only rule, the lock's token check and the tracking store's event logic are the
 same code. :class:`~worker.stores.hotpath.composed.ComposedHotPath` runs the stores' methods
 one by one (in-memory stores, and any mix); ``tests/stores/test_hotpath_contract.py`` runs both.
+
+A run works on a chunk of deliveries (a single send is a chunk of one): :meth:`HotPath.begin_chunk`
+and :meth:`HotPath.finish_chunk` run each delivery's script, all in one round trip.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from worker.stores.ledger import DeliveryRecord
 from worker.stores.suppression import Entry
 from worker.stores.tracking import Applied, Tracked
 
-__all__ = ["LATE_OUTCOME", "Begun", "Closing", "Finished", "HotPath", "TrackingArgs"]
+__all__ = [
+    "LATE_OUTCOME",
+    "Begin",
+    "Begun",
+    "Closing",
+    "Finish",
+    "Finished",
+    "HotPath",
+    "TrackingArgs",
+]
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,30 @@ LATE_OUTCOME = "late_outcome"
 the send lock (``worker.delivery.reconcile`` adopts a ``sent`` instead of sending again)."""
 
 
+@dataclass(frozen=True)
+class Begin:
+    """One delivery of a chunk's :meth:`HotPath.begin_chunk` (:meth:`HotPath.begin`'s
+    arguments)."""
+
+    delivery_id: str
+    token: str
+    lock_ttl_s: float
+    providers: Sequence[str] = ()
+    mark: tuple[str, str] | None = None
+    suppress: tuple[str, Sequence[str]] | None = None
+
+
+@dataclass(frozen=True)
+class Finish:
+    """One delivery of a chunk's :meth:`HotPath.finish_chunk` (:meth:`HotPath.finish`'s
+    arguments)."""
+
+    delivery_id: str
+    token: str
+    reset_runs: bool
+    closing: Closing | None = None
+
+
 class HotPath(Protocol):
     def begin(
         self,
@@ -134,4 +170,18 @@ class HotPath(Protocol):
         count ``closing.metric``, register ``closing.tracking``: all only while ``token`` still
         holds the send lock. Otherwise only ``closing`` is kept, as ``LATE_OUTCOME``, and the
         answer says ``lock_lost``."""
+        ...
+
+    def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
+        """Every (delivery id, fields) of a chunk to ``sending`` with its fields (the ledger's
+        forward-only ``transition``), in one round trip; per delivery, whether it changed
+        (``False``: final meanwhile, a cancel won the race)."""
+        ...
+
+    def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
+        """:meth:`begin` for every delivery of a chunk, in one round trip; one answer each."""
+        ...
+
+    def finish_chunk(self, chunk: Sequence[Finish]) -> list[Finished]:
+        """:meth:`finish` for every delivery of a chunk, in one round trip; one answer each."""
         ...

@@ -7,7 +7,15 @@ import time
 from collections.abc import Sequence
 
 from worker.stores.health import HealthStore
-from worker.stores.hotpath.base import LATE_OUTCOME, Begun, Closing, Finished, HotPath
+from worker.stores.hotpath.base import (
+    LATE_OUTCOME,
+    Begin,
+    Begun,
+    Closing,
+    Finish,
+    Finished,
+    HotPath,
+)
 from worker.stores.ledger import Ledger
 from worker.stores.metrics import Metrics
 from worker.stores.suppression import SuppressionStore
@@ -69,6 +77,28 @@ class ComposedHotPath(HotPath):
             suppressed = self.suppression.check(*suppress)
         return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked,
                      suppressed=suppressed)  # fmt: skip
+
+    def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
+        return [self.ledger.transition(i, "sending", **fields) for i, fields in chunk]
+
+    def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
+        return [
+            self.begin(
+                b.delivery_id,
+                b.token,
+                b.lock_ttl_s,
+                providers=b.providers,
+                mark=b.mark,
+                suppress=b.suppress,
+            )
+            for b in chunk
+        ]
+
+    def finish_chunk(self, chunk: Sequence[Finish]) -> list[Finished]:
+        return [
+            self.finish(f.delivery_id, f.token, reset_runs=f.reset_runs, closing=f.closing)
+            for f in chunk
+        ]
 
     def clear_mark(self, mark: tuple[str, str]) -> None:
         self.cleared_marks.append(mark)

@@ -1,4 +1,5 @@
-"""The hot path in Redis: ``begin.lua`` and ``finish.lua``, one round trip each.
+"""The hot path in Redis: ``begin.lua`` and ``finish.lua``, one round trip each; for a chunk of
+deliveries, ``chunk.lua`` runs either for every delivery in one call.
 
 ``finish.lua`` runs the ledger's ``transition.lua`` and ``release.lua`` and the tracking store's
 ``register.lua`` (with ``apply.lua``) as local functions of one script, unchanged; ``begin.lua``
@@ -11,13 +12,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from worker.stores._redis import composed, lua_source, text
 from worker.stores.health import RedisHealthStore
-from worker.stores.hotpath.base import Begun, Closing, Finished, HotPath
+from worker.stores.hotpath.base import Begin, Begun, Closing, Finish, Finished, HotPath
 from worker.stores.ledger import ACTIVE_KEY, FINAL_STATES, STATE_RANK, DeliveryRecord, RedisLedger
 from worker.stores.ledger.redis import CLAIMS_KEY, LOCK_PREFIX, SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
@@ -25,7 +27,14 @@ from worker.stores.suppression import RedisSuppressionStore
 from worker.stores.tracking import RedisTrackingStore
 from worker.stores.tracking.redis import REGISTER_LUA
 
-__all__ = ["BEGIN_LUA", "FINISH_LUA", "RedisHotPath"]
+__all__ = [
+    "BEGIN_CHUNK_LUA",
+    "BEGIN_LUA",
+    "FINISH_CHUNK_LUA",
+    "FINISH_LUA",
+    "SENDING_CHUNK_LUA",
+    "RedisHotPath",
+]
 
 _PACKAGE = "worker.stores.hotpath"
 _LEDGER = "worker.stores.ledger"
@@ -35,6 +44,11 @@ FINISH_LUA = composed(
     transition=lua_source(_LEDGER, "transition.lua"),
     release=lua_source(_LEDGER, "release.lua"),
     register=REGISTER_LUA,
+)
+BEGIN_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=BEGIN_LUA)
+FINISH_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=FINISH_LUA)
+SENDING_CHUNK_LUA = composed(
+    lua_source(_PACKAGE, "chunk.lua"), step=lua_source(_LEDGER, "transition.lua")
 )
 _FINALS = "," + ",".join(sorted(FINAL_STATES)) + ","
 _RANKS = json.dumps(STATE_RANK)
@@ -59,6 +73,9 @@ class RedisHotPath(HotPath):
         self._clock = clock
         self._begin = client.register_script(BEGIN_LUA)
         self._finish = client.register_script(FINISH_LUA)
+        self._begin_chunk = client.register_script(BEGIN_CHUNK_LUA)
+        self._sending_chunk = client.register_script(SENDING_CHUNK_LUA)
+        self._finish_chunk = client.register_script(FINISH_CHUNK_LUA)
 
     def begin(
         self,
@@ -70,7 +87,43 @@ class RedisHotPath(HotPath):
         mark: tuple[str, str] | None = None,
         suppress: tuple[str, Sequence[str]] | None = None,
     ) -> Begun:
-        channel, recipients = suppress if suppress and self.suppression else ("", ())
+        b = Begin(delivery_id, token, lock_ttl_s, providers, mark, suppress)
+        keys, args = self._begin_call(b)
+        return self._begun(b, self._begin(keys=keys, args=args))
+
+    def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
+        if len(chunk) == 1:
+            return [
+                self.begin(
+                    chunk[0].delivery_id,
+                    chunk[0].token,
+                    chunk[0].lock_ttl_s,
+                    providers=chunk[0].providers,
+                    mark=chunk[0].mark,
+                    suppress=chunk[0].suppress,
+                )
+            ]
+        keys, args = _chunk_call([self._begin_call(b) for b in chunk])
+        replies = self._begin_chunk(keys=keys, args=args)
+        return [self._begun(b, reply) for b, reply in zip(chunk, replies, strict=True)]
+
+    def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
+        """``transition.lua`` for each delivery, as ``RedisLedger.transition`` calls it."""
+        now, calls = repr(self._clock()), []
+        for delivery_id, fields in chunk:
+            args = ["sending", str(STATE_RANK["sending"]), now, _RANKS, delivery_id]
+            for name, value in fields.items():
+                args += [name, value]
+            keys = [RedisLedger.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
+            calls.append((keys, args))
+        keys, args = _chunk_call(calls)
+        replies = self._sending_chunk(keys=keys, args=args)
+        return [int(changed) == 1 for changed, _previous in replies]
+
+    def _begin_call(self, b: Begin) -> tuple[list[str], list[str]]:
+        delivery_id, token, providers, mark = b.delivery_id, b.token, b.providers, b.mark
+        lock_ttl_s = b.lock_ttl_s
+        channel, recipients = self._suppress(b)
         keys = [
             RedisLedger.key(delivery_id),
             LOCK_PREFIX + delivery_id,
@@ -82,41 +135,21 @@ class RedisHotPath(HotPath):
         ttl_ms = max(1, int(lock_ttl_s * 1000))
         args = [token, str(ttl_ms), mark[1] if mark else "", _FINALS, str(len(recipients))]
         args += [*recipients, *providers]
-        reply: list[Any] = self._begin(keys=keys, args=args)
-        status = text(reply[0])
-        if status == "missing":
-            return Begun("missing")
-        fields = _fields(reply[1])
-        if status == "final":
-            return Begun("final", DeliveryRecord.from_fields(delivery_id, fields))
-        if status == "busy":
-            remaining_ms = int(reply[2])
-            busy_s = max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
-            record = DeliveryRecord.from_fields(delivery_id, fields)
-            return Begun("busy", record, busy_s=busy_s)
-        runs = int(reply[2])
-        fields["runs_unfinished"] = str(runs)
-        health = reply[3]
-        paused, breakers = {}, set()
-        for i, provider in enumerate(providers):
-            raw, has_state = health[2 * i], int(health[2 * i + 1])
-            if text(raw):
-                paused[provider] = RedisHealthStore.pause_info(provider, raw)
-            if has_state:
-                breakers.add(provider)
-        record = DeliveryRecord.from_fields(delivery_id, fields)
-        suppressed = RedisSuppressionStore.decode_live(
-            channel, recipients, reply[4] if recipients else [], self._clock()
-        )
-        return Begun(
-            "run",
-            record,
-            runs=runs,
-            paused=paused,
-            breaker_state=frozenset(breakers),
-            asked=frozenset(providers),
-            suppressed=suppressed,
-        )
+        return keys, args
+
+    def _suppress(self, b: Begin) -> tuple[str, Sequence[str]]:
+        """(channel, recipient keys) begin.lua looks up; none without a suppression store."""
+        if b.suppress is None or self.suppression is None:
+            return "", ()
+        return b.suppress
+
+    def _begun(self, b: Begin, reply: list[Any]) -> Begun:
+        begun = _begun(b, reply)
+        channel, recipients = self._suppress(b)
+        if begun.status != "run" or not recipients:
+            return begun
+        live = RedisSuppressionStore.decode_live(channel, recipients, reply[4], self._clock())
+        return replace(begun, suppressed=live)
 
     def clear_mark(self, mark: tuple[str, str]) -> None:
         self.redis.hdel(mark[0], mark[1])
@@ -129,6 +162,21 @@ class RedisHotPath(HotPath):
         reset_runs: bool,
         closing: Closing | None = None,
     ) -> Finished:
+        keys, args, reg = self._finish_call(Finish(delivery_id, token, reset_runs, closing))
+        return self._finished(reg, self._finish(keys=keys, args=args))
+
+    def finish_chunk(self, chunk: Sequence[Finish]) -> list[Finished]:
+        if len(chunk) == 1:
+            f = chunk[0]
+            return [self.finish(f.delivery_id, f.token, reset_runs=f.reset_runs, closing=f.closing)]
+        calls = [self._finish_call(f) for f in chunk]
+        keys, args = _chunk_call([(k, a) for k, a, _ in calls])
+        replies = self._finish_chunk(keys=keys, args=args)
+        regs = [reg for _, _, reg in calls]
+        return [self._finished(reg, reply) for reg, reply in zip(regs, replies, strict=True)]
+
+    def _finish_call(self, f: Finish) -> tuple[list[str], list[str], Any]:
+        delivery_id, token, reset_runs, closing = f.delivery_id, f.token, f.reset_runs, f.closing
         keys = [RedisLedger.key(delivery_id), ACTIVE_KEY, LOCK_PREFIX + delivery_id, "", ""]
         keys += [SCHEDULE_KEY, CLAIMS_KEY]
         args = [token, "1" if reset_runs else "0", "", "0", repr(self._clock()), _RANKS]
@@ -156,7 +204,10 @@ class RedisHotPath(HotPath):
                 )
                 keys += reg.keys
                 args += reg.args
-        changed, breaker, registered, reply, lost = self._finish(keys=keys, args=args)
+        return keys, args, reg
+
+    def _finished(self, reg: Any, raw: list[Any]) -> Finished:
+        changed, breaker, registered, reply, lost = raw
         if int(lost) == 1:
             return Finished(lock_lost=True)
         done = Finished(changed=int(changed) == 1, breaker_state=int(breaker) == 1)
@@ -167,6 +218,52 @@ class RedisHotPath(HotPath):
         except Exception as exc:  # orphans applied after: tracking never changes the send
             return Finished(done.changed, done.breaker_state, tracking_error=type(exc).__name__)
         return Finished(done.changed, done.breaker_state, tracking=applied)
+
+
+def _chunk_call(calls: list[tuple[list[str], list[str]]]) -> tuple[list[str], list[str]]:
+    """chunk.lua's keys and arguments for one script call per delivery."""
+    keys: list[str] = []
+    counts = [str(len(calls))]
+    args: list[str] = []
+    for k, a in calls:
+        keys += k
+        counts += [str(len(k)), str(len(a))]
+        args += a
+    return keys, counts + args
+
+
+def _begun(b: Begin, reply: list[Any]) -> Begun:
+    delivery_id, providers = b.delivery_id, b.providers
+    status = text(reply[0])
+    if status == "missing":
+        return Begun("missing")
+    fields = _fields(reply[1])
+    if status == "final":
+        return Begun("final", DeliveryRecord.from_fields(delivery_id, fields))
+    if status == "busy":
+        remaining_ms = int(reply[2])
+        busy_s = max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
+        record = DeliveryRecord.from_fields(delivery_id, fields)
+        return Begun("busy", record, busy_s=busy_s)
+    runs = int(reply[2])
+    fields["runs_unfinished"] = str(runs)
+    health = reply[3]
+    paused, breakers = {}, set()
+    for i, provider in enumerate(providers):
+        raw, has_state = health[2 * i], int(health[2 * i + 1])
+        if text(raw):
+            paused[provider] = RedisHealthStore.pause_info(provider, raw)
+        if has_state:
+            breakers.add(provider)
+    record = DeliveryRecord.from_fields(delivery_id, fields)
+    return Begun(
+        "run",
+        record,
+        runs=runs,
+        paused=paused,
+        breaker_state=frozenset(breakers),
+        asked=frozenset(providers),
+    )
 
 
 def _fields(raw: list[Any]) -> dict[str, str]:
