@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,17 @@ def check_text(citing: Path, text: str, root: Path = ROOT) -> list[str]:
 
 
 def text_files(root: Path = ROOT) -> list[Path]:
+    """The repository's own text files: what git tracks or would track (``.gitignore`` keeps
+    virtualenvs and caches out), or a walk that skips them where there is no git."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root, capture_output=True, check=False,
+    )  # fmt: skip
+    if listed.returncode == 0 and (root / ".git").exists():
+        names = [n for n in listed.stdout.decode().split("\0") if n]
+        return sorted(
+            root / n for n in names if Path(n).suffix in EXTENSIONS and (root / n).is_file()
+        )
     found: list[Path] = []
     for directory, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]

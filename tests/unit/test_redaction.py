@@ -369,10 +369,12 @@ written_phone = st.tuples(
     st.lists(st.text("0123456789", min_size=2, max_size=4), min_size=3, max_size=5),
     st.sampled_from(["-", ".", " "]),
 ).filter(
-    # An ISO date (2026-11-23) is left alone on purpose.
+    # An ISO date (2026-11-23) and an IPv4 address (four dotted groups of at most three
+    # digits, 00.00.00.00) are left alone on purpose.
     lambda t: (
         8 <= sum(len(g) for g in t[1]) <= 15
         and not (t[2] == "-" and [len(g) for g in t[1]] == [4, 2, 2])
+        and not (t[2] == "." and len(t[1]) == 4 and all(len(g) <= 3 for g in t[1]))
     )
 )
 
