@@ -118,3 +118,68 @@ def test_export_then_import_keeps_the_worker_from_sending(
     result = sms(producer, [A])
     assert result["status"] == "failed" and result["error"]["kind"] == "suppressed"
     assert len(clean.requests("smspartner")) == 1  # only the send between the two
+
+
+@pytest.fixture(scope="module")
+def tracking_worker(
+    stack_env: dict[str, str], redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, str], Producer]]:
+    """A worker with beat (the tracking poller), on broker databases of its own (3, 4)."""
+    from celery import Celery
+
+    from devstack.processes import start_worker
+    from worker.app import client_app
+
+    from .conftest import wait_ready
+
+    env = {
+        **stack_env,
+        "DELIVERY_BROKER_URL": f"{redis_url}/3",
+        "DELIVERY_RESULT_BACKEND": f"{redis_url}/4",
+        "DELIVERY_TRACKING_POLL_FIRST_S": "0.5",
+        "DELIVERY_TRACKING_POLL_MAX_BACKOFF_S": "1",
+        "DELIVERY_TRACKING_POLL_INTERVAL_S": "0.5",
+    }
+    shared = redis.Redis.from_url(env["DELIVERY_BROKER_URL"])
+    shared.flushdb()
+    app: Celery = client_app(env["DELIVERY_BROKER_URL"], env["DELIVERY_RESULT_BACKEND"],
+                             name="supp-tests")  # fmt: skip
+    workdir = Path(tmp_path_factory.mktemp("supp-tracking"))
+    proc = start_worker(workdir, env, name="supptrack", concurrency=2,
+                        extra_args=["-B", "-s", str(workdir / "beat-schedule")])  # fmt: skip
+    try:
+        wait_ready(app, proc)
+        yield env, Producer(app=app, ledger=RedisLedger(shared))
+    finally:
+        proc.stop()
+        shared.close()
+
+
+def test_a_postal_hard_bounce_keeps_every_other_email_provider_from_sending(
+    tracking_worker: tuple[dict[str, str], Producer], sandbox: SandboxAdmin
+) -> None:
+    import time
+
+    env, producer = tracking_worker
+    address = "bounce-ada@example.com"  # the sandbox's Postal bounces bounce… after sending
+
+    def email(provider: str) -> dict[str, Any]:
+        sender = {"email": "shop@example.org"}
+        return {"provider": provider, "to": [{"email": address}], "from": sender,
+                "subject": "Order", "text": "Thanks"}  # fmt: skip
+
+    first = producer.enqueue("email", email("postal")).get(timeout=RESULT_TIMEOUT_S)
+    assert first["status"] == "sent"
+    shared = redis.Redis.from_url(env["DELIVERY_BROKER_URL"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not shared.hlen("dw:supp:email"):
+        time.sleep(0.2)  # the poller reads Postal's Bounced status, tracking suppresses
+    assert shared.hlen("dw:supp:email") == 1, "the bounce never reached the suppression list"
+    code, out = cli(env, "list", "--channel", "email")
+    assert code == 0 and "b***@example.com" in out and "hard_bounce" in out and "postal" in out
+    for provider in ("emailmassivo", "mailpartner"):
+        result = producer.enqueue("email", email(provider)).get(timeout=RESULT_TIMEOUT_S)
+        assert result["status"] == "failed"
+        assert (result["error"]["kind"], result["error"]["code"]) == ("suppressed", "hard_bounce")
+        assert sandbox.requests(provider) == []
+    shared.close()
