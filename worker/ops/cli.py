@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from worker.ops import suppression as suppression_command
 
-    suppression_command.register(sub)
+    suppression_command.register(sub, duration_s)
     return parser
 
 

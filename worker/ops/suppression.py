@@ -16,7 +16,7 @@ import argparse
 import csv
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -40,10 +40,9 @@ class InvalidRow(ValueError):
     """A recipient, key, reason or time that cannot be an entry."""
 
 
-def register(sub: Any) -> None:
-    """Add the ``suppression`` subcommand to ``delivery-worker``'s subparsers."""
-    from worker.ops.cli import duration_s
-
+def register(sub: Any, duration_s: Callable[[str], float]) -> None:
+    """Add the ``suppression`` subcommand to ``delivery-worker``'s subparsers; ``duration_s``:
+    the command line's duration type (``30d``, ``12h``)."""
     cmd = sub.add_parser("suppression", help="list, add, remove, import or export suppressions")
     actions = cmd.add_subparsers(dest="action", required=True)
 
