@@ -230,6 +230,18 @@ class Settings(_ProviderSettings):
     batch_threads: int = Field(default=16, ge=1, le=128)
     """Threads per pool process for a batch's per-message Redis work (ledger, lock, result)."""
 
+    # Suppression (worker.stores.suppression, docs/suppression.md).
+    suppression: bool = True
+    """Check every send against the channel's suppression list (``DELIVERY_SUPPRESSION``)."""
+    suppression_secret: SecretStr | None = None
+    """Key of the recipients' hashes (HMAC-SHA256); unset: ``tracking_secret``; neither:
+    SHA-256. Changing it orphans every entry (they no longer match): export before."""
+    suppression_soft_threshold: int = Field(default=3, ge=1, le=1000)
+    """Soft bounces of one recipient within ``suppression_soft_window_s`` that suppress it."""
+    suppression_soft_window_s: float = Field(default=7 * 86400.0, gt=0)
+    suppression_soft_suppress_s: float = Field(default=14 * 86400.0, gt=0)
+    """How long a soft-bounce suppression lasts."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 
@@ -318,6 +330,8 @@ class Settings(_ProviderSettings):
             key = self.api_key(name)
             if key:
                 register_secret(key)
+        if self.suppression_secret is not None:
+            register_secret(self.suppression_secret.get_secret_value() or None)
         check_redis_urls(self)
         for url in (self.broker_url, self.result_backend, self.redis_url):
             register_url_password(url)
@@ -395,6 +409,14 @@ class Settings(_ProviderSettings):
             + self.http_deadline_s
             + 1.0
         )
+
+    @property
+    def suppression_key(self) -> bytes | None:
+        """The key of the recipients' hashes (``None``: plain SHA-256)."""
+        for secret in (self.suppression_secret, self.tracking_secret):
+            if secret is not None and secret.get_secret_value():
+                return secret.get_secret_value().encode()
+        return None
 
     @property
     def task_soft_time_limit_s(self) -> float:

@@ -26,12 +26,14 @@ from worker.stores import (
     RedisHealthStore,
     RedisLedger,
     RedisMetrics,
+    SoftBouncePolicy,
     Stores,
 )
 from worker.stores.hotpath import ComposedHotPath, HotPath, RedisHotPath
+from worker.stores.suppression import RecipientHasher, RedisSuppressionStore
 from worker.stores.tracking import MemoryTrackingStore, RedisTrackingStore, TrackingStore
 
-__all__ = ["Runtime", "breaker_config", "get_runtime", "reset_runtime"]
+__all__ = ["Runtime", "breaker_config", "get_runtime", "reset_runtime", "suppression_policy"]
 
 
 class Runtime:
@@ -59,6 +61,7 @@ class Runtime:
                 self.redis,
                 breaker=breaker_config(settings),
                 safety_margin_s=settings.limiter_safety_margin_s,
+                suppression=suppression_policy(settings),
             )
         self.stores = stores
         if tracking is None:
@@ -74,6 +77,9 @@ class Runtime:
         self.health = stores.health
         self.parking = stores.parking
         self.metrics = stores.metrics
+        self.suppression = stores.suppression
+        self.hasher = RecipientHasher(settings.suppression_key)
+        """Recipient → suppression key (HMAC-SHA256 under the deployment's secret)."""
         self.hotpath: HotPath = _hotpath(self.redis, stores, tracking)
         """A run's first and last shared-state steps, one round trip each on Redis."""
         self._drivers: dict[str, Driver[Any]] = {}
@@ -92,6 +98,7 @@ class Runtime:
             clock=clock,
             breaker=breaker_config(settings),
             safety_margin_s=settings.limiter_safety_margin_s,
+            suppression=suppression_policy(settings),
         )
         return cls(settings, client=client, stores=stores, tracking=MemoryTrackingStore(clock))
 
@@ -144,8 +151,25 @@ def _hotpath(client: redis.Redis | None, stores: Stores, tracking: TrackingStore
         assert isinstance(stores.health, RedisHealthStore)
         assert isinstance(stores.metrics, RedisMetrics)
         assert isinstance(tracking, RedisTrackingStore)
-        return RedisHotPath(client, health=stores.health, metrics=stores.metrics, tracking=tracking)
-    return ComposedHotPath(stores.ledger, stores.health, stores.metrics, tracking)
+        supp = stores.suppression
+        return RedisHotPath(
+            client,
+            health=stores.health,
+            metrics=stores.metrics,
+            tracking=tracking,
+            suppression=supp if isinstance(supp, RedisSuppressionStore) else None,
+        )
+    return ComposedHotPath(
+        stores.ledger, stores.health, stores.metrics, tracking, stores.suppression
+    )
+
+
+def suppression_policy(settings: Settings) -> SoftBouncePolicy:
+    return SoftBouncePolicy(
+        threshold=settings.suppression_soft_threshold,
+        window_s=settings.suppression_soft_window_s,
+        suppress_s=settings.suppression_soft_suppress_s,
+    )
 
 
 def breaker_config(settings: Settings) -> BreakerConfig:

@@ -33,6 +33,13 @@ from worker.stores.hotpath import (
     RedisHotPath,
 )
 from worker.stores.hotpath.base import LATE_OUTCOME, TrackingArgs
+from worker.stores.suppression import (
+    Entry,
+    MemorySuppressionStore,
+    RecipientHasher,
+    RedisSuppressionStore,
+    SuppressionStore,
+)
 from worker.stores.tracking import (
     MemoryTrackingStore,
     RedisTrackingStore,
@@ -54,6 +61,7 @@ class H:
     metrics: Metrics
     tracking: TrackingStore
     redis: redis.Redis | None
+    suppression: SuppressionStore
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -62,8 +70,9 @@ def h(request: pytest.FixtureRequest) -> Iterator[H]:
     if request.param == "memory":
         ledger, health = MemoryLedger(clock), MemoryHealthStore(clock)
         metrics, tracking = MemoryMetrics(), MemoryTrackingStore(clock)
-        yield H(ComposedHotPath(ledger, health, metrics, tracking), ledger, health, metrics,
-                tracking, None)  # fmt: skip
+        supp = MemorySuppressionStore(clock)
+        yield H(ComposedHotPath(ledger, health, metrics, tracking, supp), ledger, health, metrics,
+                tracking, None, supp)  # fmt: skip
     else:
         yield _on_redis(request.getfixturevalue("redis_client"), clock)
 
@@ -72,8 +81,10 @@ def _on_redis(client: redis.Redis, clock: FakeClock) -> H:
     ledger = RedisLedger(client, clock=clock)
     health, metrics = RedisHealthStore(client), RedisMetrics(client)
     tracking = RedisTrackingStore(client, clock=clock)
-    hot = RedisHotPath(client, health=health, metrics=metrics, tracking=tracking, clock=clock)
-    return H(hot, ledger, health, metrics, tracking, client)
+    supp = RedisSuppressionStore(client, clock=clock)
+    hot = RedisHotPath(client, health=health, metrics=metrics, tracking=tracking,
+                       suppression=supp, clock=clock)  # fmt: skip
+    return H(hot, ledger, health, metrics, tracking, client, supp)
 
 
 def _sent(provider: str = "smspartner", poll: bool = True) -> Closing:
@@ -111,6 +122,25 @@ def test_begin_locks_counts_the_run_and_reads_health(h: H) -> None:
     assert again.status == "busy"
     assert 0 < again.busy_s <= 5.0
     assert again.record is not None and again.record.fields["runs_unfinished"] == "1"
+
+
+def test_begin_answers_which_recipients_are_suppressed(h: H) -> None:
+    hasher = RecipientHasher(b"k" * 32)
+    a, b, c = (hasher.key("sms", n) for n in ("+33612345678", "+33612345679", "+33612345670"))
+    h.suppression.add(Entry("sms", a, "stop", "send", "smspartner", masked="+336****78"))
+    h.suppression.add(Entry("sms", c, "manual", "manual", expires_at=T0 - 1))  # expired
+    h.suppression.add(Entry("email", b, "hard_bounce", "tracking"))  # another channel
+    h.ledger.create("d1", channel="sms", provider="auto")
+    h.health.pause("postal", "no credit", "w1")
+    begun = h.hot.begin("d1", "tok", 5.0, providers=["smspartner", "postal"],
+                        suppress=("sms", [a, b, c]))  # fmt: skip
+    assert begun.status == "run"
+    assert set(begun.suppressed) == {a}
+    assert begun.suppressed[a].reason == "stop"
+    assert begun.suppressed[a].masked == "+336****78"
+    assert set(begun.paused) == {"postal"}  # the providers' health still read alongside
+    h.hot.finish("d1", "tok", reset_runs=True)
+    assert h.hot.begin("d1", "tok", 5.0, suppress=("sms", [b])).suppressed == {}
 
 
 def test_redis_asks_only_breakers_with_state(redis_client: redis.Redis) -> None:
@@ -333,3 +363,25 @@ def test_a_chunk_goes_sending_in_one_step_forward_only(h: H) -> None:
     assert s1 is not None and s1.state == "sending" and s1.fields["batch_tags"] == "dwb1"
     assert s2 is not None and s2.state == "sending" and s2.fields["a"] == "1"
     assert done is not None and done.state == "cancelled" and "batch_tags" not in done.fields
+
+
+def test_a_chunk_looks_up_each_deliverys_own_recipients(h: H) -> None:
+    """``begin_chunk``: each delivery's suppression key and recipient keys travel with it."""
+    hasher = RecipientHasher(b"k" * 32)
+    a, b = (hasher.key("sms", n) for n in ("+33612345678", "+33612345679"))
+    mail = hasher.key("email", "j@example.com")
+    h.suppression.add(Entry("sms", a, "stop", "send", "smspartner"))
+    h.suppression.add(Entry("email", mail, "hard_bounce", "tracking", "postal"))
+    for i in ("c1", "c2", "c3", "c4"):
+        h.ledger.create(i, channel="sms", provider="auto")
+    begun = h.hot.begin_chunk(
+        [
+            Begin("c1", "t", 5.0, ["smspartner"], suppress=("sms", [b, a])),
+            Begin("c2", "t", 5.0, ["smspartner"], suppress=("sms", [b])),
+            Begin("c3", "t", 5.0, ["postal"], suppress=("email", [mail, a])),
+            Begin("c4", "t", 5.0, ["smspartner"]),
+        ]
+    )
+    assert [x.status for x in begun] == ["run"] * 4
+    assert [set(x.suppressed) for x in begun] == [{a}, set(), {mail}, set()]
+    assert begun[2].suppressed[mail].reason == "hard_bounce"

@@ -226,8 +226,8 @@ def test_only_the_outcome_writer_writes_the_ledger() -> None:
 
 
 def test_only_the_outcome_writer_runs_the_hot_path_scripts_and_the_counters() -> None:
-    """The run's first and last scripts, the parking lot, the Redis counters and the tracking
-    registration of a send are written by the outcome writer only."""
+    """The run's first and last scripts, the parking lot, the Redis counters, the tracking
+    registration of a send and the suppression list are written by the outcome writer only."""
     writes = {
         (
             "hotpath",
@@ -237,12 +237,13 @@ def test_only_the_outcome_writer_runs_the_hot_path_scripts_and_the_counters() ->
         ),
         ("parking", frozenset({"park"})),
         ("rt", frozenset({"metric"})),
+        ("suppression", frozenset({"add", "soft_bounce", "remove"})),
     }
     found = set()
     for rel, path in _sources("tasks", "worker/delivery", "worker/batching"):
         for store, methods in writes:
             found |= {(rel, m) for m in _store_calls(path, store, methods)}
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Name) and node.id in {"track_sent", "registered"}:
+            if isinstance(node, ast.Name) and node.id in {"track_sent", "registered", "remember"}:
                 found.add((rel, node.id))
     assert {rel for rel, _ in found} == {FLOW_WRITER}, found

@@ -62,6 +62,8 @@ class Delivery:
     closing: Closing | None = None
     """A ``sent`` transition left for the run's last step (written with the unlock, the
     counter and the tracking registration in one round trip); ``None``: written already."""
+    suppressed: dict[str, str] = field(default_factory=dict)
+    """Recipients left out as suppressed, masked → reason (``worker.delivery.suppress``)."""
     defer_closing: bool = False
     """Set while the run holds the lock (:func:`worker.delivery.record.open_runs`)."""
 
@@ -106,6 +108,7 @@ class Delivery:
             provider=provider or self.provider or None,
             attempts=attempts,
             error=error,
+            suppressed_recipients=dict(self.suppressed),
         )
 
 

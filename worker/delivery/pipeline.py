@@ -20,6 +20,7 @@ from worker.delivery.routing import choose_provider
 from worker.delivery.schedule import at_provider_run, hold_if_early, native_context
 from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
+from worker.delivery.suppress import apply as suppression
 from worker.errors import DeliveryError
 from worker.guard.refusals import MAIN_MARK_PREFIX
 from worker.models import InvalidMessage
@@ -95,6 +96,9 @@ def prepare(d: Delivery) -> Outcome | tuple[DeliveryRecord, Driver[Any], SendCon
     held = hold_if_early(d, record, lambda: _named_driver(d))
     if held is not None:
         return held
+    stop = suppression(d, record.attempts)
+    if stop is not None:
+        return stop
     structlog.contextvars.bind_contextvars(attempt=record.attempts + 1)
     chosen = choose_provider(d, record.attempts)
     if not isinstance(chosen, str):

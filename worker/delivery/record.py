@@ -18,6 +18,7 @@ from worker.delivery import writer
 from worker.delivery.context import Delivery
 from worker.delivery.results import Done, Outcome, Retry
 from worker.delivery.routing import candidates
+from worker.delivery.suppress import lookup
 from worker.models import DeliveryResult
 from worker.stores import DeliveryRecord
 from worker.stores.hotpath import Begun
@@ -42,12 +43,13 @@ def open_runs(
     the ledger answers).
 
     The hot path's first script clears the guard's ``mark``, reads the record and, unless it is
-    final, takes the lock, counts the run and reads the candidate providers' health
-    (``worker.delivery.writer.begin``). While the run holds the lock, a ``sent`` is left in
-    ``d.closing`` for the last script, with the run count back to 0 and the unlock."""
+    final, takes the lock, counts the run, reads the candidate providers' health and looks the
+    recipients up in the channel's suppression list (``worker.delivery.writer.begin``). While
+    the run holds the lock, a ``sent`` is left in ``d.closing`` for the last script, with the
+    run count back to 0 and the unlock."""
     marks = marks or [None] * len(chunk)
     opening = [
-        writer.Opening(d, uuid.uuid4().hex, candidates(d), mark)
+        writer.Opening(d, uuid.uuid4().hex, candidates(d), mark, lookup(d))
         for d, mark in zip(chunk, marks, strict=True)
     ]
     begun = writer.begin(opening)

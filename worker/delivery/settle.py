@@ -22,6 +22,7 @@ from worker.delivery import writer
 from worker.delivery.context import NOT_BEFORE, Delivery
 from worker.delivery.results import Done, Outcome, backoff_s
 from worker.delivery.routing import candidates
+from worker.delivery.suppress import from_refusal
 from worker.delivery.writer import expire, finish, park, wait
 from worker.errors import DeferredError, DeliveryError, Policy
 from worker.metrics import record as metrics
@@ -172,6 +173,7 @@ def _fail(d: Delivery, failure: Failure) -> Outcome:
     exc = failure.exc
     emit = log.error if exc.log_level == "error" else log.warning
     emit("delivery.failed", kind=exc.kind, error=exc.message, **failure.log_fields())
+    from_refusal(d, exc)
     attempts = writer.count_attempt(d)
     return finish(d, "failed", attempts, error=_info(exc))
 

@@ -5,7 +5,8 @@ The steps of the flow (``record``, ``deadline``, ``routing``, ``reconcile``, ``s
 call here: the ledger, the hot-path scripts (``worker.stores.hotpath``), the tracking
 registration, the parking lot and the Redis counters. A run is a chunk of deliveries (a single
 send is a chunk of one, a provider batch a chunk of many): :func:`begin` and :func:`finish_run`
-frame it, :func:`mark_sending` records the chunk's request before it leaves.
+frame it, :func:`mark_sending` records the chunk's request before it leaves, :func:`suppress`
+adds a refused recipient to the channel's suppression list.
 ``tests/unit/test_layout.py`` pins that no other module of the flow writes the ledger.
 
 The ends of an attempt: ``sent``, ``finish`` (failed or expired), ``expire``, ``park`` and
@@ -46,6 +47,8 @@ from worker.redaction import scrub
 from worker.runtime import Runtime
 from worker.stores import DeliveryRecord
 from worker.stores.hotpath import Begin, Begun, Closing, Finish, Finished
+from worker.stores.suppression import Reason
+from worker.suppression import remember
 from worker.tracking.service import registered, sent_tracking, track_sent
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "sent",
     "sent_at_provider_time",
     "sent_result",
+    "suppress",
     "wait",
 ]
 
@@ -127,6 +131,7 @@ def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> De
         rejected_recipients={
             k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
         },
+        suppressed_recipients=dict(d.suppressed),
         attempts=previous_attempts + 1,
         cost=outcome.cost,
         currency=outcome.currency,
@@ -199,6 +204,8 @@ class Opening:
     token: str
     providers: Sequence[str]
     mark: tuple[str, str] | None = None
+    suppress: tuple[str, Sequence[str]] | None = None
+    """(channel, recipient keys) to look up in the channel's suppression list."""
 
 
 def begin(chunk: Sequence[Opening]) -> list[Begun]:
@@ -208,7 +215,7 @@ def begin(chunk: Sequence[Opening]) -> list[Begun]:
         return []
     rt = chunk[0].d.rt
     ttl_s = rt.settings.send_lock_ttl_s
-    args = [Begin(o.d.delivery_id, o.token, ttl_s, o.providers, o.mark) for o in chunk]
+    args = [Begin(o.d.delivery_id, o.token, ttl_s, o.providers, o.mark, o.suppress) for o in chunk]
     begun = rt.hotpath.begin_chunk(args)
     missing = [i for i, b in enumerate(begun) if b.status == "missing"]
     for i in missing:
@@ -485,6 +492,12 @@ def sent_at_provider_time(d: Delivery, provider: str, due: float, stored: str) -
     """A send the provider held for its time: ``sent`` once that time has come."""
     d.rt.ledger.transition(d.delivery_id, "sent", sent_at=repr(due), result=stored)
     d.rt.metric(provider, "sent")
+
+
+def suppress(d: Delivery, recipient: str, reason: Reason) -> None:
+    """A provider refused ``recipient`` for good: never sent to again on its channel, by any
+    provider (``worker.suppression.remember``; never raises)."""
+    remember(d.rt, d.channel, recipient, reason, "send", d.provider)
 
 
 def failed_unread(d: Delivery, result: DeliveryResult) -> Done:

@@ -40,6 +40,8 @@ __all__ = [
     "queue_item_rejected",
     "start_provider_series",
     "status_class",
+    "suppressed_send",
+    "suppression_added",
 ]
 
 NO_PROVIDER = "none"
@@ -87,6 +89,17 @@ LIMITER_RESCHEDULED = Counter(
     "delivery_limiter_rescheduled_total",
     "Attempts the global limiter sent back to the queue (the wait exceeded the inline maximum).",
     ["provider"],
+)
+SUPPRESSION_ADDED = Counter(
+    "delivery_suppression_added_total",
+    "Recipients added to a channel's suppression list, by reason and source (send, tracking, "
+    "manual, import).",
+    ["channel", "reason", "source"],
+)
+SUPPRESSED_RECIPIENTS = Counter(
+    "delivery_suppressed_recipients_total",
+    "Recipients left out of a send because they are suppressed, by the entry's reason.",
+    ["channel", "reason"],
 )
 COST = Counter(
     "delivery_cost_total",
@@ -216,3 +229,11 @@ def limiter_hold(provider: str, seconds: float) -> None:
 
 def queue_item_rejected(reason: str) -> None:
     QUEUE_ITEMS_REJECTED.labels(reason).inc()
+
+
+def suppression_added(channel: str, reason: str, source: str) -> None:
+    SUPPRESSION_ADDED.labels(channel, reason, source).inc()
+
+
+def suppressed_send(channel: str, reason: str) -> None:
+    SUPPRESSED_RECIPIENTS.labels(channel, reason).inc()

@@ -151,6 +151,10 @@ class CommonFields(Strict):
     ``worker.scheduling``. Checked against the clock at enqueue and when a worker first sees the
     message (``worker.scheduling.rules``); here only its shape and its order with ``deadline``."""
 
+    ignore_suppression: bool = False
+    """Send even to suppressed recipients (a legal or transactional message); logged
+    (``delivery.suppression_ignored``). See docs/suppression.md."""
+
     @field_validator("deadline", "send_at")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:

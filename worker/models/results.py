@@ -42,6 +42,9 @@ class DeliveryResult(BaseModel):
     rejected_recipients: dict[str, str] = Field(default_factory=dict)
     """Recipients of a sent message that the provider refused or did not confirm (e.g. an
     EmailMassivo cc/bcc), masked recipient → reason. Empty when every recipient was accepted."""
+    suppressed_recipients: dict[str, str] = Field(default_factory=dict)
+    """Recipients left out because they are on the channel's suppression list, masked
+    recipient → reason (``hard_bounce``, ``stop``...)."""
     attempts: int = 0
     cost: float | None = None
     currency: str | None = None

@@ -4,6 +4,7 @@ delivery-worker demo            run everything locally on the sandbox and send a
 delivery-worker status ID       a delivery's ledger record, its recipients' states and history
 delivery-worker send sms ...    validate and enqueue one message (--wait for its outcome)
 delivery-worker check-config    validate the environment the way a worker would at start
+delivery-worker suppression     list, add, remove, import or export suppressed recipients
 """
 
 from __future__ import annotations
@@ -352,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.ops import cancel as cancel_command
 
     cancel_command.register(sub)
+
+    from worker.ops import suppression as suppression_command
+
+    suppression_command.register(sub, duration_s)
     return parser
 
 

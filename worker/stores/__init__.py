@@ -51,6 +51,12 @@ from worker.stores.limiter import (
 )
 from worker.stores.metrics import MemoryMetrics, Metrics, RedisMetrics
 from worker.stores.parking import MemoryParking, ParkedMessage, Parking, RedisParking
+from worker.stores.suppression import (
+    MemorySuppressionStore,
+    RedisSuppressionStore,
+    SoftBouncePolicy,
+    SuppressionStore,
+)
 
 __all__ = [
     "DEFAULT_SAFETY_MARGIN_S",
@@ -71,6 +77,7 @@ __all__ = [
     "MemoryMetrics",
     "MemoryParking",
     "MemoryRateLimiter",
+    "MemorySuppressionStore",
     "Metrics",
     "ParkedMessage",
     "Parking",
@@ -83,7 +90,10 @@ __all__ = [
     "RedisMetrics",
     "RedisParking",
     "RedisRateLimiter",
+    "RedisSuppressionStore",
+    "SoftBouncePolicy",
     "Stores",
+    "SuppressionStore",
     "limiter_key",
 ]
 
@@ -100,6 +110,8 @@ class Stores:
     balances: Balances = field(default_factory=MemoryBalances)
     """Last ``/me`` readings (added after the others: a default keeps hand-built bundles
     valid)."""
+    suppression: SuppressionStore = field(default_factory=MemorySuppressionStore)
+    """Suppressed recipients per channel (``worker.suppression``)."""
 
     @classmethod
     def on_redis(
@@ -108,6 +120,7 @@ class Stores:
         *,
         breaker: BreakerConfig | None = None,
         safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
+        suppression: SoftBouncePolicy | None = None,
     ) -> Stores:
         """The shared stores of every worker, on one Redis connection pool."""
         return cls(
@@ -117,6 +130,7 @@ class Stores:
             limiter=RedisRateLimiter(client, safety_margin_s=safety_margin_s),
             metrics=RedisMetrics(client),
             balances=RedisBalances(client),
+            suppression=RedisSuppressionStore(client, policy=suppression),
         )
 
     @classmethod
@@ -126,6 +140,7 @@ class Stores:
         clock: Callable[[], float] = time.time,
         breaker: BreakerConfig | None = None,
         safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
+        suppression: SoftBouncePolicy | None = None,
     ) -> Stores:
         """In-process stubs sharing one clock (Unix seconds): for tests and one-process tools."""
         return cls(
@@ -135,4 +150,5 @@ class Stores:
             limiter=MemoryRateLimiter(clock, safety_margin_s=safety_margin_s),
             metrics=MemoryMetrics(),
             balances=MemoryBalances(),
+            suppression=MemorySuppressionStore(clock, policy=suppression),
         )

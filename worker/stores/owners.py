@@ -39,6 +39,10 @@ NO_TTL_OWNERS: dict[str, str] = {
     "dw:health:breaker:*": "health: one hash per provider whose breaker has state",
     "dw:parked:*": "parking: one hash per paused provider; resume empties it",
     "dw:rejected": "guard: one hash of refusal counts by reason (bounded by the reasons)",
+    "dw:supp:email": "suppression: one hash, one field per suppressed address; an expired entry "
+    "is dropped when met, `suppression remove` removes one",
+    "dw:supp:sms": "suppression: one hash, one field per suppressed number (as email)",
+    "dw:supp:voice": "suppression: one hash, one field per suppressed number (as email)",
     "dw:repl:fence": "producer: one key, the replication fence",
 }
 """Key pattern (``fnmatch``, case-sensitive) → its owner and what keeps it bounded."""

@@ -16,6 +16,7 @@ else is ever published twice.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,12 +24,15 @@ from typing import Any
 
 import structlog
 
-from worker.providers import driver_class
+from worker.models import EmailMessage
+from worker.providers import driver_class, parse_message
 from worker.providers.lookup import mask_recipient
 from worker.runtime import Runtime
 from worker.stores.hotpath.base import TrackingArgs
+from worker.stores.suppression import Reason
 from worker.stores.tracking import Applied, Tracked, notification
-from worker.tracking.events import DeliveryEvent
+from worker.suppression import mask, remember
+from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = [
     "Publisher",
@@ -146,6 +150,8 @@ def apply_events(
 ) -> Applied:
     notify = rt.settings.events_task is not None
     done = rt.tracking.apply(events, notify=notify)
+    if rt.settings.suppression:
+        suppress_from_events(rt, done.new)
     if done.orphaned:
         for provider in {e.provider for e in events}:
             rt.metric(provider, "tracking_orphaned", done.orphaned)
@@ -191,3 +197,39 @@ def flush_pending(rt: Runtime, *, publish: Publisher | None = None, limit: int =
     for delivery_id in rt.tracking.outbox_pending(time.time() - STALE_OUTBOX_S, limit):
         published += flush(rt, delivery_id, publish=publish)
     return published
+
+
+_SUPPRESSING: dict[EventType, Reason] = {
+    EventType.BOUNCED: "hard_bounce",  # Postal MessageBounced, a lookup's bounced state
+    EventType.FAILED: "hard_bounce",  # Postal MessageDeliveryFailed (HardFail), failed lookups
+    EventType.COMPLAINED: "complaint",
+    EventType.UNSUBSCRIBED: "unsubscribed",
+    EventType.DEFERRED: "soft_bounce",  # Postal SoftFail: counted, suppresses at the threshold
+}
+
+
+def suppress_from_events(rt: Runtime, events: Sequence[DeliveryEvent]) -> None:
+    """Bounces, complaints and unsubscribes suppress their recipient on the channel. An event
+    names its recipient masked: the delivery's message (kept on its ledger record) says which
+    address it was."""
+    for event in events:
+        reason = _SUPPRESSING.get(event.type)
+        if reason is None or event.delivery_id is None or event.recipient is None:
+            continue
+        try:
+            record = rt.ledger.get(event.delivery_id)
+            raw = record.fields.get("message") if record is not None else None
+            if record is None or not raw:
+                continue
+            message = parse_message(record.channel, json.loads(raw))
+        except Exception as exc:  # a bad record never stops tracking
+            log.warning("suppression.event_unmatched", error=type(exc).__name__)
+            continue
+        if isinstance(message, EmailMessage):
+            everyone = [a.email for a in (*message.to, *message.cc, *message.bcc)]
+        else:
+            everyone = list(message.to)
+        for recipient in everyone:
+            if mask(record.channel, recipient) == event.recipient:
+                remember(rt, record.channel, recipient, reason, "tracking", event.provider)
+                break

@@ -6,8 +6,9 @@ provider; then the transition, the run count, the unlock, a counter, the breaker
 index). :class:`HotPath` does the same work in two calls:
 
 * :meth:`HotPath.begin`: clear the guard's main-process mark, read the record, and unless it is
-  final take the send lock and count the run (``runs_unfinished``), and read each candidate
-  provider's pause and whether its breaker has any state;
+  final take the send lock and count the run (``runs_unfinished``), read each candidate
+  provider's pause and whether its breaker has any state, and look the recipients up in the
+  channel's suppression list;
 * :meth:`HotPath.finish`: the final transition with its fields (``sent``), the run count back to
   0, the unlock, the provider's counter and the tracking registration, and whether the breaker
   has state (then the caller reports the success to it).
@@ -30,6 +31,7 @@ from typing import Literal, Protocol
 
 from worker.stores.health import PauseInfo
 from worker.stores.ledger import DeliveryRecord
+from worker.stores.suppression import Entry
 from worker.stores.tracking import Applied, Tracked
 
 __all__ = [
@@ -65,6 +67,8 @@ class Begun:
     nothing."""
     asked: frozenset[str] = frozenset()
     """``run``: the providers ``paused`` and ``breaker_state`` speak for."""
+    suppressed: dict[str, Entry] = field(default_factory=dict)
+    """``run``: the live suppression entries among the recipient keys asked (``suppress``)."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class Begin:
     lock_ttl_s: float
     providers: Sequence[str] = ()
     mark: tuple[str, str] | None = None
+    suppress: tuple[str, Sequence[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,10 @@ class HotPath(Protocol):
         *,
         providers: Sequence[str] = (),
         mark: tuple[str, str] | None = None,
+        suppress: tuple[str, Sequence[str]] | None = None,
     ) -> Begun:
-        """``mark``: the guard's main-process mark (key, field) to clear first."""
+        """``mark``: the guard's main-process mark (key, field) to clear first. ``suppress``:
+        (channel, recipient keys) to look up in the channel's suppression list."""
         ...
 
     def clear_mark(self, mark: tuple[str, str]) -> None:

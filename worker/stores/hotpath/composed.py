@@ -18,6 +18,7 @@ from worker.stores.hotpath.base import (
 )
 from worker.stores.ledger import Ledger
 from worker.stores.metrics import Metrics
+from worker.stores.suppression import SuppressionStore
 from worker.stores.tracking import TrackingStore
 
 __all__ = ["ComposedHotPath"]
@@ -28,9 +29,15 @@ class ComposedHotPath(HotPath):
     and mixes of backends. Every breaker is reported as having state (always asked)."""
 
     def __init__(
-        self, ledger: Ledger, health: HealthStore, metrics: Metrics, tracking: TrackingStore
+        self,
+        ledger: Ledger,
+        health: HealthStore,
+        metrics: Metrics,
+        tracking: TrackingStore,
+        suppression: SuppressionStore | None = None,
     ) -> None:
         self.ledger = ledger
+        self.suppression = suppression
         self.health = health
         self.metrics = metrics
         self.tracking = tracking
@@ -45,6 +52,7 @@ class ComposedHotPath(HotPath):
         *,
         providers: Sequence[str] = (),
         mark: tuple[str, str] | None = None,
+        suppress: tuple[str, Sequence[str]] | None = None,
     ) -> Begun:
         if mark is not None:
             self.cleared_marks.append(mark)
@@ -64,14 +72,25 @@ class ComposedHotPath(HotPath):
             if info is not None:
                 paused[provider] = info
         asked = frozenset(providers)
-        return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked)
+        suppressed = {}
+        if suppress is not None and self.suppression is not None:
+            suppressed = self.suppression.check(*suppress)
+        return Begun("run", record, runs=runs, paused=paused, breaker_state=asked, asked=asked,
+                     suppressed=suppressed)  # fmt: skip
 
     def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
         return [self.ledger.transition(i, "sending", **fields) for i, fields in chunk]
 
     def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
         return [
-            self.begin(b.delivery_id, b.token, b.lock_ttl_s, providers=b.providers, mark=b.mark)
+            self.begin(
+                b.delivery_id,
+                b.token,
+                b.lock_ttl_s,
+                providers=b.providers,
+                mark=b.mark,
+                suppress=b.suppress,
+            )
             for b in chunk
         ]
 

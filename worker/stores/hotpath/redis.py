@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -23,6 +24,7 @@ from worker.stores.hotpath.base import Begin, Begun, Closing, Finish, Finished, 
 from worker.stores.ledger import ACTIVE_KEY, FINAL_STATES, STATE_RANK, DeliveryRecord, RedisLedger
 from worker.stores.ledger.redis import CLAIMS_KEY, LOCK_PREFIX, SCHEDULE_KEY
 from worker.stores.metrics import RedisMetrics
+from worker.stores.suppression import RedisSuppressionStore
 from worker.stores.tracking import RedisTrackingStore
 from worker.stores.tracking.redis import REGISTER_LUA
 
@@ -60,9 +62,11 @@ class RedisHotPath(HotPath):
         health: RedisHealthStore,
         metrics: RedisMetrics,
         tracking: RedisTrackingStore,
+        suppression: RedisSuppressionStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = client
+        self.suppression = suppression
         self.health = health
         self.metrics = metrics
         self.tracking = tracking
@@ -81,10 +85,11 @@ class RedisHotPath(HotPath):
         *,
         providers: Sequence[str] = (),
         mark: tuple[str, str] | None = None,
+        suppress: tuple[str, Sequence[str]] | None = None,
     ) -> Begun:
-        b = Begin(delivery_id, token, lock_ttl_s, providers, mark)
+        b = Begin(delivery_id, token, lock_ttl_s, providers, mark, suppress)
         keys, args = self._begin_call(b)
-        return _begun(b, self._begin(keys=keys, args=args))
+        return self._begun(b, self._begin(keys=keys, args=args))
 
     def begin_chunk(self, chunk: Sequence[Begin]) -> list[Begun]:
         if len(chunk) == 1:
@@ -95,11 +100,12 @@ class RedisHotPath(HotPath):
                     chunk[0].lock_ttl_s,
                     providers=chunk[0].providers,
                     mark=chunk[0].mark,
+                    suppress=chunk[0].suppress,
                 )
             ]
         keys, args = _chunk_call([self._begin_call(b) for b in chunk])
         replies = self._begin_chunk(keys=keys, args=args)
-        return [_begun(b, reply) for b, reply in zip(chunk, replies, strict=True)]
+        return [self._begun(b, reply) for b, reply in zip(chunk, replies, strict=True)]
 
     def sending_chunk(self, chunk: Sequence[tuple[str, dict[str, str]]]) -> list[bool]:
         """``transition.lua`` for each delivery, as ``RedisLedger.transition`` calls it."""
@@ -117,16 +123,33 @@ class RedisHotPath(HotPath):
     def _begin_call(self, b: Begin) -> tuple[list[str], list[str]]:
         delivery_id, token, providers, mark = b.delivery_id, b.token, b.providers, b.mark
         lock_ttl_s = b.lock_ttl_s
+        channel, recipients = self._suppress(b)
         keys = [
             RedisLedger.key(delivery_id),
             LOCK_PREFIX + delivery_id,
             self.health.paused_key,
             mark[0] if mark else "",
+            self.suppression.key(channel) if self.suppression and recipients else "",
             *(self.health.breaker_key(p) for p in providers),
         ]
         ttl_ms = max(1, int(lock_ttl_s * 1000))
-        args = [token, str(ttl_ms), mark[1] if mark else "", _FINALS, *providers]
+        args = [token, str(ttl_ms), mark[1] if mark else "", _FINALS, str(len(recipients))]
+        args += [*recipients, *providers]
         return keys, args
+
+    def _suppress(self, b: Begin) -> tuple[str, Sequence[str]]:
+        """(channel, recipient keys) begin.lua looks up; none without a suppression store."""
+        if b.suppress is None or self.suppression is None:
+            return "", ()
+        return b.suppress
+
+    def _begun(self, b: Begin, reply: list[Any]) -> Begun:
+        begun = _begun(b, reply)
+        channel, recipients = self._suppress(b)
+        if begun.status != "run" or not recipients:
+            return begun
+        live = RedisSuppressionStore.decode_live(channel, recipients, reply[4], self._clock())
+        return replace(begun, suppressed=live)
 
     def clear_mark(self, mark: tuple[str, str]) -> None:
         self.redis.hdel(mark[0], mark[1])
