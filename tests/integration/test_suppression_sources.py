@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
+from celery import Celery
 
-from devstack.processes import Proc
+from devstack.processes import Proc, start_redis, start_worker
+from devstack.receiver import start_receiver
+from worker.app import client_app
 from worker.producer import Producer
 from worker.stores import RedisLedger
 from worker.stores.suppression import Entry, RecipientHasher, RedisSuppressionStore
 
-from .conftest import SandboxAdmin
+from .conftest import SandboxAdmin, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +102,98 @@ def test_an_emailmassivo_refusal_costs_every_other_provider_its_request(
     assert second["status"] == "failed"
     assert (second["error"]["kind"], second["error"]["code"]) == ("suppressed", reason)
     assert clean.requests(next_provider) == []  # no request for the suppressed address
+
+
+# -- Pushed by Postal: its suppression hold, soft bounces, a bounce webhook ------------------
+
+SOFT_SUPPRESS_S = 2.0
+
+
+@dataclass
+class Stack:
+    """A redis-server of its own, ``delivery-worker receiver`` and a ``celery worker`` with a
+    small soft-bounce policy (2 within 30 s suppress for 2 s). Polling is 10 minutes away:
+    every entry here comes from a signed Postal webhook through the receiver."""
+
+    redis: redis.Redis
+    producer: Producer
+    receiver_url: str
+
+    def send(self, provider: str, address: str) -> dict[str, Any]:
+        task = self.producer.enqueue("email", email(provider, address))
+        result: dict[str, Any] = task.get(RESULT_TIMEOUT_S)
+        return result
+
+
+@pytest.fixture(scope="module")
+def stack(
+    stack_env: dict[str, str], sandbox_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    workdir = Path(tmp_path_factory.mktemp("supp-sources"))
+    server = start_redis(workdir)
+    url = str(server.extra["url"])
+    public_key = httpx.get(sandbox_url + "/_admin/webhooks").json()["postal"]["public_key"]
+    env = {
+        **stack_env,
+        "DELIVERY_BROKER_URL": f"{url}/0",
+        "DELIVERY_RESULT_BACKEND": f"{url}/1",
+        "DELIVERY_TRACKING_POLL_FIRST_S": "600",
+        "DELIVERY_POSTAL_WEBHOOK_PUBLIC_KEY": public_key,
+        "DELIVERY_SUPPRESSION_SOFT_THRESHOLD": "2",
+        "DELIVERY_SUPPRESSION_SOFT_WINDOW_S": "30",
+        "DELIVERY_SUPPRESSION_SOFT_SUPPRESS_S": str(SOFT_SUPPRESS_S),
+    }
+    app: Celery = client_app(env["DELIVERY_BROKER_URL"], env["DELIVERY_RESULT_BACKEND"],
+                             name="supp-sources")  # fmt: skip
+    client = redis.Redis.from_url(env["DELIVERY_BROKER_URL"])
+    receiver = start_receiver(workdir, env)
+    worker = start_worker(workdir, env, name="suppsrc", concurrency=2)
+    try:
+        wait_ready(app, worker)
+        yield Stack(client, Producer(app=app, ledger=RedisLedger(client)), receiver.extra["url"])
+    finally:
+        worker.stop()
+        receiver.stop()
+        client.close()
+        server.stop()
+
+
+@pytest.fixture
+def pushed(stack: Stack, sandbox: SandboxAdmin) -> Iterator[SandboxAdmin]:
+    """The sandbox's Postal pushes its signed webhooks to the stack's receiver."""
+    wipe(stack.redis)
+    sandbox.http.post("/_admin/webhooks", json={"postal_url": stack.receiver_url + "/hooks/postal"})
+    yield sandbox
+    sandbox.http.post("/_admin/webhooks", json={"postal_url": None}).raise_for_status()
+
+
+def test_a_postal_hold_on_its_own_suppression_list_suppresses_everywhere(
+    stack: Stack, pushed: SandboxAdmin
+) -> None:
+    address = "ada@example.com"
+    settings = {"postal": {"suppressed": {address: "too many hard fails"}}}
+    pushed.http.post("/_admin/settings", json=settings).raise_for_status()
+    # Postal accepts the message and holds it: the send is "sent"; MessageHeld says why.
+    assert stack.send("postal", address)["status"] == "sent"
+    entry, _ = wait_entry(stack.redis, address)
+    assert (entry.reason, entry.source, entry.provider) == ("hard_bounce", "tracking", "postal")
+    assert entry.expires_at is None
+    for provider in ("emailmassivo", "postal"):
+        result = stack.send(provider, address)
+        assert (result["error"]["kind"], result["error"]["code"]) == ("suppressed", "hard_bounce")
+    assert pushed.requests("emailmassivo") == [] and len(pushed.requests("postal")) == 1
+
+
+def test_a_hold_for_another_reason_suppresses_nothing(stack: Stack, pushed: SandboxAdmin) -> None:
+    # The sandbox holds hold… addresses for itself (as a send limit would): not about them.
+    assert stack.send("postal", "hold-ada@example.com")["status"] == "sent"
+    deadline = time.monotonic() + ENTRY_TIMEOUT_S
+    while not [a for a in webhook_attempts(pushed) if a["status"] == 200]:
+        assert time.monotonic() < deadline, "the MessageHeld was never pushed"
+        time.sleep(0.05)
+    assert stack.send("mailpartner", "hold-ada@example.com")["status"] == "sent"
+
+
+def webhook_attempts(sandbox: SandboxAdmin) -> list[dict[str, Any]]:
+    attempts = sandbox.http.get("/_admin/webhooks").json()["attempts"]
+    return [a for a in attempts if a["provider"] == "postal"]
