@@ -197,3 +197,35 @@ def test_a_hold_for_another_reason_suppresses_nothing(stack: Stack, pushed: Sand
 def webhook_attempts(sandbox: SandboxAdmin) -> list[dict[str, Any]]:
     attempts = sandbox.http.get("/_admin/webhooks").json()["attempts"]
     return [a for a in attempts if a["provider"] == "postal"]
+
+
+def test_two_soft_bounces_suppress_for_a_while_then_the_address_is_sent_again(
+    stack: Stack, pushed: SandboxAdmin
+) -> None:
+    # softfail… is SoftFail at once (MessageDelayed), then Sent after Postal's retry.
+    address = "softfail-ada@example.com"
+    assert stack.send("postal", address)["status"] == "sent"
+    deadline = time.monotonic() + ENTRY_TIMEOUT_S
+    while not stack.redis.exists(f"dw:supp:soft:email:{RecipientHasher().key('email', address)}"):
+        assert time.monotonic() < deadline, "the first MessageDelayed was never counted"
+        time.sleep(0.05)
+    assert entry_of(stack.redis, address) is None  # one is not enough
+    assert stack.send("postal", address)["status"] == "sent"
+    entry, _ = wait_entry(stack.redis, address)
+    assert (entry.reason, entry.source, entry.provider) == ("soft_bounce", "tracking", "postal")
+    assert entry.expires_at is not None
+    assert entry.expires_at - entry.at == pytest.approx(SOFT_SUPPRESS_S)
+    suppressed = stack.send("mailpartner", address)
+    assert (suppressed["error"]["kind"], suppressed["error"]["code"]) == (
+        "suppressed",
+        "soft_bounce",
+    )
+    assert pushed.requests("mailpartner") == []
+
+    # Expired: sent again, by the next provider asked.
+    deadline = time.monotonic() + SOFT_SUPPRESS_S + 5
+    while entry_of(stack.redis, address) is not None:
+        assert time.monotonic() < deadline, "the soft-bounce suppression never expired"
+        time.sleep(0.05)
+    assert stack.send("mailpartner", address)["status"] == "sent"
+    assert len(pushed.requests("mailpartner")) == 1
