@@ -355,3 +355,42 @@ def test_a_sandbox_signed_envelope_round_trips() -> None:
     assert hook.uuid == uuid
     assert abs(hook.timestamp - time.time()) < 60
     assert [e.type for e in hook.events] == [EventType.HELD]
+
+
+# --- Postal's own suppression list ---------------------------------------------------------------
+
+# Postal's Held details (docs/providers/postal.md §4.5): only the first names its suppression list.
+SUPPRESSION_HOLD = (
+    "Recipient (john@example.com) is on the suppression list (reason: too many hard fails)"
+)
+OTHER_HOLDS = [
+    "Message held because send limit (100) has been reached.",
+    "Credential is configured to hold all messages authenticated by it.",
+]
+
+
+def test_a_hold_on_postals_suppression_list_is_a_hard_bounce() -> None:
+    from worker.providers.postal import PostalDriver
+
+    [held] = parse_webhook(_body(_status("MessageHeld", "Held", details=SUPPRESSION_HOLD))).events
+    assert held.type is EventType.HELD
+    assert held.reason is not None and "john@example.com" not in held.reason  # scrubbed, still read
+    assert PostalDriver.suppression_reason(held) == "hard_bounce"
+
+
+@pytest.mark.parametrize("details", [*OTHER_HOLDS, None])
+def test_other_holds_say_nothing_about_the_recipient(details: str | None) -> None:
+    from worker.providers.postal import PostalDriver
+
+    [held] = parse_webhook(_body(_status("MessageHeld", "Held", details=details))).events
+    assert PostalDriver.suppression_reason(held) is None
+
+
+def test_the_suppression_words_outside_a_hold_add_nothing_more() -> None:
+    from worker.providers.postal import PostalDriver
+
+    # A HardFail that put the recipient on the list is already a hard bounce by its type; a
+    # SoftFail naming the list stays a soft bounce.
+    for event, status in (("MessageDelayed", "SoftFail"), ("MessageSent", "Sent")):
+        [found] = parse_webhook(_body(_status(event, status, details=SUPPRESSION_HOLD))).events
+        assert PostalDriver.suppression_reason(found) is None

@@ -160,3 +160,30 @@ def test_a_bounce_event_suppresses_its_recipient_and_a_soft_one_counts(rt: Runti
     suppress_from_events(rt, [event(EventType.DEFERRED, "+3369*****32", 99)])
     entry = rt.suppression.check("sms", [key_b])[key_b]
     assert entry.reason == "soft_bounce" and entry.expires_at is not None
+
+
+def test_a_postal_hold_on_its_suppression_list_suppresses_on_every_email_provider() -> None:
+    from worker.tracking import DeliveryEvent, EventType
+    from worker.tracking.service import suppress_from_events
+
+    settings = Settings(suppression_secret="s" * 32)
+    rt = Runtime.in_memory(settings, client=httpx.Client(transport=httpx.MockTransport(Provider())))
+    msg = {"provider": "postal", "to": [{"email": "ada@example.com"}],
+           "from": {"email": "shop@example.org"}, "subject": "Order", "text": "Thanks"}  # fmt: skip
+    rt.ledger.create("d-7", channel="email", provider="postal", extra={"message": json.dumps(msg)})
+
+    def held(n: int, details: str) -> DeliveryEvent:
+        return DeliveryEvent(event_id=f"h{n}", type=EventType.HELD, provider="postal",
+                             provider_message_id="7", delivery_id="d-7",
+                             recipient="a***@example.com", occurred_at=1.0, source="poll",
+                             reason=details)  # fmt: skip
+
+    key = rt.hasher.key("email", "ada@example.com")
+    suppress_from_events(rt, [held(1, "Message held because send limit (100) has been reached.")])
+    assert rt.suppression.check("email", [key]) == {}  # a send-limit hold is about the server
+    reason = "Recipient (a***@example.com) is on the suppression list (reason: too many hard fails)"
+    suppress_from_events(rt, [held(2, reason)])
+    entry = rt.suppression.check("email", [key])[key]
+    assert (entry.reason, entry.source, entry.provider) == ("hard_bounce", "tracking", "postal")
+    assert entry.expires_at is None
+    rt.close()

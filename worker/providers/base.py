@@ -58,6 +58,7 @@ from worker.providers.types import (
 )
 from worker.redaction import register_secret
 from worker.stores.limiter import Limit
+from worker.stores.suppression import Reason
 from worker.tracking.events import DeliveryEvent
 
 __all__ = [
@@ -322,6 +323,13 @@ class Driver(ABC, Generic[M]):
         before every request (the global limiter). A request-level failure raises a classified
         :class:`~worker.errors.DeliveryError`; an unreadable item is ``unknown`` or skipped."""
         raise NotImplementedError(f"{self.name} declares no status lookup")
+
+    @classmethod
+    def suppression_reason(cls, event: DeliveryEvent) -> Reason | None:
+        """What the provider's own words in ``event`` say of the recipient for the suppression
+        lists, beyond what its type says (``worker.tracking.service``): a hold on the
+        provider's own suppression list, say. ``None``: nothing more."""
+        return None
 
     def reconcile(self, message: M, ctx: SendContext) -> SendOutcome | None:
         """After an unknown outcome: the outcome of the earlier send if the provider can tell.

@@ -26,6 +26,7 @@ from worker.providers._util import provider_id, short_text
 from worker.providers.base import Driver, Gate, RuleViolation, SendContext, SendOutcome
 from worker.providers.lookup import LookupTarget, lookup_event
 from worker.redaction import scrub
+from worker.stores.suppression import Reason
 from worker.tracking.events import DeliveryEvent, EventType
 
 __all__ = ["PostalDriver"]
@@ -287,6 +288,17 @@ class PostalDriver(Driver[EmailMessage]):
             status_code=response.status_code,
         )
 
+    @classmethod
+    def suppression_reason(cls, event: DeliveryEvent) -> Reason | None:
+        # Postal holds a message to a recipient on its own suppression list and says so only in
+        # the Held delivery's details: "Recipient (…) is on the suppression list (reason: too
+        # many hard fails)" (docs/providers/postal.md §4.5). It adds recipients there after hard
+        # fails, so the hold is a hard bounce for every other provider. A send limit or a
+        # holding credential is a hold too, and says nothing about the recipient.
+        if event.type is EventType.HELD and SUPPRESSION_HOLD in (event.reason or "").lower():
+            return "hard_bounce"
+        return None
+
     def parse_status(self, target: LookupTarget, data: Any) -> tuple[EventType, Any, Any]:
         """(type, Postal's status word, its time) from a ``messages/message`` ``data``."""
         if data is None:
@@ -337,6 +349,8 @@ POSTAL_STATUSES: dict[str, EventType] = {
     "HoldCancelled": EventType.FAILED,
     "Error": EventType.DEFERRED,
 }
+SUPPRESSION_HOLD = "is on the suppression list"
+"""In a ``Held`` delivery's details: Postal's own suppression list holds the recipient."""
 NEEDS_DETAILS = frozenset({EventType.DEFERRED, EventType.FAILED, EventType.HELD, EventType.BOUNCED})
 MAX_DELIVERIES = 100
 

@@ -208,12 +208,21 @@ _SUPPRESSING: dict[EventType, Reason] = {
 }
 
 
+def _provider_says(event: DeliveryEvent) -> Reason | None:
+    """The provider's own reading of an event its type does not suppress (Postal's hold on its
+    suppression list, ``Driver.suppression_reason``)."""
+    try:
+        return driver_class(event.provider).suppression_reason(event)
+    except KeyError:  # a provider this worker does not know
+        return None
+
+
 def suppress_from_events(rt: Runtime, events: Sequence[DeliveryEvent]) -> None:
     """Bounces, complaints and unsubscribes suppress their recipient on the channel. An event
     names its recipient masked: the delivery's message (kept on its ledger record) says which
     address it was."""
     for event in events:
-        reason = _SUPPRESSING.get(event.type)
+        reason = _SUPPRESSING.get(event.type) or _provider_says(event)
         if reason is None or event.delivery_id is None or event.recipient is None:
             continue
         try:
