@@ -47,7 +47,7 @@ FINISH = {
     "evalsha": 1,
     "get": 1,  # the lock still ours?
     "hget": 2,  # the state (transition); the recipient's tracking state (apply)
-    "hset": 5,  # record (+runs 0); index; ~provider; recipient state; watch
+    "hset": 4,  # record (+runs 0); index; recipient state (+~provider); watch
     "zrem": 1,  # off the active set
     "del": 1,  # the unlock
     "hincrby": 1,  # the provider's counter
@@ -125,7 +125,7 @@ def test_one_single_send_runs_the_pinned_commands(redis_client: redis.Redis) -> 
 
     assert counts == {"begin": BEGIN, "sending": SENDING, "limiter": LIMITER, "finish": FINISH}
     total = sum(sum(c.values()) for c in counts.values())
-    assert total == 35
+    assert total == 34
     # The send did what it must: sent, unlocked, counted, tracked.
     assert redis_client.hget("dw:delivery:d1", "state") == b"sent"
     assert redis_client.hget("dw:delivery:d1", "runs_unfinished") == b"0"

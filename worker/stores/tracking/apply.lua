@@ -2,7 +2,8 @@
 -- KEYS[1] state hash, KEYS[2] history list, KEYS[3] seen set, KEYS[4] outbox list,
 -- KEYS[5] outbox index (sorted set)
 -- ARGV: event_id, recipient, type, event JSON, state JSON, now, ttl, history cap, notify (1/0),
---       rules JSON {ranks, final, engagement}, delivery id
+--       rules JSON {ranks, final, engagement}, delivery id, then optional field/value pairs
+--       written with a move in the same HSET (register.lua's ~provider)
 -- Returns {new (1/0), moved (1/0)}
 if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return {0, 0} end
 local rules = cjson.decode(ARGV[10])
@@ -22,7 +23,9 @@ end
 local moved = advances(current, new)
 local after = current or ''
 if moved then
-  redis.call('HSET', KEYS[1], ARGV[2], ARGV[5])
+  local pairs_ = {ARGV[2], ARGV[5]}
+  for i = 12, #ARGV do table.insert(pairs_, ARGV[i]) end
+  redis.call('HSET', KEYS[1], unpack(pairs_))
   after = new
 end
 -- trimmed only once past the cap (RPUSH answers the length): the same list, one command less

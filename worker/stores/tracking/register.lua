@@ -17,16 +17,24 @@ for i = 1, n do
   redis.call('HSET', key, ARGV[base + (i - 1) * 5 + 1], did)
   redis.call('EXPIRE', key, ttl)
 end
-redis.call('HSET', KEYS[1], '~provider', provider)
--- each recipient's apply() below sets the state hash's TTL in this same call
-if n == 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+-- The provider goes into the state hash with the first recipient's move (apply()'s own HSET),
+-- or on its own when nothing moved; each apply() sets the state hash's TTL in this same call.
 local applied = {}
+local provider_written = false
 local akeys = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]}
 for i = 1, n do
   local o = base + (i - 1) * 5
   local aargv = {ARGV[o + 2], ARGV[o + 1], ARGV[o + 3], ARGV[o + 4], ARGV[o + 5], now,
                  ARGV[4], ARGV[5], ARGV[6], ARGV[7], did}
+  if not provider_written then
+    table.insert(aargv, '~provider'); table.insert(aargv, provider)
+  end
   applied[i] = apply(akeys, aargv)
+  if applied[i][2] == 1 then provider_written = true end
+end
+if not provider_written then
+  redis.call('HSET', KEYS[1], '~provider', provider)
+  if n == 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 end
 if ARGV[8] ~= '' and n > 0 then
   if redis.call('HSETNX', KEYS[6], 'provider', provider) == 1 then
