@@ -28,6 +28,7 @@ from worker.stores import (
     RedisMetrics,
     SoftBouncePolicy,
     Stores,
+    keys_for,
 )
 from worker.stores.hotpath import ComposedHotPath, HotPath, RedisHotPath
 from worker.stores.suppression import RecipientHasher, RedisSuppressionStore
@@ -62,11 +63,14 @@ class Runtime:
                 breaker=breaker_config(settings),
                 safety_margin_s=settings.limiter_safety_margin_s,
                 suppression=suppression_policy(settings),
+                keys=keys_for(settings),
             )
         self.stores = stores
         if tracking is None:
             tracking = (
-                RedisTrackingStore(self.redis) if self.redis is not None else MemoryTrackingStore()
+                RedisTrackingStore(self.redis, keys=keys_for(settings))
+                if self.redis is not None
+                else MemoryTrackingStore()
             )
         self.tracking = tracking
         self.event_publisher: Callable[[str, dict[str, Any], str, str], None] | None = None

@@ -571,4 +571,4 @@ def test_the_dead_letters_key_expires_in_redis(redis_client: redis.Redis) -> Non
     assert 0 < redis_client.ttl("dw:dead") <= DEAD_LETTER_TTL_S
     ledger.set_fields("gone", state="x")
     ledger.touch("gone")
-    assert redis_client.exists(RedisLedger.key("gone")) == 0
+    assert redis_client.exists(ledger.key("gone")) == 0

@@ -70,7 +70,12 @@ class Gate:
         first = chunk[0].d
         self.d = first
         self.bucket = driver.limiter_bucket(first.message)
-        self.key = limiter_key(first.provider, first.settings.egress_identity, self.bucket)
+        self.key = limiter_key(
+            first.provider,
+            first.settings.egress_identity,
+            self.bucket,
+            prefix=first.settings.redis_namespace,
+        )
         self.opened = False
         self.opened_at = 0.0
         """``time.perf_counter()`` when the slot was taken (the request leaves right after)."""

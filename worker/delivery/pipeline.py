@@ -22,11 +22,11 @@ from worker.delivery.send import send, send_context
 from worker.delivery.settle import Failure, settle_error
 from worker.delivery.suppress import apply as suppression
 from worker.errors import DeliveryError
-from worker.guard.refusals import MAIN_MARK_PREFIX
 from worker.models import InvalidMessage
 from worker.providers import Driver, SendContext, parse_message
 from worker.runtime import Runtime
 from worker.stores import DeliveryRecord
+from worker.stores.keys import keys_for
 
 __all__ = ["invalid", "prepare", "process"]
 
@@ -51,7 +51,7 @@ def process(
     # ``attempt`` or ``provider``: this attempt's log lines start from its own context only.
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(delivery_id=delivery_id, channel=channel)
-    mark = (MAIN_MARK_PREFIX + delivery_id, guard_token) if guard_token else None
+    mark = (keys_for(rt.settings).main_mark(delivery_id), guard_token) if guard_token else None
     try:
         message = parse_message(channel, raw)
     except InvalidMessage as exc:
