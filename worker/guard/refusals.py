@@ -276,7 +276,7 @@ class MessageGuard:
             self.ledger.bury(
                 task_id, reason=refusal.reason, task_name=task_name, message=refusal.message
             )
-            self.ledger.set_fields(task_id, result=json.dumps(result))
+            self.ledger.record_result(task_id, json.dumps(result))
         else:
             self.ledger.transition(
                 task_id, "failed", error_kind=refusal.kind, result=json.dumps(result)
