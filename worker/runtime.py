@@ -49,6 +49,8 @@ class Runtime:
         """``stores`` defaults to the Redis stores at ``settings.shared_redis_url``, and
         ``tracking`` to the Redis tracking store beside them (in memory with given stores)."""
         self.settings = settings
+        self.keys = keys_for(settings)
+        """The shared-state key families under this worker's namespace."""
         self.client = client or build_client(
             connect_timeout_s=settings.http_connect_timeout_s,
             read_timeout_s=settings.http_read_timeout_s,

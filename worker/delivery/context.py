@@ -57,22 +57,20 @@ class Delivery:
     """A ``sent`` transition left for the run's last step (written with the unlock, the
     counter and the tracking registration in one round trip); ``None``: written already."""
     suppressed: dict[str, str] = field(default_factory=dict)
-    """Recipients left out as suppressed, masked → reason (``worker.delivery.suppress``)."""
+    """Recipients left out as suppressed, masked → reason (``worker.delivery.pipeline``)."""
     defer_closing: bool = False
-    """Set while the run holds the lock (:func:`worker.delivery.record.open_runs`)."""
+    """Set while the run holds the lock (:func:`worker.delivery.pipeline.open_runs`)."""
 
-    @property
-    def settings(self) -> Settings:
-        return self.rt.settings
+    settings: Settings = field(init=False)
+    channel: str = field(init=False)
+    routed: bool = field(init=False)
+    """The caller named no provider: the worker picks one per attempt."""
 
-    @property
-    def channel(self) -> str:
-        return self.message.channel
-
-    @property
-    def routed(self) -> bool:
-        """The caller named no provider: the worker picks one per attempt."""
-        return self.message.provider is None
+    def __post_init__(self) -> None:
+        # Read once: plain attributes, so a step reading them stays in its own module.
+        self.settings = self.rt.settings
+        self.channel = self.message.channel
+        self.routed = self.message.provider is None
 
     def deadline(self) -> float:
         if self.message.deadline is not None:

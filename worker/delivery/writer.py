@@ -179,7 +179,7 @@ def wait(
     if ask_after_deadline:
         # An earlier send's outcome is unknown: the run after the grace asks the provider,
         # past the deadline too, and then ends sent or expired, never resent
-        # (worker.delivery.deadline). Still never beyond the broker's visibility timeout.
+        # (worker.delivery.pipeline). Still never beyond the broker's visibility timeout.
         delay_s = min(delay_s, d.settings.retry_backoff_max_s)
     elif remaining <= 0:
         return expire(d, attempts, f"while {reason.replace('_', ' ')}")
@@ -267,7 +267,7 @@ def finish_runs(chunk: Sequence[tuple[Delivery, str, bool]]) -> None:
                 raise
             # A write of the chunk may have landed before the connection failed: its retry
             # finds the lock released and keeps its closing aside (late_outcome), never sent
-            # again (worker.delivery.reconcile adopts it).
+            # again (worker.delivery.pipeline adopts it).
             done = [
                 final_write(d, f.token, reset_runs=f.reset_runs, closing=f.closing)
                 for (d, _, _), f in zip(chunk, args, strict=True)

@@ -111,6 +111,11 @@ class Keys:
         return self._k("health", "breaker", provider)
 
     def limiter(self, provider: str, identity: str, bucket: str = "send") -> str:
+        """One provider budget's limiter key (``worker.stores.limiter``); ``identity`` is the
+        egress identity: workers that share it share the budget."""
+        for name, value in (("provider", provider), ("identity", identity), ("bucket", bucket)):
+            if not value:
+                raise ValueError(f"limiter_key: {name} must not be empty")
         return self._k("rl", provider, identity, bucket)
 
     def suppression(self, channel: str) -> str:

@@ -81,9 +81,6 @@ def limiter_key(
     ``identity`` is the egress identity (source IP or host name): workers that share it share
     the budget, workers on other IPs get their own.
     """
-    for name, value in (("provider", provider), ("identity", identity), ("bucket", bucket)):
-        if not value:
-            raise ValueError(f"limiter_key: {name} must not be empty")
     return Keys(prefix).limiter(provider, identity, bucket)
 
 
