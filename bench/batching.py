@@ -41,6 +41,7 @@ from devstack.processes import Proc, sandbox_env, start_redis, start_sandbox, st
 from worker.app import client_app
 from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
+from worker.stores.keys import DEFAULT_KEYS
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -135,7 +136,7 @@ def run_phase(
 def _fields(r: redis.Redis, ids: list[str], name: str) -> list[str]:
     pipe = r.pipeline(transaction=False)
     for delivery_id in ids:
-        pipe.hget(RedisLedger.key(delivery_id), name)
+        pipe.hget(DEFAULT_KEYS.delivery(delivery_id), name)
     return [v.decode() if isinstance(v, bytes) else "" for v in pipe.execute()]
 
 

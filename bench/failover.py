@@ -65,6 +65,7 @@ from worker.ops.operations import Operations
 from worker.producer import Producer
 from worker.redis_client import shared_redis
 from worker.stores import FINAL_STATES, RedisLedger
+from worker.stores.keys import DEFAULT_KEYS
 
 __all__ = [
     "FailoverFigures",
@@ -134,7 +135,7 @@ class ResultFigures:
 def _states(client: redis.Redis, ids: Sequence[str]) -> dict[str, str]:
     pipe = client.pipeline(transaction=False)
     for delivery_id in ids:
-        pipe.hget(RedisLedger.key(delivery_id), "state")
+        pipe.hget(DEFAULT_KEYS.delivery(delivery_id), "state")
     return {
         d: (s.decode() if isinstance(s, bytes) else "missing")
         for d, s in zip(ids, pipe.execute(), strict=True)

@@ -99,6 +99,7 @@ from worker.guard.raw_items import REJECTED_ITEMS_KEY
 from worker.ops.operations import Operations
 from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
+from worker.stores.keys import DEFAULT_KEYS
 
 __all__ = [
     "SCENARIOS",
@@ -513,7 +514,7 @@ class Run:
     def states(self, ids: Sequence[str]) -> dict[str, str]:
         pipe = self.redis.pipeline(transaction=False)
         for delivery_id in ids:
-            pipe.hget(RedisLedger.key(delivery_id), "state")
+            pipe.hget(DEFAULT_KEYS.delivery(delivery_id), "state")
         return {
             d: (s.decode() if isinstance(s, bytes) else "missing")
             for d, s in zip(ids, pipe.execute(), strict=True)

@@ -54,6 +54,7 @@ from devstack.processes import Proc, sandbox_env, start_redis, start_sandbox, st
 from worker.app import client_app
 from worker.producer import Producer
 from worker.stores import FINAL_STATES, RedisLedger
+from worker.stores.keys import DEFAULT_KEYS
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -416,7 +417,7 @@ def run_delivery(stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: 
             if pending:
                 pipe = shared.pipeline(transaction=False)
                 for delivery_id in pending:
-                    pipe.hget(RedisLedger.key(delivery_id), "state")
+                    pipe.hget(DEFAULT_KEYS.delivery(delivery_id), "state")
                 for delivery_id, state in zip(pending, pipe.execute(), strict=True):
                     states[delivery_id] = state.decode() if state else "missing"
             return sum(1 for d in ids if states.get(d) in FINAL_STATES)
@@ -429,7 +430,7 @@ def run_delivery(stack: Stack, fig: Figures, tag: str, logdir: Path, timeout_s: 
         fig.failed = done - fig.sent
         pipe = shared.pipeline(transaction=False)
         for delivery_id in ids:
-            pipe.hget(RedisLedger.key(delivery_id), "throttled")
+            pipe.hget(DEFAULT_KEYS.delivery(delivery_id), "throttled")
         fig.limiter_waits = sum(int(v or 0) for v in pipe.execute())
         sandbox_figures(stack.admin, fig)
     finally:

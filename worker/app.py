@@ -20,6 +20,7 @@ from worker.guard.raw_items import ItemRefusal, read_envelope, set_aside
 from worker.logs import configure_logging
 from worker.redaction import redacted_repr
 from worker.redis_client import celery_sentinel_options
+from worker.stores.keys import keys_for
 from worker.tasknames import CHANNEL_OF_TASK
 
 __all__ = ["RedisTransport", "app", "celery_config"]
@@ -96,7 +97,7 @@ class _RawItemReading:
         decoded = read_envelope(item, self.codecs)
         if isinstance(decoded, ItemRefusal):
             with self.conn_or_acquire() as client:
-                set_aside(client, queue, item, decoded)
+                set_aside(client, queue, item, decoded, keys=keys_for(get_settings()))
             return None
         return decoded
 

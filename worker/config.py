@@ -98,6 +98,9 @@ class Settings(_ProviderSettings):
     """A producer's enqueue returns only once this many replicas hold it (``WAIT``); 0: off."""
     redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=60_000)
     """How long an enqueue waits for those replicas before it raises ``NotReplicated``."""
+    redis_namespace: str = Field(default="dw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    """The first part of every shared-state key (``<namespace>:delivery:<id>``): deployments
+    that share one Redis each take their own (``worker.stores.keys``)."""
     allow_eviction: bool = False
     """Run on a Redis whose ``maxmemory-policy`` evicts keys (a loud warning instead of a
     refusal): evicted ledger records, idempotency keys and locks mean duplicates or losses."""

@@ -22,7 +22,7 @@
     └── ConfigurationError              bad key, missing base URL, disabled account: fail loudly
 
 Each class says what the delivery pipeline does with it as data, read by
-``worker.delivery.settle`` (no ``isinstance`` chain there):
+``worker.delivery.pipeline`` (no ``isinstance`` chain there):
 
 ==========================  ===========  =====================  ==========================
 class                       ``policy``   breaker hears          counts

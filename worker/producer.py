@@ -32,6 +32,7 @@ from worker.scheduling.cancel import CancelResult, cancel_delivery
 from worker.scheduling.enqueue import hold_at_enqueue
 from worker.scheduling.rules import check_send_at
 from worker.stores import Ledger, RedisLedger
+from worker.stores.keys import Keys, keys_for
 from worker.tasknames import TASK_NAMES
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ __all__ = [
     "wait_many",
 ]
 
-REPLICATION_FENCE_KEY = "dw:repl:fence"
+REPLICATION_FENCE_KEY = Keys().replication_fence
+"""The default namespace's fence; a producer writes under its ledger's namespace."""
 
 
 class NotReplicated(RuntimeError):
@@ -88,7 +90,7 @@ class Producer:
             app = default_app
         self.app = app
         if ledger is None:
-            ledger = RedisLedger(shared_redis(get_settings()))
+            ledger = RedisLedger(shared_redis(get_settings()), keys=keys_for(get_settings()))
         self.ledger = ledger
         if wait_replicas is None:
             wait_replicas = get_settings().redis_wait_replicas
@@ -159,7 +161,8 @@ class Producer:
         if self.wait_replicas <= 0 or client is None:
             return
         pipe = client.pipeline(transaction=False)
-        pipe.set(REPLICATION_FENCE_KEY, delivery_id, px=60_000)
+        fence = getattr(self.ledger, "keys", Keys()).replication_fence
+        pipe.set(fence, delivery_id, px=60_000)
         pipe.wait(self.wait_replicas, self.wait_timeout_ms)
         replicas = int(pipe.execute()[1])
         if replicas < self.wait_replicas:

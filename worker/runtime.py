@@ -28,6 +28,7 @@ from worker.stores import (
     RedisMetrics,
     SoftBouncePolicy,
     Stores,
+    keys_for,
 )
 from worker.stores.hotpath import ComposedHotPath, HotPath, RedisHotPath
 from worker.stores.suppression import RecipientHasher, RedisSuppressionStore
@@ -48,6 +49,8 @@ class Runtime:
         """``stores`` defaults to the Redis stores at ``settings.shared_redis_url``, and
         ``tracking`` to the Redis tracking store beside them (in memory with given stores)."""
         self.settings = settings
+        self.keys = keys_for(settings)
+        """The shared-state key families under this worker's namespace."""
         self.client = client or build_client(
             connect_timeout_s=settings.http_connect_timeout_s,
             read_timeout_s=settings.http_read_timeout_s,
@@ -62,11 +65,14 @@ class Runtime:
                 breaker=breaker_config(settings),
                 safety_margin_s=settings.limiter_safety_margin_s,
                 suppression=suppression_policy(settings),
+                keys=keys_for(settings),
             )
         self.stores = stores
         if tracking is None:
             tracking = (
-                RedisTrackingStore(self.redis) if self.redis is not None else MemoryTrackingStore()
+                RedisTrackingStore(self.redis, keys=keys_for(settings))
+                if self.redis is not None
+                else MemoryTrackingStore()
             )
         self.tracking = tracking
         self.event_publisher: Callable[[str, dict[str, Any], str, str], None] | None = None

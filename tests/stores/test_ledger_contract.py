@@ -16,7 +16,15 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from worker.stores.ledger import FINAL_STATES, Ledger, MemoryLedger, RedisLedger
+from worker.stores.ledger import (
+    FINAL_STATES,
+    GAVE_UP,
+    NOT_BEFORE,
+    OUTCOME_UNKNOWN,
+    Ledger,
+    MemoryLedger,
+    RedisLedger,
+)
 from worker.stores.ledger.base import DEAD_LETTER_TTL_S, TAG_MEMORY_S
 
 from ._support import FakeClock
@@ -193,6 +201,40 @@ def test_set_fields_and_the_stored_result(h: Harness) -> None:
     assert record.fields["runs_unfinished"] == "0"
     assert record.result == {"status": "sent"}
     assert record.to_dict()["result"] == {"status": "sent"}
+
+
+def test_typed_marks_name_what_happened(h: Harness) -> None:
+    """The flow's marks (``record_provider``, ``record_result``, ``record_send_at``,
+    ``mark_outcome_unknown``/``known``) write the record's fields on both backends."""
+    new(h.ledger, "d1")
+    h.ledger.record_provider("d1", "voicepartner")
+    h.ledger.record_send_at("d1", T0 + 60)
+    h.ledger.mark_outcome_unknown("d1", ask_at=T0 + 5, gave_up='{"kind": "transient"}')
+    record = h.ledger.get("d1")
+    assert record is not None
+    assert record.provider == "voicepartner"
+    assert float(record.fields["send_at"]) == T0 + 60
+    assert record.fields[OUTCOME_UNKNOWN] == "1"
+    assert float(record.fields[NOT_BEFORE]) == T0 + 5
+    assert record.fields[GAVE_UP] == '{"kind": "transient"}'
+    h.ledger.mark_outcome_known("d1")
+    record = h.ledger.get("d1")
+    assert record is not None and record.fields[OUTCOME_UNKNOWN] == "0"
+    assert record.state == "queued"  # marks never move the state
+    assert h.ledger.bury("d1", reason="r", task_name="tasks.send_sms", message=SMS)
+    h.ledger.record_result("d1", '{"status": "dead"}')
+    record = h.ledger.get("d1")
+    assert record is not None and record.state == "dead"
+    assert record.result == {"status": "dead"}
+
+
+def test_a_mark_on_an_unknown_delivery_creates_nothing(h: Harness) -> None:
+    h.ledger.record_provider("nope", "smspartner")
+    h.ledger.mark_outcome_unknown("nope", ask_at=T0)
+    h.ledger.mark_outcome_known("nope")
+    h.ledger.record_result("nope", "{}")
+    h.ledger.record_send_at("nope", T0)
+    assert h.ledger.get("nope") is None
 
 
 def test_records_and_idempotency_keys_expire(h: Harness) -> None:
@@ -571,4 +613,4 @@ def test_the_dead_letters_key_expires_in_redis(redis_client: redis.Redis) -> Non
     assert 0 < redis_client.ttl("dw:dead") <= DEAD_LETTER_TTL_S
     ledger.set_fields("gone", state="x")
     ledger.touch("gone")
-    assert redis_client.exists(RedisLedger.key("gone")) == 0
+    assert redis_client.exists(ledger.key("gone")) == 0

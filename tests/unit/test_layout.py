@@ -149,7 +149,12 @@ LEDGER_WRITES = frozenset(
         "hold",
         "incr",
         "lock",
+        "mark_outcome_known",
+        "mark_outcome_unknown",
         "note_tag_use",
+        "record_provider",
+        "record_result",
+        "record_send_at",
         "revive",
         "set_aside",
         "set_fields",
@@ -174,7 +179,7 @@ OUTSIDE_THE_FLOW = {
     ("worker/guard/refusals.py", "create"),
     ("worker/guard/refusals.py", "bury"),
     ("worker/guard/refusals.py", "set_aside"),
-    ("worker/guard/refusals.py", "set_fields"),
+    ("worker/guard/refusals.py", "record_result"),
     ("worker/guard/refusals.py", "transition"),
     # Cancel, the durable schedule at enqueue and its mover, the operator's commands.
     ("worker/scheduling/cancel.py", "cancel"),
@@ -223,6 +228,21 @@ def test_only_the_outcome_writer_writes_the_ledger() -> None:
     flow = ("tasks/", "worker/delivery/", "worker/batching/")
     in_flow = {(rel, m) for rel, m in outside if rel.startswith(flow)}
     assert in_flow <= {("worker/delivery/spool.py", "transition")}, in_flow
+
+
+def test_nothing_outside_the_stores_writes_ledger_fields_by_name() -> None:
+    """``set_fields`` (a bag of hash fields) is the stores' own: the writer and every feature
+    name what happened (``record_provider``, ``mark_outcome_unknown``, ``record_result``,
+    ...), so the field names live in ``worker.stores.ledger`` only."""
+    found = {
+        (rel, m)
+        for rel, path in _sources("worker", "tasks")
+        for m in _store_calls(path, "ledger", frozenset({"set_fields"}))
+    }
+    assert found == set(), found
+    marks = {"record_provider", "record_result", "record_send_at", "mark_outcome_unknown"}
+    writer = set(_store_calls(ROOT / FLOW_WRITER, "ledger", LEDGER_WRITES))
+    assert marks | {"mark_outcome_known"} <= writer, writer
 
 
 def test_only_the_outcome_writer_runs_the_hot_path_scripts_and_the_counters() -> None:

@@ -1,7 +1,7 @@
 """The settle step: each error kind, by the policy its class declares, ends in its outcome.
 
 ``worker.errors`` declares, per class, what the pipeline does (``policy``) and what the circuit
-breaker hears (``provider_fault`` / ``provider_up``); ``worker.delivery.settle`` only dispatches
+breaker hears (``provider_fault`` / ``provider_up``); ``worker.delivery.pipeline`` only dispatches
 on that data. These tests pin the table and each policy's effect on the ledger counters, the
 breaker, the shared limiter, parking and metrics, on the in-memory stores (no redis-server).
 """
@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 import worker.errors as errors_module
 from worker.config import Settings
 from worker.delivery.context import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN, Delivery
+from worker.delivery.pipeline import POLICY_HANDLERS, Failure, settle_error
 from worker.delivery.results import Done, Retry
-from worker.delivery.settle import POLICY_HANDLERS, Failure, settle_error
 from worker.errors import (
     AccountBlockedError,
     ConfigurationError,

@@ -1,4 +1,4 @@
-"""The send pipeline against the suppression list (``worker.delivery.suppress``), on the
+"""The send pipeline against the suppression list (``worker.delivery.pipeline``), on the
 in-memory stores (the Redis hot path's lookup is held to the same contract by
 ``tests/stores/test_hotpath_contract.py``)."""
 

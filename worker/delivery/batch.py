@@ -12,7 +12,7 @@ every guarantee of the single path holds per message:
   round trip for the batch), which writes a ``sent`` with the unlock;
 * the messages that would now be sent and whose driver declares ``batch_limit`` are grouped by
   ``(provider, batch_key)`` into chunks of distinct recipients; the others are sent alone;
-* per request, the single path's gate (``worker.delivery.gate``, given the chunk) records
+* per request, the single path's gate (``worker.delivery.pipeline``, given the chunk) records
   every message of the chunk as ``sending`` with the request's
   tag (``batch_tags``) **before** the request leaves, then takes **one** limiter slot: a worker
   killed from here on leaves records that the next run reconciles by that tag;
@@ -56,12 +56,23 @@ from typing import Any, TypeVar
 import structlog
 
 from worker.delivery.context import BATCH_TAGS, Delivery
-from worker.delivery.gate import Gate, Later
-from worker.delivery.pipeline import invalid, prepare
-from worker.delivery.record import answer_from_ledger, close_runs, load, open_runs
+from worker.delivery.pipeline import (
+    POLICY_HANDLERS,
+    Failure,
+    Gate,
+    Later,
+    accepted,
+    answer_from_ledger,
+    close_runs,
+    invalid,
+    later,
+    load,
+    open_runs,
+    prepare,
+    send,
+    settle_error,
+)
 from worker.delivery.results import Outcome
-from worker.delivery.send import accepted, later, send
-from worker.delivery.settle import POLICY_HANDLERS, Failure, settle_error
 from worker.delivery.writer import Sending, sent
 from worker.errors import DeliveryError
 from worker.models import InvalidMessage

@@ -14,6 +14,7 @@ from worker.config import Settings
 from worker.models import DeliveryResult, ErrorInfo, Message, SmsMessage
 from worker.runtime import Runtime
 from worker.stores.hotpath import Begun, Closing
+from worker.stores.ledger import GAVE_UP, NOT_BEFORE, OUTCOME_UNKNOWN
 
 __all__ = [
     "BATCH_TAGS",
@@ -25,20 +26,13 @@ __all__ = [
     "as_float",
 ]
 
-OUTCOME_UNKNOWN = "outcome_unknown"
-"""Ledger field: "1" while an earlier send's outcome could not be reconciled (ask again first)."""
-NOT_BEFORE = "not_before"
-"""Ledger field: epoch seconds before which the provider is not called (a deferred message, or
-the grace before reconciling an unknown outcome). Celery countdowns are capped below the
-visibility timeout (:func:`worker.delivery.writer.wait`), so a run that comes earlier just
-waits again."""
+# OUTCOME_UNKNOWN, NOT_BEFORE, GAVE_UP: the ledger's own fields (``worker.stores.ledger``),
+# written by its typed marks. A run that comes before NOT_BEFORE just waits again (Celery
+# countdowns are capped below the visibility timeout, :func:`worker.delivery.writer.wait`).
 FIRST_ATTEMPT_AT = "first_attempt_at"
 BATCH_TAGS = "batch_tags"
 """Ledger field: the tags of the batch requests that carried this delivery, space-separated,
 newest last (``worker.delivery.batch``); an unknown outcome is looked up under each."""
-GAVE_UP = "unknown_outcome_error"
-"""Ledger field: the last error (JSON) when retries ran out with the outcome still unknown; the
-delivery fails with it only once the provider, asked after the grace, has not seen the send."""
 
 
 @dataclass
@@ -63,22 +57,20 @@ class Delivery:
     """A ``sent`` transition left for the run's last step (written with the unlock, the
     counter and the tracking registration in one round trip); ``None``: written already."""
     suppressed: dict[str, str] = field(default_factory=dict)
-    """Recipients left out as suppressed, masked → reason (``worker.delivery.suppress``)."""
+    """Recipients left out as suppressed, masked → reason (``worker.delivery.pipeline``)."""
     defer_closing: bool = False
-    """Set while the run holds the lock (:func:`worker.delivery.record.open_runs`)."""
+    """Set while the run holds the lock (:func:`worker.delivery.pipeline.open_runs`)."""
 
-    @property
-    def settings(self) -> Settings:
-        return self.rt.settings
+    settings: Settings = field(init=False)
+    channel: str = field(init=False)
+    routed: bool = field(init=False)
+    """The caller named no provider: the worker picks one per attempt."""
 
-    @property
-    def channel(self) -> str:
-        return self.message.channel
-
-    @property
-    def routed(self) -> bool:
-        """The caller named no provider: the worker picks one per attempt."""
-        return self.message.provider is None
+    def __post_init__(self) -> None:
+        # Read once: plain attributes, so a step reading them stays in its own module.
+        self.settings = self.rt.settings
+        self.channel = self.message.channel
+        self.routed = self.message.provider is None
 
     def deadline(self) -> float:
         if self.message.deadline is not None:

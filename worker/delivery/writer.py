@@ -33,9 +33,6 @@ from tenacity import (
 from worker.delivery.context import (
     BATCH_TAGS,
     FIRST_ATTEMPT_AT,
-    GAVE_UP,
-    NOT_BEFORE,
-    OUTCOME_UNKNOWN,
     Delivery,
 )
 from worker.delivery.results import Done, Retry, mask_ids
@@ -182,7 +179,7 @@ def wait(
     if ask_after_deadline:
         # An earlier send's outcome is unknown: the run after the grace asks the provider,
         # past the deadline too, and then ends sent or expired, never resent
-        # (worker.delivery.deadline). Still never beyond the broker's visibility timeout.
+        # (worker.delivery.pipeline). Still never beyond the broker's visibility timeout.
         delay_s = min(delay_s, d.settings.retry_backoff_max_s)
     elif remaining <= 0:
         return expire(d, attempts, f"while {reason.replace('_', ' ')}")
@@ -270,7 +267,7 @@ def finish_runs(chunk: Sequence[tuple[Delivery, str, bool]]) -> None:
                 raise
             # A write of the chunk may have landed before the connection failed: its retry
             # finds the lock released and keeps its closing aside (late_outcome), never sent
-            # again (worker.delivery.reconcile adopts it).
+            # again (worker.delivery.pipeline adopts it).
             done = [
                 final_write(d, f.token, reset_runs=f.reset_runs, closing=f.closing)
                 for (d, _, _), f in zip(chunk, args, strict=True)
@@ -378,7 +375,7 @@ def bury(d: Delivery, crashed_runs: int, attempts: int) -> Done:
     d.rt.ledger.bury(d.delivery_id, reason=reason, task_name=d.task_name, message=d.raw)
     log.error("delivery.dead_letter", reason=reason, action="delivery-worker dead replay ID")
     result = d.result("dead", attempts, error=ErrorInfo(kind="dead_letter", message=reason))
-    d.rt.ledger.set_fields(d.delivery_id, result=result.model_dump_json())
+    d.rt.ledger.record_result(d.delivery_id, result.model_dump_json())
     metrics.finished(d.provider, d.channel, "dead", "dead_letter")
     return Done(result)
 
@@ -433,7 +430,7 @@ def note_tag_use(d: Delivery, tag: str, at: float) -> None:
 
 
 def chose_provider(d: Delivery, provider: str) -> None:
-    d.rt.ledger.set_fields(d.delivery_id, provider=provider)
+    d.rt.ledger.record_provider(d.delivery_id, provider)
 
 
 def count_attempt(d: Delivery) -> int:
@@ -456,21 +453,16 @@ def outcome_unknown(
 ) -> None:
     """An earlier send's outcome is unknown: ask the provider (after ``ask_at``) before any
     resend; ``gave_up``: the error (JSON) to fail with if the provider has not seen it."""
-    marks = {OUTCOME_UNKNOWN: "1"}
-    if ask_at is not None:
-        marks[NOT_BEFORE] = repr(ask_at)
-    if gave_up is not None:
-        marks[GAVE_UP] = gave_up
-    d.rt.ledger.set_fields(d.delivery_id, **marks)
+    d.rt.ledger.mark_outcome_unknown(d.delivery_id, ask_at=ask_at, gave_up=gave_up)
 
 
 def outcome_known(d: Delivery) -> None:
     """The provider was asked and has not seen the earlier send: it may be sent again."""
-    d.rt.ledger.set_fields(d.delivery_id, **{OUTCOME_UNKNOWN: "0"})
+    d.rt.ledger.mark_outcome_known(d.delivery_id)
 
 
 def send_at_seen(d: Delivery, send_at: float) -> None:
-    d.rt.ledger.set_fields(d.delivery_id, send_at=repr(send_at))
+    d.rt.ledger.record_send_at(d.delivery_id, send_at)
 
 
 def hold(d: Delivery, due: float, **fields: str) -> bool:

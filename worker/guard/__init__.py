@@ -6,7 +6,7 @@ to the prefork pool, which pickles it. All of that runs in the worker's **main**
 recurses over the message: a dict nested a few hundred levels deep made pickling raise
 ``RecursionError`` there, the worker died ("Unrecoverable error") and the message, restored to
 the queue, killed the next worker too. The pool's dead-letter count (``runs_unfinished``,
-``worker.delivery.record``) never saw it, since no task ever started.
+``worker.delivery.pipeline``) never saw it, since no task ever started.
 
 :class:`GuardedConsumer` (``worker_consumer``) wraps the consumer's message handler. Before
 the strategy runs, :class:`MessageGuard` checks, without recursion and within fixed work:

@@ -35,6 +35,7 @@ import redis
 import structlog
 
 from worker.metrics import record as metrics
+from worker.stores.keys import Keys
 
 __all__ = [
     "MAX_ITEMS",
@@ -49,7 +50,8 @@ __all__ = [
 
 log = structlog.get_logger("worker.guard")
 
-REJECTED_ITEMS_KEY = "dw:rejected:items"
+REJECTED_ITEMS_KEY = Keys().rejected_items
+"""The default namespace's list; :func:`set_aside` takes the worker's ``keys``."""
 """List of raw queue items set aside (newest first), each a JSON record: ``queue``,
 ``reason``, ``detail``, ``at`` (Unix seconds), ``size`` (bytes), ``item`` (its start, as text)."""
 MAX_ITEMS = 1000
@@ -140,7 +142,14 @@ def _json_type(value: Any) -> str:
     return "number"
 
 
-def set_aside(client: redis.Redis, queue: str, item: bytes | str, refusal: ItemRefusal) -> None:
+def set_aside(
+    client: redis.Redis,
+    queue: str,
+    item: bytes | str,
+    refusal: ItemRefusal,
+    *,
+    keys: Keys | None = None,
+) -> None:
     """Keep the start of ``item`` in :data:`REJECTED_ITEMS_KEY`, count and log it.
 
     A Redis error loses the copy (the item was popped already) but not the count or the log
@@ -155,11 +164,12 @@ def set_aside(client: redis.Redis, queue: str, item: bytes | str, refusal: ItemR
         "item": raw[:MAX_ITEM_BYTES].decode("utf-8", "backslashreplace"),
     }
     kept = True
+    key = (keys or Keys()).rejected_items
     try:
         pipe = client.pipeline(transaction=True)
-        pipe.lpush(REJECTED_ITEMS_KEY, json.dumps(record))
-        pipe.ltrim(REJECTED_ITEMS_KEY, 0, MAX_ITEMS - 1)
-        pipe.expire(REJECTED_ITEMS_KEY, REJECTED_ITEMS_TTL_S)
+        pipe.lpush(key, json.dumps(record))
+        pipe.ltrim(key, 0, MAX_ITEMS - 1)
+        pipe.expire(key, REJECTED_ITEMS_TTL_S)
         pipe.execute()
     except redis.RedisError:
         kept = False

@@ -21,6 +21,7 @@ from worker.limits import MessageLimits, shape
 from worker.models import DeliveryResult, ErrorInfo
 from worker.redis_client import shared_redis
 from worker.stores import RedisLedger
+from worker.stores.keys import Keys, keys_for
 from worker.tasknames import CHANNEL_OF_TASK
 
 __all__ = [
@@ -35,16 +36,17 @@ __all__ = [
 
 log = structlog.get_logger("worker.guard")
 
-MAIN_MARK_PREFIX = "dw:main:"
-"""``dw:main:<task id>``: a hash of the worker main processes (by token) holding this task
+MAIN_MARK_PREFIX = Keys().main_mark_prefix
+"""``<ns>:main:<task id>`` (here the default namespace; a guard uses its own): a hash of the
+worker main processes (by token) holding this task
 between its arrival and a pool process taking it. A holder whose liveness key is gone died
 with it in hand."""
 GUARD_HEADER = "dw_guard"
 """Message header the main process sets on a send task it marked: its token. The pool process
 clears the mark in the run's first shared-state step (``worker.stores.hotpath``), so handing a
 send to the pool costs no Redis command of its own."""
-ALIVE_PREFIX = "dw:guard:alive:"
-"""``dw:guard:alive:<token>``: set every second by each worker main process, expires after
+ALIVE_PREFIX = Keys().guard_alive_prefix
+"""``<ns>:guard:alive:<token>``: set every second by each worker main process, expires after
 :data:`ALIVE_TTL_S`; its absence means that process is gone."""
 ALIVE_TTL_S = 3.0
 _BEAT_EVERY_S = 1.0
@@ -68,8 +70,8 @@ return {alive, dead}
 REFUSED_COPY_SUFFIX = ":refused-copy"
 """A refused message whose id is a live delivery's is set aside as the dead letter
 ``<id>:refused-copy``, leaving the delivery's own record, result and dead letter alone."""
-REJECTED_KEY = "dw:rejected"
-"""Hash of counts of messages refused without a readable task id, by kind."""
+REJECTED_KEY = Keys().rejected
+"""(Default namespace.) Hash of counts of messages refused without a readable task id, by kind."""
 _MARK_TTL_S = 24 * 3600
 
 
@@ -81,7 +83,8 @@ class MessageGuard:
         self.settings = settings
         self.limits: MessageLimits = settings.message_limits()
         self.redis = client or shared_redis(settings)
-        self.ledger = RedisLedger(self.redis)
+        self.keys = keys_for(settings)
+        self.ledger = RedisLedger(self.redis, keys=self.keys)
         self.marked: set[str] = set()
         self._unmark_pending: set[str] = set()
         """Marks whose clearing failed (Redis unreachable); cleared before the next mark."""
@@ -93,7 +96,7 @@ class MessageGuard:
 
     def beat(self) -> None:
         """Say this main process is alive for the next :data:`ALIVE_TTL_S`."""
-        self.redis.set(ALIVE_PREFIX + self.token, 1, px=int(ALIVE_TTL_S * 1000))
+        self.redis.set(self.keys.guard_alive_prefix + self.token, 1, px=int(ALIVE_TTL_S * 1000))
 
     def start(self) -> None:
         """Beat every second from a daemon thread (the consumer's loop may be busy)."""
@@ -131,13 +134,14 @@ class MessageGuard:
         self._retry_unmarks()
         if accepted.task_id in self.marked:
             return None  # this living process already holds it: not a crash
-        key = MAIN_MARK_PREFIX + accepted.task_id
+        key = self.keys.main_mark(accepted.task_id)
         started = time.monotonic()
         while True:
             waited = time.monotonic() - started
             late = waited >= ALIVE_TTL_S + _BEAT_EVERY_S
             alive, dead = self._mark_script(
-                keys=[key], args=[self.token, ALIVE_PREFIX, _MARK_TTL_S, "1" if late else "0"]
+                keys=[key],
+                args=[self.token, self.keys.guard_alive_prefix, _MARK_TTL_S, "1" if late else "0"],
             )
             # A holder that looks dead has one beat interval to beat again (Redis was away);
             # a living holder, until its copy reaches a pool process.
@@ -167,7 +171,7 @@ class MessageGuard:
         if task_id in self.marked:
             self.marked.discard(task_id)
             try:
-                self.redis.hdel(MAIN_MARK_PREFIX + task_id, self.token)
+                self.redis.hdel(self.keys.main_mark(task_id), self.token)
             except redis.RedisError:
                 self._unmark_pending.add(task_id)
                 log.warning("guard.unmark_deferred", marks=len(self._unmark_pending))
@@ -192,7 +196,7 @@ class MessageGuard:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for task_id in ours:
-                pipe.hdel(MAIN_MARK_PREFIX + task_id, self.token)
+                pipe.hdel(self.keys.main_mark(task_id), self.token)
             pipe.execute()
         except redis.RedisError:
             self._unmark_pending.update(ours)
@@ -200,7 +204,7 @@ class MessageGuard:
 
     def _retry_unmarks(self) -> None:
         for task_id in list(self._unmark_pending):
-            self.redis.hdel(MAIN_MARK_PREFIX + task_id, self.token)
+            self.redis.hdel(self.keys.main_mark(task_id), self.token)
             self._unmark_pending.discard(task_id)
 
     def unmark_all(self) -> None:
@@ -214,7 +218,7 @@ class MessageGuard:
     def refuse(self, message: Any, refusal: Refusal) -> None:
         """Record the refusal as a final outcome (when it has an id), then acknowledge."""
         if refusal.task_id is None:
-            self.redis.hincrby(REJECTED_KEY, refusal.kind, 1)
+            self.redis.hincrby(self.keys.rejected, refusal.kind, 1)
             log.error("message.rejected", reason=refusal.reason, kind=refusal.kind)
         else:
             self._record(refusal)
@@ -272,7 +276,7 @@ class MessageGuard:
             self.ledger.bury(
                 task_id, reason=refusal.reason, task_name=task_name, message=refusal.message
             )
-            self.ledger.set_fields(task_id, result=json.dumps(result))
+            self.ledger.record_result(task_id, json.dumps(result))
         else:
             self.ledger.transition(
                 task_id, "failed", error_kind=refusal.kind, result=json.dumps(result)

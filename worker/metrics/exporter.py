@@ -25,6 +25,7 @@ from worker.config import Settings
 from worker.metrics.shared import SharedStateCollector
 from worker.runtime import breaker_config
 from worker.stores import Stores
+from worker.stores.keys import keys_for
 
 __all__ = [
     "MULTIPROC_ENV",
@@ -70,6 +71,7 @@ def build_registry(
         client,
         breaker=breaker_config(settings),
         safety_margin_s=settings.limiter_safety_margin_s,
+        keys=keys_for(settings),
     )
     registry.register(SharedStateCollector(stores, client, settings))
     return registry

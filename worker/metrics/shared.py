@@ -177,7 +177,7 @@ class SharedStateCollector(Collector):
                 limits = [x for x in self.settings.limits(provider, bucket) if not _is_pacing(x)]
                 if not limits:
                     continue
-                key = limiter_key(provider, identity, bucket)
+                key = limiter_key(provider, identity, bucket, prefix=self.settings.redis_namespace)
                 for limit, used in zip(limits, self.stores.limiter.usage(key, limits), strict=True):
                     usage.add_metric([provider, f"{bucket}:{limit}"], used / limit.count)
         return usage

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from worker.config import PROVIDERS
+from worker.stores.keys import keys_for
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -35,7 +36,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from worker.redis_client import shared_redis
     from worker.stores import RedisLedger
 
-    ledger = RedisLedger(shared_redis(get_settings()))
+    settings = get_settings()
+    ledger = RedisLedger(shared_redis(settings), keys=keys_for(settings))
     record = ledger.get(args.delivery_id)
     if record is None:
         print(f"no delivery {args.delivery_id}", file=sys.stderr)

@@ -35,6 +35,7 @@ from worker.stores import (
     limiter_key,
 )
 from worker.stores.balances import BalanceUnit
+from worker.stores.keys import keys_for
 
 __all__ = ["Operations", "ProviderStatus"]
 
@@ -146,6 +147,7 @@ class Operations:
             client,
             breaker=breaker_config(settings),
             safety_margin_s=settings.limiter_safety_margin_s,
+            keys=keys_for(settings),
         )
         return cls.for_stores(stores, settings=settings, app=app)
 
@@ -281,7 +283,12 @@ class Operations:
         for provider in self.settings.enabled_providers():
             if provider in paused:
                 continue
-            key = limiter_key(provider, self.settings.egress_identity, "balance")
+            key = limiter_key(
+                provider,
+                self.settings.egress_identity,
+                "balance",
+                prefix=self.settings.redis_namespace,
+            )
             if self.limiter.acquire(key, BALANCE_CHECK_LIMITS) > 0:
                 continue
             try:

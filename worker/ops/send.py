@@ -32,6 +32,8 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
+from worker.stores.keys import keys_for
+
 __all__ = [
     "EXIT_CODES",
     "add_send_parser",
@@ -249,7 +251,9 @@ def delivery_state(delivery_id: str) -> dict[str, Any] | None:
     from worker.redis_client import shared_redis
     from worker.stores.tracking import RedisTrackingStore
 
-    found = RedisTrackingStore(shared_redis(get_settings())).status(delivery_id)
+    settings = get_settings()
+    store = RedisTrackingStore(shared_redis(settings), keys=keys_for(settings))
+    found = store.status(delivery_id)
     return None if found is None else found.as_dict()
 
 

@@ -80,7 +80,9 @@ def _store() -> tuple[SuppressionStore, RecipientHasher]:
     from worker.stores.suppression import RedisSuppressionStore
 
     settings = get_settings()
-    store = RedisSuppressionStore(shared_redis(settings), policy=suppression_policy(settings))
+    store = RedisSuppressionStore(
+        shared_redis(settings), settings.redis_namespace, policy=suppression_policy(settings)
+    )
     return store, RecipientHasher(settings.suppression_key)
 
 

@@ -10,8 +10,8 @@ to the channel shape (:meth:`Driver.check_message`) and, for reconciliation,
 
 :meth:`Driver.send` is the algorithm every delivery follows: check the rules → build the
 request → pass a gate → transmit → parse and classify the answer. The delivery flow runs the
-same steps itself (:meth:`Driver.build`, its own gate ``worker.delivery.gate``, :meth:`transmit`,
-:meth:`parse_response`; for a batch :meth:`build_batch_request` and
+same steps itself (:meth:`Driver.build`, its own gate in ``worker.delivery.pipeline``,
+:meth:`transmit`, :meth:`parse_response`; for a batch :meth:`build_batch_request` and
 :meth:`parse_batch_response`), so a driver never calls back into the flow. Transmission,
 bounded reads, connection-level retries, the mapping of httpx errors and the shared status
 mapping live here once.

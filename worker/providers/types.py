@@ -13,7 +13,7 @@ Gate = Callable[[], None]
 
 Status lookups pass one that takes the limiter slot; whatever it raises ends the call
 unchanged. The delivery flow does not pass one to the driver: it calls its own gate
-(``worker.delivery.gate``) between :meth:`Driver.build` and :meth:`Driver.transmit`."""
+(``worker.delivery.pipeline``) between :meth:`Driver.build` and :meth:`Driver.transmit`."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ def build_from_env() -> Any:
     from worker.receiver.limits import BodyDeadline
     from worker.receiver.publish import CeleryPublisher, RedisDedupe
     from worker.redis_client import shared_redis
+    from worker.stores.keys import keys_for
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -32,7 +33,7 @@ def build_from_env() -> Any:
     app = create_app(
         ReceiverConfig.from_settings(settings),
         CeleryPublisher(celery_app),
-        RedisDedupe(client, settings.tracking_dedupe_ttl_s),
+        RedisDedupe(client, settings.tracking_dedupe_ttl_s, keys=keys_for(settings)),
     )
     return BodyDeadline(
         app,

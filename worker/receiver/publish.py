@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
+from worker.stores.keys import Keys
 from worker.tasknames import TRACK_EVENTS_TASK, TRACK_HINT_TASK
 from worker.tracking.events import DeliveryEvent
 
@@ -82,13 +83,12 @@ class CeleryPublisher:
 
 
 class RedisDedupe:
-    """Claims in Redis (``dw:track:seen:<key>``), shared by every receiver process."""
+    """Claims in Redis (``<ns>:track:seen:<key>``), shared by every receiver process."""
 
-    PREFIX = "dw:track:seen:"
-
-    def __init__(self, client: Any, ttl_s: int) -> None:
+    def __init__(self, client: Any, ttl_s: int, *, keys: Keys | None = None) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.PREFIX = (keys or Keys()).track_seen_prefix
 
     def claim(self, key: str) -> Claim:
         name = self.PREFIX + key

@@ -5,7 +5,7 @@
 * :mod:`.quiet`: per-channel quiet hours (``DELIVERY_QUIET_HOURS``), applied as a ``send_at``.
 * :mod:`.enqueue`: the producer puts a message that no provider will schedule straight onto
   the ledger's schedule (no task runs until it is due).
-* :mod:`worker.delivery.schedule`: the pipeline step that holds a message until its time, in
+* :mod:`worker.delivery.pipeline`: the pipeline step that holds a message until its time, in
   the ledger's durable schedule or at its provider (native scheduling), and answers a due run.
 * :mod:`.mover`: the loop in each worker's main process that publishes due messages.
 * :mod:`.cancel`: ``cancel(delivery_id)`` and its answers; ``delivery-worker cancel``

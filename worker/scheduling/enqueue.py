@@ -2,7 +2,7 @@
 
 A message whose ``send_at`` is ahead and that its provider will not schedule natively (no
 native scheduling, a time its format cannot express, or too near: see
-:func:`worker.delivery.schedule.native_fits`) goes straight onto the ledger's schedule: the
+:func:`worker.delivery.pipeline.native_fits`) goes straight onto the ledger's schedule: the
 producer's ``enqueue`` records it as ``scheduled`` and publishes nothing; the schedule mover
 publishes its task when due. A worker then runs it once, at its time (not once to hold it and
 once to send it). Messages that will be scheduled at the provider are published at once: a

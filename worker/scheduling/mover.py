@@ -32,6 +32,7 @@ from celery import Celery, bootsteps
 
 from worker.scheduling.defaults import LEASE_S, TICK_S
 from worker.stores import Ledger
+from worker.stores.keys import keys_for
 
 __all__ = ["LEASE_S", "TICK_S", "MoverStep", "ScheduleMover", "move_due"]
 
@@ -145,7 +146,7 @@ class MoverStep(bootsteps.StartStopStep):
         # Both may be sentinel:// (worker.redis_client): client_app gives Celery the
         # master's name, and the backlog reads the queue on the broker's current master.
         client = client_app(settings.broker_url, settings.result_backend, name="schedule-mover")
-        ledger = RedisLedger(shared_redis(settings))
+        ledger = RedisLedger(shared_redis(settings), keys=keys_for(settings))
         broker = broker_redis(settings)
         self.mover = ScheduleMover(
             client,

@@ -13,7 +13,7 @@
 * ``closed_days``: days with no window at all (``mon`` … ``sun``).
 
 A message that would leave outside the window (now, or at its ``send_at``) gets the next
-opening as its time: it is held like any scheduled message (``worker.delivery.schedule``), and
+opening as its time: it is held like any scheduled message (``worker.delivery.pipeline``), and
 expires if that is past its deadline. This also keeps marketing SMS inside SMS Partner's legal
 window (08:00-20:00 Paris time, not on Sundays: docs/providers/smspartner.md §1.2.2, §1.3 codes
 22/23) instead of waiting for the provider's refusal; a public holiday still comes back as code 23,

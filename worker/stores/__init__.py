@@ -33,6 +33,7 @@ from worker.stores.health import (
     PauseInfo,
     RedisHealthStore,
 )
+from worker.stores.keys import Keys, keys_for
 from worker.stores.ledger import (
     FINAL_STATES,
     STATE_RANK,
@@ -69,6 +70,7 @@ __all__ = [
     "Decision",
     "DeliveryRecord",
     "HealthStore",
+    "Keys",
     "Ledger",
     "Limit",
     "MemoryBalances",
@@ -94,6 +96,7 @@ __all__ = [
     "SoftBouncePolicy",
     "Stores",
     "SuppressionStore",
+    "keys_for",
     "limiter_key",
 ]
 
@@ -121,16 +124,20 @@ class Stores:
         breaker: BreakerConfig | None = None,
         safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
         suppression: SoftBouncePolicy | None = None,
+        keys: Keys | None = None,
     ) -> Stores:
-        """The shared stores of every worker, on one Redis connection pool."""
+        """The shared stores of every worker, on one Redis connection pool, under one
+        namespace (``keys``, the default ``dw`` without)."""
+        keys = keys or Keys()
+        ns = keys.namespace
         return cls(
-            ledger=RedisLedger(client),
-            parking=RedisParking(client),
-            health=RedisHealthStore(client, config=breaker),
-            limiter=RedisRateLimiter(client, safety_margin_s=safety_margin_s),
-            metrics=RedisMetrics(client),
-            balances=RedisBalances(client),
-            suppression=RedisSuppressionStore(client, policy=suppression),
+            ledger=RedisLedger(client, keys=keys),
+            parking=RedisParking(client, keys=keys),
+            health=RedisHealthStore(client, ns, config=breaker),
+            limiter=RedisRateLimiter(client, ns, safety_margin_s=safety_margin_s),
+            metrics=RedisMetrics(client, keys=keys),
+            balances=RedisBalances(client, keys=keys),
+            suppression=RedisSuppressionStore(client, ns, policy=suppression),
         )
 
     @classmethod

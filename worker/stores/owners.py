@@ -6,15 +6,19 @@ provider or per queue. :data:`NO_TTL_OWNERS` lists the families that live withou
 their owner and what bounds them; anything else must carry a TTL. The integration test
 ``tests/integration/test_key_owners.py`` runs a mixed workload over real processes and fails
 on any key that has neither. ``docs/operations.md`` shows the same table to operators.
+The worker's own families follow the key namespace (``worker.stores.keys``): :func:`no_ttl_owners`
+builds the table for one namespace, :data:`NO_TTL_OWNERS` is the default ``dw`` one.
 """
 
 from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-__all__ = ["NO_TTL_OWNERS", "owner_of"]
+from worker.stores.keys import DEFAULT_NAMESPACE, Keys
 
-NO_TTL_OWNERS: dict[str, str] = {
+__all__ = ["NO_TTL_OWNERS", "no_ttl_owners", "owner_of"]
+
+_OWNERS: dict[str, str] = {
     # Celery's Redis transport (kombu): queues, bindings and the unacknowledged set.
     "_kombu.binding*": "kombu: one set per queue and exchange (bounded by the queues)",
     "delivery": "kombu: the send queue; consumers pop it",
@@ -24,33 +28,43 @@ NO_TTL_OWNERS: dict[str, str] = {
     "unacked_index": "kombu: the index of `unacked`, cleaned with it",
     "unacked_mutex": "kombu: a short lock with its own expiry",
     # The worker's own families without a TTL.
-    "dw:active": "ledger: live deliveries; an entry leaves when its delivery ends, the sweeper "
+    "{ns}:active": "ledger: live deliveries; an entry leaves when its delivery ends, the sweeper "
     "finishes stragglers",
-    "dw:scheduled": "scheduler: due times of held messages; the mover takes each when due, "
+    "{ns}:scheduled": "scheduler: due times of held messages; the mover takes each when due, "
     "cancel removes it",
-    "dw:scheduled:claims": "scheduler: leases of the mover, removed on publish",
-    "dw:track:poll": "tracking: deliveries being followed; an entry leaves at a final state or "
+    "{ns}:scheduled:claims": "scheduler: leases of the mover, removed on publish",
+    "{ns}:track:poll": "tracking: deliveries being followed; an entry leaves at a final state or "
     "after the tracking horizon (48 h)",
-    "dw:track:outbox": "tracking: index of outboxes waiting to publish; an expired outbox is "
+    "{ns}:track:outbox": "tracking: index of outboxes waiting to publish; an expired outbox is "
     "dropped from it",
-    "dw:metrics:*": "metrics: one hash of counters per provider (bounded by the providers)",
-    "dw:balances": "balances: one hash, one field per provider",
-    "dw:health:paused": "health: one hash, one field per paused provider; resume removes it",
-    "dw:health:breaker:*": "health: one hash per provider whose breaker has state",
-    "dw:parked:*": "parking: one hash per paused provider; resume empties it",
-    "dw:rejected": "guard: one hash of refusal counts by reason (bounded by the reasons)",
-    "dw:supp:email": "suppression: one hash, one field per suppressed address; an expired entry "
+    "{ns}:metrics:*": "metrics: one hash of counters per provider (bounded by the providers)",
+    "{ns}:balances": "balances: one hash, one field per provider",
+    "{ns}:health:paused": "health: one hash, one field per paused provider; resume removes it",
+    "{ns}:health:breaker:*": "health: one hash per provider whose breaker has state",
+    "{ns}:parked:*": "parking: one hash per paused provider; resume empties it",
+    "{ns}:rejected": "guard: one hash of refusal counts by reason (bounded by the reasons)",
+    "{ns}:supp:email": "suppression: one hash, one field per suppressed address; an expired entry "
     "is dropped when met, `suppression remove` removes one",
-    "dw:supp:sms": "suppression: one hash, one field per suppressed number (as email)",
-    "dw:supp:voice": "suppression: one hash, one field per suppressed number (as email)",
-    "dw:repl:fence": "producer: one key, the replication fence",
+    "{ns}:supp:sms": "suppression: one hash, one field per suppressed number (as email)",
+    "{ns}:supp:voice": "suppression: one hash, one field per suppressed number (as email)",
+    "{ns}:repl:fence": "producer: one key, the replication fence",
 }
-"""Key pattern (``fnmatch``, case-sensitive) → its owner and what keeps it bounded."""
 
 
-def owner_of(key: str) -> str | None:
+def no_ttl_owners(namespace: str = DEFAULT_NAMESPACE) -> dict[str, str]:
+    """Key pattern (``fnmatch``, case-sensitive) → its owner and what keeps it bounded, for the
+    worker's families under ``namespace``."""
+    ns = Keys(namespace).namespace
+    return {pattern.replace("{ns}", ns): owner for pattern, owner in _OWNERS.items()}
+
+
+NO_TTL_OWNERS = no_ttl_owners()
+"""The table of the default namespace."""
+
+
+def owner_of(key: str, namespace: str = DEFAULT_NAMESPACE) -> str | None:
     """The owner of a key that lives without a TTL, or None when it must carry one."""
-    for pattern, owner in NO_TTL_OWNERS.items():
+    for pattern, owner in no_ttl_owners(namespace).items():
         if fnmatchcase(key, pattern):
             return owner
     return None

@@ -71,7 +71,9 @@ class _LookupGate:
     def __init__(self, rt: Runtime, provider: str, bucket: str, sleep: Callable[[float], None]):
         self._lock = threading.Lock()
         self.rt = rt
-        self.key = limiter_key(provider, rt.settings.egress_identity, bucket)
+        self.key = limiter_key(
+            provider, rt.settings.egress_identity, bucket, prefix=rt.settings.redis_namespace
+        )
         self.limits = rt.settings.limits(provider, bucket)
         self.sleep = sleep
         self.requests = 0

@@ -17,6 +17,7 @@ from worker.stores.health.base import (
     HealthStore,
     PauseInfo,
 )
+from worker.stores.keys import DEFAULT_NAMESPACE, Keys
 
 __all__ = ["RedisHealthStore"]
 
@@ -37,19 +38,20 @@ class RedisHealthStore(HealthStore):
     def __init__(
         self,
         redis_client: redis.Redis,
-        prefix: str = "dw",
+        prefix: str = DEFAULT_NAMESPACE,
         *,
         config: BreakerConfig | None = None,
     ) -> None:
         self._redis = redis_client
         self.prefix = prefix
         self.config = config or BreakerConfig()
-        self.paused_key = f"{prefix}:health:paused"
+        self.keys = Keys(prefix)
+        self.paused_key = self.keys.health_paused
         self._pause_script = load_script(redis_client, "worker.stores.health", "pause.lua")
         self._breaker_script = load_script(redis_client, "worker.stores.health", "breaker.lua")
 
     def breaker_key(self, provider: str) -> str:
-        return f"{self.prefix}:health:breaker:{provider}"
+        return self.keys.health_breaker(provider)
 
     # -- pause --------------------------------------------------------------------------------
 

@@ -112,7 +112,7 @@ class Finished:
 
 LATE_OUTCOME = "late_outcome"
 """Record field: JSON ``{"state", "at", "fields"}`` of a closing its run wrote after losing
-the send lock (``worker.delivery.reconcile`` adopts a ``sent`` instead of sending again)."""
+the send lock (``worker.delivery.pipeline`` adopts a ``sent`` instead of sending again)."""
 
 
 @dataclass(frozen=True)

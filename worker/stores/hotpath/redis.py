@@ -21,8 +21,7 @@ import redis
 from worker.stores._redis import composed, lua_source, text
 from worker.stores.health import RedisHealthStore
 from worker.stores.hotpath.base import Begin, Begun, Closing, Finish, Finished, HotPath
-from worker.stores.ledger import ACTIVE_KEY, FINAL_STATES, STATE_RANK, DeliveryRecord, RedisLedger
-from worker.stores.ledger.redis import CLAIMS_KEY, LOCK_PREFIX, SCHEDULE_KEY
+from worker.stores.ledger import FINAL_STATES, STATE_RANK, DeliveryRecord
 from worker.stores.metrics import RedisMetrics
 from worker.stores.suppression import RedisSuppressionStore
 from worker.stores.tracking import RedisTrackingStore
@@ -70,6 +69,8 @@ class RedisHotPath(HotPath):
         self.health = health
         self.metrics = metrics
         self.tracking = tracking
+        self.keys = tracking.keys
+        """The namespace of the stores it spans (one Redis, one namespace)."""
         self._clock = clock
         self._begin = client.register_script(BEGIN_LUA)
         self._finish = client.register_script(FINISH_LUA)
@@ -114,7 +115,12 @@ class RedisHotPath(HotPath):
             args = ["sending", str(STATE_RANK["sending"]), now, _RANKS, delivery_id]
             for name, value in fields.items():
                 args += [name, value]
-            keys = [RedisLedger.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
+            keys = [
+                self.keys.delivery(delivery_id),
+                self.keys.active,
+                self.keys.scheduled,
+                self.keys.claims,
+            ]
             calls.append((keys, args))
         keys, args = _chunk_call(calls)
         replies = self._sending_chunk(keys=keys, args=args)
@@ -125,8 +131,8 @@ class RedisHotPath(HotPath):
         lock_ttl_s = b.lock_ttl_s
         channel, recipients = self._suppress(b)
         keys = [
-            RedisLedger.key(delivery_id),
-            LOCK_PREFIX + delivery_id,
+            self.keys.delivery(delivery_id),
+            self.keys.lock(delivery_id),
             self.health.paused_key,
             mark[0] if mark else "",
             self.suppression.key(channel) if self.suppression and recipients else "",
@@ -177,8 +183,14 @@ class RedisHotPath(HotPath):
 
     def _finish_call(self, f: Finish) -> tuple[list[str], list[str], Any]:
         delivery_id, token, reset_runs, closing = f.delivery_id, f.token, f.reset_runs, f.closing
-        keys = [RedisLedger.key(delivery_id), ACTIVE_KEY, LOCK_PREFIX + delivery_id, "", ""]
-        keys += [SCHEDULE_KEY, CLAIMS_KEY]
+        keys = [
+            self.keys.delivery(delivery_id),
+            self.keys.active,
+            self.keys.lock(delivery_id),
+            "",
+            "",
+        ]
+        keys += [self.keys.scheduled, self.keys.claims]
         args = [token, "1" if reset_runs else "0", "", "0", repr(self._clock()), _RANKS]
         args += [delivery_id, "", "0"]
         reg = None
@@ -187,7 +199,7 @@ class RedisHotPath(HotPath):
             if closing.provider and closing.breaker:
                 keys[4] = self.health.breaker_key(closing.provider)
             if closing.provider and closing.metric:
-                keys[3] = RedisMetrics.key(closing.provider)
+                keys[3] = self.metrics.key(closing.provider)
                 args[7] = closing.metric
             args[8] = str(len(closing.fields))
             for name, value in closing.fields.items():

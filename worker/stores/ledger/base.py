@@ -37,6 +37,9 @@ from typing import Any, Protocol
 
 __all__ = [
     "FINAL_STATES",
+    "GAVE_UP",
+    "NOT_BEFORE",
+    "OUTCOME_UNKNOWN",
     "RECORD_TTL_S",
     "STATE_RANK",
     "TAG_MEMORY_S",
@@ -61,6 +64,15 @@ STATE_RANK: dict[str, int] = {
     "cancelled": 2,
 }
 FINAL_STATES = frozenset(s for s, rank in STATE_RANK.items() if rank == 2)
+
+OUTCOME_UNKNOWN = "outcome_unknown"
+"""Record field: "1" while an earlier send's outcome could not be reconciled (ask again first)."""
+NOT_BEFORE = "not_before"
+"""Record field: epoch seconds before which the provider is not called (a deferred message, or
+the grace before reconciling an unknown outcome)."""
+GAVE_UP = "unknown_outcome_error"
+"""Record field: the last error (JSON) when retries ran out with the outcome still unknown; the
+delivery fails with it only once the provider, asked after the grace, has not seen the send."""
 
 RECORD_TTL_S = 14 * 24 * 3600
 """How long a record and its idempotency key are kept after the delivery was created."""
@@ -192,7 +204,44 @@ class Ledger(Protocol):
         """Add one to a counter field (``attempts``, ``throttled``, ...); returns the new value."""
         ...
 
-    def set_fields(self, delivery_id: str, **fields: str) -> None: ...
+    def set_fields(self, delivery_id: str, **fields: str) -> None:
+        """Write fields of an existing record as they are (a missing record stays missing).
+        The delivery flow never calls it: it names what happened with the marks below."""
+        ...
+
+    # -- typed marks: what happened, not which fields change ----------------------------------
+    # Written on each backend's ``set_fields`` (one HSET-if-exists script on Redis, one dict
+    # update in memory), so the field names live here and nowhere in the flow.
+
+    def record_provider(self, delivery_id: str, provider: str) -> None:
+        """The run chose ``provider`` (routing picked it, or failover moved to it)."""
+        self.set_fields(delivery_id, provider=provider)
+
+    def record_result(self, delivery_id: str, result: str) -> None:
+        """The result (JSON) a record answers with, written after its final state (a dead
+        letter's result follows :meth:`bury`)."""
+        self.set_fields(delivery_id, result=result)
+
+    def record_send_at(self, delivery_id: str, send_at: float) -> None:
+        """The message asks to be sent at ``send_at`` (Unix seconds): kept for the operator and
+        for the schedule's later runs."""
+        self.set_fields(delivery_id, send_at=repr(send_at))
+
+    def mark_outcome_unknown(
+        self, delivery_id: str, *, ask_at: float | None = None, gave_up: str | None = None
+    ) -> None:
+        """An earlier send's outcome is unknown: the provider is asked (not before ``ask_at``)
+        before any resend; ``gave_up``: the error (JSON) to fail with if it has not seen it."""
+        marks = {OUTCOME_UNKNOWN: "1"}
+        if ask_at is not None:
+            marks[NOT_BEFORE] = repr(ask_at)
+        if gave_up is not None:
+            marks[GAVE_UP] = gave_up
+        self.set_fields(delivery_id, **marks)
+
+    def mark_outcome_known(self, delivery_id: str) -> None:
+        """The provider was asked and has not seen the earlier send: it may be sent again."""
+        self.set_fields(delivery_id, **{OUTCOME_UNKNOWN: "0"})
 
     def forget(self, delivery_id: str, *, channel: str, idempotency_key: str | None) -> None:
         """Drop a record that was never published (the enqueue failed)."""

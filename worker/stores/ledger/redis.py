@@ -2,16 +2,16 @@
 
 Keys (the layout of deployed data; do not change it):
 
-* ``dw:delivery:<id>``: hash, the record's fields (all text), expiring ``ttl_s`` after creation;
-* ``dw:idem:<channel>:<key>``: string, the delivery id of an idempotency key, same expiry;
-* ``dw:active``: sorted set, unfinished deliveries scored by their last update (Unix seconds);
-* ``dw:lock:<id>``: string, the send lock's token, expiring with the lock;
-* ``dw:dead``: hash, delivery id → JSON dead letter; at most ``DEAD_LETTER_CAP`` letters (the
+* ``<ns>:delivery:<id>``: hash, the record's fields (all text), expiring ``ttl_s`` after creation;
+* ``<ns>:idem:<channel>:<key>``: string, the delivery id of an idempotency key, same expiry;
+* ``<ns>:active``: sorted set, unfinished deliveries scored by their last update (Unix seconds);
+* ``<ns>:lock:<id>``: string, the send lock's token, expiring with the lock;
+* ``<ns>:dead``: hash, delivery id → JSON dead letter; at most ``DEAD_LETTER_CAP`` letters (the
   oldest are dropped) and expiring ``DEAD_LETTER_TTL_S`` after the last one was added;
-* ``dw:tag:<provider>:<tag>``: sorted set, ``<recipient>|<delivery id>`` scored by send time;
-* ``dw:scheduled``: sorted set, ``scheduled`` deliveries scored by due time (Unix seconds; a
+* ``<ns>:tag:<provider>:<tag>``: sorted set, ``<recipient>|<delivery id>`` scored by send time;
+* ``<ns>:scheduled``: sorted set, ``scheduled`` deliveries scored by due time (Unix seconds; a
   claimed entry by the end of its lease). The message itself stays in the record;
-* ``dw:scheduled:claims``: hash, delivery id → how often the mover claimed it (gone once it
+* ``<ns>:scheduled:claims``: hash, delivery id → how often the mover claimed it (gone once it
   leaves ``scheduled``).
 
 Creation, transitions, holds, claims and cancels are Lua scripts (``create.lua``,
@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from worker.stores._redis import load_script, text
+from worker.stores.keys import Keys
 from worker.stores.ledger.base import (
     DEAD_LETTER_CAP,
     DEAD_LETTER_TTL_S,
@@ -48,14 +49,12 @@ from worker.stores.ledger.base import (
 
 __all__ = ["ACTIVE_KEY", "CLAIMS_KEY", "DEAD_KEY", "SCHEDULE_KEY", "RedisLedger"]
 
-_PREFIX = "dw:delivery:"
-_IDEM_PREFIX = "dw:idem:"
-LOCK_PREFIX = "dw:lock:"
-_TAG_PREFIX = "dw:tag:"
-ACTIVE_KEY = "dw:active"
-DEAD_KEY = "dw:dead"
-SCHEDULE_KEY = "dw:scheduled"
-CLAIMS_KEY = "dw:scheduled:claims"
+_DEFAULT_KEYS = Keys()
+# The default namespace's families, for tools and tests; a store uses its own ``keys``.
+ACTIVE_KEY = _DEFAULT_KEYS.active
+DEAD_KEY = _DEFAULT_KEYS.dead
+SCHEDULE_KEY = _DEFAULT_KEYS.scheduled
+CLAIMS_KEY = _DEFAULT_KEYS.claims
 _FINAL = json.dumps(sorted(FINAL_STATES))
 _PACKAGE = "worker.stores.ledger"
 
@@ -67,8 +66,10 @@ class RedisLedger(Ledger):
         *,
         ttl_s: int = RECORD_TTL_S,
         clock: Callable[[], float] = time.time,
+        keys: Keys = _DEFAULT_KEYS,
     ) -> None:
         self.redis = client
+        self.keys = keys
         self.ttl_s = ttl_s
         self.dead_letter_cap = DEAD_LETTER_CAP
         self._clock = clock
@@ -80,17 +81,14 @@ class RedisLedger(Ledger):
         self._cancel = load_script(client, _PACKAGE, "cancel.lua")
         self._if_exists = load_script(client, _PACKAGE, "if_exists.lua")
 
-    @staticmethod
-    def key(delivery_id: str) -> str:
-        return _PREFIX + delivery_id
+    def key(self, delivery_id: str) -> str:
+        return self.keys.delivery(delivery_id)
 
-    @staticmethod
-    def idem_key(channel: str, idempotency_key: str) -> str:
-        return f"{_IDEM_PREFIX}{channel}:{idempotency_key}"
+    def idem_key(self, channel: str, idempotency_key: str) -> str:
+        return self.keys.idem(channel, idempotency_key)
 
-    @staticmethod
-    def tag_key(provider: str, tag: str) -> str:
-        return f"{_TAG_PREFIX}{provider}:{tag}"
+    def tag_key(self, provider: str, tag: str) -> str:
+        return self.keys.tag(provider, tag)
 
     def create(
         self,
@@ -109,7 +107,9 @@ class RedisLedger(Ledger):
         for k, v in fields.items():
             argv += [k, v]
         idem = self.idem_key(channel, idempotency_key) if idempotency_key else ""
-        created, existing = self._create(keys=[self.key(delivery_id), idem, ACTIVE_KEY], args=argv)
+        created, existing = self._create(
+            keys=[self.key(delivery_id), idem, self.keys.active], args=argv
+        )
         return text(existing), bool(created)
 
     def get(self, delivery_id: str) -> DeliveryRecord | None:
@@ -128,12 +128,14 @@ class RedisLedger(Ledger):
         ]
         for k, v in fields.items():
             argv += [k, v]
-        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
+        keys = [self.key(delivery_id), self.keys.active, self.keys.scheduled, self.keys.claims]
         changed, _previous = self._transition(keys=keys, args=argv)
         return int(changed) == 1
 
     def incr(self, delivery_id: str, counter: str) -> int:
-        value = self._if_exists(keys=[self.key(delivery_id), ACTIVE_KEY], args=["incr", counter])
+        value = self._if_exists(
+            keys=[self.key(delivery_id), self.keys.active], args=["incr", counter]
+        )
         return int(value) if value is not None else 0
 
     def set_fields(self, delivery_id: str, **fields: str) -> None:
@@ -141,45 +143,45 @@ class RedisLedger(Ledger):
             args = ["set"]
             for k, v in fields.items():
                 args += [k, v]
-            self._if_exists(keys=[self.key(delivery_id), ACTIVE_KEY], args=args)
+            self._if_exists(keys=[self.key(delivery_id), self.keys.active], args=args)
 
     def forget(self, delivery_id: str, *, channel: str, idempotency_key: str | None) -> None:
         keys = [self.key(delivery_id)]
         if idempotency_key:
             keys.append(self.idem_key(channel, idempotency_key))
         self.redis.delete(*keys)
-        self.redis.zrem(ACTIVE_KEY, delivery_id)
-        self.redis.zrem(SCHEDULE_KEY, delivery_id)
-        self.redis.hdel(CLAIMS_KEY, delivery_id)
+        self.redis.zrem(self.keys.active, delivery_id)
+        self.redis.zrem(self.keys.scheduled, delivery_id)
+        self.redis.hdel(self.keys.claims, delivery_id)
 
     # -- concurrency guard ---------------------------------------------------------------------
 
     def lock(self, delivery_id: str, token: str, ttl_s: float) -> float:
-        key = LOCK_PREFIX + delivery_id
+        key = self.keys.lock(delivery_id)
         if self.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))):
             return 0.0
         remaining_ms = int(self.redis.pttl(key))
         return max(remaining_ms, 1) / 1000 if remaining_ms > 0 else 0.001
 
     def holds(self, delivery_id: str, token: str) -> bool:
-        return text(self.redis.get(LOCK_PREFIX + delivery_id) or b"") == token
+        return text(self.redis.get(self.keys.lock(delivery_id)) or b"") == token
 
     def unlock(self, delivery_id: str, token: str) -> None:
-        self._release(keys=[LOCK_PREFIX + delivery_id], args=[token])
+        self._release(keys=[self.keys.lock(delivery_id)], args=[token])
 
     # -- sweeping ------------------------------------------------------------------------------
 
     def stale(self, older_than_s: float, *, limit: int = 500) -> list[str]:
         cutoff = self._clock() - older_than_s
-        ids = self.redis.zrangebyscore(ACTIVE_KEY, "-inf", cutoff, start=0, num=limit)
+        ids = self.redis.zrangebyscore(self.keys.active, "-inf", cutoff, start=0, num=limit)
         return [text(i) for i in ids]
 
     def touch(self, delivery_id: str) -> None:
         args = ["touch", repr(self._clock()), delivery_id]
-        self._if_exists(keys=[self.key(delivery_id), ACTIVE_KEY], args=args)
+        self._if_exists(keys=[self.key(delivery_id), self.keys.active], args=args)
 
     def untrack(self, delivery_id: str) -> None:
-        self.redis.zrem(ACTIVE_KEY, delivery_id)
+        self.redis.zrem(self.keys.active, delivery_id)
 
     # -- the schedule --------------------------------------------------------------------------
 
@@ -187,12 +189,13 @@ class RedisLedger(Ledger):
         argv: list[str] = [repr(due), repr(self._clock()), _FINAL, delivery_id]
         for k, v in fields.items():
             argv += [k, v]
-        keys = [self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY]
+        keys = [self.key(delivery_id), self.keys.active, self.keys.scheduled, self.keys.claims]
         return int(self._hold(keys=keys, args=argv)) == 1
 
     def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
         flat = self._claim_due(
-            keys=[SCHEDULE_KEY, CLAIMS_KEY], args=[repr(now), repr(lease_s), str(limit), _PREFIX]
+            keys=[self.keys.scheduled, self.keys.claims],
+            args=[repr(now), repr(lease_s), str(limit), self.keys.delivery_prefix],
         )
         items = [text(x) for x in flat]
         return [
@@ -201,15 +204,15 @@ class RedisLedger(Ledger):
         ]
 
     def next_due(self) -> float | None:
-        first = self.redis.zrange(SCHEDULE_KEY, 0, 0, withscores=True)
+        first = self.redis.zrange(self.keys.scheduled, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     def schedule_size(self) -> int:
-        return int(self.redis.zcard(SCHEDULE_KEY))
+        return int(self.redis.zcard(self.keys.scheduled))
 
     def cancel(self, delivery_id: str, *, result: str, at_provider: bool = False) -> CancelAnswer:
         outcome, state = self._cancel(
-            keys=[self.key(delivery_id), ACTIVE_KEY, SCHEDULE_KEY, CLAIMS_KEY],
+            keys=[self.key(delivery_id), self.keys.active, self.keys.scheduled, self.keys.claims],
             args=[repr(self._clock()), _FINAL, delivery_id, "1" if at_provider else "0", result],
         )
         return CancelAnswer(text(outcome), text(state))
@@ -233,33 +236,33 @@ class RedisLedger(Ledger):
 
     def _keep_dead(self, delivery_id: str, entry: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(DEAD_KEY, delivery_id, entry)
-        pipe.expire(DEAD_KEY, DEAD_LETTER_TTL_S)
-        pipe.hlen(DEAD_KEY)
+        pipe.hset(self.keys.dead, delivery_id, entry)
+        pipe.expire(self.keys.dead, DEAD_LETTER_TTL_S)
+        pipe.hlen(self.keys.dead)
         *_, size = pipe.execute()
         if int(size) > self.dead_letter_cap:
             letters = self.dead_letters()
             oldest = sorted(letters, key=lambda i: dead_letter_at(letters[i]))
-            self.redis.hdel(DEAD_KEY, *oldest[: int(size) - self.dead_letter_cap])
+            self.redis.hdel(self.keys.dead, *oldest[: int(size) - self.dead_letter_cap])
 
     def purge_dead(self, older_than_s: float | None = None) -> int:
         if older_than_s is None:
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hlen(DEAD_KEY)
-            pipe.delete(DEAD_KEY)
+            pipe.hlen(self.keys.dead)
+            pipe.delete(self.keys.dead)
             size, _ = pipe.execute()
             return int(size)
         cutoff = self._clock() - older_than_s
         letters = self.dead_letters()
         old = [i for i, entry in letters.items() if dead_letter_at(entry) <= cutoff]
-        return int(self.redis.hdel(DEAD_KEY, *old)) if old else 0
+        return int(self.redis.hdel(self.keys.dead, *old)) if old else 0
 
     def dead_letters(self) -> dict[str, dict[str, Any]]:
-        raw = self.redis.hgetall(DEAD_KEY)
+        raw = self.redis.hgetall(self.keys.dead)
         return {text(k): json.loads(v) for k, v in raw.items()}
 
     def revive(self, delivery_id: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(DEAD_KEY, delivery_id)
+        raw = self.redis.hget(self.keys.dead, delivery_id)
         if raw is None:
             return None
         entry: dict[str, Any] = json.loads(raw)
@@ -274,8 +277,8 @@ class RedisLedger(Ledger):
         pipe.hdel(self.key(delivery_id), "result")
         # A record that expired meanwhile is recreated here: with a TTL, as create gives one.
         pipe.expire(self.key(delivery_id), self.ttl_s, nx=True)
-        pipe.zadd(ACTIVE_KEY, {delivery_id: float(now)})
-        pipe.hdel(DEAD_KEY, delivery_id)
+        pipe.zadd(self.keys.active, {delivery_id: float(now)})
+        pipe.hdel(self.keys.dead, delivery_id)
         pipe.execute()
         return entry
 

@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from worker.stores.keys import DEFAULT_NAMESPACE, Keys
+
 __all__ = [
     "DEFAULT_SAFETY_MARGIN_S",
     "Limit",
@@ -71,16 +73,15 @@ class Limit:
         return f"{self.count}/{self.window_s:g}s"
 
 
-def limiter_key(provider: str, identity: str, bucket: str = "send", *, prefix: str = "dw") -> str:
+def limiter_key(
+    provider: str, identity: str, bucket: str = "send", *, prefix: str = DEFAULT_NAMESPACE
+) -> str:
     """The limiter key of one provider budget, e.g. ``dw:rl:emailmassivo:203.0.113.7:send``.
 
     ``identity`` is the egress identity (source IP or host name): workers that share it share
     the budget, workers on other IPs get their own.
     """
-    for name, value in (("provider", provider), ("identity", identity), ("bucket", bucket)):
-        if not value:
-            raise ValueError(f"limiter_key: {name} must not be empty")
-    return f"{prefix}:rl:{provider}:{identity}:{bucket}"
+    return Keys(prefix).limiter(provider, identity, bucket)
 
 
 class RateLimiter(Protocol):

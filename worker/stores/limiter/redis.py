@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from worker.stores._redis import load_script
+from worker.stores.keys import DEFAULT_NAMESPACE
 from worker.stores.limiter.base import (
     DEFAULT_SAFETY_MARGIN_S,
     Limit,
@@ -43,7 +44,7 @@ class RedisRateLimiter(RateLimiter):
     def __init__(
         self,
         redis_client: redis.Redis,
-        prefix: str = "dw",
+        prefix: str = DEFAULT_NAMESPACE,
         *,
         safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
     ) -> None:

@@ -1,4 +1,4 @@
-"""Parking in Redis: ``dw:parked:<provider>``, a hash of delivery id → JSON entry
+"""Parking in Redis: ``<ns>:parked:<provider>``, a hash of delivery id → JSON entry
 (``{task_name, message, parked_at}``), no expiry (a parked message waits for the resume)."""
 
 from __future__ import annotations
@@ -10,22 +10,27 @@ from typing import Any
 import redis
 
 from worker.stores._redis import load_script, text
+from worker.stores.keys import DEFAULT_KEYS, Keys
 from worker.stores.parking.base import ParkedMessage, Parking, decode_entry, encode_entry
 
 __all__ = ["RedisParking"]
 
-_PREFIX = "dw:parked:"
-
 
 class RedisParking(Parking):
-    def __init__(self, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        clock: Callable[[], float] = time.time,
+        keys: Keys = DEFAULT_KEYS,
+    ) -> None:
         self.redis = client
+        self.keys = keys
         self._clock = clock
         self._take_all = load_script(client, "worker.stores.parking", "take_all.lua")
 
-    @staticmethod
-    def key(provider: str) -> str:
-        return _PREFIX + provider
+    def key(self, provider: str) -> str:
+        return self.keys.parked(provider)
 
     def park(self, provider: str, delivery_id: str, task_name: str, message: Any) -> None:
         entry = encode_entry(task_name, message, self._clock())

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from worker.stores._redis import load_script, text
+from worker.stores.keys import DEFAULT_NAMESPACE, Keys
 from worker.stores.suppression.base import (
     Entry,
     SoftBouncePolicy,
@@ -36,13 +37,14 @@ class RedisSuppressionStore(SuppressionStore):
     def __init__(
         self,
         client: redis.Redis,
-        prefix: str = "dw",
+        prefix: str = DEFAULT_NAMESPACE,
         *,
         policy: SoftBouncePolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.policy = policy or SoftBouncePolicy()
         self._clock = clock
         self._add = load_script(client, _PACKAGE, "add.lua")
@@ -50,10 +52,10 @@ class RedisSuppressionStore(SuppressionStore):
 
     def key(self, channel: str) -> str:
         """The channel's hash (``worker.stores.hotpath`` reads it in the send's first step)."""
-        return f"{self.prefix}:supp:{channel}"
+        return self.keys.suppression(channel)
 
     def soft_key(self, channel: str, key: str) -> str:
-        return f"{self.prefix}:supp:soft:{channel}:{key}"
+        return self.keys.soft_bounces(channel, key)
 
     def add(self, entry: Entry) -> bool:
         now = self._clock()

@@ -2,16 +2,16 @@
 
 Keys (the layout of deployed data; pinned by tests/stores/test_redis_layout.py):
 
-* ``dw:track:msg:<provider>:<provider message id>``: hash, masked recipient → delivery id;
-* ``dw:track:state:<id>``: hash, masked recipient → JSON state (``~provider``: the provider);
-* ``dw:track:hist:<id>``: list, the newest :data:`HISTORY_CAP` events (JSON), oldest first;
-* ``dw:track:seen:<id>``: set, the event ids applied;
-* ``dw:track:out:<id>``: list, notifications not yet published (``<state>\\n<event JSON>``);
-* ``dw:track:outbox``: sorted set, delivery ids with notifications, scored by the first one;
-* ``dw:track:outlock:<id>``: string, the publisher's lock token;
-* ``dw:track:orphan:<provider>:<provider message id>``: list, events waiting for the index;
-* ``dw:track:watch:<id>``: hash, a polled delivery (provider, started_at, polls, recipients);
-* ``dw:track:poll``: sorted set, polled delivery ids scored by their next lookup time.
+* ``<ns>:track:msg:<provider>:<provider message id>``: hash, masked recipient → delivery id;
+* ``<ns>:track:state:<id>``: hash, masked recipient → JSON state (``~provider``: the provider);
+* ``<ns>:track:hist:<id>``: list, the newest :data:`HISTORY_CAP` events (JSON), oldest first;
+* ``<ns>:track:seen:<id>``: set, the event ids applied;
+* ``<ns>:track:out:<id>``: list, notifications not yet published (``<state>\\n<event JSON>``);
+* ``<ns>:track:outbox``: sorted set, delivery ids with notifications, scored by the first one;
+* ``<ns>:track:outlock:<id>``: string, the publisher's lock token;
+* ``<ns>:track:orphan:<provider>:<provider message id>``: list, events waiting for the index;
+* ``<ns>:track:watch:<id>``: hash, a polled delivery (provider, started_at, polls, recipients);
+* ``<ns>:track:poll``: sorted set, polled delivery ids scored by their next lookup time.
 
 Every per-delivery key expires :data:`TRACKING_TTL_S` after its last write; orphans after
 :data:`ORPHAN_TTL_S`. Applying an event (dedupe, the forward-only move, the history and the
@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from worker.stores._redis import composed, load_script, lua_source, text
+from worker.stores.keys import Keys
 from worker.stores.tracking.base import (
     HISTORY_CAP,
     ORPHAN_CAP,
@@ -58,12 +59,10 @@ __all__ = ["OUTBOX_KEY", "POLL_KEY", "REGISTER_LUA", "RedisTrackingStore", "Regi
 
 _PACKAGE = "worker.stores.tracking"
 _PROVIDER = "~provider"
-OUTBOX_KEY = "dw:track:outbox"
-POLL_KEY = "dw:track:poll"
-
-
-def _key(kind: str, delivery_id: str) -> str:
-    return f"dw:track:{kind}:{delivery_id}"
+_DEFAULT_KEYS = Keys()
+# The default namespace's families, for tools and tests; a store uses its own ``keys``.
+OUTBOX_KEY = _DEFAULT_KEYS.track_outbox
+POLL_KEY = _DEFAULT_KEYS.track_poll
 
 
 REGISTER_LUA = composed(
@@ -91,8 +90,10 @@ class RedisTrackingStore(TrackingBase):
         *,
         ttl_s: int = TRACKING_TTL_S,
         clock: Callable[[], float] = time.time,
+        keys: Keys = _DEFAULT_KEYS,
     ) -> None:
         self.redis = client
+        self.keys = keys
         self.ttl_s = ttl_s
         self._clock = clock
         self._rules = rules_json()
@@ -101,13 +102,11 @@ class RedisTrackingStore(TrackingBase):
         self._unlock = load_script(client, _PACKAGE, "unlock.lua")
         self._register = client.register_script(REGISTER_LUA)
 
-    @staticmethod
-    def index_key(provider: str, provider_message_id: str) -> str:
-        return f"dw:track:msg:{provider}:{provider_message_id}"
+    def index_key(self, provider: str, provider_message_id: str) -> str:
+        return self.keys.track_index(provider, provider_message_id)
 
-    @staticmethod
-    def orphan_key(provider: str, provider_message_id: str) -> str:
-        return f"dw:track:orphan:{provider}:{provider_message_id}"
+    def orphan_key(self, provider: str, provider_message_id: str) -> str:
+        return self.keys.track_orphan(provider, provider_message_id)
 
     def _now(self) -> float:
         return self._clock()
@@ -129,13 +128,13 @@ class RedisTrackingStore(TrackingBase):
         pmids = sorted({t.provider_message_id for t in recipients})
         watch = watch_fields(provider, recipients, at) if poll_at is not None else {}
         keys = [
-            _key("state", delivery_id),
-            _key("hist", delivery_id),
-            _key("seen", delivery_id),
-            _key("out", delivery_id),
-            OUTBOX_KEY,
-            _key("watch", delivery_id),
-            POLL_KEY,
+            self.keys.track("state", delivery_id),
+            self.keys.track("hist", delivery_id),
+            self.keys.track("seen", delivery_id),
+            self.keys.track("out", delivery_id),
+            self.keys.track_outbox,
+            self.keys.track("watch", delivery_id),
+            self.keys.track_poll,
             *(self.index_key(provider, t.provider_message_id) for t in recipients),
             *(self.orphan_key(provider, pmid) for pmid in pmids),
         ]
@@ -206,11 +205,11 @@ class RedisTrackingStore(TrackingBase):
     ) -> tuple[bool, bool]:
         assert event.recipient is not None
         keys = [
-            _key("state", delivery_id),
-            _key("hist", delivery_id),
-            _key("seen", delivery_id),
-            _key("out", delivery_id),
-            OUTBOX_KEY,
+            self.keys.track("state", delivery_id),
+            self.keys.track("hist", delivery_id),
+            self.keys.track("seen", delivery_id),
+            self.keys.track("out", delivery_id),
+            self.keys.track_outbox,
         ]
         args = [
             event.event_id,
@@ -238,9 +237,9 @@ class RedisTrackingStore(TrackingBase):
 
     def status(self, delivery_id: str) -> DeliveryStatus | None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(_key("state", delivery_id))
-        pipe.lrange(_key("hist", delivery_id), 0, -1)
-        pipe.zscore(POLL_KEY, delivery_id)
+        pipe.hgetall(self.keys.track("state", delivery_id))
+        pipe.lrange(self.keys.track("hist", delivery_id), 0, -1)
+        pipe.zscore(self.keys.track_poll, delivery_id)
         raw_states, raw_history, polling = pipe.execute()
         if not raw_states:
             return None
@@ -264,12 +263,15 @@ class RedisTrackingStore(TrackingBase):
     # -- polling -------------------------------------------------------------------------------
 
     def claim_due(self, now: float, limit: int, lease_s: float) -> list[Watch]:
-        ids = [text(i) for i in self._claim(keys=[POLL_KEY], args=[repr(now), limit, lease_s])]
+        ids = [
+            text(i)
+            for i in self._claim(keys=[self.keys.track_poll], args=[repr(now), limit, lease_s])
+        ]
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for delivery_id in ids:
-            pipe.hgetall(_key("watch", delivery_id))
+            pipe.hgetall(self.keys.track("watch", delivery_id))
         out = []
         for delivery_id, raw in zip(ids, pipe.execute(), strict=True):
             found = watch_from(delivery_id, {text(k): text(v) for k, v in raw.items()})
@@ -280,7 +282,7 @@ class RedisTrackingStore(TrackingBase):
         return out
 
     def watch(self, delivery_id: str) -> Watch | None:
-        raw = self.redis.hgetall(_key("watch", delivery_id))
+        raw = self.redis.hgetall(self.keys.track("watch", delivery_id))
         if not raw:
             return None
         return watch_from(delivery_id, {text(k): text(v) for k, v in raw.items()})
@@ -288,26 +290,28 @@ class RedisTrackingStore(TrackingBase):
     def reschedule(self, delivery_id: str, at: float, *, polled: bool) -> None:
         pipe = self.redis.pipeline(transaction=True)
         if polled:
-            pipe.hincrby(_key("watch", delivery_id), "polls", 1)
-        pipe.zadd(POLL_KEY, {delivery_id: at}, xx=True)
+            pipe.hincrby(self.keys.track("watch", delivery_id), "polls", 1)
+        pipe.zadd(self.keys.track_poll, {delivery_id: at}, xx=True)
         pipe.execute()
 
     def unwatch(self, delivery_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(_key("watch", delivery_id))
-        pipe.zrem(POLL_KEY, delivery_id)
+        pipe.delete(self.keys.track("watch", delivery_id))
+        pipe.zrem(self.keys.track_poll, delivery_id)
         pipe.execute()
 
     def watching(self) -> int:
-        return int(self.redis.zcard(POLL_KEY))
+        return int(self.redis.zcard(self.keys.track_poll))
 
     # -- outbox --------------------------------------------------------------------------------
 
     def outbox(self, delivery_id: str, limit: int) -> list[str]:
-        return [text(e) for e in self.redis.lrange(_key("out", delivery_id), 0, limit - 1)]
+        return [
+            text(e) for e in self.redis.lrange(self.keys.track("out", delivery_id), 0, limit - 1)
+        ]
 
     def outbox_done(self, delivery_id: str, count: int) -> None:
-        key = _key("out", delivery_id)
+        key = self.keys.track("out", delivery_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.ltrim(key, count, -1)
         pipe.llen(key)
@@ -315,33 +319,35 @@ class RedisTrackingStore(TrackingBase):
         if int(left) == 0:
             # An entry written after this ZREM re-adds the id (apply.lua's ZADD NX); one
             # written between the LLEN and the ZREM is seen by the second LLEN.
-            self.redis.zrem(OUTBOX_KEY, delivery_id)
+            self.redis.zrem(self.keys.track_outbox, delivery_id)
             if self.redis.llen(key):
-                self.redis.zadd(OUTBOX_KEY, {delivery_id: self._clock()}, nx=True)
+                self.redis.zadd(self.keys.track_outbox, {delivery_id: self._clock()}, nx=True)
 
     def outbox_pending(self, older_than: float, limit: int) -> list[str]:
         ids = [
             text(i)
-            for i in self.redis.zrangebyscore(OUTBOX_KEY, "-inf", older_than, start=0, num=limit)
+            for i in self.redis.zrangebyscore(
+                self.keys.track_outbox, "-inf", older_than, start=0, num=limit
+            )
         ]
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for delivery_id in ids:
-            pipe.exists(_key("out", delivery_id))
+            pipe.exists(self.keys.track("out", delivery_id))
         present = pipe.execute()
         # A list that expired with its delivery's tracking keys leaves its id indexed: drop it
         # (an entry written meanwhile re-adds the id, apply.lua's ZADD NX).
         gone = [d for d, there in zip(ids, present, strict=True) if not there]
         if gone:
-            self.redis.zrem(OUTBOX_KEY, *gone)
+            self.redis.zrem(self.keys.track_outbox, *gone)
         return [d for d, there in zip(ids, present, strict=True) if there]
 
     def outbox_lock(self, delivery_id: str, token: str, ttl_s: float) -> bool:
-        key = _key("outlock", delivery_id)
+        key = self.keys.track("outlock", delivery_id)
         return bool(self.redis.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
 
     def outbox_unlock(self, delivery_id: str, token: str) -> None:
         # Compare and delete in one script: a GET then a DEL could delete another worker's lock
         # taken in between (ours having expired).
-        self._unlock(keys=[_key("outlock", delivery_id)], args=[token])
+        self._unlock(keys=[self.keys.track("outlock", delivery_id)], args=[token])
