@@ -30,7 +30,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params.values() if callspec is not None else ()
-        if "redis_proc" in getattr(item, "fixturenames", ()) or "redis" in params:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & {"redis_proc", "quiet_redis_url"} or "redis" in params:
             item.add_marker(pytest.mark.real_redis)
 
 
@@ -106,6 +107,21 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
         pytest.fail("this test asked for a redis-server, and DW_TEST_NO_REDIS=1 forbids one")
     proc = start_redis(Path(tmp_path_factory.mktemp("redis")))
     yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def quiet_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of this test module's own, that no other process talks to.
+
+    For tests that count commands with ``INFO commandstats``, which is server-wide: on the
+    session's server a worker process started by another test (its schedule mover polls every
+    0.1 s) would add its own calls to the count.
+    """
+    if os.environ.get("DW_TEST_NO_REDIS") == "1":
+        pytest.fail("this test asked for a redis-server, and DW_TEST_NO_REDIS=1 forbids one")
+    proc = start_redis(Path(tmp_path_factory.mktemp("quiet-redis")))
+    yield str(proc.extra["url"])
     proc.stop()
 
 
