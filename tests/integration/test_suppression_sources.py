@@ -5,12 +5,9 @@ suppressed address costs no provider request, whichever provider it is sent thro
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from worker.stores import RedisLedger
 from worker.stores.suppression import Entry, RecipientHasher, RedisSuppressionStore
 
 from .conftest import SandboxAdmin, wait_ready
+from .webhook_catcher import Catcher, catching, signature_headers
 
 pytestmark = pytest.mark.integration
 
@@ -237,53 +235,14 @@ def test_two_soft_bounces_suppress_for_a_while_then_the_address_is_sent_again(
 # -- A bounce webhook takes effect for the next send within 1 s ------------------------------
 
 
-@dataclass
-class Catcher:
-    """Stands in for the receiver to take what the sandbox signs; the test delivers it."""
-
-    server: ThreadingHTTPServer
-    seen: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
-
-    def wait_for(self, event: str) -> tuple[bytes, dict[str, str]]:
-        deadline = time.monotonic() + ENTRY_TIMEOUT_S
-        while True:
-            for body, headers in list(self.seen):
-                if json.loads(body)["event"] == event:
-                    return body, headers
-            assert time.monotonic() < deadline, f"the sandbox pushed no {event}"
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def catcher(sandbox: SandboxAdmin) -> Iterator[Catcher]:
-    holder: list[Catcher] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            holder[0].seen.append((body, dict(self.headers)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder.append(Catcher(server))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/hooks/postal"
-    sandbox.http.post("/_admin/webhooks", json={"postal_url": url}).raise_for_status()
-    yield holder[0]
-    sandbox.http.post("/_admin/webhooks", json={"postal_url": None}).raise_for_status()
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-SIGNING_HEADERS = ("content-type", "user-agent", "x-postal-signature", "x-postal-signature-256",
-                   "x-postal-signature-kid")  # fmt: skip
+    """Stands in for the receiver to take what the sandbox signs; the test delivers it."""
+    with catching(ENTRY_TIMEOUT_S) as caught:
+        url = caught.url
+        sandbox.http.post("/_admin/webhooks", json={"postal_url": url}).raise_for_status()
+        yield caught
+        sandbox.http.post("/_admin/webhooks", json={"postal_url": None}).raise_for_status()
 
 
 def test_a_bounce_webhook_suppresses_the_next_send_within_one_second(
@@ -293,7 +252,7 @@ def test_a_bounce_webhook_suppresses_the_next_send_within_one_second(
     address = "bounce-zed@example.com"  # Sent, then Bounced (a signed MessageBounced)
     assert stack.send("postal", address)["status"] == "sent"
     body, headers = catcher.wait_for("MessageBounced")
-    signed = {k: v for k, v in headers.items() if k.lower() in SIGNING_HEADERS}
+    signed = signature_headers(headers)
     assert entry_of(stack.redis, address) is None
 
     answer = httpx.post(stack.receiver_url + "/hooks/postal", content=body, headers=signed)

@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from worker.stores.tracking import RedisTrackingStore
 from worker.tracking.callbacks import callback_token
 
 from .conftest import SandboxAdmin, wait_ready
+from .webhook_catcher import Catcher, catching, signature_headers
 
 pytestmark = pytest.mark.integration
 
@@ -258,55 +257,10 @@ def test_postal_webhooks_take_each_recipient_to_its_final_state(
         "sent", "delivered", "bounced"]  # fmt: skip
 
 
-@dataclass
-class Catcher:
-    """Stands in for the receiver to capture what the sandbox signs, for replay and forgery."""
-
-    server: ThreadingHTTPServer
-    seen: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/postal"
-
-    def wait(self, count: int) -> list[tuple[bytes, dict[str, str]]]:
-        deadline = time.monotonic() + TIMEOUT_S
-        while len(self.seen) < count:
-            assert time.monotonic() < deadline, "the sandbox sent no webhook"
-            time.sleep(0.05)
-        return list(self.seen)
-
-
 @pytest.fixture
 def catcher() -> Iterator[Catcher]:
-    holder: list[Catcher] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            holder[0].seen.append((body, dict(self.headers)))
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    holder.append(Catcher(server))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    yield holder[0]
-    server.shutdown()
-    server.server_close()
-    thread.join()
-
-
-def _signature_headers(headers: dict[str, str]) -> dict[str, str]:
-    keep = ("content-type", "user-agent", "x-postal-signature", "x-postal-signature-256",
-            "x-postal-signature-kid")  # fmt: skip
-    return {k: v for k, v in headers.items() if k.lower() in keep}
+    with catching(TIMEOUT_S) as caught:
+        yield caught
 
 
 def test_a_forged_webhook_changes_nothing_and_a_replay_is_applied_once(
@@ -319,7 +273,7 @@ def test_a_forged_webhook_changes_nothing_and_a_replay_is_applied_once(
     delivery_id = result["delivery_id"]
     [(body, headers)] = catcher.wait(1)
     assert json.loads(body)["event"] == "MessageSent"
-    signed = _signature_headers(headers)
+    signed = signature_headers(headers)
     hooks = stack.receiver_url + "/hooks/postal"
 
     # Forged: the same body under another key, and a bounce under the real signature.

@@ -21,21 +21,6 @@ from worker.stores.suppression import Entry
 NUMBERS = ["+33612000001", "+33612000003", "+33612000005"]
 
 
-# Commands are counted server-wide (INFO commandstats): this module's Redis is its own.
-@pytest.fixture
-def redis_url(quiet_redis_url: str) -> str:
-    return quiet_redis_url
-
-
-@pytest.fixture
-def redis_client(quiet_redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(quiet_redis_url + "/15", decode_responses=False)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
 class Provider:
     """SMS Partner's bulk endpoint: every entry accepted, ``refused`` numbers refused."""
 

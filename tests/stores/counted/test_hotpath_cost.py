@@ -11,9 +11,8 @@ one fails here and says which: raise them only with a reason in the commit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 import redis
 
 from worker.stores import RedisRateLimiter, limiter_key
@@ -24,7 +23,7 @@ from worker.stores.ledger import RedisLedger
 from worker.stores.metrics import RedisMetrics
 from worker.stores.tracking import RedisTrackingStore, Tracked
 
-from ._support import FakeClock
+from .._support import FakeClock
 
 T0 = 1_700_000_000.5
 
@@ -60,21 +59,6 @@ FINISH = {
     "zadd": 1,  # the poll schedule
     "lpop": 1,  # the orphans kept for the provider message id
 }
-
-
-# Commands are counted server-wide (INFO commandstats): this module's Redis is its own.
-@pytest.fixture
-def redis_url(quiet_redis_url: str) -> str:
-    return quiet_redis_url
-
-
-@pytest.fixture
-def redis_client(quiet_redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(quiet_redis_url + "/15", decode_responses=False)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def _calls(client: redis.Redis) -> dict[str, int]:
