@@ -159,9 +159,11 @@ class DeadlineTransport(httpx.BaseTransport):
         self._inner = httpx.HTTPTransport(**kwargs)
         limits: httpx.Limits = kwargs.get("limits", httpx.Limits())
         # httpx does not pass a network backend through; the pool it builds without a proxy is
-        # replaced by the same pool over the bounded backend.
+        # replaced by the same pool over the bounded backend (with the TLS context httpx has
+        # already built: loading the CA bundle again would cost every process milliseconds).
+        built = self._inner._pool
         self._inner._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=built._ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
