@@ -2,7 +2,9 @@
 
 Runs ``tasks.send_sms``'s body once (batching off, no ``send_at``, SMS Partner named, accepted at
 once) on the in-memory stores with an ``httpx.MockTransport`` provider, and follows every
-Python call and return with ``sys.setprofile``. It prints the files in the order the walk enters
+Python call and return with ``sys.setprofile``. The delivery's record is created first, as the
+producer does before it publishes the task (``worker.producer.Producer.enqueue``, in the
+caller's process, not the worker's walk). It prints the files in the order the walk enters
 them, the number of moves between files, and how many of those moves return into a file the
 walk had already left. Data and configuration modules (``worker.config``, ``worker.models``,
 ``worker.redaction``, ``worker.logs``) are read along the way, not walked: they are left out.
@@ -12,6 +14,7 @@ walk had already left. Data and configuration modules (``worker.config``, ``work
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import FrameType
@@ -48,6 +51,13 @@ def walk() -> list[str]:
     message = {"provider": "smspartner", "to": ["+33612345678"], "text": "Hello"}
     with capture_logs():
         process("sms", message, delivery_id="warm-up", task_name="tasks.send_sms", rt=rt)
+    # What the producer wrote before publishing the task (``Producer.enqueue``).
+    rt.ledger.create(
+        "d-1",
+        channel="sms",
+        provider="smspartner",
+        extra={"task_name": "tasks.send_sms", "message": json.dumps(message), "queue": ""},
+    )
     seq: list[str] = []
 
     def profile(frame: FrameType, event: str, arg: Any) -> None:

@@ -23,7 +23,6 @@ __all__ = [
     "NOT_BEFORE",
     "OUTCOME_UNKNOWN",
     "Delivery",
-    "as_float",
 ]
 
 # OUTCOME_UNKNOWN, NOT_BEFORE, GAVE_UP: the ledger's own fields (``worker.stores.ledger``),
@@ -102,10 +101,3 @@ class Delivery:
             error=error,
             suppressed_recipients=dict(self.suppressed),
         )
-
-
-def as_float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None

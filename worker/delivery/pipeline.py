@@ -35,7 +35,6 @@ from worker.delivery.context import (
     NOT_BEFORE,
     OUTCOME_UNKNOWN,
     Delivery,
-    as_float,
 )
 from worker.delivery.results import Done, Outcome, Retry, backoff_s, failed_result
 from worker.delivery.writer import Sending, expire, finish, park, sent, sent_result, wait
@@ -92,6 +91,14 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+
+def as_float(value: str | None) -> float | None:
+    """A ledger field as a number; ``None`` when absent or unreadable."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 # -- the flow --------------------------------------------------------------------------------------
@@ -287,8 +294,7 @@ def apply_suppression(d: Delivery, attempts: int) -> Outcome | None:
         if d.settings.suppression:
             log.warning("delivery.suppression_ignored", recipients=len(recipients(d)))
         return None
-    asked = suppression_lookup(d)
-    if asked is None:
+    if not d.settings.suppression:
         return None
     # The run's first script looked them up (a batch's too: one script call for its chunk,
     # ``open_runs``); no other lookup is made.
@@ -360,9 +366,9 @@ def from_refusal(d: Delivery, exc: DeliveryError) -> None:
 
 def check_time(d: Delivery, record: DeliveryRecord) -> Outcome | None:
     """The outcome when this run must not call a provider; ``None`` to go on."""
-    now = time.time()
+    now, deadline = time.time(), d.deadline()
     unknown = record.state == "sending" or record.fields.get(OUTCOME_UNKNOWN) == "1"
-    if now >= d.deadline() and not unknown:
+    if now >= deadline and not unknown:
         return expire(d, record.attempts, "before the message was sent")
     not_before = as_float(record.fields.get(NOT_BEFORE))
     if not_before is not None and now < not_before:
@@ -373,7 +379,7 @@ def check_time(d: Delivery, record: DeliveryRecord) -> Outcome | None:
         # Deferred, or within the grace after an unknown outcome: wait again, no provider call.
         reason = record.fields.get("waiting_reason") or "deferred"
         return wait(d, not_before - now, reason, record.attempts, ask_after_deadline=unknown)
-    if now >= d.deadline():
+    if now >= deadline:
         # An earlier send may have been accepted: ask the provider before calling the message
         # expired (worker.delivery.pipeline); nothing is sent past the deadline.
         d.past_deadline = True
@@ -408,6 +414,8 @@ SCHEDULED_RESULT = "scheduled_result"
 def due_at(d: Delivery, now: float) -> float | None:
     """When this message may leave, if that is later than ``now``: its ``send_at``, moved to
     the next opening of its channel's quiet hours (``worker.scheduling.quiet``)."""
+    if d.message.send_at is None and not d.settings.quiet_hours:
+        return None
     send_at = d.message.send_at.timestamp() if d.message.send_at is not None else None
     base = max(send_at or now, now)
     due = quiet_due(d.settings.quiet_hours, d.message, base) or send_at
@@ -847,6 +855,7 @@ class Gate:
         self.opened_at = 0.0
         """``time.perf_counter()`` when the slot was taken (the request leaves right after)."""
         self.limiter_wait_s = 0.0
+        self.attempt_log: dict[str, object] = {}
 
     def __call__(self) -> None:
         at = time.time()
@@ -862,9 +871,8 @@ class Gate:
         ctx = self.ctx
         if ctx is not None and ctx.tag_is_callers and ctx.tag:
             writer.note_tag_use(self.d, ctx.tag, at)
-        waited = self._acquire()
-        metrics.limiter_wait(self.d.provider, waited)
-        self.limiter_wait_s = waited
+        # Observed with the request, in one metrics call (:meth:`attempted`).
+        self.limiter_wait_s = self._acquire()
         self.opened = True
         self.opened_at = time.perf_counter()
 
@@ -889,14 +897,17 @@ class Gate:
 
     def attempted(self, status_code: int | None, kind: str) -> float:
         """The request in the metrics, once (``provider_requests``); nothing when it never left
-        (the gate did not open). Its duration in seconds."""
+        (the gate did not open), with the limiter wait that came before it. Its duration in
+        seconds; the ``delivery.attempt`` log fields are left in ``attempt_log``."""
         if not self.opened:
             return 0.0
         d = self.d
         duration_s = time.perf_counter() - self.opened_at
         if kind == "accepted":
             status_code = 200  # drivers accept only 2xx answers; the class is what is counted
-        metrics.provider_request(d.provider, d.channel, status_code, kind, duration_s)
+        self.attempt_log = metrics.provider_request(
+            d.provider, d.channel, status_code, kind, duration_s, self.limiter_wait_s
+        )
         return duration_s
 
 
@@ -954,8 +965,9 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
 
 def accepted(d: Delivery, outcome: SendOutcome) -> None:
     """An accepted send in the metrics: enqueue-to-accept time and cost."""
-    metrics.enqueue_to_accept(d.provider, d.channel, time.time() - d.created_at)
-    metrics.cost(d.provider, outcome.cost, outcome.currency)
+    metrics.accepted(
+        d.provider, d.channel, time.time() - d.created_at, outcome.cost, outcome.currency
+    )
 
 
 def later(d: Delivery, record: DeliveryRecord, wait_s: float) -> Outcome:
@@ -968,13 +980,8 @@ def _attempted(d: Delivery, gate: Gate, status_code: int | None, kind: str) -> N
     """The one event and the metrics of an attempt whose request left (the gate opened)."""
     if not gate.opened:
         return
-    duration_s = gate.attempted(status_code, kind)
-    if kind == "accepted":
-        status_code = 200
-    log.info(
-        "delivery.attempt",
-        **metrics.attempt_fields(status_code, kind, duration_s, gate.limiter_wait_s),
-    )
+    gate.attempted(status_code, kind)
+    log.info("delivery.attempt", **gate.attempt_log)
 
 
 # -- reconcile -------------------------------------------------------------------------------------

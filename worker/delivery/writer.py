@@ -127,7 +127,9 @@ def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> De
         provider_message_ids=mask_ids(outcome.provider_message_ids),
         rejected_recipients={
             k: scrub(v)[:200] for k, v in mask_ids(outcome.rejected_recipients).items()
-        },
+        }
+        if outcome.rejected_recipients
+        else {},
         suppressed_recipients=dict(d.suppressed),
         attempts=previous_attempts + 1,
         cost=outcome.cost,

@@ -27,6 +27,7 @@ from prometheus_client import Counter, Histogram  # noqa: E402 - after the direc
 __all__ = [
     "FINISHED",
     "NO_PROVIDER",
+    "accepted",
     "attempt_fields",
     "cost",
     "currency_label",
@@ -134,13 +135,22 @@ def status_class(status_code: int | None) -> str:
 
 
 def provider_request(
-    provider: str, channel: str, status_code: int | None, kind: str, duration_s: float
-) -> None:
-    """One send request that passed the gate; ``kind`` is ``accepted`` or the error kind."""
+    provider: str,
+    channel: str,
+    status_code: int | None,
+    kind: str,
+    duration_s: float,
+    limiter_wait_s: float = 0.0,
+) -> dict[str, object]:
+    """One send request that passed the gate; ``kind`` is ``accepted`` or the error kind;
+    ``limiter_wait_s``: how long the gate waited for the limiter first. One call per request
+    (its counters, durations and limiter wait); returns the ``delivery.attempt`` log fields."""
     PROVIDER_REQUESTS.labels(provider, channel, status_class(status_code), kind).inc()
     REQUEST_SECONDS.labels(provider, channel).observe(duration_s)
+    LIMITER_WAIT_SECONDS.labels(provider).observe(max(limiter_wait_s, 0.0))
     if kind == "throttled":
         PROVIDER_THROTTLED.labels(provider, channel).inc()
+    return attempt_fields(status_code, kind, duration_s, limiter_wait_s)
 
 
 def attempt_fields(
@@ -165,6 +175,18 @@ def parked(provider: str, channel: str) -> None:
 
 def enqueue_to_accept(provider: str, channel: str, seconds: float) -> None:
     ENQUEUE_TO_ACCEPT_SECONDS.labels(provider, channel).observe(max(seconds, 0.0))
+
+
+def accepted(
+    provider: str,
+    channel: str,
+    enqueue_to_accept_s: float,
+    amount: float | None,
+    currency: str | None,
+) -> None:
+    """An accepted send: its enqueue-to-accept time and its reported cost, in one call."""
+    enqueue_to_accept(provider, channel, enqueue_to_accept_s)
+    cost(provider, amount, currency)
 
 
 COST_IN_CREDITS = frozenset({"mailpartner"})

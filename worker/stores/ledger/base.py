@@ -32,7 +32,7 @@ contract (``tests/stores/test_ledger_contract.py`` runs against both).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
@@ -93,6 +93,11 @@ class DeliveryRecord:
     throttled: int
     """Times the delivery waited for a limiter, a breaker or a provider's Retry-After."""
     fields: dict[str, str]
+    final: bool = field(init=False, repr=False, compare=False)
+    """The state is final (``FINAL_STATES``): read as data, set once from ``state``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "final", self.state in FINAL_STATES)
 
     @classmethod
     def from_fields(cls, delivery_id: str, fields: dict[str, str]) -> DeliveryRecord:
@@ -108,10 +113,6 @@ class DeliveryRecord:
             throttled=int(fields.get("throttled", "0")),
             fields=fields,
         )
-
-    @property
-    def final(self) -> bool:
-        return self.state in FINAL_STATES
 
     @property
     def result(self) -> dict[str, Any] | None:
