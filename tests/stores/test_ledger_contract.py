@@ -614,3 +614,56 @@ def test_the_dead_letters_key_expires_in_redis(redis_client: redis.Redis) -> Non
     ledger.set_fields("gone", state="x")
     ledger.touch("gone")
     assert redis_client.exists(ledger.key("gone")) == 0
+
+
+# -- a run's first and last ledger steps (open_run, close_run) -----------------------------------
+
+
+def test_open_run_takes_the_lock_and_counts_the_run_and_close_run_gives_both_back(
+    h: Harness,
+) -> None:
+    led = h.ledger
+    assert led.open_run("nope", "t1", 30) == (None, 0.0, 0)
+    led.create("d1", channel="sms", provider="smspartner")
+    record, busy_s, runs = led.open_run("d1", "t1", 30)
+    assert record is not None and record.state == "queued"
+    assert (busy_s, runs) == (0.0, 1)
+    assert record.fields["runs_unfinished"] == "1"
+    assert led.holds("d1", "t1")
+    # A second run meanwhile: busy, nothing counted.
+    record, busy_s, runs = led.open_run("d1", "t2", 30)
+    assert record is not None and busy_s > 0 and runs == 0
+    assert led.close_run("d1", "t1", reset_runs=True, state="sent", fields={"sent_at": "1"}) == (
+        True,
+        True,
+    )
+    got = led.get("d1")
+    assert got is not None
+    assert (got.state, got.fields["sent_at"], got.fields["runs_unfinished"]) == ("sent", "1", "0")
+    assert not led.holds("d1", "t1")
+    # Final: no lock taken, no run counted.
+    record, busy_s, runs = led.open_run("d1", "t3", 30)
+    assert record is not None and record.final and (busy_s, runs) == (0.0, 0)
+    assert not led.holds("d1", "t3")
+
+
+def test_close_run_without_the_lock_writes_only_the_late_outcome(h: Harness) -> None:
+    led = h.ledger
+    led.create("d1", channel="sms", provider="smspartner")
+    led.open_run("d1", "t1", 30)
+    held, changed = led.close_run(
+        "d1", "other", reset_runs=True, state="sent", late={"late_outcome": "seen"}
+    )
+    assert (held, changed) == (False, False)
+    got = led.get("d1")
+    assert got is not None
+    assert got.state == "queued"
+    assert got.fields["late_outcome"] == "seen"
+    assert got.fields["runs_unfinished"] == "1"
+    assert led.holds("d1", "t1")
+    # Nothing is written on a record that does not exist.
+    assert led.close_run("gone", "t1", reset_runs=False, late={"late_outcome": "x"}) == (
+        False,
+        False,
+    )
+    assert led.get("gone") is None

@@ -56,16 +56,13 @@ class ComposedHotPath(HotPath):
     ) -> Begun:
         if mark is not None:
             self.cleared_marks.append(mark)
-        record = self.ledger.get(delivery_id)
+        record, busy_s, runs = self.ledger.open_run(delivery_id, token, lock_ttl_s)
         if record is None:
             return Begun("missing")
         if record.final:
             return Begun("final", record)
-        busy_s = self.ledger.lock(delivery_id, token, lock_ttl_s)
         if busy_s > 0:
             return Begun("busy", record, busy_s=busy_s)
-        runs = self.ledger.incr(delivery_id, "runs_unfinished")
-        record = self.ledger.get(delivery_id) or record
         paused = {}
         for provider in providers:
             info = self.health.paused(provider)
@@ -111,17 +108,20 @@ class ComposedHotPath(HotPath):
         reset_runs: bool,
         closing: Closing | None = None,
     ) -> Finished:
-        if not self.ledger.holds(delivery_id, token):
-            if closing is not None and self.ledger.get(delivery_id) is not None:
-                seen = {"state": closing.state, "at": repr(time.time()), "fields": closing.fields}
-                self.ledger.set_fields(delivery_id, **{LATE_OUTCOME: json.dumps(seen)})
-            return Finished(lock_lost=True)
-        changed = False
+        late = None
         if closing is not None:
-            changed = self.ledger.transition(delivery_id, closing.state, **closing.fields)
-        if reset_runs:
-            self.ledger.set_fields(delivery_id, runs_unfinished="0")
-        self.ledger.unlock(delivery_id, token)
+            seen = {"state": closing.state, "at": repr(time.time()), "fields": closing.fields}
+            late = {LATE_OUTCOME: json.dumps(seen)}
+        held, changed = self.ledger.close_run(
+            delivery_id,
+            token,
+            reset_runs=reset_runs,
+            state=closing.state if closing is not None else None,
+            fields=closing.fields if closing is not None else None,
+            late=late,
+        )
+        if not held:
+            return Finished(lock_lost=True)
         if closing is None:
             return Finished()
         if closing.provider and closing.metric:

@@ -262,6 +262,51 @@ class Ledger(Protocol):
         """Whether ``token`` still holds the delivery's send lock (it has not expired)."""
         ...
 
+    # -- a run's first and last ledger steps (the hot path's ledger part) ---------------------
+    # Written here on the calls above, as the composed hot path runs them one after the other;
+    # a backend may do each in one step (the in-memory ledger, under its lock). On Redis the
+    # hot path's scripts do them (``worker/stores/hotpath/``).
+
+    def open_run(
+        self, delivery_id: str, token: str, ttl_s: float
+    ) -> tuple[DeliveryRecord | None, float, int]:
+        """(record, busy_s, runs): no record (``None``); a final record (no lock taken); the
+        lock held elsewhere (``busy_s`` > 0); else the lock taken and the unfinished runs
+        counted (``runs``), with the record as it is then."""
+        record = self.get(delivery_id)
+        if record is None or record.final:
+            return record, 0.0, 0
+        busy_s = self.lock(delivery_id, token, ttl_s)
+        if busy_s > 0:
+            return record, busy_s, 0
+        runs = self.incr(delivery_id, "runs_unfinished")
+        return self.get(delivery_id) or record, 0.0, runs
+
+    def close_run(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        reset_runs: bool,
+        state: str | None = None,
+        fields: dict[str, str] | None = None,
+        late: dict[str, str] | None = None,
+    ) -> tuple[bool, bool]:
+        """(held, changed): while ``token`` holds the lock, move to ``state`` with ``fields``
+        (if given), set the unfinished runs back to 0 (``reset_runs``) and unlock; the lock
+        lost, write ``late`` on the record (if it exists) and change nothing else."""
+        if not self.holds(delivery_id, token):
+            if late is not None and self.get(delivery_id) is not None:
+                self.set_fields(delivery_id, **late)
+            return False, False
+        changed = False
+        if state is not None:
+            changed = self.transition(delivery_id, state, **(fields or {}))
+        if reset_runs:
+            self.set_fields(delivery_id, runs_unfinished="0")
+        self.unlock(delivery_id, token)
+        return True, changed
+
     # -- sweeping ------------------------------------------------------------------------------
 
     def stale(self, older_than_s: float, *, limit: int = 500) -> list[str]:

@@ -246,6 +246,50 @@ class MemoryLedger(Ledger):
             if held is not None and held[0] == token:
                 del self._locks[delivery_id]
 
+    # -- a run's first and last ledger steps, each under the lock (as one script on Redis) ----
+
+    def open_run(
+        self, delivery_id: str, token: str, ttl_s: float
+    ) -> tuple[DeliveryRecord | None, float, int]:
+        with self._lock:
+            fields = self._record(delivery_id)
+            if not fields:
+                return None, 0.0, 0
+            if fields.get("state", "queued") in FINAL_STATES:
+                return DeliveryRecord.from_fields(delivery_id, dict(fields)), 0.0, 0
+            busy_s = self.lock(delivery_id, token, ttl_s)
+            if busy_s == 0:
+                runs = int(fields.get("runs_unfinished", "0")) + 1
+                fields["runs_unfinished"] = str(runs)
+            else:
+                runs = 0
+            return DeliveryRecord.from_fields(delivery_id, dict(fields)), busy_s, runs
+
+    def close_run(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        reset_runs: bool,
+        state: str | None = None,
+        fields: dict[str, str] | None = None,
+        late: dict[str, str] | None = None,
+    ) -> tuple[bool, bool]:
+        with self._lock:
+            held = self._locks.get(delivery_id)
+            if held is None or held[0] != token or held[1] <= self._clock():
+                found = self._record(delivery_id)
+                if late is not None and found:
+                    found.update(late)
+                return False, False
+            changed = state is not None and self.transition(delivery_id, state, **(fields or {}))
+            if reset_runs:
+                found = self._record(delivery_id)
+                if found is not None:
+                    found["runs_unfinished"] = "0"
+            del self._locks[delivery_id]
+            return True, changed
+
     # -- sweeping ------------------------------------------------------------------------------
 
     def stale(self, older_than_s: float, *, limit: int = 500) -> list[str]:
