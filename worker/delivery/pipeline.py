@@ -895,10 +895,14 @@ class Gate:
             writer.counter(provider, "throttled_ms", d.rt, int(waited * 1000))
         return waited
 
-    def attempted(self, status_code: int | None, kind: str) -> float:
+    def attempted(
+        self, status_code: int | None, kind: str, accepted: SendOutcome | None = None
+    ) -> float:
         """The request in the metrics, once (``provider_requests``); nothing when it never left
         (the gate did not open), with the limiter wait that came before it. Its duration in
-        seconds; the ``delivery.attempt`` log fields are left in ``attempt_log``."""
+        seconds; the ``delivery.attempt`` log fields are left in ``attempt_log``. ``accepted``:
+        the provider accepted a chunk of one, its enqueue-to-accept time and cost go in the
+        same metrics call (:func:`accepted` for each delivery of a larger chunk)."""
         if not self.opened:
             return 0.0
         d = self.d
@@ -906,7 +910,15 @@ class Gate:
         if kind == "accepted":
             status_code = 200  # drivers accept only 2xx answers; the class is what is counted
         self.attempt_log = metrics.provider_request(
-            d.provider, d.channel, status_code, kind, duration_s, self.limiter_wait_s
+            d.provider,
+            d.channel,
+            status_code,
+            kind,
+            duration_s,
+            self.limiter_wait_s,
+            accepted_after_s=None if accepted is None else time.time() - d.created_at,
+            cost=None if accepted is None else accepted.cost,
+            currency=None if accepted is None else accepted.currency,
         )
         return duration_s
 
@@ -955,8 +967,7 @@ def send(d: Delivery, record: DeliveryRecord, driver: Driver[Any], ctx: SendCont
         # A refusal after the gate opened may hold the shared limiter key (a 429).
         held_key = gate.key if gate.opened else None
         return settle_error(d, Failure(exc, record.attempts, driver, held_key))
-    _attempted(d, gate, None, "accepted")
-    accepted(d, outcome)
+    _attempted(d, gate, None, "accepted", outcome)  # with its enqueue-to-accept time and cost
     if ctx.schedule_at is not None:
         d.rt.health.record_success(d.provider)
         return held_at_provider(d, outcome, record.attempts)
@@ -976,11 +987,17 @@ def later(d: Delivery, record: DeliveryRecord, wait_s: float) -> Outcome:
     return wait(d, wait_s, "rate_limited", record.attempts)
 
 
-def _attempted(d: Delivery, gate: Gate, status_code: int | None, kind: str) -> None:
+def _attempted(
+    d: Delivery,
+    gate: Gate,
+    status_code: int | None,
+    kind: str,
+    accepted: SendOutcome | None = None,
+) -> None:
     """The one event and the metrics of an attempt whose request left (the gate opened)."""
     if not gate.opened:
         return
-    gate.attempted(status_code, kind)
+    gate.attempted(status_code, kind, accepted)
     log.info("delivery.attempt", **gate.attempt_log)
 
 

@@ -367,8 +367,9 @@ def _closed(d: Delivery, closing: Closing, done: Finished) -> None:
             d.rt.health.record_success(closing.provider)
         except Exception as exc:  # the send is recorded: a lost success only delays a close
             log.warning("breaker.success_not_recorded", error=type(exc).__name__)
-    if closing.tracking is not None:
-        registered(d.rt, d.delivery_id, closing.tracking, done.tracking_error)
+    t = closing.tracking
+    if t is not None and (t.notify or done.tracking_error is not None):
+        registered(d.rt, d.delivery_id, t, done.tracking_error)
 
 
 def bury(d: Delivery, crashed_runs: int, attempts: int) -> Done:

@@ -141,15 +141,23 @@ def provider_request(
     kind: str,
     duration_s: float,
     limiter_wait_s: float = 0.0,
+    *,
+    accepted_after_s: float | None = None,
+    cost: float | None = None,
+    currency: str | None = None,
 ) -> dict[str, object]:
     """One send request that passed the gate; ``kind`` is ``accepted`` or the error kind;
     ``limiter_wait_s``: how long the gate waited for the limiter first. One call per request
-    (its counters, durations and limiter wait); returns the ``delivery.attempt`` log fields."""
+    (its counters, durations and limiter wait); returns the ``delivery.attempt`` log fields.
+    ``accepted_after_s``: a single delivery's request was accepted that long after it was
+    enqueued; its reported ``cost`` is counted too (:func:`accepted`, in the same call)."""
     PROVIDER_REQUESTS.labels(provider, channel, status_class(status_code), kind).inc()
     REQUEST_SECONDS.labels(provider, channel).observe(duration_s)
     LIMITER_WAIT_SECONDS.labels(provider).observe(max(limiter_wait_s, 0.0))
     if kind == "throttled":
         PROVIDER_THROTTLED.labels(provider, channel).inc()
+    if accepted_after_s is not None:
+        accepted(provider, channel, accepted_after_s, cost, currency)
     return attempt_fields(status_code, kind, duration_s, limiter_wait_s)
 
 

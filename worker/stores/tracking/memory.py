@@ -11,6 +11,7 @@ from worker.stores.tracking.base import (
     HISTORY_CAP,
     ORPHAN_CAP,
     ORPHAN_TTL_S,
+    Applied,
     DeliveryStatus,
     RecipientState,
     Tracked,
@@ -19,6 +20,7 @@ from worker.stores.tracking.base import (
     history_entry,
     outbox_entry,
     parse_state,
+    sent_event,
     state_json,
     watch_fields,
     watch_from,
@@ -48,6 +50,40 @@ class MemoryTrackingStore(TrackingBase):
     def _now(self) -> float:
         return self._clock()
 
+    def register(
+        self,
+        delivery_id: str,
+        provider: str,
+        recipients: Sequence[Tracked],
+        *,
+        at: float,
+        poll_at: float | None,
+        notify: bool,
+    ) -> Applied:
+        """:meth:`TrackingBase.register` in one step under the store's lock (as one script on
+        Redis): the index, each recipient's ``sent`` event, the watch; then kept orphans."""
+        done = Applied()
+        with self._lock:
+            self._write_index(delivery_id, provider, recipients, at)
+            now = self._clock()
+            for tracked in recipients:
+                event = sent_event(delivery_id, provider, tracked, at)
+                new, moved = self._apply_one(delivery_id, event, notify=notify, now=now)
+                if not new:
+                    done.duplicates += 1
+                    continue
+                done.new.append(event)
+                done.moved += int(moved)
+                done.deliveries.add(delivery_id)
+            if poll_at is not None and recipients:
+                self._start_watch(delivery_id, provider, recipients, at, poll_at)
+            pmids = sorted({t.provider_message_id for t in recipients})
+            kept = [self._take_orphans(provider, pmid) for pmid in pmids if self._orphans]
+        for events in kept:
+            if events:
+                done.absorb(self.apply(events, notify=notify))
+        return done
+
     def _index(self, provider: str, provider_message_id: str) -> dict[str, str]:
         with self._lock:
             return dict(self._index_map.get((provider, provider_message_id), {}))
@@ -72,7 +108,8 @@ class MemoryTrackingStore(TrackingBase):
                 return False, False
             seen.add(event.event_id)
             states = self._states.setdefault(delivery_id, {})
-            current = parse_state(states.get(event.recipient, ""))
+            stored = states.get(event.recipient)
+            current = parse_state(stored) if stored else None
             moved = advances(current.state if current else None, event.type)
             if moved:
                 states[event.recipient] = state_json(event)
