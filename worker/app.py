@@ -438,7 +438,7 @@ def _replay_spool(rt: Any) -> None:
     from worker.delivery.spool import FinalWriteSpool
 
     try:
-        FinalWriteSpool(rt.settings.spool_dir).replay(rt.ledger)
+        FinalWriteSpool(rt.settings.spool_dir).replay(rt.records)
     except Exception as exc:  # a worker starts regardless; the file stays for the next start
         structlog.get_logger("worker.app").error(
             "delivery.spool_replay_failed", error=type(exc).__name__

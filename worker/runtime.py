@@ -31,6 +31,7 @@ from worker.stores import (
     keys_for,
 )
 from worker.stores.hotpath import ComposedHotPath, HotPath, RedisHotPath
+from worker.stores.ledger import DeadLetters, Records, RunLocks, Schedule, TagIndex
 from worker.stores.suppression import RecipientHasher, RedisSuppressionStore
 from worker.stores.tracking import MemoryTrackingStore, RedisTrackingStore, TrackingStore
 
@@ -79,6 +80,17 @@ class Runtime:
         """Publishes the application's delivery events (``worker.tracking.service``); ``None``:
         the current Celery app. Tests and tools inject their own."""
         self.ledger = stores.ledger
+        """Every role of the ledger (the stores' own wiring, tools); features use a role below."""
+        self.records: Records = stores.ledger
+        """Delivery records: create, read, typed transitions and marks, the sweeper's view."""
+        self.run_locks: RunLocks = stores.ledger
+        """A delivery's send lock (cancel's; a run's own go through the hot path)."""
+        self.schedule: Schedule = stores.ledger
+        """``scheduled`` deliveries by due time."""
+        self.dead_letters: DeadLetters = stores.ledger
+        """Poison and refused messages set aside."""
+        self.tag_index: TagIndex = stores.ledger
+        """Caller-chosen provider tags (SMS Partner reconciliation)."""
         self.limiter = stores.limiter
         self.health = stores.health
         self.parking = stores.parking

@@ -8,10 +8,12 @@ exact on both. What Redis times itself (expiry of records and locks) runs on rea
 
 from __future__ import annotations
 
+import ast
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -21,9 +23,14 @@ from worker.stores.ledger import (
     GAVE_UP,
     NOT_BEFORE,
     OUTCOME_UNKNOWN,
+    DeadLetters,
     Ledger,
     MemoryLedger,
+    Records,
     RedisLedger,
+    RunLocks,
+    Schedule,
+    TagIndex,
 )
 from worker.stores.ledger.base import DEAD_LETTER_TTL_S, TAG_MEMORY_S
 
@@ -667,3 +674,30 @@ def test_close_run_without_the_lock_writes_only_the_late_outcome(h: Harness) -> 
         False,
     )
     assert led.get("gone") is None
+
+
+# -- the roles -----------------------------------------------------------------------------------
+
+
+def test_the_ledger_is_its_roles_and_this_suite_covers_every_method_of_each() -> None:
+    """``Ledger`` is the union of its roles (records, run locks, schedule, dead letters, tag
+    index), no method in two; both backends are each role; every method of every role is
+    called by this contract suite, so each role's contract runs on both backends."""
+    roles = (Records, RunLocks, Schedule, DeadLetters, TagIndex)
+    methods = {
+        role.__name__: {n for n, v in vars(role).items() if callable(v) and not n.startswith("_")}
+        for role in roles
+    }
+    every = [m for ms in methods.values() for m in ms]
+    assert len(every) == len(set(every)), methods
+    whole = {n for n in dir(Ledger) if not n.startswith("_") and callable(getattr(Ledger, n))}
+    assert whole == set(every), whole ^ set(every)
+    for impl in (MemoryLedger, RedisLedger):
+        assert all(role in impl.__mro__ for role in roles), impl
+    called = {
+        node.func.attr
+        for node in ast.walk(ast.parse(Path(__file__).read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
+    for role, ms in methods.items():
+        assert ms <= called, (role, ms - called)

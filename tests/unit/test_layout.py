@@ -193,14 +193,21 @@ OUTSIDE_THE_FLOW = {
 }
 
 
+LEDGER_ROLES = ("ledger", "records", "run_locks", "schedule", "dead_letters", "tag_index")
+"""The names the ledger goes by: the whole store, and its role handles (``Runtime.records``, ...,
+``worker.stores.ledger.base``)."""
+
+
 def _store_calls(path: Path, store: str, methods: frozenset[str]) -> Iterator[str]:
-    """The ``methods`` called on ``<...>.<store>`` or a name containing ``store`` in ``path``."""
+    """The ``methods`` called on ``<...>.<store>`` or a name containing ``store`` in ``path``
+    (for ``"ledger"``: any name of :data:`LEDGER_ROLES`)."""
+    names = LEDGER_ROLES if store == "ledger" else (store,)
     for node in ast.walk(ast.parse(path.read_text())):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
         target = node.func.value
         name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
-        if store in name.lower() and node.func.attr in methods:
+        if any(n in name.lower() for n in names) and node.func.attr in methods:
             yield node.func.attr
 
 
@@ -267,3 +274,19 @@ def test_only_the_outcome_writer_runs_the_hot_path_scripts_and_the_counters() ->
             if isinstance(node, ast.Name) and node.id in {"track_sent", "registered", "remember"}:
                 found.add((rel, node.id))
     assert {rel for rel, _ in found} == {FLOW_WRITER}, found
+
+
+def test_features_depend_on_the_ledger_role_they_use() -> None:
+    """The flow, cancel and the schedule, the tracking service and the operator's commands reach
+    the ledger through a role (``rt.records``, ``rt.run_locks``, ``rt.schedule``,
+    ``rt.dead_letters``, ``rt.tag_index``), never through the whole store (``rt.ledger``)."""
+    found = set()
+    for rel, path in _sources("tasks", "worker/delivery", "worker/scheduling", "worker/ops",
+                              "worker/tracking", "worker/batching"):  # fmt: skip
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "ledger":
+                owner = node.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name == "rt":
+                    found.add(rel)
+    assert found == set(), found

@@ -622,7 +622,7 @@ def answer_from_ledger(d: Delivery, record: DeliveryRecord) -> Done:
 
 
 def _get(d: Delivery) -> DeliveryRecord:
-    record = d.rt.ledger.get(d.delivery_id)
+    record = d.rt.records.get(d.delivery_id)
     assert record is not None
     return record
 
@@ -863,7 +863,7 @@ class Gate:
         if len(self.chunk) == 1 and not changed[0]:
             # Final meanwhile (a cancel won the race, atomically in the ledger): nothing leaves.
             d = self.d
-            record = d.rt.ledger.get(d.delivery_id)
+            record = d.rt.records.get(d.delivery_id)
             if record is not None and record.final:
                 raise NotNow(answer_from_ledger(d, record))
         if self.tag is not None:
@@ -1127,7 +1127,7 @@ def _tag_is_ambiguous(d: Delivery, ctx: SendContext) -> bool:
         return False
     settings = d.settings
     since = ctx.sent_after - settings.http_read_timeout_s - settings.reconcile_grace_s - 5.0
-    shared = d.rt.ledger.tag_used_by_others(
+    shared = d.rt.tag_index.tag_used_by_others(
         d.provider, ctx.tag, d.recipients(), d.delivery_id, since
     )
     if shared:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from worker.stores import Ledger
+from worker.stores import Records
 
 __all__ = ["MAX_SPOOL_BYTES", "FinalWriteSpool"]
 
@@ -56,7 +56,7 @@ class FinalWriteSpool:
             return False
         return True
 
-    def replay(self, ledger: Ledger) -> int:
+    def replay(self, ledger: Records) -> int:
         """Write every kept final write to ``ledger`` (forward-only); returns how many were
         applied. The file is renamed first, so one process replays it and new writes go to a
         fresh file; entries Redis still refuses are kept again."""

@@ -109,7 +109,7 @@ def sent(
     else:
         if answered:
             d.rt.health.record_success(d.provider)
-        d.rt.ledger.transition(d.delivery_id, "sent", **fields)
+        d.rt.records.transition(d.delivery_id, "sent", **fields)
         d.rt.metric(d.provider, "sent")
         track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
     metrics.finished(d.provider, d.channel, "sent", "none")
@@ -141,7 +141,7 @@ def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> De
 def finish(d: Delivery, state: str, attempts: int, *, error: ErrorInfo) -> Done:
     """A final state other than ``sent`` (``failed``, ``expired``), with its error."""
     result = d.result(state, attempts, error=error)
-    d.rt.ledger.transition(
+    d.rt.records.transition(
         d.delivery_id,
         state,
         attempts=str(attempts),
@@ -164,7 +164,7 @@ def park(d: Delivery, provider: str, attempts: int, reason: str) -> Done:
     """Hold the message until the provider is resumed; neither failed nor retried."""
     d.rt.parking.park(provider, d.delivery_id, d.task_name, d.raw)
     result = d.result("parked", attempts, provider=provider)
-    d.rt.ledger.transition(
+    d.rt.records.transition(
         d.delivery_id, "parked", parked_reason=reason[:200], result=result.model_dump_json()
     )
     d.rt.metric(provider, "parked")
@@ -188,7 +188,7 @@ def wait(
     else:
         # Never past the deadline, nor beyond the broker's visibility timeout.
         delay_s = min(delay_s, d.settings.retry_backoff_max_s, remaining)
-    d.rt.ledger.transition(d.delivery_id, "waiting", waiting_reason=reason)
+    d.rt.records.transition(d.delivery_id, "waiting", waiting_reason=reason)
     return Retry(max(delay_s, 0.0), reason, d.result("waiting", attempts))
 
 
@@ -219,7 +219,7 @@ def begin(chunk: Sequence[Opening]) -> list[Begun]:
     missing = [i for i, b in enumerate(begun) if b.status == "missing"]
     for i in missing:
         d = chunk[i].d
-        d.rt.ledger.create(
+        d.rt.records.create(
             d.delivery_id,
             channel=d.channel,
             provider=d.message.provider or "auto",
@@ -375,10 +375,10 @@ def _closed(d: Delivery, closing: Closing, done: Finished) -> None:
 def bury(d: Delivery, crashed_runs: int, attempts: int) -> Done:
     """A poison message: its worker died in ``crashed_runs`` runs in a row."""
     reason = f"its worker died in {crashed_runs} runs in a row"
-    d.rt.ledger.bury(d.delivery_id, reason=reason, task_name=d.task_name, message=d.raw)
+    d.rt.dead_letters.bury(d.delivery_id, reason=reason, task_name=d.task_name, message=d.raw)
     log.error("delivery.dead_letter", reason=reason, action="delivery-worker dead replay ID")
     result = d.result("dead", attempts, error=ErrorInfo(kind="dead_letter", message=reason))
-    d.rt.ledger.record_result(d.delivery_id, result.model_dump_json())
+    d.rt.records.record_result(d.delivery_id, result.model_dump_json())
     metrics.finished(d.provider, d.channel, "dead", "dead_letter")
     return Done(result)
 
@@ -387,8 +387,8 @@ def invalid(rt: Runtime, delivery_id: str, task_name: str, result: DeliveryResul
     """An unreadable message, final in the ledger too (a by-name message has no record yet):
     no content kept."""
     channel = result.channel
-    rt.ledger.create(delivery_id, channel=channel, provider="auto", extra={"task_name": task_name})
-    rt.ledger.transition(
+    rt.records.create(delivery_id, channel=channel, provider="auto", extra={"task_name": task_name})
+    rt.records.transition(
         delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
     )
     metrics.finished("", channel, "failed", "invalid_message")
@@ -426,24 +426,24 @@ def mark_sending(chunk: Sequence[Sending], now: str) -> list[bool]:
 
 def note_tag_use(d: Delivery, tag: str, at: float) -> None:
     """The caller's own tag, used for these numbers (reconciliation tells them apart)."""
-    d.rt.ledger.note_tag_use(d.provider, tag, d.recipients(), d.delivery_id, at)
+    d.rt.tag_index.note_tag_use(d.provider, tag, d.recipients(), d.delivery_id, at)
 
 
 # -- counters and marks -------------------------------------------------------------------------
 
 
 def chose_provider(d: Delivery, provider: str) -> None:
-    d.rt.ledger.record_provider(d.delivery_id, provider)
+    d.rt.records.record_provider(d.delivery_id, provider)
 
 
 def count_attempt(d: Delivery) -> int:
     """One more error attempt; the count after it."""
-    return d.rt.ledger.incr(d.delivery_id, "attempts")
+    return d.rt.records.incr(d.delivery_id, "attempts")
 
 
 def count_throttle(d: Delivery) -> None:
     """One more wait that is not an error (a limiter, a breaker, a provider's Retry-After)."""
-    d.rt.ledger.incr(d.delivery_id, "throttled")
+    d.rt.records.incr(d.delivery_id, "throttled")
 
 
 def counter(provider: str, name: str, rt: Runtime, by: int = 1) -> None:
@@ -456,21 +456,21 @@ def outcome_unknown(
 ) -> None:
     """An earlier send's outcome is unknown: ask the provider (after ``ask_at``) before any
     resend; ``gave_up``: the error (JSON) to fail with if the provider has not seen it."""
-    d.rt.ledger.mark_outcome_unknown(d.delivery_id, ask_at=ask_at, gave_up=gave_up)
+    d.rt.records.mark_outcome_unknown(d.delivery_id, ask_at=ask_at, gave_up=gave_up)
 
 
 def outcome_known(d: Delivery) -> None:
     """The provider was asked and has not seen the earlier send: it may be sent again."""
-    d.rt.ledger.mark_outcome_known(d.delivery_id)
+    d.rt.records.mark_outcome_known(d.delivery_id)
 
 
 def send_at_seen(d: Delivery, send_at: float) -> None:
-    d.rt.ledger.record_send_at(d.delivery_id, send_at)
+    d.rt.records.record_send_at(d.delivery_id, send_at)
 
 
 def hold(d: Delivery, due: float, **fields: str) -> bool:
     """On the ledger's durable schedule until ``due`` (state ``scheduled``)."""
-    return d.rt.ledger.hold(d.delivery_id, due, **fields)
+    return d.rt.schedule.hold(d.delivery_id, due, **fields)
 
 
 def adopt_sent(d: Delivery, fields: dict[str, str]) -> None:
@@ -480,12 +480,12 @@ def adopt_sent(d: Delivery, fields: dict[str, str]) -> None:
     if d.defer_closing:
         d.closing = closing
     else:
-        d.rt.ledger.transition(d.delivery_id, "sent", **fields)
+        d.rt.records.transition(d.delivery_id, "sent", **fields)
 
 
 def sent_at_provider_time(d: Delivery, provider: str, due: float, stored: str) -> None:
     """A send the provider held for its time: ``sent`` once that time has come."""
-    d.rt.ledger.transition(d.delivery_id, "sent", sent_at=repr(due), result=stored)
+    d.rt.records.transition(d.delivery_id, "sent", sent_at=repr(due), result=stored)
     d.rt.metric(provider, "sent")
 
 
@@ -497,7 +497,7 @@ def suppress(d: Delivery, recipient: str, reason: Reason) -> None:
 
 def failed_unread(d: Delivery, result: DeliveryResult) -> Done:
     """Failed before any send: the message cannot be sent as it stands."""
-    d.rt.ledger.transition(
+    d.rt.records.transition(
         d.delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
     )
     return Done(result)

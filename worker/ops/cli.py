@@ -122,13 +122,13 @@ def _cmd_dead(args: argparse.Namespace) -> int:
         if args.older_than is not None and args.all:
             print("--older-than and --all exclude each other", file=sys.stderr)
             return 1
-        purged = rt.ledger.purge_dead(None if args.all else args.older_than)
-        left = len(rt.ledger.dead_letters())
+        purged = rt.dead_letters.purge_dead(None if args.all else args.older_than)
+        left = len(rt.dead_letters.dead_letters())
         scope = "all" if args.all else f"set aside over {_human(args.older_than)} ago"
         print(f"purged {purged} dead letter{'s' if purged != 1 else ''} ({scope}); {left} left")
         return 0
     if args.action == "replay":
-        ids = list(rt.ledger.dead_letters()) if args.all else args.ids
+        ids = list(rt.dead_letters.dead_letters()) if args.all else args.ids
         if not ids:
             print("nothing to replay (give delivery ids or --all)", file=sys.stderr)
             return 1
@@ -138,7 +138,7 @@ def _cmd_dead(args: argparse.Namespace) -> int:
                 f"{delivery_id}: {'replayed' if delivery_id in replayed else 'not a dead letter'}"
             )
         return 0 if len(replayed) == len(ids) else 1
-    letters = rt.ledger.dead_letters()
+    letters = rt.dead_letters.dead_letters()
     if not letters:
         print("no dead letters")
     for delivery_id, entry in sorted(letters.items(), key=lambda kv: kv[1]["at"]):

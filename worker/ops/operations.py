@@ -23,6 +23,7 @@ from worker.runtime import Runtime, breaker_config
 from worker.stores import (
     Balances,
     BreakerState,
+    DeadLetters,
     HealthStore,
     Ledger,
     Limit,
@@ -31,6 +32,7 @@ from worker.stores import (
     PauseInfo,
     RateLimiter,
     RecordedBalance,
+    Records,
     Stores,
     limiter_key,
 )
@@ -102,7 +104,10 @@ class Operations:
         limiter: RateLimiter | None = None,
         balances: Balances | None = None,
     ) -> None:
-        self.ledger = ledger
+        self.records: Records = ledger
+        """The sweeper's view of the records."""
+        self.dead_letters: DeadLetters = ledger
+        """The dead letters an operator replays."""
         self.parking = parking
         self.health = health
         self.metrics = metrics
@@ -200,12 +205,12 @@ class Operations:
             "waiting": settings.retry_backoff_max_s + settings.sweep_sending_after_s,
         }
         counts = {"requeued": 0, "cleaned": 0, "unrecoverable": 0}
-        ledger = self.ledger
+        records = self.records
         now = self._clock()
-        for delivery_id in ledger.stale(min(limits.values())):
-            record = ledger.get(delivery_id)
+        for delivery_id in records.stale(min(limits.values())):
+            record = records.get(delivery_id)
             if record is None or record.final or record.state not in limits:
-                ledger.untrack(delivery_id)
+                records.untrack(delivery_id)
                 counts["cleaned"] += 1
                 continue
             if now - record.updated_at < limits[record.state]:
@@ -213,11 +218,11 @@ class Operations:
             message, task_name = record.fields.get("message"), record.fields.get("task_name")
             if not message or not task_name:
                 log.error("sweeper.no_message", delivery_id=delivery_id, state=record.state)
-                ledger.untrack(delivery_id)
+                records.untrack(delivery_id)
                 counts["unrecoverable"] += 1
                 continue
             self.app.send_task(task_name, args=[json.loads(message)], task_id=delivery_id)
-            ledger.touch(delivery_id)
+            records.touch(delivery_id)
             counts["requeued"] += 1
             log.warning(
                 "sweeper.requeued",
@@ -231,7 +236,7 @@ class Operations:
         """Send dead letters again under their own ids; returns the ids replayed."""
         replayed = []
         for delivery_id in delivery_ids:
-            entry = self.ledger.revive(delivery_id)
+            entry = self.dead_letters.revive(delivery_id)
             if entry is None:
                 continue
             # The result backend keeps a SUCCESS final; forget the dead result first.

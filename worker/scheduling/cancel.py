@@ -66,14 +66,14 @@ def cancel_deliveries(rt: Runtime, app: Celery, delivery_ids: list[str]) -> list
 
 
 def cancel_delivery(rt: Runtime, app: Celery, delivery_id: str) -> CancelResult:
-    ledger = rt.ledger
+    records = rt.records
     give_up = time.monotonic() + _SENDING_WAIT_S
     while True:
-        record = ledger.get(delivery_id)
+        record = records.get(delivery_id)
         if record is None:
             return CancelResult(delivery_id, "unknown", "no such delivery")
         result = _cancelled_result(record)
-        answer = ledger.cancel(delivery_id, result=result.model_dump_json())
+        answer = records.cancel(delivery_id, result=result.model_dump_json())
         if answer.outcome == "cancelled":
             _store(app, delivery_id, result)
             log.warning("delivery.cancelled", delivery_id=delivery_id, was=answer.state)
@@ -102,12 +102,12 @@ def _cancel_at_provider(rt: Runtime, app: Celery, record: DeliveryRecord) -> Can
     delivery_id = record.delivery_id
     token = uuid.uuid4().hex
     give_up = time.monotonic() + _SENDING_WAIT_S
-    while ledger_busy := rt.ledger.lock(delivery_id, token, 30.0):
+    while ledger_busy := rt.run_locks.lock(delivery_id, token, 30.0):
         if time.monotonic() + ledger_busy > give_up:
             return CancelResult(delivery_id, "in_flight", "a run holds the delivery; ask again")
         time.sleep(min(ledger_busy, 0.2))
     try:
-        current = rt.ledger.get(delivery_id)
+        current = rt.records.get(delivery_id)
         if current is None:
             return CancelResult(delivery_id, "unknown", "no such delivery")
         if current.final:
@@ -124,7 +124,7 @@ def _cancel_at_provider(rt: Runtime, app: Celery, record: DeliveryRecord) -> Can
         detail = "; ".join(a.detail for a in answers if a.detail)
         if outcomes == {"cancelled"}:
             result = _cancelled_result(current, at_provider=True)
-            answer = rt.ledger.cancel(
+            answer = rt.records.cancel(
                 delivery_id, result=result.model_dump_json(), at_provider=True
             )
             if answer.outcome == "cancelled":
@@ -138,7 +138,7 @@ def _cancel_at_provider(rt: Runtime, app: Celery, record: DeliveryRecord) -> Can
             return CancelResult(delivery_id, "too_late_at_provider", detail)
         return CancelResult(delivery_id, "provider_error", detail or ",".join(sorted(outcomes)))
     finally:
-        rt.ledger.unlock(delivery_id, token)
+        rt.run_locks.unlock(delivery_id, token)
 
 
 def _cancelled_result(record: DeliveryRecord, *, at_provider: bool = False) -> DeliveryResult:

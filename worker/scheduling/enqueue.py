@@ -20,7 +20,7 @@ from worker.models import DeliveryResult, Message
 from worker.providers import DRIVERS
 from worker.scheduling.quiet import quiet_due
 from worker.scheduling.results import store_task_state
-from worker.stores import Ledger
+from worker.stores.ledger import Schedule
 
 __all__ = ["SCHEDULED_STATE", "hold_at_enqueue"]
 
@@ -29,7 +29,7 @@ SCHEDULED_STATE = "SCHEDULED"
 
 
 def hold_at_enqueue(
-    app: Celery, ledger: Ledger, message: Message, delivery_id: str, *, quiet_hours: str = ""
+    app: Celery, ledger: Schedule, message: Message, delivery_id: str, *, quiet_hours: str = ""
 ) -> bool:
     """Put a just-created delivery on the schedule; ``False``: publish it as usual.
 

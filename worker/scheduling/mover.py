@@ -31,8 +31,8 @@ import structlog
 from celery import Celery, bootsteps
 
 from worker.scheduling.defaults import LEASE_S, TICK_S
-from worker.stores import Ledger
 from worker.stores.keys import keys_for
+from worker.stores.ledger import Schedule
 
 __all__ = ["LEASE_S", "TICK_S", "MoverStep", "ScheduleMover", "move_due"]
 
@@ -47,7 +47,7 @@ Backlog = Callable[[str], int]
 
 def move_due(
     app: Celery,
-    ledger: Ledger,
+    ledger: Schedule,
     now: float | None = None,
     *,
     lease_s: float = LEASE_S,
@@ -87,7 +87,7 @@ class ScheduleMover(threading.Thread):
     def __init__(
         self,
         app: Celery,
-        ledger: Ledger,
+        ledger: Schedule,
         *,
         tick_s: float = TICK_S,
         lease_s: float = LEASE_S,

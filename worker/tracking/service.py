@@ -226,7 +226,7 @@ def suppress_from_events(rt: Runtime, events: Sequence[DeliveryEvent]) -> None:
         if reason is None or event.delivery_id is None or event.recipient is None:
             continue
         try:
-            record = rt.ledger.get(event.delivery_id)
+            record = rt.records.get(event.delivery_id)
             raw = record.fields.get("message") if record is not None else None
             if record is None or not raw:
                 continue

@@ -1,4 +1,7 @@
-"""The delivery ledger: interface (:mod:`.base`), Redis backend, in-memory stub."""
+"""The delivery ledger: its roles and interface (:mod:`.base`), Redis backend, in-memory stub.
+
+The roles: :class:`Records`, :class:`RunLocks`, :class:`Schedule`, :class:`DeadLetters`,
+:class:`TagIndex`; :class:`Ledger` is all of them."""
 
 from worker.stores.ledger.base import (
     FINAL_STATES,
@@ -6,8 +9,13 @@ from worker.stores.ledger.base import (
     NOT_BEFORE,
     OUTCOME_UNKNOWN,
     STATE_RANK,
+    DeadLetters,
     DeliveryRecord,
     Ledger,
+    Records,
+    RunLocks,
+    Schedule,
+    TagIndex,
 )
 from worker.stores.ledger.memory import MemoryLedger
 from worker.stores.ledger.redis import ACTIVE_KEY, DEAD_KEY, RedisLedger
@@ -20,8 +28,13 @@ __all__ = [
     "NOT_BEFORE",
     "OUTCOME_UNKNOWN",
     "STATE_RANK",
+    "DeadLetters",
     "DeliveryRecord",
     "Ledger",
     "MemoryLedger",
+    "Records",
     "RedisLedger",
+    "RunLocks",
+    "Schedule",
+    "TagIndex",
 ]

@@ -176,8 +176,15 @@ class CancelAnswer:
     state: str
 
 
-class Ledger(Protocol):
-    """Delivery records shared by producers and every worker. Times are Unix seconds."""
+# The ledger by role. One store (a Redis hash per delivery and its indexes, or dicts in memory)
+# answers every role; each feature depends on the role it uses (``Runtime.records``,
+# ``Runtime.run_locks``, ``Runtime.schedule``, ``Runtime.dead_letters``, ``Runtime.tag_index``),
+# and :class:`Ledger` is all of them (the backends, the contract suite).
+
+
+class Records(Protocol):
+    """Delivery records shared by producers and every worker: create, read, typed transitions
+    and marks, the sweeper's view. Times are Unix seconds."""
 
     def create(
         self,
@@ -248,64 +255,13 @@ class Ledger(Protocol):
         """Drop a record that was never published (the enqueue failed)."""
         ...
 
-    # -- concurrency guard ---------------------------------------------------------------------
-
-    def lock(self, delivery_id: str, token: str, ttl_s: float) -> float:
-        """Take the delivery's send lock; 0.0 when taken, else the seconds until it frees."""
+    def cancel(self, delivery_id: str, *, result: str, at_provider: bool = False) -> CancelAnswer:
+        """Take the delivery back: ``cancelled`` (final) unless it is final already or a send
+        is under way (``sending``), in one atomic step with the state check, so it races a
+        send's gate (which moves to ``sending`` only from an unfinished state) to exactly one
+        winner. A delivery scheduled *at the provider* (``provider_scheduled``) is refused
+        with ``provider`` unless ``at_provider`` says the provider has cancelled it."""
         ...
-
-    def unlock(self, delivery_id: str, token: str) -> None:
-        """Release the lock if ``token`` still holds it."""
-        ...
-
-    def holds(self, delivery_id: str, token: str) -> bool:
-        """Whether ``token`` still holds the delivery's send lock (it has not expired)."""
-        ...
-
-    # -- a run's first and last ledger steps (the hot path's ledger part) ---------------------
-    # Written here on the calls above, as the composed hot path runs them one after the other;
-    # a backend may do each in one step (the in-memory ledger, under its lock). On Redis the
-    # hot path's scripts do them (``worker/stores/hotpath/``).
-
-    def open_run(
-        self, delivery_id: str, token: str, ttl_s: float
-    ) -> tuple[DeliveryRecord | None, float, int]:
-        """(record, busy_s, runs): no record (``None``); a final record (no lock taken); the
-        lock held elsewhere (``busy_s`` > 0); else the lock taken and the unfinished runs
-        counted (``runs``), with the record as it is then."""
-        record = self.get(delivery_id)
-        if record is None or record.final:
-            return record, 0.0, 0
-        busy_s = self.lock(delivery_id, token, ttl_s)
-        if busy_s > 0:
-            return record, busy_s, 0
-        runs = self.incr(delivery_id, "runs_unfinished")
-        return self.get(delivery_id) or record, 0.0, runs
-
-    def close_run(
-        self,
-        delivery_id: str,
-        token: str,
-        *,
-        reset_runs: bool,
-        state: str | None = None,
-        fields: dict[str, str] | None = None,
-        late: dict[str, str] | None = None,
-    ) -> tuple[bool, bool]:
-        """(held, changed): while ``token`` holds the lock, move to ``state`` with ``fields``
-        (if given), set the unfinished runs back to 0 (``reset_runs``) and unlock; the lock
-        lost, write ``late`` on the record (if it exists) and change nothing else."""
-        if not self.holds(delivery_id, token):
-            if late is not None and self.get(delivery_id) is not None:
-                self.set_fields(delivery_id, **late)
-            return False, False
-        changed = False
-        if state is not None:
-            changed = self.transition(delivery_id, state, **(fields or {}))
-        if reset_runs:
-            self.set_fields(delivery_id, runs_unfinished="0")
-        self.unlock(delivery_id, token)
-        return True, changed
 
     # -- sweeping ------------------------------------------------------------------------------
 
@@ -321,7 +277,48 @@ class Ledger(Protocol):
         """Take the delivery out of the active set: nothing for the sweeper to do with it."""
         ...
 
-    # -- the schedule (``scheduled`` deliveries by due time) -------------------------------------
+
+class RunLocks(Protocol):
+    """A delivery's send lock: one run at a time, and a run's first and last ledger steps."""
+
+    def lock(self, delivery_id: str, token: str, ttl_s: float) -> float:
+        """Take the delivery's send lock; 0.0 when taken, else the seconds until it frees."""
+        ...
+
+    def unlock(self, delivery_id: str, token: str) -> None:
+        """Release the lock if ``token`` still holds it."""
+        ...
+
+    def holds(self, delivery_id: str, token: str) -> bool:
+        """Whether ``token`` still holds the delivery's send lock (it has not expired)."""
+        ...
+
+    def open_run(
+        self, delivery_id: str, token: str, ttl_s: float
+    ) -> tuple[DeliveryRecord | None, float, int]:
+        """(record, busy_s, runs): no record (``None``); a final record (no lock taken); the
+        lock held elsewhere (``busy_s`` > 0); else the lock taken and the unfinished runs
+        counted (``runs``), with the record as it is then."""
+        ...
+
+    def close_run(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        reset_runs: bool,
+        state: str | None = None,
+        fields: dict[str, str] | None = None,
+        late: dict[str, str] | None = None,
+    ) -> tuple[bool, bool]:
+        """(held, changed): while ``token`` holds the lock, move to ``state`` with ``fields``
+        (if given), set the unfinished runs back to 0 (``reset_runs``) and unlock; the lock
+        lost, write ``late`` on the record (if it exists) and change nothing else."""
+        ...
+
+
+class Schedule(Protocol):
+    """``scheduled`` deliveries by due time (``worker.scheduling``)."""
 
     def hold(self, delivery_id: str, due: float, **fields: str) -> bool:
         """Move to ``scheduled`` and put the delivery on the schedule at ``due`` (Unix seconds),
@@ -341,15 +338,9 @@ class Ledger(Protocol):
 
     def schedule_size(self) -> int: ...
 
-    def cancel(self, delivery_id: str, *, result: str, at_provider: bool = False) -> CancelAnswer:
-        """Take the delivery back: ``cancelled`` (final) unless it is final already or a send
-        is under way (``sending``), in one atomic step with the state check, so it races a
-        send's gate (which moves to ``sending`` only from an unfinished state) to exactly one
-        winner. A delivery scheduled *at the provider* (``provider_scheduled``) is refused
-        with ``provider`` unless ``at_provider`` says the provider has cancelled it."""
-        ...
 
-    # -- dead letters --------------------------------------------------------------------------
+class DeadLetters(Protocol):
+    """Poison and refused messages set aside, for the operator (``delivery-worker dead``)."""
 
     def bury(self, delivery_id: str, *, reason: str, task_name: str, message: Any) -> bool:
         """Set a poison message aside: state ``dead``, message kept for a replay."""
@@ -374,7 +365,9 @@ class Ledger(Protocol):
         """
         ...
 
-    # -- caller-chosen provider tags (SMS Partner reconciliation) -----------------------------
+
+class TagIndex(Protocol):
+    """Caller-chosen provider tags (SMS Partner reconciliation)."""
 
     def note_tag_use(
         self, provider: str, tag: str, recipients: list[str], delivery_id: str, at: float
@@ -387,6 +380,49 @@ class Ledger(Protocol):
     ) -> bool:
         """Whether another delivery sent to one of ``recipients`` under ``tag`` since ``since``."""
         ...
+
+
+class Ledger(Records, RunLocks, Schedule, DeadLetters, TagIndex, Protocol):
+    """Every role of the ledger: what a backend implements."""
+
+    # -- a run's first and last ledger steps (the hot path's ledger part) ---------------------
+    # Written here on the calls above, as the composed hot path runs them one after the other;
+    # a backend may do each in one step (the in-memory ledger, under its lock). On Redis the
+    # hot path's scripts do them (``worker/stores/hotpath/``).
+
+    def open_run(
+        self, delivery_id: str, token: str, ttl_s: float
+    ) -> tuple[DeliveryRecord | None, float, int]:
+        record = self.get(delivery_id)
+        if record is None or record.final:
+            return record, 0.0, 0
+        busy_s = self.lock(delivery_id, token, ttl_s)
+        if busy_s > 0:
+            return record, busy_s, 0
+        runs = self.incr(delivery_id, "runs_unfinished")
+        return self.get(delivery_id) or record, 0.0, runs
+
+    def close_run(
+        self,
+        delivery_id: str,
+        token: str,
+        *,
+        reset_runs: bool,
+        state: str | None = None,
+        fields: dict[str, str] | None = None,
+        late: dict[str, str] | None = None,
+    ) -> tuple[bool, bool]:
+        if not self.holds(delivery_id, token):
+            if late is not None and self.get(delivery_id) is not None:
+                self.set_fields(delivery_id, **late)
+            return False, False
+        changed = False
+        if state is not None:
+            changed = self.transition(delivery_id, state, **(fields or {}))
+        if reset_runs:
+            self.set_fields(delivery_id, runs_unfinished="0")
+        self.unlock(delivery_id, token)
+        return True, changed
 
 
 DEAD_LETTER_CAP = 10_000
