@@ -11,8 +11,8 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).parents[2]
-MAX_FILES = 29
-MAX_RETURNS = 142
+MAX_FILES = 28
+MAX_RETURNS = 85
 FOLDED = ("record", "deadline", "schedule", "suppress", "routing", "reconcile", "gate", "send",
           "settle")  # fmt: skip
 
