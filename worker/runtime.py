@@ -140,10 +140,6 @@ class Runtime:
                 self._drivers[provider] = found
             return found
 
-    def metric(self, provider: str, name: str, amount: int = 1) -> None:
-        """Per-provider counters shared by every worker (``delivery-worker providers``)."""
-        self.metrics.incr(provider, name, amount)
-
     def ping(self) -> None:
         """Reach the shared Redis (worker start-up check); in-memory stores need nothing."""
         if self.redis is not None:

@@ -102,17 +102,17 @@ def sent(
     except Exception as exc:  # tracking never changes a send's outcome
         log.warning("tracking.register_failed", provider=d.provider, error=type(exc).__name__)
         tracking = None
-    closing = Closing("sent", fields, d.provider, "sent", answered, tracking)
+    closing = Closing("sent", fields, d.provider, metrics.SENT_COUNTER, answered, tracking)
     if d.defer_closing:
-        # Written by the run's last step with the unlock (finish_run).
+        # Written by the run's last step with the unlock (finish_run), its shared counter too.
         d.closing = closing
+        metrics.finished(d.provider, d.channel, "sent", "none")
     else:
         if answered:
             d.rt.health.record_success(d.provider)
         d.rt.records.transition(d.delivery_id, "sent", **fields)
-        d.rt.metric(d.provider, "sent")
+        metrics.finished(d.provider, d.channel, "sent", "none", d.rt.metrics)
         track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
-    metrics.finished(d.provider, d.channel, "sent", "none")
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
 
@@ -148,9 +148,7 @@ def finish(d: Delivery, state: str, attempts: int, *, error: ErrorInfo) -> Done:
         error_kind=error.kind,
         result=result.model_dump_json(),
     )
-    if d.provider:
-        d.rt.metric(d.provider, f"{state}:{error.kind}")
-    metrics.finished(d.provider, d.channel, state, error.kind)
+    metrics.finished(d.provider, d.channel, state, error.kind, d.rt.metrics)
     return Done(result)
 
 
@@ -167,8 +165,7 @@ def park(d: Delivery, provider: str, attempts: int, reason: str) -> Done:
     d.rt.records.transition(
         d.delivery_id, "parked", parked_reason=reason[:200], result=result.model_dump_json()
     )
-    d.rt.metric(provider, "parked")
-    metrics.parked(provider, d.channel)
+    metrics.parked(provider, d.channel, d.rt.metrics)
     log.warning("delivery.parked", provider=provider)
     return Done(result)
 
@@ -447,8 +444,9 @@ def count_throttle(d: Delivery) -> None:
 
 
 def counter(provider: str, name: str, rt: Runtime, by: int = 1) -> None:
-    """A provider's Redis counter (``delivery-worker stats``)."""
-    rt.metric(provider, name, by)
+    """A provider's shared counter (``delivery-worker providers``), through the metrics
+    facade (:func:`worker.metrics.record.count`)."""
+    metrics.count(rt.metrics, provider, name, by)
 
 
 def outcome_unknown(
@@ -476,7 +474,7 @@ def hold(d: Delivery, due: float, **fields: str) -> bool:
 def adopt_sent(d: Delivery, fields: dict[str, str]) -> None:
     """An earlier run's ``sent``, kept aside when it outlived its lock, written by this run
     (with its unlock, while it holds the lock)."""
-    closing = Closing("sent", fields, d.provider, "sent")
+    closing = Closing("sent", fields, d.provider, metrics.SENT_COUNTER)
     if d.defer_closing:
         d.closing = closing
     else:
@@ -486,7 +484,7 @@ def adopt_sent(d: Delivery, fields: dict[str, str]) -> None:
 def sent_at_provider_time(d: Delivery, provider: str, due: float, stored: str) -> None:
     """A send the provider held for its time: ``sent`` once that time has come."""
     d.rt.records.transition(d.delivery_id, "sent", sent_at=repr(due), result=stored)
-    d.rt.metric(provider, "sent")
+    metrics.count(d.rt.metrics, provider, metrics.SENT_COUNTER)
 
 
 def suppress(d: Delivery, recipient: str, reason: Reason) -> None:

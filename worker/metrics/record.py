@@ -1,4 +1,8 @@
-"""The facade the delivery pipeline calls: per-attempt counters and histograms, no Redis.
+"""The facade the delivery pipeline calls, its one metrics path: per-attempt counters and
+histograms (Prometheus, no Redis) and, where a call passes the runtime's ``shared`` store, the
+per-provider counters every worker adds to (``dw:metrics:<provider>``, what
+``delivery-worker providers`` shows). The flow calls nothing else to count: a figure the
+operator reads comes from the same call as its Prometheus series.
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (a worker under the exporter), prometheus-client's
 multiprocess mode keeps each process's values in memory-mapped files in that directory; the
@@ -15,6 +19,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.stores.metrics import Metrics
 
 # Multiprocess mode opens a file in the directory when a labelled value is first used: make
 # sure it exists before prometheus_client is imported (it reads the variable at import).
@@ -27,9 +35,11 @@ from prometheus_client import Counter, Histogram  # noqa: E402 - after the direc
 __all__ = [
     "FINISHED",
     "NO_PROVIDER",
+    "SENT_COUNTER",
     "accepted",
     "attempt_fields",
     "cost",
+    "count",
     "currency_label",
     "enqueue_to_accept",
     "finished",
@@ -39,6 +49,7 @@ __all__ = [
     "parked",
     "provider_request",
     "queue_item_rejected",
+    "shared_name",
     "start_provider_series",
     "status_class",
     "suppressed_send",
@@ -173,12 +184,37 @@ def attempt_fields(
     }
 
 
-def finished(provider: str, channel: str, status: str, kind: str) -> None:
+SENT_COUNTER = "sent"
+"""The shared counter of ``sent`` (:func:`shared_name`)."""
+
+
+def shared_name(status: str, kind: str) -> str:
+    """The shared counter a final state adds to: ``sent``, else ``<status>:<kind>``
+    (``failed:transient``, ``expired:expired``); the hot path's last script adds to it when
+    the ``sent`` is written there (``Closing.metric``)."""
+    return SENT_COUNTER if status == "sent" else f"{status}:{kind}"
+
+
+def finished(
+    provider: str, channel: str, status: str, kind: str, shared: Metrics | None = None
+) -> None:
+    """A final state; with ``shared``, the provider's shared counter too (:func:`shared_name`)."""
     MESSAGES_FINISHED.labels(provider or NO_PROVIDER, channel, status, kind).inc()
+    if shared is not None and provider:
+        shared.incr(provider, shared_name(status, kind))
 
 
-def parked(provider: str, channel: str) -> None:
+def parked(provider: str, channel: str, shared: Metrics | None = None) -> None:
     MESSAGES_PARKED.labels(provider, channel).inc()
+    if shared is not None:
+        shared.incr(provider, "parked")
+
+
+def count(shared: Metrics, provider: str, name: str, amount: int = 1) -> None:
+    """A per-provider figure only the shared counters keep (``throttled_ms``, ``deferred``,
+    ``payment_failures``, ``scheduled_at_provider``, ``throttled_by_provider``,
+    ``tracking_*``): fleet-wide, readable from any host without an exporter."""
+    shared.incr(provider, name, amount)
 
 
 def enqueue_to_accept(provider: str, channel: str, seconds: float) -> None:

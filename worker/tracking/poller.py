@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from worker.errors import DeliveryError, ThrottledError
+from worker.metrics import record as metrics
 from worker.providers import Driver, driver_class
 from worker.providers.lookup import LookupTarget
 from worker.runtime import Runtime
@@ -126,7 +127,7 @@ def poll_watches(
             report.finished += 1
         elif now - watch.started_at > policy.max_s or not _can_ask(rt, watch.provider):
             rt.tracking.unwatch(watch.delivery_id)
-            rt.metric(watch.provider, "tracking_poll_gave_up")
+            metrics.count(rt.metrics, watch.provider, "tracking_poll_gave_up")
             report.gave_up += 1
         else:
             by_provider.setdefault(watch.provider, []).append((watch, targets))
@@ -215,7 +216,7 @@ def _poll_provider(
     report.requests += gate.requests
     report.per_provider[provider] = report.per_provider.get(provider, 0) + gate.requests
     if gate.requests:
-        rt.metric(provider, "tracking_lookups", gate.requests)
+        metrics.count(rt.metrics, provider, "tracking_lookups", gate.requests)
     wait_s = max(later, default=0.0)
     for delivery_id, watch in watches.items():
         if delivery_id not in asked:

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from worker.metrics import record as metrics
 from worker.models import EmailMessage
 from worker.providers import driver_class, parse_message
 from worker.providers.lookup import mask_recipient
@@ -154,7 +155,7 @@ def apply_events(
         suppress_from_events(rt, done.new)
     if done.orphaned:
         for provider in {e.provider for e in events}:
-            rt.metric(provider, "tracking_orphaned", done.orphaned)
+            metrics.count(rt.metrics, provider, "tracking_orphaned", done.orphaned)
     if notify:
         for delivery_id in sorted(done.deliveries):
             flush(rt, delivery_id, publish=publish)
