@@ -1,9 +1,11 @@
 """Per-provider counters shared by every worker (``delivery-worker providers``).
 
 Counter names are free-form (``sent``, ``parked``, ``throttled_ms``, ``failed:<kind>``, ...):
-the service writes them with :meth:`Metrics.incr`, operator tools read them with
-:meth:`Metrics.read`. :class:`~worker.stores.metrics.redis.RedisMetrics` is shared by every
-worker; :class:`~worker.stores.metrics.memory.MemoryMetrics` is the in-process stub
+the delivery flow writes them through the metrics facade (:mod:`worker.metrics.record`, the
+one metrics path: the same calls feed the Prometheus series), or inside the hot path's last
+script for a ``sent``; operator tools read them with :meth:`Metrics.read`.
+:class:`~worker.stores.metrics.redis.RedisMetrics` is shared by every worker;
+:class:`~worker.stores.metrics.memory.MemoryMetrics` is the in-process stub
 (``tests/stores/test_metrics_contract.py`` runs against both).
 """
 
