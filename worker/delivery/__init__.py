@@ -31,6 +31,7 @@ increments ``throttled`` and never the error ``attempts``; only errors count aga
 from __future__ import annotations
 
 from worker.delivery.pipeline import process
-from worker.delivery.results import Done, Retry, backoff_s, mask_ids
+from worker.delivery.results import Done, Retry, backoff_s
+from worker.delivery.writer import mask_ids
 
 __all__ = ["Done", "Retry", "backoff_s", "mask_ids", "process"]

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from tenacity import RetryCallState, wait_random_exponential
 
 from worker.models import DeliveryResult, ErrorInfo
-from worker.redaction import mask_email, mask_phone
 
-__all__ = ["Done", "Outcome", "Retry", "backoff_s", "mask_ids"]
+__all__ = ["Done", "Outcome", "Retry", "backoff_s"]
 
 
 @dataclass(frozen=True)
@@ -34,18 +33,6 @@ def backoff_s(error_attempt: int, *, base_s: float, cap_s: float) -> float:
     state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = max(1, error_attempt)
     return float(wait_random_exponential(multiplier=base_s, max=cap_s)(state))
-
-
-def mask_ids(ids: dict[str, str]) -> dict[str, str]:
-    """Provider ids keyed by masked recipients (results never carry full addresses)."""
-    out: dict[str, str] = {}
-    for recipient, provider_id in ids.items():
-        masked = mask_email(recipient) if "@" in recipient else mask_phone(recipient)
-        key, n = masked, 2
-        while key in out:
-            key, n = f"{masked}#{n}", n + 1
-        out[key] = provider_id
-    return out
 
 
 def failed_result(delivery_id: str, channel: str, kind: str, message: str) -> DeliveryResult:

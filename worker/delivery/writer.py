@@ -35,12 +35,12 @@ from worker.delivery.context import (
     FIRST_ATTEMPT_AT,
     Delivery,
 )
-from worker.delivery.results import Done, Retry, mask_ids
+from worker.delivery.results import Done, Retry
 from worker.delivery.spool import FinalWriteSpool
 from worker.metrics import record as metrics
 from worker.models import DeliveryResult, ErrorInfo
 from worker.providers import SendOutcome
-from worker.redaction import scrub
+from worker.redaction import mask_email, mask_phone, scrub
 from worker.runtime import Runtime
 from worker.stores import DeliveryRecord
 from worker.stores.hotpath import Begin, Begun, Closing, Finish, Finished
@@ -68,6 +68,7 @@ __all__ = [
     "hold",
     "invalid",
     "mark_sending",
+    "mask_ids",
     "note_tag_use",
     "outcome_known",
     "outcome_unknown",
@@ -115,6 +116,18 @@ def sent(
         track_sent(d.rt, d.delivery_id, d.provider, outcome.provider_message_ids)
     log.info("delivery.sent", recipients=len(outcome.provider_message_ids), cost=outcome.cost)
     return Done(result)
+
+
+def mask_ids(ids: dict[str, str]) -> dict[str, str]:
+    """Provider ids keyed by masked recipients (results never carry full addresses)."""
+    out: dict[str, str] = {}
+    for recipient, provider_id in ids.items():
+        masked = mask_email(recipient) if "@" in recipient else mask_phone(recipient)
+        key, n = masked, 2
+        while key in out:
+            key, n = f"{masked}#{n}", n + 1
+        out[key] = provider_id
+    return out
 
 
 def sent_result(d: Delivery, outcome: SendOutcome, previous_attempts: int) -> DeliveryResult:
