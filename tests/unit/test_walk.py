@@ -11,8 +11,8 @@ from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).parents[2]
-MAX_FILES = 27
-MAX_RETURNS = 84
+MAX_FILES = 26
+MAX_RETURNS = 83
 FOLDED = ("record", "deadline", "schedule", "suppress", "routing", "reconcile", "gate", "send",
           "settle")  # fmt: skip
 

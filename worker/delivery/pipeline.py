@@ -947,7 +947,9 @@ def send_context(d: Delivery, record: DeliveryRecord, driver: Driver[Any]) -> Se
 
 def _callback_url(d: Delivery, driver: Driver[Any]) -> str | None:
     settings = d.settings
-    secret = settings.tracking_secret.get_secret_value() if settings.tracking_secret else None
+    if not settings.tracking_public_url or settings.tracking_secret is None:
+        return None  # tracking hints off (``callback_url`` would answer the same)
+    secret = settings.tracking_secret.get_secret_value()
     return callback_url(settings.tracking_public_url, secret, driver.name, d.delivery_id)
 
 
