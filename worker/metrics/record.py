@@ -45,7 +45,6 @@ __all__ = [
     "finished",
     "limiter_hold",
     "limiter_rescheduled",
-    "limiter_wait",
     "parked",
     "provider_request",
     "queue_item_rejected",
@@ -278,10 +277,6 @@ def start_provider_series(providers: Iterable[tuple[str, str]]) -> None:
         PROVIDER_THROTTLED.labels(provider, channel)
         LIMITER_HOLDS.labels(provider)
         LIMITER_HOLD_SECONDS.labels(provider)
-
-
-def limiter_wait(provider: str, seconds: float) -> None:
-    LIMITER_WAIT_SECONDS.labels(provider).observe(max(seconds, 0.0))
 
 
 def limiter_rescheduled(provider: str) -> None:
