@@ -35,6 +35,8 @@ __all__ = [
     "limiter_hold",
     "limiter_rescheduled",
     "limiter_wait",
+    "lane_waited",
+    "tenant_label",
     "parked",
     "provider_request",
     "queue_item_rejected",
@@ -124,6 +126,27 @@ LIMITER_WAIT_SECONDS = Histogram(
     ["provider"],
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
 )
+
+LANE_WAIT_SECONDS = Histogram(
+    "delivery_lane_wait_seconds",
+    "Time a delivery waited in its lane (worker.lanes) before the dispatcher published it.",
+    ["priority", "tenant"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+)
+
+
+def tenant_label(tenant: str, named: Iterable[str]) -> str:
+    """A tenant as a metric label: itself if the operator named it (``DELIVERY_TENANT_WEIGHTS``)
+    or it is the default tenant, else ``other``: the label's values stay bounded."""
+    return tenant if tenant == "default" or tenant in named else "other"
+
+
+def lane_waited(priority: str, tenant: str, seconds: float) -> None:
+    from worker.config import get_settings
+    from worker.lanes.weights import parse_weights
+
+    named = parse_weights(get_settings().tenant_weights)
+    LANE_WAIT_SECONDS.labels(priority, tenant_label(tenant, named)).observe(max(seconds, 0.0))
 
 
 def status_class(status_code: int | None) -> str:

@@ -7,7 +7,14 @@ attachment limits, tag formats) live in that provider's module and are applied b
 reference (a section under ``docs/providers/``) it comes from.
 """
 
-from worker.models.common import MAX_BODY_CHARS, Channel, InvalidMessage
+from worker.models.common import (
+    DEFAULT_TENANT,
+    MAX_BODY_CHARS,
+    PRIORITIES,
+    Channel,
+    InvalidMessage,
+    Priority,
+)
 from worker.models.email import (
     MAX_ATTACHMENT_BYTES_TOTAL,
     Address,
@@ -26,12 +33,15 @@ __all__ = [
     "MAX_SMS_SEGMENTS",
     "Address",
     "Attachment",
+    "DEFAULT_TENANT",
+    "PRIORITIES",
     "Channel",
     "DeliveryResult",
     "EmailMessage",
     "ErrorInfo",
     "InvalidMessage",
     "Message",
+    "Priority",
     "SmsMessage",
     "Template",
     "VoiceMessage",

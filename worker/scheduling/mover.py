@@ -21,6 +21,7 @@ holds does not grow with the number of future messages (``bench/scheduling.py``)
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 
+from worker.lanes import Lanes
+from worker.models import DEFAULT_TENANT, PRIORITIES
 from worker.scheduling.defaults import LEASE_S, TICK_S
 from worker.stores import Ledger
 from worker.stores.keys import keys_for
@@ -39,6 +42,7 @@ __all__ = ["LEASE_S", "TICK_S", "MoverStep", "ScheduleMover", "move_due"]
 log = structlog.get_logger(__name__)
 
 BATCH = 200
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 Backlog = Callable[[str], int]
@@ -52,8 +56,13 @@ def move_due(
     *,
     lease_s: float = LEASE_S,
     backlog: Backlog | None = None,
+    lanes: Lanes | None = None,
 ) -> int:
     """One pass: claim what is due and publish it; returns how many entries were claimed.
+
+    With ``lanes``, an entry for the default queue goes into its lane (priority, tenant)
+    instead, and the dispatcher publishes it in turn: a due campaign does not overtake
+    ``high`` work, and a due ``high`` message does not wait behind a campaign.
 
     An entry claimed before (its lease ended and its run has not started) is published again
     only when its queue is empty: a message still waiting behind others in a busy queue is
@@ -71,6 +80,11 @@ def move_due(
                 waiting[queue] = backlog(queue)
             if waiting[queue] > 0:
                 continue  # still queued behind others; its lease was extended
+        if lanes is not None and not entry.queue:
+            priority, tenant = lane_of(entry.message)
+            lanes.push(entry.delivery_id, priority, tenant)  # again: keeps its place
+            published += 1
+            continue
         options: dict[str, Any] = {"task_id": entry.delivery_id}
         if entry.queue:
             options["queue"] = entry.queue
@@ -83,6 +97,21 @@ def move_due(
     return len(entries)
 
 
+def lane_of(message: str) -> tuple[str, str]:
+    """The lane of a scheduled message (its body, as the ledger holds it)."""
+    try:
+        body = json.loads(message)
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    priority = body.get("priority")
+    tenant = body.get("tenant")
+    return (
+        priority if priority in PRIORITIES else "normal",
+        tenant if isinstance(tenant, str) and _TENANT.fullmatch(tenant) else DEFAULT_TENANT,
+    )
+
+
 class ScheduleMover(threading.Thread):
     def __init__(
         self,
@@ -92,11 +121,13 @@ class ScheduleMover(threading.Thread):
         tick_s: float = TICK_S,
         lease_s: float = LEASE_S,
         backlog: Backlog | None = None,
+        lanes: Lanes | None = None,
     ) -> None:
         super().__init__(name="schedule-mover", daemon=True)
         self.app = app
         self.ledger = ledger
         self.backlog = backlog
+        self.lanes = lanes
         self.tick_s = tick_s
         self.lease_s = lease_s
         self.stopping = threading.Event()
@@ -105,7 +136,11 @@ class ScheduleMover(threading.Thread):
         while not self.stopping.is_set():
             try:
                 claimed = move_due(
-                    self.app, self.ledger, lease_s=self.lease_s, backlog=self.backlog
+                    self.app,
+                    self.ledger,
+                    lease_s=self.lease_s,
+                    backlog=self.backlog,
+                    lanes=self.lanes,
                 )
                 if claimed >= BATCH:
                     continue  # more are due: no sleep
@@ -155,6 +190,7 @@ class MoverStep(bootsteps.StartStopStep):
             lease_s=settings.schedule_lease_s,
             # kombu's Redis transport keeps a queue's waiting messages in a list of its name.
             backlog=lambda queue: int(broker.llen(queue)),
+            lanes=Lanes.from_settings(ledger.redis, settings) if settings.lanes else None,
         )
         self.mover.start()
         log.info(

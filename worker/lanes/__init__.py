@@ -1,0 +1,183 @@
+"""Lanes: waiting work in Redis, ordered by priority and shared fairly across tenants.
+
+A producer does not publish a message to the broker queue: it records the delivery on the
+ledger (as always) and puts its id in the lane of its ``priority`` and ``tenant``, a sorted
+set by enqueue time (:meth:`Lanes.push`). A dispatcher in each worker
+(:mod:`worker.lanes.dispatcher`) keeps the broker queue short, about ``DELIVERY_LANE_BUFFER``
+messages: whenever there is room it takes the next deliveries in lane order
+(:meth:`Lanes.take`, one Lua script) and publishes them. The order:
+
+- ``high`` first, whenever any waits;
+- then ``normal`` and ``bulk`` by weighted shares (``DELIVERY_LANE_WEIGHTS``, default 4:1), so
+  a campaign never stops transactional mail and transactional mail never stops a campaign;
+- within a priority, tenants by weighted round robin (``DELIVERY_TENANT_WEIGHTS``, default 1
+  each): a small sender is not stuck behind a large one's backlog.
+
+A taken entry is leased until it is published; if its dispatcher dies in between, the next
+take puts it back at the front of its lane when the lease ends. Once published, the broker's
+own guarantees hold (late acks, redelivery after a worker is lost). See docs/lanes.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.lanes.weights import parse_weights
+from worker.models import DEFAULT_TENANT, PRIORITIES
+from worker.stores._redis import load_script, text
+from worker.stores.keys import Keys
+
+__all__ = ["LEASE_S", "LaneDepth", "Lanes", "Taken", "parse_weights"]
+
+LEASE_S = 30.0
+"""How long a taken entry may stay unpublished before another take puts it back."""
+
+_PACKAGE = "worker.lanes"
+
+
+@dataclass(frozen=True)
+class Taken:
+    member: str
+    delivery_id: str
+    priority: str
+    tenant: str
+    task_name: str
+    message: dict[str, Any]
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class LaneDepth:
+    priority: str
+    tenant: str
+    depth: int
+    oldest_age_s: float
+
+
+class Lanes:
+    """The lanes of one namespace on one Redis (the ledger's: a take reads the record)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys | None = None,
+        *,
+        lane_weights: str | dict[str, int] = "normal=4,bulk=1",
+        tenant_weights: str | dict[str, int] = "",
+        lease_s: float = LEASE_S,
+    ) -> None:
+        self.redis = client
+        self.keys = keys or Keys()
+        self.class_weights = (
+            parse_weights(lane_weights) if isinstance(lane_weights, str) else lane_weights
+        )
+        self.tenant_weights = (
+            parse_weights(tenant_weights) if isinstance(tenant_weights, str) else tenant_weights
+        )
+        self.lease_s = lease_s
+        self._take = load_script(client, _PACKAGE, "take.lua")
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Any) -> Lanes:
+        from worker.stores.keys import keys_for
+
+        return cls(
+            client,
+            keys_for(settings),
+            lane_weights=settings.lane_weights,
+            tenant_weights=settings.tenant_weights,
+        )
+
+    def push(
+        self,
+        delivery_id: str,
+        priority: str = "normal",
+        tenant: str = DEFAULT_TENANT,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Put a delivery in its lane (again: a no-op, it keeps its place)."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(
+            self.keys.lane(priority, tenant),
+            {delivery_id: time.time() if at is None else at},
+            nx=True,
+        )
+        pipe.sadd(self.keys.lane_tenants(priority), tenant)
+        pipe.execute()
+
+    def take(self, room: int, now: float | None = None) -> list[Taken]:
+        """Up to ``room`` deliveries in lane order, leased until :meth:`done`."""
+        if room <= 0:
+            return []
+        tenants_prefix = self.keys.lane_tenants("")
+        reply = self._take(
+            keys=[
+                self.keys.lane_prefix,
+                tenants_prefix,
+                self.keys.lane_turns,
+                self.keys.lane_taken,
+                self.keys.delivery_prefix,
+            ],
+            args=[
+                room,
+                repr(time.time() if now is None else now),
+                repr(self.lease_s),
+                json.dumps(self.class_weights),
+                json.dumps(self.tenant_weights) if self.tenant_weights else "{}",
+            ],
+        )
+        out: list[Taken] = []
+        for member, task_name, message, enqueued_at in reply:
+            member_s = text(member)
+            priority, tenant, _at, delivery_id = member_s.split("/", 3)
+            out.append(
+                Taken(
+                    member=member_s,
+                    delivery_id=delivery_id,
+                    priority=priority,
+                    tenant=tenant,
+                    task_name=text(task_name),
+                    message=json.loads(text(message)),
+                    enqueued_at=float(text(enqueued_at)),
+                )
+            )
+        return out
+
+    def done(self, taken: list[Taken]) -> None:
+        """Published: end the leases."""
+        if taken:
+            self.redis.zrem(self.keys.lane_taken, *[t.member for t in taken])
+
+    def depths(self, now: float | None = None) -> list[LaneDepth]:
+        """Every lane with waiting work: how many wait, and how long the oldest has waited."""
+        now = time.time() if now is None else now
+        found: list[tuple[str, str]] = []
+        for priority in PRIORITIES:
+            for tenant in sorted(
+                text(t) for t in self.redis.smembers(self.keys.lane_tenants(priority))
+            ):
+                found.append((priority, tenant))
+        if not found:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for priority, tenant in found:
+            key = self.keys.lane(priority, tenant)
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+        replies = pipe.execute()
+        out: list[LaneDepth] = []
+        for i, (priority, tenant) in enumerate(found):
+            depth = int(replies[2 * i])
+            oldest = replies[2 * i + 1]
+            age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+            if depth:
+                out.append(LaneDepth(priority, tenant, depth, age))
+        return out
