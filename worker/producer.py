@@ -24,7 +24,7 @@ from celery.result import AsyncResult
 
 from worker.config import get_settings
 from worker.durable_wait import WaitTimeout, wait_for_results
-from worker.lanes import Lanes
+from worker.lanes import Lanes, lanes_beside
 from worker.models import Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
@@ -168,16 +168,10 @@ class Producer:
     def _lane_store(self) -> Lanes | None:
         """The lanes beside the ledger (a take reads the record), or ``None``: publish
         directly (lanes off, or a ledger without Redis)."""
-        client = getattr(self.ledger, "redis", None)
-        if not self.lanes or client is None:
+        if not self.lanes:
             return None
         if self._lanes is None:
-            self._lanes = Lanes(
-                client,
-                getattr(self.ledger, "keys", Keys()),
-                lane_weights=get_settings().lane_weights,
-                tenant_weights=get_settings().tenant_weights,
-            )
+            self._lanes = lanes_beside(self.ledger, get_settings())
         return self._lanes
 
     def _replicated(self, delivery_id: str) -> None:

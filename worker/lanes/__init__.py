@@ -21,23 +21,58 @@ own guarantees hold (late acks, redelivery after a worker is lost). See docs/lan
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+import structlog
 
 from worker.lanes.weights import parse_weights
 from worker.models import DEFAULT_TENANT, PRIORITIES
 from worker.stores._redis import load_script, text
 from worker.stores.keys import Keys
 
-__all__ = ["LEASE_S", "LaneDepth", "Lanes", "Taken", "parse_weights"]
+__all__ = ["LEASE_S", "LaneDepth", "Lanes", "Taken", "lane_of", "lanes_beside", "parse_weights"]
 
 LEASE_S = 30.0
 """How long a taken entry may stay unpublished before another take puts it back."""
 
 _PACKAGE = "worker.lanes"
+log = structlog.get_logger(__name__)
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def lane_of(body: Any) -> tuple[str, str]:
+    """The (priority, tenant) of a message body (a dict, or its JSON): absent or not valid,
+    ``normal`` and the default tenant (the worker refuses a bad one when it runs it)."""
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            body = {}
+    body = body if isinstance(body, dict) else {}
+    priority = body.get("priority")
+    tenant = body.get("tenant")
+    return (
+        priority if priority in PRIORITIES else "normal",
+        tenant if isinstance(tenant, str) and _TENANT.fullmatch(tenant) else DEFAULT_TENANT,
+    )
+
+
+def lanes_beside(ledger: Any, settings: Any) -> Lanes | None:
+    """The lanes on the ledger's Redis (a take reads its records), or ``None``: lanes off
+    (``DELIVERY_LANES``), or a ledger without Redis (memory stores): publish directly."""
+    client = getattr(ledger, "redis", None)
+    if not settings.lanes or client is None:
+        return None
+    return Lanes(
+        client,
+        getattr(ledger, "keys", None),
+        lane_weights=settings.lane_weights,
+        tenant_weights=settings.tenant_weights,
+    )
 
 
 @dataclass(frozen=True)
@@ -135,9 +170,14 @@ class Lanes:
             ],
         )
         out: list[Taken] = []
+        gone: list[str] = []
         for member, task_name, message, enqueued_at in reply:
             member_s = text(member)
             priority, tenant, _at, delivery_id = member_s.split("/", 3)
+            if not text(task_name):
+                gone.append(member_s)
+                log.warning("lanes.record_gone", delivery_id=delivery_id)
+                continue
             out.append(
                 Taken(
                     member=member_s,
@@ -149,6 +189,8 @@ class Lanes:
                     enqueued_at=float(text(enqueued_at)),
                 )
             )
+        if gone:
+            self.redis.zrem(self.keys.lane_taken, *gone)
         return out
 
     def done(self, taken: list[Taken]) -> None:
@@ -168,16 +210,16 @@ class Lanes:
         if not found:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for priority, tenant in found:
-            key = self.keys.lane(priority, tenant)
+        for lane_priority, tenant in found:
+            key = self.keys.lane(lane_priority, tenant)
             pipe.zcard(key)
             pipe.zrange(key, 0, 0, withscores=True)
         replies = pipe.execute()
         out: list[LaneDepth] = []
-        for i, (priority, tenant) in enumerate(found):
+        for i, (lane_priority, tenant) in enumerate(found):
             depth = int(replies[2 * i])
             oldest = replies[2 * i + 1]
             age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
             if depth:
-                out.append(LaneDepth(priority, tenant, depth, age))
+                out.append(LaneDepth(lane_priority, tenant, depth, age))
         return out

@@ -83,12 +83,11 @@ while #out < room and tries < room * 2 + 2 do
   if #popped > 0 then
     local id = popped[1]
     local record = redis.call('HMGET', record_prefix .. id, 'task_name', 'message')
-    -- A record gone (expired, or forgotten by a failed enqueue) has nothing to send.
-    if record[1] and record[2] then
-      local member = p .. '/' .. t .. '/' .. popped[2] .. '/' .. id
-      redis.call('ZADD', taken, now + lease, member)
-      out[#out + 1] = {member, record[1], record[2], popped[2]}
-    end
+    local member = p .. '/' .. t .. '/' .. popped[2] .. '/' .. id
+    redis.call('ZADD', taken, now + lease, member)
+    -- A record gone (expired, or forgotten by a failed enqueue) has nothing to send: returned
+    -- with empty fields, the caller logs it and ends its lease.
+    out[#out + 1] = {member, record[1] or '', record[2] or '', popped[2]}
   end
 end
 return out

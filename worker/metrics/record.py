@@ -32,11 +32,10 @@ __all__ = [
     "currency_label",
     "enqueue_to_accept",
     "finished",
+    "lane_waited",
     "limiter_hold",
     "limiter_rescheduled",
     "limiter_wait",
-    "lane_waited",
-    "tenant_label",
     "parked",
     "provider_request",
     "queue_item_rejected",
@@ -44,6 +43,7 @@ __all__ = [
     "status_class",
     "suppressed_send",
     "suppression_added",
+    "tenant_label",
 ]
 
 NO_PROVIDER = "none"

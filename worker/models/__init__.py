@@ -28,13 +28,13 @@ from worker.models.sms import MAX_SMS_SEGMENTS, SmsMessage, sms_segments, sms_un
 from worker.models.voice import VoiceMessage
 
 __all__ = [
+    "DEFAULT_TENANT",
     "MAX_ATTACHMENT_BYTES_TOTAL",
     "MAX_BODY_CHARS",
     "MAX_SMS_SEGMENTS",
+    "PRIORITIES",
     "Address",
     "Attachment",
-    "DEFAULT_TENANT",
-    "PRIORITIES",
     "Channel",
     "DeliveryResult",
     "EmailMessage",

@@ -18,6 +18,7 @@ from celery import Celery
 
 from worker.config import PROVIDERS, Settings
 from worker.errors import DeliveryError
+from worker.lanes import lane_of, lanes_beside
 from worker.providers import Balance
 from worker.runtime import Runtime, breaker_config
 from worker.stores import (
@@ -175,10 +176,19 @@ class Operations:
         self.health.resume(provider)
         items = self.parking.take_all(provider)
         published = 0
+        # Back into their lanes (worker.lanes) when lanes are on: a parked campaign does not
+        # land in front of the high-priority work waiting since.
+        lanes = lanes_beside(self.ledger, self.settings)
         try:
             for item in items:
-                # Same task id as before: the ledger keeps the delivery idempotent.
-                self.app.send_task(item.task_name, args=[item.message], task_id=item.delivery_id)
+                record = self.ledger.get(item.delivery_id) if lanes is not None else None
+                if lanes is not None and record is not None and "message" in record.fields:
+                    lanes.push(item.delivery_id, *lane_of(item.message))
+                else:
+                    # Same task id as before: the ledger keeps the delivery idempotent.
+                    self.app.send_task(
+                        item.task_name, args=[item.message], task_id=item.delivery_id
+                    )
                 published += 1
         finally:
             if published < len(items):

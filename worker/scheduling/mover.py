@@ -21,7 +21,6 @@ holds does not grow with the number of future messages (``bench/scheduling.py``)
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -31,8 +30,7 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 
-from worker.lanes import Lanes
-from worker.models import DEFAULT_TENANT, PRIORITIES
+from worker.lanes import Lanes, lane_of, lanes_beside
 from worker.scheduling.defaults import LEASE_S, TICK_S
 from worker.stores import Ledger
 from worker.stores.keys import keys_for
@@ -42,7 +40,6 @@ __all__ = ["LEASE_S", "TICK_S", "MoverStep", "ScheduleMover", "move_due"]
 log = structlog.get_logger(__name__)
 
 BATCH = 200
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 Backlog = Callable[[str], int]
@@ -95,21 +92,6 @@ def move_due(
     if published:
         log.info("schedule.published", count=published)
     return len(entries)
-
-
-def lane_of(message: str) -> tuple[str, str]:
-    """The lane of a scheduled message (its body, as the ledger holds it)."""
-    try:
-        body = json.loads(message)
-    except ValueError:
-        body = {}
-    body = body if isinstance(body, dict) else {}
-    priority = body.get("priority")
-    tenant = body.get("tenant")
-    return (
-        priority if priority in PRIORITIES else "normal",
-        tenant if isinstance(tenant, str) and _TENANT.fullmatch(tenant) else DEFAULT_TENANT,
-    )
 
 
 class ScheduleMover(threading.Thread):
@@ -190,7 +172,7 @@ class MoverStep(bootsteps.StartStopStep):
             lease_s=settings.schedule_lease_s,
             # kombu's Redis transport keeps a queue's waiting messages in a list of its name.
             backlog=lambda queue: int(broker.llen(queue)),
-            lanes=Lanes.from_settings(ledger.redis, settings) if settings.lanes else None,
+            lanes=lanes_beside(ledger, settings),
         )
         self.mover.start()
         log.info(
