@@ -137,15 +137,20 @@ class Lanes:
         at: float | None = None,
     ) -> None:
         """Put a delivery in its lane (again: a no-op, it keeps its place)."""
-        if priority not in PRIORITIES:
-            raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
+        self.push_many([(delivery_id, priority, tenant)], at=at)
+
+    def push_many(self, entries: list[tuple[str, str, str]], *, at: float | None = None) -> None:
+        """Put (delivery id, priority, tenant) entries in their lanes at once (one
+        transaction: a dispatcher sees all of them or none, so order between lanes holds)."""
+        if not entries:
+            return
+        at = time.time() if at is None else at
         pipe = self.redis.pipeline(transaction=True)
-        pipe.zadd(
-            self.keys.lane(priority, tenant),
-            {delivery_id: time.time() if at is None else at},
-            nx=True,
-        )
-        pipe.sadd(self.keys.lane_tenants(priority), tenant)
+        for delivery_id, priority, tenant in entries:
+            if priority not in PRIORITIES:
+                raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
+            pipe.zadd(self.keys.lane(priority, tenant), {delivery_id: at}, nx=True)
+            pipe.sadd(self.keys.lane_tenants(priority), tenant)
         pipe.execute()
 
     def take(self, room: int, now: float | None = None) -> list[Taken]:

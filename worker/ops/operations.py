@@ -175,26 +175,37 @@ class Operations:
         """Lift the pause and re-enqueue every parked message; returns how many."""
         self.health.resume(provider)
         items = self.parking.take_all(provider)
-        published = 0
-        # Back into their lanes (worker.lanes) when lanes are on: a parked campaign does not
-        # land in front of the high-priority work waiting since.
+        # Back into their lanes (worker.lanes) when lanes are on, all in one step: a parked
+        # campaign does not land in front of the high-priority work parked with it.
         lanes = lanes_beside(self.ledger, self.settings)
+        direct = items
+        laned: list[Any] = []
+        if lanes is not None:
+            laned = [item for item in items if self._has_record(item.delivery_id)]
+            try:
+                lanes.push_many([(item.delivery_id, *lane_of(item.message)) for item in laned])
+            except Exception:
+                self.parking.put_back(provider, items)
+                raise
+            in_lanes = {item.delivery_id for item in laned}
+            direct = [item for item in items if item.delivery_id not in in_lanes]
+        sent = 0
         try:
-            for item in items:
-                record = self.ledger.get(item.delivery_id) if lanes is not None else None
-                if lanes is not None and record is not None and "message" in record.fields:
-                    lanes.push(item.delivery_id, *lane_of(item.message))
-                else:
-                    # Same task id as before: the ledger keeps the delivery idempotent.
-                    self.app.send_task(
-                        item.task_name, args=[item.message], task_id=item.delivery_id
-                    )
-                published += 1
+            for item in direct:
+                # Same task id as before: the ledger keeps the delivery idempotent.
+                self.app.send_task(item.task_name, args=[item.message], task_id=item.delivery_id)
+                sent += 1
         finally:
-            if published < len(items):
-                self.parking.put_back(provider, items[published:])
+            if sent < len(direct):
+                self.parking.put_back(provider, direct[sent:])
+        published = len(laned) + sent
         log.warning("provider.resumed", provider=provider, requeued=published, resumed_by=by)
         return published
+
+    def _has_record(self, delivery_id: str) -> bool:
+        """The ledger holds the message (what a lane's dispatcher publishes)."""
+        record = self.ledger.get(delivery_id)
+        return record is not None and "message" in record.fields
 
     def sweep(self) -> dict[str, int]:
         """Re-enqueue deliveries stuck past their timeout (lost between broker and worker).
