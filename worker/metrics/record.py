@@ -12,6 +12,7 @@ never a recipient, a body or a key. ``provider`` is ``none`` before one is chose
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable
@@ -141,11 +142,17 @@ def tenant_label(tenant: str, named: Iterable[str]) -> str:
     return tenant if tenant == "default" or tenant in named else "other"
 
 
-def lane_waited(priority: str, tenant: str, seconds: float) -> None:
-    from worker.config import get_settings
+@functools.cache
+def _named_tenants(setting: str) -> frozenset[str]:
     from worker.lanes.weights import parse_weights
 
-    named = parse_weights(get_settings().tenant_weights)
+    return frozenset(parse_weights(setting))
+
+
+def lane_waited(priority: str, tenant: str, seconds: float) -> None:
+    from worker.config import get_settings
+
+    named = _named_tenants(get_settings().tenant_weights)
     LANE_WAIT_SECONDS.labels(priority, tenant_label(tenant, named)).observe(max(seconds, 0.0))
 
 
