@@ -135,15 +135,17 @@ class Lanes:
         tenant: str = DEFAULT_TENANT,
         *,
         at: float | None = None,
-    ) -> None:
-        """Put a delivery in its lane (again: a no-op, it keeps its place)."""
-        self.push_many([(delivery_id, priority, tenant)], at=at)
+    ) -> bool:
+        """Put a delivery in its lane (again: a no-op, it keeps its place); whether it was
+        not there."""
+        return self.push_many([(delivery_id, priority, tenant)], at=at) == 1
 
-    def push_many(self, entries: list[tuple[str, str, str]], *, at: float | None = None) -> None:
+    def push_many(self, entries: list[tuple[str, str, str]], *, at: float | None = None) -> int:
         """Put (delivery id, priority, tenant) entries in their lanes at once (one
-        transaction: a dispatcher sees all of them or none, so order between lanes holds)."""
+        transaction: a dispatcher sees all of them or none, so order between lanes holds);
+        how many were not there already."""
         if not entries:
-            return
+            return 0
         at = time.time() if at is None else at
         pipe = self.redis.pipeline(transaction=True)
         for delivery_id, priority, tenant in entries:
@@ -151,7 +153,8 @@ class Lanes:
                 raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
             pipe.zadd(self.keys.lane(priority, tenant), {delivery_id: at}, nx=True)
             pipe.sadd(self.keys.lane_tenants(priority), tenant)
-        pipe.execute()
+        replies = pipe.execute()
+        return sum(int(added) for added in replies[0::2])
 
     def take(self, room: int, now: float | None = None) -> list[Taken]:
         """Up to ``room`` deliveries in lane order, leased until :meth:`done`."""

@@ -223,6 +223,7 @@ class Operations:
         counts = {"requeued": 0, "cleaned": 0, "unrecoverable": 0}
         ledger = self.ledger
         now = self._clock()
+        lanes = lanes_beside(ledger, self.settings)
         for delivery_id in ledger.stale(min(limits.values())):
             record = ledger.get(delivery_id)
             if record is None or record.final or record.state not in limits:
@@ -237,8 +238,15 @@ class Operations:
                 ledger.untrack(delivery_id)
                 counts["unrecoverable"] += 1
                 continue
-            self.app.send_task(task_name, args=[json.loads(message)], task_id=delivery_id)
-            ledger.touch(delivery_id)
+            if lanes is not None and record.state == "queued":
+                # Into its lane, not past it: one still waiting there (a long campaign) keeps
+                # its place and is not counted; one lost after its dispatch goes back in line.
+                ledger.touch(delivery_id)
+                if not lanes.push(delivery_id, *lane_of(message)):
+                    continue
+            else:
+                self.app.send_task(task_name, args=[json.loads(message)], task_id=delivery_id)
+                ledger.touch(delivery_id)
             counts["requeued"] += 1
             log.warning(
                 "sweeper.requeued",
