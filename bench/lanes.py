@@ -162,11 +162,19 @@ def scenario_priority(run: Run, bulk: int, high: int) -> dict[str, Any]:
         time.sleep(0.5)
     arrived = wait_for(list(enqueued), run, timeout_s=60 + bulk / LIMIT_PER_S * 1.5)
     waits = [arrived[d] - at for d, at in enqueued.items() if d in arrived]
+    # How many high mails the limiter sent back to wait (its inline wait ran out): their time
+    # is the limiter's, not the lanes'.
+    pipe = run.shared.pipeline(transaction=False)
+    for delivery_id in enqueued:
+        pipe.hget(run.producer.ledger.keys.delivery(delivery_id), "throttled")  # type: ignore[attr-defined]
+    throttled = sum(1 for v in pipe.execute() if int(v or 0) > 0)
     return {
         "high_p50_s": round(percentile(waits, 0.5), 3),
         "high_p99_s": round(percentile(waits, 0.99), 3),
         "high_max_s": round(max(waits) if waits else float("nan"), 3),
         "high_arrived": len(waits),
+        "high_rescheduled_by_limiter": throttled,
+        "high_waits_s": sorted(round(w, 2) for w in waits),
         "status_429": run.status_429(),
         "redis_cmds_per_sent": steady_cost(run),
     }
