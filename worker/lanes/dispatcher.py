@@ -137,6 +137,9 @@ class DispatchStep(bootsteps.StartStopStep):
             tick_s=settings.lane_tick_s,
             on_taken=_record_waits,
         )
+        from worker.metrics.record import start_lane_series
+
+        start_lane_series()
         self.dispatcher.start()
         log.info("lanes.dispatcher_started", buffer=settings.lane_buffer, queue=queue)
 

@@ -40,6 +40,7 @@ __all__ = [
     "parked",
     "provider_request",
     "queue_item_rejected",
+    "start_lane_series",
     "start_provider_series",
     "status_class",
     "suppressed_send",
@@ -147,6 +148,13 @@ def _named_tenants(setting: str) -> frozenset[str]:
     from worker.lanes.weights import parse_weights
 
     return frozenset(parse_weights(setting))
+
+
+def start_lane_series() -> None:
+    """The wait series of each priority's default tenant at 0, from a dispatcher's start: the
+    dashboard's and the alert's series exist before the first delivery leaves a lane."""
+    for priority in ("high", "normal", "bulk"):
+        LANE_WAIT_SECONDS.labels(priority, "default")
 
 
 def lane_waited(priority: str, tenant: str, seconds: float) -> None:
