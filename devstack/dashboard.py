@@ -180,6 +180,38 @@ def build() -> dict[str, Any]:
         [("min(delivery_shared_state_up)", "up")],
         **_mapping({"0": ("NO", "red"), "1": ("yes", "green")}),
     )
+    # Lanes (worker.lanes): waiting work and waits by priority; tenants in the legend.
+    lay.panel(
+        "timeseries",
+        "Lane depth by priority and tenant",
+        8,
+        [("max by (priority, tenant) (delivery_lane_depth)", "{{priority}} {{tenant}}")],
+    )
+    lay.panel(
+        "timeseries",
+        "Oldest wait in each lane",
+        8,
+        [
+            (
+                "max by (priority, tenant) (delivery_lane_oldest_wait_seconds)",
+                "{{priority}} {{tenant}}",
+            )
+        ],
+        **_unit("s"),
+    )
+    lay.panel(
+        "timeseries",
+        "Lane wait p99 (enqueue to dispatch)",
+        8,
+        [
+            (
+                "histogram_quantile(0.99, sum by (priority, le) "
+                "(rate(delivery_lane_wait_seconds_bucket[5m])))",
+                "{{priority}}",
+            )
+        ],
+        **_unit("s"),
+    )
     sel = PROVIDER_SELECTOR
     # One row, repeated by Grafana for each selected provider.
     lay.row("$provider", repeat="provider")

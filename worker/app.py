@@ -269,6 +269,8 @@ app.conf.update(celery_config())
 app.conf.worker_consumer = "worker.guard:GuardedConsumer"
 # Each worker's main process publishes due scheduled messages (worker.scheduling.mover).
 app.steps["worker"].add("worker.scheduling.mover:MoverStep")
+# ... and feeds the broker queue from the lanes, in priority and tenant order (worker.lanes).
+app.steps["worker"].add("worker.lanes.dispatcher:DispatchStep")
 
 
 @signals.setup_logging.connect

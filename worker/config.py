@@ -174,6 +174,21 @@ class Settings(_ProviderSettings):
     """A due message the mover published is published again if its run has not started
     within this long (its worker died, or the broker lost it)."""
 
+    lanes: bool = True
+    """``DELIVERY_LANES``: producers put waiting work in Redis lanes by priority and tenant
+    (``worker.lanes``) and each worker's dispatcher feeds the broker queue from them, keeping
+    it short; off: producers publish to the broker queue directly (one FIFO line)."""
+    lane_weights: str = "normal=4,bulk=1"
+    """``DELIVERY_LANE_WEIGHTS``: the shares of ``normal`` and ``bulk`` while both wait
+    (``high`` is always taken first)."""
+    tenant_weights: str = ""
+    """``DELIVERY_TENANT_WEIGHTS``: ``tenant=weight,...``; a tenant not named weighs 1."""
+    lane_buffer: int = Field(default=2, ge=1, le=1000)
+    """``DELIVERY_LANE_BUFFER``: how many messages the dispatcher keeps in the broker queue
+    beyond what workers hold; small, so that ``high`` work waits behind little."""
+    lane_tick_s: float = Field(default=0.02, gt=0, le=1)
+    """How often a dispatcher looks for room in the broker queue."""
+
     # Delivery status tracking (worker.tracking); defaults in worker.tracking.policy.
     events_task: str | None = None
     """``DELIVERY_EVENTS_TASK``: a Celery task name that receives each new delivery event
@@ -292,6 +307,14 @@ class Settings(_ProviderSettings):
         from worker.scheduling.quiet import parse_quiet_hours
 
         parse_quiet_hours(value)  # ValueError names the problem
+        return value
+
+    @field_validator("lane_weights", "tenant_weights")
+    @classmethod
+    def _weights(cls, value: str) -> str:
+        from worker.lanes.weights import parse_weights
+
+        parse_weights(value)  # ValueError names the problem
         return value
 
     @field_validator("providers", "queues", mode="before")

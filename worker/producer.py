@@ -24,6 +24,7 @@ from celery.result import AsyncResult
 
 from worker.config import get_settings
 from worker.durable_wait import WaitTimeout, wait_for_results
+from worker.lanes import Lanes, lanes_beside
 from worker.models import Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
@@ -82,8 +83,10 @@ class Producer:
         *,
         wait_replicas: int | None = None,
         wait_timeout_ms: int | None = None,
+        lanes: bool | None = None,
     ) -> None:
-        """``wait_replicas``/``wait_timeout_ms`` default to ``DELIVERY_REDIS_WAIT_*``."""
+        """``wait_replicas``/``wait_timeout_ms`` default to ``DELIVERY_REDIS_WAIT_*``, ``lanes``
+        to ``DELIVERY_LANES`` (waiting work in Redis lanes, :mod:`worker.lanes`)."""
         if app is None:
             from worker.app import app as default_app
 
@@ -99,6 +102,8 @@ class Producer:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._cancel_runtime: Runtime | None = None
+        self.lanes = get_settings().lanes if lanes is None else lanes
+        self._lanes: Lanes | None = None
 
     def validate(self, channel: str, message: Any) -> Message:
         # The size and shape bounds the workers enforce (worker.limits), checked first.
@@ -132,6 +137,18 @@ class Producer:
         ):
             # On the durable schedule at once: no task runs until it is due.
             return AsyncResult(delivery_id, app=self.app)
+        lanes = self._lane_store() if not _given(options) else None
+        if lanes is not None:
+            # Into its lane (priority, tenant): a worker's dispatcher publishes it in turn.
+            try:
+                lanes.push(delivery_id, model.lane, model.tenant_key)
+            except Exception:
+                self.ledger.forget(
+                    delivery_id, channel=channel, idempotency_key=model.idempotency_key
+                )
+                raise
+            self._replicated(delivery_id)
+            return AsyncResult(delivery_id, app=self.app)
         try:
             result = self.app.send_task(
                 TASK_NAMES[channel],
@@ -147,6 +164,15 @@ class Producer:
             raise
         self._replicated(delivery_id)
         return result
+
+    def _lane_store(self) -> Lanes | None:
+        """The lanes beside the ledger (a take reads the record), or ``None``: publish
+        directly (lanes off, or a ledger without Redis)."""
+        if not self.lanes:
+            return None
+        if self._lanes is None:
+            self._lanes = lanes_beside(self.ledger, get_settings())
+        return self._lanes
 
     def _replicated(self, delivery_id: str) -> None:
         """Return once ``wait_replicas`` replicas hold every write so far, else raise.
@@ -207,6 +233,11 @@ class Producer:
         """The delivery's ledger record (state, attempts, timestamps, result), or ``None``."""
         record = self.ledger.get(delivery_id)
         return None if record is None else record.to_dict()
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The Celery options a caller really set (``queue=None`` is no option)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 _default: Producer | None = None

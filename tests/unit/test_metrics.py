@@ -503,3 +503,28 @@ def test_the_exporter_serves_the_workers_series_not_flowers(tmp_path: Path) -> N
     text = generate_latest(registry).decode()
     assert 'delivery_messages_parked_total{provider="postal"} 1.0' in text
     assert "flower_" not in text
+
+
+LANES_EXPOSITION = """
+delivery_lane_depth{priority="high",tenant="default"} 2
+delivery_lane_depth{priority="bulk",tenant="acme"} 4800
+delivery_lane_oldest_wait_seconds{priority="high",tenant="default"} 0.4
+delivery_lane_oldest_wait_seconds{priority="bulk",tenant="acme"} 95
+delivery_lane_wait_seconds_sum{priority="high",tenant="default"} 3
+delivery_lane_wait_seconds_count{priority="high",tenant="default"} 10
+"""
+
+
+def test_top_shows_the_lanes_by_priority_and_tenant() -> None:
+    before = top.parse(LANES_EXPOSITION.replace("} 3\n", "} 1\n").replace("} 10\n", "} 6\n"))
+    now = top.parse(LANES_EXPOSITION)
+    assert now.lanes[("bulk", "acme")] == (4800.0, 95.0)
+    console = Console(record=True, width=200)
+    console.print(top.render(now, before))
+    out = console.export_text()
+    rows = [line for line in out.splitlines() if line.startswith("│ ") and "waiting" not in line]
+    lanes = [line.split("│")[1:6] for line in rows if line.split()[1] in ("high", "bulk")]
+    cells = [[c.strip() for c in row] for row in lanes]
+    # high first; the mean wait of what left since the last frame: (3 - 1) / (10 - 6).
+    assert cells[0] == ["high", "default", "2", "0.4s", "0.50s"]
+    assert cells[1] == ["bulk", "acme", "4800", "95.0s", "-"]

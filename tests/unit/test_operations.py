@@ -119,7 +119,10 @@ def test_sweep_requeues_only_deliveries_stuck_past_their_timeout(
     stores: Stores, broker: redis.Redis, app: Celery, clock: FakeClock
 ) -> None:
     ledger = stores.ledger
-    ops = make_ops(stores, app, clock, sweep_queued_after_s=60, sweep_sending_after_s=30)
+    # Lanes off: every copy goes to the broker queue (with lanes: the test below).
+    ops = make_ops(
+        stores, app, clock, sweep_queued_after_s=60, sweep_sending_after_s=30, lanes=False
+    )
     # Last updates: stuck-queued 61 s ago, stuck-sending 31 s, young-sending 10 s, fresh now.
     new_delivery(ledger, "stuck-queued")
     clock.advance(30)
@@ -144,6 +147,40 @@ def test_sweep_requeues_only_deliveries_stuck_past_their_timeout(
     # A requeued delivery is touched, so the next sweep leaves it alone.
     assert ops.sweep()["requeued"] == 0
     assert "done" not in ledger.stale(0)
+
+
+def test_with_lanes_the_sweep_puts_a_queued_delivery_back_in_its_lane(
+    redis_client: redis.Redis, broker: redis.Redis, app: Celery, clock: FakeClock
+) -> None:
+    from worker.lanes import Lanes
+
+    redis_client.flushdb()
+    ledger = RedisLedger(redis_client, clock=clock)
+    stores = Stores(
+        ledger=ledger,
+        parking=RedisParking(redis_client, clock=clock),
+        health=RedisHealthStore(redis_client),
+        limiter=RedisRateLimiter(redis_client),
+        metrics=RedisMetrics(redis_client),
+    )
+    ops = make_ops(stores, app, clock, sweep_queued_after_s=60, sweep_sending_after_s=30)
+    lanes = Lanes(redis_client, ledger.keys)
+    new_delivery(ledger, "lost-queued")  # dispatched once, its copy lost
+    new_delivery(ledger, "waiting-queued")
+    lanes.push("waiting-queued", "normal", "default", at=1.0)  # still waiting in its lane
+    new_delivery(ledger, "stuck-sending")
+    ledger.transition("stuck-sending", "sending")
+    clock.advance(61)
+
+    counts = ops.sweep()
+
+    # The lost one is back in its lane, the waiting one kept its place (not counted), and a
+    # run that had started is published again as before.
+    assert counts["requeued"] == 2
+    assert [task_id for _, task_id, _ in published(broker)] == ["stuck-sending"]
+    assert [(d.priority, d.depth) for d in lanes.depths()] == [("normal", 2)]
+    assert [t.delivery_id for t in lanes.take(5)] == ["waiting-queued", "lost-queued"]
+    redis_client.flushdb()
 
 
 def test_sweep_skips_parked_deliveries(

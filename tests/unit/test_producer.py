@@ -41,7 +41,8 @@ def app(redis_url: str, broker: redis.Redis) -> Celery:
 
 @pytest.fixture
 def producer(app: Celery, redis_client: redis.Redis) -> Producer:
-    return Producer(app=app, ledger=RedisLedger(redis_client))
+    # Published directly: these tests read the broker queue (the lanes: test_lanes.py).
+    return Producer(app=app, ledger=RedisLedger(redis_client), lanes=False)
 
 
 def queued(broker: redis.Redis) -> list[dict[str, object]]:
@@ -110,9 +111,42 @@ def test_failed_publish_forgets_the_delivery(
     dead.conf.broker_connection_retry = False
     dead.conf.broker_connection_max_retries = 0
     dead.conf.broker_transport_options = {"max_retries": 0}
-    producer = Producer(app=dead, ledger=RedisLedger(redis_client))
+    producer = Producer(app=dead, ledger=RedisLedger(redis_client), lanes=False)
     with pytest.raises(Exception):
         producer.enqueue("email", {**EMAIL, "idempotency_key": "k1"})
+    assert redis_client.dbsize() == 0
+
+
+def test_with_lanes_a_message_waits_in_its_lane_not_the_broker(
+    app: Celery, broker: redis.Redis, redis_client: redis.Redis
+) -> None:
+    from worker.lanes import Lanes
+
+    producer = Producer(app=app, ledger=RedisLedger(redis_client), lanes=True)
+    plain = producer.enqueue("email", EMAIL)
+    urgent = producer.enqueue("email", {**EMAIL, "priority": "high", "tenant": "acme"})
+    assert queued(broker) == []
+    lanes = Lanes(redis_client)
+    by_lane = {(d.priority, d.tenant): d.depth for d in lanes.depths()}
+    assert by_lane == {("high", "acme"): 1, ("normal", "default"): 1}
+    taken = lanes.take(5)
+    assert [t.delivery_id for t in taken] == [urgent.id, plain.id]
+    # Celery options (a queue) publish directly, as before.
+    direct = producer.enqueue("email", EMAIL, queue=QUEUE)
+    assert [m["headers"]["id"] for m in queued(broker)] == [direct.id]
+
+
+def test_with_lanes_a_failed_push_forgets_the_delivery(
+    app: Celery, redis_client: redis.Redis
+) -> None:
+    dead = redis.Redis.from_url("redis://127.0.0.1:1/0")
+    ledger = RedisLedger(redis_client)
+    producer = Producer(app=app, ledger=ledger, lanes=True)
+    from worker.lanes import Lanes
+
+    producer._lanes = Lanes(dead)
+    with pytest.raises(redis.ConnectionError):
+        producer.enqueue("email", {**EMAIL, "idempotency_key": "k2"})
     assert redis_client.dbsize() == 0
 
 

@@ -83,6 +83,26 @@ def test_an_invalid_message_exits_2_naming_the_field(capsys: pytest.CaptureFixtu
     assert "nothing was enqueued" in err and "text" in err
 
 
+def test_priority_and_tenant_flags_become_message_fields() -> None:
+    sms = build_message(
+        "sms",
+        parse(
+            "sms", "--to", "+33612345678", "--text", "x", "--priority", "high", "--tenant", "acme"
+        ),
+    )
+    assert (sms["priority"], sms["tenant"]) == ("high", "acme")
+    assert "priority" not in build_message("sms", parse("sms", "--to", "+33612345678"))
+    with pytest.raises(SystemExit):  # argparse refuses a priority outside the three
+        parse("sms", "--priority", "urgent")
+
+
+def test_a_bad_tenant_exits_2_naming_the_field(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_send(parse("sms", "--to", "+33612345678", "--text", "x", "--tenant", "a b"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nothing was enqueued" in err and "tenant" in err
+
+
 def test_the_demo_env_file_is_sourceable(tmp_path: Path) -> None:
     env = handover_env(
         {

@@ -59,6 +59,8 @@ class Delivery:
     """Recipients left out as suppressed, masked → reason (``worker.delivery.pipeline``)."""
     defer_closing: bool = False
     """Set while the run holds the lock (:func:`worker.delivery.pipeline.open_runs`)."""
+    priority: str = "normal"
+    """The message's lane (``high`` | ``normal`` | ``bulk``), passed to the limiter's gate."""
 
     settings: Settings = field(init=False)
     channel: str = field(init=False)
@@ -70,6 +72,7 @@ class Delivery:
         self.settings = self.rt.settings
         self.channel = self.message.channel
         self.routed = self.message.provider is None
+        self.priority = self.message.lane
 
     def deadline(self) -> float:
         if self.message.deadline is not None:

@@ -16,6 +16,7 @@ never a recipient, a body or a key. ``provider`` is ``none`` before one is chose
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable
@@ -43,16 +44,19 @@ __all__ = [
     "currency_label",
     "enqueue_to_accept",
     "finished",
+    "lane_waited",
     "limiter_hold",
     "limiter_rescheduled",
     "parked",
     "provider_request",
     "queue_item_rejected",
     "shared_name",
+    "start_lane_series",
     "start_provider_series",
     "status_class",
     "suppressed_send",
     "suppression_added",
+    "tenant_label",
 ]
 
 NO_PROVIDER = "none"
@@ -135,6 +139,40 @@ LIMITER_WAIT_SECONDS = Histogram(
     ["provider"],
     buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
 )
+
+LANE_WAIT_SECONDS = Histogram(
+    "delivery_lane_wait_seconds",
+    "Time a delivery waited in its lane (worker.lanes) before the dispatcher published it.",
+    ["priority", "tenant"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+)
+
+
+def tenant_label(tenant: str, named: Iterable[str]) -> str:
+    """A tenant as a metric label: itself if the operator named it (``DELIVERY_TENANT_WEIGHTS``)
+    or it is the default tenant, else ``other``: the label's values stay bounded."""
+    return tenant if tenant == "default" or tenant in named else "other"
+
+
+@functools.cache
+def _named_tenants(setting: str) -> frozenset[str]:
+    from worker.lanes.weights import parse_weights
+
+    return frozenset(parse_weights(setting))
+
+
+def start_lane_series() -> None:
+    """The wait series of each priority's default tenant at 0, from a dispatcher's start: the
+    dashboard's and the alert's series exist before the first delivery leaves a lane."""
+    for priority in ("high", "normal", "bulk"):
+        LANE_WAIT_SECONDS.labels(priority, "default")
+
+
+def lane_waited(priority: str, tenant: str, seconds: float) -> None:
+    from worker.config import get_settings
+
+    named = _named_tenants(get_settings().tenant_weights)
+    LANE_WAIT_SECONDS.labels(priority, tenant_label(tenant, named)).observe(max(seconds, 0.0))
 
 
 def status_class(status_code: int | None) -> str:

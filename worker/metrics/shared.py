@@ -18,10 +18,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker.config import Settings
-from worker.metrics.record import currency_label
+from worker.lanes import Lanes, parse_weights
+from worker.metrics.record import currency_label, tenant_label
+from worker.models import PRIORITIES
 from worker.providers import DRIVERS, PROVIDERS
 from worker.redis_memory import memory_usage
 from worker.stores import Limit, Stores, limiter_key
+from worker.stores.keys import keys_for
 
 __all__ = ["BREAKER_STATES", "SharedStateCollector", "queue_names"]
 
@@ -103,6 +106,7 @@ class SharedStateCollector(Collector):
         yield dead
 
         yield from self._queues()
+        yield from self._lanes()
         yield self._limiter_usage()
         yield from self._balances()
         yield from self._redis_memory()
@@ -147,6 +151,33 @@ class SharedStateCollector(Collector):
             age.add_metric([queue], self._age(oldest, now))
         yield depth
         yield age
+
+    def _lanes(self) -> Iterator[GaugeMetricFamily]:
+        """Waiting work in the lanes (worker.lanes) per priority and tenant; a tenant the
+        operator did not name in ``DELIVERY_TENANT_WEIGHTS`` counts under ``other``."""
+        depth = GaugeMetricFamily(
+            "delivery_lane_depth",
+            "Deliveries waiting in their lane (worker.lanes), by priority and tenant.",
+            labels=["priority", "tenant"],
+        )
+        oldest = GaugeMetricFamily(
+            "delivery_lane_oldest_wait_seconds",
+            "How long the oldest delivery of the lane has waited (0 when empty).",
+            labels=["priority", "tenant"],
+        )
+        named = parse_weights(self.settings.tenant_weights)
+        depths: dict[tuple[str, str], int] = {(p, "default"): 0 for p in PRIORITIES}
+        ages: dict[tuple[str, str], float] = {(p, "default"): 0.0 for p in PRIORITIES}
+        lanes = Lanes(self.redis, keys_for(self.settings))
+        for lane in lanes.depths(self.clock()):
+            key = (lane.priority, tenant_label(lane.tenant, named))
+            depths[key] = depths.get(key, 0) + lane.depth
+            ages[key] = max(ages.get(key, 0.0), lane.oldest_age_s)
+        for key in sorted(depths):
+            depth.add_metric(list(key), float(depths[key]))
+            oldest.add_metric(list(key), ages[key])
+        yield depth
+        yield oldest
 
     def _age(self, raw: bytes | None, now: float) -> float:
         if raw is None:

@@ -36,6 +36,10 @@ class Snapshot:
     balance_unit: dict[str, str] = field(default_factory=dict)
     queues: dict[str, tuple[float, float]] = field(default_factory=dict)
     """queue → (depth, oldest age in seconds)."""
+    lanes: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    """(priority, tenant) → (depth, oldest wait in seconds) of the lanes (worker.lanes)."""
+    lane_waits: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    """(priority, tenant) → (sum of waits, count) of deliveries dispatched from the lanes."""
     dead_letters: float = 0.0
     shared_up: bool = False
 
@@ -44,6 +48,9 @@ def parse(exposition: str, at: float | None = None) -> Snapshot:
     snap = Snapshot(at=time.time() if at is None else at)
     depth: dict[str, float] = {}
     age: dict[str, float] = {}
+    lane_depth: dict[tuple[str, str], float] = {}
+    lane_age: dict[tuple[str, str], float] = {}
+    waits: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for family in text_string_to_metric_families(exposition):
         for s in family.samples:
             labels, value = s.labels, float(s.value)
@@ -81,12 +88,44 @@ def parse(exposition: str, at: float | None = None) -> Snapshot:
                 depth[labels["queue"]] = value
             elif s.name == "delivery_queue_oldest_age_seconds":
                 age[labels["queue"]] = value
+            elif s.name == "delivery_lane_depth":
+                lane_depth[(labels["priority"], labels["tenant"])] = value
+            elif s.name == "delivery_lane_oldest_wait_seconds":
+                lane_age[(labels["priority"], labels["tenant"])] = value
+            elif s.name == "delivery_lane_wait_seconds_sum":
+                waits[(labels["priority"], labels["tenant"])][0] += value
+            elif s.name == "delivery_lane_wait_seconds_count":
+                waits[(labels["priority"], labels["tenant"])][1] += value
             elif s.name == "delivery_dead_letters":
                 snap.dead_letters = value
             elif s.name == "delivery_shared_state_up":
                 snap.shared_up = value == 1.0
     snap.queues = {q: (depth[q], age.get(q, 0.0)) for q in depth}
+    snap.lanes = {k: (lane_depth[k], lane_age.get(k, 0.0)) for k in lane_depth}
+    snap.lane_waits = {k: (v[0], v[1]) for k, v in waits.items()}
     return snap
+
+
+_PRIORITY_ORDER = {"high": 0, "normal": 1, "bulk": 2}
+
+
+def lanes_table(now: Snapshot, before: Snapshot | None = None) -> Table:
+    """Waiting work per priority and tenant, and the mean wait of what left since ``before``."""
+    table = Table(title="lanes", title_justify="left", expand=False)
+    for name in ("priority", "tenant", "waiting", "oldest", "avg wait"):
+        table.add_column(name, justify="left" if name in ("priority", "tenant") else "right")
+    keys = sorted(
+        set(now.lanes) | set(now.lane_waits), key=lambda k: (_PRIORITY_ORDER.get(k[0], 9), k[1])
+    )
+    for key in keys:
+        depth, oldest = now.lanes.get(key, (0.0, 0.0))
+        total, count = now.lane_waits.get(key, (0.0, 0.0))
+        if before is not None:
+            b_total, b_count = before.lane_waits.get(key, (0.0, 0.0))
+            total, count = total - b_total, count - b_count
+        avg = f"{total / count:.2f}s" if count > 0 else "-"
+        table.add_row(key[0], key[1], _n(depth), f"{oldest:.1f}s", avg)
+    return table
 
 
 def _rate(now: Snapshot, before: Snapshot | None, provider: str, figure: str) -> str:
@@ -159,7 +198,7 @@ def render(now: Snapshot, before: Snapshot | None = None) -> Group:
         + ("" if now.shared_up else "   (shared Redis state unreadable)"),
     )
     stamp = Text(time.strftime("%H:%M:%S", time.localtime(now.at)), style="dim")
-    return Group(table, footer, stamp)
+    return Group(table, lanes_table(now, before), footer, stamp)
 
 
 def run(

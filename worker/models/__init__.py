@@ -7,7 +7,14 @@ attachment limits, tag formats) live in that provider's module and are applied b
 reference (a section under ``docs/providers/``) it comes from.
 """
 
-from worker.models.common import MAX_BODY_CHARS, Channel, InvalidMessage
+from worker.models.common import (
+    DEFAULT_TENANT,
+    MAX_BODY_CHARS,
+    PRIORITIES,
+    Channel,
+    InvalidMessage,
+    Priority,
+)
 from worker.models.email import (
     MAX_ATTACHMENT_BYTES_TOTAL,
     Address,
@@ -21,9 +28,11 @@ from worker.models.sms import MAX_SMS_SEGMENTS, SmsMessage, sms_segments, sms_un
 from worker.models.voice import VoiceMessage
 
 __all__ = [
+    "DEFAULT_TENANT",
     "MAX_ATTACHMENT_BYTES_TOTAL",
     "MAX_BODY_CHARS",
     "MAX_SMS_SEGMENTS",
+    "PRIORITIES",
     "Address",
     "Attachment",
     "Channel",
@@ -32,6 +41,7 @@ __all__ = [
     "ErrorInfo",
     "InvalidMessage",
     "Message",
+    "Priority",
     "SmsMessage",
     "Template",
     "VoiceMessage",

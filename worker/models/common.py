@@ -137,6 +137,22 @@ IdempotencyKey = Annotated[
 ]
 
 
+Priority = Literal["high", "normal", "bulk"]
+"""The lane a message waits in (``worker.lanes``): ``high`` first, then ``normal`` and ``bulk`` by
+weighted shares. Absent means ``normal``."""
+PRIORITIES: tuple[Priority, ...] = ("high", "normal", "bulk")
+DEFAULT_TENANT = "default"
+"""The tenant of every message that names none: they share one fair share."""
+TenantKey = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    matching(
+        r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+        "must be 1-64 letters, digits, '_', '.' or '-' (an operator-chosen key, not an address)",
+    ),
+]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
 
@@ -151,9 +167,26 @@ class CommonFields(Strict):
     ``worker.scheduling``. Checked against the clock at enqueue and when a worker first sees the
     message (``worker.scheduling.rules``); here only its shape and its order with ``deadline``."""
 
+    priority: Priority | None = None
+    """The lane (``high`` | ``normal`` | ``bulk``); absent: ``normal``. See docs/lanes.md."""
+
+    tenant: TenantKey | None = None
+    """The sender or customer this message is sent for: waiting work is shared fairly across
+    tenants within a priority (``DELIVERY_TENANT_WEIGHTS``). Absent: the one default tenant.
+    An identifier chosen by the operator (letters, digits, ``_.-``), never an address."""
+
     ignore_suppression: bool = False
     """Send even to suppressed recipients (a legal or transactional message); logged
     (``delivery.suppression_ignored``). See docs/suppression.md."""
+
+    @property
+    def lane(self) -> Priority:
+        """The priority this message waits and sends at (absent: ``normal``)."""
+        return self.priority or "normal"
+
+    @property
+    def tenant_key(self) -> str:
+        return self.tenant or DEFAULT_TENANT
 
     @field_validator("deadline", "send_at")
     @classmethod

@@ -18,6 +18,7 @@ from celery import Celery
 
 from worker.config import PROVIDERS, Settings
 from worker.errors import DeliveryError
+from worker.lanes import lane_of, lanes_beside
 from worker.providers import Balance
 from worker.runtime import Runtime, breaker_config
 from worker.stores import (
@@ -179,17 +180,37 @@ class Operations:
         """Lift the pause and re-enqueue every parked message; returns how many."""
         self.health.resume(provider)
         items = self.parking.take_all(provider)
-        published = 0
+        # Back into their lanes (worker.lanes) when lanes are on, all in one step: a parked
+        # campaign does not land in front of the high-priority work parked with it.
+        lanes = lanes_beside(self.records, self.settings)
+        direct = items
+        laned: list[Any] = []
+        if lanes is not None:
+            laned = [item for item in items if self._has_record(item.delivery_id)]
+            try:
+                lanes.push_many([(item.delivery_id, *lane_of(item.message)) for item in laned])
+            except Exception:
+                self.parking.put_back(provider, items)
+                raise
+            in_lanes = {item.delivery_id for item in laned}
+            direct = [item for item in items if item.delivery_id not in in_lanes]
+        sent = 0
         try:
-            for item in items:
+            for item in direct:
                 # Same task id as before: the ledger keeps the delivery idempotent.
                 self.app.send_task(item.task_name, args=[item.message], task_id=item.delivery_id)
-                published += 1
+                sent += 1
         finally:
-            if published < len(items):
-                self.parking.put_back(provider, items[published:])
+            if sent < len(direct):
+                self.parking.put_back(provider, direct[sent:])
+        published = len(laned) + sent
         log.warning("provider.resumed", provider=provider, requeued=published, resumed_by=by)
         return published
+
+    def _has_record(self, delivery_id: str) -> bool:
+        """The ledger holds the message (what a lane's dispatcher publishes)."""
+        record = self.records.get(delivery_id)
+        return record is not None and "message" in record.fields
 
     def sweep(self) -> dict[str, int]:
         """Re-enqueue deliveries stuck past their timeout (lost between broker and worker).
@@ -207,6 +228,7 @@ class Operations:
         counts = {"requeued": 0, "cleaned": 0, "unrecoverable": 0}
         records = self.records
         now = self._clock()
+        lanes = lanes_beside(self.records, self.settings)
         for delivery_id in records.stale(min(limits.values())):
             record = records.get(delivery_id)
             if record is None or record.final or record.state not in limits:
@@ -221,8 +243,15 @@ class Operations:
                 records.untrack(delivery_id)
                 counts["unrecoverable"] += 1
                 continue
-            self.app.send_task(task_name, args=[json.loads(message)], task_id=delivery_id)
-            records.touch(delivery_id)
+            if lanes is not None and record.state == "queued":
+                # Into its lane, not past it: one still waiting there (a long campaign) keeps
+                # its place and is not counted; one lost after its dispatch goes back in line.
+                records.touch(delivery_id)
+                if not lanes.push(delivery_id, *lane_of(message)):
+                    continue
+            else:
+                self.app.send_task(task_name, args=[json.loads(message)], task_id=delivery_id)
+                records.touch(delivery_id)
             counts["requeued"] += 1
             log.warning(
                 "sweeper.requeued",

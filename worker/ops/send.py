@@ -102,6 +102,12 @@ def add_send_parser(sub: Any) -> None:
         p.add_argument("--provider", help="provider name (email: routed when left out)")
         p.add_argument("--idempotency-key", help="the same key never sends twice")
         p.add_argument("--deadline", help="ISO 8601 time after which the message expires")
+        p.add_argument(
+            "--priority",
+            choices=["high", "normal", "bulk"],
+            help="the lane: high (codes, resets), normal (the default), bulk (campaigns)",
+        )
+        p.add_argument("--tenant", help="the sender or customer key (fair shares between them)")
         p.add_argument("--queue", help="publish to this queue (default: the first DELIVERY_QUEUES)")
         p.add_argument("--wait", action="store_true", help="wait for the outcome and print it")
         p.add_argument(
@@ -200,6 +206,8 @@ def build_message(channel: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     put("idempotency_key", args.idempotency_key)
     put("deadline", args.deadline)
+    put("priority", args.priority)
+    put("tenant", args.tenant)
     if channel == "email":
         put("to", [_address(a) for a in args.to] if args.to else None)
         put("cc", [_address(a) for a in args.cc] if args.cc else None)

@@ -30,6 +30,7 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 
+from worker.lanes import Lanes, lane_of, lanes_beside
 from worker.scheduling.defaults import LEASE_S, TICK_S
 from worker.stores.keys import keys_for
 from worker.stores.ledger import Schedule
@@ -52,8 +53,13 @@ def move_due(
     *,
     lease_s: float = LEASE_S,
     backlog: Backlog | None = None,
+    lanes: Lanes | None = None,
 ) -> int:
     """One pass: claim what is due and publish it; returns how many entries were claimed.
+
+    With ``lanes``, an entry for the default queue goes into its lane (priority, tenant)
+    instead, and the dispatcher publishes it in turn: a due campaign does not overtake
+    ``high`` work, and a due ``high`` message does not wait behind a campaign.
 
     An entry claimed before (its lease ended and its run has not started) is published again
     only when its queue is empty: a message still waiting behind others in a busy queue is
@@ -71,6 +77,11 @@ def move_due(
                 waiting[queue] = backlog(queue)
             if waiting[queue] > 0:
                 continue  # still queued behind others; its lease was extended
+        if lanes is not None and not entry.queue:
+            priority, tenant = lane_of(entry.message)
+            lanes.push(entry.delivery_id, priority, tenant)  # again: keeps its place
+            published += 1
+            continue
         options: dict[str, Any] = {"task_id": entry.delivery_id}
         if entry.queue:
             options["queue"] = entry.queue
@@ -92,11 +103,13 @@ class ScheduleMover(threading.Thread):
         tick_s: float = TICK_S,
         lease_s: float = LEASE_S,
         backlog: Backlog | None = None,
+        lanes: Lanes | None = None,
     ) -> None:
         super().__init__(name="schedule-mover", daemon=True)
         self.app = app
         self.ledger = ledger
         self.backlog = backlog
+        self.lanes = lanes
         self.tick_s = tick_s
         self.lease_s = lease_s
         self.stopping = threading.Event()
@@ -105,7 +118,11 @@ class ScheduleMover(threading.Thread):
         while not self.stopping.is_set():
             try:
                 claimed = move_due(
-                    self.app, self.ledger, lease_s=self.lease_s, backlog=self.backlog
+                    self.app,
+                    self.ledger,
+                    lease_s=self.lease_s,
+                    backlog=self.backlog,
+                    lanes=self.lanes,
                 )
                 if claimed >= BATCH:
                     continue  # more are due: no sleep
@@ -155,6 +172,7 @@ class MoverStep(bootsteps.StartStopStep):
             lease_s=settings.schedule_lease_s,
             # kombu's Redis transport keeps a queue's waiting messages in a list of its name.
             backlog=lambda queue: int(broker.llen(queue)),
+            lanes=lanes_beside(ledger, settings),
         )
         self.mover.start()
         log.info(

@@ -67,6 +67,30 @@ class Keys:
     def claims(self) -> str:
         return self._k("scheduled", "claims")
 
+    # -- lanes (worker.lanes) ----------------------------------------------------------------
+
+    @property
+    def lane_prefix(self) -> str:
+        """``<ns>:lane:``; one sorted set per (priority, tenant) follows: ``<prefix><p>:<t>``."""
+        return self._k("lane", "")
+
+    def lane(self, priority: str, tenant: str) -> str:
+        return self.lane_prefix + f"{priority}:{tenant}"
+
+    def lane_tenants(self, priority: str) -> str:
+        """The tenants with waiting work at one priority (a set)."""
+        return self._k("lanes", "tenants", priority)
+
+    @property
+    def lane_turns(self) -> str:
+        """The weighted round robin's running credits (a hash)."""
+        return self._k("lanes", "turns")
+
+    @property
+    def lane_taken(self) -> str:
+        """Entries taken by a dispatcher and not yet published, with the lease's end."""
+        return self._k("lanes", "taken")
+
     # -- tracking ------------------------------------------------------------------------------
 
     def track(self, kind: str, delivery_id: str) -> str:

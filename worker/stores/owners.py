@@ -33,6 +33,14 @@ _OWNERS: dict[str, str] = {
     "{ns}:scheduled": "scheduler: due times of held messages; the mover takes each when due, "
     "cancel removes it",
     "{ns}:scheduled:claims": "scheduler: leases of the mover, removed on publish",
+    "{ns}:lane:*": "lanes: one sorted set per (priority, tenant) of waiting deliveries; the "
+    "dispatcher takes each entry, an empty lane is removed by Redis",
+    "{ns}:lanes:tenants:*": "lanes: one set per priority of the tenants with waiting work; a "
+    "tenant leaves when its lane empties",
+    "{ns}:lanes:turns": "lanes: one hash of round-robin credits, one field per class and per "
+    "tenant with waiting work (removed when its lane empties)",
+    "{ns}:lanes:taken": "lanes: entries between take and publish; removed on publish, put back "
+    "in their lane when the lease ends",
     "{ns}:track:poll": "tracking: deliveries being followed; an entry leaves at a final state or "
     "after the tracking horizon (48 h)",
     "{ns}:track:outbox": "tracking: index of outboxes waiting to publish; an expired outbox is "

@@ -1,0 +1,128 @@
+"""The lanes' take order and lease against a real redis-server (``worker.lanes``)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import redis
+
+from worker.lanes import Lanes, parse_weights
+from worker.models import InvalidMessage
+from worker.providers import parse_message
+from worker.stores.keys import Keys
+
+KEYS = Keys("lanetest")
+EMAIL = {
+    "provider": "postal",
+    "to": [{"email": "ada@example.com"}],
+    "from": {"email": "shop@example.org"},
+    "subject": "s",
+    "text": "t",
+}
+
+
+@pytest.fixture
+def lanes(redis_client: redis.Redis) -> Lanes:
+    redis_client.flushdb()
+    return Lanes(redis_client, KEYS, lane_weights="normal=4,bulk=1", tenant_weights="")
+
+
+def put(client: redis.Redis, lanes: Lanes, delivery_id: str, priority: str, tenant: str) -> None:
+    client.hset(
+        KEYS.delivery(delivery_id),
+        mapping={"task_name": "tasks.send_email", "message": json.dumps(EMAIL)},
+    )
+    lanes.push(delivery_id, priority, tenant)
+
+
+def test_high_first_then_normal_and_bulk_by_weight(redis_client: redis.Redis, lanes: Lanes) -> None:
+    for i in range(50):
+        put(redis_client, lanes, f"b{i}", "bulk", "default")
+        put(redis_client, lanes, f"n{i}", "normal", "default")
+    put(redis_client, lanes, "h0", "high", "default")
+    taken = lanes.take(11)
+    assert taken[0].delivery_id == "h0"
+    assert taken[0].message == EMAIL and taken[0].task_name == "tasks.send_email"
+    shares = Counter(t.priority for t in taken[1:])
+    assert shares == {"normal": 8, "bulk": 2}
+    # Within a lane, first in first out.
+    assert [t.delivery_id for t in taken if t.priority == "bulk"] == ["b0", "b1"]
+
+
+def test_tenants_share_a_priority_by_weight(redis_client: redis.Redis) -> None:
+    redis_client.flushdb()
+    lanes = Lanes(redis_client, KEYS, tenant_weights="big=1,vip=3")
+    for i in range(100):
+        put(redis_client, lanes, f"a{i}", "bulk", "big")
+    for i in range(30):
+        put(redis_client, lanes, f"v{i}", "bulk", "vip")
+    for i in range(10):
+        put(redis_client, lanes, f"s{i}", "bulk", "small")
+    taken = lanes.take(25)
+    assert Counter(t.tenant for t in taken) == {"vip": 15, "big": 5, "small": 5}
+    # The small one empties its lane: it leaves the round robin.
+    rest = lanes.take(200)
+    assert len(taken) + len(rest) == 140
+    assert redis_client.smembers(KEYS.lane_tenants("bulk")) == set()
+
+
+def test_a_lease_not_done_goes_back_to_its_lane(redis_client: redis.Redis, lanes: Lanes) -> None:
+    put(redis_client, lanes, "x1", "normal", "acme")
+    put(redis_client, lanes, "x2", "normal", "acme")
+    first = lanes.take(1, now=1000.0)
+    assert [t.delivery_id for t in first] == ["x1"]
+    # Not published (the dispatcher died): after the lease it is taken again, first.
+    again = lanes.take(2, now=1000.0 + lanes.lease_s + 1)
+    assert [t.delivery_id for t in again] == ["x1", "x2"]
+    lanes.done(again)
+    assert redis_client.zcard(KEYS.lane_taken) == 0
+    assert lanes.take(5) == []
+
+
+def test_taken_not_published_counts_as_queued(redis_client: redis.Redis, lanes: Lanes) -> None:
+    for i in range(5):
+        put(redis_client, lanes, f"q{i}", "normal", "default")
+    held = lanes.take(2)
+    assert len(held) == 2
+    assert lanes.take(2) == []  # two taken by another dispatcher fill a room of two
+    lanes.done(held)
+    assert len(lanes.take(2)) == 2
+
+
+def test_push_twice_keeps_its_place(redis_client: redis.Redis, lanes: Lanes) -> None:
+    put(redis_client, lanes, "k1", "bulk", "default")
+    put(redis_client, lanes, "k2", "bulk", "default")
+    lanes.push("k1", "bulk", "default")
+    assert [d.depth for d in lanes.depths()] == [2]
+    assert [t.delivery_id for t in lanes.take(2)] == ["k1", "k2"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"priority": "urgent"}, "priority"),
+        ({"tenant": "a b"}, "tenant"),
+        ({"tenant": "ada@example.com"}, "tenant"),
+        ({"tenant": "t" * 65}, "tenant"),
+    ],
+)
+def test_bad_priority_or_tenant_is_refused_naming_the_field(
+    extra: dict[str, str], field: str
+) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        parse_message("email", {**EMAIL, **extra})
+    assert [e["field"] for e in info.value.errors] == [field]
+
+
+def test_absent_fields_are_normal_and_the_default_tenant() -> None:
+    message = parse_message("email", EMAIL)
+    assert (message.lane, message.tenant_key) == ("normal", "default")
+
+
+def test_weights_setting_is_checked() -> None:
+    assert parse_weights("normal=4, bulk=1") == {"normal": 4, "bulk": 1}
+    for bad in ("normal", "normal=0", "normal=x", "a b=1"):
+        with pytest.raises(ValueError):
+            parse_weights(bad)

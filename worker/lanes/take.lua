@@ -1,0 +1,93 @@
+-- Take up to ARGV[1] deliveries from the lanes, in lane order, and lease them to the caller.
+-- KEYS: 1 lane prefix (<prefix><priority>:<tenant> is a sorted set: delivery id -> enqueue
+-- time), 2 tenants prefix (<prefix><priority> is the set of tenants with waiting work),
+-- 3 the round robin's credits (hash), 4 the taken set (member -> lease end),
+-- 5 the ledger's record prefix.
+-- ARGV: 1 room in the broker queue, 2 now, 3 lease seconds, 4 class weights (JSON object),
+-- 5 tenant weights (JSON object; a tenant not named weighs 1).
+-- Returns {member, task_name, message, enqueued_at} per delivery taken.
+local lane_prefix, tenants_prefix, turns, taken, record_prefix =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local room = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+local class_weights = cjson.decode(ARGV[4])
+local tenant_weights = cjson.decode(ARGV[5])
+
+-- A dispatcher that died between take and publish: its entries go back to the front of their
+-- lane, at its first place, once the lease ends (a copy published twice is harmless: the send lock and the final
+-- ledger state keep a delivery from being sent twice).
+local expired = redis.call('ZRANGEBYSCORE', taken, '-inf', now, 'LIMIT', 0, 100)
+for _, member in ipairs(expired) do
+  redis.call('ZREM', taken, member)
+  local p, t, at, id = string.match(member, '^([^/]+)/([^/]+)/([^/]+)/(.+)$')
+  if p then
+    redis.call('ZADD', lane_prefix .. p .. ':' .. t, 'NX', at, id)
+    redis.call('SADD', tenants_prefix .. p, t)
+  end
+end
+
+-- What other dispatchers took and have not published yet counts as queued.
+room = room - redis.call('ZCARD', taken)
+
+-- Smooth weighted round robin: each candidate gains its weight, the one with the most
+-- credit is served and pays the sum of the weights. Over any window each candidate is
+-- served in proportion to its weight, and never twice in a row when its share is small.
+local function pick(candidates, weights, field_prefix)
+  local fields = {}
+  for i, c in ipairs(candidates) do fields[i] = field_prefix .. c end
+  local credits = redis.call('HMGET', turns, unpack(fields))
+  local total, best = 0, 1
+  for i, c in ipairs(candidates) do
+    local w = tonumber(weights[c]) or 1
+    credits[i] = (tonumber(credits[i]) or 0) + w
+    total = total + w
+    if credits[i] > credits[best] then best = i end
+  end
+  credits[best] = credits[best] - total
+  local args = {}
+  for i, f in ipairs(fields) do
+    args[#args + 1] = f
+    args[#args + 1] = string.format('%d', credits[i])
+  end
+  redis.call('HSET', turns, unpack(args))
+  return candidates[best]
+end
+
+local out = {}
+local tries = 0
+while #out < room and tries < room * 2 + 2 do
+  tries = tries + 1
+  local p = nil
+  if redis.call('SCARD', tenants_prefix .. 'high') > 0 then
+    p = 'high'
+  else
+    local classes = {}
+    for _, c in ipairs({'normal', 'bulk'}) do
+      if redis.call('SCARD', tenants_prefix .. c) > 0 then classes[#classes + 1] = c end
+    end
+    if #classes == 0 then break end
+    p = classes[1]
+    if #classes > 1 then p = pick(classes, class_weights, 'class:') end
+  end
+  local tenants = redis.call('SMEMBERS', tenants_prefix .. p)
+  table.sort(tenants)
+  local t = tenants[1]
+  if #tenants > 1 then t = pick(tenants, tenant_weights, 't:' .. p .. ':') end
+  local lane = lane_prefix .. p .. ':' .. t
+  local popped = redis.call('ZPOPMIN', lane)
+  if #popped == 0 or redis.call('EXISTS', lane) == 0 then
+    redis.call('SREM', tenants_prefix .. p, t)
+    redis.call('HDEL', turns, 't:' .. p .. ':' .. t)
+  end
+  if #popped > 0 then
+    local id = popped[1]
+    local record = redis.call('HMGET', record_prefix .. id, 'task_name', 'message')
+    local member = p .. '/' .. t .. '/' .. popped[2] .. '/' .. id
+    redis.call('ZADD', taken, now + lease, member)
+    -- A record gone (expired, or forgotten by a failed enqueue) has nothing to send: returned
+    -- with empty fields, the caller logs it and ends its lease.
+    out[#out + 1] = {member, record[1] or '', record[2] or '', popped[2]}
+  end
+end
+return out
