@@ -78,6 +78,10 @@ def test_out_of_credit_pauses_parks_and_resumes(
     assert len(statuses) - first_402 - 1 <= 3
     assert statuses.count(200) == 1  # EmailMassivo's 200 OK (seed 003)
     parked = [AsyncResult(d, app=producer.app) for d in ids]
+    # The ledger says "parked" before the task returns and stores its Celery state.
+    deadline = time.monotonic() + TIMEOUT_S
+    while [p.state for p in parked].count("PARKED") < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert [p.state for p in parked].count("PARKED") == 5
     assert all(p.info["status"] == "parked" for p in parked if p.state == "PARKED")
     (status,) = [s for s in ops.status() if s.provider == "emailmassivo"]
