@@ -60,6 +60,9 @@ class Delivery:
     """Recipients left out as suppressed, masked → reason (``worker.delivery.pipeline``)."""
     defer_closing: bool = False
     """Set while the run holds the lock (:func:`worker.delivery.pipeline.open_runs`)."""
+    priority: str = "normal"
+    """``high`` | ``normal`` | ``bulk``: the order in which the global limiter grants this
+    delivery's request its slot (``docs/limiter.md``)."""
 
     settings: Settings = field(init=False)
     channel: str = field(init=False)
