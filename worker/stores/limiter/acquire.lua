@@ -38,6 +38,13 @@ for i = 1, n do
   if high or count > scan_max then share = 0 end
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%d', now - window))
   local log = {key = key, count = count, window = window, share = share, small = count <= scan_max}
+  -- one slot interval: future slots keep it between them (whole microseconds)
+  log.gap = math.floor(window / count)
+  if share > 0 then
+    -- normal/bulk take at most run - 1 of any run intervals: the share's slots are spread
+    log.run = math.max(2, math.floor(count / share))
+    log.share_window = log.gap * log.run
+  end
   local size = redis.call('ZCARD', key)
   local after = -1
   if log.small then
@@ -47,18 +54,20 @@ for i = 1, n do
     for j = 1, #raw, 2 do
       local s = tonumber(raw[j + 1])
       at[#at + 1] = s
-      hi[#hi + 1] = string.sub(raw[j], 1, 1) == 'h'
-      if not hi[#hi] then own[#own + 1] = s end
+      local is_high = string.sub(raw[j], 1, 1) == 'h'
+      hi[#hi + 1] = is_high
+      if not is_high then own[#own + 1] = s end
     end
-    log.at, log.hi = at, hi
+    log.at, log.hi, log.own = at, hi, own
     if size > 0 then after = at[size] end
     if size >= count and at[size - count + 1] + window > after then
       after = at[size - count + 1] + window
     end
-    local cap = count - share
-    if share > 0 and #own >= cap and own[#own - cap + 1] + window > after then
-      after = own[#own - cap + 1] + window
+    local cap = (log.run or 0) - 1
+    if share > 0 and #own >= cap and own[#own - cap + 1] + log.share_window > after then
+      after = own[#own - cap + 1] + log.share_window
     end
+    log.paced = size > 0 and at[size] > now
   elseif size > 0 then
     local tail = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
     after = tonumber(tail[2])
@@ -72,6 +81,34 @@ for i = 1, n do
   if after > last then last = after end
   logs[i] = log
 end
+local unpaced = last
+if last > now then
+  for i = 1, n do
+    local log = logs[i]
+    if log.small and #log.at > 0 and log.at[#log.at] + log.gap > last then
+      last = log.at[#log.at] + log.gap
+    end
+  end
+end
+
+-- the most of times (sorted) in one window (x - w, x] that holds at
+local function peak(times, at, w)
+  local most = 0
+  local function count_at(x)
+    local c = 0
+    for j = 1, #times do
+      local s = times[j]
+      if s > x - w and s <= x then c = c + 1 end
+    end
+    if c > most then most = c end
+  end
+  count_at(at)
+  for j = 1, #times do
+    local s = times[j]
+    if s >= at and s < at + w then count_at(s) end
+  end
+  return most
+end
 
 local function fits(log, at, borrowing)
   local w, count = log.window, log.count
@@ -81,38 +118,32 @@ local function fits(log, at, borrowing)
       '(' .. string.format('%d', at + w))
     return near + 1 <= count
   end
-  local cap = count + 1
-  if log.share > 0 and not borrowing then cap = count - log.share end
-  local ends = {at}
-  for j = 1, #log.at do
-    local s = log.at[j]
-    if s >= at and s < at + w then ends[#ends + 1] = s end
-  end
-  for k = 1, #ends do
-    local x = ends[k]
-    local inside, own = 0, 0
+  -- paced while a line waits: every slot keeps one interval from every other
+  if at > now or log.paced then
     for j = 1, #log.at do
-      local s = log.at[j]
-      if s > x - w and s <= x then
-        inside = inside + 1
-        if not log.hi[j] then own = own + 1 end
-      end
+      if math.abs(log.at[j] - at) < log.gap then return false end
     end
-    if inside + 1 > count or own + 1 > cap then return false end
+  end
+  if peak(log.at, at, w) + 1 > count then return false end
+  if log.share > 0 and not borrowing then
+    if peak(log.own, at, log.share_window) + 1 > log.run - 1 then return false end
   end
   return true
 end
 
 local chosen = last
 if last > t0 then
-  -- earlier slots between reservations: now (or the hold's end) and each moment a slot frees
+  -- earlier slots between reservations: now (or the hold's end) and each moment one frees
   local cands = {t0}
   for i = 1, n do
     local log = logs[i]
     if log.small then
       for j = 1, #log.at do
-        local c = log.at[j] + log.window
-        if c > t0 and c < last and c - now <= max_wait then cands[#cands + 1] = c end
+        local frees = {log.at[j] + log.window, log.at[j] + log.gap}
+        if log.share > 0 then frees[3] = log.at[j] + log.share_window end
+        for _, c in ipairs(frees) do
+          if c > t0 and c < last and c - now <= max_wait then cands[#cands + 1] = c end
+        end
       end
     end
   end
@@ -131,6 +162,8 @@ end
 
 local wait = chosen - now
 if wait > max_wait then
+  -- a retry asks at the first moment the windows free (then maybe at once)
+  if unpaced - now < wait then wait = unpaced - now end
   if wait < 1 then wait = 1 end
   return {0, wait}
 end

@@ -36,6 +36,24 @@ class _Log:
     entries: list[tuple[float, bool]]
     """(slot time, is high), sorted by time."""
 
+    @property
+    def small(self) -> bool:
+        return self.limit.count <= SCAN_MAX_COUNT
+
+    @property
+    def gap(self) -> float:
+        """The spacing of future slots: one slot interval."""
+        return self.effective_s / self.limit.count
+
+    @property
+    def share_run(self) -> int:
+        """``normal``/``bulk`` take at most ``share_run - 1`` of any ``share_run`` intervals."""
+        return max(2, self.limit.count // self.share) if self.share else 0
+
+    @property
+    def share_window(self) -> float:
+        return self.gap * self.share_run
+
 
 class MemoryRateLimiter(RateLimiter):
     """The in-process stub: same contract, same algorithm (``acquire.lua``), an injectable clock.
@@ -87,26 +105,33 @@ class MemoryRateLimiter(RateLimiter):
                     else reserved_share(limit, self.high_share)
                 )
                 logs.append(_Log(limit, effective_s, share, entries))
-            last = t0  # the slot after every reservation: always admissible
+            last = t0  # after every reservation: always admissible
             for log in logs:
                 last = max(last, _after_all(log))
+            unpaced = last
+            if last > now:
+                for log in logs:
+                    if log.small and log.entries:
+                        last = max(last, log.entries[-1][0] + log.gap)
             chosen = last
-            candidates = {t0} | {
-                at + log.effective_s
-                for log in logs
-                if log.limit.count <= SCAN_MAX_COUNT
-                for at, _ in log.entries
-            }
+            candidates = {t0}
+            for log in logs:
+                if log.small:
+                    for at, _ in log.entries:
+                        candidates |= {at + log.effective_s, at + log.gap}
+                        if log.share:
+                            candidates.add(at + log.share_window)
             for at in sorted(c for c in candidates if t0 <= c < last):
                 if at - now > max_wait_s:
                     break
                 borrowing = not high and not high_waiting and at - now <= borrow_s(limits) + 1e-9
-                if all(_fits(log, at, borrowing) for log in logs):
+                if all(_fits(log, at, now, borrowing=borrowing) for log in logs):
                     chosen = at
                     break
             wait = chosen - now
             if wait > max_wait_s:
-                return Reservation(max(wait, 1e-6), reserved=False)
+                # A retry asks at the first moment the windows free (then maybe at once).
+                return Reservation(max(min(wait, unpaced - now), 1e-6), reserved=False)
             for log in logs:
                 bisect.insort(log.entries, (chosen, high))
             if high:
@@ -144,34 +169,49 @@ class MemoryRateLimiter(RateLimiter):
 
 
 def _after_all(log: _Log) -> float:
-    """The earliest slot after every entry of ``log`` that its limit (and share) admits."""
+    """The earliest slot after every entry of ``log`` that its windows (and share) admit."""
     entries, count = log.entries, log.limit.count
     at = entries[-1][0] if entries else -math.inf
     if len(entries) >= count:
         at = max(at, entries[len(entries) - count][0] + log.effective_s)
     if log.share:
         own = [t for t, high in entries if not high]
-        cap = count - log.share
+        cap = log.share_run - 1
         if len(own) >= cap:
-            at = max(at, own[len(own) - cap] + log.effective_s)
+            at = max(at, own[len(own) - cap] + log.share_window)
     return at
 
 
-def _fits(log: _Log, at: float, borrowing: bool) -> bool:
-    """Does a new slot at ``at`` keep every window of ``log`` that holds it within its count?"""
+def _peak(entries: list[tuple[float, bool]], at: float, window_s: float) -> int:
+    """The most ``entries`` in one window ``(x - window_s, x]`` that holds ``at``.
+
+    Those windows end at x in [at, at + window_s); their count peaks where an entry enters:
+    at x = at or at x = an entry's time."""
+    ends = [at] + [t for t, _ in entries if at <= t < at + window_s]
+    # 1 ns of tolerance: slots one interval apart meet window ends exactly, and float sums of
+    # intervals must not count a slot that has just left (Redis works in whole microseconds).
+    return max(sum(1 for t, _ in entries if x - window_s + 1e-9 < t <= x + 1e-9) for x in ends)
+
+
+def _fits(log: _Log, at: float, now: float, *, borrowing: bool) -> bool:
+    """Does a new slot at ``at`` keep ``log``'s limit (its windows, the spacing of slots while
+    a line waits, the share a ``normal``/``bulk`` slot leaves free)?"""
     w, count, entries = log.effective_s, log.limit.count, log.entries
-    if count > SCAN_MAX_COUNT:
+    if not log.small:
         if entries and at >= _after_all(log):
             return True
         near = sum(1 for t, _ in entries if at - w < t < at + w)
         return near + 1 <= count
-    cap = count - log.share if log.share and not borrowing else count + 1
-    # The windows (x - w, x] holding ``at`` end at x in [at, at + w); their count peaks where
-    # an entry enters: at x = at or at x = an entry's time.
-    for x in [at] + [t for t, _ in entries if at <= t < at + w]:
-        inside = [high for t, high in entries if x - w < t <= x]
-        if len(inside) + 1 > count:
-            return False
-        if inside.count(False) + 1 > cap:
+    # Paced while a line waits (a slot in the future, or reservations ahead): every slot keeps
+    # one interval from every other, so waiters wake one at a time. An idle key still grants a
+    # burst of ``count`` at once.
+    paced = at > now or (entries and entries[-1][0] > now)
+    if paced and any(abs(t - at) < log.gap - 1e-9 for t, _ in entries):
+        return False
+    if _peak(entries, at, w) + 1 > count:
+        return False
+    if log.share and not borrowing:
+        own = [e for e in entries if not e[1]]
+        if _peak(own, at, log.share_window) + 1 > log.share_run - 1:
             return False
     return True
