@@ -14,8 +14,8 @@
 -- ARGV[6]      the largest count that gets the exact check between reservations
 -- ARGV[4 + 3i] count of limit i; ARGV[5 + 3i] its effective window (us); ARGV[6 + 3i] its share
 --
--- Returns {1, wait} when a slot wait us from now (0: now) was reserved, else {0, wait}, the wait
--- (>= 1) until the slot the caller would have had; nothing is recorded then.
+-- Returns {1, wait, slot} when a slot wait us from now (0: now) was reserved, else {0, wait, at}:
+-- the wait (>= 1) until a retry could have a slot; nothing is recorded then. Times in us.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local t0 = now
@@ -165,7 +165,7 @@ if wait > max_wait then
   -- a retry asks at the first moment the windows free (then maybe at once)
   if unpaced - now < wait then wait = unpaced - now end
   if wait < 1 then wait = 1 end
-  return {0, wait}
+  return {0, wait, now + wait}
 end
 local score = string.format('%d', chosen)
 local member = (high and 'h' or 'n') .. score .. '-' .. ARGV[1]
@@ -181,4 +181,4 @@ if high then
   end
 end
 if wait < 0 then wait = 0 end
-return {1, wait}
+return {1, wait, chosen}

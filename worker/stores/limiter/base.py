@@ -109,6 +109,10 @@ class Reservation:
 
     wait_s: float
     reserved: bool
+    at_s: float = 0.0
+    """The slot's instant on :meth:`RateLimiter.now`'s clock (the one it would have had, when
+    not reserved): differences between slots are exact where waits measured at different
+    moments are not. 0.0 when no limit and no hold applied (answered without the clock)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,12 +131,13 @@ class MemoryRateLimiter(RateLimiter):
             wait = chosen - now
             if wait > max_wait_s:
                 # A retry asks at the first moment the windows free (then maybe at once).
-                return Reservation(max(min(wait, unpaced - now), 1e-6), reserved=False)
+                wait = max(min(wait, unpaced - now), 1e-6)
+                return Reservation(wait, reserved=False, at_s=now + wait)
             for log in logs:
                 bisect.insort(log.entries, (chosen, high))
             if high:
                 self._high[key] = max(chosen, self._high.get(key, chosen))
-            return Reservation(max(wait, 0.0), reserved=True)
+            return Reservation(max(wait, 0.0), reserved=True, at_s=chosen)
 
     def usage(self, key: str, limits: Sequence[Limit]) -> list[int]:
         with self._lock:

@@ -106,8 +106,8 @@ class RedisRateLimiter(RateLimiter):
                 math.ceil((limit.window_s + self.safety_margin_s) * _US),
                 reserved_share(limit, self.high_share),
             ]
-        reserved, wait_us = self._acquire(keys=keys, args=args)
-        return Reservation(int(wait_us) / _US, reserved=bool(int(reserved)))
+        reserved, wait_us, at_us = self._acquire(keys=keys, args=args)
+        return Reservation(int(wait_us) / _US, reserved=bool(int(reserved)), at_s=int(at_us) / _US)
 
     def hold_left(self, key: str) -> float:
         hold_key = self._base(key) + ":hold"
