@@ -30,6 +30,7 @@ local n = tonumber(ARGV[2])
 
 local logs = {}
 local last = t0
+local free_at = t0 -- the first moment every window has room (a retry may borrow the share then)
 for i = 1, n do
   local key = KEYS[2 + i]
   local count = tonumber(ARGV[4 + 3 * i])
@@ -63,6 +64,9 @@ for i = 1, n do
     if size >= count and at[size - count + 1] + window > after then
       after = at[size - count + 1] + window
     end
+    if size >= count and at[size - count + 1] + window > free_at then
+      free_at = at[size - count + 1] + window
+    end
     local cap = (log.run or 0) - 1
     if share > 0 and #own >= cap and own[#own - cap + 1] + log.share_window > after then
       after = own[#own - cap + 1] + log.share_window
@@ -75,13 +79,13 @@ for i = 1, n do
       local blocking = redis.call('ZRANGE', key, size - count, size - count, 'WITHSCORES')
       local b = tonumber(blocking[2]) + window
       if b > after then after = b end
+      if b > free_at then free_at = b end
     end
   end
   log.after = after
   if after > last then last = after end
   logs[i] = log
 end
-local unpaced = last
 if last > now then
   for i = 1, n do
     local log = logs[i]
@@ -163,7 +167,7 @@ end
 local wait = chosen - now
 if wait > max_wait then
   -- a retry asks at the first moment the windows free (then maybe at once)
-  if unpaced - now < wait then wait = unpaced - now end
+  if free_at > now and free_at < chosen then wait = free_at - now end
   if wait < 1 then wait = 1 end
   return {0, wait, now + wait}
 end

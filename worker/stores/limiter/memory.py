@@ -108,7 +108,12 @@ class MemoryRateLimiter(RateLimiter):
             last = t0  # after every reservation: always admissible
             for log in logs:
                 last = max(last, _after_all(log))
-            unpaced = last
+            # The first moment every window has room (a retry may borrow the share then).
+            free_at = t0
+            for log in logs:
+                if len(log.entries) >= log.limit.count:
+                    blocking = log.entries[len(log.entries) - log.limit.count][0]
+                    free_at = max(free_at, blocking + log.effective_s)
             if last > now:
                 for log in logs:
                     if log.small and log.entries:
@@ -131,7 +136,9 @@ class MemoryRateLimiter(RateLimiter):
             wait = chosen - now
             if wait > max_wait_s:
                 # A retry asks at the first moment the windows free (then maybe at once).
-                wait = max(min(wait, unpaced - now), 1e-6)
+                if now < free_at < chosen:
+                    wait = free_at - now
+                wait = max(wait, 1e-6)
                 return Reservation(wait, reserved=False, at_s=now + wait)
             for log in logs:
                 bisect.insort(log.entries, (chosen, high))
