@@ -230,10 +230,10 @@ def reserved_share(limit: Limit, high_share: float) -> int:
     return min(math.floor(limit.count * high_share + 1e-9), limit.count - 1)
 
 
-def borrow_s(limits: Sequence[Limit]) -> float:
-    """How close to now a ``normal``/``bulk`` slot may borrow the share: one slot interval of
-    the tightest limit."""
-    return min((lim.window_s / lim.count for lim in limits), default=0.0)
+def borrow_s(limits: Sequence[Limit], safety_margin_s: float) -> float:
+    """How close to now a ``normal``/``bulk`` slot may borrow the share: one slot interval
+    (window plus margin, over count) of the tightest limit."""
+    return min(((lim.window_s + safety_margin_s) / lim.count for lim in limits), default=0.0)
 
 
 def check_seconds(name: str, value: float) -> None:

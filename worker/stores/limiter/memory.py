@@ -126,10 +126,11 @@ class MemoryRateLimiter(RateLimiter):
                         candidates |= {at + log.effective_s, at + log.gap}
                         if log.share:
                             candidates.add(at + log.share_window)
+            borrow = borrow_s(limits, self.safety_margin_s)
             for at in sorted(c for c in candidates if t0 <= c < last):
                 if at - now > max_wait_s:
                     break
-                borrowing = not high and not high_waiting and at - now <= borrow_s(limits) + 1e-9
+                borrowing = not high and not high_waiting and at - now <= borrow + 1e-9
                 if all(_fits(log, at, now, borrowing=borrowing) for log in logs):
                     chosen = at
                     break

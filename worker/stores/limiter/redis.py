@@ -96,7 +96,7 @@ class RedisRateLimiter(RateLimiter):
             len(limits),
             1 if high else 0,
             math.floor(max(max_wait_s, 0.0) * _US),
-            math.floor(borrow_s(limits) * _US),
+            math.floor(borrow_s(limits, self.safety_margin_s) * _US),
             SCAN_MAX_COUNT,
         ]
         for limit in limits:
