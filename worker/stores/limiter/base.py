@@ -40,13 +40,16 @@ caller's ``max_wait_s`` is not reserved at all: the caller reschedules its task,
 (a slot held by a task sitting in the broker could not be kept on time; giving one back would
 cost a second round trip and still leave a hole nobody else had planned for). A reservation that
 is never used (its process was killed while sleeping) simply passes: the slot counts as spent for
-its window, nothing is sent twice, and the task is redelivered.
+its window, nothing is sent twice, and the task is redelivered. While reservations wait, every
+slot keeps one interval (``(window + margin) / count``) from every other, so waiters wake one at a
+time; an idle key still grants a burst of ``count`` at once.
 
 **Priorities** (``high`` | ``normal`` | ``bulk``). A ``high`` request takes the earliest slot that
 keeps every window within its count, even one *before* slots already reserved by others: it
 overtakes everything waiting for the same budget. So that such a slot exists, ``normal`` and
 ``bulk`` reservations in the future leave ``floor(count * high_share)`` slots of every window
-free (the reserved share, ``DELIVERY_LIMITER_HIGH_SHARE``); they *borrow* those slots when the
+free, spread one in every ``count // free`` intervals (the reserved share,
+``DELIVERY_LIMITER_HIGH_SHARE``, at most half a window); they *borrow* those slots when the
 slot is within one slot interval of now and no ``high`` reservation is pending, so a sender with
 no urgent work still gets the whole limit. The exact check of a slot between reservations scans
 the log around it; it runs for limits of at most :data:`SCAN_MAX_COUNT` requests per window (the
