@@ -282,10 +282,12 @@ def test_reservations_are_distinct_and_spaced_one_interval_apart(h: Harness) -> 
     assert_slots(slots, slots[0].at_s, [0.0, 0.104, 0.208, 0.312])
     assert limiter.usage(KEY, limits) == [9]  # reserved slots count as spent
 
-    # Beyond max_wait_s nothing is reserved, and the answer says when to ask again.
+    # Beyond max_wait_s nothing is reserved, and the answer says when to ask again: the first
+    # moment every window has room again (the last of the burst leaving its window).
     refused = limiter.reserve(KEY, limits, max_wait_s=0.5)
     assert not refused.reserved
-    assert refused.wait_s > 0.5
+    assert refused.wait_s > 0
+    assert slots[0].at_s <= refused.at_s <= slots[0].at_s + h.slack_s
     assert limiter.usage(KEY, limits) == [9]
 
 

@@ -107,14 +107,15 @@ class Reservation:
 
     ``reserved``: a slot ``wait_s`` seconds from now (0.0: now) is recorded for the caller, who
     sleeps that long and sends without asking again. Not reserved: nothing was recorded and
-    ``wait_s`` (> 0) is the time until the slot the caller would have had; it reschedules.
+    ``wait_s`` (> 0) is the time until a retry could have a slot: the first moment every window
+    has room, else the slot the caller would have had; it reschedules.
     """
 
     wait_s: float
     reserved: bool
     at_s: float = 0.0
-    """The slot's instant on :meth:`RateLimiter.now`'s clock (the one it would have had, when
-    not reserved): differences between slots are exact where waits measured at different
+    """The slot's instant on :meth:`RateLimiter.now`'s clock (when not reserved: the moment to
+    ask again): differences between slots are exact where waits measured at different
     moments are not. 0.0 when no limit and no hold applied (answered without the clock)."""
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from worker.stores.limiter.base import (
     DEFAULT_HIGH_SHARE,
     DEFAULT_SAFETY_MARGIN_S,
+    PRIORITIES,
     SCAN_MAX_COUNT,
     Limit,
     RateLimiter,
@@ -88,11 +89,18 @@ class MemoryRateLimiter(RateLimiter):
         priority: str = "normal",
         max_wait_s: float = 0.0,
     ) -> Reservation:
-        high = check_priority(priority)
-        check_seconds("max_wait_s", max_wait_s)
+        if priority not in PRIORITIES or not math.isfinite(max_wait_s):
+            check_priority(priority)
+            check_seconds("max_wait_s", max_wait_s)
+        high = priority == "high"
         with self._lock:
             now = self._clock()
             t0 = max(now, self._holds.get(key, now))
+            if not limits:  # only a hold can make the request wait
+                wait = t0 - now
+                if wait > max_wait_s:
+                    return Reservation(wait, reserved=False, at_s=t0)
+                return Reservation(wait, reserved=True, at_s=t0)
             high_waiting = self._high.get(key, -math.inf) > now
             logs: list[_Log] = []
             for limit in limits:
