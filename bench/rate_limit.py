@@ -20,12 +20,21 @@ least 95 % of it, every message sent). See ``bench/README.md``.
 budgets: at most 10 requests in any 1 s per client IP, at least 95 % of 20/s together), then
 sharing one (one budget: at most 10 in any 1 s over both IPs), 0 429s in both.
 
+Every row also quotes the spacing of arrivals at the sandbox (the gaps between consecutive
+requests: smallest, 1st percentile, median, in ms): the limiter's waiting line paces its slots one
+interval apart (``docs/limiter.md``), so the gaps sit near 104 ms unless the host delays a send.
+``--busy`` runs measurements while another process keeps every core busy (one spinning child
+per CPU), to show the limit holds on a loaded host.
+
     python bench/rate_limit.py [--messages 300] [--processes 1,2,4] [--concurrency 8] [--runs 1]
+        [--busy]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import platform
@@ -36,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,6 +178,22 @@ class Figures:
     """What ``rate_ratio`` divides by: the limit times the distinct identities in use."""
     per_ip: dict[str, dict[str, float]] = field(default_factory=dict)
     """The sandbox's figures per client IP (requests, accepted, 429s, max/1s, rate)."""
+    gap_min_ms: float = 0.0
+    """Arrivals at the sandbox: the smallest gap between consecutive requests (ms)."""
+    gap_p1_ms: float = 0.0
+    """... the 1st percentile of those gaps (ms)."""
+    gap_median_ms: float = 0.0
+    """... their median (ms)."""
+    busy: bool = False
+    """Measured while another process kept every core busy (``--busy``)."""
+
+
+def gaps_ms(times: Sequence[float]) -> tuple[float, float, float]:
+    """Smallest, 1st percentile and median gap between consecutive ``times`` (sorted), in ms."""
+    gaps = sorted((b - a) * 1000 for a, b in itertools.pairwise(times))
+    if not gaps:
+        return 0.0, 0.0, 0.0
+    return gaps[0], gaps[int(0.01 * (len(gaps) - 1))], statistics.median(gaps)
 
 
 def max_in_window(times: Iterable[float], window_s: float) -> int:
@@ -194,6 +219,7 @@ def sandbox_figures(admin: httpx.Client, fig: Figures) -> None:
     fig.duplicates = sum(1 for r in requests if r.get("outcome") == "duplicate")
     fig.throttled_429 = sum(1 for r in requests if r.get("status") == 429)
     fig.max_requests_1s = max_in_window(times, WINDOW_S)
+    fig.gap_min_ms, fig.gap_p1_ms, fig.gap_median_ms = (round(g, 1) for g in gaps_ms(times))
     fig.sandbox_max_requests_1s = int(stats["max_requests_1s"])
     fig.sandbox_max_admitted_1s = int(stats["max_admitted_1s"])
     span = accepted[-1] - times[0] if accepted else 0.0
@@ -522,6 +548,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("rate req/s", "achieved_rate", ">10.2f"),
     ("x limit", "rate_ratio", ">7.2f"),
     ("wall s", "wall_s", ">7.1f"),
+    ("gap min/p1/med ms", "gaps", ">17"),
 )
 
 
@@ -534,6 +561,10 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     header = "  ".join(format(h, spec.split(".")[0]) for h, _, spec in COLUMNS)
     lines = [header, "-" * len(header)]
     for row in rows:
+        row = {
+            **row,
+            "gaps": f"{row['gap_min_ms']:.0f}/{row['gap_p1_ms']:.0f}/{row['gap_median_ms']:.0f}",
+        }
         lines.append("  ".join(cell(spec, row[attr]) for _, attr, spec in COLUMNS))
         if row.get("unfinished"):
             lines[-1] += f"  ({row['unfinished']} unfinished: timed out)"
@@ -554,6 +585,7 @@ def medians(runs: Sequence[Sequence[Figures]]) -> list[dict[str, Any]]:
         for name in (
             "sent", "failed", "unfinished", "throttled_429", "max_requests_1s",
             "sandbox_max_requests_1s", "achieved_rate", "rate_ratio", "wall_s",
+            "gap_min_ms", "gap_p1_ms", "gap_median_ms",
         ):  # fmt: skip
             row[name] = statistics.median(getattr(fig, name) for fig in same)
         ips = sorted({ip for fig in same for ip in fig.per_ip})
@@ -650,6 +682,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "limiter wait and 429)",
     )
     parser.add_argument(
+        "--busy",
+        action="store_true",
+        help="measure while another process keeps every core busy (one spinning child per CPU)",
+    )
+    parser.add_argument(
         "--keep-workdir",
         action="store_true",
         help="keep the temporary directory with the redis, sandbox and worker logs",
@@ -678,6 +715,28 @@ def default_timeout(mode: str, messages: int) -> float:
     return 60 + per_message_s * messages
 
 
+@contextlib.contextmanager
+def cores_kept_busy(busy: bool) -> Iterator[None]:
+    """While inside: one other process whose children spin on every core (``--busy``)."""
+    if not busy:
+        yield
+        return
+    spin = (
+        "import multiprocessing as m, os\n"
+        "def spin():\n"
+        "    while True: pass\n"
+        "if __name__ == '__main__':\n"
+        "    ps = [m.Process(target=spin, daemon=True) for _ in range(os.cpu_count() or 1)]\n"
+        "    [p.start() for p in ps]; [p.join() for p in ps]\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", spin], start_new_session=True)
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through every finally: workers, sandbox, redis stop
 
@@ -692,7 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"rate_limit bench: {args.messages} EmailMassivo emails per measurement, sandbox limit "
         f"{LIMIT_PER_S} requests/{WINDOW_S:g} s per IP, processes {args.process_counts} x "
-        f"concurrency {args.concurrency}, {args.runs} run(s)",
+        f"concurrency {args.concurrency}, {args.runs} run(s)"
+        + (", every core kept busy by another process" if args.busy else ""),
         flush=True,
     )
     try:
@@ -712,7 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     tag = f"{stamp}-r{run}-p{processes}-{short}"
                     measure = run_plain if mode == PLAIN else run_delivery
                     timeout_s = args.timeout or default_timeout(mode, args.messages)
-                    measure(stack, fig, tag, logdir, timeout_s)
+                    fig.busy = args.busy
+                    with cores_kept_busy(args.busy):
+                        measure(stack, fig, tag, logdir, timeout_s)
                     figures.append(fig)
             runs.append(figures)
             print(f"\nrun {run} of {args.runs}:")
@@ -748,6 +810,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "runs": args.runs,
             "modes": args.mode_list,
+            "busy": args.busy,
             "provider": PROVIDER,
             "limit_per_s": LIMIT_PER_S,
             "window_s": WINDOW_S,

@@ -22,7 +22,7 @@ from worker.redis_client import check_urls as check_redis_urls
 from worker.scheduling.defaults import LEASE_S as SCHEDULE_LEASE_S
 from worker.scheduling.defaults import TICK_S as SCHEDULE_TICK_S
 from worker.stores.health import BreakerConfig
-from worker.stores.limiter import DEFAULT_SAFETY_MARGIN_S, Limit
+from worker.stores.limiter import DEFAULT_HIGH_SHARE, DEFAULT_SAFETY_MARGIN_S, Limit
 from worker.tracking.policy import DEFAULT_POLL, EVENTS_QUEUE, TASK_NAME, PollPolicy
 
 __all__ = ["PROVIDERS", "Settings", "get_settings"]
@@ -147,7 +147,11 @@ class Settings(_ProviderSettings):
     """Added to every limiter window: the spread of grant-to-arrival delays it must absorb
     (the default and its measurement: ``worker.stores.limiter.DEFAULT_SAFETY_MARGIN_S``)."""
     limiter_max_inline_wait_s: float = Field(default=2.0, ge=0, le=30)
-    """A task refused by the limiter sleeps up to this long; a longer wait reschedules it."""
+    """A task reserves a limiter slot up to this far ahead and sleeps until it; a later slot is
+    not reserved and the task is rescheduled."""
+    limiter_high_share: float = Field(default=DEFAULT_HIGH_SHARE, ge=0, le=1)
+    """The share of every limiter window that ``normal``/``bulk`` reservations leave free for
+    ``high`` requests (borrowed when no ``high`` request waits): ``docs/limiter.md``."""
 
     # The breaker's defaults are BreakerConfig's (worker.stores.health).
     breaker_failure_threshold: int = Field(default=_BREAKER.failure_threshold, ge=1)

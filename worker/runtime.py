@@ -67,6 +67,7 @@ class Runtime:
                 safety_margin_s=settings.limiter_safety_margin_s,
                 suppression=suppression_policy(settings),
                 keys=keys_for(settings),
+                high_share=settings.limiter_high_share,
             )
         self.stores = stores
         if tracking is None:
@@ -117,6 +118,7 @@ class Runtime:
             breaker=breaker_config(settings),
             safety_margin_s=settings.limiter_safety_margin_s,
             suppression=suppression_policy(settings),
+            high_share=settings.limiter_high_share,
         )
         return cls(settings, client=client, stores=stores, tracking=MemoryTrackingStore(clock))
 

@@ -20,6 +20,7 @@ from worker.stores.limiter import (
     MemoryRateLimiter,
     RateLimiter,
     RedisRateLimiter,
+    Reservation,
     limiter_key,
 )
 
@@ -38,6 +39,9 @@ class Harness:
     # On real time, calls take time and sleeps oversleep, so a wait seen on Redis may be a little
     # off the figure computed from the nominal timeline; on the fake clock it is exact.
     slack_s: float
+    make: Callable[[float], RateLimiter]
+    """Another limiter on the same budget (the same Redis, the same clock), with that high
+    share."""
 
     def assert_wait(self, actual: float, expected: float) -> None:
         assert expected - self.slack_s <= actual <= expected + self.slack_s, (actual, expected)
@@ -48,11 +52,23 @@ def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
     if request.param == "memory":
         clock = FakeClock()
         limiter: RateLimiter = MemoryRateLimiter(clock, safety_margin_s=MARGIN_S)
-        yield Harness(limiter, clock.advance, clock, slack_s=1e-5)
+        yield Harness(
+            limiter,
+            clock.advance,
+            clock,
+            slack_s=1e-5,
+            make=lambda share: MemoryRateLimiter(clock, safety_margin_s=MARGIN_S, high_share=share),
+        )
     else:
         client: redis.Redis = request.getfixturevalue("redis_client")
         limiter = RedisRateLimiter(client, safety_margin_s=MARGIN_S)
-        yield Harness(limiter, time.sleep, time.monotonic, slack_s=0.06)
+        yield Harness(
+            limiter,
+            time.sleep,
+            time.monotonic,
+            slack_s=0.06,
+            make=lambda share: RedisRateLimiter(client, safety_margin_s=MARGIN_S, high_share=share),
+        )
 
 
 def test_admits_up_to_count_then_refuses_with_the_time_left(h: Harness) -> None:
@@ -242,3 +258,108 @@ def test_usage_counts_grants_per_limit_and_records_nothing(h: Harness) -> None:
     # Refused requests are not counted either.
     assert h.limiter.acquire(KEY, [Limit(2, 10.0)]) > 0
     assert h.limiter.usage(KEY, limits) == [0, 2]
+
+
+# -- the waiting line: reservations, priorities, the reserved share ----------------------------
+
+
+def assert_slots(slots: list[Reservation], first: float, offsets: list[float]) -> None:
+    """Each reservation's slot lies ``offsets`` after ``first``'s, exactly (the limiter's own
+    clock: Redis counts whole microseconds, so waits measured at different moments drift,
+    slots do not)."""
+    assert [round(s.at_s - first, 5) for s in slots] == [round(o, 5) for o in offsets]
+
+
+def test_reservations_are_distinct_and_spaced_one_interval_apart(h: Harness) -> None:
+    """Waiters each get their own future slot, one interval (window + margin over count) apart:
+    no two wake for the same slot, and no window ever holds more than count."""
+    limiter = h.make(0.0)  # no reserved share: only the pacing shows
+    limits = [Limit(5, 0.5)]  # one interval = 0.52 / 5 = 0.104 s
+    assert [limiter.acquire(KEY, limits) for _ in range(5)] == [0.0] * 5  # an idle burst
+    slots = [limiter.reserve(KEY, limits, max_wait_s=3.0) for _ in range(4)]
+    assert all(s.reserved for s in slots)
+    h.assert_wait(slots[0].wait_s, 0.52)  # the first frees when the burst leaves its window
+    assert_slots(slots, slots[0].at_s, [0.0, 0.104, 0.208, 0.312])
+    assert limiter.usage(KEY, limits) == [9]  # reserved slots count as spent
+
+    # Beyond max_wait_s nothing is reserved, and the answer says when to ask again: the first
+    # moment every window has room again (the last of the burst leaving its window).
+    refused = limiter.reserve(KEY, limits, max_wait_s=0.5)
+    assert not refused.reserved
+    assert refused.wait_s > 0
+    assert slots[0].at_s <= refused.at_s <= slots[0].at_s + h.slack_s
+    assert limiter.usage(KEY, limits) == [9]
+
+
+def test_high_overtakes_waiting_bulk(h: Harness) -> None:
+    """EmailMassivo's 10/s, a window full and 12 bulk waiters holding slots up to 1.3 s ahead:
+    a high request takes the first slot the share kept free, before most of them."""
+    limits = [Limit(10, 1.0)]  # one interval = 1.02 / 10 = 0.102 s; share 2 of 10
+    assert all(h.limiter.acquire(KEY, limits, priority="bulk") == 0.0 for _ in range(10))
+    bulk = [h.limiter.reserve(KEY, limits, priority="bulk", max_wait_s=5.0) for _ in range(12)]
+    assert all(b.reserved for b in bulk)
+    h.assert_wait(bulk[0].wait_s, 1.02)
+    # Bulk leaves one slot in every five intervals free: +0.408 and +0.918.
+    gap = 0.102
+    offsets = [gap * n for n in (0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13)]
+    assert_slots(bulk, bulk[0].at_s, offsets)
+
+    first = h.limiter.reserve(KEY, limits, priority="high", max_wait_s=5.0)
+    second = h.limiter.reserve(KEY, limits, priority="high", max_wait_s=5.0)
+    assert first.reserved and second.reserved
+    assert_slots([first, second], bulk[0].at_s, [4 * gap, 9 * gap])
+    assert sum(1 for b in bulk if b.at_s > first.at_s) == 8  # overtaken
+
+
+def test_reserved_share_is_kept_in_the_future_and_borrowed_near_now(h: Harness) -> None:
+    limits = [Limit(5, 1.0)]  # one interval = 0.204 s; share 1 of 5, borrowed 0.2 s ahead
+    # Borrowed: with no high request waiting, bulk takes the whole window at once.
+    assert all(h.limiter.acquire(KEY, limits, priority="bulk") == 0.0 for _ in range(5))
+    bulk = [h.limiter.reserve(KEY, limits, priority="bulk", max_wait_s=5.0) for _ in range(5)]
+    # Kept: reserved ahead, bulk takes 4 slots of 5 intervals (+0.816 stays free).
+    h.assert_wait(bulk[0].wait_s, 1.02)
+    assert_slots(bulk, bulk[0].at_s, [0.0, 0.204, 0.408, 0.612, 1.02])
+
+    # Once the free slot is less than one interval ahead, bulk may borrow it.
+    h.sleep(bulk[0].at_s + 0.7 - h.limiter.now())
+    borrowed = h.limiter.reserve(KEY, limits, priority="bulk", max_wait_s=5.0)
+    assert borrowed.reserved
+    assert_slots([borrowed], bulk[0].at_s, [0.816])
+
+
+def test_an_unused_reservation_passes_and_blocks_nobody_after_it(h: Harness) -> None:
+    """A process killed while sleeping for its slot: the slot is spent (nothing is sent twice
+    for it), then it leaves its window like any grant."""
+    limits = [Limit(2, 0.2)]
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    abandoned = [h.limiter.reserve(KEY, limits, max_wait_s=1.0) for _ in range(2)]
+    assert all(a.reserved for a in abandoned)
+    assert h.limiter.usage(KEY, limits) == [4]
+    h.sleep(abandoned[-1].wait_s + 0.22 + 0.05)  # past the last slot and its window
+    assert h.limiter.usage(KEY, limits) == [0]
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.acquire(KEY, limits) == 0.0
+
+
+def test_a_hold_delays_reservations_and_is_seen_by_sleepers(h: Harness) -> None:
+    limits = [Limit(10, 1.0)]
+    h.limiter.hold_for(KEY, 0.3)
+    first = h.limiter.reserve(KEY, limits, priority="high", max_wait_s=1.0)
+    assert first.reserved
+    h.assert_wait(first.wait_s, 0.3)  # at the hold's end, not before
+    second = h.limiter.reserve(KEY, limits, max_wait_s=1.0)
+    assert_slots([second], first.at_s, [0.102])  # one interval later
+    assert not h.limiter.reserve(KEY, limits, max_wait_s=0.2).reserved
+    h.assert_wait(h.limiter.hold_left(KEY), 0.3)
+    assert h.limiter.hold_left(OTHER_KEY) == 0.0
+    # A 429 that comes while a reservation holder sleeps: it sees the hold before sending.
+    h.limiter.hold_for(KEY, 0.8)
+    h.assert_wait(h.limiter.hold_left(KEY), 0.8)
+
+
+def test_an_unknown_priority_is_refused_by_name(h: Harness) -> None:
+    with pytest.raises(ValueError, match="priority"):
+        h.limiter.reserve(KEY, [Limit(1, 1.0)], priority="urgent")
+    with pytest.raises(ValueError, match="priority"):
+        h.limiter.acquire(KEY, [Limit(1, 1.0)], priority="")

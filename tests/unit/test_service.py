@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from worker.delivery.spool import FinalWriteSpool
 from worker.runtime import Runtime, breaker_config
 from worker.stores import MemoryRateLimiter, Stores, limiter_key
 from worker.stores.hotpath import Closing
+from worker.stores.limiter import Limit, Reservation
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -709,3 +710,37 @@ def test_a_full_spool_refuses_more_writes(tmp_path: Any) -> None:
     spool = FinalWriteSpool(tmp_path, max_bytes=200)
     assert spool.keep("d-1", "sent", {"attempts": "1"})
     assert not spool.keep("d-2", "sent", {"result": "x" * 300})
+
+
+class CountingLimiter(MemoryRateLimiter):
+    """The in-memory limiter, counting the reservations asked for (by priority)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self.asked: list[str] = []
+
+    def reserve(
+        self,
+        key: str,
+        limits: Sequence[Limit],
+        *,
+        priority: str = "normal",
+        max_wait_s: float = 0.0,
+    ) -> Reservation:
+        self.asked.append(priority)
+        return super().reserve(key, limits, priority=priority, max_wait_s=max_wait_s)
+
+
+def test_the_gate_sleeps_until_its_reserved_slot_and_sends_without_asking_again(
+    calls: Calls, make_runtime: Any
+) -> None:
+    rt = make_runtime(calls, rate_limits={"smspartner": {"send": "4/s"}})
+    limiter = CountingLimiter(time.monotonic)
+    rt.limiter = limiter
+    first = run(rt, delivery_id="a")
+    started = time.monotonic()
+    second = run(rt, delivery_id="b")  # its slot lies one interval (0.25 s) ahead
+    assert isinstance(first, Done) and isinstance(second, Done)
+    assert time.monotonic() - started >= 0.2
+    assert limiter.asked == ["normal", "normal"]  # one reservation each, never asked again
+    assert len(calls.requests) == 2

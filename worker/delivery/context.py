@@ -60,7 +60,8 @@ class Delivery:
     defer_closing: bool = False
     """Set while the run holds the lock (:func:`worker.delivery.pipeline.open_runs`)."""
     priority: str = "normal"
-    """The message's lane (``high`` | ``normal`` | ``bulk``), passed to the limiter's gate."""
+    """The message's lane (``high`` | ``normal`` | ``bulk``): the order in which the global
+    limiter grants this delivery's request its slot (``docs/limiter.md``)."""
 
     settings: Settings = field(init=False)
     channel: str = field(init=False)

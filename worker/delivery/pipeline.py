@@ -877,20 +877,22 @@ class Gate:
         self.opened_at = time.perf_counter()
 
     def _acquire(self) -> float:
-        """Take a slot in the global limiter, sleeping briefly when it is nearly free."""
+        """Reserve this request's own slot in the global limiter (``docs/limiter.md``) and
+        sleep until it; a slot further ahead than the inline maximum reschedules the task."""
         d, provider = self.d, self.d.provider
         limits = d.settings.limits(provider, self.bucket)
-        waited = 0.0
-        wait_s = d.rt.limiter.acquire(self.key, limits)
-        while wait_s > 0:
-            if waited + wait_s > d.settings.limiter_max_inline_wait_s:
-                writer.counter(provider, "throttled_ms", d.rt, int((waited + wait_s) * 1000))
-                metrics.limiter_rescheduled(provider)
-                log.info("delivery.rate_limited", wait_s=round(wait_s, 3))
-                raise Later(wait_s)
-            time.sleep(wait_s)
-            waited += wait_s
-            wait_s = d.rt.limiter.acquire(self.key, limits)
+        max_wait_s = d.settings.limiter_max_inline_wait_s
+        slot = d.rt.limiter.reserve(self.key, limits, priority=d.priority, max_wait_s=max_wait_s)
+        waited, later_s = (slot.wait_s, 0.0) if slot.reserved else (0.0, slot.wait_s)
+        if waited:
+            time.sleep(waited)
+            # A provider's 429 that came while we slept holds every request, ours too.
+            later_s = d.rt.limiter.hold_left(self.key)
+        if later_s > 0:
+            writer.counter(provider, "throttled_ms", d.rt, int((waited + later_s) * 1000))
+            metrics.limiter_rescheduled(provider)
+            log.info("delivery.rate_limited", wait_s=round(later_s, 3))
+            raise Later(later_s)
         if waited:
             writer.counter(provider, "throttled_ms", d.rt, int(waited * 1000))
         return waited

@@ -48,6 +48,7 @@ from worker.stores.ledger import (
     TagIndex,
 )
 from worker.stores.limiter import (
+    DEFAULT_HIGH_SHARE,
     DEFAULT_SAFETY_MARGIN_S,
     Limit,
     MemoryRateLimiter,
@@ -65,6 +66,7 @@ from worker.stores.suppression import (
 )
 
 __all__ = [
+    "DEFAULT_HIGH_SHARE",
     "DEFAULT_SAFETY_MARGIN_S",
     "FINAL_STATES",
     "STATE_RANK",
@@ -135,6 +137,7 @@ class Stores:
         safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
         suppression: SoftBouncePolicy | None = None,
         keys: Keys | None = None,
+        high_share: float = DEFAULT_HIGH_SHARE,
     ) -> Stores:
         """The shared stores of every worker, on one Redis connection pool, under one
         namespace (``keys``, the default ``dw`` without)."""
@@ -144,7 +147,9 @@ class Stores:
             ledger=RedisLedger(client, keys=keys),
             parking=RedisParking(client, keys=keys),
             health=RedisHealthStore(client, ns, config=breaker),
-            limiter=RedisRateLimiter(client, ns, safety_margin_s=safety_margin_s),
+            limiter=RedisRateLimiter(
+                client, ns, safety_margin_s=safety_margin_s, high_share=high_share
+            ),
             metrics=RedisMetrics(client, keys=keys),
             balances=RedisBalances(client, keys=keys),
             suppression=RedisSuppressionStore(client, ns, policy=suppression),
@@ -158,13 +163,16 @@ class Stores:
         breaker: BreakerConfig | None = None,
         safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
         suppression: SoftBouncePolicy | None = None,
+        high_share: float = DEFAULT_HIGH_SHARE,
     ) -> Stores:
         """In-process stubs sharing one clock (Unix seconds): for tests and one-process tools."""
         return cls(
             ledger=MemoryLedger(clock),
             parking=MemoryParking(clock),
             health=MemoryHealthStore(clock, config=breaker),
-            limiter=MemoryRateLimiter(clock, safety_margin_s=safety_margin_s),
+            limiter=MemoryRateLimiter(
+                clock, safety_margin_s=safety_margin_s, high_share=high_share
+            ),
             metrics=MemoryMetrics(),
             balances=MemoryBalances(),
             suppression=MemorySuppressionStore(clock, policy=suppression),

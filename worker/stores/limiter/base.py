@@ -30,6 +30,32 @@ process. Holds only ever extend.
 
 Waiting is not an error: :meth:`RateLimiter.acquire` returns the time to wait, and callers
 reschedule without spending an error retry (delivery semantic 3).
+
+**A waiting line per key.** :meth:`RateLimiter.reserve` grants either "now" or a *future* slot,
+recorded in the log at its own time: the caller sleeps until exactly that instant and sends
+without asking again. Waiters therefore never wake together for one free slot (with many pool
+processes the old ask-sleep-ask loop woke them all at once, and the losers of that race asked
+again while the winners' requests were still on their way). A slot further ahead than the
+caller's ``max_wait_s`` is not reserved at all: the caller reschedules its task, holding nothing
+(a slot held by a task sitting in the broker could not be kept on time; giving one back would
+cost a second round trip and still leave a hole nobody else had planned for). A reservation that
+is never used (its process was killed while sleeping) simply passes: the slot counts as spent for
+its window, nothing is sent twice, and the task is redelivered. While reservations wait, every
+slot keeps one interval (``(window + margin) / count``) from every other, so waiters wake one at a
+time; an idle key still grants a burst of ``count`` at once.
+
+**Priorities** (``high`` | ``normal`` | ``bulk``). A ``high`` request takes the earliest slot that
+keeps every window within its count, even one *before* slots already reserved by others: it
+overtakes everything waiting for the same budget. So that such a slot exists, ``normal`` and
+``bulk`` reservations in the future leave ``floor(count * high_share)`` slots of every window
+free, spread one in every ``count // free`` intervals (the reserved share,
+``DELIVERY_LIMITER_HIGH_SHARE``, at most half a window); they *borrow* those slots when the
+slot is within one slot interval of now and no ``high`` reservation is pending, so a sender with
+no urgent work still gets the whole limit. The exact check of a slot between reservations scans
+the log around it; it runs for limits of at most :data:`SCAN_MAX_COUNT` requests per window (the
+short limits that pace a provider). A limit with a larger count admits a slot between
+reservations only when fewer than ``count`` requests lie within one window on either side of it,
+else only after its last reservation.
 """
 
 from __future__ import annotations
@@ -42,18 +68,55 @@ from typing import Protocol
 from worker.stores.keys import DEFAULT_NAMESPACE, Keys
 
 __all__ = [
+    "DEFAULT_HIGH_SHARE",
     "DEFAULT_SAFETY_MARGIN_S",
+    "PRIORITIES",
+    "SCAN_MAX_COUNT",
     "Limit",
     "RateLimiter",
+    "Reservation",
+    "borrow_s",
     "check_margin",
+    "check_priority",
     "check_seconds",
+    "check_share",
     "limiter_key",
+    "reserved_share",
 ]
 
 DEFAULT_SAFETY_MARGIN_S = 0.04
 """The one default of the margin (``DELIVERY_LIMITER_SAFETY_MARGIN_S`` reads it too).
 bench/rate_limit.py measured the grant-to-arrival spread on a busy 2-core host at up to ~20 ms
 (a first request on a fresh connection); 40 ms keeps 96 % of the limit."""
+
+
+DEFAULT_HIGH_SHARE = 0.2
+"""The share of every window kept free for ``high`` requests (``DELIVERY_LIMITER_HIGH_SHARE``):
+2 of EmailMassivo's 10 slots per second."""
+
+PRIORITIES = ("high", "normal", "bulk")
+"""The priorities a request may ask with; only ``high`` differs inside the limiter."""
+
+SCAN_MAX_COUNT = 32
+"""Limits up to this count per window get the exact check of a slot between reservations."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The answer of :meth:`RateLimiter.reserve`.
+
+    ``reserved``: a slot ``wait_s`` seconds from now (0.0: now) is recorded for the caller, who
+    sleeps that long and sends without asking again. Not reserved: nothing was recorded and
+    ``wait_s`` (> 0) is the time until a retry could have a slot: the first moment every window
+    has room, else the slot the caller would have had; it reschedules.
+    """
+
+    wait_s: float
+    reserved: bool
+    at_s: float = 0.0
+    """The slot's instant on :meth:`RateLimiter.now`'s clock (when not reserved: the moment to
+    ask again): differences between slots are exact where waits measured at different
+    moments are not. 0.0 when no limit and no hold applied (answered without the clock)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +154,38 @@ class RateLimiter(Protocol):
         """The limiter's clock: Unix time from Redis for Redis, the injected clock for memory."""
         ...
 
-    def acquire(self, key: str, limits: Sequence[Limit]) -> float:
-        """Atomically take one request from every limit, or none.
+    def reserve(
+        self,
+        key: str,
+        limits: Sequence[Limit],
+        *,
+        priority: str = "normal",
+        max_wait_s: float = 0.0,
+    ) -> Reservation:
+        """Atomically reserve one request from every limit at the earliest slot, or none.
+
+        The slot is the earliest instant, not before a hold ends, that keeps every window of
+        every limit within its count (for ``normal``/``bulk`` in the future: within its count
+        less the reserved share, unless borrowed). Reserved when it lies at most ``max_wait_s``
+        ahead; else nothing is recorded. An empty ``limits`` only weighs the hold. Raises
+        ``ValueError`` for an unknown ``priority``.
+        """
+        ...
+
+    def acquire(self, key: str, limits: Sequence[Limit], *, priority: str = "normal") -> float:
+        """Atomically take one request from every limit *now*, or none.
 
         Returns 0.0 when the request was granted and recorded. Otherwise records nothing and
-        returns the seconds (> 0) until the earliest moment a retry could succeed: the end of a
-        hold, or the moment the oldest blocking grant leaves its window, whichever is later.
-        An empty ``limits`` only checks the hold.
+        returns the seconds (> 0) until the slot it would have had: the end of a hold, or the
+        moment the blocking grant leaves its window, whichever is later (when others hold
+        reservations, after theirs). An empty ``limits`` only checks the hold.
         """
+        found = self.reserve(key, limits, priority=priority, max_wait_s=0.0)
+        return 0.0 if found.reserved else found.wait_s
+
+    def hold_left(self, key: str) -> float:
+        """Seconds until the hold on ``key`` ends (0.0: none). A caller that slept until its
+        reserved slot checks it: a provider's 429 that came meanwhile holds its request too."""
         ...
 
     def usage(self, key: str, limits: Sequence[Limit]) -> list[int]:
@@ -127,6 +214,30 @@ def check_margin(safety_margin_s: float) -> float:
     if not (math.isfinite(safety_margin_s) and safety_margin_s >= 0):
         raise ValueError(f"safety_margin_s must be >= 0, got {safety_margin_s!r}")
     return float(safety_margin_s)
+
+
+def check_share(high_share: float) -> float:
+    if not (math.isfinite(high_share) and 0 <= high_share <= 1):
+        raise ValueError(f"high_share must be within 0..1, got {high_share!r}")
+    return float(high_share)
+
+
+def check_priority(priority: str) -> bool:
+    """True for ``high``; ``ValueError`` naming the field for anything not in PRIORITIES."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+    return priority == "high"
+
+
+def reserved_share(limit: Limit, high_share: float) -> int:
+    """Slots of ``limit``'s window that ``normal``/``bulk`` leave free in the future."""
+    return min(math.floor(limit.count * high_share + 1e-9), limit.count - 1)
+
+
+def borrow_s(limits: Sequence[Limit], safety_margin_s: float) -> float:
+    """How close to now a ``normal``/``bulk`` slot may borrow the share: one slot interval
+    (window plus margin, over count) of the tightest limit."""
+    return min(((lim.window_s + safety_margin_s) / lim.count for lim in limits), default=0.0)
 
 
 def check_seconds(name: str, value: float) -> None:
