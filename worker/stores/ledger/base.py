@@ -32,6 +32,7 @@ contract (``tests/stores/test_ledger_contract.py`` runs against both).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ __all__ = [
     "DeliveryRecord",
     "DueEntry",
     "Ledger",
+    "NewRecord",
     "buried_entry",
     "set_aside_entry",
 ]
@@ -175,6 +177,17 @@ class CancelAnswer:
     state: str
 
 
+@dataclass(frozen=True)
+class NewRecord:
+    """One record of :meth:`Ledger.create_many` (:meth:`Ledger.create`'s arguments)."""
+
+    delivery_id: str
+    channel: str
+    provider: str
+    idempotency_key: str | None = None
+    extra: dict[str, str] | None = None
+
+
 class Ledger(Protocol):
     """Delivery records shared by producers and every worker. Times are Unix seconds."""
 
@@ -189,6 +202,11 @@ class Ledger(Protocol):
     ) -> tuple[str, bool]:
         """Record a new delivery (state ``queued``); ``(existing_id, False)`` when the
         idempotency key (per channel) or the delivery id is already known."""
+        ...
+
+    def create_many(self, records: Sequence[NewRecord]) -> list[tuple[str, bool]]:
+        """:meth:`create` for each record, in order, in one round trip (a campaign's chunk);
+        one answer each."""
         ...
 
     def get(self, delivery_id: str) -> DeliveryRecord | None: ...
