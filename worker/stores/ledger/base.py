@@ -211,6 +211,10 @@ class Ledger(Protocol):
 
     def get(self, delivery_id: str) -> DeliveryRecord | None: ...
 
+    def get_many(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord | None]:
+        """:meth:`get` for each id, in order, in one round trip."""
+        ...
+
     def transition(self, delivery_id: str, state: str, **fields: str) -> bool:
         """Move to ``state`` if that is forward; returns whether the record changed.
 

@@ -118,6 +118,9 @@ class MemoryLedger(Ledger):
             for r in records
         ]
 
+    def get_many(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord | None]:
+        return [self.get(delivery_id) for delivery_id in delivery_ids]
+
     def get(self, delivery_id: str) -> DeliveryRecord | None:
         with self._lock:
             fields = self._record(delivery_id)

@@ -136,6 +136,17 @@ class RedisLedger(Ledger):
         replies = self._create_many(keys=keys, args=args)
         return [(text(existing), bool(created)) for created, existing in replies]
 
+    def get_many(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery_id in delivery_ids:
+            pipe.hgetall(self.key(delivery_id))
+        return [
+            DeliveryRecord.from_fields(d, {text(k): text(v) for k, v in raw.items()})
+            if raw
+            else None
+            for d, raw in zip(delivery_ids, pipe.execute(), strict=True)
+        ]
+
     def get(self, delivery_id: str) -> DeliveryRecord | None:
         raw = self.redis.hgetall(self.key(delivery_id))
         if not raw:
