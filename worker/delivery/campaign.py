@@ -12,6 +12,7 @@ import structlog
 from celery import states
 
 from worker.campaign import ID_NAMESPACE, MAX_PER_TASK, new_record
+from worker.delivery import writer
 from worker.delivery.batch import BatchEntry, for_each, process_batch
 from worker.delivery.results import Outcome, Retry
 from worker.models import InvalidMessage
@@ -115,7 +116,7 @@ def run_send_many(app: Any, task_id: str, payload: Any, rt: Runtime) -> dict[str
             continue
         body = model.model_dump(mode="json", by_alias=True, exclude_none=True)
         records.append(new_record(channel, delivery_id, model, body, ""))
-    answers = rt.ledger.create_many(records)
+    answers = writer.record_campaign(rt, records)
     items: list[tuple[str, Any]] = []
     for index, (raw, (existing, _created)) in enumerate(zip(messages, answers, strict=True)):
         if existing != ids[index]:
