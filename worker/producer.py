@@ -197,7 +197,7 @@ class Producer:
                 for (_, model), body in zip(chunk, bodies, strict=True)
             ]
             items, created_ids = [], []
-            answers = self.ledger.create_many(records)
+            answers = self.ledger.create_many(records, fresh_ids=True)
             for (index, _), body, (existing, created) in zip(chunk, bodies, answers, strict=True):
                 ids[index] = existing
                 if created:

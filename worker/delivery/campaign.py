@@ -13,8 +13,8 @@ from celery import states
 
 from worker.campaign import ID_NAMESPACE, MAX_PER_TASK, new_record
 from worker.delivery import writer
-from worker.delivery.batch import BatchEntry, for_each, process_batch
-from worker.delivery.results import Outcome, Retry
+from worker.delivery.batch import BatchEntry, process_batch
+from worker.delivery.results import Retry
 from worker.models import InvalidMessage
 from worker.providers import parse_message
 from worker.runtime import Runtime
@@ -43,28 +43,80 @@ def run_chunk(
     outcomes = process_batch(entries, rt)
     task = app.tasks[task_name]
 
-    def answer(pair: tuple[BatchEntry, Outcome]) -> str:
-        entry, outcome = pair
+    stored: list[tuple[str, dict[str, Any], str]] = []
+    endings: list[str] = []
+    for entry, outcome in zip(entries, outcomes, strict=True):
         if isinstance(outcome, Retry):
             # Tries again alone, as a single send under its delivery id (as Task.retry would).
             task.apply_async(
                 (entry.raw,), task_id=entry.delivery_id, countdown=outcome.delay_s, retries=1
             )
-            return "retry"
+            endings.append("retry")
+            continue
         result = outcome.result.model_dump(mode="json", exclude_none=True)
-        if outcome.result.status == "parked":
-            app.backend.store_result(entry.delivery_id, result, PARKED)
-            return "parked"
-        if outcome.result.status == "scheduled":
-            app.backend.store_result(entry.delivery_id, result, SCHEDULED)
-            return "scheduled"
-        app.backend.store_result(entry.delivery_id, result, states.SUCCESS)
-        return "done"
-
-    endings = for_each(rt, answer, list(zip(entries, outcomes, strict=True)))
+        status = outcome.result.status
+        state = {"parked": PARKED, "scheduled": SCHEDULED}.get(status, states.SUCCESS)
+        stored.append((entry.delivery_id, result, state))
+        endings.append(status if status in ("parked", "scheduled") else "done")
+    store_results(app, stored)
     counts = {e: endings.count(e) for e in ("done", "parked", "scheduled", "retry")}
     log.info("campaign.chunk_done", channel=channel, items=len(items), **counts)
     return counts
+
+
+STORE_RESULTS_LUA = """
+-- Celery's result backend write (RedisBackend._store_result) for each task of a chunk, in one
+-- call: SET with the expiry and PUBLISH (what a waiting AsyncResult.get hears); a state other
+-- than SUCCESS first reads the stored one and leaves a SUCCESS in place (Celery's guard
+-- against a lost task overwriting a final result; a SUCCESS over a SUCCESS is the same
+-- ledger-decided result).
+-- KEYS: each task's meta key; ARGV[1] expiry (s, 0 = none), then per task: state, meta JSON
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  local state, meta = ARGV[2 * i], ARGV[2 * i + 1]
+  local keep = false
+  if state ~= 'SUCCESS' then
+    local current = redis.call('GET', KEYS[i])
+    if current then
+      local ok, stored = pcall(cjson.decode, current)
+      keep = ok and type(stored) == 'table' and stored.status == 'SUCCESS'
+    end
+  end
+  if not keep then
+    if ttl > 0 then redis.call('SET', KEYS[i], meta, 'EX', ttl)
+    else redis.call('SET', KEYS[i], meta) end
+    redis.call('PUBLISH', KEYS[i], meta)
+  end
+end
+return #KEYS
+"""
+
+_store_scripts: dict[int, Any] = {}
+
+
+def store_results(app: Any, results: Sequence[tuple[str, dict[str, Any], str]]) -> None:
+    """Each (task id, result, state) as ``app.backend.store_result`` stores it, in one script
+    call on the result backend (a Redis backend; others store them one by one)."""
+    backend = app.backend
+    client = getattr(backend, "client", None)
+    if not results:
+        return
+    if client is None or not hasattr(backend, "get_key_for_task"):
+        for task_id, result, state in results:
+            backend.store_result(task_id, result, state)
+        return
+    script = _store_scripts.get(id(client))
+    if script is None:
+        script = _store_scripts[id(client)] = client.register_script(STORE_RESULTS_LUA)
+    keys: list[Any] = []
+    args: list[Any] = [int(backend.expires or 0)]
+    for task_id, result, state in results:
+        # The meta exactly as Celery builds it (status, result, date_done, task_id, ...).
+        meta = backend._get_result_meta(result=result, state=state, traceback=None, request=None)
+        meta["task_id"] = task_id
+        keys.append(backend.get_key_for_task(task_id))
+        args += [state, backend.encode(meta)]
+    script(keys=keys, args=args)
 
 
 def chunk_items(payload: Any) -> tuple[str, list[tuple[str, Any]]] | str:

@@ -204,9 +204,12 @@ class Ledger(Protocol):
         idempotency key (per channel) or the delivery id is already known."""
         ...
 
-    def create_many(self, records: Sequence[NewRecord]) -> list[tuple[str, bool]]:
+    def create_many(
+        self, records: Sequence[NewRecord], *, fresh_ids: bool = False
+    ) -> list[tuple[str, bool]]:
         """:meth:`create` for each record, in order, in one round trip (a campaign's chunk);
-        one answer each."""
+        one answer each. ``fresh_ids``: the ids are new UUIDs (no record can have one yet),
+        so only the idempotency keys are looked up."""
         ...
 
     def get(self, delivery_id: str) -> DeliveryRecord | None: ...

@@ -106,7 +106,9 @@ class MemoryLedger(Ledger):
             self._active[delivery_id] = now
             return delivery_id, True
 
-    def create_many(self, records: Sequence[NewRecord]) -> list[tuple[str, bool]]:
+    def create_many(
+        self, records: Sequence[NewRecord], *, fresh_ids: bool = False
+    ) -> list[tuple[str, bool]]:
         return [
             self.create(
                 r.delivery_id,

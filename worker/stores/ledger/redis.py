@@ -114,23 +114,37 @@ class RedisLedger(Ledger):
         )
         return text(existing), bool(created)
 
-    def create_many(self, records: Sequence[NewRecord]) -> list[tuple[str, bool]]:
-        """``create.lua`` for every record, run by ``create_many.lua`` in one script call."""
+    def create_many(
+        self, records: Sequence[NewRecord], *, fresh_ids: bool = False
+    ) -> list[tuple[str, bool]]:
+        """``create.lua`` for every record, run by ``create_many.lua`` in one script call.
+
+        The fields every record shares are passed once; ``fresh_ids`` (new UUIDs, which no
+        record can have yet) skips the check that the id is unknown."""
         if not records:
             return []
-        now, ttl = repr(self._clock()), str(self.ttl_s)
-        keys: list[str] = []
-        args: list[str] = [str(len(records)), now, ttl]
+        each = []
         for r in records:
             fields = {"channel": r.channel, "provider": r.provider, "attempts": "0"}
             fields["throttled"] = "0"
             if r.idempotency_key:
                 fields["idempotency_key"] = r.idempotency_key
             fields.update(r.extra or {})
+            each.append(fields)
+        common = dict(each[0])
+        for fields in each[1:]:
+            common = {k: v for k, v in common.items() if fields.get(k) == v}
+        keys: list[str] = []
+        args: list[str] = [str(len(records)), repr(self._clock()), str(self.ttl_s)]
+        args += ["1" if fresh_ids else "0", str(len(common))]
+        for k, v in common.items():
+            args += [k, v]
+        for r, fields in zip(records, each, strict=True):
+            own = [(k, v) for k, v in fields.items() if k not in common]
             idem = self.idem_key(r.channel, r.idempotency_key) if r.idempotency_key else ""
             keys += [self.key(r.delivery_id), idem]
-            args += [r.delivery_id, str(len(fields))]
-            for k, v in fields.items():
+            args += [r.delivery_id, str(len(own))]
+            for k, v in own:
                 args += [k, v]
         keys.append(self.keys.active)
         replies = self._create_many(keys=keys, args=args)
