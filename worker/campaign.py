@@ -114,4 +114,4 @@ def new_record(
 
 def chunk_repr(channel: str, items: int) -> str:
     """Flower's ``argsrepr`` of a chunk task: the channel and a count, never content."""
-    return repr(({"channel": channel, "items": items},))
+    return repr(({"channel": channel, "messages": items},))
