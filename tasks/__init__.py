@@ -15,11 +15,23 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from tasks import tracking  # noqa: F401  (registers the tracking tasks)
 from worker.app import RedactedRequest, app
 from worker.delivery import Retry, process
+from worker.delivery.campaign import chunk_items, run_chunk, run_send_many
 from worker.guard.refusals import GUARD_HEADER
 from worker.ops.operations import Operations
 from worker.runtime import get_runtime
+from worker.tasknames import SEND_CHUNK_TASK, SEND_MANY_TASK
 
-__all__ = ["PARKED", "SCHEDULED", "check_balances", "send_email", "send_sms", "send_voice", "sweep"]
+__all__ = [
+    "PARKED",
+    "SCHEDULED",
+    "check_balances",
+    "send_chunk",
+    "send_email",
+    "send_many",
+    "send_sms",
+    "send_voice",
+    "sweep",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -90,6 +102,31 @@ def send_sms(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, name="tasks.send_voice", max_retries=None, Request=RedactedRequest)
 def send_voice(self: Task[Any, Any], message: dict[str, Any]) -> dict[str, Any]:
     return _deliver(self, "voice", message)
+
+
+@app.task(
+    bind=True,
+    name=SEND_CHUNK_TASK,
+    max_retries=None,
+    ignore_result=True,
+    Request=RedactedRequest,
+)
+def send_chunk(self: Task[Any, Any], chunk: dict[str, Any]) -> dict[str, Any]:
+    """A campaign's chunk (``worker.campaign``): each delivery already recorded by
+    ``worker.producer.send_many``; each outcome stored under its own delivery id."""
+    parsed = chunk_items(chunk)
+    if isinstance(parsed, str):
+        log.warning("campaign.chunk_refused", reason=parsed)
+        return {"refused": parsed}
+    channel, items = parsed
+    return dict(run_chunk(app, channel, items, get_runtime()))
+
+
+@app.task(bind=True, name=SEND_MANY_TASK, max_retries=None, Request=RedactedRequest)
+def send_many(self: Task[Any, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """By name: ``{"channel": ..., "messages": [...]}`` (at most ``MAX_PER_TASK``); answers
+    ``{"delivery_ids": [...] in input order, "errors": {index: reason}}``."""
+    return run_send_many(app, str(self.request.id), payload, get_runtime())
 
 
 @app.task(name="tasks.check_balances", Request=RedactedRequest)

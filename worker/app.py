@@ -21,7 +21,7 @@ from worker.logs import configure_logging
 from worker.redaction import redacted_repr
 from worker.redis_client import celery_sentinel_options
 from worker.stores.keys import keys_for
-from worker.tasknames import CHANNEL_OF_TASK
+from worker.tasknames import CHANNEL_OF_TASK, SEND_CHUNK_TASK, SEND_MANY_TASK
 
 __all__ = ["RedisTransport", "app", "celery_config"]
 
@@ -291,6 +291,10 @@ def _redact_published(
     This covers producers, ``app.send_task`` by name through this app, and Celery's own
     re-publish on ``task.retry`` (which would otherwise repr the full message).
     """
+    if sender in _MANY and headers is not None:
+        headers["argsrepr"] = _many_repr(body)
+        headers["kwargsrepr"] = "{}"
+        return
     channel = CHANNEL_OF_TASK.get(sender or "")
     if channel is None or headers is None:
         return
@@ -298,6 +302,22 @@ def _redact_published(
     message = args[0] if isinstance(args, (tuple, list)) and args else {}
     headers["argsrepr"] = redacted_repr(channel, message if isinstance(message, dict) else {})
     headers["kwargsrepr"] = "{}"
+
+
+_MANY = (SEND_CHUNK_TASK, SEND_MANY_TASK)
+
+
+def _many_repr(body: Any) -> str:
+    """A campaign task's ``argsrepr``: its channel and how many messages, never their content."""
+    args = body[0] if isinstance(body, (tuple, list)) and body else body
+    payload = args[0] if isinstance(args, (tuple, list)) and args else {}
+    if not isinstance(payload, dict):
+        return "({},)"
+    channel = payload.get("channel")
+    channel = channel if channel in ("email", "sms", "voice") else "[invalid]"
+    items = payload.get("items", payload.get("messages"))
+    count = len(items) if isinstance(items, list) else 0
+    return repr(({"channel": channel, "messages": count},))
 
 
 class RedactedRequest(Request):
@@ -311,6 +331,9 @@ class RedactedRequest(Request):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.task_name in _MANY:
+            self._argsrepr = _many_repr((self.args,))
+            self._kwargsrepr = "{}"
         channel = CHANNEL_OF_TASK.get(self.task_name)
         if channel is not None:
             task_args = self.args

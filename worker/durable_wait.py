@@ -60,11 +60,13 @@ def wait_for_results(
     deadline = clock() + timeout_s
     delay = FIRST_POLL_S
     while True:
-        for delivery_id in list(pending):
-            try:
-                record = ledger.get(delivery_id)
-            except redis.RedisError:
-                break  # Redis away (restart, failover): wait and ask again
+        asked = list(pending)
+        try:
+            # One round trip per poll for any number of ids (a pipeline of HGETALLs).
+            records = ledger.get_many(asked)
+        except redis.RedisError:
+            records = []  # Redis away (restart, failover): wait and ask again
+        for delivery_id, record in zip(asked, records, strict=False):
             if record is None:
                 continue
             pending[delivery_id] = record.state

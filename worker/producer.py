@@ -17,15 +17,16 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from celery import Celery
 from celery.result import AsyncResult
 
+from worker.campaign import SendManyResult, chunk_repr, new_record, plan_chunks
 from worker.config import get_settings
 from worker.durable_wait import WaitTimeout, wait_for_results
 from worker.lanes import Lanes, lanes_beside
-from worker.models import Message
+from worker.models import InvalidMessage, Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
 from worker.redis_client import shared_redis
@@ -34,7 +35,7 @@ from worker.scheduling.enqueue import hold_at_enqueue
 from worker.scheduling.rules import check_send_at
 from worker.stores import Ledger, RedisLedger
 from worker.stores.keys import Keys, keys_for
-from worker.tasknames import TASK_NAMES
+from worker.tasknames import SEND_CHUNK_TASK, TASK_NAMES
 
 if TYPE_CHECKING:
     from worker.runtime import Runtime
@@ -42,11 +43,13 @@ if TYPE_CHECKING:
 __all__ = [
     "NotReplicated",
     "Producer",
+    "SendManyResult",
     "WaitTimeout",
     "cancel",
     "enqueue",
     "lookup",
     "send_email",
+    "send_many",
     "send_sms",
     "send_voice",
     "wait",
@@ -174,6 +177,84 @@ class Producer:
             self._lanes = lanes_beside(self.ledger, get_settings())
         return self._lanes
 
+    def send_many(
+        self,
+        channel: str,
+        messages: Iterable[Any],
+        *,
+        on_invalid: Literal["raise", "skip"] = "raise",
+        **options: Any,
+    ) -> list[str] | SendManyResult:
+        """Enqueue a campaign: every message validated first, then one ledger script call and
+        one Celery message (``tasks.send_chunk``) per chunk of the provider's batch size.
+
+        Returns the delivery ids in input order. An invalid message raises
+        :class:`~worker.models.InvalidMessage` naming each bad index and field
+        (``[3].to: ...``) and nothing is enqueued; with ``on_invalid="skip"`` the valid ones are
+        enqueued and a :class:`~worker.campaign.SendManyResult` answers (``ids`` with ``None``
+        at each invalid index, ``errors`` by index). ``idempotency_key`` per message works as
+        for a single send (the earlier delivery's id is answered); ``options`` go to Celery's
+        publish (``queue``, ``countdown``, ...)."""
+        if on_invalid not in ("raise", "skip"):
+            raise ValueError("on_invalid must be 'raise' or 'skip'")
+        valid: list[tuple[int, Message]] = []
+        errors: dict[int, InvalidMessage] = {}
+        count = 0
+        for index, message in enumerate(messages):
+            count += 1
+            try:
+                valid.append((index, self.validate(channel, message)))
+            except InvalidMessage as exc:
+                errors[index] = exc
+        if errors and on_invalid == "raise":
+            raise InvalidMessage(
+                [
+                    {"field": f"[{index}].{e['field']}", "message": e["message"]}
+                    for index, exc in errors.items()
+                    for e in exc.errors
+                ]
+            )
+        ids: list[str | None] = [None] * count
+        queue = str(options.get("queue") or "")
+        for chunk in plan_chunks(channel, valid):
+            bodies = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for _, m in chunk]
+            records = [
+                new_record(channel, str(uuid.uuid4()), model, body, queue)
+                for (_, model), body in zip(chunk, bodies, strict=True)
+            ]
+            items, created_ids = [], []
+            answers = self.ledger.create_many(records, fresh_ids=True)
+            for (index, _), body, (existing, created) in zip(chunk, bodies, answers, strict=True):
+                ids[index] = existing
+                if created:
+                    items.append({"id": existing, "message": body})
+                    created_ids.append(existing)
+            if not items:
+                continue
+            try:
+                self.app.send_task(
+                    SEND_CHUNK_TASK,
+                    args=[{"channel": channel, "items": items}],
+                    task_id=str(uuid.uuid4()),
+                    argsrepr=chunk_repr(channel, len(items)),
+                    kwargsrepr="{}",
+                    **options,
+                )
+            except Exception:
+                # Not published: forget this chunk's records so the caller may try again.
+                for record in records:
+                    if record.delivery_id in created_ids:
+                        self.ledger.forget(
+                            record.delivery_id,
+                            channel=channel,
+                            idempotency_key=record.idempotency_key,
+                        )
+                raise
+            self._replicated(created_ids[-1])
+        if on_invalid == "skip":
+            return SendManyResult(ids, errors)
+        return [i for i in ids if i is not None]
+
     def _replicated(self, delivery_id: str) -> None:
         """Return once ``wait_replicas`` replicas hold every write so far, else raise.
 
@@ -273,6 +354,34 @@ def wait_many(
     delivery_ids: Iterable[str], timeout_s: float, *, parked: bool = True
 ) -> dict[str, dict[str, Any]]:
     return _producer().wait_many(delivery_ids, timeout_s, parked=parked)
+
+
+@overload
+def send_many(
+    channel: str,
+    messages: Iterable[Any],
+    *,
+    on_invalid: Literal["raise"] = "raise",
+    **options: Any,
+) -> list[str]: ...
+
+
+@overload
+def send_many(
+    channel: str, messages: Iterable[Any], *, on_invalid: Literal["skip"], **options: Any
+) -> SendManyResult: ...
+
+
+def send_many(
+    channel: str,
+    messages: Iterable[Any],
+    *,
+    on_invalid: Literal["raise", "skip"] = "raise",
+    **options: Any,
+) -> list[str] | SendManyResult:
+    """Enqueue many messages of one channel: delivery ids in input order (see
+    :meth:`Producer.send_many`; ``on_invalid="skip"`` answers a ``SendManyResult``)."""
+    return _producer().send_many(channel, messages, on_invalid=on_invalid, **options)
 
 
 def send_email(message: Any, **options: Any) -> AsyncResult[Any]:

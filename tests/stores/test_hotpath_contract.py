@@ -7,6 +7,7 @@ reference) and :class:`RedisHotPath` (one script each), then read back through t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -327,6 +328,11 @@ def _script_calls(client: redis.Redis) -> int:
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
 
+def _calls(client: redis.Redis) -> Counter[str]:
+    stats = client.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
 def test_redis_runs_a_chunk_in_one_script_call_per_phase(quiet_redis_url: str) -> None:
     """``chunk.lua``: a chunk of three begins in one script call and finishes in one (counted
     on a redis-server of this module's own: the count is server-wide)."""
@@ -335,11 +341,17 @@ def test_redis_runs_a_chunk_in_one_script_call_per_phase(quiet_redis_url: str) -
     ids = ["c1", "c2", "c3"]
     for i in ["warm", *ids]:
         h.ledger.create(i, channel="sms", provider="smspartner")
-    h.hot.begin_chunk([Begin("warm", "t", 5.0), Begin("missing", "t", 5.0)])  # script loaded
+    warm = [Begin("warm", "t", 5.0, ["smspartner"]), Begin("missing", "t", 5.0, ["smspartner"])]
+    h.hot.begin_chunk(warm)  # script loaded
     before = _script_calls(redis_client)
+    calls = _calls(redis_client)
     begun = h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ids])
     assert [b.status for b in begun] == ["run"] * 3
     assert _script_calls(redis_client) - before == 1
+    used = _calls(redis_client) - calls
+    # The chunk's deliveries share their provider: its pause and breaker are read once.
+    assert (used["hget"], used["exists"]) == (1, 1), used
+    assert all(b.asked == frozenset({"smspartner"}) for b in begun)
     h.hot.finish_chunk([Finish("warm", "t", True), Finish("missing", "t", True)])
     before = _script_calls(redis_client)
     done = h.hot.finish_chunk([Finish(i, "tok", True, _sent(poll=False)) for i in ids])

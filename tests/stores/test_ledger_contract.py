@@ -32,7 +32,7 @@ from worker.stores.ledger import (
     Schedule,
     TagIndex,
 )
-from worker.stores.ledger.base import DEAD_LETTER_TTL_S, TAG_MEMORY_S
+from worker.stores.ledger.base import DEAD_LETTER_TTL_S, TAG_MEMORY_S, NewRecord
 
 from ._support import FakeClock
 
@@ -93,6 +93,28 @@ def test_create_then_get(h: Harness) -> None:
     assert record.created_at > 0
     assert record.created_at == record.updated_at == T0
     assert (record.throttled, record.final, record.result) == (0, False, None)
+
+
+def test_create_many_answers_each_record_in_order_and_get_many_reads_them(h: Harness) -> None:
+    """A campaign's chunk: one call creates every record, an idempotency key already known (or
+    repeated inside the chunk) answers the first delivery, and ``get_many`` reads them back in
+    order (``None`` for an unknown id)."""
+    h.ledger.create("old", channel="sms", provider="smspartner", idempotency_key="k-old")
+    answers = h.ledger.create_many(
+        [
+            NewRecord("c1", "sms", "smspartner", extra={"message": "{}"}),
+            NewRecord("c2", "sms", "smspartner", idempotency_key="k-old"),
+            NewRecord("c3", "sms", "smspartner", idempotency_key="k-new"),
+            NewRecord("c4", "sms", "smspartner", idempotency_key="k-new"),
+        ]
+    )
+    assert answers == [("c1", True), ("old", False), ("c3", True), ("c3", False)]
+    got = h.ledger.get_many(["c3", "nope", "c1", "old"])
+    assert [r.delivery_id if r else None for r in got] == ["c3", None, "c1", "old"]
+    first = got[2]
+    assert first is not None and first.state == "queued" and first.fields["message"] == "{}"
+    assert h.ledger.get("c2") is None and h.ledger.get("c4") is None
+    assert h.ledger.create_many([NewRecord("c1", "sms", "smspartner")]) == [("c1", False)]
 
 
 def test_same_idempotency_key_returns_first_delivery(h: Harness) -> None:

@@ -145,6 +145,7 @@ LEDGER_WRITES = frozenset(
         "cancel",
         "claim_due",
         "create",
+        "create_many",
         "forget",
         "hold",
         "incr",
@@ -174,6 +175,7 @@ OUTSIDE_THE_FLOW = {
     # The producer records a delivery before it is published, and forgets it when the publish
     # failed (no task will ever run for it).
     ("worker/producer.py", "create"),
+    ("worker/producer.py", "create_many"),
     ("worker/producer.py", "forget"),
     # The worker main process's guard: refused and undecodable queue items, before any run.
     ("worker/guard/refusals.py", "create"),

@@ -44,6 +44,7 @@ from worker.redaction import mask_email, mask_phone, scrub
 from worker.runtime import Runtime
 from worker.stores import DeliveryRecord
 from worker.stores.hotpath import Begin, Begun, Closing, Finish, Finished
+from worker.stores.ledger.base import NewRecord
 from worker.stores.suppression import Reason
 from worker.suppression import remember
 from worker.tracking.service import registered, sent_tracking, track_sent
@@ -73,6 +74,7 @@ __all__ = [
     "outcome_known",
     "outcome_unknown",
     "park",
+    "record_campaign",
     "redis_unavailable",
     "send_at_seen",
     "sent",
@@ -512,3 +514,9 @@ def failed_unread(d: Delivery, result: DeliveryResult) -> Done:
         d.delivery_id, "failed", error_kind="invalid_message", result=result.model_dump_json()
     )
     return Done(result)
+
+
+def record_campaign(rt: Runtime, records: Sequence[NewRecord]) -> list[tuple[str, bool]]:
+    """The by-name campaign task's records (``tasks.send_many``), created as the producer
+    creates them, in one script call before its chunk runs."""
+    return rt.records.create_many(records)

@@ -32,6 +32,7 @@ contract (``tests/stores/test_ledger_contract.py`` runs against both).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ __all__ = [
     "DeliveryRecord",
     "DueEntry",
     "Ledger",
+    "NewRecord",
     "buried_entry",
     "set_aside_entry",
 ]
@@ -176,6 +178,17 @@ class CancelAnswer:
     state: str
 
 
+@dataclass(frozen=True)
+class NewRecord:
+    """One record of :meth:`Ledger.create_many` (:meth:`Ledger.create`'s arguments)."""
+
+    delivery_id: str
+    channel: str
+    provider: str
+    idempotency_key: str | None = None
+    extra: dict[str, str] | None = None
+
+
 # The ledger by role. One store (a Redis hash per delivery and its indexes, or dicts in memory)
 # answers every role; each feature depends on the role it uses (``Runtime.records``,
 # ``Runtime.run_locks``, ``Runtime.schedule``, ``Runtime.dead_letters``, ``Runtime.tag_index``),
@@ -199,7 +212,19 @@ class Records(Protocol):
         idempotency key (per channel) or the delivery id is already known."""
         ...
 
+    def create_many(
+        self, records: Sequence[NewRecord], *, fresh_ids: bool = False
+    ) -> list[tuple[str, bool]]:
+        """:meth:`create` for each record, in order, in one round trip (a campaign's chunk);
+        one answer each. ``fresh_ids``: the ids are new UUIDs (no record can have one yet),
+        so only the idempotency keys are looked up."""
+        ...
+
     def get(self, delivery_id: str) -> DeliveryRecord | None: ...
+
+    def get_many(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord | None]:
+        """:meth:`get` for each id, in order, in one round trip."""
+        ...
 
     def transition(self, delivery_id: str, state: str, **fields: str) -> bool:
         """Move to ``state`` if that is forward; returns whether the record changed.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.stores.ledger.base import (
@@ -23,6 +23,7 @@ from worker.stores.ledger.base import (
     DeliveryRecord,
     DueEntry,
     Ledger,
+    NewRecord,
     buried_entry,
     dead_letter_at,
     set_aside_entry,
@@ -104,6 +105,23 @@ class MemoryLedger(Ledger):
                 self._expires[f"idem:{channel}:{idempotency_key}"] = now + self.ttl_s
             self._active[delivery_id] = now
             return delivery_id, True
+
+    def create_many(
+        self, records: Sequence[NewRecord], *, fresh_ids: bool = False
+    ) -> list[tuple[str, bool]]:
+        return [
+            self.create(
+                r.delivery_id,
+                channel=r.channel,
+                provider=r.provider,
+                idempotency_key=r.idempotency_key,
+                extra=r.extra,
+            )
+            for r in records
+        ]
+
+    def get_many(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord | None]:
+        return [self.get(delivery_id) for delivery_id in delivery_ids]
 
     def get(self, delivery_id: str) -> DeliveryRecord | None:
         with self._lock:

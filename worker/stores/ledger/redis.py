@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -42,6 +42,7 @@ from worker.stores.ledger.base import (
     DeliveryRecord,
     DueEntry,
     Ledger,
+    NewRecord,
     buried_entry,
     dead_letter_at,
     set_aside_entry,
@@ -74,6 +75,7 @@ class RedisLedger(Ledger):
         self.dead_letter_cap = DEAD_LETTER_CAP
         self._clock = clock
         self._create = load_script(client, _PACKAGE, "create.lua")
+        self._create_many = load_script(client, _PACKAGE, "create_many.lua")
         self._transition = load_script(client, _PACKAGE, "transition.lua")
         self._release = load_script(client, _PACKAGE, "release.lua")
         self._hold = load_script(client, _PACKAGE, "hold.lua")
@@ -111,6 +113,53 @@ class RedisLedger(Ledger):
             keys=[self.key(delivery_id), idem, self.keys.active], args=argv
         )
         return text(existing), bool(created)
+
+    def create_many(
+        self, records: Sequence[NewRecord], *, fresh_ids: bool = False
+    ) -> list[tuple[str, bool]]:
+        """``create.lua`` for every record, run by ``create_many.lua`` in one script call.
+
+        The fields every record shares are passed once; ``fresh_ids`` (new UUIDs, which no
+        record can have yet) skips the check that the id is unknown."""
+        if not records:
+            return []
+        each = []
+        for r in records:
+            fields = {"channel": r.channel, "provider": r.provider, "attempts": "0"}
+            fields["throttled"] = "0"
+            if r.idempotency_key:
+                fields["idempotency_key"] = r.idempotency_key
+            fields.update(r.extra or {})
+            each.append(fields)
+        common = dict(each[0])
+        for fields in each[1:]:
+            common = {k: v for k, v in common.items() if fields.get(k) == v}
+        keys: list[str] = []
+        args: list[str] = [str(len(records)), repr(self._clock()), str(self.ttl_s)]
+        args += ["1" if fresh_ids else "0", str(len(common))]
+        for k, v in common.items():
+            args += [k, v]
+        for r, fields in zip(records, each, strict=True):
+            own = [(k, v) for k, v in fields.items() if k not in common]
+            idem = self.idem_key(r.channel, r.idempotency_key) if r.idempotency_key else ""
+            keys += [self.key(r.delivery_id), idem]
+            args += [r.delivery_id, str(len(own))]
+            for k, v in own:
+                args += [k, v]
+        keys.append(self.keys.active)
+        replies = self._create_many(keys=keys, args=args)
+        return [(text(existing), bool(created)) for created, existing in replies]
+
+    def get_many(self, delivery_ids: Sequence[str]) -> list[DeliveryRecord | None]:
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery_id in delivery_ids:
+            pipe.hgetall(self.key(delivery_id))
+        return [
+            DeliveryRecord.from_fields(d, {text(k): text(v) for k, v in raw.items()})
+            if raw
+            else None
+            for d, raw in zip(delivery_ids, pipe.execute(), strict=True)
+        ]
 
     def get(self, delivery_id: str) -> DeliveryRecord | None:
         raw = self.redis.hgetall(self.key(delivery_id))

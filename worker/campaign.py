@@ -1,0 +1,117 @@
+"""Campaigns: many messages, one Celery message per chunk, every message still its own delivery.
+
+Producer side (:func:`plan_chunks`, used by ``worker.producer.send_many``): the messages are
+validated first, then cut into chunks of the provider's batch size (``Driver.batch_limit``,
+SMS Partner 500; :data:`DEFAULT_CHUNK` for providers that send one request per message). Per
+chunk, the ledger records are created in one script call (``Ledger.create_many``) and **one**
+Celery message is published: ``tasks.send_chunk`` with ``{"channel", "items": [{"id",
+"message"}]}``.
+
+Worker side (``worker.delivery.campaign.run_chunk``): the chunk runs through the batch flow
+(:func:`worker.delivery.batch.process_batch`: the hot path's begin, ``sending`` and finish
+scripts, one call per chunk each, and one provider request per ``batch_limit`` recipients).
+Each message keeps its own delivery id, record, lock, idempotency, tracking and cancel; its
+outcome is written to the ledger by the outcome writer and stored in the Celery result backend
+under its delivery id (``AsyncResult(delivery_id)``). An item that must try again later is
+republished as a single send under its delivery id (as ``worker.batching.runner`` does). The
+chunk task is ``acks_late``: a worker killed mid-chunk leaves the message unacknowledged, it
+is delivered again, and the ledger decides per item (a final item is answered from its record,
+one ``sending`` under a batch tag is reconciled by that tag before anything is sent again).
+
+By name (``worker.delivery.campaign.run_send_many``, ``tasks.send_many``): producers without
+this package publish
+``{"channel", "messages"}`` (at most :data:`MAX_PER_TASK`); the worker creates the records
+(delivery ids derived from the task id and the index, so a redelivered task finds the same
+records) and runs the chunk as above. Each message is checked against the same limits as a
+single send; an invalid one ends ``failed`` (``invalid_message``) under its own id.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.models import InvalidMessage, Message
+from worker.providers import DRIVERS, channel_providers
+from worker.stores.ledger.base import NewRecord
+from worker.tasknames import TASK_NAMES
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MAX_PER_TASK",
+    "SendManyResult",
+    "chunk_repr",
+    "chunk_size",
+    "new_record",
+    "plan_chunks",
+]
+
+MAX_PER_TASK = 500
+"""Most messages in one ``tasks.send_chunk`` or ``tasks.send_many`` Celery message (the largest
+provider batch, SMS Partner's 500)."""
+DEFAULT_CHUNK = 100
+"""Chunk size for providers without a batch endpoint (their messages still go one request
+each, on the batch threads)."""
+ID_NAMESPACE = uuid.UUID("6b1f1f8e-4a55-4c8e-9d0e-2b1f25c0a2a5")
+"""``tasks.send_many`` derives each delivery id from its task id and the index in it."""
+
+
+@dataclass(frozen=True)
+class SendManyResult:
+    """``send_many(..., on_invalid="skip")``: the delivery id of each message in input order
+    (``None`` for an invalid one, nothing enqueued for it), and the errors by input index."""
+
+    ids: list[str | None]
+    errors: dict[int, InvalidMessage] = field(default_factory=dict)
+
+    @property
+    def enqueued(self) -> list[str]:
+        """The ids of the messages enqueued, in input order."""
+        return [i for i in self.ids if i is not None]
+
+
+def chunk_size(channel: str, provider: str | None) -> int:
+    """The provider's batch size (the channel's first batching provider when routed)."""
+    names = [provider] if provider else list(channel_providers(channel))
+    limits = [DRIVERS[n].batch_limit for n in names if n in DRIVERS and DRIVERS[n].batch_limit]
+    return min(max(limits), MAX_PER_TASK) if limits else DEFAULT_CHUNK
+
+
+def plan_chunks(
+    channel: str, valid: Sequence[tuple[int, Message]]
+) -> Iterator[list[tuple[int, Message]]]:
+    """Consecutive chunks in input order, cut where the provider (and so the size) changes."""
+    chunk: list[tuple[int, Message]] = []
+    size, provider = 0, None
+    for index, model in valid:
+        if chunk and (model.provider != provider or len(chunk) >= size):
+            yield chunk
+            chunk = []
+        if not chunk:
+            provider = model.provider
+            size = chunk_size(channel, provider)
+        chunk.append((index, model))
+    if chunk:
+        yield chunk
+
+
+def new_record(
+    channel: str, delivery_id: str, model: Message, body: dict[str, Any], queue: str
+) -> NewRecord:
+    """The record a single send's enqueue creates (the mover and the sweep republish it as a
+    single send: task name, message, queue)."""
+    return NewRecord(
+        delivery_id,
+        channel=channel,
+        provider=model.provider or "auto",
+        idempotency_key=model.idempotency_key,
+        extra={"task_name": TASK_NAMES[channel], "message": json.dumps(body), "queue": queue},
+    )
+
+
+def chunk_repr(channel: str, items: int) -> str:
+    """Flower's ``argsrepr`` of a chunk task: the channel and a count, never content."""
+    return repr(({"channel": channel, "messages": items},))
