@@ -349,8 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(func=_cmd_sweep)
 
     from worker.ops.send import add_send_parser
+    from worker.ops.send_many import add_send_many_parser
 
     add_send_parser(sub)
+    add_send_many_parser(sub)
 
     from worker.ops import cancel as cancel_command
 
