@@ -83,16 +83,17 @@ def chunk_size(channel: str, provider: str | None) -> int:
 def plan_chunks(
     channel: str, valid: Sequence[tuple[int, Message]]
 ) -> Iterator[list[tuple[int, Message]]]:
-    """Consecutive chunks in input order, cut where the provider (and so the size) changes."""
+    """Consecutive chunks in input order, cut where the provider (and so the size) changes,
+    or the lane (priority, tenant) a chunk waits in."""
     chunk: list[tuple[int, Message]] = []
-    size, provider = 0, None
+    size, cut = 0, None
     for index, model in valid:
-        if chunk and (model.provider != provider or len(chunk) >= size):
+        if chunk and ((model.provider, model.priority, model.tenant) != cut or len(chunk) >= size):
             yield chunk
             chunk = []
         if not chunk:
-            provider = model.provider
-            size = chunk_size(channel, provider)
+            cut = (model.provider, model.priority, model.tenant)
+            size = chunk_size(channel, model.provider)
         chunk.append((index, model))
     if chunk:
         yield chunk

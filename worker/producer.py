@@ -187,6 +187,9 @@ class Producer:
     ) -> list[str] | SendManyResult:
         """Enqueue a campaign: every message validated first, then one ledger script call and
         one Celery message (``tasks.send_chunk``) per chunk of the provider's batch size.
+        With lanes on (``DELIVERY_LANES``) and no Celery options, each chunk waits as one entry
+        in its lane (``priority``: ``bulk`` unless the messages name theirs; ``tenant``) and a
+        worker's dispatcher publishes the chunk task in turn (:mod:`worker.lanes`).
 
         Returns the delivery ids in input order. An invalid message raises
         :class:`~worker.models.InvalidMessage` naming each bad index and field
@@ -216,8 +219,9 @@ class Producer:
             )
         ids: list[str | None] = [None] * count
         queue = str(options.get("queue") or "")
+        lanes = self._lane_store() if not _given(options) else None
         for chunk in plan_chunks(channel, valid):
-            bodies = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for _, m in chunk]
+            bodies = [_campaign_body(m) for _, m in chunk]
             records = [
                 new_record(channel, str(uuid.uuid4()), model, body, queue)
                 for (_, model), body in zip(chunk, bodies, strict=True)
@@ -232,14 +236,26 @@ class Producer:
             if not items:
                 continue
             try:
-                self.app.send_task(
-                    SEND_CHUNK_TASK,
-                    args=[{"channel": channel, "items": items}],
-                    task_id=str(uuid.uuid4()),
-                    argsrepr=chunk_repr(channel, len(items)),
-                    kwargsrepr="{}",
-                    **options,
-                )
+                if lanes is not None:
+                    # One lane entry per chunk, in its lane (bulk unless the messages say);
+                    # a worker's dispatcher publishes the chunk task in turn.
+                    lanes.push_chunk(
+                        str(uuid.uuid4()),
+                        SEND_CHUNK_TASK,
+                        {"channel": channel, "items": items},
+                        len(items),
+                        str(bodies[0]["priority"]),
+                        chunk[0][1].tenant_key,
+                    )
+                else:
+                    self.app.send_task(
+                        SEND_CHUNK_TASK,
+                        args=[{"channel": channel, "items": items}],
+                        task_id=str(uuid.uuid4()),
+                        argsrepr=chunk_repr(channel, len(items)),
+                        kwargsrepr="{}",
+                        **options,
+                    )
             except Exception:
                 # Not published: forget this chunk's records so the caller may try again.
                 for record in records:
@@ -314,6 +330,13 @@ class Producer:
         """The delivery's ledger record (state, attempts, timestamps, result), or ``None``."""
         record = self.ledger.get(delivery_id)
         return None if record is None else record.to_dict()
+
+
+def _campaign_body(model: Message) -> dict[str, Any]:
+    """A campaign message's body: ``bulk`` unless it names its priority."""
+    body = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    body.setdefault("priority", "bulk")
+    return body
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:

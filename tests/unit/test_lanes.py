@@ -99,6 +99,84 @@ def test_push_twice_keeps_its_place(redis_client: redis.Redis, lanes: Lanes) -> 
     assert [t.delivery_id for t in lanes.take(2)] == ["k1", "k2"]
 
 
+def chunk(lanes: Lanes, task_id: str, size: int, priority: str, tenant: str) -> None:
+    items = [{"id": f"{task_id}-{i}", "message": EMAIL} for i in range(size)]
+    lanes.push_chunk(
+        task_id, "tasks.send_chunk", {"channel": "email", "items": items}, size, priority, tenant
+    )
+
+
+def test_a_chunk_is_one_entry_published_under_its_task_id(
+    redis_client: redis.Redis, lanes: Lanes
+) -> None:
+    chunk(lanes, "c1", 3, "bulk", "acme")
+    assert [(d.priority, d.tenant, d.depth) for d in lanes.depths()] == [("bulk", "acme", 1)]
+    [taken] = lanes.take(5)
+    assert taken.chunk and taken.task_id == "c1" and taken.task_name == "tasks.send_chunk"
+    assert [item["id"] for item in taken.message["items"]] == ["c1-0", "c1-1", "c1-2"]
+    assert taken.message["channel"] == "email"
+    # The lane holds the entry only; the message waits beside it until the publish.
+    assert redis_client.exists(KEYS.lane_chunk_prefix + "c1")
+    lanes.done([taken])
+    assert not redis_client.exists(KEYS.lane_chunk_prefix + "c1")
+    assert redis_client.zcard(KEYS.lane_taken) == 0
+
+
+def test_a_chunk_not_published_goes_back_whole(redis_client: redis.Redis, lanes: Lanes) -> None:
+    chunk(lanes, "c1", 2, "bulk", "default")
+    chunk(lanes, "c2", 2, "bulk", "default")
+    first = lanes.take(1, now=1000.0)
+    assert [t.task_id for t in first] == ["c1"]
+    # Its dispatcher died before the publish: after the lease it comes back first, whole.
+    again = lanes.take(2, now=1000.0 + lanes.lease_s + 1)
+    assert [t.task_id for t in again] == ["c1", "c2"]
+    assert [len(t.message["items"]) for t in again] == [2, 2]
+
+
+def test_a_chunk_counts_by_its_size_between_tenants(
+    redis_client: redis.Redis, lanes: Lanes
+) -> None:
+    for i in range(4):
+        chunk(lanes, f"big{i}", 10, "bulk", "big")
+    for i in range(40):
+        put(redis_client, lanes, f"s{i}", "bulk", "small")
+    taken = lanes.take(30)
+    # Equal weights, by messages: one chunk of 10, then the small tenant's next 10 singles.
+    order = ["big" if t.chunk else "small" for t in taken]
+    assert order[:12] == ["big"] + ["small"] * 10 + ["big"] or order[:12] == ["small"] + [
+        "big"
+    ] + ["small"] * 10
+    sent = Counter()
+    for t in taken:
+        sent[t.tenant] += len(t.message["items"]) if t.chunk else 1
+    assert abs(sent["big"] - sent["small"]) <= 10
+
+
+def test_a_bulk_chunk_counts_by_its_size_against_normal(
+    redis_client: redis.Redis, lanes: Lanes
+) -> None:
+    for i in range(3):
+        chunk(lanes, f"b{i}", 8, "bulk", "default")
+    for i in range(60):
+        put(redis_client, lanes, f"n{i}", "normal", "default")
+    taken = lanes.take(34)
+    messages = Counter()
+    for t in taken:
+        messages[t.priority] += len(t.message["items"]) if t.chunk else 1
+    # normal=4, bulk=1 in messages: one chunk of 8 for every 32 normal ones.
+    assert messages == {"normal": 32, "bulk": 16} or messages == {"normal": 33, "bulk": 8}
+
+
+def test_a_high_single_overtakes_waiting_chunks(redis_client: redis.Redis, lanes: Lanes) -> None:
+    for i in range(5):
+        chunk(lanes, f"b{i}", 500, "bulk", "default")
+    first = lanes.take(1)
+    assert [t.task_id for t in first] == ["b0"]
+    lanes.done(first)
+    put(redis_client, lanes, "otp", "high", "default")
+    assert [t.delivery_id for t in lanes.take(1)] == ["otp"]
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [

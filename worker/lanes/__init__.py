@@ -13,6 +13,11 @@ messages: whenever there is room it takes the next deliveries in lane order
 - within a priority, tenants by weighted round robin (``DELIVERY_TENANT_WEIGHTS``, default 1
   each): a small sender is not stuck behind a large one's backlog.
 
+A campaign chunk (``send_many``) waits in its lane as one entry, ``chunk:<task id>``
+(:meth:`Lanes.push_chunk`); its task's message waits beside it, and the dispatcher publishes the
+chunk task when it takes the entry. In the round robin a chunk counts by its size: n messages
+are n turns (docs/lanes.md).
+
 A taken entry is leased until it is published; if its dispatcher dies in between, the next
 take puts it back at the front of its lane when the lease ends. Once published, the broker's
 own guarantees hold (late acks, redelivery after a worker is lost). See docs/lanes.md.
@@ -34,10 +39,13 @@ from worker.models import DEFAULT_TENANT, PRIORITIES
 from worker.stores._redis import load_script, text
 from worker.stores.keys import Keys
 
-__all__ = ["LEASE_S", "LaneDepth", "Lanes", "Taken", "lane_of", "lanes_beside", "parse_weights"]
+__all__ = ["CHUNK", "LEASE_S", "LaneDepth", "Lanes", "Taken", "lane_of", "lanes_beside", "parse_weights"]
 
 LEASE_S = 30.0
 """How long a taken entry may stay unpublished before another take puts it back."""
+
+CHUNK = "chunk:"
+"""A lane member that is a campaign chunk: ``chunk:<its task id>``."""
 
 _PACKAGE = "worker.lanes"
 log = structlog.get_logger(__name__)
@@ -84,6 +92,16 @@ class Taken:
     task_name: str
     message: dict[str, Any]
     enqueued_at: float
+
+    @property
+    def chunk(self) -> bool:
+        """A campaign chunk (its message is a ``tasks.send_chunk`` payload)."""
+        return self.delivery_id.startswith(CHUNK)
+
+    @property
+    def task_id(self) -> str:
+        """The id to publish under: the delivery's, or the chunk task's."""
+        return self.delivery_id.removeprefix(CHUNK)
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,34 @@ class Lanes:
         replies = pipe.execute()
         return sum(int(added) for added in replies[0::2])
 
+    def push_chunk(
+        self,
+        task_id: str,
+        task_name: str,
+        message: dict[str, Any],
+        size: int,
+        priority: str = "bulk",
+        tenant: str = DEFAULT_TENANT,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """Put a campaign chunk in its lane as one entry (one transaction: its task's message
+        beside it, then the entry); the dispatcher publishes ``task_name`` under ``task_id``."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            self.keys.lane_chunk_prefix + task_id,
+            mapping={"task_name": task_name, "message": json.dumps(message), "n": size},
+        )
+        pipe.zadd(
+            self.keys.lane(priority, tenant),
+            {CHUNK + task_id: time.time() if at is None else at},
+            nx=True,
+        )
+        pipe.sadd(self.keys.lane_tenants(priority), tenant)
+        pipe.execute()
+
     def take(self, room: int, now: float | None = None) -> list[Taken]:
         """Up to ``room`` deliveries in lane order, leased until :meth:`done`."""
         if room <= 0:
@@ -168,6 +214,7 @@ class Lanes:
                 self.keys.lane_turns,
                 self.keys.lane_taken,
                 self.keys.delivery_prefix,
+                self.keys.lane_chunk_prefix,
             ],
             args=[
                 room,
@@ -202,9 +249,17 @@ class Lanes:
         return out
 
     def done(self, taken: list[Taken]) -> None:
-        """Published: end the leases."""
-        if taken:
+        """Published: end the leases (and drop the published chunks' messages)."""
+        if not taken:
+            return
+        chunks = [self.keys.lane_chunk_prefix + t.task_id for t in taken if t.chunk]
+        if not chunks:
             self.redis.zrem(self.keys.lane_taken, *[t.member for t in taken])
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(self.keys.lane_taken, *[t.member for t in taken])
+        pipe.delete(*chunks)
+        pipe.execute()
 
     def depths(self, now: float | None = None) -> list[LaneDepth]:
         """Every lane with waiting work: how many wait, and how long the oldest has waited."""

@@ -50,7 +50,7 @@ def dispatch_once(
     published: list[Taken] = []
     try:
         for entry in taken:
-            app.send_task(entry.task_name, args=[entry.message], task_id=entry.delivery_id)
+            app.send_task(entry.task_name, args=[entry.message], task_id=entry.task_id)
             published.append(entry)
     finally:
         # What was not published stays leased: the next take after the lease puts it back.

@@ -2,12 +2,13 @@
 -- KEYS: 1 lane prefix (<prefix><priority>:<tenant> is a sorted set: delivery id -> enqueue
 -- time), 2 tenants prefix (<prefix><priority> is the set of tenants with waiting work),
 -- 3 the round robin's credits (hash), 4 the taken set (member -> lease end),
--- 5 the ledger's record prefix.
+-- 5 the ledger's record prefix, 6 the chunk prefix (a lane member "chunk:<task id>" is a
+-- campaign chunk: <chunk prefix><task id> holds its task name, message and size n).
 -- ARGV: 1 room in the broker queue, 2 now, 3 lease seconds, 4 class weights (JSON object),
 -- 5 tenant weights (JSON object; a tenant not named weighs 1).
--- Returns {member, task_name, message, enqueued_at} per delivery taken.
-local lane_prefix, tenants_prefix, turns, taken, record_prefix =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- Returns {member, task_name, message, enqueued_at} per delivery (or chunk) taken.
+local lane_prefix, tenants_prefix, turns, taken, record_prefix, chunk_prefix =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local room = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
@@ -54,15 +55,27 @@ local function pick(candidates, weights, field_prefix)
   return candidates[best]
 end
 
+-- A chunk of n messages counts as n turns in a row: everyone gains its weight n - 1 more
+-- times and the chunk's candidate pays the sum n - 1 more times (the credits still sum to 0).
+local function charge(candidates, weights, field_prefix, chosen, extra)
+  local total = 0
+  for _, c in ipairs(candidates) do total = total + (tonumber(weights[c]) or 1) end
+  for _, c in ipairs(candidates) do
+    local gain = (tonumber(weights[c]) or 1) * extra
+    if c == chosen then gain = gain - total * extra end
+    redis.call('HINCRBY', turns, field_prefix .. c, gain)
+  end
+end
+
 local out = {}
 local tries = 0
 while #out < room and tries < room * 2 + 2 do
   tries = tries + 1
-  local p = nil
+  local p, classes = nil, nil
   if redis.call('SCARD', tenants_prefix .. 'high') > 0 then
     p = 'high'
   else
-    local classes = {}
+    classes = {}
     for _, c in ipairs({'normal', 'bulk'}) do
       if redis.call('SCARD', tenants_prefix .. c) > 0 then classes[#classes + 1] = c end
     end
@@ -76,13 +89,22 @@ while #out < room and tries < room * 2 + 2 do
   if #tenants > 1 then t = pick(tenants, tenant_weights, 't:' .. p .. ':') end
   local lane = lane_prefix .. p .. ':' .. t
   local popped = redis.call('ZPOPMIN', lane)
+  local record = nil
+  if #popped > 0 and string.sub(popped[1], 1, 6) == 'chunk:' then
+    record = redis.call('HMGET', chunk_prefix .. string.sub(popped[1], 7), 'task_name', 'message', 'n')
+    local extra = (tonumber(record[3]) or 1) - 1
+    if extra > 0 then
+      if classes and #classes > 1 then charge(classes, class_weights, 'class:', p, extra) end
+      if #tenants > 1 then charge(tenants, tenant_weights, 't:' .. p .. ':', t, extra) end
+    end
+  end
   if #popped == 0 or redis.call('EXISTS', lane) == 0 then
     redis.call('SREM', tenants_prefix .. p, t)
     redis.call('HDEL', turns, 't:' .. p .. ':' .. t)
   end
   if #popped > 0 then
     local id = popped[1]
-    local record = redis.call('HMGET', record_prefix .. id, 'task_name', 'message')
+    record = record or redis.call('HMGET', record_prefix .. id, 'task_name', 'message')
     local member = p .. '/' .. t .. '/' .. popped[2] .. '/' .. id
     redis.call('ZADD', taken, now + lease, member)
     -- A record gone (expired, or forgotten by a failed enqueue) has nothing to send: returned

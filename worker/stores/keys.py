@@ -91,6 +91,12 @@ class Keys:
         """Entries taken by a dispatcher and not yet published, with the lease's end."""
         return self._k("lanes", "taken")
 
+    @property
+    def lane_chunk_prefix(self) -> str:
+        """``<ns>:lanes:chunk:``; a campaign chunk waiting in a lane follows, by its task id (a
+        hash: the chunk task's name, its message, its size)."""
+        return self._k("lanes", "chunk", "")
+
     # -- tracking ------------------------------------------------------------------------------
 
     def track(self, kind: str, delivery_id: str) -> str:
