@@ -49,8 +49,16 @@ def _records(run: Any) -> int:
 
 
 def _queued(run: Any) -> int:
-    """Celery messages waiting in the default queue (each priority's list)."""
-    return sum(int(run.redis.llen(k)) for k in run.redis.scan_iter(match="delivery*", _type="list"))
+    """Chunks waiting: Celery messages in the default queue (each priority's list) and lane
+    entries (with lanes on, a chunk waits in its lane until a dispatcher publishes it)."""
+    published = sum(
+        int(run.redis.llen(k)) for k in run.redis.scan_iter(match="delivery*", _type="list")
+    )
+    return published + _in_lanes(run)
+
+
+def _in_lanes(run: Any) -> int:
+    return sum(int(run.redis.zcard(k)) for k in run.redis.scan_iter(match=Keys().lane("*", "*")))
 
 
 def _copies(run: Any) -> Counter[str]:
@@ -220,3 +228,33 @@ def test_sigkill_mid_chunk_loses_and_duplicates_nothing(stack: Any) -> None:
         assert set(states.values()) == {"sent"}, Counter(states.values())
         assert _copies(run) == Counter(numbers)  # 0 lost, 0 duplicated
         assert procs[0].alive()
+
+
+def test_a_one_time_code_overtakes_a_draining_campaign(stack: Any) -> None:
+    """With lanes on, a campaign's chunks wait in the ``bulk`` lane (one entry each) and a
+    ``high`` code enqueued while it drains passes every chunk still waiting there."""
+    with soak.Run(stack, "campaign-otp") as run:
+        numbers = [n for block in (9, 10, 11) for n in _numbers(block, 2000)]
+        ids = run.producer.send_many("sms", [_sms(n, "Soldes") for n in numbers])
+        chunks = len(numbers) // 500
+        assert _in_lanes(run) == chunks  # one lane entry per chunk, none published yet
+        run.start_workers(1, 2)
+        deadline = time.monotonic() + 120
+        while not run.admin.messages("smspartner") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent_before = sum(_copies(run).values())
+        assert 0 < sent_before < len(numbers)  # the campaign is draining
+        code = "+33699990101"
+        otp = run.producer.enqueue("sms", _sms(code, "Code 4821", priority="high")).id
+        states = run.wait_final([*ids, otp], 300)
+        assert set(states.values()) == {"sent"}, Counter(states.values())
+        assert _copies(run) == Counter([*numbers, code])  # each once
+        order = sorted(run.admin.messages("smspartner"), key=lambda m: m["seq"])
+        at = next(i for i, m in enumerate(order) if code in m["recipients"])
+        ahead = sum(len(m["recipients"]) for m in order[:at])
+        after = sum(len(m["recipients"]) for m in order[at + 1 :])
+        # What the code waited behind: the chunks already published (the worker's 2 pool
+        # processes and a broker buffer of 2), at most 5 chunks past those already sent.
+        # One FIFO line would have put it behind the whole campaign (after == 0).
+        assert ahead - sent_before <= 5 * 500, (sent_before, ahead, after)
+        assert after >= 2 * 500, (sent_before, ahead, after)

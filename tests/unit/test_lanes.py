@@ -143,9 +143,10 @@ def test_a_chunk_counts_by_its_size_between_tenants(
     taken = lanes.take(30)
     # Equal weights, by messages: one chunk of 10, then the small tenant's next 10 singles.
     order = ["big" if t.chunk else "small" for t in taken]
-    assert order[:12] == ["big"] + ["small"] * 10 + ["big"] or order[:12] == ["small"] + [
-        "big"
-    ] + ["small"] * 10
+    assert (
+        order[:12] == ["big"] + ["small"] * 10 + ["big"]
+        or order[:12] == ["small"] + ["big"] + ["small"] * 10
+    )
     sent = Counter()
     for t in taken:
         sent[t.tenant] += len(t.message["items"]) if t.chunk else 1

@@ -39,7 +39,16 @@ from worker.models import DEFAULT_TENANT, PRIORITIES
 from worker.stores._redis import load_script, text
 from worker.stores.keys import Keys
 
-__all__ = ["CHUNK", "LEASE_S", "LaneDepth", "Lanes", "Taken", "lane_of", "lanes_beside", "parse_weights"]
+__all__ = [
+    "CHUNK",
+    "LEASE_S",
+    "LaneDepth",
+    "Lanes",
+    "Taken",
+    "lane_of",
+    "lanes_beside",
+    "parse_weights",
+]
 
 LEASE_S = 30.0
 """How long a taken entry may stay unpublished before another take puts it back."""

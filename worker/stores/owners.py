@@ -41,8 +41,8 @@ _OWNERS: dict[str, str] = {
     "tenant with waiting work (removed when its lane empties)",
     "{ns}:lanes:taken": "lanes: entries between take and publish; removed on publish, put back "
     "in their lane when the lease ends",
-    "{ns}:lanes:chunk:*": "lanes: a campaign chunk waiting in a lane (its task's name and message); "
-    "removed when its dispatcher publishes it",
+    "{ns}:lanes:chunk:*": "lanes: a campaign chunk waiting in a lane (its task's name and "
+    "message); removed when its dispatcher publishes it",
     "{ns}:track:poll": "tracking: deliveries being followed; an entry leaves at a final state or "
     "after the tracking horizon (48 h)",
     "{ns}:track:outbox": "tracking: index of outboxes waiting to publish; an expired outbox is "
