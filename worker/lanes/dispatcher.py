@@ -7,6 +7,12 @@ broker queue and, while fewer than ``DELIVERY_LANE_BUFFER`` do, takes the next d
 hold at most their pool's share (``worker_prefetch_multiplier`` = 1) plus that buffer: a
 ``high`` message enqueued behind a campaign waits behind a few messages, not the campaign.
 
+A campaign chunk (500 messages, about a second of a pool process) is published at the broker's
+lowest priority step (:data:`CHUNK_PRIORITY`: kombu's Redis transport keeps it in the sibling
+list ``<queue>\x06\x169``, which a worker reads after the queue's own list), so a ``high`` message
+the dispatcher publishes after it is fetched before it: a code waits for the first pool process
+to free, not for the chunks already in the broker.
+
 Several workers run a dispatcher at once; a take counts what the others took and have not
 published yet, so they overfill the queue by little (each reads the queue's length itself).
 """
@@ -24,9 +30,12 @@ from celery import Celery, bootsteps
 
 from worker.lanes import Lanes, Taken
 
-__all__ = ["DispatchStep", "LaneDispatcher", "dispatch_once"]
+__all__ = ["CHUNK_PRIORITY", "DispatchStep", "LaneDispatcher", "broker_lists", "dispatch_once"]
 
 log = structlog.get_logger(__name__)
+
+CHUNK_PRIORITY = 9
+"""The broker priority a chunk is published at (kombu's Redis step 9: read last)."""
 
 Backlog = Callable[[], int]
 """How many messages wait in the broker queue the dispatcher feeds."""
@@ -50,7 +59,14 @@ def dispatch_once(
     published: list[Taken] = []
     try:
         for entry in taken:
-            app.send_task(entry.task_name, args=[entry.message], task_id=entry.task_id)
+            # A chunk rides the broker's last priority step (module docstring).
+            step: dict[str, Any] = {"priority": CHUNK_PRIORITY} if entry.chunk else {}
+            app.send_task(
+                entry.task_name,
+                args=[entry.message],
+                task_id=entry.task_id,
+                **step,
+            )
             published.append(entry)
     finally:
         # What was not published stays leased: the next take after the lease puts it back.
@@ -109,6 +125,19 @@ def _record_waits(taken: list[Taken]) -> None:
         lane_waited(entry.priority, entry.tenant, now - entry.enqueued_at)
 
 
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists of a queue the dispatcher feeds: its own, and the chunks' step's
+    (kombu's Redis transport: ``<queue><sep><step>``, ``sep`` ``\x06\x16``)."""
+    return [queue, f"{queue}\x06\x16{CHUNK_PRIORITY}"]
+
+
+def _lengths(broker: redis.Redis, lists: list[str]) -> int:
+    pipe = broker.pipeline(transaction=False)
+    for name in lists:
+        pipe.llen(name)
+    return sum(int(n) for n in pipe.execute())
+
+
 class DispatchStep(bootsteps.StartStopStep):
     """Starts a :class:`LaneDispatcher` with the worker (``app.steps["worker"]``)."""
 
@@ -131,8 +160,9 @@ class DispatchStep(bootsteps.StartStopStep):
         self.dispatcher = LaneDispatcher(
             client,
             lanes,
-            # kombu's Redis transport keeps a queue's waiting messages in a list of its name.
-            lambda: int(broker.llen(queue)),
+            # kombu's Redis transport keeps a queue's waiting messages in a list of its name
+            # (and one per priority step used: the chunks').
+            lambda: _lengths(broker, broker_lists(queue)),
             buffer=settings.lane_buffer,
             tick_s=settings.lane_tick_s,
             on_taken=_record_waits,
