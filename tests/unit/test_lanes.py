@@ -205,3 +205,39 @@ def test_weights_setting_is_checked() -> None:
     for bad in ("normal", "normal=0", "normal=x", "a b=1"):
         with pytest.raises(ValueError):
             parse_weights(bad)
+
+
+def test_the_dispatcher_publishes_a_chunk_after_what_it_publishes_next(
+    redis_client: redis.Redis, lanes: Lanes, redis_url: str
+) -> None:
+    from worker.app import client_app
+    from worker.lanes.dispatcher import _lengths, broker_lists, dispatch_once
+
+    app = client_app(redis_url + "/15", redis_url + "/15", name="lanetest")
+    queue = str(app.conf.task_default_queue)
+    lists = broker_lists(queue)
+
+    def backlog() -> int:
+        return _lengths(redis_client, lists)
+
+    try:
+        chunk(lanes, "c1", 2, "bulk", "default")
+        assert dispatch_once(app, lanes, backlog, 2) == 1
+        # The chunk waits in the step a worker reads last; the backlog counts it.
+        assert [redis_client.llen(name) for name in lists] == [0, 1]
+        assert backlog() == 1
+        assert not redis_client.exists(KEYS.lane_chunk_prefix + "c1")
+        put(redis_client, lanes, "otp", "high", "default")
+        assert dispatch_once(app, lanes, backlog, 2) == 1
+        assert [redis_client.llen(name) for name in lists] == [1, 1]
+        # A consumer reads the queue's own list first: the code before the chunk.
+        with app.connection_for_read() as conn:
+            simple = conn.SimpleQueue(queue, no_ack=True)
+            first = simple.get(timeout=5)
+            second = simple.get(timeout=5)
+            simple.close()
+        assert first.headers["id"] == "otp"
+        assert second.headers["id"] == "c1" and second.headers["task"] == "tasks.send_chunk"
+        assert dispatch_once(app, lanes, backlog, 2) == 0  # nothing left in the lanes
+    finally:
+        app.close()
