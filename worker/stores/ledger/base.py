@@ -166,6 +166,10 @@ class DueEntry:
     claimed_before: int = 0
     """How often a mover claimed it before: 0 the first time it is due; more when its lease
     ended before its run started (its worker died, or it still waits in a busy queue)."""
+    chunk: str = ""
+    """A campaign message's chunk size (record field ``chunk``, ``worker.campaign``): the
+    mover publishes such entries together, as chunk tasks of at most that many; "" for a
+    single send."""
 
 
 @dataclass(frozen=True)

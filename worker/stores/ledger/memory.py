@@ -179,7 +179,8 @@ class MemoryLedger(Ledger):
                 before = self._claims.get(delivery_id, 0)
                 self._claims[delivery_id] = before + 1
                 queue = record.get("queue", "")
-                out.append(DueEntry(delivery_id, task_name, message, queue, before))
+                chunk = record.get("chunk", "")
+                out.append(DueEntry(delivery_id, task_name, message, queue, before, chunk))
             return out
 
     def next_due(self) -> float | None:

@@ -248,8 +248,10 @@ class RedisLedger(Ledger):
         )
         items = [text(x) for x in flat]
         return [
-            DueEntry(items[i], items[i + 1], items[i + 2], items[i + 3], int(items[i + 4]))
-            for i in range(0, len(items) - 4, 5)
+            DueEntry(
+                items[i], items[i + 1], items[i + 2], items[i + 3], int(items[i + 4]), items[i + 5]
+            )
+            for i in range(0, len(items) - 5, 6)
         ]
 
     def next_due(self) -> float | None:
