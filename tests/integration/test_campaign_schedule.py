@@ -106,3 +106,27 @@ def stack_run(stack: Any, scenario: str) -> Any:
     from .test_batching import soak
 
     return soak.Run(stack, scenario)
+
+
+def test_a_voice_campaign_costs_one_request_per_chunk(stack: Any) -> None:
+    """Voice Partner takes several numbers per request (docs/providers/voicepartner.md §3.2):
+    a chunk of single-number calls with one text is one ``tts/send``, one campaign id."""
+    with stack_run(stack, "campaign-voice") as run:
+        run.start_workers(1, 2)
+        numbers = _numbers(14, 6)
+        calls = [
+            {"provider": "voicepartner", "mode": "tts", "to": [n], "text": "Rappel"}
+            for n in numbers
+        ]
+        calls.append({"provider": "voicepartner", "mode": "tts", "to": ["+33614009999"],
+                      "text": "Autre"})  # fmt: skip
+        ids = run.producer.send_many("voice", calls)
+        states = run.wait_final(ids, 60)
+        assert set(states.values()) == {"sent"}
+        requests = run.admin.requests("voicepartner")
+        assert [r["route"] for r in requests] == ["/tts/send", "/tts/send"]  # per content
+        voice = Counter(n for m in run.admin.messages("voicepartner") for n in m["recipients"])
+        assert voice == Counter([*numbers, "+33614009999"])
+        results = [run.client.AsyncResult(i).get(timeout=10) for i in ids[:-1]]
+        campaign_ids = {next(iter(r["provider_message_ids"].values())) for r in results}
+        assert len(campaign_ids) == 1  # one campaign for the chunk's six numbers
