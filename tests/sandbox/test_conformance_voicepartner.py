@@ -61,7 +61,7 @@ def test_more_than_500_numbers(client):
 
 def test_one_request_takes_up_to_500_numbers_on_both_endpoints(client):
     # docs/providers/voicepartner.md §3.2: phoneNumbers comma-separated, one campaignId for the
-    # request; §3.3 PHONE_NUMBER_SIZE_ERROR beyond 500 (the worker's batch_limit).
+    # request; docs/providers/voicepartner.md §3.3 PHONE_NUMBER_SIZE_ERROR beyond 500.
     assert VoicePartnerDriver.batch_limit == 500
     five_hundred = ",".join(f"06{i:08d}" for i in range(500))
     for command, body in (("tts/send", TTS), ("campaign/send", CAMPAIGN)):

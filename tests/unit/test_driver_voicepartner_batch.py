@@ -1,7 +1,8 @@
-"""Voice Partner campaigns: several numbers per request (docs/providers/voicepartner.md §3.2
-``tts/send`` and ``campaign/send`` take ``phoneNumbers`` comma-separated, at most 500, §3.3
-``PHONE_NUMBER_SIZE_ERROR``), against a MockTransport fake: what batches together, the one
-request built, the one ``campaignId`` answered per number, refusals per request."""
+"""Voice Partner campaigns: several numbers per request (docs/providers/voicepartner.md §3.2:
+``tts/send`` and ``campaign/send`` take ``phoneNumbers`` comma-separated, at most 500;
+docs/providers/voicepartner.md §3.3 ``PHONE_NUMBER_SIZE_ERROR``), against a MockTransport
+fake: what batches together, the one request built, the one ``campaignId`` answered per number,
+refusals per request."""
 
 from __future__ import annotations
 

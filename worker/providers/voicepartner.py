@@ -36,7 +36,8 @@ __all__ = ["MAX_NUMBERS", "VoicePartnerDriver"]
 
 MAX_NUMBERS = 500
 """Numbers per request (docs/providers/voicepartner.md §3.2: voicemail drops take at most 500;
-§3.3 ``PHONE_NUMBER_SIZE_ERROR`` beyond 500, the code list shared by both endpoints)."""
+docs/providers/voicepartner.md §3.3: ``PHONE_NUMBER_SIZE_ERROR`` beyond 500, a code listed for
+both endpoints)."""
 
 # docs/providers/voicepartner.md §3.3 (VMS string codes) and docs/providers/voicepartner.md §3.2
 # (code 10 on /me); classes [INFERRED].
@@ -96,11 +97,12 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         return "tts" if message.mode == "tts" else "campaign"
 
     # -- campaigns: several numbers per request (docs/providers/voicepartner.md §3.2) ------------
-    # Both endpoints take ``phoneNumbers`` comma-separated (at most 500, §3.3
-    # PHONE_NUMBER_SIZE_ERROR) with one content for all: single-number messages with the same
-    # content share one request, so a voice campaign costs one request per chunk, one slot of
-    # its endpoint's budget (tts/send 2000/hour; campaign/send 5/minute and 2000/hour). The
-    # answer is one ``campaignId`` for every number (§3.2), recorded as each message's id.
+    # Both endpoints take ``phoneNumbers`` comma-separated with one content for all (at most
+    # 500: docs/providers/voicepartner.md §3.3 PHONE_NUMBER_SIZE_ERROR). Single-number messages
+    # with the same content share one request, so a voice campaign costs one request per chunk,
+    # one slot of its endpoint's budget (tts/send 2000/hour; campaign/send 5/minute and
+    # 2000/hour). The answer is one ``campaignId`` for every number, recorded as each
+    # message's id.
     batch_limit = MAX_NUMBERS
 
     @classmethod
@@ -125,7 +127,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
     ) -> httpx.Request:
         """One request for every number: the first message's content (the batch key makes them
         equal), no ``notifyUrl`` (a callback URL names one delivery; Voice Partner sends
-        nothing that could be read per number, §3.3) and no schedule (a campaign is held in our
+        nothing that could be read per number) and no schedule (a campaign is held in our
         schedule and leaves at its time, ``worker.scheduling.enqueue``)."""
         first = messages[0]
         merged = first.model_copy(update={"to": [m.to[0] for m in messages]})
@@ -135,7 +137,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         self, response: httpx.Response, messages: Sequence[VoiceMessage], request: httpx.Request
     ) -> list[SendOutcome | DeliveryError | None]:
         """The one ``campaignId`` for each number, the cost shared evenly (one price per
-        number, §3.2 gives the total). A refusal a single number can cause
+        number, the docs give the total). A refusal a single number can cause
         (``DESTINATION_INVALID``) accepted nothing: every entry answers ``None`` and each is
         sent again on its own."""
         numbers = [m.to[0] for m in messages]
