@@ -502,6 +502,15 @@ def test_claim_due_leases_each_entry_to_one_mover(h: Harness) -> None:
     assert later == {"d0": 0, "d1": 2, "d2": 0}
 
 
+def test_claim_due_answers_a_campaign_messages_chunk_size(h: Harness) -> None:
+    new(h.ledger, "single", MESSAGE)
+    new(h.ledger, "campaign", {**MESSAGE, "chunk": "500"})
+    h.ledger.hold("single", T0)
+    h.ledger.hold("campaign", T0)
+    chunks = {e.delivery_id: e.chunk for e in h.ledger.claim_due(T0 + 1, 5.0)}
+    assert chunks == {"single": "", "campaign": "500"}
+
+
 def test_leaving_scheduled_takes_the_delivery_off_the_schedule(h: Harness) -> None:
     new(h.ledger, "d1", MESSAGE)
     h.ledger.hold("d1", T0)

@@ -9,17 +9,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
-from worker.campaign import CHUNK_FIELD, plan_chunks
+from worker.campaign import CHUNK_FIELD, new_record, plan_chunks
 from worker.config import Settings
+from worker.delivery import Done
+from worker.delivery.batch import BatchEntry, process_batch
 from worker.producer import Producer
 from worker.providers import parse_message
+from worker.providers.partner import next_marketing_slot
+from worker.runtime import Runtime
 from worker.scheduling.enqueue import campaign_due
 from worker.scheduling.mover import move_due
 from worker.stores.ledger.memory import MemoryLedger
 from worker.tasknames import SEND_CHUNK_TASK
 
+from .driver_support import mock_client
 from .test_scheduling import Published
 
 
@@ -116,3 +122,43 @@ def test_quiet_hours_hold_a_campaign_and_a_later_send_at_makes_another_chunk(
     ((name, args, _),) = app.tasks
     assert name == SEND_CHUNK_TASK
     assert sorted(item["id"] for item in args[0]["items"]) == sorted(ids[:2])
+
+
+def test_a_chunk_refused_for_the_legal_window_waits_and_leaves_together_again() -> None:
+    """SMS Partner refuses marketing SMS outside its window (docs/providers/smspartner.md §1.3
+    codes 22/23): every message of the chunk waits for the same next slot, and the mover
+    publishes them as one chunk task again."""
+    refusals: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        refusals.append(request.url.path)
+        return httpx.Response(200, json={"success": False, "code": 22, "message": "heure"})
+
+    settings = Settings(
+        smspartner_api_key="sms-secret-key", smspartner_base_url="http://p.test/sms/v1"
+    )
+    rt = Runtime.in_memory(settings, client=mock_client(handler))
+    try:
+        entries = []
+        for i in range(3):
+            message = _sms(i)
+            model = parse_message("sms", message)
+            body = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+            (record,) = [new_record("sms", f"d{i}", model, body, "", chunk=500)]
+            rt.ledger.create_many([record])
+            entries.append(BatchEntry("sms", message, f"d{i}", "tasks.send_sms"))
+        outcomes = process_batch(entries, rt)
+        assert [o.result.status for o in outcomes if isinstance(o, Done)] == ["scheduled"] * 3
+        slot = next_marketing_slot(time.time(), 22)
+        for i in range(3):
+            record = rt.ledger.get(f"d{i}")
+            assert record is not None and record.state == "scheduled"
+            assert float(record.fields["scheduled_for"]) == slot
+        app = Published()
+        assert move_due(app, rt.ledger, slot - 1) == 0  # type: ignore[arg-type]
+        assert move_due(app, rt.ledger, slot + 1) == 3  # type: ignore[arg-type]
+        ((name, args, _),) = app.tasks
+        assert name == SEND_CHUNK_TASK
+        assert sorted(item["id"] for item in args[0]["items"]) == ["d0", "d1", "d2"]
+    finally:
+        rt.close()
