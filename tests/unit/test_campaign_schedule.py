@@ -162,3 +162,39 @@ def test_a_chunk_refused_for_the_legal_window_waits_and_leaves_together_again() 
         assert sorted(item["id"] for item in args[0]["items"]) == ["d0", "d1", "d2"]
     finally:
         rt.close()
+
+
+def test_a_chunk_message_the_provider_could_schedule_waits_in_our_schedule() -> None:
+    """By name (``tasks.send_many``), a worker holds a chunk's messages itself: handed to SMS
+    Partner with its schedule fields, each would be its own request, out of its chunk."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={"success": True, "code": 200, "message_id": 1})
+
+    settings = Settings(
+        smspartner_api_key="sms-secret-key", smspartner_base_url="http://p.test/sms/v1"
+    )
+    mark = datetime.now(UTC) + timedelta(minutes=20)
+    mark = mark.replace(second=0, microsecond=0) - timedelta(minutes=mark.minute % 5)
+    rt = Runtime.in_memory(settings, client=mock_client(handler))
+    try:
+        entries = []
+        for i in range(2):
+            message = _sms(i, send_at=mark.isoformat())
+            model = parse_message("sms", message)
+            body = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+            rt.ledger.create_many([new_record("sms", f"n{i}", model, body, "", chunk=500)])
+            entries.append(BatchEntry("sms", message, f"n{i}", "tasks.send_sms"))
+        outcomes = process_batch(entries, rt)
+        assert [o.result.status for o in outcomes if isinstance(o, Done)] == ["scheduled"] * 2
+        assert seen == []  # nothing handed to the provider
+        for i in range(2):
+            record = rt.ledger.get(f"n{i}")
+            assert record is not None and record.state == "scheduled"
+            assert "provider_scheduled" not in record.fields
+            assert float(record.fields["scheduled_for"]) == mark.timestamp()
+        assert rt.ledger.schedule_size() == 2
+    finally:
+        rt.close()
