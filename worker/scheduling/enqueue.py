@@ -95,16 +95,20 @@ def hold_chunk(
 ) -> list[str]:
     """Put a chunk's just-created deliveries on the schedule at ``due`` (one time for all);
     answers the ids held (a record gone final meanwhile, e.g. cancelled, is not)."""
-    held: list[tuple[str, DeliveryResult]] = []
-    for delivery_id, message in items:
-        result = DeliveryResult(
+    results = [
+        DeliveryResult(
             status="scheduled",
             delivery_id=delivery_id,
             channel=message.channel,
             provider=message.provider,
         )
-        fields = {"result": result.model_dump_json(), "scheduled_for": repr(due)}
-        if ledger.hold(delivery_id, due, **fields):
-            held.append((delivery_id, result))
+        for delivery_id, message in items
+    ]
+    holds = [
+        (r.delivery_id, due, {"result": r.model_dump_json(), "scheduled_for": repr(due)})
+        for r in results
+    ]
+    answers = ledger.hold_many(holds)  # one round trip for the chunk
+    held = [(r.delivery_id, r) for r, ok in zip(results, answers, strict=True) if ok]
     store_task_states(app, held, SCHEDULED_STATE)
     return [delivery_id for delivery_id, _ in held]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from worker.stores.ledger.base import (
@@ -163,6 +163,9 @@ class MemoryLedger(Ledger):
             self._schedule[delivery_id] = due
             self._claims.pop(delivery_id, None)
             return True
+
+    def hold_many(self, holds: Sequence[tuple[str, float, Mapping[str, str]]]) -> list[bool]:
+        return [self.hold(delivery_id, due, **fields) for delivery_id, due, fields in holds]
 
     def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
         with self._lock:
