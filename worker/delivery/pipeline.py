@@ -446,7 +446,10 @@ def hold_if_early(
     if due >= d.deadline():
         return expire(d, record.attempts, "before its time came (send_at or quiet hours)")
     when = datetime.fromtimestamp(due, UTC)
-    if record.state != "scheduled" and native_fits(driver(), when, now):
+    # A campaign message (worker.campaign.CHUNK_FIELD) waits in our schedule, so the mover
+    # publishes it with its chunk: at the provider it would cost one request alone.
+    in_chunk = bool(record.fields.get("chunk"))
+    if record.state != "scheduled" and not in_chunk and native_fits(driver(), when, now):
         return None  # sent now with the schedule fields (native_context)
     return _hold(d, record, due)
 
