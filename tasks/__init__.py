@@ -16,6 +16,7 @@ from tasks import tracking  # noqa: F401  (registers the tracking tasks)
 from worker.app import RedactedRequest, app
 from worker.delivery import Retry, process
 from worker.guard.refusals import GUARD_HEADER
+from worker.lanes import send_back
 from worker.ops.operations import Operations
 from worker.runtime import get_runtime
 
@@ -47,6 +48,12 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
         log.error("delivery.soft_time_limit", retry_in_s=rt.settings.reconcile_grace_s)
         raise task.retry(countdown=rt.settings.reconcile_grace_s, max_retries=None) from None
     if isinstance(outcome, Retry):
+        if outcome.reason == "rate_limited" and send_back(
+            rt.records, rt.settings, str(task.request.id), message, outcome.delay_s
+        ):
+            # Back into its lane, due when the limiter may have a slot (worker.lanes): the
+            # dispatcher publishes it again then, in lane order; this message is done.
+            raise Ignore()
         # Same task id and message; budgets are counted in the ledger, not by Celery.
         raise task.retry(countdown=outcome.delay_s, max_retries=None)
     result = outcome.result.model_dump(mode="json", exclude_none=True)

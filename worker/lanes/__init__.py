@@ -34,7 +34,16 @@ from worker.models import DEFAULT_TENANT, PRIORITIES
 from worker.stores._redis import load_script, text
 from worker.stores.keys import Keys
 
-__all__ = ["LEASE_S", "LaneDepth", "Lanes", "Taken", "lane_of", "lanes_beside", "parse_weights"]
+__all__ = [
+    "LEASE_S",
+    "LaneDepth",
+    "Lanes",
+    "Taken",
+    "lane_of",
+    "lanes_beside",
+    "parse_weights",
+    "send_back",
+]
 
 LEASE_S = 30.0
 """How long a taken entry may stay unpublished before another take puts it back."""
@@ -59,6 +68,23 @@ def lane_of(body: Any) -> tuple[str, str]:
         priority if priority in PRIORITIES else "normal",
         tenant if isinstance(tenant, str) and _TENANT.fullmatch(tenant) else DEFAULT_TENANT,
     )
+
+
+_BESIDE: dict[int, Lanes] = {}
+
+
+def send_back(ledger: Any, settings: Any, delivery_id: str, message: Any, delay_s: float) -> bool:
+    """Put a delivery the limiter sent back (its slot lay beyond the inline wait) into its lane,
+    due in ``delay_s``: it waits in Redis, in order, not in the broker nor in a worker's memory
+    as a countdown. False when lanes are off (the caller retries through the broker)."""
+    lanes = _BESIDE.get(id(ledger))
+    if lanes is None:
+        lanes = lanes_beside(ledger, settings)
+        if lanes is None:
+            return False
+        _BESIDE[id(ledger)] = lanes
+    lanes.push(delivery_id, *lane_of(message), at=time.time() + max(delay_s, 0.0))
+    return True
 
 
 def lanes_beside(ledger: Any, settings: Any) -> Lanes | None:

@@ -6,6 +6,9 @@
 -- ARGV: 1 room in the broker queue, 2 now, 3 lease seconds, 4 class weights (JSON object),
 -- 5 tenant weights (JSON object; a tenant not named weighs 1).
 -- Returns {member, task_name, message, enqueued_at} per delivery taken.
+-- A lane's score is its entry's enqueue time, or for a delivery the limiter sent back its
+-- not-before time: a lane whose first entry is not yet due is passed over (its later entries
+-- are not due either), so waiting work stays in Redis, in order, and nothing spins.
 local lane_prefix, tenants_prefix, turns, taken, record_prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local room = tonumber(ARGV[1])
@@ -54,24 +57,44 @@ local function pick(candidates, weights, field_prefix)
   return candidates[best]
 end
 
+-- The tenants of priority p whose lane has a due first entry (sorted); an empty lane leaves
+-- the set.
+local function due(p)
+  local out = {}
+  for _, t in ipairs(redis.call('SMEMBERS', tenants_prefix .. p)) do
+    local head = redis.call('ZRANGE', lane_prefix .. p .. ':' .. t, 0, 0, 'WITHSCORES')
+    if #head == 0 then
+      redis.call('SREM', tenants_prefix .. p, t)
+    elseif tonumber(head[2]) <= now then
+      out[#out + 1] = t
+    end
+  end
+  table.sort(out)
+  return out
+end
+
 local out = {}
 local tries = 0
 while #out < room and tries < room * 2 + 2 do
   tries = tries + 1
   local p = nil
-  if redis.call('SCARD', tenants_prefix .. 'high') > 0 then
+  local tenants = due('high')
+  if #tenants > 0 then
     p = 'high'
   else
-    local classes = {}
+    local classes, dues = {}, {}
     for _, c in ipairs({'normal', 'bulk'}) do
-      if redis.call('SCARD', tenants_prefix .. c) > 0 then classes[#classes + 1] = c end
+      local d = due(c)
+      if #d > 0 then
+        classes[#classes + 1] = c
+        dues[c] = d
+      end
     end
     if #classes == 0 then break end
     p = classes[1]
     if #classes > 1 then p = pick(classes, class_weights, 'class:') end
+    tenants = dues[p]
   end
-  local tenants = redis.call('SMEMBERS', tenants_prefix .. p)
-  table.sort(tenants)
   local t = tenants[1]
   if #tenants > 1 then t = pick(tenants, tenant_weights, 't:' .. p .. ':') end
   local lane = lane_prefix .. p .. ':' .. t
