@@ -744,3 +744,28 @@ def test_the_gate_sleeps_until_its_reserved_slot_and_sends_without_asking_again(
     assert time.monotonic() - started >= 0.2
     assert limiter.asked == ["normal", "normal"]  # one reservation each, never asked again
     assert len(calls.requests) == 2
+
+
+def test_the_gate_gives_up_a_slot_it_woke_late_for_and_reserves_again(
+    calls: Calls, make_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = make_runtime(calls, rate_limits={"smspartner": {"send": "4/s"}})
+    limiter = CountingLimiter(time.monotonic)
+    rt.limiter = limiter
+    assert isinstance(run(rt, delivery_id="a"), Done)
+    real_sleep = time.sleep
+    slept: list[float] = []
+
+    def wakes_late_once(seconds: float) -> None:
+        # The first sleep ends well past the margin's half (a loaded host's late wake).
+        slept.append(seconds)
+        real_sleep(seconds + (0.1 if len(slept) == 1 else 0.0))
+
+    monkeypatch.setattr(time, "sleep", wakes_late_once)
+    second = run(rt, delivery_id="b")
+    monkeypatch.setattr(time, "sleep", real_sleep)
+    assert isinstance(second, Done)
+    # Its first slot passed unused; it reserved a second, slept until it and sent once.
+    assert limiter.asked == ["normal", "normal", "normal"]
+    assert len(slept) == 2
+    assert len(calls.requests) == 2
