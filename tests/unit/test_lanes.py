@@ -72,11 +72,10 @@ def test_tenants_share_a_priority_by_weight(redis_client: redis.Redis) -> None:
 def test_a_lease_not_done_goes_back_to_its_lane(redis_client: redis.Redis, lanes: Lanes) -> None:
     put(redis_client, lanes, "x1", "normal", "acme")
     put(redis_client, lanes, "x2", "normal", "acme")
-    now = time.time()  # entries are due from their enqueue time
-    first = lanes.take(1, now=now)
+    first = lanes.take(1, now=1000.0)
     assert [t.delivery_id for t in first] == ["x1"]
     # Not published (the dispatcher died): after the lease it is taken again, first.
-    again = lanes.take(2, now=now + lanes.lease_s + 1)
+    again = lanes.take(2, now=1000.0 + lanes.lease_s + 1)
     assert [t.delivery_id for t in again] == ["x1", "x2"]
     lanes.done(again)
     assert redis_client.zcard(KEYS.lane_taken) == 0
@@ -101,30 +100,32 @@ def test_push_twice_keeps_its_place(redis_client: redis.Redis, lanes: Lanes) -> 
     assert [t.delivery_id for t in lanes.take(2)] == ["k1", "k2"]
 
 
-def test_a_delivery_sent_back_waits_in_its_lane_until_due(
+def test_a_delivery_sent_back_keeps_its_place_and_its_lane_waits_until_due(
     redis_client: redis.Redis, lanes: Lanes
 ) -> None:
-    # The limiter sent "later" back, due at 1010; "other" (another tenant) and "bulk" are due.
-    redis_client.hset(
-        KEYS.delivery("later"),
-        mapping={"task_name": "tasks.send_email", "message": json.dumps(EMAIL)},
-    )
-    lanes.push("later", "high", "acme", at=1010.0)
-    for delivery_id, priority, tenant in (("other", "high", "zeta"), ("b1", "bulk", "acme")):
-        redis_client.hset(
-            KEYS.delivery(delivery_id),
-            mapping={"task_name": "tasks.send_email", "message": json.dumps(EMAIL)},
-        )
-        lanes.push(delivery_id, priority, tenant, at=1000.0)
-    # Not due: passed over (high of another tenant first, then bulk), not taken, not lost.
-    assert [t.delivery_id for t in lanes.take(5, now=1005.0)] == ["other", "b1"]
+    for delivery_id, priority, tenant in (
+        ("h1", "high", "acme"),
+        ("h2", "high", "acme"),
+        ("z1", "high", "zeta"),
+        ("b1", "bulk", "acme"),
+    ):
+        put(redis_client, lanes, delivery_id, priority, tenant)
+    assert [t.delivery_id for t in lanes.take(1, now=1000.0)] == ["h1"]
+    lanes.done([])
+    redis_client.delete(KEYS.lane_taken)
+    # The limiter sent h1 back, due at 1010: to the front of its lane, the lane waits.
+    assert lanes.send_back("h1", "high", "acme", 1010.0, now=1001.0)
+    # Passed over until due (high of another tenant first, then bulk); nothing taken from it.
+    assert [t.delivery_id for t in lanes.take(5, now=1005.0)] == ["z1", "b1"]
+    redis_client.delete(KEYS.lane_taken)
     assert lanes.take(5, now=1009.0) == []
-    assert [(d.priority, d.depth) for d in lanes.depths(now=1009.0)] == [("high", 1)]
-    # Due: taken first again (high).
+    assert [(d.priority, d.tenant, d.depth) for d in lanes.depths()] == [("high", "acme", 2)]
+    # Due: taken again first, in its place (before h2).
     taken = lanes.take(5, now=1010.0)
-    assert [t.delivery_id for t in taken] == ["later"]
+    assert [t.delivery_id for t in taken] == ["h1", "h2"]
     lanes.done(taken)
     assert lanes.depths() == []
+    assert redis_client.exists(KEYS.lane_due) == 0  # the lane emptied: its due time left
 
 
 def test_send_back_puts_a_delivery_in_its_lane_due_later(redis_client: redis.Redis) -> None:
@@ -138,8 +139,9 @@ def test_send_back_puts_a_delivery_in_its_lane_due_later(redis_client: redis.Red
     on = SimpleNamespace(lanes=True, lane_weights="normal=4,bulk=1", tenant_weights="")
     before = time.time()
     assert send_back(ledger, on, "d1", {**EMAIL, "priority": "bulk", "tenant": "acme"}, 2.0)
-    score = redis_client.zscore(KEYS.lane("bulk", "acme"), "d1")
-    assert score is not None and before + 2.0 <= score <= time.time() + 2.0
+    assert redis_client.zscore(KEYS.lane("bulk", "acme"), "d1") is not None
+    due = float(redis_client.hget(KEYS.lane_due, "bulk:acme") or 0)
+    assert before + 2.0 <= due <= time.time() + 2.0
     off = SimpleNamespace(lanes=False)
     assert not send_back(RedisLedger(redis_client, keys=Keys("other")), off, "d2", EMAIL, 1.0)
     assert redis_client.zscore(Keys("other").lane("normal", "default"), "d2") is None

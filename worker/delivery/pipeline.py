@@ -890,13 +890,14 @@ class Gate:
             max_wait_s = min(max_wait_s, settings.limiter_ahead_s)
         # A process that wakes later than this after its slot gives the slot up and reserves
         # again: sent late, its request would land in the next one's slot (a 429 when the
-        # lateness passes the margin). The unused slot passes (docs/limiter.md).
+        # lateness passes the margin). The unused slot leaves the log (docs/limiter.md).
         late_s = settings.limiter_safety_margin_s / 2
         waited = later_s = 0.0
+        given_up: float | None = None
         for _ in range(LATE_RESERVES):
             asked = time.perf_counter()
             slot = d.rt.limiter.reserve(
-                self.key, limits, priority=d.priority, max_wait_s=max_wait_s
+                self.key, limits, priority=d.priority, max_wait_s=max_wait_s, release_at_s=given_up
             )
             if not slot.reserved:
                 later_s = slot.wait_s
@@ -913,6 +914,7 @@ class Gate:
             if later_s > 0 or woke - due <= late_s:
                 break
             log.info("delivery.late_wake", late_s=round(woke - due, 3))
+            given_up = slot.at_s or None
         else:
             # Late every time (an overloaded host): back to wait, not a request out of its slot.
             later_s = late_s

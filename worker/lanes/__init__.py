@@ -74,16 +74,18 @@ _BESIDE: dict[int, Lanes] = {}
 
 
 def send_back(ledger: Any, settings: Any, delivery_id: str, message: Any, delay_s: float) -> bool:
-    """Put a delivery the limiter sent back (its slot lay beyond the inline wait) into its lane,
-    due in ``delay_s``: it waits in Redis, in order, not in the broker nor in a worker's memory
-    as a countdown. False when lanes are off (the caller retries through the broker)."""
+    """Put a delivery the limiter sent back (its slot lay beyond the inline wait) at the front of
+    its lane, the lane due in ``delay_s`` (:meth:`Lanes.send_back`): it waits in Redis, in
+    order, not in the broker nor in a worker's memory as a countdown. False when lanes are off
+    (the caller retries through the broker)."""
     lanes = _BESIDE.get(id(ledger))
     if lanes is None:
         lanes = lanes_beside(ledger, settings)
         if lanes is None:
             return False
         _BESIDE[id(ledger)] = lanes
-    lanes.push(delivery_id, *lane_of(message), at=time.time() + max(delay_s, 0.0))
+    priority, tenant = lane_of(message)
+    lanes.send_back(delivery_id, priority, tenant, time.time() + max(delay_s, 0.0))
     return True
 
 
@@ -142,6 +144,7 @@ class Lanes:
         )
         self.lease_s = lease_s
         self._take = load_script(client, _PACKAGE, "take.lua")
+        self._send_back = load_script(client, _PACKAGE, "send_back.lua")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Any) -> Lanes:
@@ -182,6 +185,35 @@ class Lanes:
         replies = pipe.execute()
         return sum(int(added) for added in replies[0::2])
 
+    def send_back(
+        self,
+        delivery_id: str,
+        priority: str,
+        tenant: str,
+        not_before: float,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """A delivery the limiter sent back: to the front of its lane (it keeps its place), and
+        the lane is not taken from before ``not_before``; whether it was not there."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
+        added = self._send_back(
+            keys=[
+                self.keys.lane(priority, tenant),
+                self.keys.lane_tenants(priority),
+                self.keys.lane_due,
+            ],
+            args=[
+                delivery_id,
+                tenant,
+                repr(time.time() if now is None else now),
+                repr(not_before),
+                f"{priority}:{tenant}",
+            ],
+        )
+        return bool(int(added))
+
     def take(self, room: int, now: float | None = None) -> list[Taken]:
         """Up to ``room`` deliveries in lane order, leased until :meth:`done`."""
         if room <= 0:
@@ -194,6 +226,7 @@ class Lanes:
                 self.keys.lane_turns,
                 self.keys.lane_taken,
                 self.keys.delivery_prefix,
+                self.keys.lane_due,
             ],
             args=[
                 room,

@@ -6,11 +6,11 @@
 -- ARGV: 1 room in the broker queue, 2 now, 3 lease seconds, 4 class weights (JSON object),
 -- 5 tenant weights (JSON object; a tenant not named weighs 1).
 -- Returns {member, task_name, message, enqueued_at} per delivery taken.
--- A lane's score is its entry's enqueue time, or for a delivery the limiter sent back its
--- not-before time: a lane whose first entry is not yet due is passed over (its later entries
--- are not due either), so waiting work stays in Redis, in order, and nothing spins.
-local lane_prefix, tenants_prefix, turns, taken, record_prefix =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- A lane the limiter sent a delivery back from waits until its due time (KEYS[6], a hash:
+-- "<priority>:<tenant>" -> time; send_back.lua): a take passes over it until then, so waiting
+-- work stays in Redis, in order, and nothing spins on a spent budget.
+local lane_prefix, tenants_prefix, turns, taken, record_prefix, due_at =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local room = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
@@ -57,17 +57,16 @@ local function pick(candidates, weights, field_prefix)
   return candidates[best]
 end
 
--- The tenants of priority p whose lane has a due first entry (sorted); an empty lane leaves
--- the set.
+-- The tenants of priority p with waiting work whose lane is due (sorted).
 local function due(p)
   local out = {}
-  for _, t in ipairs(redis.call('SMEMBERS', tenants_prefix .. p)) do
-    local head = redis.call('ZRANGE', lane_prefix .. p .. ':' .. t, 0, 0, 'WITHSCORES')
-    if #head == 0 then
-      redis.call('SREM', tenants_prefix .. p, t)
-    elseif tonumber(head[2]) <= now then
-      out[#out + 1] = t
-    end
+  local tenants = redis.call('SMEMBERS', tenants_prefix .. p)
+  if #tenants == 0 then return out end
+  local fields = {}
+  for i, t in ipairs(tenants) do fields[i] = p .. ':' .. t end
+  local times = redis.call('HMGET', due_at, unpack(fields))
+  for i, t in ipairs(tenants) do
+    if not times[i] or tonumber(times[i]) <= now then out[#out + 1] = t end
   end
   table.sort(out)
   return out
@@ -102,6 +101,7 @@ while #out < room and tries < room * 2 + 2 do
   if #popped == 0 or redis.call('EXISTS', lane) == 0 then
     redis.call('SREM', tenants_prefix .. p, t)
     redis.call('HDEL', turns, 't:' .. p .. ':' .. t)
+    redis.call('HDEL', due_at, p .. ':' .. t)
   end
   if #popped > 0 then
     local id = popped[1]

@@ -87,6 +87,11 @@ class Keys:
         return self._k("lanes", "turns")
 
     @property
+    def lane_due(self) -> str:
+        """When each lane sent back by the limiter is due again (a hash: ``<p>:<t>`` → time)."""
+        return self._k("lanes", "due")
+
+    @property
     def lane_taken(self) -> str:
         """Entries taken by a dispatcher and not yet published, with the lease's end."""
         return self._k("lanes", "taken")

@@ -161,8 +161,13 @@ class RateLimiter(Protocol):
         *,
         priority: str = "normal",
         max_wait_s: float = 0.0,
+        release_at_s: float | None = None,
     ) -> Reservation:
         """Atomically reserve one request from every limit at the earliest slot, or none.
+
+        ``release_at_s``: the ``at_s`` of the caller's own earlier reservation that it woke too
+        late for and gives up unused; it is removed first (nothing was sent for it), so it
+        leaves no hole in the budget.
 
         The slot is the earliest instant, not before a hold ends, that keeps every window of
         every limit within its count (for ``normal``/``bulk`` in the future: within its count
