@@ -195,7 +195,8 @@ class Lanes:
         now: float | None = None,
     ) -> bool:
         """A delivery the limiter sent back: to the front of its lane (it keeps its place), and
-        the lane is not taken from before ``not_before``; whether it was not there."""
+        no lane of its priority whose first delivery goes to its provider is taken from before
+        ``not_before`` (send_back.lua); whether it was not there."""
         if priority not in PRIORITIES:
             raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
         added = self._send_back(
@@ -203,13 +204,14 @@ class Lanes:
                 self.keys.lane(priority, tenant),
                 self.keys.lane_tenants(priority),
                 self.keys.lane_due,
+                self.keys.delivery(delivery_id),
             ],
             args=[
                 delivery_id,
                 tenant,
                 repr(time.time() if now is None else now),
                 repr(not_before),
-                f"{priority}:{tenant}",
+                priority,
             ],
         )
         return bool(int(added))

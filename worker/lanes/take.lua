@@ -6,9 +6,10 @@
 -- ARGV: 1 room in the broker queue, 2 now, 3 lease seconds, 4 class weights (JSON object),
 -- 5 tenant weights (JSON object; a tenant not named weighs 1).
 -- Returns {member, task_name, message, enqueued_at} per delivery taken.
--- A lane the limiter sent a delivery back from waits until its due time (KEYS[6], a hash:
--- "<priority>:<tenant>" -> time; send_back.lua): a take passes over it until then, so waiting
--- work stays in Redis, in order, and nothing spins on a spent budget.
+-- A lane whose first delivery goes to a provider the limiter sent work of its priority back
+-- from waits until that due time (KEYS[6], a hash: "<priority>:<provider>" -> time;
+-- send_back.lua): a take passes over it until then, so waiting work stays in Redis, in order,
+-- nothing spins on a spent budget, and the tenants of one budget wait alike.
 local lane_prefix, tenants_prefix, turns, taken, record_prefix, due_at =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local room = tonumber(ARGV[1])
@@ -57,16 +58,24 @@ local function pick(candidates, weights, field_prefix)
   return candidates[best]
 end
 
--- The tenants of priority p with waiting work whose lane is due (sorted).
+-- The tenants of priority p with waiting work whose lane is due (sorted): its first
+-- delivery's provider has no due time for p ahead of now (a due time passed is removed).
+local due_of = {}
 local function due(p)
   local out = {}
-  local tenants = redis.call('SMEMBERS', tenants_prefix .. p)
-  if #tenants == 0 then return out end
-  local fields = {}
-  for i, t in ipairs(tenants) do fields[i] = p .. ':' .. t end
-  local times = redis.call('HMGET', due_at, unpack(fields))
-  for i, t in ipairs(tenants) do
-    if not times[i] or tonumber(times[i]) <= now then out[#out + 1] = t end
+  for _, t in ipairs(redis.call('SMEMBERS', tenants_prefix .. p)) do
+    local head = redis.call('ZRANGE', lane_prefix .. p .. ':' .. t, 0, 0)
+    local ok = true
+    if #head > 0 then
+      local field = p .. ':' .. (redis.call('HGET', record_prefix .. head[1], 'provider') or '')
+      if due_of[field] == nil then
+        local at = tonumber(redis.call('HGET', due_at, field) or '0') or 0
+        if at > 0 and at <= now then redis.call('HDEL', due_at, field) end
+        due_of[field] = at
+      end
+      ok = due_of[field] <= now
+    end
+    if ok then out[#out + 1] = t end
   end
   table.sort(out)
   return out
@@ -101,7 +110,6 @@ while #out < room and tries < room * 2 + 2 do
   if #popped == 0 or redis.call('EXISTS', lane) == 0 then
     redis.call('SREM', tenants_prefix .. p, t)
     redis.call('HDEL', turns, 't:' .. p .. ':' .. t)
-    redis.call('HDEL', due_at, p .. ':' .. t)
   end
   if #popped > 0 then
     local id = popped[1]

@@ -88,7 +88,8 @@ class Keys:
 
     @property
     def lane_due(self) -> str:
-        """When each lane sent back by the limiter is due again (a hash: ``<p>:<t>`` → time)."""
+        """When work the limiter sent back is due again (a hash: ``<priority>:<provider>`` →
+        time)."""
         return self._k("lanes", "due")
 
     @property
