@@ -34,7 +34,16 @@ from worker.models import DEFAULT_TENANT, PRIORITIES
 from worker.stores._redis import load_script, text
 from worker.stores.keys import Keys
 
-__all__ = ["LEASE_S", "LaneDepth", "Lanes", "Taken", "lane_of", "lanes_beside", "parse_weights"]
+__all__ = [
+    "LEASE_S",
+    "LaneDepth",
+    "Lanes",
+    "Taken",
+    "lane_of",
+    "lanes_beside",
+    "parse_weights",
+    "send_back",
+]
 
 LEASE_S = 30.0
 """How long a taken entry may stay unpublished before another take puts it back."""
@@ -59,6 +68,25 @@ def lane_of(body: Any) -> tuple[str, str]:
         priority if priority in PRIORITIES else "normal",
         tenant if isinstance(tenant, str) and _TENANT.fullmatch(tenant) else DEFAULT_TENANT,
     )
+
+
+_BESIDE: dict[int, Lanes] = {}
+
+
+def send_back(ledger: Any, settings: Any, delivery_id: str, message: Any, delay_s: float) -> bool:
+    """Put a delivery the limiter sent back (its slot lay beyond the inline wait) at the front of
+    its lane, the lane due in ``delay_s`` (:meth:`Lanes.send_back`): it waits in Redis, in
+    order, not in the broker nor in a worker's memory as a countdown. False when lanes are off
+    (the caller retries through the broker)."""
+    lanes = _BESIDE.get(id(ledger))
+    if lanes is None:
+        lanes = lanes_beside(ledger, settings)
+        if lanes is None:
+            return False
+        _BESIDE[id(ledger)] = lanes
+    priority, tenant = lane_of(message)
+    lanes.send_back(delivery_id, priority, tenant, time.time() + max(delay_s, 0.0))
+    return True
 
 
 def lanes_beside(ledger: Any, settings: Any) -> Lanes | None:
@@ -116,6 +144,7 @@ class Lanes:
         )
         self.lease_s = lease_s
         self._take = load_script(client, _PACKAGE, "take.lua")
+        self._send_back = load_script(client, _PACKAGE, "send_back.lua")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Any) -> Lanes:
@@ -156,6 +185,37 @@ class Lanes:
         replies = pipe.execute()
         return sum(int(added) for added in replies[0::2])
 
+    def send_back(
+        self,
+        delivery_id: str,
+        priority: str,
+        tenant: str,
+        not_before: float,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """A delivery the limiter sent back: to the front of its lane (it keeps its place), and
+        no lane of its priority whose first delivery goes to its provider is taken from before
+        ``not_before`` (send_back.lua); whether it was not there."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
+        added = self._send_back(
+            keys=[
+                self.keys.lane(priority, tenant),
+                self.keys.lane_tenants(priority),
+                self.keys.lane_due,
+                self.keys.delivery(delivery_id),
+            ],
+            args=[
+                delivery_id,
+                tenant,
+                repr(time.time() if now is None else now),
+                repr(not_before),
+                priority,
+            ],
+        )
+        return bool(int(added))
+
     def take(self, room: int, now: float | None = None) -> list[Taken]:
         """Up to ``room`` deliveries in lane order, leased until :meth:`done`."""
         if room <= 0:
@@ -168,6 +228,7 @@ class Lanes:
                 self.keys.lane_turns,
                 self.keys.lane_taken,
                 self.keys.delivery_prefix,
+                self.keys.lane_due,
             ],
             args=[
                 room,
