@@ -17,6 +17,7 @@ from worker.app import RedactedRequest, app
 from worker.delivery import Retry, process
 from worker.delivery.campaign import chunk_items, run_chunk, run_send_many
 from worker.guard.refusals import GUARD_HEADER
+from worker.lanes import send_back
 from worker.ops.operations import Operations
 from worker.runtime import get_runtime
 from worker.tasknames import SEND_CHUNK_TASK, SEND_MANY_TASK
@@ -59,6 +60,12 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
         log.error("delivery.soft_time_limit", retry_in_s=rt.settings.reconcile_grace_s)
         raise task.retry(countdown=rt.settings.reconcile_grace_s, max_retries=None) from None
     if isinstance(outcome, Retry):
+        if outcome.reason == "rate_limited" and send_back(
+            rt.records, rt.settings, str(task.request.id), message, outcome.delay_s
+        ):
+            # Back into its lane, due when the limiter may have a slot (worker.lanes): the
+            # dispatcher publishes it again then, in lane order; this message is done.
+            raise Ignore()
         # Same task id and message; budgets are counted in the ledger, not by Celery.
         raise task.retry(countdown=outcome.delay_s, max_retries=None)
     result = outcome.result.model_dump(mode="json", exclude_none=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +40,10 @@ from worker.stores.ledger.base import NewRecord
 from worker.tasknames import TASK_NAMES
 
 __all__ = [
+    "CHUNK_FIELD",
     "DEFAULT_CHUNK",
     "MAX_PER_TASK",
+    "DueOf",
     "SendManyResult",
     "chunk_repr",
     "chunk_size",
@@ -80,19 +82,33 @@ def chunk_size(channel: str, provider: str | None) -> int:
     return min(max(limits), MAX_PER_TASK) if limits else DEFAULT_CHUNK
 
 
+CHUNK_FIELD = "chunk"
+"""Ledger field of a campaign message: its chunk size. Held on the schedule (``send_at``,
+quiet hours, a legal window), such messages are published again together, as chunk tasks
+(``worker.scheduling.mover``)."""
+
+DueOf = Callable[[int, Message], float | None]
+"""When a message (by input index) is held until, ``None`` to send it at once
+(``worker.scheduling.enqueue.campaign_due``)."""
+
+
 def plan_chunks(
-    channel: str, valid: Sequence[tuple[int, Message]]
+    channel: str, valid: Sequence[tuple[int, Message]], *, due: DueOf | None = None
 ) -> Iterator[list[tuple[int, Message]]]:
     """Consecutive chunks in input order, cut where the provider (and so the size) changes,
-    or the lane (priority, tenant) a chunk waits in."""
+    or the lane (priority, tenant) a chunk waits in, and, with ``due``, where the due time
+    changes: every message of a chunk is held until the same time and leaves with the others (a
+    chunk's promise is never split by its schedule)."""
     chunk: list[tuple[int, Message]] = []
-    size, cut = 0, None
+    size, cut, at = 0, None, None
     for index, model in valid:
-        if chunk and ((model.provider, model.priority, model.tenant) != cut or len(chunk) >= size):
+        when = due(index, model) if due is not None else None
+        lane = (model.provider, model.priority, model.tenant)
+        if chunk and (lane != cut or when != at or len(chunk) >= size):
             yield chunk
             chunk = []
         if not chunk:
-            cut = (model.provider, model.priority, model.tenant)
+            cut, at = lane, when
             size = chunk_size(channel, model.provider)
         chunk.append((index, model))
     if chunk:
@@ -100,16 +116,26 @@ def plan_chunks(
 
 
 def new_record(
-    channel: str, delivery_id: str, model: Message, body: dict[str, Any], queue: str
+    channel: str,
+    delivery_id: str,
+    model: Message,
+    body: dict[str, Any],
+    queue: str,
+    *,
+    chunk: int = 0,
 ) -> NewRecord:
-    """The record a single send's enqueue creates (the mover and the sweep republish it as a
-    single send: task name, message, queue)."""
+    """The record a single send's enqueue creates (the sweep republishes it as a single send:
+    task name, message, queue); ``chunk``: a campaign message's chunk size, so the schedule
+    mover publishes it with the others due at its time (:data:`CHUNK_FIELD`)."""
+    extra = {"task_name": TASK_NAMES[channel], "message": json.dumps(body), "queue": queue}
+    if chunk > 0:
+        extra[CHUNK_FIELD] = str(chunk)
     return NewRecord(
         delivery_id,
         channel=channel,
         provider=model.provider or "auto",
         idempotency_key=model.idempotency_key,
-        extra={"task_name": TASK_NAMES[channel], "message": json.dumps(body), "queue": queue},
+        extra=extra,
     )
 
 

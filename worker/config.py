@@ -149,6 +149,10 @@ class Settings(_ProviderSettings):
     limiter_max_inline_wait_s: float = Field(default=2.0, ge=0, le=30)
     """A task reserves a limiter slot up to this far ahead and sleeps until it; a later slot is
     not reserved and the task is rescheduled."""
+    limiter_ahead_s: float = Field(default=0.5, ge=0, le=30)
+    """With lanes on, a ``normal``/``bulk`` task reserves a slot at most this far ahead (and at
+    most ``limiter_max_inline_wait_s``); a later one sends it back into its lane, due then. So
+    pool processes are not all asleep on campaign slots when a ``high`` message comes."""
     limiter_high_share: float = Field(default=DEFAULT_HIGH_SHARE, ge=0, le=1)
     """The share of every limiter window that ``normal``/``bulk`` reservations leave free for
     ``high`` requests (borrowed when no ``high`` request waits): ``docs/limiter.md``."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker.campaign import SendManyResult, chunk_repr, new_record, plan_chunks
+from worker.campaign import SendManyResult, chunk_repr, chunk_size, new_record, plan_chunks
 from worker.config import get_settings
 from worker.durable_wait import WaitTimeout, wait_for_results
 from worker.lanes import Lanes, lanes_beside
@@ -31,7 +31,7 @@ from worker.providers import parse_message
 from worker.redaction import redacted_repr
 from worker.redis_client import shared_redis
 from worker.scheduling.cancel import CancelResult, cancel_delivery
-from worker.scheduling.enqueue import hold_at_enqueue
+from worker.scheduling.enqueue import campaign_due, hold_at_enqueue, hold_chunk
 from worker.scheduling.rules import check_send_at
 from worker.stores import Ledger, RedisLedger
 from worker.stores.keys import Keys, keys_for
@@ -220,20 +220,38 @@ class Producer:
         ids: list[str | None] = [None] * count
         queue = str(options.get("queue") or "")
         lanes = self._lane_store() if not _given(options) else None
-        for chunk in plan_chunks(channel, valid):
+        # Scheduling per chunk (send_at, quiet hours): a chunk's messages share one due time
+        # and are held on the schedule together (worker.scheduling.enqueue).
+        quiet, now = get_settings().quiet_hours, time.time()
+        dues = {
+            index: due
+            for index, model in valid
+            if (due := campaign_due(model, now, quiet_hours=quiet)) is not None
+        }
+        for chunk in plan_chunks(channel, valid, due=lambda index, _: dues.get(index)):
             bodies = [_campaign_body(m) for _, m in chunk]
+            size = chunk_size(channel, chunk[0][1].provider)
             records = [
-                new_record(channel, str(uuid.uuid4()), model, body, queue)
+                new_record(channel, str(uuid.uuid4()), model, body, queue, chunk=size)
                 for (_, model), body in zip(chunk, bodies, strict=True)
             ]
-            items, created_ids = [], []
+            items, created_ids, created_models = [], [], []
             answers = self.ledger.create_many(records, fresh_ids=True)
-            for (index, _), body, (existing, created) in zip(chunk, bodies, answers, strict=True):
+            for (index, model), body, (existing, created) in zip(
+                chunk, bodies, answers, strict=True
+            ):
                 ids[index] = existing
                 if created:
                     items.append({"id": existing, "message": body})
                     created_ids.append(existing)
+                    created_models.append((existing, model))
             if not items:
+                continue
+            due = dues.get(chunk[0][0])
+            if due is not None and set(options) <= {"queue"}:
+                # Nothing published: the schedule mover publishes the chunk when due.
+                hold_chunk(self.app, self.ledger, created_models, due)
+                self._replicated(created_ids[-1])
                 continue
             try:
                 if lanes is not None:
@@ -246,6 +264,7 @@ class Producer:
                         len(items),
                         str(bodies[0]["priority"]),
                         chunk[0][1].tenant_key,
+                        provider=chunk[0][1].provider or "auto",
                     )
                 else:
                     self.app.send_task(

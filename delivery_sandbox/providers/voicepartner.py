@@ -309,9 +309,10 @@ def _is_url(value: Any) -> bool:
 
 
 def _is_date(value: Any) -> bool:
-    """``YYYY-mm-dd H:m:00`` (docs/providers/voicepartner.md §3.2)."""
+    """``YYYY-mm-dd H:m:00`` (docs/providers/voicepartner.md §3.2): whole minutes, the seconds
+    are ``00``."""
     if not isinstance(value, str) or not re.fullmatch(
-        r"\d{4}-\d{2}-\d{2} \d{1,2}:\d{1,2}:\d{2}", value
+        r"\d{4}-\d{2}-\d{2} \d{1,2}:\d{1,2}:00", value
     ):
         return False
     try:

@@ -210,3 +210,61 @@ def test_a_worker_sigkilled_while_it_holds_work_loses_nothing_and_sends_nothing_
         if survivor is not None:
             survivor.stop()
         ledger.redis.flushdb()
+
+
+def reserved_ahead(client: Any) -> int:
+    """Limiter slots reserved for later than now on EmailMassivo's budget (pool processes
+    asleep until them), on the limiter's clock."""
+    seconds, micros = client.time()
+    now_us = seconds * 1_000_000 + micros
+    ahead = 0
+    for key in client.scan_iter(match="*emailmassivo*"):
+        if client.type(key) == b"zset":
+            ahead += client.zcount(key, f"({now_us}", "+inf")
+    return ahead
+
+
+def test_a_worker_sigkilled_while_it_holds_reserved_slots_loses_nothing_and_sends_nothing_twice(
+    own_env: dict[str, str], sandbox: SandboxAdmin, tmp_path: Path
+) -> None:
+    import redis
+
+    from worker.app import client_app
+
+    app = client_app(own_env["DELIVERY_BROKER_URL"], own_env["DELIVERY_RESULT_BACKEND"], name="k")
+    ledger = RedisLedger(redis.Redis.from_url(own_env["DELIVERY_BROKER_URL"]))
+    ledger.redis.flushdb()
+    producer = Producer(app=app, ledger=ledger, lanes=True)
+    ids = [producer.enqueue("email", email(n, priority="bulk")).id for n in range(60)]
+    doomed: Proc = start_worker(tmp_path, own_env, name="doomed", concurrency=4)
+    survivor: Proc | None = None
+    try:
+        wait_ready(app, doomed)
+        # Kill the whole worker while its pool processes sleep until slots they reserved
+        # (the limiter's log holds slots ahead of now) after some mails reached the provider.
+        deadline = time.monotonic() + TIMEOUT_S
+        held = 0
+        while time.monotonic() < deadline:
+            if len(sandbox.messages("emailmassivo")) >= 5:
+                held = reserved_ahead(ledger.redis)
+                if held:
+                    break
+            time.sleep(0.01)
+        os.killpg(doomed.pid, signal.SIGKILL)  # its own process group: main and pool
+        assert held >= 1
+        ids += [producer.enqueue("email", email(100 + n, priority="high")).id for n in range(3)]
+        survivor = start_worker(tmp_path, own_env, name="survivor", concurrency=4)
+        wait_ready(app, survivor)
+        states = wait_states(ledger, ids, {"sent"}, timeout_s=240)
+        assert Counter(states.values()) == {"sent": 63}, Counter(states.values())
+        keys = Counter(str(m["idempotency_key"]) for m in sandbox.messages("emailmassivo"))
+        assert set(keys) == set(ids)  # nothing lost
+        assert max(keys.values()) == 1  # nothing sent twice
+        assert ledger.redis.zcard(ledger.keys.lane_taken) == 0
+        # Nothing left waiting in a lane (sent back by the limiter, or taken and not published).
+        assert not list(ledger.redis.scan_iter(match=ledger.keys.lane_prefix + "*"))
+    finally:
+        doomed.stop()
+        if survivor is not None:
+            survivor.stop()
+        ledger.redis.flushdb()

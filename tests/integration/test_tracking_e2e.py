@@ -390,10 +390,12 @@ def test_voice_callbacks_are_accepted_but_deliveries_stay_sent(
     )  # fmt: skip
     delivery_id = result["delivery_id"]
     [recorded] = sandbox.messages("voicepartner")
-    token = callback_token(SECRET, "voicepartner", delivery_id)
-    assert recorded["fields"]["notifyUrl"] == (
-        f"{stack.receiver_url}/hooks/voicepartner/{delivery_id}/{token}"
-    )
+    notify_url = recorded["fields"]["notifyUrl"]
+    # The token carries the second it was issued at (the send's): recompute it for that second.
+    issued_at = int(notify_url.rsplit("/", 1)[1].split(".", 1)[0], 16)
+    assert abs(time.time() - issued_at) < 120
+    token = callback_token(SECRET, "voicepartner", delivery_id, issued_at=issued_at)
+    assert notify_url == f"{stack.receiver_url}/hooks/voicepartner/{delivery_id}/{token}"
     # The sandbox calls notifyUrl after 1 s; the receiver accepts it (200) and publishes a
     # hint; the worker has no lookup to confirm it with (docs/providers/voicepartner.md §3.3) and
     # trusts no body, so the delivery stays "sent".

@@ -59,6 +59,43 @@ def test_more_than_500_numbers(client):
     assert response.json() == {"success": False, "error": "PHONE_NUMBER_SIZE_ERROR"}
 
 
+def test_one_request_takes_up_to_500_numbers_on_both_endpoints(client):
+    # docs/providers/voicepartner.md §3.2: phoneNumbers comma-separated, one campaignId for the
+    # request; docs/providers/voicepartner.md §3.3 PHONE_NUMBER_SIZE_ERROR beyond 500.
+    assert VoicePartnerDriver.batch_limit == 500
+    five_hundred = ",".join(f"06{i:08d}" for i in range(500))
+    for command, body in (("tts/send", TTS), ("campaign/send", CAMPAIGN)):
+        answer = post(client, command, {**body, "phoneNumbers": five_hundred}).json()
+        assert answer["success"] is True and answer["nbSms"] == 500
+        over = post(client, command, {**body, "phoneNumbers": five_hundred + ",0699999999"})
+        assert over.json() == {"success": False, "error": "PHONE_NUMBER_SIZE_ERROR"}
+
+
+def test_a_bad_number_refuses_the_whole_request(client):
+    # docs/providers/voicepartner.md §3.3 DESTINATION_INVALID: nothing of the request is accepted
+    # (the driver then asks again per number).
+    refused = post(client, "tts/send", {**TTS, "phoneNumbers": "0600000001,not-a-number"})
+    assert refused.json() == {"success": False, "error": "DESTINATION_INVALID"}
+
+
+def test_scheduled_date_is_whole_minutes(client):
+    # docs/providers/voicepartner.md §3.2 scheduledDate "YYYY-mm-dd H:m:00".
+    at = later(30)
+    assert post(client, "tts/send", {**TTS, "scheduledDate": at}).json()["success"] is True
+    seconds = at[:-2] + "30"
+    refused = post(client, "tts/send", {**TTS, "scheduledDate": seconds})
+    assert refused.json() == {"success": False, "error": "SCHEDULED_DATE_INVALID"}
+
+
+def test_a_driver_batch_is_one_accepted_request_with_one_campaign_id(client):
+    d = VoicePartnerDriver(client, api_key=KEY, base_url=str(client.base_url).rstrip("/") + BASE)
+    numbers = [f"+336120{i:05d}" for i in range(1, 41, 2)]
+    messages = [VoiceMessage(mode="tts", to=[n], text="Rappel") for n in numbers]
+    answers = d.send_batch(messages, "batch-conf", lambda: None)
+    ids = {a.provider_message_ids[n] for a, n in zip(answers, numbers, strict=True) if a}
+    assert len(ids) == 1 and all(answers)
+
+
 def test_not_enough_credit(client, set_balance):
     # docs/providers/voicepartner.md §3.3 NOT_CREDIT (insufficient credit).
     set_balance("voicepartner", 1)

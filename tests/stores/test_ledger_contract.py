@@ -502,6 +502,32 @@ def test_claim_due_leases_each_entry_to_one_mover(h: Harness) -> None:
     assert later == {"d0": 0, "d1": 2, "d2": 0}
 
 
+def test_hold_many_holds_each_in_one_call_and_skips_a_final_one(h: Harness) -> None:
+    for i in range(3):
+        new(h.ledger, f"c{i}", MESSAGE)
+    h.ledger.transition("c1", "cancelled")
+    holds = [(f"c{i}", T0 + 60, {"scheduled_for": repr(T0 + 60)}) for i in range(3)]
+    holds.append(("missing", T0 + 60, {}))
+    assert h.ledger.hold_many(holds) == [True, False, True, False]
+    assert h.ledger.hold_many([]) == []
+    for i in (0, 2):
+        record = h.ledger.get(f"c{i}")
+        assert record is not None and record.state == "scheduled"
+        assert record.fields["scheduled_for"] == repr(T0 + 60)
+    cancelled = h.ledger.get("c1")
+    assert cancelled is not None and cancelled.state == "cancelled"
+    assert h.ledger.schedule_size() == 2 and h.ledger.next_due() == T0 + 60
+
+
+def test_claim_due_answers_a_campaign_messages_chunk_size(h: Harness) -> None:
+    new(h.ledger, "single", MESSAGE)
+    new(h.ledger, "campaign", {**MESSAGE, "chunk": "500"})
+    h.ledger.hold("single", T0)
+    h.ledger.hold("campaign", T0)
+    chunks = {e.delivery_id: e.chunk for e in h.ledger.claim_due(T0 + 1, 5.0)}
+    assert chunks == {"single": "", "campaign": "500"}
+
+
 def test_leaving_scheduled_takes_the_delivery_off_the_schedule(h: Harness) -> None:
     new(h.ledger, "d1", MESSAGE)
     h.ledger.hold("d1", T0)

@@ -342,6 +342,25 @@ def test_an_unused_reservation_passes_and_blocks_nobody_after_it(h: Harness) -> 
     assert h.limiter.acquire(KEY, limits) == 0.0
 
 
+def test_a_slot_given_up_after_a_late_wake_leaves_the_log(h: Harness) -> None:
+    """A process that woke too late for its slot gives it up as it reserves again: nothing was
+    sent for it, so it leaves every log and costs no budget."""
+    limits = [Limit(2, 0.2)]  # one interval = 0.12 s
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    assert h.limiter.acquire(KEY, limits) == 0.0
+    mine = h.limiter.reserve(KEY, limits, max_wait_s=1.0)
+    other = h.limiter.reserve(KEY, limits, max_wait_s=1.0)
+    assert mine.reserved and other.reserved
+    assert h.limiter.usage(KEY, limits) == [4]
+    h.sleep(mine.at_s + 0.05 - h.limiter.now())  # woke 50 ms late
+    again = h.limiter.reserve(KEY, limits, max_wait_s=1.0, release_at_s=mine.at_s)
+    assert again.reserved
+    assert again.at_s > other.at_s  # behind the one that kept its slot
+    # Given up: the burst has left its window; the log holds the other's slot and the new
+    # one, not the old one (kept, it would count a third).
+    assert h.limiter.usage(KEY, limits) == [2]
+
+
 def test_a_hold_delays_reservations_and_is_seen_by_sleepers(h: Harness) -> None:
     limits = [Limit(10, 1.0)]
     h.limiter.hold_for(KEY, 0.3)

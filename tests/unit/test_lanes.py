@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -176,6 +177,61 @@ def test_a_high_single_overtakes_waiting_chunks(redis_client: redis.Redis, lanes
     lanes.done(first)
     put(redis_client, lanes, "otp", "high", "default")
     assert [t.delivery_id for t in lanes.take(1)] == ["otp"]
+
+
+def test_a_delivery_sent_back_keeps_its_place_and_its_lane_waits_until_due(
+    redis_client: redis.Redis, lanes: Lanes
+) -> None:
+    for delivery_id, priority, tenant in (
+        ("h1", "high", "acme"),
+        ("h2", "high", "acme"),
+        ("z1", "high", "zeta"),
+        ("b1", "bulk", "acme"),
+    ):
+        put(redis_client, lanes, delivery_id, priority, tenant)
+        provider = "postal" if delivery_id in ("h1", "h2", "a1") else "mailpartner"
+        redis_client.hset(KEYS.delivery(delivery_id), "provider", provider)
+    put(redis_client, lanes, "a1", "high", "another")
+    redis_client.hset(KEYS.delivery("a1"), "provider", "postal")
+    assert [t.delivery_id for t in lanes.take(1, now=1000.0)] == ["h1"]
+    redis_client.delete(KEYS.lane_taken)
+    # The limiter sent h1 (to postal) back, due at 1010: to the front of its lane, and high work
+    # for postal waits (another tenant's too: one budget, one wait).
+    assert lanes.send_back("h1", "high", "acme", 1010.0, now=1001.0)
+    # Passed over until due (high for another provider first, then bulk); nothing taken from it.
+    assert [t.delivery_id for t in lanes.take(5, now=1005.0)] == ["z1", "b1"]
+    redis_client.delete(KEYS.lane_taken)
+    assert lanes.take(5, now=1009.0) == []
+    assert [(d.priority, d.tenant, d.depth) for d in lanes.depths()] == [
+        ("high", "acme", 2),
+        ("high", "another", 1),
+    ]
+    # Due: taken again, in its place (before h2), the other tenant's in turn.
+    taken = lanes.take(5, now=1010.0)
+    assert sorted(t.delivery_id for t in taken) == ["a1", "h1", "h2"]
+    assert [t.delivery_id for t in taken if t.tenant == "acme"] == ["h1", "h2"]
+    lanes.done(taken)
+    assert lanes.depths() == []
+    assert redis_client.exists(KEYS.lane_due) == 0  # passed: the take removed it
+
+
+def test_send_back_puts_a_delivery_in_its_lane_due_later(redis_client: redis.Redis) -> None:
+    from types import SimpleNamespace
+
+    from worker.lanes import send_back
+    from worker.stores import RedisLedger
+
+    redis_client.flushdb()
+    ledger = RedisLedger(redis_client, keys=KEYS)
+    on = SimpleNamespace(lanes=True, lane_weights="normal=4,bulk=1", tenant_weights="")
+    before = time.time()
+    assert send_back(ledger, on, "d1", {**EMAIL, "priority": "bulk", "tenant": "acme"}, 2.0)
+    assert redis_client.zscore(KEYS.lane("bulk", "acme"), "d1") is not None
+    due = float(redis_client.hget(KEYS.lane_due, "bulk:") or 0)  # no record: no provider
+    assert before + 2.0 <= due <= time.time() + 2.0
+    off = SimpleNamespace(lanes=False)
+    assert not send_back(RedisLedger(redis_client, keys=Keys("other")), off, "d2", EMAIL, 1.0)
+    assert redis_client.zscore(Keys("other").lane("normal", "default"), "d2") is None
 
 
 @pytest.mark.parametrize(

@@ -718,6 +718,7 @@ class CountingLimiter(MemoryRateLimiter):
     def __init__(self, clock: Callable[[], float]) -> None:
         super().__init__(clock)
         self.asked: list[str] = []
+        self.released: list[float | None] = []
 
     def reserve(
         self,
@@ -726,9 +727,13 @@ class CountingLimiter(MemoryRateLimiter):
         *,
         priority: str = "normal",
         max_wait_s: float = 0.0,
+        release_at_s: float | None = None,
     ) -> Reservation:
         self.asked.append(priority)
-        return super().reserve(key, limits, priority=priority, max_wait_s=max_wait_s)
+        self.released.append(release_at_s)
+        return super().reserve(
+            key, limits, priority=priority, max_wait_s=max_wait_s, release_at_s=release_at_s
+        )
 
 
 def test_the_gate_sleeps_until_its_reserved_slot_and_sends_without_asking_again(
@@ -743,4 +748,32 @@ def test_the_gate_sleeps_until_its_reserved_slot_and_sends_without_asking_again(
     assert isinstance(first, Done) and isinstance(second, Done)
     assert time.monotonic() - started >= 0.2
     assert limiter.asked == ["normal", "normal"]  # one reservation each, never asked again
+    assert len(calls.requests) == 2
+
+
+def test_the_gate_gives_up_a_slot_it_woke_late_for_and_reserves_again(
+    calls: Calls, make_runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = make_runtime(calls, rate_limits={"smspartner": {"send": "4/s"}})
+    limiter = CountingLimiter(time.monotonic)
+    rt.limiter = limiter
+    assert isinstance(run(rt, delivery_id="a"), Done)
+    real_sleep = time.sleep
+    slept: list[float] = []
+
+    def wakes_late_once(seconds: float) -> None:
+        # The first sleep ends well past the margin's half (a loaded host's late wake).
+        slept.append(seconds)
+        real_sleep(seconds + (0.1 if len(slept) == 1 else 0.0))
+
+    monkeypatch.setattr(time, "sleep", wakes_late_once)
+    second = run(rt, delivery_id="b")
+    monkeypatch.setattr(time, "sleep", real_sleep)
+    assert isinstance(second, Done)
+    # Its first slot was given up unused (out of the log) as it reserved again; with nobody
+    # else waiting the new slot is now: it sent once, without sleeping again.
+    assert limiter.asked == ["normal", "normal", "normal"]
+    assert limiter.released[0] is None and limiter.released[1] is None
+    assert limiter.released[2] is not None
+    assert len(slept) == 1
     assert len(calls.requests) == 2

@@ -213,7 +213,8 @@ def _chunks(items: list[_Item], rt: Runtime) -> list[list[_Item]]:
     for item in items:
         size = min(item.driver.batch_limit, rt.settings.batch_max_items)
         key = (item.d.provider, item.driver.batch_key(item.d.message))
-        recipients = tuple(item.d.recipients())
+        # The numbers (SMS and voice alike: one request cannot tell a number twice apart).
+        recipients = tuple(str(r) for r in item.d.message.to)
         chunks = groups.setdefault(key, [])
         for chunk, seen in chunks:
             if len(chunk) < size and recipients not in seen:

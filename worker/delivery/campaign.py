@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from celery import states
 
-from worker.campaign import ID_NAMESPACE, MAX_PER_TASK, new_record
+from worker.campaign import ID_NAMESPACE, MAX_PER_TASK, chunk_size, new_record
 from worker.delivery import writer
 from worker.delivery.batch import BatchEntry, process_batch
 from worker.delivery.results import Retry
@@ -167,7 +167,8 @@ def run_send_many(app: Any, task_id: str, payload: Any, rt: Runtime) -> dict[str
             )
             continue
         body = model.model_dump(mode="json", by_alias=True, exclude_none=True)
-        records.append(new_record(channel, delivery_id, model, body, ""))
+        size = chunk_size(channel, model.provider)
+        records.append(new_record(channel, delivery_id, model, body, "", chunk=size))
     answers = writer.record_campaign(rt, records)
     items: list[tuple[str, Any]] = []
     for index, (raw, (existing, _created)) in enumerate(zip(messages, answers, strict=True)):

@@ -446,7 +446,10 @@ def hold_if_early(
     if due >= d.deadline():
         return expire(d, record.attempts, "before its time came (send_at or quiet hours)")
     when = datetime.fromtimestamp(due, UTC)
-    if record.state != "scheduled" and native_fits(driver(), when, now):
+    # A campaign message (worker.campaign.CHUNK_FIELD) waits in our schedule, so the mover
+    # publishes it with its chunk: at the provider it would cost one request alone.
+    in_chunk = bool(record.fields.get("chunk"))
+    if record.state != "scheduled" and not in_chunk and native_fits(driver(), when, now):
         return None  # sent now with the schedule fields (native_context)
     return _hold(d, record, due)
 
@@ -820,6 +823,10 @@ class NotNow(Exception):
         self.outcome = outcome
 
 
+LATE_RESERVES = 3
+"""How many slots one request may reserve while its process keeps waking late for them."""
+
+
 class Later(Exception):
     """The limiter wants the whole request rescheduled (no delivery of it was sent)."""
 
@@ -879,15 +886,41 @@ class Gate:
     def _acquire(self) -> float:
         """Reserve this request's own slot in the global limiter (``docs/limiter.md``) and
         sleep until it; a slot further ahead than the inline maximum reschedules the task."""
-        d, provider = self.d, self.d.provider
-        limits = d.settings.limits(provider, self.bucket)
-        max_wait_s = d.settings.limiter_max_inline_wait_s
-        slot = d.rt.limiter.reserve(self.key, limits, priority=d.priority, max_wait_s=max_wait_s)
-        waited, later_s = (slot.wait_s, 0.0) if slot.reserved else (0.0, slot.wait_s)
-        if waited:
-            time.sleep(waited)
+        d, provider, settings = self.d, self.d.provider, self.d.settings
+        limits = settings.limits(provider, self.bucket)
+        max_wait_s = settings.limiter_max_inline_wait_s
+        if settings.lanes and d.priority != "high":
+            max_wait_s = min(max_wait_s, settings.limiter_ahead_s)
+        # A process that wakes later than this after its slot gives the slot up and reserves
+        # again: sent late, its request would land in the next one's slot (a 429 when the
+        # lateness passes the margin). The unused slot leaves the log (docs/limiter.md).
+        late_s = settings.limiter_safety_margin_s / 2
+        waited = later_s = 0.0
+        given_up: float | None = None
+        for _ in range(LATE_RESERVES):
+            asked = time.perf_counter()
+            slot = d.rt.limiter.reserve(
+                self.key, limits, priority=d.priority, max_wait_s=max_wait_s, release_at_s=given_up
+            )
+            if not slot.reserved:
+                later_s = slot.wait_s
+                break
+            if not slot.wait_s:
+                break
+            # The slot is on the limiter's clock, read halfway through the round trip.
+            due = (asked + time.perf_counter()) / 2 + slot.wait_s
+            time.sleep(max(0.0, due - time.perf_counter()))
+            woke = time.perf_counter()
+            waited += woke - asked
             # A provider's 429 that came while we slept holds every request, ours too.
             later_s = d.rt.limiter.hold_left(self.key)
+            if later_s > 0 or woke - due <= late_s:
+                break
+            log.info("delivery.late_wake", late_s=round(woke - due, 3))
+            given_up = slot.at_s or None
+        else:
+            # Late every time (an overloaded host): back to wait, not a request out of its slot.
+            later_s = late_s
         if later_s > 0:
             writer.counter(provider, "throttled_ms", d.rt, int((waited + later_s) * 1000))
             metrics.limiter_rescheduled(provider)

@@ -48,6 +48,7 @@ __all__ = [
     "lane_of",
     "lanes_beside",
     "parse_weights",
+    "send_back",
 ]
 
 LEASE_S = 30.0
@@ -76,6 +77,25 @@ def lane_of(body: Any) -> tuple[str, str]:
         priority if priority in PRIORITIES else "normal",
         tenant if isinstance(tenant, str) and _TENANT.fullmatch(tenant) else DEFAULT_TENANT,
     )
+
+
+_BESIDE: dict[int, Lanes] = {}
+
+
+def send_back(ledger: Any, settings: Any, delivery_id: str, message: Any, delay_s: float) -> bool:
+    """Put a delivery the limiter sent back (its slot lay beyond the inline wait) at the front of
+    its lane, the lane due in ``delay_s`` (:meth:`Lanes.send_back`): it waits in Redis, in
+    order, not in the broker nor in a worker's memory as a countdown. False when lanes are off
+    (the caller retries through the broker)."""
+    lanes = _BESIDE.get(id(ledger))
+    if lanes is None:
+        lanes = lanes_beside(ledger, settings)
+        if lanes is None:
+            return False
+        _BESIDE[id(ledger)] = lanes
+    priority, tenant = lane_of(message)
+    lanes.send_back(delivery_id, priority, tenant, time.time() + max(delay_s, 0.0))
+    return True
 
 
 def lanes_beside(ledger: Any, settings: Any) -> Lanes | None:
@@ -143,6 +163,7 @@ class Lanes:
         )
         self.lease_s = lease_s
         self._take = load_script(client, _PACKAGE, "take.lua")
+        self._send_back = load_script(client, _PACKAGE, "send_back.lua")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Any) -> Lanes:
@@ -183,6 +204,37 @@ class Lanes:
         replies = pipe.execute()
         return sum(int(added) for added in replies[0::2])
 
+    def send_back(
+        self,
+        delivery_id: str,
+        priority: str,
+        tenant: str,
+        not_before: float,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """A delivery the limiter sent back: to the front of its lane (it keeps its place), and
+        no lane of its priority whose first delivery goes to its provider is taken from before
+        ``not_before`` (send_back.lua); whether it was not there."""
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
+        added = self._send_back(
+            keys=[
+                self.keys.lane(priority, tenant),
+                self.keys.lane_tenants(priority),
+                self.keys.lane_due,
+                self.keys.delivery(delivery_id),
+            ],
+            args=[
+                delivery_id,
+                tenant,
+                repr(time.time() if now is None else now),
+                repr(not_before),
+                priority,
+            ],
+        )
+        return bool(int(added))
+
     def push_chunk(
         self,
         task_id: str,
@@ -192,16 +244,23 @@ class Lanes:
         priority: str = "bulk",
         tenant: str = DEFAULT_TENANT,
         *,
+        provider: str = "",
         at: float | None = None,
     ) -> None:
         """Put a campaign chunk in its lane as one entry (one transaction: its task's message
-        beside it, then the entry); the dispatcher publishes ``task_name`` under ``task_id``."""
+        beside it, then the entry); the dispatcher publishes ``task_name`` under ``task_id``.
+        ``provider``: the chunk's, for the lanes' due times (:meth:`send_back`)."""
         if priority not in PRIORITIES:
             raise ValueError(f"priority: must be one of {', '.join(PRIORITIES)}")
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
             self.keys.lane_chunk_prefix + task_id,
-            mapping={"task_name": task_name, "message": json.dumps(message), "n": size},
+            mapping={
+                "task_name": task_name,
+                "message": json.dumps(message),
+                "n": size,
+                "provider": provider,
+            },
         )
         pipe.zadd(
             self.keys.lane(priority, tenant),
@@ -223,6 +282,7 @@ class Lanes:
                 self.keys.lane_turns,
                 self.keys.lane_taken,
                 self.keys.delivery_prefix,
+                self.keys.lane_due,
                 self.keys.lane_chunk_prefix,
             ],
             args=[

@@ -2,13 +2,18 @@
 -- KEYS: 1 lane prefix (<prefix><priority>:<tenant> is a sorted set: delivery id -> enqueue
 -- time), 2 tenants prefix (<prefix><priority> is the set of tenants with waiting work),
 -- 3 the round robin's credits (hash), 4 the taken set (member -> lease end),
--- 5 the ledger's record prefix, 6 the chunk prefix (a lane member "chunk:<task id>" is a
--- campaign chunk: <chunk prefix><task id> holds its task name, message and size n).
+-- 5 the ledger's record prefix.
 -- ARGV: 1 room in the broker queue, 2 now, 3 lease seconds, 4 class weights (JSON object),
 -- 5 tenant weights (JSON object; a tenant not named weighs 1).
+-- KEYS[7] the chunk prefix: a lane member "chunk:<task id>" is a campaign chunk, and
+-- <chunk prefix><task id> holds its task name, message, size n and provider.
 -- Returns {member, task_name, message, enqueued_at} per delivery (or chunk) taken.
-local lane_prefix, tenants_prefix, turns, taken, record_prefix, chunk_prefix =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+-- A lane whose first delivery goes to a provider the limiter sent work of its priority back
+-- from waits until that due time (KEYS[6], a hash: "<priority>:<provider>" -> time;
+-- send_back.lua): a take passes over it until then, so waiting work stays in Redis, in order,
+-- nothing spins on a spent budget, and the tenants of one budget wait alike.
+local lane_prefix, tenants_prefix, turns, taken, record_prefix, due_at, chunk_prefix =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local room = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
@@ -67,31 +72,65 @@ local function charge(candidates, weights, field_prefix, chosen, extra)
   end
 end
 
+-- A lane member's record: a delivery's in the ledger, a chunk's beside the lanes.
+local function record_of(id)
+  if string.sub(id, 1, 6) == 'chunk:' then return chunk_prefix .. string.sub(id, 7) end
+  return record_prefix .. id
+end
+
+-- The tenants of priority p with waiting work whose lane is due (sorted): its first
+-- delivery's provider has no due time for p ahead of now (a due time passed is removed).
+local due_of = {}
+local function due(p)
+  local out = {}
+  for _, t in ipairs(redis.call('SMEMBERS', tenants_prefix .. p)) do
+    local head = redis.call('ZRANGE', lane_prefix .. p .. ':' .. t, 0, 0)
+    local ok = true
+    if #head > 0 then
+      local field = p .. ':' .. (redis.call('HGET', record_of(head[1]), 'provider') or '')
+      if due_of[field] == nil then
+        local at = tonumber(redis.call('HGET', due_at, field) or '0') or 0
+        if at > 0 and at <= now then redis.call('HDEL', due_at, field) end
+        due_of[field] = at
+      end
+      ok = due_of[field] <= now
+    end
+    if ok then out[#out + 1] = t end
+  end
+  table.sort(out)
+  return out
+end
+
 local out = {}
 local tries = 0
 while #out < room and tries < room * 2 + 2 do
   tries = tries + 1
   local p, classes = nil, nil
-  if redis.call('SCARD', tenants_prefix .. 'high') > 0 then
+  local tenants = due('high')
+  if #tenants > 0 then
     p = 'high'
   else
+    local dues = {}
     classes = {}
     for _, c in ipairs({'normal', 'bulk'}) do
-      if redis.call('SCARD', tenants_prefix .. c) > 0 then classes[#classes + 1] = c end
+      local d = due(c)
+      if #d > 0 then
+        classes[#classes + 1] = c
+        dues[c] = d
+      end
     end
     if #classes == 0 then break end
     p = classes[1]
     if #classes > 1 then p = pick(classes, class_weights, 'class:') end
+    tenants = dues[p]
   end
-  local tenants = redis.call('SMEMBERS', tenants_prefix .. p)
-  table.sort(tenants)
   local t = tenants[1]
   if #tenants > 1 then t = pick(tenants, tenant_weights, 't:' .. p .. ':') end
   local lane = lane_prefix .. p .. ':' .. t
   local popped = redis.call('ZPOPMIN', lane)
   local record = nil
   if #popped > 0 and string.sub(popped[1], 1, 6) == 'chunk:' then
-    record = redis.call('HMGET', chunk_prefix .. string.sub(popped[1], 7), 'task_name', 'message', 'n')
+    record = redis.call('HMGET', record_of(popped[1]), 'task_name', 'message', 'n')
     local extra = (tonumber(record[3]) or 1) - 1
     if extra > 0 then
       if classes and #classes > 1 then charge(classes, class_weights, 'class:', p, extra) end

@@ -10,6 +10,7 @@ present.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -31,7 +32,12 @@ from worker.providers.base import Balance, CancelAtProvider, Driver, SendContext
 from worker.redaction import scrub
 from worker.stores.limiter import Limit
 
-__all__ = ["VoicePartnerDriver"]
+__all__ = ["MAX_NUMBERS", "VoicePartnerDriver"]
+
+MAX_NUMBERS = 500
+"""Numbers per request (docs/providers/voicepartner.md §3.2: voicemail drops take at most 500;
+docs/providers/voicepartner.md §3.3: ``PHONE_NUMBER_SIZE_ERROR`` beyond 500, a code listed for
+both endpoints)."""
 
 # docs/providers/voicepartner.md §3.3 (VMS string codes) and docs/providers/voicepartner.md §3.2
 # (code 10 on /me); classes [INFERRED].
@@ -47,6 +53,10 @@ ERROR_CODES: dict[str, type[DeliveryError]] = {
     "DESTINATION_INVALID": PermanentError,
     "10": ConfigurationError,  # invalid API key
 }
+
+PER_NUMBER_CODES = frozenset({"DESTINATION_INVALID"})
+"""Refusals of a whole request that one of its numbers can cause (docs/providers/voicepartner.md
+§3.3): in a batch, each message is asked again alone."""
 
 _CODE_LIKE = re.compile(r"[A-Z][A-Z0-9_]{1,63}|\d{1,6}")
 
@@ -85,6 +95,71 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
     @classmethod
     def limiter_bucket(cls, message: VoiceMessage) -> str:
         return "tts" if message.mode == "tts" else "campaign"
+
+    # -- campaigns: several numbers per request (docs/providers/voicepartner.md §3.2) ------------
+    # Both endpoints take ``phoneNumbers`` comma-separated with one content for all (at most
+    # 500: docs/providers/voicepartner.md §3.3 PHONE_NUMBER_SIZE_ERROR). Single-number messages
+    # with the same content share one request, so a voice campaign costs one request per chunk,
+    # one slot of its endpoint's budget (tts/send 2000/hour; campaign/send 5/minute and
+    # 2000/hour). The answer is one ``campaignId`` for every number, recorded as each
+    # message's id.
+    batch_limit = MAX_NUMBERS
+
+    @classmethod
+    def batch_key(cls, message: VoiceMessage) -> Hashable | None:
+        """Single-number messages whose request fields are equal (mode, text or audio, lang,
+        speech rate, sender, notification email) batch together; a message to several numbers
+        is one request already."""
+        if len(message.to) != 1:
+            return None
+        return (
+            message.mode,
+            message.audio_token or "",
+            "" if message.audio_token else (message.text or ""),
+            message.lang,
+            message.speech_rate,
+            message.sender or "",
+            message.notification_email or "",
+        )
+
+    def build_batch_request(
+        self, messages: Sequence[VoiceMessage], tag: str, *, bulk: bool = False
+    ) -> httpx.Request:
+        """One request for every number: the first message's content (the batch key makes them
+        equal), no ``notifyUrl`` (a callback URL names one delivery; Voice Partner sends
+        nothing that could be read per number) and no schedule (a campaign is held in our
+        schedule and leaves at its time, ``worker.scheduling.enqueue``)."""
+        first = messages[0]
+        merged = first.model_copy(update={"to": [m.to[0] for m in messages]})
+        return self.build_request(merged, SendContext(delivery_id=tag, idempotency_key=tag))
+
+    def parse_batch_response(
+        self, response: httpx.Response, messages: Sequence[VoiceMessage], request: httpx.Request
+    ) -> list[SendOutcome | DeliveryError | None]:
+        """The one ``campaignId`` for each number, the cost shared evenly (one price per
+        number, the docs give the total). A refusal a single number can cause
+        (``DESTINATION_INVALID``) accepted nothing: every entry answers ``None`` and each is
+        sent again on its own."""
+        numbers = [m.to[0] for m in messages]
+        try:
+            data = self._answer(response)
+        except DeliveryError as exc:
+            if exc.provider_code in PER_NUMBER_CODES and len(numbers) > 1:
+                return [None] * len(numbers)
+            raise
+        whole = self.one_id_outcome(
+            response, data, data.get("campaignId"), numbers, id_field="campaignId"
+        )
+        share = None if whole.cost is None else round(whole.cost / len(numbers), 6)
+        return [
+            SendOutcome(
+                provider=self.name,
+                provider_message_ids={n: whole.provider_message_ids[n]},
+                cost=share,
+                currency=whole.currency,
+            )
+            for n in numbers
+        ]
 
     def build_request(self, message: VoiceMessage, ctx: SendContext) -> httpx.Request:
         numbers = ",".join(message.to)

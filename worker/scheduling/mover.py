@@ -14,6 +14,12 @@ message), the lease ends and a mover publishes the delivery again, once its queu
 message still waiting behind others is not lost; see :func:`move_due`). A copy too many is
 harmless: the delivery's send lock and its final ledger state keep it from being sent twice.
 
+Campaign messages (record field ``chunk``, ``worker.campaign``) due in one pass are published
+together: per channel and queue, one ``tasks.send_chunk`` of at most their chunk size, so a
+chunk held until its ``send_at``, its quiet hours' opening or its provider's legal window
+leaves in one provider request per chunk, as it would have at once. A cancelled one is no
+longer ``scheduled`` and is not claimed; the others leave without it.
+
 Nothing waits in worker memory: a message is published only when due, so the memory a worker
 holds does not grow with the number of future messages (``bench/scheduling.py``).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -30,16 +37,20 @@ import redis
 import structlog
 from celery import Celery, bootsteps
 
+from worker.campaign import MAX_PER_TASK, chunk_repr
 from worker.lanes import Lanes, lane_of, lanes_beside
 from worker.scheduling.defaults import LEASE_S, TICK_S
 from worker.stores.keys import keys_for
-from worker.stores.ledger import Schedule
+from worker.stores.ledger.base import DueEntry, Schedule
+from worker.tasknames import SEND_CHUNK_TASK, TASK_NAMES
 
 __all__ = ["LEASE_S", "TICK_S", "MoverStep", "ScheduleMover", "move_due"]
 
 log = structlog.get_logger(__name__)
 
-BATCH = 200
+BATCH = MAX_PER_TASK
+"""Entries claimed per pass: a whole chunk of the largest provider batch at once."""
+_CHANNEL_OF = {task: channel for channel, task in TASK_NAMES.items()}
 
 
 Backlog = Callable[[str], int]
@@ -70,6 +81,7 @@ def move_due(
     entries = ledger.claim_due(time.time() if now is None else now, lease_s, limit=BATCH)
     published = 0
     waiting: dict[str, int] = {}
+    chunks: dict[tuple[str, str], list[DueEntry]] = {}
     for entry in entries:
         queue = entry.queue or str(app.conf.task_default_queue)
         if entry.claimed_before and backlog is not None:
@@ -77,6 +89,9 @@ def move_due(
                 waiting[queue] = backlog(queue)
             if waiting[queue] > 0:
                 continue  # still queued behind others; its lease was extended
+        if entry.chunk and entry.task_name in _CHANNEL_OF:
+            chunks.setdefault((entry.task_name, entry.queue), []).append(entry)
+            continue
         if lanes is not None and not entry.queue:
             priority, tenant = lane_of(entry.message)
             lanes.push(entry.delivery_id, priority, tenant)  # again: keeps its place
@@ -89,9 +104,40 @@ def move_due(
         published += 1
         if entry.claimed_before:
             log.warning("schedule.republished", delivery_id=entry.delivery_id)
+    for (task_name, queue), group in chunks.items():
+        published += _publish_chunks(app, _CHANNEL_OF[task_name], queue, group)
     if published:
         log.info("schedule.published", count=published)
     return len(entries)
+
+
+def _publish_chunks(app: Celery, channel: str, queue: str, entries: list[DueEntry]) -> int:
+    """Due campaign messages as chunk tasks of at most their chunk size (their Celery results
+    stay under each delivery id: ``worker.delivery.campaign``)."""
+    size = max(1, min(_size(entries[0].chunk), MAX_PER_TASK))
+    for start in range(0, len(entries), size):
+        part = entries[start : start + size]
+        items = [{"id": e.delivery_id, "message": json.loads(e.message)} for e in part]
+        options: dict[str, Any] = {"queue": queue} if queue else {}
+        app.send_task(
+            SEND_CHUNK_TASK,
+            args=[{"channel": channel, "items": items}],
+            task_id=str(uuid.uuid4()),
+            argsrepr=chunk_repr(channel, len(items)),
+            kwargsrepr="{}",
+            **options,
+        )
+        again = [e.delivery_id for e in part if e.claimed_before]
+        if again:
+            log.warning("schedule.republished", count=len(again))
+    return len(entries)
+
+
+def _size(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        return MAX_PER_TASK
 
 
 class ScheduleMover(threading.Thread):

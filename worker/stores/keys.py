@@ -87,6 +87,12 @@ class Keys:
         return self._k("lanes", "turns")
 
     @property
+    def lane_due(self) -> str:
+        """When work the limiter sent back is due again (a hash: ``<priority>:<provider>`` →
+        time)."""
+        return self._k("lanes", "due")
+
+    @property
     def lane_taken(self) -> str:
         """Entries taken by a dispatcher and not yet published, with the lease's end."""
         return self._k("lanes", "taken")

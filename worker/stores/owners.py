@@ -39,6 +39,8 @@ _OWNERS: dict[str, str] = {
     "tenant leaves when its lane empties",
     "{ns}:lanes:turns": "lanes: one hash of round-robin credits, one field per class and per "
     "tenant with waiting work (removed when its lane empties)",
+    "{ns}:lanes:due": "lanes: one hash, per priority and provider the limiter sent work back "
+    "from, when it is due again; a take removes a field once passed",
     "{ns}:lanes:taken": "lanes: entries between take and publish; removed on publish, put back "
     "in their lane when the lease ends",
     "{ns}:lanes:chunk:*": "lanes: a campaign chunk waiting in a lane (its task's name and "

@@ -32,7 +32,7 @@ contract (``tests/stores/test_ledger_contract.py`` runs against both).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -166,6 +166,10 @@ class DueEntry:
     claimed_before: int = 0
     """How often a mover claimed it before: 0 the first time it is due; more when its lease
     ended before its run started (its worker died, or it still waits in a busy queue)."""
+    chunk: str = ""
+    """A campaign message's chunk size (record field ``chunk``, ``worker.campaign``): the
+    mover publishes such entries together, as chunk tasks of at most that many; "" for a
+    single send."""
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,11 @@ class Schedule(Protocol):
     def hold(self, delivery_id: str, due: float, **fields: str) -> bool:
         """Move to ``scheduled`` and put the delivery on the schedule at ``due`` (Unix seconds),
         in one step; ``False`` (nothing changed) when the record is final or missing."""
+        ...
+
+    def hold_many(self, holds: Sequence[tuple[str, float, Mapping[str, str]]]) -> list[bool]:
+        """:meth:`hold` for each (delivery id, due, fields), in one round trip (a campaign's
+        chunk held at enqueue, ``worker.scheduling.enqueue.hold_chunk``)."""
         ...
 
     def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:

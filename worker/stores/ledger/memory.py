@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from worker.stores.ledger.base import (
@@ -164,6 +164,9 @@ class MemoryLedger(Ledger):
             self._claims.pop(delivery_id, None)
             return True
 
+    def hold_many(self, holds: Sequence[tuple[str, float, Mapping[str, str]]]) -> list[bool]:
+        return [self.hold(delivery_id, due, **fields) for delivery_id, due, fields in holds]
+
     def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
         with self._lock:
             due = sorted((t, i) for i, t in self._schedule.items() if t <= now)[:limit]
@@ -179,7 +182,8 @@ class MemoryLedger(Ledger):
                 before = self._claims.get(delivery_id, 0)
                 self._claims[delivery_id] = before + 1
                 queue = record.get("queue", "")
-                out.append(DueEntry(delivery_id, task_name, message, queue, before))
+                chunk = record.get("chunk", "")
+                out.append(DueEntry(delivery_id, task_name, message, queue, before, chunk))
             return out
 
     def next_due(self) -> float | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -241,6 +241,18 @@ class RedisLedger(Ledger):
         keys = [self.key(delivery_id), self.keys.active, self.keys.scheduled, self.keys.claims]
         return int(self._hold(keys=keys, args=argv)) == 1
 
+    def hold_many(self, holds: Sequence[tuple[str, float, Mapping[str, str]]]) -> list[bool]:
+        if not holds:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery_id, due, fields in holds:
+            argv: list[str] = [repr(due), repr(self._clock()), _FINAL, delivery_id]
+            for k, v in fields.items():
+                argv += [k, v]
+            keys = [self.key(delivery_id), self.keys.active, self.keys.scheduled, self.keys.claims]
+            self._hold(keys=keys, args=argv, client=pipe)
+        return [int(answer) == 1 for answer in pipe.execute()]
+
     def claim_due(self, now: float, lease_s: float, *, limit: int = 200) -> list[DueEntry]:
         flat = self._claim_due(
             keys=[self.keys.scheduled, self.keys.claims],
@@ -248,8 +260,10 @@ class RedisLedger(Ledger):
         )
         items = [text(x) for x in flat]
         return [
-            DueEntry(items[i], items[i + 1], items[i + 2], items[i + 3], int(items[i + 4]))
-            for i in range(0, len(items) - 4, 5)
+            DueEntry(
+                items[i], items[i + 1], items[i + 2], items[i + 3], int(items[i + 4]), items[i + 5]
+            )
+            for i in range(0, len(items) - 5, 6)
         ]
 
     def next_due(self) -> float | None:

@@ -13,6 +13,8 @@
 -- ARGV[5]      borrow (us): a normal/bulk slot this close to now may use the reserved share
 -- ARGV[6]      the largest count that gets the exact check between reservations
 -- ARGV[4 + 3i] count of limit i; ARGV[5 + 3i] its effective window (us); ARGV[6 + 3i] its share
+-- ARGV[7 + 3n] optional: the instant (us) of the caller's own earlier slot it woke too late for
+--              and gives up unused (removed from every log first: nothing was sent for it)
 --
 -- Returns {1, wait, slot} when a slot wait us from now (0: now) was reserved, else {0, wait, at}:
 -- the wait (>= 1) until a retry could have a slot; nothing is recorded then. Times in us.
@@ -27,6 +29,10 @@ local borrow = tonumber(ARGV[5])
 local scan_max = tonumber(ARGV[6])
 local high_waiting = (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) > now
 local n = tonumber(ARGV[2])
+local release = ARGV[7 + 3 * n]
+if release and release ~= '' then
+  for i = 1, n do redis.call('ZREMRANGEBYSCORE', KEYS[2 + i], release, release) end
+end
 
 local logs = {}
 local last = t0

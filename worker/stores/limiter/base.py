@@ -40,9 +40,10 @@ caller's ``max_wait_s`` is not reserved at all: the caller reschedules its task,
 (a slot held by a task sitting in the broker could not be kept on time; giving one back would
 cost a second round trip and still leave a hole nobody else had planned for). A reservation that
 is never used (its process was killed while sleeping) simply passes: the slot counts as spent for
-its window, nothing is sent twice, and the task is redelivered. While reservations wait, every
-slot keeps one interval (``(window + margin) / count``) from every other, so waiters wake one at a
-time; an idle key still grants a burst of ``count`` at once.
+its window, nothing is sent twice, and the task is redelivered; a slot its process woke too late
+for is given up as it reserves again (``release_at_s``) and leaves the log. While reservations
+wait, every slot keeps one interval (``(window + margin) / count``) from every other, so waiters
+wake one at a time; an idle key still grants a burst of ``count`` at once.
 
 **Priorities** (``high`` | ``normal`` | ``bulk``). A ``high`` request takes the earliest slot that
 keeps every window within its count, even one *before* slots already reserved by others: it
@@ -161,8 +162,13 @@ class RateLimiter(Protocol):
         *,
         priority: str = "normal",
         max_wait_s: float = 0.0,
+        release_at_s: float | None = None,
     ) -> Reservation:
         """Atomically reserve one request from every limit at the earliest slot, or none.
+
+        ``release_at_s``: the ``at_s`` of the caller's own earlier reservation that it woke too
+        late for and gives up unused; it is removed first (nothing was sent for it), so it
+        leaves no hole in the budget.
 
         The slot is the earliest instant, not before a hold ends, that keeps every window of
         every limit within its count (for ``normal``/``bulk`` in the future: within its count

@@ -88,6 +88,7 @@ class MemoryRateLimiter(RateLimiter):
         *,
         priority: str = "normal",
         max_wait_s: float = 0.0,
+        release_at_s: float | None = None,
     ) -> Reservation:
         if priority not in PRIORITIES or not math.isfinite(max_wait_s):
             check_priority(priority)
@@ -101,6 +102,11 @@ class MemoryRateLimiter(RateLimiter):
                 if wait > max_wait_s:
                     return Reservation(wait, reserved=False, at_s=t0)
                 return Reservation(wait, reserved=True, at_s=t0)
+            if release_at_s is not None:
+                # The caller's own slot, given up unused: out of every log first.
+                for (log_key, _), entries in self._logs.items():
+                    if log_key == key:
+                        entries[:] = [e for e in entries if e[0] != release_at_s]
             high_waiting = self._high.get(key, -math.inf) > now
             logs: list[_Log] = []
             for limit in limits:

@@ -81,6 +81,7 @@ class RedisRateLimiter(RateLimiter):
         *,
         priority: str = "normal",
         max_wait_s: float = 0.0,
+        release_at_s: float | None = None,
     ) -> Reservation:
         high = check_priority(priority)
         check_seconds("max_wait_s", max_wait_s)
@@ -106,6 +107,8 @@ class RedisRateLimiter(RateLimiter):
                 math.ceil((limit.window_s + self.safety_margin_s) * _US),
                 reserved_share(limit, self.high_share),
             ]
+        if release_at_s is not None:
+            args.append(round(release_at_s * _US))
         reserved, wait_us, at_us = self._acquire(keys=keys, args=args)
         return Reservation(int(wait_us) / _US, reserved=bool(int(reserved)), at_s=int(at_us) / _US)
 
