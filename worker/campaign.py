@@ -29,8 +29,9 @@ single send; an invalid one ends ``failed`` (``invalid_message``) under its own 
 from __future__ import annotations
 
 import json
+import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,10 +44,13 @@ __all__ = [
     "DEFAULT_CHUNK",
     "MAX_PER_TASK",
     "SendManyResult",
+    "Validated",
     "chunk_repr",
     "chunk_size",
+    "fresh_ids",
     "new_record",
     "plan_chunks",
+    "validated_record",
 ]
 
 MAX_PER_TASK = 500
@@ -80,22 +84,55 @@ def chunk_size(channel: str, provider: str | None) -> int:
     return min(max(limits), MAX_PER_TASK) if limits else DEFAULT_CHUNK
 
 
-def plan_chunks(
-    channel: str, valid: Sequence[tuple[int, Message]]
-) -> Iterator[list[tuple[int, Message]]]:
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """What ``send_many`` keeps of a valid message until its chunk is enqueued: its input index,
+    what the record and the chunking need, and the normalised message as JSON (the model's
+    ``model_dump_json(by_alias=True, exclude_none=True)``, built once; the model itself is not
+    kept, so a campaign's memory is a few hundred bytes per message)."""
+
+    index: int
+    provider: str | None
+    idempotency_key: str | None
+    body: str
+
+    @classmethod
+    def of(cls, index: int, model: Message) -> Validated:
+        body = model.model_dump_json(by_alias=True, exclude_none=True)
+        return cls(index, model.provider, model.idempotency_key, body)
+
+
+def plan_chunks(channel: str, valid: Iterable[Validated]) -> Iterator[list[Validated]]:
     """Consecutive chunks in input order, cut where the provider (and so the size) changes."""
-    chunk: list[tuple[int, Message]] = []
+    chunk: list[Validated] = []
     size, provider = 0, None
-    for index, model in valid:
-        if chunk and (model.provider != provider or len(chunk) >= size):
+    for item in valid:
+        if chunk and (item.provider != provider or len(chunk) >= size):
             yield chunk
             chunk = []
         if not chunk:
-            provider = model.provider
+            provider = item.provider
             size = chunk_size(channel, provider)
-        chunk.append((index, model))
+        chunk.append(item)
     if chunk:
         yield chunk
+
+
+def fresh_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as strings, from one read of the OS's random source."""
+    raw = os.urandom(16 * n)
+    return [str(uuid.UUID(bytes=raw[16 * i : 16 * i + 16], version=4)) for i in range(n)]
+
+
+def validated_record(channel: str, delivery_id: str, item: Validated, queue: str) -> NewRecord:
+    """:func:`new_record` of a :class:`Validated` message (its JSON as built at validation)."""
+    return NewRecord(
+        delivery_id,
+        channel=channel,
+        provider=item.provider or "auto",
+        idempotency_key=item.idempotency_key,
+        extra={"task_name": TASK_NAMES[channel], "message": item.body, "queue": queue},
+    )
 
 
 def new_record(

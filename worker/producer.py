@@ -22,10 +22,18 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker.campaign import SendManyResult, chunk_repr, new_record, plan_chunks
+from worker.campaign import (
+    SendManyResult,
+    Validated,
+    chunk_repr,
+    fresh_ids,
+    plan_chunks,
+    validated_record,
+)
 from worker.config import get_settings
 from worker.durable_wait import WaitTimeout, wait_for_results
 from worker.lanes import Lanes, lanes_beside
+from worker.limits import MessageLimits
 from worker.models import InvalidMessage, Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
@@ -108,9 +116,15 @@ class Producer:
         self.lanes = get_settings().lanes if lanes is None else lanes
         self._lanes: Lanes | None = None
 
-    def validate(self, channel: str, message: Any) -> Message:
+    def validate(
+        self, channel: str, message: Any, *, limits: MessageLimits | None = None
+    ) -> Message:
+        """The message's model, or :class:`~worker.models.InvalidMessage` naming each bad field.
+        ``limits``: ``DELIVERY_MAX_MESSAGE_*`` (read once by a campaign, not per message)."""
         # The size and shape bounds the workers enforce (worker.limits), checked first.
-        model = parse_message(channel, message, limits=get_settings().message_limits())
+        if limits is None:
+            limits = get_settings().message_limits()
+        model = parse_message(channel, message, limits=limits)
         check_send_at(model.send_at, time.time())  # tolerance and horizon (worker.scheduling)
         return model
 
@@ -197,13 +211,15 @@ class Producer:
         publish (``queue``, ``countdown``, ...)."""
         if on_invalid not in ("raise", "skip"):
             raise ValueError("on_invalid must be 'raise' or 'skip'")
-        valid: list[tuple[int, Message]] = []
+        # Each valid message is kept as its normalised JSON (Validated), not as its model.
+        valid: list[Validated] = []
         errors: dict[int, InvalidMessage] = {}
+        limits = get_settings().message_limits()
         count = 0
         for index, message in enumerate(messages):
             count += 1
             try:
-                valid.append((index, self.validate(channel, message)))
+                valid.append(Validated.of(index, self.validate(channel, message, limits=limits)))
             except InvalidMessage as exc:
                 errors[index] = exc
         if errors and on_invalid == "raise":
@@ -217,17 +233,16 @@ class Producer:
         ids: list[str | None] = [None] * count
         queue = str(options.get("queue") or "")
         for chunk in plan_chunks(channel, valid):
-            bodies = [m.model_dump(mode="json", by_alias=True, exclude_none=True) for _, m in chunk]
             records = [
-                new_record(channel, str(uuid.uuid4()), model, body, queue)
-                for (_, model), body in zip(chunk, bodies, strict=True)
+                validated_record(channel, delivery_id, item, queue)
+                for item, delivery_id in zip(chunk, fresh_ids(len(chunk)), strict=True)
             ]
             items, created_ids = [], []
             answers = self.ledger.create_many(records, fresh_ids=True)
-            for (index, _), body, (existing, created) in zip(chunk, bodies, answers, strict=True):
-                ids[index] = existing
+            for item, (existing, created) in zip(chunk, answers, strict=True):
+                ids[item.index] = existing
                 if created:
-                    items.append({"id": existing, "message": body})
+                    items.append({"id": existing, "message": json.loads(item.body)})
                     created_ids.append(existing)
             if not items:
                 continue
