@@ -46,10 +46,21 @@ FINISH_LUA = composed(
 )
 BEGIN_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=BEGIN_LUA)
 BEGIN_SHARED_LUA = composed(lua_source(_PACKAGE, "begin_shared.lua"), step=BEGIN_LUA)
-FINISH_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=FINISH_LUA)
-SENDING_CHUNK_LUA = composed(
-    lua_source(_PACKAGE, "chunk.lua"), step=lua_source(_LEDGER, "transition.lua")
-)
+
+
+def _shared_chunk(step: str) -> str:
+    """chunk.lua over ``step`` with the writes to the chunk's shared keys (the active set, the
+    poll schedule, the metrics hashes) made once per chunk (``deferred.lua``)."""
+    body = composed(
+        lua_source(_PACKAGE, "chunk_shared.lua"),
+        step=step,
+        each=lua_source(_PACKAGE, "chunk.lua"),
+    )
+    return lua_source(_PACKAGE, "deferred.lua") + body
+
+
+FINISH_CHUNK_LUA = _shared_chunk(FINISH_LUA)
+SENDING_CHUNK_LUA = _shared_chunk(lua_source(_LEDGER, "transition.lua"))
 _FINALS = "," + ",".join(sorted(FINAL_STATES)) + ","
 _RANKS = json.dumps(STATE_RANK)
 
@@ -143,7 +154,8 @@ class RedisHotPath(HotPath):
             ]
             calls.append((keys, args))
         keys, args = _chunk_call(calls)
-        replies = self._sending_chunk(keys=keys, args=args)
+        # the active set: one ZADD for the chunk (deferred.lua)
+        replies = self._sending_chunk(keys=[*keys, self.keys.active], args=[*args, "1"])
         return [int(changed) == 1 for changed, _previous in replies]
 
     def _begin_call(self, b: Begin) -> tuple[list[str], list[str]]:
@@ -197,7 +209,10 @@ class RedisHotPath(HotPath):
             return [self.finish(f.delivery_id, f.token, reset_runs=f.reset_runs, closing=f.closing)]
         calls = [self._finish_call(f) for f in chunk]
         keys, args = _chunk_call([(k, a) for k, a, _ in calls])
-        replies = self._finish_chunk(keys=keys, args=args)
+        # The active set, the poll schedule and the metrics hashes: one write each per chunk.
+        metrics = sorted({k[3] for k, _, _ in calls if k[3]})
+        shared = [self.keys.active, self.tracking.keys.track_poll, *metrics]
+        replies = self._finish_chunk(keys=[*keys, *shared], args=[*args, str(len(shared))])
         regs = [reg for _, _, reg in calls]
         return [self._finished(reg, reply) for reg, reply in zip(regs, replies, strict=True)]
 
