@@ -387,11 +387,22 @@ def test_redis_writes_a_chunks_shared_keys_once_per_chunk(quiet_redis_url: str) 
     assert [d.changed for d in done] == [True, True, True, False]
     assert done[3].lock_lost
     assert (used["zrem"], used["hincrby"], used["zadd"]) == (1, 1, 1), used
+    assert used["lpop"] == 0, used  # no orphan list: one EXISTS for the chunk, no LPOP
     assert [redis_client.zscore(h.ledger.keys.active, i) for i in ids[:3]] == [None] * 3
     assert redis_client.zscore(h.ledger.keys.active, "k4") is not None  # still sending
     poll = h.tracking.keys.track_poll
     assert [redis_client.zscore(poll, i) for i in ids] == [T0 + 60] * 3 + [None]
     assert h.metrics.read("smspartner") == {"sent": 3}
+    # An orphan list waiting for a chunk's provider message id is still taken.
+    orphan = h.tracking.orphan_key("smspartner", "pm-1")
+    redis_client.rpush(orphan, "not an event")
+    for i in ("k5", "k6"):
+        h.ledger.create(i, channel="sms", provider="smspartner")
+    h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ("k5", "k6")])
+    calls = _calls(redis_client)
+    h.hot.finish_chunk([Finish(i, "tok", True, _sent()) for i in ("k5", "k6")])
+    assert (_calls(redis_client) - calls)["lpop"] >= 1
+    assert redis_client.exists(orphan) == 0
     redis_client.close()
 
 

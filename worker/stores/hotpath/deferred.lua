@@ -4,10 +4,37 @@
 -- and per field the sum of the HINCRBYs; ``flush()`` then writes them with one ZADD, one
 -- ZADD NX, one ZREM per key and one HINCRBY per field. The steps never read these keys (they
 -- only write them, and ignore these replies), and the script is atomic: no client sees a
--- difference, only fewer commands. Any other call goes through unchanged.
+-- difference, only fewer commands. Reads, likewise once per chunk: ``probe_absent`` asks
+-- with one EXISTS whether any of a chunk's keys exists (the orphan lists a registration takes:
+-- almost always none), and an LPOP of such a key then answers nil without a command;
+-- ``prefetch`` reads the fields every delivery will HMGET from one hash (the channel's
+-- suppression entries) in one HMGET, and each HMGET of them is answered from it. Nothing in
+-- the call writes those keys before the steps read them. Any other call goes through
+-- unchanged.
 local shared, zops, zorder, incr, iorder = {}, {}, {}, {}, {}
+local absent, known = {}, {}
 local real = redis
+local function probe_absent(keys)
+  if #keys > 0 and real.call('EXISTS', unpack(keys)) == 0 then
+    for _, key in ipairs(keys) do absent[key] = true end
+  end
+end
+local function prefetch(key, fields)
+  if #fields == 0 then return end
+  local got, values = {}, real.call('HMGET', key, unpack(fields))
+  for i, field in ipairs(fields) do got[field] = values[i] end
+  known[key] = got
+end
 local function call(cmd, key, ...)
+  if absent[key] and string.upper(cmd) == 'LPOP' then return false end
+  if known[key] and string.upper(cmd) == 'HMGET' then
+    local got, out = known[key], {}
+    for i, field in ipairs({...}) do
+      if got[field] == nil then return real.call(cmd, key, ...) end
+      out[i] = got[field]
+    end
+    return out
+  end
   if shared[key] then
     local c, a = string.upper(cmd), {...}
     if (c == 'ZADD' and #a == 2) or (c == 'ZADD' and #a == 3 and a[1] == 'NX')
