@@ -29,8 +29,9 @@ single send; an invalid one ends ``failed`` (``invalid_message``) under its own 
 from __future__ import annotations
 
 import json
+import os
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +44,14 @@ __all__ = [
     "CHUNK_FIELD",
     "DEFAULT_CHUNK",
     "MAX_PER_TASK",
-    "DueOf",
     "SendManyResult",
+    "Validated",
     "chunk_repr",
     "chunk_size",
+    "fresh_ids",
     "new_record",
     "plan_chunks",
+    "validated_record",
 ]
 
 MAX_PER_TASK = 500
@@ -87,32 +90,79 @@ CHUNK_FIELD = "chunk"
 quiet hours, a legal window), such messages are published again together, as chunk tasks
 (``worker.scheduling.mover``)."""
 
-DueOf = Callable[[int, Message], float | None]
-"""When a message (by input index) is held until, ``None`` to send it at once
-(``worker.scheduling.enqueue.campaign_due``)."""
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """What ``send_many`` keeps of a valid message until its chunk is enqueued: its input index,
+    what the record and the chunking need (provider, lane, due time), and the normalised
+    message as JSON (the model's ``model_dump_json(by_alias=True, exclude_none=True)``, built
+    once; the model itself is not kept, so a campaign's memory is a few hundred bytes per
+    message)."""
+
+    index: int
+    provider: str | None
+    idempotency_key: str | None
+    body: str
+    priority: str = "normal"
+    """The lane it waits in (``high`` | ``normal`` | ``bulk``)."""
+    tenant: str = "default"
+    due: float | None = None
+    """When it is held until (``worker.scheduling.enqueue.campaign_due``); ``None``: at once."""
+
+    @classmethod
+    def of(cls, index: int, model: Message, *, due: float | None = None) -> Validated:
+        body = model.model_dump_json(by_alias=True, exclude_none=True)
+        return cls(
+            index,
+            model.provider,
+            model.idempotency_key,
+            body,
+            priority=model.lane,
+            tenant=model.tenant_key,
+            due=due,
+        )
 
 
-def plan_chunks(
-    channel: str, valid: Sequence[tuple[int, Message]], *, due: DueOf | None = None
-) -> Iterator[list[tuple[int, Message]]]:
+def plan_chunks(channel: str, valid: Iterable[Validated]) -> Iterator[list[Validated]]:
     """Consecutive chunks in input order, cut where the provider (and so the size) changes,
-    or the lane (priority, tenant) a chunk waits in, and, with ``due``, where the due time
-    changes: every message of a chunk is held until the same time and leaves with the others (a
-    chunk's promise is never split by its schedule)."""
-    chunk: list[tuple[int, Message]] = []
-    size, cut, at = 0, None, None
-    for index, model in valid:
-        when = due(index, model) if due is not None else None
-        lane = (model.provider, model.priority, model.tenant)
-        if chunk and (lane != cut or when != at or len(chunk) >= size):
+    or the lane (priority, tenant) a chunk waits in, or the due time: every message of a chunk
+    is held until the same time and leaves with the others (a chunk's promise is never split
+    by its schedule)."""
+    chunk: list[Validated] = []
+    size, cut = 0, None
+    for item in valid:
+        key = (item.provider, item.priority, item.tenant, item.due)
+        if chunk and (key != cut or len(chunk) >= size):
             yield chunk
             chunk = []
         if not chunk:
-            cut, at = lane, when
-            size = chunk_size(channel, model.provider)
-        chunk.append((index, model))
+            cut = key
+            size = chunk_size(channel, item.provider)
+        chunk.append(item)
     if chunk:
         yield chunk
+
+
+def fresh_ids(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as strings, from one read of the OS's random source."""
+    raw = os.urandom(16 * n)
+    return [str(uuid.UUID(bytes=raw[16 * i : 16 * i + 16], version=4)) for i in range(n)]
+
+
+def validated_record(
+    channel: str, delivery_id: str, item: Validated, queue: str, *, chunk: int = 0
+) -> NewRecord:
+    """:func:`new_record` of a :class:`Validated` message (its JSON as built at validation)."""
+    extra = {"task_name": TASK_NAMES[channel], "message": item.body, "queue": queue}
+    if chunk > 0:
+        extra[CHUNK_FIELD] = str(chunk)
+    return NewRecord(
+        delivery_id,
+        channel=channel,
+        provider=item.provider or "auto",
+        idempotency_key=item.idempotency_key,
+        extra=extra,
+    )
 
 
 def new_record(

@@ -153,8 +153,52 @@ def body_of(message: Any) -> list[Any]:
     return [[message], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
 
 
+_SCALARS = (str, bool, type(None))
+_FLAT_BODY_ITEMS = 8
+"""Items of the body around a message: ``[args, kwargs, embed]``, ``[message]``, the 4 embed
+keys."""
+_FLAT_BODY_BYTES = 200
+"""An upper bound on the encoded body's bytes around the message's own."""
+
+
+def _within_flat(message: Any, limits: MessageLimits) -> bool:
+    """``True`` when ``message`` is a flat object (string keys; values strings, booleans,
+    ``None``, small numbers, or lists of those) whose body is surely within every limit: the
+    common case of a message built in-process, checked in one pass without encoding it.
+    ``False`` says nothing: :func:`check_message` then runs the full checks (which name the
+    limit)."""
+    if not isinstance(message, dict) or limits.max_depth < 4:
+        return False
+    most = limits.max_string
+    items = _FLAT_BODY_ITEMS + len(message)
+    # JSON with ensure_ascii: a character takes at most 12 bytes (an escaped surrogate pair),
+    # a string 2 more for its quotes, an item at most 4 more for ", " and ": ".
+    size = _FLAT_BODY_BYTES
+    for key, value in message.items():
+        if not isinstance(key, str) or len(key) > most:
+            return False
+        size += 12 * len(key) + 6
+        values = value if isinstance(value, list) else (value,)
+        if values is value:
+            items += len(value)
+        for v in values:
+            if isinstance(v, str):
+                if len(v) > most:
+                    return False
+                size += 12 * len(v) + 6
+            elif isinstance(v, _SCALARS):
+                size += 9
+            elif isinstance(v, int | float) and -1e15 < v < 1e15:
+                size += 30
+            else:
+                return False
+    return items <= limits.max_items and size <= limits.max_bytes
+
+
 def check_message(message: Any, limits: MessageLimits) -> str | None:
     """Producer side: the structure first (bounded), then the size of the encoded body."""
+    if _within_flat(message, limits):
+        return None
     body = body_of(message)
     reason = check_structure(body, limits)
     if reason is not None:

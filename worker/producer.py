@@ -22,10 +22,19 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from celery import Celery
 from celery.result import AsyncResult
 
-from worker.campaign import SendManyResult, chunk_repr, chunk_size, new_record, plan_chunks
+from worker.campaign import (
+    SendManyResult,
+    Validated,
+    chunk_repr,
+    chunk_size,
+    fresh_ids,
+    plan_chunks,
+    validated_record,
+)
 from worker.config import get_settings
 from worker.durable_wait import WaitTimeout, wait_for_results
 from worker.lanes import Lanes, lanes_beside
+from worker.limits import MessageLimits
 from worker.models import InvalidMessage, Message
 from worker.providers import parse_message
 from worker.redaction import redacted_repr
@@ -108,9 +117,15 @@ class Producer:
         self.lanes = get_settings().lanes if lanes is None else lanes
         self._lanes: Lanes | None = None
 
-    def validate(self, channel: str, message: Any) -> Message:
+    def validate(
+        self, channel: str, message: Any, *, limits: MessageLimits | None = None
+    ) -> Message:
+        """The message's model, or :class:`~worker.models.InvalidMessage` naming each bad field.
+        ``limits``: ``DELIVERY_MAX_MESSAGE_*`` (read once by a campaign, not per message)."""
         # The size and shape bounds the workers enforce (worker.limits), checked first.
-        model = parse_message(channel, message, limits=get_settings().message_limits())
+        if limits is None:
+            limits = get_settings().message_limits()
+        model = parse_message(channel, message, limits=limits)
         check_send_at(model.send_at, time.time())  # tolerance and horizon (worker.scheduling)
         return model
 
@@ -200,15 +215,21 @@ class Producer:
         publish (``queue``, ``countdown``, ...)."""
         if on_invalid not in ("raise", "skip"):
             raise ValueError("on_invalid must be 'raise' or 'skip'")
-        valid: list[tuple[int, Message]] = []
+        # Each valid message is kept as its normalised JSON (Validated), not as its model.
+        valid: list[Validated] = []
         errors: dict[int, InvalidMessage] = {}
+        settings = get_settings()
+        limits, quiet, now = settings.message_limits(), settings.quiet_hours, time.time()
         count = 0
         for index, message in enumerate(messages):
             count += 1
             try:
-                valid.append((index, self.validate(channel, message)))
+                model = self.validate(channel, message, limits=limits)
             except InvalidMessage as exc:
                 errors[index] = exc
+                continue
+            due = campaign_due(model, now, quiet_hours=quiet)
+            valid.append(Validated.of(index, _campaign_model(model), due=due))
         if errors and on_invalid == "raise":
             raise InvalidMessage(
                 [
@@ -220,37 +241,28 @@ class Producer:
         ids: list[str | None] = [None] * count
         queue = str(options.get("queue") or "")
         lanes = self._lane_store() if not _given(options) else None
-        # Scheduling per chunk (send_at, quiet hours): a chunk's messages share one due time
-        # and are held on the schedule together (worker.scheduling.enqueue).
-        quiet, now = get_settings().quiet_hours, time.time()
-        dues = {
-            index: due
-            for index, model in valid
-            if (due := campaign_due(model, now, quiet_hours=quiet)) is not None
-        }
-        for chunk in plan_chunks(channel, valid, due=lambda index, _: dues.get(index)):
-            bodies = [_campaign_body(m) for _, m in chunk]
-            size = chunk_size(channel, chunk[0][1].provider)
+        for chunk in plan_chunks(channel, valid):
+            first = chunk[0]
+            # A chunk's messages share one due time (send_at, quiet hours): held on the schedule
+            # together, chunk= tells the mover to publish them again as one chunk task.
+            size = chunk_size(channel, first.provider) if first.due is not None else 0
             records = [
-                new_record(channel, str(uuid.uuid4()), model, body, queue, chunk=size)
-                for (_, model), body in zip(chunk, bodies, strict=True)
+                validated_record(channel, delivery_id, item, queue, chunk=size)
+                for item, delivery_id in zip(chunk, fresh_ids(len(chunk)), strict=True)
             ]
-            items, created_ids, created_models = [], [], []
+            items: list[dict[str, Any]] = []
+            created_ids: list[str] = []
             answers = self.ledger.create_many(records, fresh_ids=True)
-            for (index, model), body, (existing, created) in zip(
-                chunk, bodies, answers, strict=True
-            ):
-                ids[index] = existing
+            for item, (existing, created) in zip(chunk, answers, strict=True):
+                ids[item.index] = existing
                 if created:
-                    items.append({"id": existing, "message": body})
+                    items.append({"id": existing, "message": json.loads(item.body)})
                     created_ids.append(existing)
-                    created_models.append((existing, model))
             if not items:
                 continue
-            due = dues.get(chunk[0][0])
-            if due is not None and set(options) <= {"queue"}:
+            if first.due is not None and set(options) <= {"queue"}:
                 # Nothing published: the schedule mover publishes the chunk when due.
-                hold_chunk(self.app, self.ledger, created_models, due)
+                hold_chunk(self.app, self.ledger, channel, created_ids, first.provider, first.due)
                 self._replicated(created_ids[-1])
                 continue
             try:
@@ -262,9 +274,9 @@ class Producer:
                         SEND_CHUNK_TASK,
                         {"channel": channel, "items": items},
                         len(items),
-                        str(bodies[0]["priority"]),
-                        chunk[0][1].tenant_key,
-                        provider=chunk[0][1].provider or "auto",
+                        first.priority,
+                        first.tenant,
+                        provider=first.provider or "auto",
                     )
                 else:
                     self.app.send_task(
@@ -351,11 +363,11 @@ class Producer:
         return None if record is None else record.to_dict()
 
 
-def _campaign_body(model: Message) -> dict[str, Any]:
-    """A campaign message's body: ``bulk`` unless it names its priority."""
-    body = model.model_dump(mode="json", by_alias=True, exclude_none=True)
-    body.setdefault("priority", "bulk")
-    return body
+def _campaign_model(model: Message) -> Message:
+    """A campaign message waits in the ``bulk`` lane unless it names its priority."""
+    if model.priority is None:
+        return model.model_copy(update={"priority": "bulk"})
+    return model
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:

@@ -361,6 +361,51 @@ def test_redis_runs_a_chunk_in_one_script_call_per_phase(quiet_redis_url: str) -
     redis_client.close()
 
 
+def test_redis_writes_a_chunks_shared_keys_once_per_chunk(quiet_redis_url: str) -> None:
+    """``deferred.lua``: the active set, the poll schedule and the provider's counter are
+    written once per chunk (not once per delivery), with what each delivery's own script would
+    have left there; a delivery whose run lost its lock adds nothing."""
+    redis_client = redis.Redis.from_url(quiet_redis_url + "/14")
+    redis_client.flushdb()
+    h = _on_redis(redis_client, FakeClock(T0))
+    ids = ["k1", "k2", "k3", "k4"]
+    for i in ["warm", *ids]:
+        h.ledger.create(i, channel="sms", provider="smspartner")
+    h.hot.sending_chunk([("warm", {}), ("missing", {})])  # scripts loaded
+    h.hot.finish_chunk([Finish("warm", "t", True), Finish("missing", "t", True)])
+    h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ids])
+    calls = _calls(redis_client)
+    assert h.hot.sending_chunk([(i, {"batch_tags": "dwb1"}) for i in ids]) == [True] * 4
+    used = _calls(redis_client) - calls
+    assert used["zadd"] == 1, used  # the active set, once for the chunk
+    assert all(redis_client.zscore(h.ledger.keys.active, i) is not None for i in ids)
+    h.ledger.unlock("k4", "tok")
+    h.ledger.lock("k4", "other-run", 5.0)  # k4's run lost its lock: it writes nothing shared
+    calls = _calls(redis_client)
+    done = h.hot.finish_chunk([Finish(i, "tok", True, _sent()) for i in ids])
+    used = _calls(redis_client) - calls
+    assert [d.changed for d in done] == [True, True, True, False]
+    assert done[3].lock_lost
+    assert (used["zrem"], used["hincrby"], used["zadd"]) == (1, 1, 1), used
+    assert used["lpop"] == 0, used  # no orphan list: one EXISTS for the chunk, no LPOP
+    assert [redis_client.zscore(h.ledger.keys.active, i) for i in ids[:3]] == [None] * 3
+    assert redis_client.zscore(h.ledger.keys.active, "k4") is not None  # still sending
+    poll = h.tracking.keys.track_poll
+    assert [redis_client.zscore(poll, i) for i in ids] == [T0 + 60] * 3 + [None]
+    assert h.metrics.read("smspartner") == {"sent": 3}
+    # An orphan list waiting for a chunk's provider message id is still taken.
+    orphan = h.tracking.orphan_key("smspartner", "pm-1")
+    redis_client.rpush(orphan, "not an event")
+    for i in ("k5", "k6"):
+        h.ledger.create(i, channel="sms", provider="smspartner")
+    h.hot.begin_chunk([Begin(i, "tok", 5.0, ["smspartner"]) for i in ("k5", "k6")])
+    calls = _calls(redis_client)
+    h.hot.finish_chunk([Finish(i, "tok", True, _sent()) for i in ("k5", "k6")])
+    assert (_calls(redis_client) - calls)["lpop"] >= 1
+    assert redis_client.exists(orphan) == 0
+    redis_client.close()
+
+
 def test_a_chunk_goes_sending_in_one_step_forward_only(h: H) -> None:
     """``sending_chunk``: each delivery ``sending`` with its own fields, as the ledger's
     ``transition`` does it; a final one (a cancel won) is left as it is and answers False."""

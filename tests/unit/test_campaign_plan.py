@@ -3,8 +3,18 @@ shows of a campaign task."""
 
 from __future__ import annotations
 
+import json
+import uuid
+
 from worker.app import _many_repr
-from worker.campaign import DEFAULT_CHUNK, MAX_PER_TASK, chunk_size, plan_chunks
+from worker.campaign import (
+    DEFAULT_CHUNK,
+    MAX_PER_TASK,
+    Validated,
+    chunk_size,
+    fresh_ids,
+    plan_chunks,
+)
 from worker.delivery.campaign import chunk_items
 from worker.providers import parse_message
 
@@ -16,10 +26,10 @@ def _sms(i: int, provider: str = "smspartner") -> dict[str, object]:
 def test_chunks_follow_the_provider_batch_limit_in_input_order() -> None:
     assert chunk_size("sms", "smspartner") == 500 == MAX_PER_TASK
     assert chunk_size("email", "postal") == DEFAULT_CHUNK  # one request per message
-    models = [(i, parse_message("sms", _sms(i))) for i in range(1203)]
+    models = [Validated.of(i, parse_message("sms", _sms(i))) for i in range(1203)]
     chunks = list(plan_chunks("sms", models))
     assert [len(c) for c in chunks] == [500, 500, 203]
-    assert [i for c in chunks for i, _ in c] == list(range(1203))
+    assert [v.index for c in chunks for v in c] == list(range(1203))
 
 
 def test_a_change_of_provider_starts_a_new_chunk() -> None:
@@ -33,9 +43,24 @@ def test_a_change_of_provider_starts_a_new_chunk() -> None:
         }
 
     providers = ["postal"] * 3 + ["mailpartner"] * 2 + ["postal"]
-    models = [(i, parse_message("email", mail(i, p))) for i, p in enumerate(providers)]
+    models = [Validated.of(i, parse_message("email", mail(i, p))) for i, p in enumerate(providers)]
     chunks = list(plan_chunks("email", models))
-    assert [[i for i, _ in c] for c in chunks] == [[0, 1, 2], [3, 4], [5]]
+    assert [[v.index for v in c] for c in chunks] == [[0, 1, 2], [3, 4], [5]]
+
+
+def test_a_validated_message_keeps_the_normalised_json_of_its_model() -> None:
+    model = parse_message("sms", {**_sms(7), "idempotency_key": "k7"})
+    kept = Validated.of(7, model)
+    assert (kept.index, kept.provider, kept.idempotency_key) == (7, "smspartner", "k7")
+    expected = model.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert json.loads(kept.body) == expected
+
+
+def test_fresh_ids_are_distinct_version_4_uuids() -> None:
+    ids = fresh_ids(1000)
+    assert len(set(ids)) == 1000
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+    assert fresh_ids(0) == []
 
 
 def test_a_chunk_payload_is_checked_before_anything_runs() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.campaign import CHUNK_FIELD, new_record, plan_chunks
+from worker.campaign import CHUNK_FIELD, Validated, new_record, plan_chunks
 from worker.config import Settings
 from worker.delivery import Done
 from worker.delivery.batch import BatchEntry, process_batch
@@ -40,13 +40,17 @@ def _sms(i: int, **extra: Any) -> dict[str, Any]:
 def test_chunks_are_cut_where_the_due_time_changes() -> None:
     a, b = time.time() + 600, time.time() + 1200
     whens = [a, a, a, b, b, a]
-    models = [(i, parse_message("sms", _sms(i, send_at=iso(w)))) for i, w in enumerate(whens)]
-    due = {i: w for i, w in enumerate(whens)}
-    chunks = list(plan_chunks("sms", models, due=lambda index, _: due[index]))
-    assert [[i for i, _ in c] for c in chunks] == [[0, 1, 2], [3, 4], [5]]
+    models = [
+        Validated.of(i, parse_message("sms", _sms(i, send_at=iso(w))), due=w)
+        for i, w in enumerate(whens)
+    ]
+    chunks = list(plan_chunks("sms", models))
+    assert [[v.index for v in c] for c in chunks] == [[0, 1, 2], [3, 4], [5]]
     # One due time for all: the provider's batch size still cuts (500 for SMS Partner).
-    same = [(i, parse_message("sms", _sms(i, send_at=iso(a)))) for i in range(1203)]
-    sizes = [len(c) for c in plan_chunks("sms", same, due=lambda index, _: a)]
+    same = [
+        Validated.of(i, parse_message("sms", _sms(i, send_at=iso(a))), due=a) for i in range(1203)
+    ]
+    sizes = [len(c) for c in plan_chunks("sms", same)]
     assert sizes == [500, 500, 203]
 
 

@@ -79,3 +79,32 @@ def test_parse_message_with_limits_names_the_limit() -> None:
     assert info.value.errors == [
         {"field": "message", "message": "nesting depth 503 exceeds the limit of 32"}
     ]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"to": ["+33612345678"], "text": "Code 1"},
+        {"to": ["+33612345678"], "text": "é" * 100, "n": 3, "f": 1.5, "b": True, "z": None},
+        {"to": ["+33612345678"] * 40, "text": "x" * 60},  # over max_items with the body
+        {"to": ["+33612345678"], "text": "y" * 81},  # a string over max_string
+        {"text": "😀" * 40},  # escaped surrogate pairs: over max_bytes
+        {"to": [{"nested": "x"}]},  # not flat: the full checks
+        {"n": 10**20},  # a number beyond the fast bound: the full checks
+        {1: "a non-string key"},
+    ],
+)
+def test_the_flat_fast_path_agrees_with_the_full_checks(message: dict[Any, Any]) -> None:
+    from worker.limits import _within_flat, check_encoded_size
+
+    small = MessageLimits(max_bytes=400, max_depth=4, max_items=50, max_string=80)
+    for limits in (small, DEFAULT_LIMITS):
+        full = check_structure(body_of(message), limits) or check_encoded_size(
+            len(json.dumps(body_of(message))), limits
+        )
+        assert check_message(message, limits) == full
+        if _within_flat(message, limits):  # the fast path only ever answers "within"
+            assert full is None
+    assert check_message({"to": ["+33612345678"] * 40, "text": "x"}, small) is not None
+    assert check_message({"text": "y" * 81}, small) is not None
+    assert check_message({"text": "😀" * 40}, small) is not None

@@ -70,8 +70,13 @@ STORE_RESULTS_LUA = """
 -- than SUCCESS first reads the stored one and leaves a SUCCESS in place (Celery's guard
 -- against a lost task overwriting a final result; a SUCCESS over a SUCCESS is the same
 -- ledger-decided result).
+-- The PUBLISH goes only to a key someone listens on, asked once for the chunk (PUBSUB NUMSUB):
+-- AsyncResult.get subscribes before it reads the key, and this call is atomic, so a get that
+-- subscribed before it hears the PUBLISH and one that subscribes after it reads the SET.
 -- KEYS: each task's meta key; ARGV[1] expiry (s, 0 = none), then per task: state, meta JSON
 local ttl = tonumber(ARGV[1])
+local heard, listening = {}, redis.call('PUBSUB', 'NUMSUB', unpack(KEYS))
+for i = 1, #listening, 2 do heard[listening[i]] = tonumber(listening[i + 1]) end
 for i = 1, #KEYS do
   local state, meta = ARGV[2 * i], ARGV[2 * i + 1]
   local keep = false
@@ -85,7 +90,7 @@ for i = 1, #KEYS do
   if not keep then
     if ttl > 0 then redis.call('SET', KEYS[i], meta, 'EX', ttl)
     else redis.call('SET', KEYS[i], meta) end
-    redis.call('PUBLISH', KEYS[i], meta)
+    if (heard[KEYS[i]] or 0) > 0 then redis.call('PUBLISH', KEYS[i], meta) end
   end
 end
 return #KEYS

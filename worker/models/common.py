@@ -110,9 +110,12 @@ def _check_email(value: str) -> str:
     return info.normalized
 
 
+# [0-9], not \d: \d also matches other scripts' digits, which no provider accepts.
+_E164_SHAPE = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
 def _check_e164(value: str) -> str:
-    # [0-9], not \d: \d also matches other scripts' digits, which no provider accepts.
-    if not re.fullmatch(r"\+[1-9][0-9]{6,14}", value):
+    if not _E164_SHAPE.fullmatch(value):
         raise ValueError("must be an E.164 number such as +33612345678")
     try:
         parsed = phonenumbers.parse(value, None)

@@ -38,7 +38,10 @@ def sms_units(text: str) -> tuple[int, bool]:
 def sms_segments(text: str) -> int:
     """Billed SMS parts: 160/153 units in GSM-7, 70/67 otherwise
     (docs/providers/smspartner.md §1.2.2, §1.6)."""
-    units, gsm7 = sms_units(text)
+    return _parts(*sms_units(text))
+
+
+def _parts(units: int, gsm7: bool) -> int:
     single, multi = (160, 153) if gsm7 else (70, 67)
     return 1 if units <= single else math.ceil(units / multi)
 
@@ -75,7 +78,7 @@ class SmsMessage(CommonFields):
     def _segments(cls, v: str) -> str:
         # docs/providers/smspartner.md §1.3 code 52: at most 10 concatenated SMS.
         units, gsm7 = sms_units(v)
-        parts = sms_segments(v)
+        parts = _parts(units, gsm7)  # sms_segments(v), the units counted once
         if parts > MAX_SMS_SEGMENTS:
             limit = (
                 "1530 GSM-7 characters; line breaks and ^{}[]~|\\€ count twice"

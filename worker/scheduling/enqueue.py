@@ -91,18 +91,21 @@ def campaign_due(message: Message, now: float, *, quiet_hours: str = "") -> floa
 
 
 def hold_chunk(
-    app: Celery, ledger: Schedule, items: list[tuple[str, Message]], due: float
+    app: Celery,
+    ledger: Schedule,
+    channel: str,
+    delivery_ids: list[str],
+    provider: str | None,
+    due: float,
 ) -> list[str]:
-    """Put a chunk's just-created deliveries on the schedule at ``due`` (one time for all);
-    answers the ids held (a record gone final meanwhile, e.g. cancelled, is not)."""
+    """Put a chunk's just-created deliveries (one channel, one provider) on the schedule at
+    ``due`` (one time for all); answers the ids held (a record gone final meanwhile, e.g.
+    cancelled, is not)."""
     results = [
         DeliveryResult(
-            status="scheduled",
-            delivery_id=delivery_id,
-            channel=message.channel,
-            provider=message.provider,
+            status="scheduled", delivery_id=delivery_id, channel=channel, provider=provider
         )
-        for delivery_id, message in items
+        for delivery_id in delivery_ids
     ]
     holds = [
         (r.delivery_id, due, {"result": r.model_dump_json(), "scheduled_for": repr(due)})

@@ -77,3 +77,41 @@ def test_wait_many_reads_every_pending_id_in_one_round_trip_per_poll(
     assert {r["delivery_id"] for r in got.values()} == set(ids)
     assert ledger.batches == [200, 200, 100]  # one read of every pending id per poll
     assert len(ledger.batches) == polls[0] + 1
+
+
+def test_a_chunks_results_publish_only_to_a_waiting_get(quiet_redis_url: str) -> None:
+    """``store_results``: every result is stored (``SET``) in one script call; the ``PUBLISH``
+    goes only to the keys an ``AsyncResult.get`` listens on, and a get that starts after the
+    call reads the stored result."""
+    from worker.app import client_app
+    from worker.delivery.campaign import store_results
+
+    url = quiet_redis_url + "/13"
+    app = client_app(url, url, name="results-test")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    key = app.backend.get_key_for_task("waited")
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(key)
+    store_results(app, [("warm", {"status": "sent"}, "SUCCESS")])  # the script is loaded
+    before = _calls(client)
+    store_results(
+        app,
+        [
+            ("waited", {"status": "sent", "delivery_id": "waited"}, "SUCCESS"),
+            ("alone", {"status": "sent", "delivery_id": "alone"}, "SUCCESS"),
+        ],
+    )
+    used = _calls(client) - before
+    assert used["evalsha"] == 1 and used["set"] == 2 and used["publish"] == 1, used
+    heard = None
+    for _ in range(50):  # the subscribe confirmation first (skipped: None), then the PUBLISH
+        heard = listener.get_message(timeout=0.1)
+        if heard is not None:
+            break
+    assert heard is not None and b'"delivery_id": "waited"' in heard["data"]
+    assert app.AsyncResult("alone").get(timeout=5)["delivery_id"] == "alone"
+    assert app.AsyncResult("waited").get(timeout=5)["delivery_id"] == "waited"
+    listener.close()
+    client.flushdb()
+    client.close()

@@ -126,7 +126,7 @@ def test_the_lookup_costs_a_batch_no_extra_call_only_a_read_inside_its_script(
 ) -> None:
     """The same batch of three (nobody suppressed) with the check on and off: the same number
     of script calls, and the only extra commands are the HMGETs inside the chunk's begin
-    script, one per delivery."""
+    script, fewer than one per delivery."""
     other = Entry("sms", "0" * 32, "stop", "manual")  # the list is not empty
     on, off = (_runtime(redis_url, provider, suppression=s) for s in (True, False))
     try:
@@ -145,8 +145,10 @@ def test_the_lookup_costs_a_batch_no_extra_call_only_a_read_inside_its_script(
             cost["off"],
         )
         assert scripts_on == scripts_off
-        assert hmget_on - hmget_off == 3
-        assert commands_on - commands_off == 3
+        # One HMGET per begin script call, not per delivery: a chunk's deliveries sharing
+        # the channel read their entries in one HMGET (deferred.lua's prefetch).
+        assert 1 <= hmget_on - hmget_off < 3
+        assert commands_on - commands_off == hmget_on - hmget_off
     finally:
         on.close()
         off.close()

@@ -7,6 +7,15 @@
 -- ARGV[1] p, [2 .. 1 + p] the providers, then chunk.lua's arguments (deliveries n, per
 --      delivery its keys count and arguments count, then the arguments)
 -- Returns {{paused JSON or '', breaker exists (0/1)} per provider, {step's reply} per delivery}
+-- Then (deferred.lua's ``prefetch``, the text before this one) ARGV ends with the f recipient
+-- keys every delivery looks up and f, KEYS with the channel's suppression hash: the chunk's
+-- entries are read in one HMGET, and each delivery's HMGET is answered from it.
+local f = tonumber(ARGV[#ARGV])
+if f > 0 then
+  local fields = {}
+  for i = #ARGV - f, #ARGV - 1 do table.insert(fields, ARGV[i]) end
+  prefetch(KEYS[#KEYS], fields)
+end
 local p = tonumber(ARGV[1])
 local health = {}
 for i = 1, p do

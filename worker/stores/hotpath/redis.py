@@ -45,11 +45,24 @@ FINISH_LUA = composed(
     register=REGISTER_LUA,
 )
 BEGIN_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=BEGIN_LUA)
-BEGIN_SHARED_LUA = composed(lua_source(_PACKAGE, "begin_shared.lua"), step=BEGIN_LUA)
-FINISH_CHUNK_LUA = composed(lua_source(_PACKAGE, "chunk.lua"), step=FINISH_LUA)
-SENDING_CHUNK_LUA = composed(
-    lua_source(_PACKAGE, "chunk.lua"), step=lua_source(_LEDGER, "transition.lua")
+BEGIN_SHARED_LUA = lua_source(_PACKAGE, "deferred.lua") + composed(
+    lua_source(_PACKAGE, "begin_shared.lua"), step=BEGIN_LUA
 )
+
+
+def _shared_chunk(step: str) -> str:
+    """chunk.lua over ``step`` with the writes to the chunk's shared keys (the active set, the
+    poll schedule, the metrics hashes) made once per chunk (``deferred.lua``)."""
+    body = composed(
+        lua_source(_PACKAGE, "chunk_shared.lua"),
+        step=step,
+        each=lua_source(_PACKAGE, "chunk.lua"),
+    )
+    return lua_source(_PACKAGE, "deferred.lua") + body
+
+
+FINISH_CHUNK_LUA = _shared_chunk(FINISH_LUA)
+SENDING_CHUNK_LUA = _shared_chunk(lua_source(_LEDGER, "transition.lua"))
 _FINALS = "," + ",".join(sorted(FINAL_STATES)) + ","
 _RANKS = json.dumps(STATE_RANK)
 
@@ -118,8 +131,17 @@ class RedisHotPath(HotPath):
         provider per chunk instead of per delivery), each delivery's begin.lua without it."""
         keys, args = _chunk_call([self._begin_call(replace(b, providers=())) for b in chunk])
         health_keys = [self.health.paused_key, *(self.health.breaker_key(p) for p in providers)]
+        # Every delivery's suppression entries in one HMGET when they share the channel.
+        looked_up = [self._suppress(b) for b in chunk]
+        channels = {channel for channel, recipients in looked_up if recipients}
+        fields: list[str] = []
+        tail_keys: list[str] = []
+        if len(channels) == 1 and self.suppression is not None:
+            fields = list(dict.fromkeys(r for _, recipients in looked_up for r in recipients))
+            tail_keys = [self.suppression.key(channels.pop())]
         health, replies = self._begin_shared(
-            keys=[*health_keys, *keys], args=[str(len(providers)), *providers, *args]
+            keys=[*health_keys, *keys, *tail_keys],
+            args=[str(len(providers)), *providers, *args, *fields, str(len(fields))],
         )
         begun = []
         for b, reply in zip(chunk, replies, strict=True):
@@ -143,7 +165,8 @@ class RedisHotPath(HotPath):
             ]
             calls.append((keys, args))
         keys, args = _chunk_call(calls)
-        replies = self._sending_chunk(keys=keys, args=args)
+        # the active set: one ZADD for the chunk (deferred.lua)
+        replies = self._sending_chunk(keys=[*keys, self.keys.active], args=[*args, "0", "1"])
         return [int(changed) == 1 for changed, _previous in replies]
 
     def _begin_call(self, b: Begin) -> tuple[list[str], list[str]]:
@@ -197,7 +220,16 @@ class RedisHotPath(HotPath):
             return [self.finish(f.delivery_id, f.token, reset_runs=f.reset_runs, closing=f.closing)]
         calls = [self._finish_call(f) for f in chunk]
         keys, args = _chunk_call([(k, a) for k, a, _ in calls])
-        replies = self._finish_chunk(keys=keys, args=args)
+        # The active set, the poll schedule and the metrics hashes: one write each per chunk;
+        # the orphan lists the registrations take: probed with one EXISTS.
+        metrics = sorted({k[3] for k, _, _ in calls if k[3]})
+        shared = [self.keys.active, self.tracking.keys.track_poll, *metrics]
+        probes = list(
+            dict.fromkeys(k for _, _, reg in calls if reg is not None for k in reg.orphans)
+        )
+        replies = self._finish_chunk(
+            keys=[*keys, *probes, *shared], args=[*args, str(len(probes)), str(len(shared))]
+        )
         regs = [reg for _, _, reg in calls]
         return [self._finished(reg, reply) for reg, reply in zip(regs, replies, strict=True)]
 

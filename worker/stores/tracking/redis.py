@@ -81,6 +81,8 @@ class Registration:
     events: list[DeliveryEvent]
     provider: str
     notify: bool
+    orphans: tuple[str, ...] = ()
+    """The orphan lists it takes (the last of ``keys``)."""
 
 
 class RedisTrackingStore(TrackingBase):
@@ -156,7 +158,8 @@ class RedisTrackingStore(TrackingBase):
         for t, event in zip(recipients, events, strict=True):
             args += [t.recipient, event.event_id, event.type.value]
             args += [history_entry(event), state_json(event)]
-        return Registration(keys, args, events, provider, notify)
+        orphans = tuple(keys[len(keys) - len(pmids) :])
+        return Registration(keys, args, events, provider, notify, orphans)
 
     def registered(self, reg: Registration, reply: Any) -> Applied:
         """The :class:`Applied` of a ``register.lua`` reply (orphans kept for the send's ids
