@@ -153,15 +153,8 @@ def validated_record(
     channel: str, delivery_id: str, item: Validated, queue: str, *, chunk: int = 0
 ) -> NewRecord:
     """:func:`new_record` of a :class:`Validated` message (its JSON as built at validation)."""
-    extra = {"task_name": TASK_NAMES[channel], "message": item.body, "queue": queue}
-    if chunk > 0:
-        extra[CHUNK_FIELD] = str(chunk)
-    return NewRecord(
-        delivery_id,
-        channel=channel,
-        provider=item.provider or "auto",
-        idempotency_key=item.idempotency_key,
-        extra=extra,
+    return _record(
+        channel, delivery_id, item.provider, item.idempotency_key, item.body, queue, chunk
     )
 
 
@@ -177,14 +170,29 @@ def new_record(
     """The record a single send's enqueue creates (the sweep republishes it as a single send:
     task name, message, queue); ``chunk``: a campaign message's chunk size, so the schedule
     mover publishes it with the others due at its time (:data:`CHUNK_FIELD`)."""
-    extra = {"task_name": TASK_NAMES[channel], "message": json.dumps(body), "queue": queue}
+    message = json.dumps(body)
+    return _record(
+        channel, delivery_id, model.provider, model.idempotency_key, message, queue, chunk
+    )
+
+
+def _record(
+    channel: str,
+    delivery_id: str,
+    provider: str | None,
+    idempotency_key: str | None,
+    message: str,
+    queue: str,
+    chunk: int,
+) -> NewRecord:
+    extra = {"task_name": TASK_NAMES[channel], "message": message, "queue": queue}
     if chunk > 0:
         extra[CHUNK_FIELD] = str(chunk)
     return NewRecord(
         delivery_id,
         channel=channel,
-        provider=model.provider or "auto",
-        idempotency_key=model.idempotency_key,
+        provider=provider or "auto",
+        idempotency_key=idempotency_key,
         extra=extra,
     )
 
