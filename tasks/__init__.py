@@ -60,8 +60,10 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
         log.error("delivery.soft_time_limit", retry_in_s=rt.settings.reconcile_grace_s)
         raise task.retry(countdown=rt.settings.reconcile_grace_s, max_retries=None) from None
     if isinstance(outcome, Retry):
-        if outcome.reason == "rate_limited" and send_back(
-            rt.records, rt.settings, str(task.request.id), message, outcome.delay_s
+        if (
+            outcome.reason == "rate_limited"
+            and _from_the_lanes_queue(task)
+            and send_back(rt.records, rt.settings, str(task.request.id), message, outcome.delay_s)
         ):
             # Back into its lane, due when the limiter may have a slot (worker.lanes): the
             # dispatcher publishes it again then, in lane order; this message is done.
@@ -80,6 +82,15 @@ def _deliver(task: Task[Any, Any], channel: str, message: Any) -> dict[str, Any]
         task.update_state(state=PARKED, meta=result)
         raise Ignore()
     return result
+
+
+def _from_the_lanes_queue(task: Task[Any, Any]) -> bool:
+    """Whether the task came from the queue the lanes' dispatchers feed (the default queue). A
+    message published to a queue of its own (``queue=``) never waited in a lane and must not
+    be moved into one: the dispatcher would publish it to the default queue instead of its
+    own. It retries through the broker, on its queue."""
+    info = getattr(task.request, "delivery_info", None) or {}
+    return bool(info.get("routing_key") == task.app.conf.task_default_queue)
 
 
 def _guard_token(task: Task[Any, Any]) -> str | None:

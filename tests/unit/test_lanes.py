@@ -297,3 +297,22 @@ def test_the_dispatcher_publishes_a_chunk_after_what_it_publishes_next(
         assert dispatch_once(app, lanes, backlog, 2) == 0  # nothing left in the lanes
     finally:
         app.close()
+
+
+def test_only_a_task_from_the_lanes_queue_is_sent_back_into_a_lane() -> None:
+    """A message published to a queue of its own (``queue=``) never waited in a lane: sent back
+    into one, the dispatcher would publish it to the default queue, which its workers may not
+    read. It retries through the broker on its own queue instead."""
+    from types import SimpleNamespace
+
+    from tasks import _from_the_lanes_queue
+    from worker.app import app
+
+    default = app.conf.task_default_queue
+
+    def task(delivery_info: dict[str, str] | None) -> SimpleNamespace:
+        return SimpleNamespace(app=app, request=SimpleNamespace(delivery_info=delivery_info))
+
+    assert _from_the_lanes_queue(task({"exchange": "", "routing_key": default}))
+    assert not _from_the_lanes_queue(task({"exchange": "", "routing_key": "reports"}))
+    assert not _from_the_lanes_queue(task(None))  # run eagerly or by hand: no broker delivery
