@@ -404,6 +404,21 @@ class Driver(ABC, Generic[M]):
             warnings=warnings,
         )
 
+    def per_number(self, whole: SendOutcome, numbers: list[str]) -> list[SendOutcome]:
+        """One outcome per number of a request whose one answer covers them all
+        (:meth:`one_id_outcome`): each its own id, and an even share of the request's cost
+        (the providers give only the total; destination prices may differ)."""
+        share = None if whole.cost is None else round(whole.cost / len(numbers), 6)
+        return [
+            SendOutcome(
+                provider=self.name,
+                provider_message_ids={n: whole.provider_message_ids[n]},
+                cost=share,
+                currency=whole.currency,
+            )
+            for n in numbers
+        ]
+
     def json_object(self, response: httpx.Response) -> dict[str, Any]:
         """The body as a JSON object, or a classified error (never a crash)."""
         try:

@@ -251,16 +251,7 @@ class SmsPartnerDriver(PartnerDriver[SmsMessage]):
         )
         # One cost for the request: the same text per number, so an even share (destination
         # prices may differ; [INFERRED], docs/providers/smspartner.md §1.2.2 gives only the total).
-        share = None if whole.cost is None else round(whole.cost / len(numbers), 6)
-        return [
-            SendOutcome(
-                provider=self.name,
-                provider_message_ids={n: whole.provider_message_ids[n]},
-                cost=share,
-                currency=whole.currency,
-            )
-            for n in numbers
-        ]
+        return list(self.per_number(whole, numbers))
 
     def _bulk_answer(
         self, response: httpx.Response, numbers: list[str]

@@ -150,16 +150,7 @@ class VoicePartnerDriver(Driver[VoiceMessage]):
         whole = self.one_id_outcome(
             response, data, data.get("campaignId"), numbers, id_field="campaignId"
         )
-        share = None if whole.cost is None else round(whole.cost / len(numbers), 6)
-        return [
-            SendOutcome(
-                provider=self.name,
-                provider_message_ids={n: whole.provider_message_ids[n]},
-                cost=share,
-                currency=whole.currency,
-            )
-            for n in numbers
-        ]
+        return list(self.per_number(whole, numbers))
 
     def build_request(self, message: VoiceMessage, ctx: SendContext) -> httpx.Request:
         numbers = ",".join(message.to)
