@@ -459,7 +459,11 @@ def _producer_hooks(channel: str, wait: bool) -> tuple[SendChunk, Poll | None]:
     def send_chunk(messages: list[dict[str, Any]]) -> tuple[list[str | None], dict[int, str]]:
         result = producer.send_many(channel, messages, on_invalid="skip")
         assert isinstance(result, SendManyResult)
-        return result.ids, {i: _why(e) for i, e in result.errors.items()}
+        why = {
+            i: "; ".join(f"{x['field']}: {x['message']}" for x in e.errors)
+            for i, e in result.errors.items()
+        }
+        return result.ids, why
 
     def poll(ids: list[str]) -> dict[str, dict[str, Any]]:
         # One round trip per poll, whatever the number of ids (a pipeline of reads).
@@ -470,14 +474,6 @@ def _producer_hooks(channel: str, wait: bool) -> tuple[SendChunk, Poll | None]:
         return settled
 
     return send_chunk, (poll if wait else None)
-
-
-def _why(exc: Any) -> str:
-    """An ``InvalidMessage``'s errors as one line: ``field: message; ...``."""
-    errors = getattr(exc, "errors", None)
-    if isinstance(errors, list) and errors:
-        return "; ".join(f"{e.get('field', '?')}: {e.get('message', '')}" for e in errors)
-    return str(exc)
 
 
 def _cmd_send_many(args: argparse.Namespace) -> int:
